@@ -1,0 +1,307 @@
+/*
+ * flashattn — exact, IO-aware attention (FlashAttention) in C.
+ *
+ * This is the library's one public header. It computes
+ *
+ *     out = softmax(mask(scale · Q Kᵀ)) V        (per batch and query head)
+ *
+ * without ever materialising the seqlen_q × seqlen_k score matrix: Q, K and V
+ * are walked in tiles with an online softmax (running row max and row sum),
+ * and the backward pass recomputes the scores per tile from the saved
+ * log-sum-exp (LSE). Extra memory is O(seqlen), not O(seqlen²).
+ *
+ * Backends: a vectorized, multithreaded CPU backend (always present, also
+ * the reference the GPU paths are tested against) and CUDA backends for
+ * sm80+ and Hopper (sm90a) when the library was built with CUDA. One entry
+ * point per direction serves all of them; the context says where the
+ * pointers live (host memory or CUDA device memory) and which stream to use.
+ *
+ * Conventions
+ *  - Every function returns an fa_status. On failure it writes nothing to
+ *    its outputs and fa_last_error() returns a thread-local message that
+ *    names the offending argument and value. The library never aborts,
+ *    exits or asserts on user input.
+ *  - Sizes are int64_t; strides are in elements (not bytes); the last
+ *    (head_dim) dimension of every tensor is contiguous.
+ *  - Layouts follow FlashAttention (flash_attn_func):
+ *      q   (batch, seqlen_q, heads_q,  head_dim)
+ *      k   (batch, seqlen_k, heads_kv, head_dim)
+ *      v   (batch, seqlen_k, heads_kv, head_dim_v)
+ *      out (batch, seqlen_q, heads_q,  head_dim_v)
+ *      lse fp32, contiguous (batch, heads_q, seqlen_q)
+ *    Variable-length batches (flash_attn_varlen_func): the tensors are
+ *    packed (total_tokens, heads, dim), stride_batch is ignored,
+ *    cu_seqlens_q/k (int32, batch+1 entries, starting at 0, non-decreasing)
+ *    give each sequence's token range, and lse is (heads_q, total_q).
+ */
+#ifndef FLASHATTN_H
+#define FLASHATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* Version                                                                 */
+
+#define FA_VERSION_MAJOR 0
+#define FA_VERSION_MINOR 1
+#define FA_VERSION_PATCH 0
+#define FA_VERSION_NUMBER \
+    (FA_VERSION_MAJOR * 10000 + FA_VERSION_MINOR * 100 + FA_VERSION_PATCH)
+
+#if defined(_WIN32) && defined(FLASHATTN_SHARED)
+#  ifdef FLASHATTN_BUILDING
+#    define FA_API __declspec(dllexport)
+#  else
+#    define FA_API __declspec(dllimport)
+#  endif
+#elif defined(__GNUC__)
+#  define FA_API __attribute__((visibility("default")))
+#else
+#  define FA_API
+#endif
+
+/* The library's version as FA_VERSION_NUMBER; compare with the macro to
+ * detect a header/library mismatch. */
+FA_API unsigned fa_version(void);
+/* "MAJOR.MINOR.PATCH". */
+FA_API const char *fa_version_string(void);
+
+/* ---------------------------------------------------------------------- */
+/* Status                                                                  */
+
+typedef enum fa_status {
+    FA_SUCCESS = 0,
+    FA_ERROR_INVALID_ARGUMENT = 1, /* a caller error; see fa_last_error() */
+    FA_ERROR_UNSUPPORTED = 2,      /* valid, but this backend/build cannot
+                                      do it: the caller may fall back */
+    FA_ERROR_OUT_OF_MEMORY = 3,
+    FA_ERROR_DEVICE = 4,           /* a CUDA runtime/driver error */
+    FA_ERROR_INTERNAL = 5
+} fa_status;
+
+/* A static string naming the status ("success", "invalid argument", ...). */
+FA_API const char *fa_status_string(fa_status status);
+/* The detail message of the last failed call on this thread ("" if none). */
+FA_API const char *fa_last_error(void);
+
+/* ---------------------------------------------------------------------- */
+/* Types                                                                   */
+
+typedef enum fa_dtype {
+    FA_DTYPE_F32 = 0,
+    FA_DTYPE_F16 = 1,
+    FA_DTYPE_BF16 = 2,
+    FA_DTYPE_FP8_E4M3 = 3, /* reserved for the Hopper FP8 forward */
+    FA_DTYPE_FP8_E5M2 = 4  /* reserved for the Hopper FP8 forward */
+} fa_dtype;
+
+/* Size of one element in bytes (0 for an unknown dtype). */
+FA_API size_t fa_dtype_size(fa_dtype dtype);
+FA_API const char *fa_dtype_name(fa_dtype dtype);
+
+typedef enum fa_device {
+    FA_DEVICE_CPU = 0,  /* pointers are host memory */
+    FA_DEVICE_CUDA = 1  /* pointers are CUDA device memory */
+} fa_device;
+
+typedef enum fa_backend {
+    FA_BACKEND_AUTO = 0,      /* the fastest backend that supports the call */
+    FA_BACKEND_CPU = 1,
+    FA_BACKEND_CUDA_SM80 = 2, /* portable tensor-core kernels (sm80+) */
+    FA_BACKEND_CUDA_SM90 = 3  /* Hopper TMA + WGMMA kernels (sm90a) */
+} fa_backend;
+
+FA_API const char *fa_backend_name(fa_backend backend);
+/* 1 if this build contains the backend (CUDA ones also need a GPU at run
+ * time to be used), 0 otherwise. */
+FA_API int fa_backend_compiled(fa_backend backend);
+
+/* A tensor view: data pointer plus strides, in elements, of the three outer
+ * dimensions (batch, sequence, head). The innermost dimension is contiguous.
+ * For packed variable-length tensors stride_batch is ignored and stride_seq
+ * is the stride between tokens. */
+typedef struct fa_tensor {
+    void *data;
+    int64_t stride_batch;
+    int64_t stride_seq;
+    int64_t stride_head;
+} fa_tensor;
+
+/* A dense tensor of shape (batch, seqlen, heads, dim) with no padding. */
+FA_API fa_tensor fa_tensor_contiguous(void *data, int64_t seqlen,
+                                      int64_t heads, int64_t dim);
+
+/* ---------------------------------------------------------------------- */
+/* Problem description                                                     */
+
+/*
+ * Shapes and options of one attention call. Fill it with fa_attn_init()
+ * (which sets every default), then change what you need. The same struct is
+ * passed to the forward and the backward pass.
+ *
+ * Masking, in FlashAttention's semantics. Let row i in [0, seqlen_q) and
+ * column j in [0, seqlen_k) of one sequence, and shift = seqlen_k - seqlen_q
+ * (the diagonal is aligned to the bottom-right corner). Key j is visible to
+ * query i iff
+ *     (window_left  < 0 or j >= i + shift - window_left) and
+ *     (window_right < 0 or j <= i + shift + window_right) and
+ *     the block (i / block_size_q, j / block_size_k) is on in block_mask.
+ * causal is window_right = 0 (window_left is kept). A row with no visible
+ * key has out = 0 and lse = -inf.
+ *
+ * Score of a visible (i, j):
+ *     s = softmax_scale · q_i·k_j
+ *     if softcap > 0:  s = softcap · tanh(s / softcap)
+ *     if alibi_slopes: s -= slope · |i + shift - j|
+ * Dropout (dropout_p > 0) zeroes each probability with probability p and
+ * scales the kept ones by 1/(1-p); the mask is a pure function of
+ * (dropout_seed, dropout_offset, batch index, query head, i, j), drawn from
+ * Philox4x32-10 as fa_dropout_keep() defines, so that every backend
+ * reproduces the same mask.
+ */
+typedef struct fa_attn {
+    /* shapes */
+    int64_t batch;
+    int64_t seqlen_q;        /* fixed-length: every sequence's length;
+                                varlen: max_seqlen_q */
+    int64_t seqlen_k;        /* likewise (max_seqlen_k for varlen) */
+    int64_t heads_q;
+    int64_t heads_kv;        /* heads_q % heads_kv == 0 (GQA / MQA) */
+    int64_t head_dim;        /* 1..256 */
+    int64_t head_dim_v;      /* 1..256; 0 means equal to head_dim */
+    fa_dtype dtype;          /* of q, k, v, out, dout, dq, dk, dv */
+
+    /* variable-length batches: both NULL for fixed-length. Pointers live on
+     * the context's device. total_q = cu_seqlens_q[batch]. */
+    const int32_t *cu_seqlens_q;
+    const int32_t *cu_seqlens_k;
+
+    /* options */
+    float softmax_scale;     /* 0 means 1/sqrt(head_dim) */
+    int causal;              /* bottom-right aligned */
+    int64_t window_left;     /* -1 = unbounded */
+    int64_t window_right;    /* -1 = unbounded */
+    float softcap;           /* 0 = off */
+
+    const float *alibi_slopes;   /* NULL = off; fp32 (batch?, heads_q) */
+    int64_t alibi_stride_batch;  /* 0: one slope per head; heads_q: per
+                                    batch × head */
+
+    float dropout_p;         /* in [0, 1) */
+    uint64_t dropout_seed;
+    uint64_t dropout_offset;
+
+    /* Block-sparse attention (FlashAttention §3.3): NULL = dense. A uint8
+     * mask, 0 = skip the block, over (batch, heads_q, num_blocks_q,
+     * num_blocks_k) with num_blocks_x = ceil(seqlen_x / block_size_x); the
+     * last two dims contiguous, the outer two strided (0 broadcasts).
+     * Skipped blocks cost no work. */
+    const uint8_t *block_mask;
+    int64_t block_size_q;
+    int64_t block_size_k;
+    int64_t block_mask_blocks_q;  /* must equal ceil(seqlen_q/block_size_q) */
+    int64_t block_mask_blocks_k;  /* must equal ceil(seqlen_k/block_size_k) */
+    int64_t block_mask_stride_batch;
+    int64_t block_mask_stride_head;
+
+    int deterministic;       /* backward: bit-identical results run to run */
+} fa_attn;
+
+/* Defaults: no options, window (-1, -1), softmax_scale 0, dtype f32,
+ * every shape 0 (the caller must set them). */
+FA_API void fa_attn_init(fa_attn *attn);
+
+/* ---------------------------------------------------------------------- */
+/* Context                                                                 */
+
+/*
+ * Where the data lives and how to run: the device (host memory or one CUDA
+ * device), the CUDA stream, the CPU thread count, the backend choice, and a
+ * cached workspace. A context is not thread-safe: use one per thread.
+ */
+typedef struct fa_context fa_context;
+
+/* device_index is the CUDA ordinal (ignored for FA_DEVICE_CPU). Returns
+ * FA_ERROR_UNSUPPORTED for FA_DEVICE_CUDA in a build without CUDA or on a
+ * machine without a GPU. */
+FA_API fa_status fa_context_create(fa_context **ctx, fa_device device,
+                                   int device_index);
+/* Accepts NULL. */
+FA_API void fa_context_destroy(fa_context *ctx);
+
+/* The CUDA stream (a cudaStream_t; NULL = the default stream). */
+FA_API fa_status fa_context_set_stream(fa_context *ctx, void *stream);
+/* CPU worker threads; 0 = all cores (the default). */
+FA_API fa_status fa_context_set_num_threads(fa_context *ctx, int threads);
+/* Force a backend, or FA_BACKEND_AUTO (the default). A forced backend that
+ * cannot run the call returns FA_ERROR_UNSUPPORTED. */
+FA_API fa_status fa_context_set_backend(fa_context *ctx, fa_backend backend);
+/* The name of the kernel the last successful call ran (e.g. "cpu.avx512",
+ * "sm90.fwd.hdim128"), for debug and benchmark output. */
+FA_API const char *fa_context_last_kernel(const fa_context *ctx);
+
+/* ---------------------------------------------------------------------- */
+/* Forward and backward                                                    */
+
+/*
+ * Workspace: scratch memory on the context's device. Query the size, then
+ * pass at least that much to the call; or pass workspace = NULL and the
+ * library allocates (and caches in the context) what it needs.
+ */
+FA_API fa_status fa_forward_workspace_size(const fa_context *ctx,
+                                           const fa_attn *attn,
+                                           size_t *bytes);
+FA_API fa_status fa_backward_workspace_size(const fa_context *ctx,
+                                            const fa_attn *attn,
+                                            size_t *bytes);
+
+/*
+ * out = attention(q, k, v); lse = log-sum-exp of each row's scores (natural
+ * log; -inf for fully masked rows). lse may be NULL if no backward will run.
+ * q (b, sq, hq, d), k (b, sk, hkv, d), v (b, sk, hkv, dv) -> out (b, sq, hq, dv)
+ */
+FA_API fa_status fa_forward(fa_context *ctx, const fa_attn *attn,
+                            const fa_tensor *q, const fa_tensor *k,
+                            const fa_tensor *v, fa_tensor *out, float *lse,
+                            void *workspace, size_t workspace_size);
+
+/*
+ * Gradients of the forward with the same attn. dq has q's shape, dk k's,
+ * dv v's (for GQA the gradients of the heads sharing a K/V head are summed).
+ * out and lse are those the forward returned.
+ */
+FA_API fa_status fa_backward(fa_context *ctx, const fa_attn *attn,
+                             const fa_tensor *q, const fa_tensor *k,
+                             const fa_tensor *v, const fa_tensor *out,
+                             const float *lse, const fa_tensor *dout,
+                             fa_tensor *dq, fa_tensor *dk, fa_tensor *dv,
+                             void *workspace, size_t workspace_size);
+
+/* ---------------------------------------------------------------------- */
+/* Dropout stream                                                          */
+
+/*
+ * The dropout mask, defined once for every backend. For the element (b, h,
+ * i, j) — batch index, query head, query row and key column within the
+ * sequence — run Philox4x32-10 with
+ *     key     = (seed & 0xffffffff, seed >> 32)
+ *     counter = (j >> 2, i, lo32(offset + b·heads_q + h),
+ *                         hi32(offset + b·heads_q + h))
+ * take output word (j & 3) as r; the element is dropped iff
+ *     r < (uint32_t)(p · 2^32)   (computed as p · 4294967296.0, floored).
+ * Returns 1 if kept, 0 if dropped.
+ */
+FA_API int fa_dropout_keep(uint64_t seed, uint64_t offset, int64_t heads_q,
+                           int64_t b, int64_t h, int64_t i, int64_t j,
+                           float p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FLASHATTN_H */

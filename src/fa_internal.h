@@ -1,0 +1,243 @@
+/*
+ * Internal interface between the public API (validation + dispatch, in
+ * src/api.c and src/dispatch.c) and the backends (src/cpu/, src/cuda/).
+ *
+ * The API validates every argument, resolves defaults, and hands a backend a
+ * fa_problem in which everything is explicit: head_dim_v set, the scale
+ * resolved, causal folded into window_right = 0, strides and pointers as
+ * given. A backend may assume the problem is valid; it still returns a
+ * status (out of memory, device error, unsupported combination).
+ */
+#ifndef FA_INTERNAL_H
+#define FA_INTERNAL_H
+
+#include "flashattn.h"
+
+#include <math.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__CUDACC__)
+#  define FA_HOSTDEV __host__ __device__ __forceinline__
+#else
+#  define FA_HOSTDEV static inline
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* Errors: set the thread-local message and return the status.            */
+
+/* printf-style; returns status so that callers can `return fa_fail(...)`. */
+fa_status fa_fail(fa_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+void fa_clear_error(void);
+
+/* ---------------------------------------------------------------------- */
+/* Problem                                                                 */
+
+typedef enum fa_direction { FA_FORWARD = 0, FA_BACKWARD = 1 } fa_direction;
+
+typedef struct fa_problem {
+    /* shapes (seqlen_q/k are the max over the batch for varlen) */
+    int64_t batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, head_dim_v;
+    fa_dtype dtype;
+
+    /* varlen: both non-NULL, pointers on the context's device; the host
+     * copies are always valid (the API copies device cu_seqlens to host
+     * for validation and keeps them for backends that need them). */
+    int varlen;
+    const int32_t *cu_seqlens_q, *cu_seqlens_k;           /* device */
+    const int32_t *cu_seqlens_q_host, *cu_seqlens_k_host; /* host */
+    int64_t total_q, total_k; /* varlen: cu_seqlens[batch]; else b*s */
+
+    /* resolved options */
+    float softmax_scale;          /* > 0 */
+    int64_t window_left;          /* -1 = unbounded */
+    int64_t window_right;         /* -1 = unbounded; 0 when causal */
+    int causal;                   /* informational: window_right == 0 came
+                                     from causal */
+    float softcap;                /* 0 = off */
+    const float *alibi_slopes;    /* NULL = off */
+    int64_t alibi_stride_batch;
+    float dropout_p;              /* 0 = off */
+    uint64_t dropout_seed, dropout_offset;
+    const uint8_t *block_mask;    /* NULL = dense */
+    int64_t block_size_q, block_size_k;
+    int64_t block_mask_blocks_q, block_mask_blocks_k;
+    int64_t block_mask_stride_batch, block_mask_stride_head;
+    int deterministic;
+
+    /* tensors (dout, dq, dk, dv only for the backward) */
+    fa_tensor q, k, v, out, dout, dq, dk, dv;
+    float *lse;                   /* forward: may be NULL */
+
+    /* execution */
+    void *workspace;              /* at least the backend's size */
+    size_t workspace_size;
+    int num_threads;              /* CPU: resolved, >= 1 */
+    void *stream;                 /* CUDA stream */
+    const char *kernel_name;      /* set by the backend: what ran */
+} fa_problem;
+
+/* ---------------------------------------------------------------------- */
+/* Helpers shared by every backend (host and device)                       */
+
+/* Token range of sequence b: rows [q0, q0+sq) of q/out and [k0, k0+sk) of
+ * k/v, in the packed index space for varlen, per-batch for fixed. */
+typedef struct fa_seq {
+    int64_t q0, sq, k0, sk;
+} fa_seq;
+
+FA_HOSTDEV fa_seq fa_seq_of(int varlen, const int32_t *cu_q, const int32_t *cu_k,
+                            int64_t seqlen_q, int64_t seqlen_k, int64_t b)
+{
+    fa_seq s;
+    if (varlen) {
+        s.q0 = cu_q[b];
+        s.sq = cu_q[b + 1] - cu_q[b];
+        s.k0 = cu_k[b];
+        s.sk = cu_k[b + 1] - cu_k[b];
+    } else {
+        s.q0 = 0;
+        s.sq = seqlen_q;
+        s.k0 = 0;
+        s.sk = seqlen_k;
+    }
+    return s;
+}
+
+/* Element offset of row `row` (within sequence b, already including q0/k0
+ * for varlen) and head h. */
+FA_HOSTDEV int64_t fa_row_offset(const fa_tensor *t, int varlen, int64_t b,
+                                 int64_t row, int64_t h)
+{
+    return (varlen ? 0 : b * t->stride_batch) + row * t->stride_seq +
+           h * t->stride_head;
+}
+
+/* Index into lse: (batch, heads_q, seqlen_q) fixed, (heads_q, total_q)
+ * varlen; `row` as for fa_row_offset. */
+FA_HOSTDEV int64_t fa_lse_index(int varlen, int64_t b, int64_t h, int64_t row,
+                                int64_t heads_q, int64_t seqlen_q,
+                                int64_t total_q)
+{
+    return varlen ? h * total_q + row : (b * heads_q + h) * seqlen_q + row;
+}
+
+/* Visible-key range [*lo, *hi) of query row i for the window (bottom-right
+ * aligned); empty when *lo >= *hi. Block masks are applied separately. */
+FA_HOSTDEV void fa_window_range(int64_t i, int64_t sq, int64_t sk,
+                                int64_t window_left, int64_t window_right,
+                                int64_t *lo, int64_t *hi)
+{
+    int64_t shift = sk - sq;
+    int64_t l = window_left < 0 ? 0 : i + shift - window_left;
+    int64_t h = window_right < 0 ? sk : i + shift + window_right + 1;
+    *lo = l < 0 ? 0 : l;
+    *hi = h > sk ? sk : h;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Philox4x32-10 (Salmon et al., SC'11), the dropout stream.               */
+
+typedef struct fa_u32x4 {
+    uint32_t x[4];
+} fa_u32x4;
+
+FA_HOSTDEV fa_u32x4 fa_philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2,
+                                     uint32_t c3, uint32_t k0, uint32_t k1)
+{
+    const uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;
+    const uint32_t W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
+    for (int round = 0; round < 10; ++round) {
+        uint64_t p0 = (uint64_t)M0 * c0;
+        uint64_t p1 = (uint64_t)M1 * c2;
+        uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0;
+        uint32_t hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
+        uint32_t n0 = hi1 ^ c1 ^ k0;
+        uint32_t n2 = hi0 ^ c3 ^ k1;
+        c0 = n0;
+        c1 = lo1;
+        c2 = n2;
+        c3 = lo0;
+        k0 += W0;
+        k1 += W1;
+    }
+    fa_u32x4 r;
+    r.x[0] = c0;
+    r.x[1] = c1;
+    r.x[2] = c2;
+    r.x[3] = c3;
+    return r;
+}
+
+/* Drop threshold: an element is dropped iff its word r < threshold. */
+FA_HOSTDEV uint32_t fa_dropout_threshold(float p)
+{
+    double t = (double)p * 4294967296.0;
+    return t >= 4294967295.0 ? 0xffffffffu : (uint32_t)t;
+}
+
+/* The four random words for columns 4*(j>>2) .. 4*(j>>2)+3 of row i of
+ * (b, h): see fa_dropout_keep() in flashattn.h. */
+FA_HOSTDEV fa_u32x4 fa_dropout_words(uint64_t seed, uint64_t offset,
+                                     int64_t heads_q, int64_t b, int64_t h,
+                                     int64_t i, int64_t j)
+{
+    uint64_t sub = offset + (uint64_t)(b * heads_q + h);
+    return fa_philox4x32_10((uint32_t)((uint64_t)j >> 2), (uint32_t)i,
+                            (uint32_t)sub, (uint32_t)(sub >> 32),
+                            (uint32_t)seed, (uint32_t)(seed >> 32));
+}
+
+/* ---------------------------------------------------------------------- */
+/* Backends                                                                */
+
+/* CPU (src/cpu/). Pointers are host memory. */
+size_t fa_cpu_workspace_size(const fa_problem *p, fa_direction dir);
+fa_status fa_cpu_forward(fa_problem *p);
+fa_status fa_cpu_backward(fa_problem *p);
+/* "avx512", "avx2" or "scalar": the vector path this machine runs. */
+const char *fa_cpu_isa(void);
+/* Number of cores (the default thread count). */
+int fa_cpu_num_cores(void);
+
+#ifdef FA_HAVE_CUDA
+/* CUDA runtime glue (src/cuda/runtime.cu). */
+typedef struct fa_cuda_device_info {
+    int sm;          /* 10*major + minor, e.g. 90 */
+    int num_sms;
+    size_t smem_per_block_optin;
+} fa_cuda_device_info;
+fa_status fa_cuda_device_query(int device_index, fa_cuda_device_info *info);
+fa_status fa_cuda_set_device(int device_index);
+fa_status fa_cuda_malloc(void **ptr, size_t bytes, void *stream);
+void fa_cuda_free(void *ptr, void *stream);
+fa_status fa_cuda_copy_to_host(void *dst, const void *src, size_t bytes,
+                               void *stream); /* synchronous */
+
+/* Portable tensor-core kernels (src/cuda/sm80/). supports() returns
+ * FA_SUCCESS or FA_ERROR_UNSUPPORTED with a message saying why. */
+fa_status fa_sm80_supports(const fa_problem *p, fa_direction dir,
+                           const fa_cuda_device_info *dev);
+size_t fa_sm80_workspace_size(const fa_problem *p, fa_direction dir);
+fa_status fa_sm80_forward(fa_problem *p);
+fa_status fa_sm80_backward(fa_problem *p);
+
+/* Hopper kernels (src/cuda/sm90/), forward only. */
+fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir,
+                           const fa_cuda_device_info *dev);
+size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir);
+fa_status fa_sm90_forward(fa_problem *p);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FA_INTERNAL_H */
