@@ -1,0 +1,710 @@
+/*
+ * The public API: errors, version, context, and the validation that turns a
+ * caller's fa_attn + tensors into a fa_problem a backend can trust. Nothing
+ * is written to an output before every argument has been checked.
+ */
+#include "context.h"
+
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------------- */
+/* Errors                                                                  */
+
+static _Thread_local char last_error[1024];
+
+fa_status fa_fail(fa_status status, const char *fmt, ...)
+{
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, args);
+    va_end(args);
+    return status;
+}
+
+void fa_clear_error(void) { last_error[0] = '\0'; }
+
+const char *fa_last_error(void) { return last_error; }
+
+const char *fa_status_string(fa_status status)
+{
+    switch (status) {
+    case FA_SUCCESS: return "success";
+    case FA_ERROR_INVALID_ARGUMENT: return "invalid argument";
+    case FA_ERROR_UNSUPPORTED: return "unsupported";
+    case FA_ERROR_OUT_OF_MEMORY: return "out of memory";
+    case FA_ERROR_DEVICE: return "device error";
+    case FA_ERROR_INTERNAL: return "internal error";
+    }
+    return "unknown status";
+}
+
+/* ---------------------------------------------------------------------- */
+/* Version, names                                                          */
+
+#define FA_STR2(x) #x
+#define FA_STR(x) FA_STR2(x)
+
+unsigned fa_version(void) { return FA_VERSION_NUMBER; }
+
+const char *fa_version_string(void)
+{
+    return FA_STR(FA_VERSION_MAJOR) "." FA_STR(FA_VERSION_MINOR) "." FA_STR(
+        FA_VERSION_PATCH);
+}
+
+static int dtype_valid(fa_dtype dtype)
+{
+    return (int)dtype >= (int)FA_DTYPE_F32 &&
+           (int)dtype <= (int)FA_DTYPE_FP8_E5M2;
+}
+
+size_t fa_dtype_size(fa_dtype dtype)
+{
+    switch (dtype) {
+    case FA_DTYPE_F32: return 4;
+    case FA_DTYPE_F16:
+    case FA_DTYPE_BF16: return 2;
+    case FA_DTYPE_FP8_E4M3:
+    case FA_DTYPE_FP8_E5M2: return 1;
+    }
+    return 0;
+}
+
+const char *fa_dtype_name(fa_dtype dtype)
+{
+    switch (dtype) {
+    case FA_DTYPE_F32: return "f32";
+    case FA_DTYPE_F16: return "f16";
+    case FA_DTYPE_BF16: return "bf16";
+    case FA_DTYPE_FP8_E4M3: return "fp8_e4m3";
+    case FA_DTYPE_FP8_E5M2: return "fp8_e5m2";
+    }
+    return "unknown";
+}
+
+const char *fa_backend_name(fa_backend backend)
+{
+    switch (backend) {
+    case FA_BACKEND_AUTO: return "auto";
+    case FA_BACKEND_CPU: return "cpu";
+    case FA_BACKEND_CUDA_SM80: return "sm80";
+    case FA_BACKEND_CUDA_SM90: return "sm90";
+    }
+    return "unknown";
+}
+
+int fa_backend_compiled(fa_backend backend)
+{
+    switch (backend) {
+    case FA_BACKEND_AUTO:
+    case FA_BACKEND_CPU: return 1;
+#ifdef FA_HAVE_SM80
+    case FA_BACKEND_CUDA_SM80: return 1;
+#endif
+#ifdef FA_HAVE_SM90
+    case FA_BACKEND_CUDA_SM90: return 1;
+#endif
+    default: return 0;
+    }
+}
+
+fa_tensor fa_tensor_contiguous(void *data, int64_t seqlen, int64_t heads,
+                               int64_t dim)
+{
+    fa_tensor t;
+    t.data = data;
+    t.stride_head = dim;
+    t.stride_seq = heads * dim;
+    t.stride_batch = seqlen * heads * dim;
+    return t;
+}
+
+void fa_attn_init(fa_attn *attn)
+{
+    if (!attn)
+        return;
+    memset(attn, 0, sizeof *attn);
+    attn->dtype = FA_DTYPE_F32;
+    attn->window_left = -1;
+    attn->window_right = -1;
+}
+
+int fa_dropout_keep(uint64_t seed, uint64_t offset, int64_t heads_q,
+                    int64_t b, int64_t h, int64_t i, int64_t j, float p)
+{
+    fa_u32x4 r = fa_dropout_words(seed, offset, heads_q, b, h, i, j);
+    return r.x[j & 3] >= fa_dropout_threshold(p);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Context                                                                 */
+
+fa_status fa_context_create(fa_context **ctx, fa_device device,
+                            int device_index)
+{
+    if (!ctx)
+        return fa_fail(FA_ERROR_INVALID_ARGUMENT, "ctx is NULL");
+    *ctx = NULL;
+    if (device != FA_DEVICE_CPU && device != FA_DEVICE_CUDA)
+        return fa_fail(FA_ERROR_INVALID_ARGUMENT,
+                       "device (%d) is not a fa_device", (int)device);
+    if (device_index < 0)
+        return fa_fail(FA_ERROR_INVALID_ARGUMENT,
+                       "device_index (%d) is negative", device_index);
+    fa_context *c = calloc(1, sizeof *c);
+    if (!c)
+        return fa_fail(FA_ERROR_OUT_OF_MEMORY, "cannot allocate a context");
+    c->device = device;
+    c->device_index = device == FA_DEVICE_CPU ? 0 : device_index;
+    c->last_kernel = "";
+    if (device == FA_DEVICE_CUDA) {
+#ifdef FA_HAVE_CUDA
+        fa_status st = fa_cuda_device_query(device_index, &c->cuda);
+        if (st != FA_SUCCESS) {
+            free(c);
+            return st;
+        }
+#else
+        free(c);
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "device cuda: this build of flashattn has no CUDA "
+                       "backend");
+#endif
+    }
+    *ctx = c;
+    return FA_SUCCESS;
+}
+
+static void release_workspace(fa_context *ctx)
+{
+    if (!ctx->workspace)
+        return;
+#ifdef FA_HAVE_CUDA
+    if (ctx->device == FA_DEVICE_CUDA)
+        fa_cuda_free(ctx->workspace, ctx->stream);
+    else
+#endif
+        free(ctx->workspace);
+    ctx->workspace = NULL;
+    ctx->workspace_size = 0;
+}
+
+void fa_context_destroy(fa_context *ctx)
+{
+    if (!ctx)
+        return;
+    release_workspace(ctx);
+    free(ctx->host_cu_seqlens);
+    free(ctx);
+}
+
+fa_status fa_context_set_stream(fa_context *ctx, void *stream)
+{
+    if (!ctx)
+        return fa_fail(FA_ERROR_INVALID_ARGUMENT, "ctx is NULL");
+    if (ctx->device != FA_DEVICE_CUDA && stream)
+        return fa_fail(FA_ERROR_INVALID_ARGUMENT,
+                       "stream: a CPU context has no CUDA stream");
+    ctx->stream = stream;
+    return FA_SUCCESS;
+}
+
+fa_status fa_context_set_num_threads(fa_context *ctx, int threads)
+{
+    if (!ctx)
+        return fa_fail(FA_ERROR_INVALID_ARGUMENT, "ctx is NULL");
+    if (threads < 0)
+        return fa_fail(FA_ERROR_INVALID_ARGUMENT,
+                       "threads (%d) is negative (0 means all cores)",
+                       threads);
+    ctx->num_threads = threads;
+    return FA_SUCCESS;
+}
+
+fa_status fa_context_set_backend(fa_context *ctx, fa_backend backend)
+{
+    if (!ctx)
+        return fa_fail(FA_ERROR_INVALID_ARGUMENT, "ctx is NULL");
+    if ((int)backend < (int)FA_BACKEND_AUTO ||
+        (int)backend > (int)FA_BACKEND_CUDA_SM90)
+        return fa_fail(FA_ERROR_INVALID_ARGUMENT,
+                       "backend (%d) is not a fa_backend", (int)backend);
+    if (!fa_backend_compiled(backend))
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "backend %s is not compiled into this build",
+                       fa_backend_name(backend));
+    int wants_cuda = backend == FA_BACKEND_CUDA_SM80 ||
+                     backend == FA_BACKEND_CUDA_SM90;
+    if (backend != FA_BACKEND_AUTO &&
+        wants_cuda != (ctx->device == FA_DEVICE_CUDA))
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "backend %s cannot run on a %s context",
+                       fa_backend_name(backend),
+                       ctx->device == FA_DEVICE_CUDA ? "CUDA" : "CPU");
+    ctx->backend = backend;
+    return FA_SUCCESS;
+}
+
+const char *fa_context_last_kernel(const fa_context *ctx)
+{
+    return ctx ? ctx->last_kernel : "";
+}
+
+/* ---------------------------------------------------------------------- */
+/* Validation                                                              */
+
+#define INVALID(...) fa_fail(FA_ERROR_INVALID_ARGUMENT, __VA_ARGS__)
+/* Each dimension's extent must fit the kernels' 32-bit coordinates. */
+#define FA_MAX_EXTENT ((int64_t)INT32_MAX)
+
+/* The element offset range a view touches must have no two elements at one
+ * address (outputs would race, inputs would be ambiguous): sort the
+ * non-trivial dimensions by stride and require each stride to clear the
+ * span of the smaller ones. */
+static fa_status check_view(const char *name, const fa_tensor *t,
+                            int64_t outer, int64_t rows, int64_t heads,
+                            int64_t dim, int varlen)
+{
+    if (!t)
+        return INVALID("%s is NULL", name);
+    int64_t rows_total = rows * (varlen ? 1 : outer);
+    if (rows_total > 0 && !t->data)
+        return INVALID("%s->data is NULL", name);
+    int64_t size[3] = {varlen ? 1 : outer, rows, heads};
+    int64_t stride[3] = {t->stride_batch, t->stride_seq, t->stride_head};
+    static const char *const dim_name[3] = {"stride_batch", "stride_seq",
+                                            "stride_head"};
+    int order[3] = {0, 1, 2};
+    for (int a = 0; a < 3; ++a) {
+        if (size[a] > 1 && stride[a] < 0)
+            return INVALID("%s->%s (%lld) is negative", name, dim_name[a],
+                           (long long)stride[a]);
+    }
+    for (int a = 1; a < 3; ++a) /* insertion sort by stride */
+        for (int b = a; b > 0 && stride[order[b]] < stride[order[b - 1]]; --b) {
+            int tmp = order[b];
+            order[b] = order[b - 1];
+            order[b - 1] = tmp;
+        }
+    int64_t span = dim; /* the contiguous innermost dimension */
+    for (int n = 0; n < 3; ++n) {
+        int a = order[n];
+        if (size[a] <= 1)
+            continue;
+        if (stride[a] < span)
+            return INVALID("%s->%s (%lld) overlaps the dimensions inside it "
+                           "(needs >= %lld; the last dimension is "
+                           "contiguous)", name, dim_name[a],
+                           (long long)stride[a], (long long)span);
+        int64_t extent;
+        if (__builtin_mul_overflow(stride[a], size[a] - 1, &extent) ||
+            __builtin_add_overflow(extent, span, &span))
+            return INVALID("%s: strides overflow 64-bit offsets", name);
+    }
+    return FA_SUCCESS;
+}
+
+static fa_status check_extent(const char *name, int64_t value, int64_t lo)
+{
+    if (value < lo)
+        return INVALID("%s (%lld) must be >= %lld", name, (long long)value,
+                       (long long)lo);
+    if (value > FA_MAX_EXTENT)
+        return INVALID("%s (%lld) is larger than %lld", name,
+                       (long long)value, (long long)FA_MAX_EXTENT);
+    return FA_SUCCESS;
+}
+
+static int is_finite(float x) { return x == x && x - x == 0.0f; }
+
+/* Reads cu_seqlens (copying device arrays to the context's host buffer)
+ * and checks: cu[0] == 0, non-decreasing, each length <= max_seqlen. */
+static fa_status check_cu_seqlens(fa_context *ctx, const char *name,
+                                  const int32_t *cu, int64_t batch,
+                                  int64_t max_seqlen, int slot,
+                                  const int32_t **host_out)
+{
+    const int32_t *host = cu;
+#ifdef FA_HAVE_CUDA
+    if (ctx->device == FA_DEVICE_CUDA) {
+        size_t need = 2 * (size_t)(batch + 1);
+        if (ctx->host_cu_seqlens_count < need) {
+            int32_t *grown = realloc(ctx->host_cu_seqlens,
+                                     need * sizeof *grown);
+            if (!grown)
+                return fa_fail(FA_ERROR_OUT_OF_MEMORY,
+                               "cannot allocate %zu host bytes for %s",
+                               need * sizeof *grown, name);
+            ctx->host_cu_seqlens = grown;
+            ctx->host_cu_seqlens_count = need;
+        }
+        int32_t *dst = ctx->host_cu_seqlens + slot * (batch + 1);
+        fa_status st = fa_cuda_copy_to_host(
+            dst, cu, (size_t)(batch + 1) * sizeof *dst, ctx->stream);
+        if (st != FA_SUCCESS)
+            return st;
+        host = dst;
+    }
+#else
+    (void)ctx;
+    (void)slot;
+#endif
+    if (host[0] != 0)
+        return INVALID("%s[0] (%d) must be 0", name, host[0]);
+    for (int64_t b = 0; b < batch; ++b) {
+        int64_t len = (int64_t)host[b + 1] - host[b];
+        if (len < 0)
+            return INVALID("%s is not non-decreasing: %s[%lld] = %d > "
+                           "%s[%lld] = %d", name, name, (long long)b, host[b],
+                           name, (long long)(b + 1), host[b + 1]);
+        if (len > max_seqlen)
+            return INVALID("%s: sequence %lld has length %lld > the max "
+                           "seqlen (%lld)", name, (long long)b,
+                           (long long)len, (long long)max_seqlen);
+    }
+    *host_out = host;
+    return FA_SUCCESS;
+}
+
+/* Shapes and options of attn -> p (no tensors yet). */
+static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
+                              fa_problem *p)
+{
+    fa_status st;
+    if (!dtype_valid(a->dtype))
+        return INVALID("dtype (%d) is not a fa_dtype", (int)a->dtype);
+    if ((st = check_extent("batch", a->batch, 1)) ||
+        (st = check_extent("seqlen_q", a->seqlen_q, 0)) ||
+        (st = check_extent("seqlen_k", a->seqlen_k, 0)) ||
+        (st = check_extent("heads_q", a->heads_q, 1)) ||
+        (st = check_extent("heads_kv", a->heads_kv, 1)))
+        return st;
+    if (a->heads_q % a->heads_kv != 0)
+        return INVALID("heads_q (%lld) is not a multiple of heads_kv (%lld)",
+                       (long long)a->heads_q, (long long)a->heads_kv);
+    if (a->head_dim < 1 || a->head_dim > 256)
+        return INVALID("head_dim (%lld) must be in 1..256",
+                       (long long)a->head_dim);
+    if (a->head_dim_v < 0 || a->head_dim_v > 256)
+        return INVALID("head_dim_v (%lld) must be in 1..256 (0 = head_dim)",
+                       (long long)a->head_dim_v);
+    if (!is_finite(a->softmax_scale) || a->softmax_scale < 0.0f)
+        return INVALID("softmax_scale (%g) must be finite and >= 0 (0 = "
+                       "1/sqrt(head_dim))", (double)a->softmax_scale);
+    if (!is_finite(a->softcap) || a->softcap < 0.0f)
+        return INVALID("softcap (%g) must be finite and >= 0 (0 = off)",
+                       (double)a->softcap);
+    if (a->window_left < -1)
+        return INVALID("window_left (%lld) must be >= -1 (-1 = unbounded)",
+                       (long long)a->window_left);
+    if (a->window_right < -1)
+        return INVALID("window_right (%lld) must be >= -1 (-1 = unbounded)",
+                       (long long)a->window_right);
+    if (!(a->dropout_p >= 0.0f && a->dropout_p < 1.0f))
+        return INVALID("dropout_p (%g) must be in [0, 1)",
+                       (double)a->dropout_p);
+    if (a->alibi_slopes && a->alibi_stride_batch < 0)
+        return INVALID("alibi_stride_batch (%lld) is negative",
+                       (long long)a->alibi_stride_batch);
+
+    memset(p, 0, sizeof *p);
+    p->batch = a->batch;
+    p->seqlen_q = a->seqlen_q;
+    p->seqlen_k = a->seqlen_k;
+    p->heads_q = a->heads_q;
+    p->heads_kv = a->heads_kv;
+    p->head_dim = a->head_dim;
+    p->head_dim_v = a->head_dim_v ? a->head_dim_v : a->head_dim;
+    p->dtype = a->dtype;
+    p->softmax_scale = a->softmax_scale > 0.0f
+                           ? a->softmax_scale
+                           : (float)(1.0 / sqrt((double)a->head_dim));
+    p->causal = a->causal != 0;
+    p->window_left = a->window_left;
+    p->window_right = a->causal ? 0 : a->window_right;
+    p->softcap = a->softcap;
+    p->alibi_slopes = a->alibi_slopes;
+    p->alibi_stride_batch = a->alibi_stride_batch;
+    p->dropout_p = a->dropout_p;
+    p->dropout_seed = a->dropout_seed;
+    p->dropout_offset = a->dropout_offset;
+    p->deterministic = a->deterministic != 0;
+
+    if (a->block_mask) {
+        if (a->block_size_q < 1 || a->block_size_k < 1)
+            return INVALID("block_size_q (%lld) and block_size_k (%lld) "
+                           "must be >= 1 with a block_mask",
+                           (long long)a->block_size_q,
+                           (long long)a->block_size_k);
+        int64_t nq = (a->seqlen_q + a->block_size_q - 1) / a->block_size_q;
+        int64_t nk = (a->seqlen_k + a->block_size_k - 1) / a->block_size_k;
+        if (a->block_mask_blocks_q != nq || a->block_mask_blocks_k != nk)
+            return INVALID("block_mask is %lld x %lld blocks; "
+                           "ceil(seqlen_q/block_size_q) x "
+                           "ceil(seqlen_k/block_size_k) is %lld x %lld",
+                           (long long)a->block_mask_blocks_q,
+                           (long long)a->block_mask_blocks_k, (long long)nq,
+                           (long long)nk);
+        if (a->block_mask_stride_batch < 0 || a->block_mask_stride_head < 0)
+            return INVALID("block_mask strides (%lld, %lld) are negative",
+                           (long long)a->block_mask_stride_batch,
+                           (long long)a->block_mask_stride_head);
+        p->block_mask = a->block_mask;
+        p->block_size_q = a->block_size_q;
+        p->block_size_k = a->block_size_k;
+        p->block_mask_blocks_q = nq;
+        p->block_mask_blocks_k = nk;
+        p->block_mask_stride_batch = a->block_mask_stride_batch;
+        p->block_mask_stride_head = a->block_mask_stride_head;
+    }
+
+    if ((a->cu_seqlens_q == NULL) != (a->cu_seqlens_k == NULL))
+        return INVALID("cu_seqlens_q and cu_seqlens_k must both be set "
+                       "(varlen) or both NULL");
+    if (a->cu_seqlens_q) {
+        p->varlen = 1;
+        p->cu_seqlens_q = a->cu_seqlens_q;
+        p->cu_seqlens_k = a->cu_seqlens_k;
+        if ((st = check_cu_seqlens(ctx, "cu_seqlens_q", a->cu_seqlens_q,
+                                   a->batch, a->seqlen_q, 0,
+                                   &p->cu_seqlens_q_host)) ||
+            (st = check_cu_seqlens(ctx, "cu_seqlens_k", a->cu_seqlens_k,
+                                   a->batch, a->seqlen_k, 1,
+                                   &p->cu_seqlens_k_host)))
+            return st;
+        p->total_q = p->cu_seqlens_q_host[a->batch];
+        p->total_k = p->cu_seqlens_k_host[a->batch];
+    } else {
+        p->total_q = a->batch * a->seqlen_q;
+        p->total_k = a->batch * a->seqlen_k;
+    }
+    return FA_SUCCESS;
+}
+
+/* Rows of a q-like / k-like tensor: per sequence for fixed-length, total
+ * for varlen (check_view multiplies by batch only for fixed-length). */
+static int64_t q_rows(const fa_problem *p)
+{
+    return p->varlen ? p->total_q : p->seqlen_q;
+}
+static int64_t k_rows(const fa_problem *p)
+{
+    return p->varlen ? p->total_k : p->seqlen_k;
+}
+
+static fa_status check_q_like(const fa_problem *p, const char *name,
+                              const fa_tensor *t, int64_t dim)
+{
+    return check_view(name, t, p->batch, q_rows(p), p->heads_q, dim,
+                      p->varlen);
+}
+static fa_status check_k_like(const fa_problem *p, const char *name,
+                              const fa_tensor *t, int64_t dim)
+{
+    return check_view(name, t, p->batch, k_rows(p), p->heads_kv, dim,
+                      p->varlen);
+}
+
+/* Pick the backend, size the workspace, provide it, fill execution fields. */
+static fa_status prepare_run(fa_context *ctx, fa_problem *p, fa_direction dir,
+                             void *workspace, size_t workspace_size,
+                             fa_backend *backend)
+{
+    fa_status st = fa_dispatch_select(ctx, p, dir, backend);
+    if (st != FA_SUCCESS)
+        return st;
+    p->num_threads = ctx->num_threads > 0 ? ctx->num_threads
+                                          : fa_cpu_num_cores();
+    p->stream = ctx->stream;
+    size_t need = fa_dispatch_workspace_size(ctx, *backend, p, dir);
+    if (workspace) {
+        if (workspace_size < need)
+            return INVALID("workspace_size (%zu) is smaller than the "
+                           "required %zu bytes", workspace_size, need);
+        p->workspace = workspace;
+        p->workspace_size = workspace_size;
+        return FA_SUCCESS;
+    }
+    if (need > ctx->workspace_size) {
+        release_workspace(ctx);
+        void *mem = NULL;
+#ifdef FA_HAVE_CUDA
+        if (ctx->device == FA_DEVICE_CUDA) {
+            st = fa_cuda_malloc(&mem, need, ctx->stream);
+            if (st != FA_SUCCESS)
+                return st;
+        } else
+#endif
+        {
+            /* 64-byte aligned for the vector kernels. */
+            size_t rounded = (need + 63) / 64 * 64;
+            mem = aligned_alloc(64, rounded);
+            if (!mem)
+                return fa_fail(FA_ERROR_OUT_OF_MEMORY,
+                               "cannot allocate a %zu-byte workspace", need);
+        }
+        ctx->workspace = mem;
+        ctx->workspace_size = need;
+    }
+    p->workspace = ctx->workspace;
+    p->workspace_size = ctx->workspace_size;
+    return FA_SUCCESS;
+}
+
+static fa_status run(fa_context *ctx, fa_problem *p, fa_direction dir,
+                     fa_backend backend)
+{
+    p->kernel_name = fa_backend_name(backend);
+    fa_status st = fa_dispatch_run(backend, p, dir);
+    if (st == FA_SUCCESS) {
+        ctx->last_kernel = p->kernel_name;
+        fa_clear_error();
+    }
+    return st;
+}
+
+/* Checks the call's handles and makes the context's GPU current. */
+static fa_status check_call(const fa_context *ctx, const fa_attn *attn)
+{
+    if (!ctx)
+        return INVALID("ctx is NULL");
+    if (!attn)
+        return INVALID("attn is NULL");
+#ifdef FA_HAVE_CUDA
+    if (ctx->device == FA_DEVICE_CUDA)
+        return fa_cuda_set_device(ctx->device_index);
+#endif
+    return FA_SUCCESS;
+}
+
+static fa_status validate_forward(fa_context *ctx, const fa_attn *attn,
+                                  const fa_tensor *q, const fa_tensor *k,
+                                  const fa_tensor *v, const fa_tensor *out,
+                                  fa_problem *p)
+{
+    fa_status st;
+    if ((st = check_call(ctx, attn)) || (st = resolve_attn(ctx, attn, p)) ||
+        (st = check_q_like(p, "q", q, p->head_dim)) ||
+        (st = check_k_like(p, "k", k, p->head_dim)) ||
+        (st = check_k_like(p, "v", v, p->head_dim_v)) ||
+        (st = check_q_like(p, "out", out, p->head_dim_v)))
+        return st;
+    p->q = *q;
+    p->k = *k;
+    p->v = *v;
+    p->out = *out;
+    return FA_SUCCESS;
+}
+
+static fa_status validate_backward(fa_context *ctx, const fa_attn *attn,
+                                   const fa_tensor *q, const fa_tensor *k,
+                                   const fa_tensor *v, const fa_tensor *out,
+                                   const float *lse, const fa_tensor *dout,
+                                   const fa_tensor *dq, const fa_tensor *dk,
+                                   const fa_tensor *dv, fa_problem *p)
+{
+    fa_status st;
+    if ((st = validate_forward(ctx, attn, q, k, v, out, p)) ||
+        (st = check_q_like(p, "dout", dout, p->head_dim_v)) ||
+        (st = check_q_like(p, "dq", dq, p->head_dim)) ||
+        (st = check_k_like(p, "dk", dk, p->head_dim)) ||
+        (st = check_k_like(p, "dv", dv, p->head_dim_v)))
+        return st;
+    if (!lse && p->total_q > 0)
+        return INVALID("lse is NULL: the backward needs the forward's lse");
+    p->dout = *dout;
+    p->dq = *dq;
+    p->dk = *dk;
+    p->dv = *dv;
+    p->lse = (float *)lse;
+    return FA_SUCCESS;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Entry points                                                            */
+
+fa_status fa_forward_workspace_size(const fa_context *ctx,
+                                    const fa_attn *attn, size_t *bytes)
+{
+    fa_status st;
+    fa_problem p;
+    fa_backend backend;
+    if ((st = check_call(ctx, attn)))
+        return st;
+    if (!bytes)
+        return INVALID("bytes is NULL");
+    /* cu_seqlens are read through the context's host buffer. */
+    if ((st = resolve_attn((fa_context *)ctx, attn, &p)) ||
+        (st = fa_dispatch_select(ctx, &p, FA_FORWARD, &backend)))
+        return st;
+    p.num_threads = ctx->num_threads > 0 ? ctx->num_threads
+                                         : fa_cpu_num_cores();
+    *bytes = fa_dispatch_workspace_size(ctx, backend, &p, FA_FORWARD);
+    return FA_SUCCESS;
+}
+
+fa_status fa_backward_workspace_size(const fa_context *ctx,
+                                     const fa_attn *attn, size_t *bytes)
+{
+    fa_status st;
+    fa_problem p;
+    fa_backend backend;
+    if ((st = check_call(ctx, attn)))
+        return st;
+    if (!bytes)
+        return INVALID("bytes is NULL");
+    if ((st = resolve_attn((fa_context *)ctx, attn, &p)) ||
+        (st = fa_dispatch_select(ctx, &p, FA_BACKWARD, &backend)))
+        return st;
+    p.num_threads = ctx->num_threads > 0 ? ctx->num_threads
+                                         : fa_cpu_num_cores();
+    *bytes = fa_dispatch_workspace_size(ctx, backend, &p, FA_BACKWARD);
+    return FA_SUCCESS;
+}
+
+fa_status fa_forward(fa_context *ctx, const fa_attn *attn,
+                     const fa_tensor *q, const fa_tensor *k,
+                     const fa_tensor *v, fa_tensor *out, float *lse,
+                     void *workspace, size_t workspace_size)
+{
+    fa_problem p;
+    fa_backend backend;
+    fa_status st = validate_forward(ctx, attn, q, k, v, out, &p);
+    if (st)
+        return st;
+    p.lse = lse;
+    if (p.total_q == 0) { /* nothing to compute, nothing to write */
+        ctx->last_kernel = "empty";
+        fa_clear_error();
+        return FA_SUCCESS;
+    }
+    if ((st = prepare_run(ctx, &p, FA_FORWARD, workspace, workspace_size,
+                          &backend)))
+        return st;
+    return run(ctx, &p, FA_FORWARD, backend);
+}
+
+fa_status fa_backward(fa_context *ctx, const fa_attn *attn,
+                      const fa_tensor *q, const fa_tensor *k,
+                      const fa_tensor *v, const fa_tensor *out,
+                      const float *lse, const fa_tensor *dout, fa_tensor *dq,
+                      fa_tensor *dk, fa_tensor *dv, void *workspace,
+                      size_t workspace_size)
+{
+    fa_problem p;
+    fa_backend backend;
+    fa_status st = validate_backward(ctx, attn, q, k, v, out, lse, dout, dq,
+                                     dk, dv, &p);
+    if (st)
+        return st;
+    if ((st = prepare_run(ctx, &p, FA_BACKWARD, workspace, workspace_size,
+                          &backend)))
+        return st;
+    /* Even with no queries, dk and dv must be written (as zeros): the
+     * backend handles that, so it runs for total_q == 0 too. */
+    return run(ctx, &p, FA_BACKWARD, backend);
+}

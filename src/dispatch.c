@@ -1,0 +1,140 @@
+/*
+ * Backend choice: one function decides which kernel runs a validated
+ * problem, so that every "why did X run" question has one answer.
+ *
+ *   CPU context:  the CPU backend (fp8 is GPU-only).
+ *   CUDA context: forward on sm_90 -> Hopper kernels if they support the
+ *                 problem, else the portable sm80 kernels; backward -> sm80.
+ * A forced backend that cannot run the problem is FA_ERROR_UNSUPPORTED, with
+ * the backend's own reason.
+ */
+#include "context.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static fa_status cpu_supports(const fa_context *ctx, const fa_problem *p)
+{
+    if (ctx->device != FA_DEVICE_CPU)
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "backend cpu cannot run on a CUDA context (pointers "
+                       "are device memory)");
+    if (p->dtype == FA_DTYPE_FP8_E4M3 || p->dtype == FA_DTYPE_FP8_E5M2)
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "dtype %s is not supported by the CPU backend",
+                       fa_dtype_name(p->dtype));
+    return FA_SUCCESS;
+}
+
+/* Can `backend` run p? FA_SUCCESS, or a status + message saying why not. */
+static fa_status backend_supports(const fa_context *ctx, fa_backend backend,
+                                  const fa_problem *p, fa_direction dir)
+{
+    if (backend == FA_BACKEND_CPU)
+        return cpu_supports(ctx, p);
+    if (!fa_backend_compiled(backend))
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "backend %s is not compiled into this build",
+                       fa_backend_name(backend));
+#ifdef FA_HAVE_CUDA
+    if (ctx->device != FA_DEVICE_CUDA)
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "backend %s needs a CUDA context",
+                       fa_backend_name(backend));
+#  ifdef FA_HAVE_SM80
+    if (backend == FA_BACKEND_CUDA_SM80)
+        return fa_sm80_supports(p, dir, &ctx->cuda);
+#  endif
+#  ifdef FA_HAVE_SM90
+    if (backend == FA_BACKEND_CUDA_SM90) {
+        if (ctx->cuda.sm != 90)
+            return fa_fail(FA_ERROR_UNSUPPORTED,
+                           "backend sm90 needs an sm_90 GPU (this one is "
+                           "sm_%d)", ctx->cuda.sm);
+        return fa_sm90_supports(p, dir, &ctx->cuda);
+    }
+#  endif
+#endif
+    return fa_fail(FA_ERROR_INTERNAL, "backend %d has no dispatch entry",
+                   (int)backend);
+}
+
+fa_status fa_dispatch_select(const fa_context *ctx, const fa_problem *p,
+                             fa_direction dir, fa_backend *chosen)
+{
+    if (ctx->backend != FA_BACKEND_AUTO) {
+        fa_status st = backend_supports(ctx, ctx->backend, p, dir);
+        if (st == FA_SUCCESS)
+            *chosen = ctx->backend;
+        return st;
+    }
+    if (ctx->device == FA_DEVICE_CPU) {
+        fa_status st = cpu_supports(ctx, p);
+        if (st == FA_SUCCESS)
+            *chosen = FA_BACKEND_CPU;
+        return st;
+    }
+    /* CUDA, fastest first; keep each refusal for the final message. */
+    static const fa_backend order[] = {FA_BACKEND_CUDA_SM90,
+                                       FA_BACKEND_CUDA_SM80};
+    char reasons[512] = "";
+    for (size_t n = 0; n < sizeof order / sizeof order[0]; ++n) {
+        fa_status st = backend_supports(ctx, order[n], p, dir);
+        if (st == FA_SUCCESS) {
+            fa_clear_error();
+            *chosen = order[n];
+            return FA_SUCCESS;
+        }
+        if (st != FA_ERROR_UNSUPPORTED)
+            return st;
+        size_t used = strlen(reasons);
+        snprintf(reasons + used, sizeof reasons - used, "%s%s: %s",
+                 used ? "; " : "", fa_backend_name(order[n]),
+                 fa_last_error());
+    }
+    return fa_fail(FA_ERROR_UNSUPPORTED, "no CUDA backend supports this "
+                   "problem (%s)", reasons);
+}
+
+size_t fa_dispatch_workspace_size(const fa_context *ctx, fa_backend backend,
+                                  const fa_problem *p, fa_direction dir)
+{
+    (void)ctx;
+    switch (backend) {
+    case FA_BACKEND_CPU:
+        return fa_cpu_workspace_size(p, dir);
+#ifdef FA_HAVE_SM80
+    case FA_BACKEND_CUDA_SM80:
+        return fa_sm80_workspace_size(p, dir);
+#endif
+#ifdef FA_HAVE_SM90
+    case FA_BACKEND_CUDA_SM90:
+        return fa_sm90_workspace_size(p, dir);
+#endif
+    default:
+        return 0;
+    }
+}
+
+fa_status fa_dispatch_run(fa_backend backend, fa_problem *p, fa_direction dir)
+{
+    switch (backend) {
+    case FA_BACKEND_CPU:
+        return dir == FA_FORWARD ? fa_cpu_forward(p) : fa_cpu_backward(p);
+#ifdef FA_HAVE_SM80
+    case FA_BACKEND_CUDA_SM80:
+        return dir == FA_FORWARD ? fa_sm80_forward(p) : fa_sm80_backward(p);
+#endif
+#ifdef FA_HAVE_SM90
+    case FA_BACKEND_CUDA_SM90:
+        if (dir == FA_FORWARD)
+            return fa_sm90_forward(p);
+        break;
+#endif
+    default:
+        break;
+    }
+    return fa_fail(FA_ERROR_INTERNAL, "backend %s cannot run the %s pass",
+                   fa_backend_name(backend),
+                   dir == FA_FORWARD ? "forward" : "backward");
+}
