@@ -1,0 +1,385 @@
+/*
+ * FlashAttention-2 backward on sm80+ tensor cores.
+ *
+ * Three launches on the stream:
+ *  1. preprocess: D = rowsum(dO ∘ O) and lse in log2 units per (row, head);
+ *     zeroes the fp32 dQ accumulator.
+ *  2. main: one thread block per (key block, kv head, batch). K and V stay
+ *     in smem, dK and dV accumulate in registers while the block walks the
+ *     query blocks of every query head of its GQA group (so dK/dV need no
+ *     cross-block reduction). Per query block it recomputes Sᵀ = K·Qᵀ and
+ *     dPᵀ = V·dOᵀ, forms Pᵀ and dSᵀ in smem, then dV += Pᵀ·dO,
+ *     dK += dSᵀ·Q, and adds dQ += dS·K into the fp32 accumulator with
+ *     atomics. Deterministic mode runs one block per (kv head, batch) that
+ *     walks every key block, so each dQ element is added by one thread in a
+ *     fixed order.
+ *  3. convert: dq = softmax_scale · accumulator, in the output dtype.
+ * Warps split dK/dV as (kWarpsN key groups) x (kWarpsD column groups).
+ */
+#include "common.cuh"
+
+namespace fa {
+
+template <int D> struct BackwardTiles {
+    static constexpr int kWarpsN = D <= 128 ? 4 : 2;
+    static constexpr int kWarpsD = D <= 128 ? 2 : 4;
+    static constexpr int kWarps = kWarpsN * kWarpsD;
+    static constexpr int kBlockN = 16 * kWarpsN;
+    static constexpr int kBlockM = D <= 192 ? 64 : 32;
+    static constexpr int kQueryCols = kBlockM / kWarpsD; /* of Sᵀ, per warp */
+    static constexpr int kDimCols = D / kWarpsD;         /* of dK/dV, per warp */
+    static constexpr int kDqRowGroups = kBlockM / 16;
+    static constexpr int kDqColGroups = kWarps / kDqRowGroups;
+    static constexpr int kDqCols = D / kDqColGroups; /* of dQ, per warp */
+    static constexpr size_t kSmemBytes =
+        (size_t)(2 * kBlockN + 2 * kBlockM) * smem_pitch(D) * 2 +
+        (size_t)2 * kBlockN * smem_pitch(kBlockM) * 2 + (size_t)2 * kBlockM * 4;
+    static_assert(kQueryCols % 8 == 0 && kDimCols % 8 == 0 && kDqCols % 8 == 0, "tiles");
+    static_assert(kWarps % kDqRowGroups == 0, "dQ warp split");
+    static_assert(kQueryCols * 4 / 8 <= 32, "dropout bits per thread");
+};
+
+struct BackwardArgs {
+    fa_problem p;
+    bool vectorized;
+    int dp;          /* padded head dim: the accumulator's row length */
+    float *dq_accum; /* (Hq, total_q, dp) fp32 */
+    float *dsum;     /* (Hq, total_q): rowsum(dO ∘ O) */
+    float *lse_log2; /* (Hq, total_q): lse · log2(e), +inf for empty rows */
+};
+
+/* Row of the workspace arrays for row i of sequence b. */
+__device__ __forceinline__ int64_t workspace_row(const fa_problem &p, const fa_seq &seq,
+                                                 int64_t b, int64_t i)
+{
+    return (p.varlen ? 0 : b * p.seqlen_q) + seq.q0 + i;
+}
+
+// out, dout (B, Sq, Hq, dv), lse (B, Hq, Sq) -> dsum, lse_log2 (Hq, total_q);
+// zeroes dq_accum (Hq, total_q, dp). One warp per (row, head).
+__global__ void __launch_bounds__(256) backward_preprocess_kernel(const BackwardArgs a)
+{
+    const fa_problem &p = a.p;
+    const int64_t item = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (item >= p.total_q * p.heads_q)
+        return;
+    const int64_t h = item / p.total_q, row = item % p.total_q;
+    const int64_t b = p.varlen ? 0 : row / p.seqlen_q, i = p.varlen ? row : row % p.seqlen_q;
+    float acc = 0.f;
+    if (p.dtype == FA_DTYPE_BF16) {
+        const __nv_bfloat16 *o = (const __nv_bfloat16 *)p.out.data + fa_row_offset(&p.out, p.varlen, b, i, h);
+        const __nv_bfloat16 *g = (const __nv_bfloat16 *)p.dout.data + fa_row_offset(&p.dout, p.varlen, b, i, h);
+        for (int c = lane; c < p.head_dim_v; c += 32)
+            acc += __bfloat162float(o[c]) * __bfloat162float(g[c]);
+    } else {
+        const __half *o = (const __half *)p.out.data + fa_row_offset(&p.out, p.varlen, b, i, h);
+        const __half *g = (const __half *)p.dout.data + fa_row_offset(&p.dout, p.varlen, b, i, h);
+        for (int c = lane; c < p.head_dim_v; c += 32)
+            acc += __half2float(o[c]) * __half2float(g[c]);
+    }
+    for (int off = 16; off > 0; off /= 2)
+        acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    float *dq = a.dq_accum + (h * p.total_q + row) * a.dp;
+    for (int c = lane; c < a.dp; c += 32)
+        dq[c] = 0.f;
+    if (lane == 0) {
+        const float lse = p.lse[fa_lse_index(p.varlen, b, h, i, p.heads_q, p.seqlen_q, p.total_q)];
+        a.dsum[h * p.total_q + row] = acc;
+        a.lse_log2[h * p.total_q + row] = lse == -INFINITY ? INFINITY : lse * kLog2e;
+    }
+}
+
+// q (B, Sq, Hq, d), k (B, Sk, Hkv, d), v (B, Sk, Hkv, dv), dout (B, Sq, Hq, dv)
+// -> dk (B, Sk, Hkv, d), dv (B, Sk, Hkv, dv), dq_accum += dS·K.
+// Grid: (key blocks or 1 if deterministic, Hkv, B).
+template <typename T, int D>
+__global__ void __launch_bounds__(BackwardTiles<D>::kWarps * 32)
+    backward_kernel(const BackwardArgs a)
+{
+    using Tiles = BackwardTiles<D>;
+    constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN, QC = Tiles::kQueryCols;
+    constexpr int DC = Tiles::kDimCols, kThreads = Tiles::kWarps * 32;
+    constexpr int P = smem_pitch(D), PS = smem_pitch(BM);
+    const fa_problem &p = a.p;
+
+    extern __shared__ __align__(16) unsigned char smem[];
+    T *sK = reinterpret_cast<T *>(smem);
+    T *sV = sK + BN * P;
+    T *sQ = sV + BN * P;
+    T *sdO = sQ + BM * P;
+    T *sPt = sdO + BM * P;  /* Pᵀ (dropped, scaled): keys x queries */
+    T *sdSt = sPt + BN * PS; /* dSᵀ */
+    float *s_lse = reinterpret_cast<float *>(sdSt + BN * PS);
+    float *s_dsum = s_lse + BM;
+
+    const int64_t b = blockIdx.z, hk = blockIdx.y;
+    const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q,
+                                 p.seqlen_k, b);
+    const int64_t group = p.heads_q / p.heads_kv, shift = seq.sk - seq.sq;
+    const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+    const int wn = warp / Tiles::kWarpsD, wd = warp % Tiles::kWarpsD;
+    const int dq_rows = 16 * (warp % Tiles::kDqRowGroups);
+    const int dq_cols = Tiles::kDqCols * (warp / Tiles::kDqRowGroups);
+    const int d = (int)p.head_dim, dv = (int)p.head_dim_v;
+    const bool drop = p.dropout_p > 0.f;
+    const uint32_t drop_threshold = fa_dropout_threshold(p.dropout_p);
+    const float keep_scale = drop ? 1.f / (1.f - p.dropout_p) : 1.f;
+
+    const T *k = (const T *)p.k.data + fa_row_offset(&p.k, p.varlen, b, seq.k0, hk);
+    const T *v = (const T *)p.v.data + fa_row_offset(&p.v, p.varlen, b, seq.k0, hk);
+
+    for (int64_t n0 = (int64_t)blockIdx.x * BN; n0 < seq.sk; n0 += (int64_t)gridDim.x * BN) {
+        __syncthreads(); /* the previous key block's reads of sK, sV are done */
+        load_tile<T, BN, D, kThreads>(sK, k + n0 * p.k.stride_seq, p.k.stride_seq,
+                                      seq.sk - n0, d, a.vectorized);
+        load_tile<T, BN, D, kThreads>(sV, v + n0 * p.v.stride_seq, p.v.stride_seq,
+                                      seq.sk - n0, dv, a.vectorized);
+        cp_async_commit();
+
+        float acc_dk[DC / 8][4], acc_dv[DC / 8][4];
+        zero<DC / 8>(acc_dk);
+        zero<DC / 8>(acc_dv);
+
+        /* Query rows that can see a key of this block. */
+        const int64_t n_last = min(n0 + BN, seq.sk) - 1;
+        const int64_t m_begin = p.window_right >= 0 ? max((int64_t)0, n0 - shift - p.window_right) : 0;
+        const int64_t m_end = p.window_left >= 0 ? min(seq.sq, n_last - shift + p.window_left + 1) : seq.sq;
+
+        for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+            const Mask mask = make_mask(p, seq, b, h);
+            const ScoreTransform score = make_score_transform(p, seq, b, h);
+            const T *q = (const T *)p.q.data + fa_row_offset(&p.q, p.varlen, b, seq.q0, h);
+            const T *dout = (const T *)p.dout.data + fa_row_offset(&p.dout, p.varlen, b, seq.q0, h);
+            const int64_t ws_base = h * p.total_q + workspace_row(p, seq, b, 0);
+
+            for (int64_t m0 = (m_begin / BM) * BM; m0 < m_end; m0 += BM) {
+                const TileKind kind = classify_tile(mask, m0, BM, n0, BN);
+                if (kind == TILE_SKIP)
+                    continue;
+                __syncthreads(); /* the previous query block's smem reads are done */
+                load_tile<T, BM, D, kThreads>(sQ, q + m0 * p.q.stride_seq, p.q.stride_seq,
+                                              seq.sq - m0, d, a.vectorized);
+                load_tile<T, BM, D, kThreads>(sdO, dout + m0 * p.dout.stride_seq,
+                                              p.dout.stride_seq, seq.sq - m0, dv, a.vectorized);
+                cp_async_commit();
+                if (threadIdx.x < BM) {
+                    const bool valid = m0 + threadIdx.x < seq.sq;
+                    s_lse[threadIdx.x] = valid ? a.lse_log2[ws_base + m0 + threadIdx.x] : INFINITY;
+                    s_dsum[threadIdx.x] = valid ? a.dsum[ws_base + m0 + threadIdx.x] : 0.f;
+                }
+                cp_async_wait<0>();
+                __syncthreads();
+
+                /* This warp's 16 keys x QC queries of Sᵀ and dPᵀ. */
+                float st[QC / 8][4], dpt[QC / 8][4];
+                zero<QC / 8>(st);
+                zero<QC / 8>(dpt);
+                warp_gemm<QC / 8, D, false, false>(st, sK, P, 16 * wn, 0, sQ, P, 0, wd * QC);
+                warp_gemm<QC / 8, D, false, false>(dpt, sV, P, 16 * wn, 0, sdO, P, 0, wd * QC);
+
+                /* Keep bits, bit 4nt + e (a rolled loop: see the forward). */
+                uint32_t keep_bits = 0xffffffffu;
+                if (drop) {
+                    keep_bits = 0;
+#pragma unroll 1
+                    for (int bit = 0; bit < QC / 2; ++bit) {
+                        const int nt = bit / 4, e = bit % 4;
+                        const int64_t i = m0 + wd * QC + nt * 8 + 2 * t + e % 2;
+                        const int64_t j = n0 + 16 * wn + g + (e / 2) * 8;
+                        fa_u32x4 w = fa_dropout_words(p.dropout_seed, p.dropout_offset,
+                                                      p.heads_q, b, h, i, j);
+                        keep_bits |= (uint32_t)(w.x[j & 3] >= drop_threshold) << bit;
+                    }
+                }
+
+#pragma unroll
+                for (int nt = 0; nt < QC / 8; ++nt) {
+                    float pv[4], ds[4];
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int il = wd * QC + nt * 8 + 2 * t + e % 2;
+                        const int jl = 16 * wn + g + (e / 2) * 8;
+                        float dtanh;
+                        const float x = transform_score(score, st[nt][e], m0 + il, n0 + jl, &dtanh);
+                        float pe = exp2f(x * kLog2e - s_lse[il]);
+                        if (kind == TILE_PARTIAL && !visible(mask, m0 + il, n0 + jl))
+                            pe = 0.f;
+                        const bool keep = (keep_bits >> (4 * nt + e)) & 1;
+                        const float dp = keep ? dpt[nt][e] * keep_scale : 0.f;
+                        pv[e] = keep ? pe * keep_scale : 0.f;
+                        ds[e] = pe * (dp - s_dsum[il]) * dtanh;
+                    }
+                    const int jl = 16 * wn + g, il = wd * QC + nt * 8 + 2 * t;
+                    *reinterpret_cast<uint32_t *>(sPt + jl * PS + il) = pack_pair<T>(pv[0], pv[1]);
+                    *reinterpret_cast<uint32_t *>(sPt + (jl + 8) * PS + il) = pack_pair<T>(pv[2], pv[3]);
+                    *reinterpret_cast<uint32_t *>(sdSt + jl * PS + il) = pack_pair<T>(ds[0], ds[1]);
+                    *reinterpret_cast<uint32_t *>(sdSt + (jl + 8) * PS + il) = pack_pair<T>(ds[2], ds[3]);
+                }
+                __syncthreads();
+
+                warp_gemm<DC / 8, BM, false, true>(acc_dv, sPt, PS, 16 * wn, 0, sdO, P, 0, wd * DC);
+                warp_gemm<DC / 8, BM, false, true>(acc_dk, sdSt, PS, 16 * wn, 0, sQ, P, 0, wd * DC);
+
+                float dq[Tiles::kDqCols / 8][4];
+                zero<Tiles::kDqCols / 8>(dq);
+                warp_gemm<Tiles::kDqCols / 8, BN, true, true>(dq, sdSt, PS, dq_rows, 0, sK, P, 0, dq_cols);
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const int64_t i = m0 + dq_rows + g + 8 * r;
+                    if (i >= seq.sq)
+                        continue;
+                    float *acc = a.dq_accum + (ws_base + i) * a.dp + dq_cols + 2 * t;
+#pragma unroll
+                    for (int nt = 0; nt < Tiles::kDqCols / 8; ++nt) {
+                        atomicAdd(acc + nt * 8, dq[nt][2 * r]);
+                        atomicAdd(acc + nt * 8 + 1, dq[nt][2 * r + 1]);
+                    }
+                }
+            }
+        }
+        cp_async_wait<0>(); /* K/V of a block no query block touched */
+
+        /* dK = scale · Σ dSᵀ·Q, dV = Σ Pᵀ·dO. */
+        T *dk = (T *)p.dk.data, *dvp = (T *)p.dv.data;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int64_t j = n0 + 16 * wn + g + 8 * r;
+            if (j >= seq.sk)
+                continue;
+            T *dk_row = dk + fa_row_offset(&p.dk, p.varlen, b, seq.k0 + j, hk);
+            T *dv_row = dvp + fa_row_offset(&p.dv, p.varlen, b, seq.k0 + j, hk);
+#pragma unroll
+            for (int nt = 0; nt < DC / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int c = wd * DC + nt * 8 + 2 * t + e;
+                    if (c < d)
+                        dk_row[c] = T(acc_dk[nt][2 * r + e] * p.softmax_scale);
+                    if (c < dv)
+                        dv_row[c] = T(acc_dv[nt][2 * r + e]);
+                }
+        }
+    }
+}
+
+// dq_accum (Hq, total_q, dp) -> dq (B, Sq, Hq, d) = softmax_scale · dq_accum.
+template <typename T> __global__ void backward_convert_dq_kernel(const BackwardArgs a)
+{
+    const fa_problem &p = a.p;
+    const int64_t count = p.heads_q * p.total_q * p.head_dim;
+    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < count;
+         e += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t c = e % p.head_dim, row = (e / p.head_dim) % p.total_q;
+        const int64_t h = e / (p.head_dim * p.total_q);
+        const int64_t b = p.varlen ? 0 : row / p.seqlen_q, i = p.varlen ? row : row % p.seqlen_q;
+        T *dq = (T *)p.dq.data + fa_row_offset(&p.dq, p.varlen, b, i, h);
+        dq[c] = T(a.dq_accum[(h * p.total_q + row) * a.dp + c] * p.softmax_scale);
+    }
+}
+
+template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
+{
+    using Tiles = BackwardTiles<D>;
+    fa_problem *p = &a.p;
+    cudaStream_t stream = (cudaStream_t)p->stream;
+    const int64_t rows = p->total_q * p->heads_q;
+    if (rows > 0) {
+        backward_preprocess_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, stream>>>(a);
+        fa_status st = check_launch("sm80 backward preprocess launch");
+        if (st != FA_SUCCESS)
+            return st;
+    }
+    const unsigned key_blocks = (unsigned)((p->seqlen_k + Tiles::kBlockN - 1) / Tiles::kBlockN);
+    dim3 grid(p->deterministic ? 1u : key_blocks, (unsigned)p->heads_kv, (unsigned)p->batch);
+    if (key_blocks > 0 && grid.y > 0 && grid.z > 0) {
+        cudaError_t err = cudaFuncSetAttribute(backward_kernel<T, D>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               (int)Tiles::kSmemBytes);
+        if (err != cudaSuccess)
+            return fa_fail(FA_ERROR_DEVICE, "sm80 backward: cudaFuncSetAttribute: %s",
+                           cudaGetErrorString(err));
+        backward_kernel<T, D><<<grid, Tiles::kWarps * 32, Tiles::kSmemBytes, stream>>>(a);
+        fa_status st = check_launch("sm80 backward kernel launch");
+        if (st != FA_SUCCESS)
+            return st;
+    }
+    if (rows > 0 && p->head_dim > 0) {
+        const int64_t count = rows * p->head_dim;
+        const unsigned blocks = (unsigned)min((count + 255) / 256, (int64_t)65535 * 16);
+        backward_convert_dq_kernel<T><<<blocks, 256, 0, stream>>>(a);
+        return check_launch("sm80 backward dq conversion launch");
+    }
+    return FA_SUCCESS;
+}
+
+template <typename T> static fa_status backward_for_dtype(BackwardArgs &a)
+{
+    switch (a.dp) {
+    case 64: return launch_backward<T, 64>(a);
+    case 96: return launch_backward<T, 96>(a);
+    case 128: return launch_backward<T, 128>(a);
+    case 192: return launch_backward<T, 192>(a);
+    default: return launch_backward<T, 256>(a);
+    }
+}
+
+size_t backward_smem_bytes(int dp)
+{
+    switch (dp) {
+    case 64: return BackwardTiles<64>::kSmemBytes;
+    case 96: return BackwardTiles<96>::kSmemBytes;
+    case 128: return BackwardTiles<128>::kSmemBytes;
+    case 192: return BackwardTiles<192>::kSmemBytes;
+    default: return BackwardTiles<256>::kSmemBytes;
+    }
+}
+
+/* dq_accum, then dsum, then lse_log2 (all fp32, 256-byte aligned). */
+size_t backward_workspace_size(const fa_problem *p)
+{
+    const size_t rows = (size_t)p->heads_q * (size_t)p->total_q;
+    const int dp = padded_head_dim(p->head_dim, p->head_dim_v);
+    const size_t accum = (rows * dp * 4 + 255) / 256 * 256;
+    const size_t vec = (rows * 4 + 255) / 256 * 256;
+    return accum + 2 * vec;
+}
+
+} // namespace fa
+
+static const char *const kBackwardNames[2][2][5] = {
+    {{"sm80.bwd.hdim64.fp16", "sm80.bwd.hdim96.fp16", "sm80.bwd.hdim128.fp16",
+      "sm80.bwd.hdim192.fp16", "sm80.bwd.hdim256.fp16"},
+     {"sm80.bwd.hdim64.bf16", "sm80.bwd.hdim96.bf16", "sm80.bwd.hdim128.bf16",
+      "sm80.bwd.hdim192.bf16", "sm80.bwd.hdim256.bf16"}},
+    {{"sm80.bwd.hdim64.fp16.deterministic", "sm80.bwd.hdim96.fp16.deterministic",
+      "sm80.bwd.hdim128.fp16.deterministic", "sm80.bwd.hdim192.fp16.deterministic",
+      "sm80.bwd.hdim256.fp16.deterministic"},
+     {"sm80.bwd.hdim64.bf16.deterministic", "sm80.bwd.hdim96.bf16.deterministic",
+      "sm80.bwd.hdim128.bf16.deterministic", "sm80.bwd.hdim192.bf16.deterministic",
+      "sm80.bwd.hdim256.bf16.deterministic"}}};
+
+extern "C" fa_status fa_sm80_backward(fa_problem *p)
+{
+    if (p->workspace_size < fa::backward_workspace_size(p))
+        return fa_fail(FA_ERROR_INTERNAL, "sm80 backward: workspace of %zu bytes, %zu needed",
+                       p->workspace_size, fa::backward_workspace_size(p));
+    fa::BackwardArgs a;
+    a.p = *p;
+    a.dp = fa::padded_head_dim(p->head_dim, p->head_dim_v);
+    const fa_tensor *tensors[] = {&p->q, &p->k, &p->v, &p->dout};
+    a.vectorized = fa::rows_are_16b_aligned(tensors, 4, p->varlen);
+    const size_t rows = (size_t)p->heads_q * (size_t)p->total_q;
+    char *ws = (char *)p->workspace;
+    a.dq_accum = (float *)ws;
+    a.dsum = (float *)(ws + (rows * a.dp * 4 + 255) / 256 * 256);
+    a.lse_log2 = (float *)((char *)a.dsum + (rows * 4 + 255) / 256 * 256);
+    const int is_bf16 = p->dtype == FA_DTYPE_BF16;
+    fa_status st = is_bf16 ? fa::backward_for_dtype<__nv_bfloat16>(a)
+                           : fa::backward_for_dtype<__half>(a);
+    const int dp = a.dp;
+    const int dim_index = dp == 64 ? 0 : dp == 96 ? 1 : dp == 128 ? 2 : dp == 192 ? 3 : 4;
+    if (st == FA_SUCCESS)
+        p->kernel_name = kBackwardNames[p->deterministic ? 1 : 0][is_bf16][dim_index];
+    return st;
+}

@@ -1,0 +1,293 @@
+/*
+ * Pieces shared by the sm80 forward and backward kernels: smem tile loads,
+ * warp-level tensor-core products on smem tiles, and the mask (window,
+ * sequence tails, block-sparse) both as a per-tile classification and a
+ * per-element test. Masking options are runtime values; only the head dim
+ * (padded) and the dtype are template parameters.
+ */
+#ifndef FA_SM80_COMMON_CUH
+#define FA_SM80_COMMON_CUH
+
+#include "fa_internal.h"
+#include "../ptx/mma_sm80.cuh"
+
+#include <cuda_runtime.h>
+#include <stdio.h>
+
+namespace fa {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+/* Row stride of an smem tile of `cols` 16-bit columns: one 16-byte chunk of
+ * padding makes the 8 row addresses of every ldmatrix hit distinct banks
+ * (the row pitch is 16 bytes off a multiple of 128 for every head dim). */
+__host__ __device__ constexpr int smem_pitch(int cols) { return cols + 8; }
+
+/* The head dim the kernels are compiled for: max(d, dv) rounded up to one
+ * of 64, 96, 128, 192, 256. Smaller dims run with zero-filled columns. */
+static inline int padded_head_dim(int64_t d, int64_t dv)
+{
+    int64_t m = d > dv ? d : dv;
+    return m <= 64 ? 64 : m <= 96 ? 96 : m <= 128 ? 128 : m <= 192 ? 192 : 256;
+}
+
+/* 1 if every row of every listed tensor starts on a 16-byte boundary, so
+ * tiles can be loaded with 16-byte cp.async; otherwise the kernels take the
+ * element-wise path. */
+static inline int rows_are_16b_aligned(const fa_tensor *const *tensors, int count,
+                                       int varlen)
+{
+    for (int i = 0; i < count; ++i) {
+        const fa_tensor *t = tensors[i];
+        if ((uintptr_t)t->data % 16 != 0 || t->stride_seq % 8 != 0 ||
+            t->stride_head % 8 != 0 || (!varlen && t->stride_batch % 8 != 0))
+            return 0;
+    }
+    return 1;
+}
+
+/* Maps a launch error to FA_ERROR_DEVICE with the runtime's message. */
+static inline fa_status check_launch(const char *what)
+{
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "%s: %s", what, cudaGetErrorString(err));
+    return FA_SUCCESS;
+}
+
+/* Dynamic smem of one block of each kernel, and the backward's workspace
+ * (forward.cu, backward.cu). */
+size_t forward_smem_bytes(int padded_dim);
+size_t backward_smem_bytes(int padded_dim);
+size_t backward_workspace_size(const fa_problem *p);
+
+/* ---------------------------------------------------------------------- */
+/* Tile loads                                                              */
+
+/* Copies rows [0, ROWS) x columns [0, COLS) of a strided matrix into an smem
+ * tile of pitch smem_pitch(COLS); rows >= rows_valid and columns >= cols
+ * become zeros. `src` points at element (0, 0); rows are `stride` elements
+ * apart. With `vectorized` (rows 16-byte aligned) the copy is asynchronous
+ * (cp.async; the caller commits and waits), otherwise element-wise. */
+template <typename T, int ROWS, int COLS, int THREADS>
+__device__ __forceinline__ void load_tile(T *tile, const T *src, int64_t stride,
+                                          int64_t rows_valid, int cols, bool vectorized)
+{
+    constexpr int kChunks = COLS / 8; /* 16-byte chunks per row */
+    if (vectorized) {
+#pragma unroll
+        for (int c = threadIdx.x; c < ROWS * kChunks; c += THREADS) {
+            int r = c / kChunks, col = (c % kChunks) * 8;
+            int n = r < rows_valid ? min(8, cols - col) : 0;
+            n = n < 0 ? 0 : n;
+            const T *from = n > 0 ? src + r * stride + col : src;
+            cp_async_16(tile + r * smem_pitch(COLS) + col, from, 2 * n);
+        }
+    } else {
+        const unsigned short *from = reinterpret_cast<const unsigned short *>(src);
+        unsigned short *to = reinterpret_cast<unsigned short *>(tile);
+        for (int e = threadIdx.x; e < ROWS * COLS; e += THREADS) {
+            int r = e / COLS, col = e % COLS;
+            to[r * smem_pitch(COLS) + col] =
+                (r < rows_valid && col < cols) ? from[r * stride + col] : 0;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* Warp-level products on smem tiles                                      */
+
+/* A fragment for rows [m0, m0+16) x k [k0, k0+16) of A; the smem tile holds
+ * A row-major, or (a_transposed) Aᵀ row-major, i.e. indexed [k][m]. */
+template <bool a_transposed, typename T>
+__device__ __forceinline__ void load_a_fragment(uint32_t a[4], const T *s, int pitch,
+                                                int m0, int k0)
+{
+    int l = threadIdx.x % 32;
+    if (a_transposed)
+        ldmatrix_x4_trans(a, s + (k0 + l % 8 + (l / 16) * 8) * pitch + m0 + ((l / 8) % 2) * 8);
+    else
+        ldmatrix_x4(a, s + (m0 + l % 16) * pitch + k0 + (l / 16) * 8);
+}
+
+/* acc[nt] += a · B[k0..k0+16, n0+8nt..+8] for nt < NT. The smem tile holds
+ * B row-major indexed [k][n] (b_k_major, e.g. V in P·V), or indexed [n][k]
+ * (e.g. K in Q·Kᵀ). Two n-tiles per ldmatrix_x4, an odd last one by x2. */
+template <int NT, bool b_k_major, typename T>
+__device__ __forceinline__ void mma_a_times_b(float (*acc)[4], const uint32_t a[4],
+                                              const T *s, int pitch, int k0, int n0)
+{
+    int l = threadIdx.x % 32;
+#pragma unroll
+    for (int nt = 0; nt + 1 < NT; nt += 2) {
+        uint32_t b[4];
+        int n = n0 + nt * 8;
+        if (b_k_major)
+            ldmatrix_x4_trans(b, s + (k0 + l % 8 + ((l / 8) % 2) * 8) * pitch + n + (l / 16) * 8);
+        else
+            ldmatrix_x4(b, s + (n + l % 8 + (l / 16) * 8) * pitch + k0 + ((l / 8) % 2) * 8);
+        mma_m16n8k16<T>(acc[nt], a, b);
+        mma_m16n8k16<T>(acc[nt + 1], a, b + 2);
+    }
+    if (NT % 2) {
+        uint32_t b[2];
+        int n = n0 + (NT - 1) * 8;
+        if (b_k_major)
+            ldmatrix_x2_trans(b, s + (k0 + l % 8 + ((l / 8) % 2) * 8) * pitch + n);
+        else
+            ldmatrix_x2(b, s + (n + l % 8) * pitch + k0 + ((l / 8) % 2) * 8);
+        mma_m16n8k16<T>(acc[NT - 1], a, b);
+    }
+}
+
+/* acc (16 x 8NT) += A[m0.., a_k0..a_k0+K) · B[b_k0..+K, n0..n0+8NT), both
+ * from smem (layouts as for load_a_fragment / mma_a_times_b). */
+template <int NT, int K, bool a_transposed, bool b_k_major, typename T>
+__device__ __forceinline__ void warp_gemm(float (*acc)[4], const T *sa, int a_pitch,
+                                          int m0, int a_k0, const T *sb, int b_pitch,
+                                          int b_k0, int n0)
+{
+#pragma unroll
+    for (int kk = 0; kk < K; kk += 16) {
+        uint32_t a[4];
+        load_a_fragment<a_transposed>(a, sa, a_pitch, m0, a_k0 + kk);
+        mma_a_times_b<NT, b_k_major>(acc, a, sb, b_pitch, b_k0 + kk, n0);
+    }
+}
+
+template <int NT> __device__ __forceinline__ void zero(float (*acc)[4])
+{
+#pragma unroll
+    for (int i = 0; i < NT; ++i)
+        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Masking                                                                 */
+
+/* What limits the keys a query row of one (sequence, head) sees; rows and
+ * columns are indices within the sequence. */
+struct Mask {
+    int64_t sq, sk, shift, left, right; /* window: -1 = unbounded */
+    const uint8_t *blocks;              /* this (b, h)'s grid, NULL = dense */
+    int64_t block_q, block_k, blocks_k;
+};
+
+__device__ __forceinline__ Mask make_mask(const fa_problem &p, const fa_seq &seq,
+                                          int64_t b, int64_t h)
+{
+    Mask m;
+    m.sq = seq.sq;
+    m.sk = seq.sk;
+    m.shift = seq.sk - seq.sq;
+    m.left = p.window_left;
+    m.right = p.window_right;
+    m.blocks = p.block_mask ? p.block_mask + b * p.block_mask_stride_batch +
+                                  h * p.block_mask_stride_head
+                            : nullptr;
+    m.block_q = p.block_size_q;
+    m.block_k = p.block_size_k;
+    m.blocks_k = p.block_mask_blocks_k;
+    return m;
+}
+
+__device__ __forceinline__ bool visible(const Mask &m, int64_t i, int64_t j)
+{
+    if (i >= m.sq || j >= m.sk)
+        return false;
+    if (m.left >= 0 && j < i + m.shift - m.left)
+        return false;
+    if (m.right >= 0 && j > i + m.shift + m.right)
+        return false;
+    return !m.blocks || m.blocks[(i / m.block_q) * m.blocks_k + j / m.block_k];
+}
+
+enum TileKind { TILE_SKIP = 0, TILE_FULL = 1, TILE_PARTIAL = 2 };
+
+/* Classifies the tile rows [m0, m0+rows) x keys [n0, n0+cols): SKIP if no
+ * element is visible (so it costs no loads and no math), FULL if every
+ * element is, PARTIAL otherwise (the caller tests each element). Every
+ * thread of the block must call it with the same arguments (the
+ * block-sparse grid is scanned cooperatively). */
+__device__ __forceinline__ TileKind classify_tile(const Mask &m, int64_t m0, int rows,
+                                                  int64_t n0, int cols)
+{
+    int64_t m1 = min(m0 + rows, m.sq), n1 = min(n0 + cols, m.sk);
+    if (m0 >= m1 || n0 >= n1)
+        return TILE_SKIP;
+    /* Row i sees [lo(i), hi(i)), both non-decreasing in i. */
+    int64_t first = m.right >= 0 ? max(m0, n0 - m.shift - m.right) : m0;
+    if (first >= m1 || (m.left >= 0 && first + m.shift - m.left >= n1))
+        return TILE_SKIP;
+    bool full = m0 + rows <= m.sq && n0 + cols <= m.sk &&
+                (m.left < 0 || m0 + rows - 1 + m.shift - m.left <= n0) &&
+                (m.right < 0 || m0 + m.shift + m.right + 1 >= n0 + cols);
+    if (m.blocks) {
+        int64_t bq0 = m0 / m.block_q, bq1 = (m1 - 1) / m.block_q;
+        int64_t bk0 = n0 / m.block_k, bk1 = (n1 - 1) / m.block_k;
+        int64_t nbk = bk1 - bk0 + 1, cells = (bq1 - bq0 + 1) * nbk;
+        int on = 0, off = 0;
+        for (int64_t c = threadIdx.x; c < cells; c += blockDim.x) {
+            uint8_t v = m.blocks[(bq0 + c / nbk) * m.blocks_k + bk0 + c % nbk];
+            on |= v != 0;
+            off |= v == 0;
+        }
+        if (!__syncthreads_or(on))
+            return TILE_SKIP;
+        if (__syncthreads_or(off))
+            full = false;
+    }
+    return full ? TILE_FULL : TILE_PARTIAL;
+}
+
+/* Scores are handled in log2 units: softmax_scale, softcap and ALiBi are
+ * applied in natural units, then multiplied by log2(e) so that exp2f does
+ * the exponentials. */
+struct ScoreTransform {
+    float scale, softcap, alibi_slope; /* softcap 0 = off, slope 0 = off */
+    int64_t shift;
+};
+
+/* Natural-unit score of (i, j); *dtanh receives d(softcap)/d(raw score)
+ * (1 without softcap) for the backward. */
+__device__ __forceinline__ float transform_score(const ScoreTransform &t, float qk,
+                                                 int64_t i, int64_t j, float *dtanh)
+{
+    float s = qk * t.scale;
+    *dtanh = 1.f;
+    if (t.softcap > 0.f) {
+        float th = tanhf(s / t.softcap);
+        s = t.softcap * th;
+        *dtanh = 1.f - th * th;
+    }
+    if (t.alibi_slope != 0.f) {
+        int64_t dist = i + t.shift - j;
+        s -= t.alibi_slope * (float)(dist < 0 ? -dist : dist);
+    }
+    return s;
+}
+
+__device__ __forceinline__ ScoreTransform make_score_transform(const fa_problem &p,
+                                                               const fa_seq &seq,
+                                                               int64_t b, int64_t h)
+{
+    ScoreTransform t;
+    t.scale = p.softmax_scale;
+    t.softcap = p.softcap;
+    t.alibi_slope = p.alibi_slopes ? p.alibi_slopes[b * p.alibi_stride_batch + h] : 0.f;
+    t.shift = seq.sk - seq.sq;
+    return t;
+}
+
+/* Dropout keep decision of (i, j) for (b, h), from the shared Philox stream. */
+__device__ __forceinline__ bool dropout_keep(const fa_problem &p, uint32_t threshold,
+                                             int64_t b, int64_t h, int64_t i, int64_t j)
+{
+    fa_u32x4 w = fa_dropout_words(p.dropout_seed, p.dropout_offset, p.heads_q, b, h, i, j);
+    return w.x[j & 3] >= threshold;
+}
+
+} // namespace fa
+
+#endif

@@ -1,0 +1,279 @@
+/*
+ * FlashAttention-2 forward on sm80+ tensor cores (mma.sync m16n8k16).
+ *
+ * One thread block per (query block, query head, batch); each warp owns 16
+ * query rows. Q stays in smem; K and V tiles stream through smem with
+ * cp.async, overlapped as in FA2: V(j) loads while S = Q·K(j)ᵀ is computed,
+ * K(j+1) loads while O += P·V(j) is. The online softmax (running row max and
+ * row sum) lives in registers; P goes from the S accumulators straight into
+ * the A fragments of the P·V product without touching smem.
+ */
+#include "common.cuh"
+
+namespace fa {
+
+/* Tile shape per padded head dim: BM query rows (16 per warp), BN keys.
+ * Q + K + V tiles fit the 99 KiB an sm86/sm89 block may use. */
+template <int D> struct ForwardTiles {
+    static constexpr int kWarps = D <= 128 ? 8 : 4;
+    static constexpr int kBlockM = 16 * kWarps;
+    static constexpr int kBlockN = 64; /* BN / 2 <= 32 dropout bits per thread */
+    static constexpr size_t kSmemBytes =
+        (size_t)(kBlockM + 2 * kBlockN) * smem_pitch(D) * 2;
+};
+
+struct ForwardArgs {
+    fa_problem p;
+    bool vectorized; /* 16-byte aligned rows: cp.async loads */
+};
+
+// q (B, Sq, Hq, d), k (B, Sk, Hkv, d), v (B, Sk, Hkv, dv) -> out (B, Sq, Hq, dv),
+// lse (B, Hq, Sq); packed (total, H, dim) with cu_seqlens for varlen.
+// Grid: (ceil(max Sq / BM), Hq, B).
+template <typename T, int D>
+__global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32)
+    forward_kernel(const ForwardArgs args)
+{
+    using Tiles = ForwardTiles<D>;
+    constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN;
+    constexpr int kThreads = Tiles::kWarps * 32, P = smem_pitch(D);
+    const fa_problem &p = args.p;
+
+    extern __shared__ __align__(16) unsigned char smem[];
+    T *sQ = reinterpret_cast<T *>(smem);
+    T *sK = sQ + BM * P;
+    T *sV = sK + BN * P;
+
+    const int64_t b = blockIdx.z, h = blockIdx.y, m0 = (int64_t)blockIdx.x * BM;
+    const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q,
+                                 p.seqlen_k, b);
+    if (m0 >= seq.sq)
+        return;
+    const int64_t hk = h / (p.heads_q / p.heads_kv);
+    const Mask mask = make_mask(p, seq, b, h);
+    const ScoreTransform score = make_score_transform(p, seq, b, h);
+    const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+    const int d = (int)p.head_dim, dv = (int)p.head_dim_v;
+
+    const T *q = (const T *)p.q.data + fa_row_offset(&p.q, p.varlen, b, seq.q0 + m0, h);
+    const T *k = (const T *)p.k.data + fa_row_offset(&p.k, p.varlen, b, seq.k0, hk);
+    const T *v = (const T *)p.v.data + fa_row_offset(&p.v, p.varlen, b, seq.k0, hk);
+
+    /* Keys any row of this block may see: [lo of the first row, hi of the
+     * last row), in BN blocks. */
+    int64_t lo, hi, unused;
+    fa_window_range(m0, seq.sq, seq.sk, p.window_left, p.window_right, &lo, &unused);
+    fa_window_range(min(m0 + BM, seq.sq) - 1, seq.sq, seq.sk, p.window_left,
+                    p.window_right, &unused, &hi);
+    const int64_t n_end = hi > lo ? (hi + BN - 1) / BN : 0;
+    /* The first block at or after nb that has a visible element. */
+    auto next_block = [&](int64_t nb, TileKind *kind) {
+        for (; nb < n_end; ++nb)
+            if ((*kind = classify_tile(mask, m0, BM, nb * BN, BN)) != TILE_SKIP)
+                break;
+        return nb;
+    };
+
+    const bool drop = p.dropout_p > 0.f;
+    const uint32_t drop_threshold = fa_dropout_threshold(p.dropout_p);
+
+    float acc_o[D / 8][4];
+    zero<D / 8>(acc_o);
+    float row_max[2] = {-INFINITY, -INFINITY}; /* log2 units, rows g, g+8 */
+    float row_sum[2] = {0.f, 0.f};             /* this thread's columns only */
+
+    TileKind kind = TILE_SKIP;
+    int64_t nb = next_block(hi > lo ? lo / BN : 0, &kind);
+    load_tile<T, BM, D, kThreads>(sQ, q, p.q.stride_seq, seq.sq - m0, d, args.vectorized);
+    if (nb < n_end)
+        load_tile<T, BN, D, kThreads>(sK, k + nb * BN * p.k.stride_seq, p.k.stride_seq,
+                                      seq.sk - nb * BN, d, args.vectorized);
+    cp_async_commit();
+
+    while (nb < n_end) {
+        const int64_t n0 = nb * BN;
+        cp_async_wait<0>();
+        __syncthreads(); /* K(nb) landed; every warp is done with V */
+        load_tile<T, BN, D, kThreads>(sV, v + n0 * p.v.stride_seq, p.v.stride_seq,
+                                      seq.sk - n0, dv, args.vectorized);
+        cp_async_commit();
+
+        float s[BN / 8][4];
+        zero<BN / 8>(s);
+        warp_gemm<BN / 8, D, false, false>(s, sQ, P, warp * 16, 0, sK, P, 0, 0);
+
+        TileKind next_kind = TILE_SKIP;
+        const int64_t nb_next = next_block(nb + 1, &next_kind);
+
+        /* Scores -> log2 units, masked to -inf; new row max. */
+        float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int64_t i = m0 + warp * 16 + g + (e / 2) * 8, j = n0 + nt * 8 + 2 * t + e % 2;
+                float dtanh;
+                float x = transform_score(score, s[nt][e], i, j, &dtanh) * kLog2e;
+                if (kind == TILE_PARTIAL && !visible(mask, i, j))
+                    x = -INFINITY;
+                s[nt][e] = x;
+                tile_max[e / 2] = fmaxf(tile_max[e / 2], x);
+            }
+        float rescale[2], base[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+            float new_max = fmaxf(row_max[r], tile_max[r]);
+            /* A row with nothing visible yet keeps max -inf: subtract 0
+             * instead so that exp2(-inf - -inf) never makes a NaN. */
+            base[r] = new_max == -INFINITY ? 0.f : new_max;
+            rescale[r] = exp2f(row_max[r] - base[r]);
+            row_max[r] = new_max;
+            row_sum[r] *= rescale[r];
+        }
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                acc_o[dt][e] *= rescale[e / 2];
+
+        /* Dropout keep bits of this thread's BN/2 elements, bit 4nt + e; a
+         * rolled loop (one Philox call per column pair) keeps the unrolled
+         * softmax code small. */
+        uint32_t keep_bits = 0xffffffffu;
+        if (drop) {
+            keep_bits = 0;
+#pragma unroll 1
+            for (int pair = 0; pair < BN / 4; ++pair) {
+                const int nt = pair / 2, r = pair % 2;
+                const int64_t j = n0 + nt * 8 + 2 * t;
+                fa_u32x4 w = fa_dropout_words(p.dropout_seed, p.dropout_offset, p.heads_q, b, h,
+                                              m0 + warp * 16 + g + r * 8, j);
+                keep_bits |= (uint32_t)(w.x[j & 3] >= drop_threshold) << (4 * nt + 2 * r);
+                keep_bits |= (uint32_t)(w.x[(j + 1) & 3] >= drop_threshold) << (4 * nt + 2 * r + 1);
+            }
+        }
+
+        /* P = exp2(s - max); the row sum is of the undropped P. */
+        uint32_t pa[BN / 16][4];
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float pe = exp2f(s[nt][e] - base[e / 2]);
+                row_sum[e / 2] += pe;
+                s[nt][e] = (keep_bits >> (4 * nt + e)) & 1 ? pe : 0.f;
+            }
+            pa[nt / 2][(nt % 2) * 2 + 0] = pack_pair<T>(s[nt][0], s[nt][1]);
+            pa[nt / 2][(nt % 2) * 2 + 1] = pack_pair<T>(s[nt][2], s[nt][3]);
+        }
+
+        cp_async_wait<0>();
+        __syncthreads(); /* V(nb) landed; every warp is done with K */
+        if (nb_next < n_end)
+            load_tile<T, BN, D, kThreads>(sK, k + nb_next * BN * p.k.stride_seq,
+                                          p.k.stride_seq, seq.sk - nb_next * BN, d,
+                                          args.vectorized);
+        cp_async_commit();
+
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+            mma_a_times_b<D / 8, true>(acc_o, pa[kk], sV, P, kk * 16, 0);
+
+        nb = nb_next;
+        kind = next_kind;
+    }
+    cp_async_wait<0>();
+
+    /* out = O / l (· 1/(1-p) for dropout); lse = max + log(l). */
+    T *out = (T *)p.out.data;
+    const float keep_scale = drop ? 1.f / (1.f - p.dropout_p) : 1.f;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float l = row_sum[r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const int64_t i = m0 + warp * 16 + g + r * 8;
+        if (i >= seq.sq)
+            continue;
+        const float inv = l > 0.f ? keep_scale / l : 0.f;
+        T *row = out + fa_row_offset(&p.out, p.varlen, b, seq.q0 + i, h);
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                int c = dt * 8 + 2 * t + e;
+                if (c < dv)
+                    row[c] = T(acc_o[dt][r * 2 + e] * inv);
+            }
+        if (p.lse && t == 0)
+            p.lse[fa_lse_index(p.varlen, b, h, seq.q0 + i, p.heads_q, p.seqlen_q, p.total_q)] =
+                l > 0.f ? row_max[r] * kLn2 + logf(l) : -INFINITY;
+    }
+}
+
+template <typename T, int D> static fa_status launch_forward(fa_problem *p, bool vectorized)
+{
+    using Tiles = ForwardTiles<D>;
+    ForwardArgs args;
+    args.p = *p;
+    args.vectorized = vectorized;
+    dim3 grid((unsigned)((p->seqlen_q + Tiles::kBlockM - 1) / Tiles::kBlockM),
+              (unsigned)p->heads_q, (unsigned)p->batch);
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0)
+        return FA_SUCCESS;
+    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)Tiles::kSmemBytes);
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm80 forward: cudaFuncSetAttribute: %s",
+                       cudaGetErrorString(err));
+    forward_kernel<T, D><<<grid, Tiles::kWarps * 32, Tiles::kSmemBytes,
+                           (cudaStream_t)p->stream>>>(args);
+    return check_launch("sm80 forward kernel launch");
+}
+
+template <typename T> static fa_status forward_for_dtype(fa_problem *p, int dp, bool vec)
+{
+    switch (dp) {
+    case 64: return launch_forward<T, 64>(p, vec);
+    case 96: return launch_forward<T, 96>(p, vec);
+    case 128: return launch_forward<T, 128>(p, vec);
+    case 192: return launch_forward<T, 192>(p, vec);
+    default: return launch_forward<T, 256>(p, vec);
+    }
+}
+
+size_t forward_smem_bytes(int dp)
+{
+    switch (dp) {
+    case 64: return ForwardTiles<64>::kSmemBytes;
+    case 96: return ForwardTiles<96>::kSmemBytes;
+    case 128: return ForwardTiles<128>::kSmemBytes;
+    case 192: return ForwardTiles<192>::kSmemBytes;
+    default: return ForwardTiles<256>::kSmemBytes;
+    }
+}
+
+} // namespace fa
+
+static const char *const kForwardNames[2][5] = {
+    {"sm80.fwd.hdim64.fp16", "sm80.fwd.hdim96.fp16", "sm80.fwd.hdim128.fp16",
+     "sm80.fwd.hdim192.fp16", "sm80.fwd.hdim256.fp16"},
+    {"sm80.fwd.hdim64.bf16", "sm80.fwd.hdim96.bf16", "sm80.fwd.hdim128.bf16",
+     "sm80.fwd.hdim192.bf16", "sm80.fwd.hdim256.bf16"}};
+
+extern "C" fa_status fa_sm80_forward(fa_problem *p)
+{
+    const int dp = fa::padded_head_dim(p->head_dim, p->head_dim_v);
+    const fa_tensor *tensors[] = {&p->q, &p->k, &p->v};
+    const bool vec = fa::rows_are_16b_aligned(tensors, 3, p->varlen);
+    const int is_bf16 = p->dtype == FA_DTYPE_BF16;
+    const int dim_index = dp == 64 ? 0 : dp == 96 ? 1 : dp == 128 ? 2 : dp == 192 ? 3 : 4;
+    fa_status st = is_bf16 ? fa::forward_for_dtype<__nv_bfloat16>(p, dp, vec)
+                           : fa::forward_for_dtype<__half>(p, dp, vec);
+    if (st == FA_SUCCESS)
+        p->kernel_name = kForwardNames[is_bf16][dim_index];
+    return st;
+}

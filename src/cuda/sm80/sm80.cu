@@ -1,0 +1,38 @@
+/*
+ * The sm80 backend's entry points other than the passes themselves: what it
+ * can run, and how much workspace it needs.
+ */
+#include "common.cuh"
+
+extern "C" fa_status fa_sm80_supports(const fa_problem *p, fa_direction dir,
+                                      const fa_cuda_device_info *dev)
+{
+    if (dev->sm < 80)
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "backend sm80 needs compute capability 8.0 or newer (this GPU is sm_%d)",
+                       dev->sm);
+    if (p->dtype != FA_DTYPE_F16 && p->dtype != FA_DTYPE_BF16)
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "backend sm80 runs fp16 and bf16 only, not %s", fa_dtype_name(p->dtype));
+    if (p->head_dim > 256 || p->head_dim_v > 256)
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "backend sm80 supports head dims up to 256 (got %lld, %lld)",
+                       (long long)p->head_dim, (long long)p->head_dim_v);
+    if (p->heads_q > 65535 || p->heads_kv > 65535 || p->batch > 65535)
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "backend sm80 supports at most 65535 heads and batch entries");
+    const int dp = fa::padded_head_dim(p->head_dim, p->head_dim_v);
+    const size_t smem = dir == FA_FORWARD ? fa::forward_smem_bytes(dp) : fa::backward_smem_bytes(dp);
+    if (smem > dev->smem_per_block_optin)
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "backend sm80 %s for head dim %d needs %zu bytes of shared memory per "
+                       "block; this GPU allows %zu",
+                       dir == FA_FORWARD ? "forward" : "backward", dp, smem,
+                       dev->smem_per_block_optin);
+    return FA_SUCCESS;
+}
+
+extern "C" size_t fa_sm80_workspace_size(const fa_problem *p, fa_direction dir)
+{
+    return dir == FA_FORWARD ? 0 : fa::backward_workspace_size(p);
+}
