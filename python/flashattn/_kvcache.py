@@ -1,0 +1,115 @@
+"""Attention over a KV cache (flash_attn_with_kvcache), forward only.
+
+The cache is (batch_cache, seqlen_cache, heads_kv, dim); sequence b of the
+batch reads cache row cache_batch_idx[b] (default b), keys
+[cache_leftpad[b], cache_seqlens[b] + seqlen_new). New keys/values, when
+given, are first written in place at [cache_seqlens[b], + seqlen_new).
+
+Each sequence's keys are a strided view of the cache, so the call needs no
+copy: when every sequence sees the same key range of consecutive cache rows
+it is one library call, otherwise one call per sequence.
+"""
+
+import torch
+
+from . import _ops
+
+
+def _check_index(name, t, batch, device):
+    if t is None:
+        return None
+    _ops.check_tensor(name, t, 1, torch.int32, device)
+    if t.shape[0] != batch:
+        raise ValueError(f"{name} must have batch_size = {batch} entries, got {t.shape[0]}")
+    return t.tolist()
+
+
+def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
+                      cache_batch_idx=None, cache_leftpad=None, softmax_scale=None,
+                      causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None):
+    """(out (b, sq, hq, dv), lse (b, hq, sq)). q (b, sq, hq, d);
+    k_cache (b_cache, s_cache, hkv, d), v_cache (b_cache, s_cache, hkv, dv);
+    k, v (b, s_new, hkv, d/dv) or None."""
+    _ops.check_tensor("q", q, 4)
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        _ops.check_tensor(name, t, 4, q.dtype, q.device)
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last dimension (stride(-1) == 1)")
+    if (k is None) != (v is None):
+        raise ValueError("k and v must be given together (or neither)")
+    batch, seqlen_q = q.shape[0], q.shape[1]
+    cache_batch, cache_len = k_cache.shape[0], k_cache.shape[1]
+    if k_cache.shape[:-1] != v_cache.shape[:-1]:
+        raise ValueError(
+            f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} must agree in "
+            "every dimension but the last"
+        )
+    seqlen_new = 0
+    if k is not None:
+        _ops.check_tensor("k", k, 4, q.dtype, q.device)
+        _ops.check_tensor("v", v, 4, q.dtype, q.device)
+        seqlen_new = k.shape[1]
+        want_k = (batch, seqlen_new) + tuple(k_cache.shape[2:])
+        want_v = (batch, seqlen_new) + tuple(v_cache.shape[2:])
+        if tuple(k.shape) != want_k or tuple(v.shape) != want_v:
+            raise ValueError(
+                f"k and v must be {want_k} and {want_v} (batch, seqlen_new, nheads_k, headdim), "
+                f"got {tuple(k.shape)} and {tuple(v.shape)}"
+            )
+    if isinstance(cache_seqlens, int):
+        lengths = [cache_seqlens] * batch
+    elif cache_seqlens is None:
+        if k is not None:
+            raise ValueError("cache_seqlens is required to append k and v to the cache")
+        lengths = [cache_len] * batch
+    else:
+        lengths = _check_index("cache_seqlens", cache_seqlens, batch, q.device)
+    rows = _check_index("cache_batch_idx", cache_batch_idx, batch, q.device)
+    if rows is None:
+        if batch > cache_batch:
+            raise ValueError(f"k_cache has {cache_batch} sequences but q has batch {batch}")
+        rows = list(range(batch))
+    starts = _check_index("cache_leftpad", cache_leftpad, batch, q.device) or [0] * batch
+    for b in range(batch):
+        if not 0 <= rows[b] < cache_batch:
+            raise ValueError(f"cache_batch_idx[{b}] = {rows[b]} is outside 0..{cache_batch - 1}")
+        if not 0 <= lengths[b] or lengths[b] + seqlen_new > cache_len:
+            raise ValueError(
+                f"cache_seqlens[{b}] = {lengths[b]} plus seqlen_new = {seqlen_new} does not fit "
+                f"the cache's {cache_len} positions"
+            )
+        if not 0 <= starts[b] <= lengths[b] + seqlen_new:
+            raise ValueError(f"cache_leftpad[{b}] = {starts[b]} is outside 0..cache_seqlens[{b}]")
+
+    if k is not None:
+        # Append in place: cache[rows[b], lengths[b] + t] = k[b, t].
+        row_idx = torch.tensor(rows, device=q.device).view(-1, 1)
+        pos_idx = (torch.tensor(lengths, device=q.device).view(-1, 1)
+                   + torch.arange(seqlen_new, device=q.device).view(1, -1))
+        k_cache[row_idx, pos_idx] = k
+        v_cache[row_idx, pos_idx] = v
+
+    ends = [n + seqlen_new for n in lengths]
+    options = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                   softcap=softcap)
+    with torch.no_grad():
+        uniform = (len(set(starts)) == 1 and len(set(ends)) == 1
+                   and rows == list(range(rows[0], rows[0] + batch)))
+        if batch == 0 or uniform:
+            lo, hi, r0 = (starts[0], ends[0], rows[0]) if batch else (0, 0, 0)
+            out, lse, _ = _ops.attention(
+                q, k_cache[r0:r0 + batch, lo:hi], v_cache[r0:r0 + batch, lo:hi],
+                alibi_slopes=alibi_slopes, **options)
+            return out, lse
+        outs, lses = [], []
+        for b in range(batch):
+            slopes = alibi_slopes
+            if slopes is not None and slopes.dim() == 2:
+                slopes = slopes[b:b + 1]
+            r, lo, hi = rows[b], starts[b], ends[b]
+            out, lse, _ = _ops.attention(
+                q[b:b + 1], k_cache[r:r + 1, lo:hi], v_cache[r:r + 1, lo:hi],
+                alibi_slopes=slopes, **options)
+            outs.append(out)
+            lses.append(lse)
+        return torch.cat(outs), torch.cat(lses)

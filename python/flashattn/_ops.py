@@ -1,0 +1,334 @@
+"""The attention operator: validation, the calls into the C library, and
+its registration with autograd (and with torch.compile where torch has
+torch.library.custom_op).
+
+One forward and one backward serve every public function: fixed-length
+(q (b, sq, hq, d)) and variable-length (q (total_q, hq, d) + cu_seqlens)
+problems, packed or not (packed inputs arrive here as strided views).
+"""
+
+import ctypes
+
+import torch
+
+from . import _ffi
+
+_DTYPES = {
+    torch.float32: _ffi.FA_DTYPE_F32,
+    torch.float16: _ffi.FA_DTYPE_F16,
+    torch.bfloat16: _ffi.FA_DTYPE_BF16,
+}
+MAX_HEAD_DIM = 256
+
+# ---------------------------------------------------------------------------
+# Validation (runs before the op, so that errors name the user's argument)
+
+
+def _describe(t):
+    return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')} on {t.device}"
+
+
+def check_tensor(name, t, dims, dtype=None, device=None):
+    """Raise TypeError/ValueError naming `name` unless t is a tensor with
+    `dims` dimensions, a supported (or the given) dtype, on `device`."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != dims:
+        raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(t.shape)}")
+    if dtype is None and t.dtype not in _DTYPES:
+        raise TypeError(
+            f"{name} must be float16, bfloat16 or float32, got {str(t.dtype).replace('torch.', '')}"
+        )
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} must be {str(dtype).replace('torch.', '')}, got {_describe(t)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but q is on {device}: all tensors must be on one device")
+
+
+def last_dim_contiguous(t):
+    """FlashAttention's maybe_contiguous: copy only when the last dimension
+    is strided; other strides are passed to the library as they are."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+def check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                         dropout_p, window_size, alibi_slopes):
+    """Validate the arguments of an attention call; names the argument at
+    fault. q/k/v are (b, s, h, d) or, with cu_seqlens, (total, h, d)."""
+    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
+    dims = 3 if varlen else 4
+    check_tensor("q", q, dims)
+    check_tensor("k", k, dims, q.dtype, q.device)
+    check_tensor("v", v, dims, q.dtype, q.device)
+    if q.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"q is on {q.device}: only CPU and CUDA tensors are supported")
+    if not varlen and not (q.shape[0] == k.shape[0] == v.shape[0]):
+        raise ValueError(
+            f"q, k and v must have the same batch size, got {q.shape[0]}, {k.shape[0]}, {v.shape[0]}"
+        )
+    if k.shape[:-1] != v.shape[:-1]:
+        raise ValueError(
+            f"k and v must agree in every dimension but the last, got k {tuple(k.shape)} "
+            f"and v {tuple(v.shape)}"
+        )
+    hq, hkv, d, dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    if k.shape[-1] != d:
+        raise ValueError(f"k's head dim {k.shape[-1]} differs from q's {d}")
+    for name, dim in (("q", d), ("v", dv)):
+        if not 1 <= dim <= MAX_HEAD_DIM:
+            raise ValueError(f"{name}'s head dim must be in 1..{MAX_HEAD_DIM}, got {dim}")
+    if hkv < 1 or hq % hkv != 0:
+        raise ValueError(
+            f"the number of heads in q ({hq}) must be a multiple of that in k and v ({hkv})"
+        )
+    if varlen:
+        for name, cu, mx, t in (("cu_seqlens_q", cu_seqlens_q, max_seqlen_q, q),
+                                ("cu_seqlens_k", cu_seqlens_k, max_seqlen_k, k)):
+            check_tensor(name, cu, 1, torch.int32, q.device)
+            if cu.shape[0] < 1:
+                raise ValueError(f"{name} must have batch + 1 >= 1 entries")
+            if not isinstance(mx, int) or mx < 0:
+                raise ValueError(f"max_seqlen for {name} must be a non-negative int, got {mx!r}")
+        if cu_seqlens_q.shape[0] != cu_seqlens_k.shape[0]:
+            raise ValueError(
+                f"cu_seqlens_q and cu_seqlens_k must both have batch + 1 entries, got "
+                f"{cu_seqlens_q.shape[0]} and {cu_seqlens_k.shape[0]}"
+            )
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if not (isinstance(window_size, (tuple, list)) and len(window_size) == 2):
+        raise ValueError(f"window_size must be a pair (left, right), got {window_size!r}")
+    if alibi_slopes is not None:
+        check_tensor("alibi_slopes", alibi_slopes, alibi_slopes.dim(), torch.float32, q.device)
+        batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
+        if tuple(alibi_slopes.shape) not in ((hq,), (batch, hq)):
+            raise ValueError(
+                f"alibi_slopes must be (nheads,) = ({hq},) or (batch, nheads) = ({batch}, {hq}), "
+                f"got {tuple(alibi_slopes.shape)}"
+            )
+
+
+# ---------------------------------------------------------------------------
+# Calls into the library
+
+
+def _view(t, varlen):
+    """fa_tensor of a (b, s, h, d) tensor or a packed (total, h, d) one."""
+    if varlen:
+        return _ffi.FaTensor(t.data_ptr(), 0, t.stride(0), t.stride(1))
+    return _ffi.FaTensor(t.data_ptr(), t.stride(0), t.stride(1), t.stride(2))
+
+
+def _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+             softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
+             deterministic, seed):
+    a = _ffi.FaAttn()
+    _ffi.fa_attn_init(ctypes.byref(a))
+    if cu_seqlens_q is not None:
+        a.batch = cu_seqlens_q.shape[0] - 1
+        a.seqlen_q, a.seqlen_k = max_seqlen_q, max_seqlen_k
+        a.cu_seqlens_q, a.cu_seqlens_k = cu_seqlens_q.data_ptr(), cu_seqlens_k.data_ptr()
+    else:
+        a.batch, a.seqlen_q, a.seqlen_k = q.shape[0], q.shape[1], k.shape[1]
+    a.heads_q, a.heads_kv = q.shape[-2], k.shape[-2]
+    a.head_dim, a.head_dim_v = q.shape[-1], v.shape[-1]
+    a.dtype = _DTYPES[q.dtype]
+    a.softmax_scale = softmax_scale
+    a.causal = int(causal)
+    a.window_left, a.window_right = window_left, window_right
+    a.softcap = softcap
+    if alibi_slopes is not None:
+        a.alibi_slopes = alibi_slopes.data_ptr()
+        a.alibi_stride_batch = alibi_slopes.stride(0) if alibi_slopes.dim() == 2 else 0
+    a.dropout_p = dropout_p
+    a.dropout_seed, a.dropout_offset = seed, 0
+    a.deterministic = int(deterministic)
+    return a
+
+
+def _workspace(ctx, attn, size_fn, device):
+    """Scratch memory from torch's allocator (stream-ordered on CUDA)."""
+    nbytes = ctypes.c_size_t(0)
+    _ffi.check(size_fn(ctx, ctypes.byref(attn), ctypes.byref(nbytes)), "workspace size")
+    if nbytes.value == 0:
+        return None, 0
+    return torch.empty(nbytes.value, dtype=torch.uint8, device=device), nbytes.value
+
+
+def _lse_shape(q, k, varlen):
+    # lse is (b, hq, sq) fixed-length, (hq, total_q) varlen.
+    return (q.shape[1], q.shape[0]) if varlen else (q.shape[0], q.shape[2], q.shape[1])
+
+
+def _draw_seed():
+    # Seeded by torch.manual_seed; drawn on the CPU generator so that a CUDA
+    # call does not synchronise to read it back.
+    return int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64).item())
+
+
+def forward_impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                 softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
+                 deterministic):
+    """out (.., hq, dv), lse fp32, rng_state int64 (2,) = (seed, offset) on
+    the CPU. q (b, sq, hq, d) / k, v (b, sk, hkv, d[v]), or packed varlen."""
+    varlen = cu_seqlens_q is not None
+    out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+    lse = torch.empty(_lse_shape(q, k, varlen), dtype=torch.float32, device=q.device)
+    seed = _draw_seed() if dropout_p > 0 else 0
+    rng_state = torch.tensor([seed, 0], dtype=torch.int64)
+    if out.numel() == 0:
+        return out, lse, rng_state
+    if k.shape[-3] == 0:  # no keys at all: every row fully masked
+        return out.zero_(), lse.fill_(float("-inf")), rng_state
+    attn = _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                    softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
+                    deterministic, seed)
+    ctx = _ffi.context_for(q.device)
+    ws, ws_size = _workspace(ctx, attn, _ffi.fa_forward_workspace_size, q.device)
+    tq, tk, tv, to = (_view(t, varlen) for t in (q, k, v, out))
+    _ffi.check(
+        _ffi.fa_forward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(),
+                        ws.data_ptr() if ws is not None else None, ws_size),
+        "forward",
+    )
+    return out, lse, rng_state
+
+
+def backward_impl(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                  max_seqlen_k, dropout_p, softmax_scale, causal, window_left, window_right,
+                  softcap, alibi_slopes, deterministic, rng_state):
+    """dq, dk, dv with the shapes of q, k, v."""
+    varlen = cu_seqlens_q is not None
+    dout = last_dim_contiguous(dout)
+    dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    if dq.numel() == 0 or k.shape[-3] == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    seed = int(rng_state[0])
+    attn = _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                    softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
+                    deterministic, seed)
+    attn.dropout_offset = int(rng_state[1])
+    ctx = _ffi.context_for(q.device)
+    ws, ws_size = _workspace(ctx, attn, _ffi.fa_backward_workspace_size, q.device)
+    views = [_view(t, varlen) for t in (q, k, v, out, dout, dq, dk, dv)]
+    tq, tk, tv, to, tdo, tdq, tdk, tdv = views
+    _ffi.check(
+        _ffi.fa_backward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(), tdo,
+                         tdq, tdk, tdv, ws.data_ptr() if ws is not None else None, ws_size),
+        "backward",
+    )
+    return dq, dk, dv
+
+
+# ---------------------------------------------------------------------------
+# Autograd. The same setup/backward serve torch.library.custom_op (torch >=
+# 2.4, traced by torch.compile without graph breaks) and the
+# autograd.Function of older torch.
+
+_NUM_INPUTS = 15  # forward_impl's arguments
+
+
+def _setup_context(ctx, inputs, output):
+    (q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, scale, causal, wl, wr, softcap, alibi,
+     deterministic) = inputs
+    out, lse, rng_state = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, alibi, rng_state)
+    ctx.options = (max_q, max_k, dropout_p, scale, causal, wl, wr, softcap)
+    ctx.deterministic = deterministic
+
+
+def _backward(ctx, dout, *unused_grads):
+    q, k, v, out, lse, cu_q, cu_k, alibi, rng_state = ctx.saved_tensors
+    max_q, max_k, dropout_p, scale, causal, wl, wr, softcap = ctx.options
+    dq, dk, dv = attention_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k,
+                                    dropout_p, scale, causal, wl, wr, softcap, alibi,
+                                    ctx.deterministic, rng_state)
+    return (dq, dk, dv) + (None,) * (_NUM_INPUTS - 3)
+
+
+HAS_CUSTOM_OP = hasattr(torch, "library") and hasattr(torch.library, "custom_op")
+
+if HAS_CUSTOM_OP:
+    from typing import Optional, Tuple
+
+    Tensor = torch.Tensor
+
+    @torch.library.custom_op("flashattn::fwd", mutates_args=())
+    def attention_forward(
+        q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor],
+        cu_seqlens_k: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int,
+        dropout_p: float, softmax_scale: float, causal: bool, window_left: int,
+        window_right: int, softcap: float, alibi_slopes: Optional[Tensor],
+        deterministic: bool,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        return forward_impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                            dropout_p, softmax_scale, causal, window_left, window_right,
+                            softcap, alibi_slopes, deterministic)
+
+    @attention_forward.register_fake
+    def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+          softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
+          deterministic):
+        varlen = cu_seqlens_q is not None
+        out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+        lse = q.new_empty(_lse_shape(q, k, varlen), dtype=torch.float32)
+        return out, lse, torch.empty(2, dtype=torch.int64, device="cpu")
+
+    @torch.library.custom_op("flashattn::bwd", mutates_args=())
+    def attention_backward(
+        dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+        cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor], max_seqlen_q: int,
+        max_seqlen_k: int, dropout_p: float, softmax_scale: float, causal: bool,
+        window_left: int, window_right: int, softcap: float, alibi_slopes: Optional[Tensor],
+        deterministic: bool, rng_state: Tensor,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        return backward_impl(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                             max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+                             window_left, window_right, softcap, alibi_slopes, deterministic,
+                             rng_state)
+
+    @attention_backward.register_fake
+    def _(dout, q, k, v, *rest):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    attention_forward.register_autograd(_backward, setup_context=_setup_context)
+
+else:
+    attention_backward = backward_impl
+
+    class _AttentionFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            output = forward_impl(*inputs)
+            _setup_context(ctx, inputs, output)
+            ctx.mark_non_differentiable(output[1], output[2])
+            return output
+
+        @staticmethod
+        def backward(ctx, dout, *unused_grads):
+            return _backward(ctx, dout)
+
+    def attention_forward(*inputs):
+        return _AttentionFunction.apply(*inputs)
+
+
+def attention(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+              max_seqlen_k=None, dropout_p=0.0, softmax_scale=None, causal=False,
+              window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False):
+    """Validated, differentiable attention: returns (out, lse, rng_state)."""
+    check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                         dropout_p, window_size, alibi_slopes)
+    q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
+    if softmax_scale is None:
+        softmax_scale = q.shape[-1] ** -0.5
+    if alibi_slopes is not None:
+        alibi_slopes = alibi_slopes.contiguous()
+    if cu_seqlens_q is not None:
+        cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
+    else:
+        max_seqlen_q, max_seqlen_k = q.shape[1], k.shape[1]
+    return attention_forward(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+        float(dropout_p), float(softmax_scale), bool(causal), int(window_size[0]),
+        int(window_size[1]), float(softcap), alibi_slopes, bool(deterministic),
+    )
