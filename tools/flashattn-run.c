@@ -1,0 +1,918 @@
+/*
+ * flashattn-run: run one realistic attention forward + backward with the
+ * library, check it against a naive standard attention computed here, and
+ * report time, GFLOP/s and peak extra memory of both.
+ *
+ * Every CPU measurement runs in a forked child (see tools/harness.h), which
+ * makes its peak extra memory a measured number (ru_maxrss growth) rather
+ * than an estimate. The GPU run (builds with CUDA, a GPU present) happens in
+ * this process after the CPU children, since a CUDA context does not
+ * survive fork.
+ *
+ * Exit status: 0 when everything ran and every check passed, 1 when a run
+ * failed or a check did not pass, 2 for bad command-line input.
+ */
+#include "flashattn.h"
+#include "harness.h"
+#include "standard_attention.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef FA_TOOL_CUDA
+#include <cuda_runtime.h>
+#endif
+
+enum { EXIT_CHECK_FAILED = 1, EXIT_BAD_INPUT = 2 };
+
+typedef enum device_choice { DEVICES_AUTO, DEVICES_CPU, DEVICES_CUDA, DEVICES_ALL } device_choice;
+
+typedef struct options {
+    fa_attn attn;
+    int threads; /* 0 = all cores */
+    device_choice devices;
+    int reps;
+    int naive;
+    int json;
+    uint64_t seed;
+} options;
+
+/* ---------------------------------------------------------------------- */
+/* Command line                                                            */
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+"Usage: flashattn-run [options]\n"
+"\n"
+"Runs attention forward + backward with flashattn on the CPU (and on the GPU\n"
+"when the library was built with CUDA and a GPU is present), checks the\n"
+"results against a naive standard attention computed by this tool (fp32,\n"
+"row statistics in fp64, S = QK^T materialised), and prints max error, time,\n"
+"GFLOP/s and peak extra memory of flash vs naive.\n"
+"\n"
+"Default problem: batch 1, seqlen 2048, 8 heads, head_dim 64, bf16, not\n"
+"causal (the naive reference holds P for all heads: 128 MiB).\n"
+"\n"
+"Problem:\n"
+"  --batch N          batch size (default 1)\n"
+"  --seqlen-q N       query length (default 2048)\n"
+"  --seqlen-k N       key length (default: seqlen-q)\n"
+"  --heads N          query heads (default 8)\n"
+"  --heads-kv N       key/value heads, divides --heads (default: heads)\n"
+"  --head-dim N       head dimension of q and k (default 64)\n"
+"  --head-dim-v N     head dimension of v (default: head-dim)\n"
+"  --dtype T          f32 | f16 | bf16 (default bf16)\n"
+"  --causal           causal mask (bottom-right aligned)\n"
+"  --window L,R       sliding window, -1 = unbounded side\n"
+"  --softcap C        tanh soft-capping of the scores (0 = off)\n"
+"  --dropout P        dropout probability in [0, 1)\n"
+"  --seed N           seed of the random inputs (default 0)\n"
+"Run:\n"
+"  --threads N        CPU threads, 0 = all cores (default 0)\n"
+"  --device D         cpu | cuda | all | auto (default auto: the CPU, plus\n"
+"                     the GPU if there is one; all: both, required)\n"
+"  --reps N           timed repetitions of each flash call, after one\n"
+"                     warm-up; the median is reported (default 5). The\n"
+"                     naive reference runs once, without warm-up.\n"
+"  --no-naive         skip the naive reference (and the check against it;\n"
+"                     a GPU result is then checked against the CPU flash)\n"
+"  --json             print one JSON object instead of the text report\n"
+"  --help             this text\n"
+"\n"
+"FLOPs are counted as FlashAttention does: forward 2*b*h*sq*sk*(d+dv)\n"
+"(= 4*b*h*sq*sk*d), halved when causal; with another window, the exact\n"
+"number of visible (i, j) pairs; backward 2.5x the forward.\n"
+"Peak extra memory is measured: each CPU variant runs in a forked child and\n"
+"reports the growth of its ru_maxrss over its baseline (inputs and outputs\n"
+"already resident). For the GPU it is the workspace the library asks for.\n"
+"\n"
+"Exit status: 0 ok, 1 a run failed or a check did not pass, 2 bad input.\n");
+}
+
+/* Prints "flashattn-run: <message>" and returns EXIT_BAD_INPUT. */
+__attribute__((format(printf, 1, 2))) static int bad_input(const char *fmt, ...)
+{
+    va_list args;
+    va_start(args, fmt);
+    fprintf(stderr, "flashattn-run: ");
+    vfprintf(stderr, fmt, args);
+    fprintf(stderr, "\n(see flashattn-run --help)\n");
+    va_end(args);
+    return EXIT_BAD_INPUT;
+}
+
+/* Whole-string integer in [min, max]. */
+static int parse_int(const char *option, const char *text, int64_t min, int64_t max,
+                     int64_t *value)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || end == text || *end != '\0' || v < min || v > max)
+        return bad_input("%s: bad value '%s' (an integer in [%lld, %lld])", option, text,
+                         (long long)min, (long long)max);
+    *value = v;
+    return 0;
+}
+
+static int parse_float(const char *option, const char *text, double min, double max_excl,
+                       double *value)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || end == text || *end != '\0' || !(v >= min) || !(v < max_excl))
+        return bad_input("%s: bad value '%s' (a number in [%g, %g))", option, text, min,
+                         max_excl);
+    *value = v;
+    return 0;
+}
+
+static int parse_options(int argc, char **argv, options *o)
+{
+    enum {
+        OPT_BATCH = 256, OPT_SEQLEN_Q, OPT_SEQLEN_K, OPT_HEADS, OPT_HEADS_KV,
+        OPT_HEAD_DIM, OPT_HEAD_DIM_V, OPT_DTYPE, OPT_CAUSAL, OPT_WINDOW, OPT_SOFTCAP,
+        OPT_DROPOUT, OPT_SEED, OPT_THREADS, OPT_DEVICE, OPT_REPS, OPT_NO_NAIVE,
+        OPT_JSON, OPT_HELP
+    };
+    static const struct option long_options[] = {
+        {"batch", required_argument, 0, OPT_BATCH},
+        {"seqlen-q", required_argument, 0, OPT_SEQLEN_Q},
+        {"seqlen-k", required_argument, 0, OPT_SEQLEN_K},
+        {"heads", required_argument, 0, OPT_HEADS},
+        {"heads-kv", required_argument, 0, OPT_HEADS_KV},
+        {"head-dim", required_argument, 0, OPT_HEAD_DIM},
+        {"head-dim-v", required_argument, 0, OPT_HEAD_DIM_V},
+        {"dtype", required_argument, 0, OPT_DTYPE},
+        {"causal", no_argument, 0, OPT_CAUSAL},
+        {"window", required_argument, 0, OPT_WINDOW},
+        {"softcap", required_argument, 0, OPT_SOFTCAP},
+        {"dropout", required_argument, 0, OPT_DROPOUT},
+        {"seed", required_argument, 0, OPT_SEED},
+        {"threads", required_argument, 0, OPT_THREADS},
+        {"device", required_argument, 0, OPT_DEVICE},
+        {"reps", required_argument, 0, OPT_REPS},
+        {"no-naive", no_argument, 0, OPT_NO_NAIVE},
+        {"json", no_argument, 0, OPT_JSON},
+        {"help", no_argument, 0, OPT_HELP},
+        {0, 0, 0, 0},
+    };
+    const int64_t big = (int64_t)1 << 40;
+    fa_attn *a = &o->attn;
+    fa_attn_init(a);
+    a->batch = 1;
+    a->seqlen_q = 2048;
+    a->seqlen_k = 0; /* resolved below */
+    a->heads_q = 8;
+    a->heads_kv = 0;
+    a->head_dim = 64;
+    a->head_dim_v = 0;
+    a->dtype = FA_DTYPE_BF16;
+    a->dropout_seed = 1234;
+    o->threads = 0;
+    o->devices = DEVICES_AUTO;
+    o->reps = 5;
+    o->naive = 1;
+    o->json = 0;
+    o->seed = 0;
+
+    opterr = 0; /* the messages below name the option */
+    int c, rc = 0;
+    int64_t value;
+    double real;
+    while (rc == 0 && (c = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
+        const char *name = optind > 0 && optind <= argc ? argv[optind - 1] : "";
+        switch (c) {
+        case OPT_BATCH: rc = parse_int(name, optarg, 1, big, &a->batch); break;
+        case OPT_SEQLEN_Q: rc = parse_int(name, optarg, 1, big, &a->seqlen_q); break;
+        case OPT_SEQLEN_K: rc = parse_int(name, optarg, 1, big, &a->seqlen_k); break;
+        case OPT_HEADS: rc = parse_int(name, optarg, 1, 1 << 20, &a->heads_q); break;
+        case OPT_HEADS_KV: rc = parse_int(name, optarg, 1, 1 << 20, &a->heads_kv); break;
+        case OPT_HEAD_DIM: rc = parse_int(name, optarg, 1, 256, &a->head_dim); break;
+        case OPT_HEAD_DIM_V: rc = parse_int(name, optarg, 1, 256, &a->head_dim_v); break;
+        case OPT_DTYPE:
+            if (!strcmp(optarg, "f32"))
+                a->dtype = FA_DTYPE_F32;
+            else if (!strcmp(optarg, "f16"))
+                a->dtype = FA_DTYPE_F16;
+            else if (!strcmp(optarg, "bf16"))
+                a->dtype = FA_DTYPE_BF16;
+            else
+                rc = bad_input("%s: unknown dtype '%s' (f32, f16 or bf16)", name, optarg);
+            break;
+        case OPT_CAUSAL: a->causal = 1; break;
+        case OPT_WINDOW: {
+            long long left, right;
+            char tail;
+            if (sscanf(optarg, "%lld,%lld%c", &left, &right, &tail) != 2 || left < -1 ||
+                right < -1)
+                rc = bad_input("%s: bad value '%s' (expected L,R with L, R >= -1)", name,
+                               optarg);
+            a->window_left = left;
+            a->window_right = right;
+            break;
+        }
+        case OPT_SOFTCAP:
+            rc = parse_float(name, optarg, 0.0, INFINITY, &real);
+            a->softcap = (float)real;
+            break;
+        case OPT_DROPOUT:
+            rc = parse_float(name, optarg, 0.0, 1.0, &real);
+            a->dropout_p = (float)real;
+            break;
+        case OPT_SEED:
+            rc = parse_int(name, optarg, 0, INT64_MAX, &value);
+            o->seed = (uint64_t)value;
+            break;
+        case OPT_THREADS:
+            rc = parse_int(name, optarg, 0, 4096, &value);
+            o->threads = (int)value;
+            break;
+        case OPT_DEVICE:
+            if (!strcmp(optarg, "cpu"))
+                o->devices = DEVICES_CPU;
+            else if (!strcmp(optarg, "cuda"))
+                o->devices = DEVICES_CUDA;
+            else if (!strcmp(optarg, "all"))
+                o->devices = DEVICES_ALL;
+            else if (!strcmp(optarg, "auto"))
+                o->devices = DEVICES_AUTO;
+            else
+                rc = bad_input("%s: unknown device '%s' (cpu, cuda, all or auto)", name,
+                               optarg);
+            break;
+        case OPT_REPS:
+            rc = parse_int(name, optarg, 1, H_MAX_REPS, &value);
+            o->reps = (int)value;
+            break;
+        case OPT_NO_NAIVE: o->naive = 0; break;
+        case OPT_JSON: o->json = 1; break;
+        case OPT_HELP:
+        case 'h': usage(stdout); exit(0);
+        default:
+            rc = bad_input("%s: unknown option or missing value", argv[optind - 1]);
+            break;
+        }
+    }
+    if (rc)
+        return rc;
+    if (optind < argc)
+        return bad_input("%s: unexpected argument", argv[optind]);
+    if (a->seqlen_k == 0)
+        a->seqlen_k = a->seqlen_q;
+    if (a->heads_kv == 0)
+        a->heads_kv = a->heads_q;
+    if (a->head_dim_v == 0)
+        a->head_dim_v = a->head_dim;
+    if (a->heads_q % a->heads_kv != 0)
+        return bad_input("--heads-kv %lld does not divide --heads %lld",
+                         (long long)a->heads_kv, (long long)a->heads_q);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Buffers                                                                 */
+
+/* What a child reports back besides its timings: lives in shared memory. */
+typedef struct run_info {
+    size_t workspace_bytes[2]; /* forward, backward (library's query) */
+    char kernel[2][64];        /* fa_context_last_kernel after each pass */
+} run_info;
+
+/* One set of results: out, dq, dk, dv in dtype; lse fp32. */
+typedef struct results {
+    void *out, *dq, *dk, *dv;
+    float *lse;
+} results;
+
+typedef struct buffers {
+    const options *opt;
+    /* inputs in dtype, and as floats for the naive reference */
+    void *q, *k, *v, *dout;
+    float *q32, *k32, *v32, *dout32;
+    results flash_cpu, flash_gpu;
+    /* naive reference, fp32 */
+    float *out_ref, *lse_ref, *dq_ref, *dk_ref, *dv_ref;
+    run_info *info_cpu, *info_gpu;
+} buffers;
+
+/* The five result tensors' byte sizes, in the order out, dq, dk, dv, lse. */
+static void result_bytes(const fa_attn *a, size_t bytes[5])
+{
+    size_t es = fa_dtype_size(a->dtype);
+    bytes[0] = es * (size_t)h_numel_out(a);
+    bytes[1] = es * (size_t)h_numel_q(a);
+    bytes[2] = es * (size_t)h_numel_k(a);
+    bytes[3] = es * (size_t)h_numel_v(a);
+    bytes[4] = sizeof(float) * (size_t)h_numel_lse(a);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Jobs: flash on the CPU, naive reference                                 */
+
+typedef struct flash_state {
+    buffers *buf;
+    results *res;
+    run_info *info;
+    fa_context *ctx;
+    fa_tensor q, k, v, dout, out, dq, dk, dv;
+    void *device_memory;    /* GPU: one allocation for inputs and results */
+    results device_results; /* GPU: where the calls write, copied back at close */
+} flash_state;
+
+static int library_error(const char *call, fa_status st, char *msg, size_t len)
+{
+    snprintf(msg, len, "%s: %s: %s", call, fa_status_string(st), fa_last_error());
+    return 1;
+}
+
+/* Tensors of the flash call over q..dv data pointers (host or device). */
+static void flash_tensors(flash_state *s, void *q, void *k, void *v, void *dout,
+                          const results *r)
+{
+    const fa_attn *a = &s->buf->opt->attn;
+    s->q = fa_tensor_contiguous(q, a->seqlen_q, a->heads_q, a->head_dim);
+    s->k = fa_tensor_contiguous(k, a->seqlen_k, a->heads_kv, a->head_dim);
+    s->v = fa_tensor_contiguous(v, a->seqlen_k, a->heads_kv, a->head_dim_v);
+    s->dout = fa_tensor_contiguous(dout, a->seqlen_q, a->heads_q, a->head_dim_v);
+    s->out = fa_tensor_contiguous(r->out, a->seqlen_q, a->heads_q, a->head_dim_v);
+    s->dq = fa_tensor_contiguous(r->dq, a->seqlen_q, a->heads_q, a->head_dim);
+    s->dk = fa_tensor_contiguous(r->dk, a->seqlen_k, a->heads_kv, a->head_dim);
+    s->dv = fa_tensor_contiguous(r->dv, a->seqlen_k, a->heads_kv, a->head_dim_v);
+}
+
+/* Context creation and workspace queries, shared by CPU and GPU. */
+static int flash_open_context(flash_state *s, fa_device device, char *msg, size_t len)
+{
+    const options *o = s->buf->opt;
+    fa_status st = fa_context_create(&s->ctx, device, 0);
+    if (st)
+        return library_error("fa_context_create", st, msg, len);
+    if ((st = fa_context_set_num_threads(s->ctx, o->threads)) ||
+        (st = fa_forward_workspace_size(s->ctx, &o->attn, &s->info->workspace_bytes[0])) ||
+        (st = fa_backward_workspace_size(s->ctx, &o->attn, &s->info->workspace_bytes[1]))) {
+        fa_context_destroy(s->ctx);
+        return library_error("flashattn setup", st, msg, len);
+    }
+    return 0;
+}
+
+static int flash_cpu_open(void *arg, void **state, char *msg, size_t len)
+{
+    buffers *buf = arg;
+    flash_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return snprintf(msg, len, "out of memory"), 1;
+    s->buf = buf;
+    s->res = &buf->flash_cpu;
+    s->info = buf->info_cpu;
+    if (flash_open_context(s, FA_DEVICE_CPU, msg, len)) {
+        free(s);
+        return 1;
+    }
+    flash_tensors(s, buf->q, buf->k, buf->v, buf->dout, s->res);
+    *state = s;
+    return 0;
+}
+
+/* One forward (phase 0) or backward (phase 1) call. */
+static int flash_call(flash_state *s, int phase, char *msg, size_t len)
+{
+    const fa_attn *a = &s->buf->opt->attn;
+    fa_status st;
+    if (phase == 0)
+        st = fa_forward(s->ctx, a, &s->q, &s->k, &s->v, &s->out, s->res->lse, NULL, 0);
+    else
+        st = fa_backward(s->ctx, a, &s->q, &s->k, &s->v, &s->out, s->res->lse, &s->dout,
+                         &s->dq, &s->dk, &s->dv, NULL, 0);
+    if (st)
+        return library_error(phase == 0 ? "fa_forward" : "fa_backward", st, msg, len);
+    snprintf(s->info->kernel[phase], sizeof s->info->kernel[phase], "%s",
+             fa_context_last_kernel(s->ctx));
+    return 0;
+}
+
+static int flash_cpu_run(void *state, int phase, char *msg, size_t len)
+{
+    return flash_call(state, phase, msg, len);
+}
+
+static int flash_cpu_close(void *state, char *msg, size_t len)
+{
+    flash_state *s = state;
+    fa_context_destroy(s->ctx);
+    free(s);
+    return 0;
+}
+
+typedef struct naive_state {
+    buffers *buf;
+    float *probs, *scratch;
+} naive_state;
+
+static int naive_open(void *arg, void **state, char *msg, size_t len)
+{
+    buffers *buf = arg;
+    const fa_attn *a = &buf->opt->attn;
+#ifdef _OPENMP
+    if (buf->opt->threads > 0)
+        omp_set_num_threads(buf->opt->threads);
+#endif
+    naive_state *s = calloc(1, sizeof *s);
+    size_t scratch = std_scratch_bytes(a, 1);
+    if (s) {
+        s->buf = buf;
+        s->probs = malloc(std_probs_bytes(a));
+        s->scratch = malloc(scratch > 0 ? scratch : 1);
+    }
+    if (!s || !s->probs || !s->scratch) {
+        if (s) {
+            free(s->probs);
+            free(s->scratch);
+        }
+        free(s);
+        return snprintf(msg, len, "naive: cannot allocate P (%zu bytes)",
+                        std_probs_bytes(a)), 1;
+    }
+    *state = s;
+    return 0;
+}
+
+static int naive_run(void *state, int phase, char *msg, size_t len)
+{
+    naive_state *s = state;
+    buffers *b = s->buf;
+    const fa_attn *a = &b->opt->attn;
+    int rc = phase == 0
+                 ? std_forward(a, std_gemm_reference, b->q32, b->k32, b->v32, b->out_ref,
+                               b->lse_ref, s->probs, s->scratch)
+                 : std_backward(a, std_gemm_reference, b->q32, b->k32, b->v32, b->out_ref,
+                                b->lse_ref, s->probs, b->dout32, b->dq_ref, b->dk_ref,
+                                b->dv_ref, s->scratch);
+    if (rc)
+        snprintf(msg, len, "naive: unsupported problem");
+    return rc;
+}
+
+static int naive_close(void *state, char *msg, size_t len)
+{
+    naive_state *s = state;
+    free(s->probs);
+    free(s->scratch);
+    free(s);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* GPU job (CUDA builds): same calls on device copies, in this process      */
+
+#ifdef FA_TOOL_CUDA
+static int cuda_error(const char *what, cudaError_t err, char *msg, size_t len)
+{
+    snprintf(msg, len, "%s: %s", what, cudaGetErrorString(err));
+    return 1;
+}
+
+static int flash_gpu_open(void *arg, void **state, char *msg, size_t len)
+{
+    buffers *buf = arg;
+    const fa_attn *a = &buf->opt->attn;
+    flash_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return snprintf(msg, len, "out of memory"), 1;
+    s->buf = buf;
+    s->res = &buf->flash_gpu;
+    s->info = buf->info_gpu;
+    if (flash_open_context(s, FA_DEVICE_CUDA, msg, len)) {
+        free(s);
+        return 1;
+    }
+    size_t es = fa_dtype_size(a->dtype), rb[5];
+    size_t in_bytes[4] = {es * (size_t)h_numel_q(a), es * (size_t)h_numel_k(a),
+                          es * (size_t)h_numel_v(a), es * (size_t)h_numel_out(a)};
+    const void *host_in[4] = {buf->q, buf->k, buf->v, buf->dout};
+    result_bytes(a, rb);
+    size_t total = 0;
+    for (int i = 0; i < 4; ++i)
+        total += (in_bytes[i] + 255) & ~(size_t)255;
+    for (int i = 0; i < 5; ++i)
+        total += (rb[i] + 255) & ~(size_t)255;
+    cudaError_t err = cudaMalloc(&s->device_memory, total);
+    if (err != cudaSuccess) {
+        fa_context_destroy(s->ctx);
+        free(s);
+        return cuda_error("cudaMalloc", err, msg, len);
+    }
+    char *cursor = s->device_memory;
+    void *dev_in[4];
+    for (int i = 0; i < 4 && err == cudaSuccess; ++i) {
+        dev_in[i] = cursor;
+        err = cudaMemcpy(cursor, host_in[i], in_bytes[i], cudaMemcpyHostToDevice);
+        cursor += (in_bytes[i] + 255) & ~(size_t)255;
+    }
+    results *dr = &s->device_results;
+    void **dev_out[5] = {&dr->out, &dr->dq, &dr->dk, &dr->dv, (void **)&dr->lse};
+    for (int i = 0; i < 5; ++i) {
+        *dev_out[i] = cursor;
+        cursor += (rb[i] + 255) & ~(size_t)255;
+    }
+    if (err != cudaSuccess) {
+        cudaFree(s->device_memory);
+        fa_context_destroy(s->ctx);
+        free(s);
+        return cuda_error("cudaMemcpy to the device", err, msg, len);
+    }
+    flash_tensors(s, dev_in[0], dev_in[1], dev_in[2], dev_in[3], dr);
+    s->res = dr;
+    *state = s;
+    return 0;
+}
+
+static int flash_gpu_run(void *state, int phase, char *msg, size_t len)
+{
+    if (flash_call(state, phase, msg, len))
+        return 1;
+    cudaError_t err = cudaDeviceSynchronize();
+    return err == cudaSuccess ? 0 : cuda_error("after the kernel", err, msg, len);
+}
+
+static int flash_gpu_close(void *state, char *msg, size_t len)
+{
+    flash_state *s = state;
+    const fa_attn *a = &s->buf->opt->attn;
+    size_t rb[5];
+    result_bytes(a, rb);
+    const results *host = &s->buf->flash_gpu;
+    void *host_out[5] = {host->out, host->dq, host->dk, host->dv, host->lse};
+    const void *dev_out[5] = {s->res->out, s->res->dq, s->res->dk, s->res->dv, s->res->lse};
+    cudaError_t err = cudaSuccess;
+    for (int i = 0; i < 5 && err == cudaSuccess; ++i)
+        err = cudaMemcpy(host_out[i], dev_out[i], rb[i], cudaMemcpyDeviceToHost);
+    cudaFree(s->device_memory);
+    fa_context_destroy(s->ctx);
+    free(s);
+    return err == cudaSuccess ? 0 : cuda_error("cudaMemcpy to the host", err, msg, len);
+}
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* Report                                                                  */
+
+typedef struct variant_report {
+    const char *name;   /* "flash" or "naive" */
+    const char *device; /* "cpu" or "cuda" */
+    int ran;
+    h_job_result result;
+    const run_info *info; /* flash only */
+} variant_report;
+
+typedef struct check_report {
+    const char *what;      /* "flash cpu" */
+    const char *reference; /* "naive" or "flash cpu" */
+    h_error err[5];        /* out, lse, dq, dk, dv */
+    double tol[5];
+    int passed;
+} check_report;
+
+static const char *const result_names[5] = {"out", "lse", "dq", "dk", "dv"};
+
+static double tolerance_of(fa_dtype dtype)
+{
+    switch (dtype) {
+    case FA_DTYPE_F32: return 1e-4;
+    case FA_DTYPE_F16: return 5e-3;
+    default: return 2e-2;
+    }
+}
+
+/* got against a reference given as floats (ref_dtype f32) or as another
+ * result set in dtype (converted here). */
+static check_report check_results(const char *what, const char *reference,
+                                  const fa_attn *a, const results *got,
+                                  const float *const ref32[5], const results *ref_res)
+{
+    check_report c;
+    c.what = what;
+    c.reference = reference;
+    c.passed = 1;
+    const void *got_data[5] = {got->out, got->lse, got->dq, got->dk, got->dv};
+    fa_dtype dtypes[5] = {a->dtype, FA_DTYPE_F32, a->dtype, a->dtype, a->dtype};
+    int64_t n[5] = {h_numel_out(a), h_numel_lse(a), h_numel_q(a), h_numel_k(a),
+                    h_numel_v(a)};
+    for (int t = 0; t < 5; ++t) {
+        c.tol[t] = t == 1 ? 1e-3 : tolerance_of(a->dtype);
+        if (ref32) {
+            c.err[t] = h_compare(got_data[t], dtypes[t], ref32[t], n[t]);
+        } else {
+            const void *ref_data[5] = {ref_res->out, ref_res->lse, ref_res->dq,
+                                       ref_res->dk, ref_res->dv};
+            float *ref = malloc(sizeof(float) * (size_t)n[t]);
+            if (!ref) {
+                c.err[t].rel_err = INFINITY;
+                c.err[t].max_abs_err = INFINITY;
+                c.err[t].max_abs_ref = 0;
+            } else {
+                h_load_all(ref, ref_data[t], dtypes[t], n[t]);
+                c.err[t] = h_compare(got_data[t], dtypes[t], ref, n[t]);
+                free(ref);
+            }
+        }
+        if (!(c.err[t].rel_err <= c.tol[t]))
+            c.passed = 0;
+    }
+    return c;
+}
+
+static void print_json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; ++s) {
+        if (*s == '"' || *s == '\\')
+            printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            printf("\\u%04x", *s);
+        else
+            putchar(*s);
+    }
+    putchar('"');
+}
+
+static void print_json(const options *o, double flops_fwd, const variant_report *v, int nv,
+                       const check_report *c, int nc, int passed)
+{
+    const fa_attn *a = &o->attn;
+    printf("{\n  \"tool\": \"flashattn-run\",\n  \"library_version\": \"%s\",\n",
+           fa_version_string());
+    printf("  \"config\": {\"batch\": %lld, \"seqlen_q\": %lld, \"seqlen_k\": %lld, "
+           "\"heads_q\": %lld, \"heads_kv\": %lld, \"head_dim\": %lld, \"head_dim_v\": %lld, "
+           "\"dtype\": \"%s\", \"causal\": %s, \"window_left\": %lld, \"window_right\": %lld, "
+           "\"softcap\": %g, \"dropout\": %g, \"seed\": %llu, \"threads\": %d, \"reps\": %d},\n",
+           (long long)a->batch, (long long)a->seqlen_q, (long long)a->seqlen_k,
+           (long long)a->heads_q, (long long)a->heads_kv, (long long)a->head_dim,
+           (long long)a->head_dim_v, fa_dtype_name(a->dtype), a->causal ? "true" : "false",
+           (long long)a->window_left, (long long)a->window_right, a->softcap, a->dropout_p,
+           (unsigned long long)o->seed, o->threads, o->reps);
+    printf("  \"flops\": {\"forward\": %.6g, \"backward\": %.6g},\n", flops_fwd,
+           2.5 * flops_fwd);
+    printf("  \"memory_method\": \"cpu: measured ru_maxrss growth in a forked child; "
+           "cuda: library workspace query\",\n");
+    printf("  \"runs\": [");
+    int first = 1;
+    for (int i = 0; i < nv; ++i) {
+        if (!v[i].ran)
+            continue;
+        for (int phase = 0; phase < 2; ++phase) {
+            const h_phase_result *p = &v[i].result.phase[phase];
+            printf("%s\n    {\"variant\": \"%s\", \"device\": \"%s\", \"pass\": \"%s\", "
+                   "\"ok\": %s",
+                   first ? "" : ",", v[i].name, v[i].device,
+                   phase == 0 ? "forward" : "backward", v[i].result.ok ? "true" : "false");
+            first = 0;
+            if (!v[i].result.ok) {
+                printf(", \"error\": ");
+                print_json_string(v[i].result.message);
+                printf("}");
+                continue;
+            }
+            double flops = phase == 0 ? flops_fwd : 2.5 * flops_fwd;
+            printf(", \"median_ms\": %.6g, \"min_ms\": %.6g, \"gflops\": %.6g",
+                   1e3 * p->median_s, 1e3 * p->min_s, flops / p->median_s * 1e-9);
+            if (p->peak_extra_bytes >= 0)
+                printf(", \"peak_extra_bytes_measured\": %lld", (long long)p->peak_extra_bytes);
+            if (v[i].info) {
+                printf(", \"workspace_bytes\": %zu, \"kernel\": ",
+                       v[i].info->workspace_bytes[phase]);
+                print_json_string(v[i].info->kernel[phase]);
+            }
+            printf("}");
+        }
+    }
+    printf("\n  ],\n  \"checks\": [");
+    for (int i = 0; i < nc; ++i) {
+        printf("%s\n    {\"result\": \"%s\", \"reference\": \"%s\", \"passed\": %s, "
+               "\"tensors\": {",
+               i ? "," : "", c[i].what, c[i].reference, c[i].passed ? "true" : "false");
+        for (int t = 0; t < 5; ++t)
+            printf("%s\"%s\": {\"max_abs_err\": %.6g, \"max_abs_ref\": %.6g, "
+                   "\"rel_err\": %.6g, \"tolerance\": %g}",
+                   t ? ", " : "", result_names[t], c[i].err[t].max_abs_err,
+                   c[i].err[t].max_abs_ref, c[i].err[t].rel_err, c[i].tol[t]);
+        printf("}}");
+    }
+    printf("\n  ],\n  \"passed\": %s\n}\n", passed ? "true" : "false");
+}
+
+static void print_text(const options *o, double flops_fwd, const variant_report *v, int nv,
+                       const check_report *c, int nc, int passed)
+{
+    const fa_attn *a = &o->attn;
+    char mem[32];
+    printf("flashattn-run (library %s)\n", fa_version_string());
+    printf("problem: batch %lld, seqlen q %lld k %lld, heads q %lld kv %lld, head_dim %lld "
+           "(v %lld), %s%s, window (%lld, %lld), softcap %g, dropout %g\n",
+           (long long)a->batch, (long long)a->seqlen_q, (long long)a->seqlen_k,
+           (long long)a->heads_q, (long long)a->heads_kv, (long long)a->head_dim,
+           (long long)a->head_dim_v, fa_dtype_name(a->dtype), a->causal ? ", causal" : "",
+           (long long)a->window_left, (long long)a->window_right, a->softcap, a->dropout_p);
+    printf("FLOPs (FlashAttention count): forward %.3g G, backward %.3g G\n",
+           flops_fwd * 1e-9, 2.5 * flops_fwd * 1e-9);
+    printf("threads: %d%s; flash: median of %d after 1 warm-up; naive: one run\n\n",
+           o->threads, o->threads == 0 ? " (all cores)" : "", o->reps);
+    printf("%-6s %-5s %-4s %10s %10s %13s %12s  %s\n", "", "", "pass", "median ms",
+           "GFLOP/s", "peak extra", "workspace", "kernel");
+    for (int i = 0; i < nv; ++i) {
+        if (!v[i].ran)
+            continue;
+        if (!v[i].result.ok) {
+            printf("%-6s %-5s FAILED: %s\n", v[i].name, v[i].device, v[i].result.message);
+            continue;
+        }
+        for (int phase = 0; phase < 2; ++phase) {
+            const h_phase_result *p = &v[i].result.phase[phase];
+            double flops = phase == 0 ? flops_fwd : 2.5 * flops_fwd;
+            char ws[32] = "-";
+            if (v[i].info)
+                h_format_bytes((double)v[i].info->workspace_bytes[phase], ws, sizeof ws);
+            printf("%-6s %-5s %-4s %10.2f %10.1f %13s %12s  %s\n", v[i].name, v[i].device,
+                   phase == 0 ? "fwd" : "bwd", 1e3 * p->median_s, flops / p->median_s * 1e-9,
+                   p->peak_extra_bytes >= 0
+                       ? h_format_bytes((double)p->peak_extra_bytes, mem, sizeof mem)
+                       : "n/a",
+                   ws, v[i].info ? v[i].info->kernel[phase] : "");
+        }
+    }
+    printf("\npeak extra: measured growth of the max RSS of a child process over its\n"
+           "baseline (inputs and outputs resident); the bwd row includes what the fwd\n"
+           "still holds (naive: P for all heads = %s). GPU: n/a (see workspace).\n",
+           h_format_bytes((double)std_probs_bytes(a), mem, sizeof mem));
+    if (nc == 0)
+        printf("\ncheck: none (no reference was computed)\n");
+    for (int i = 0; i < nc; ++i) {
+        printf("\ncheck %s against %s: max |err| / max |ref|\n", c[i].what, c[i].reference);
+        for (int t = 0; t < 5; ++t)
+            printf("  %-4s %10.3e  (max |err| %.3e, max |ref| %.3e, tolerance %.0e)%s\n",
+                   result_names[t], c[i].err[t].rel_err, c[i].err[t].max_abs_err,
+                   c[i].err[t].max_abs_ref, c[i].tol[t],
+                   c[i].err[t].rel_err <= c[i].tol[t] ? "" : "  FAIL");
+        printf("  => %s\n", c[i].passed ? "PASS" : "FAIL");
+    }
+    printf("\n%s\n", passed ? "OK" : "FAILED");
+}
+
+/* ---------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    options opt;
+    int rc = parse_options(argc, argv, &opt);
+    if (rc)
+        return rc;
+    const fa_attn *a = &opt.attn;
+
+    /* Validate the problem with the library before allocating anything. */
+    fa_context *probe;
+    size_t ignored;
+    fa_status st = fa_context_create(&probe, FA_DEVICE_CPU, 0);
+    if (st == FA_SUCCESS)
+        st = fa_forward_workspace_size(probe, a, &ignored);
+    fa_context_destroy(probe);
+    if (st == FA_ERROR_INVALID_ARGUMENT) {
+        fprintf(stderr, "flashattn-run: invalid problem: %s\n", fa_last_error());
+        return EXIT_BAD_INPUT;
+    }
+
+    int run_cpu = opt.devices != DEVICES_CUDA;
+    int want_gpu = opt.devices != DEVICES_CPU;
+    int need_gpu = opt.devices == DEVICES_CUDA || opt.devices == DEVICES_ALL;
+#ifndef FA_TOOL_CUDA
+    if (need_gpu) {
+        fprintf(stderr, "flashattn-run: --device %s: this program was built without CUDA\n",
+                opt.devices == DEVICES_ALL ? "all" : "cuda");
+        return EXIT_BAD_INPUT;
+    }
+    want_gpu = 0;
+#endif
+    if (opt.naive) {
+        double phys = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+        double need = (double)std_probs_bytes(a) + (double)std_scratch_bytes(a, 1);
+        if (need > 0.75 * phys) {
+            char need_text[32], phys_text[32];
+            fprintf(stderr,
+                    "flashattn-run: the naive reference needs %s for P, more than 3/4 of "
+                    "this machine's %s; use --no-naive or a smaller problem\n",
+                    h_format_bytes(need, need_text, sizeof need_text),
+                    h_format_bytes(phys, phys_text, sizeof phys_text));
+            return EXIT_BAD_INPUT;
+        }
+    }
+
+    /* All tensors in one shared mapping (children write results into it). */
+    buffers buf;
+    memset(&buf, 0, sizeof buf);
+    buf.opt = &opt;
+    size_t es = fa_dtype_size(a->dtype), rb[5];
+    result_bytes(a, rb);
+    int64_t nq = h_numel_q(a), nk = h_numel_k(a), nv = h_numel_v(a), no = h_numel_out(a);
+    int64_t nl = h_numel_lse(a);
+    size_t f = sizeof(float);
+    size_t naive = opt.naive ? 1 : 0, gpu = want_gpu ? 1 : 0;
+    h_buffer requests[] = {
+        {&buf.q, es * (size_t)nq}, {&buf.k, es * (size_t)nk},
+        {&buf.v, es * (size_t)nv}, {&buf.dout, es * (size_t)no},
+        {(void **)&buf.q32, naive * f * (size_t)nq}, {(void **)&buf.k32, naive * f * (size_t)nk},
+        {(void **)&buf.v32, naive * f * (size_t)nv}, {(void **)&buf.dout32, naive * f * (size_t)no},
+        {&buf.flash_cpu.out, rb[0]}, {&buf.flash_cpu.dq, rb[1]},
+        {&buf.flash_cpu.dk, rb[2]}, {&buf.flash_cpu.dv, rb[3]},
+        {(void **)&buf.flash_cpu.lse, rb[4]},
+        {&buf.flash_gpu.out, gpu * rb[0]}, {&buf.flash_gpu.dq, gpu * rb[1]},
+        {&buf.flash_gpu.dk, gpu * rb[2]}, {&buf.flash_gpu.dv, gpu * rb[3]},
+        {(void **)&buf.flash_gpu.lse, gpu * rb[4]},
+        {(void **)&buf.out_ref, naive * f * (size_t)no}, {(void **)&buf.lse_ref, naive * f * (size_t)nl},
+        {(void **)&buf.dq_ref, naive * f * (size_t)nq}, {(void **)&buf.dk_ref, naive * f * (size_t)nk},
+        {(void **)&buf.dv_ref, naive * f * (size_t)nv},
+        {(void **)&buf.info_cpu, sizeof(run_info)}, {(void **)&buf.info_gpu, sizeof(run_info)},
+    };
+    size_t shared_bytes;
+    void *shared = h_shared_buffers(requests, (int)(sizeof requests / sizeof requests[0]),
+                                    &shared_bytes);
+    if (!shared) {
+        fprintf(stderr, "flashattn-run: cannot map %s of tensors\n", "the shared memory");
+        return EXIT_CHECK_FAILED;
+    }
+    /* Distinct streams per tensor; inputs rounded to dtype, floats exact. */
+    h_fill_normal(buf.q, buf.q32, a->dtype, nq, opt.seed * 4 + 1);
+    h_fill_normal(buf.k, buf.k32, a->dtype, nk, opt.seed * 4 + 2);
+    h_fill_normal(buf.v, buf.v32, a->dtype, nv, opt.seed * 4 + 3);
+    h_fill_normal(buf.dout, buf.dout32, a->dtype, no, opt.seed * 4 + 4);
+
+    variant_report variants[3];
+    memset(variants, 0, sizeof variants);
+    variants[0] = (variant_report){"flash", "cpu", 0, {0}, buf.info_cpu};
+    variants[1] = (variant_report){"naive", "cpu", 0, {0}, NULL};
+    variants[2] = (variant_report){"flash", "cuda", 0, {0}, buf.info_gpu};
+    int all_ran = 1;
+    if (run_cpu) {
+        h_job job = {&buf, flash_cpu_open, flash_cpu_run, flash_cpu_close, 2, 1, opt.reps};
+        if (h_run_job(&job, shared, shared_bytes, &variants[0].result))
+            perror("flashattn-run: fork");
+        variants[0].ran = 1;
+        all_ran &= variants[0].result.ok;
+    }
+    if (opt.naive) {
+        h_job job = {&buf, naive_open, naive_run, naive_close, 2, 0, 1};
+        if (h_run_job(&job, shared, shared_bytes, &variants[1].result))
+            perror("flashattn-run: fork");
+        variants[1].ran = 1;
+        all_ran &= variants[1].result.ok;
+    }
+#ifdef FA_TOOL_CUDA
+    if (want_gpu) {
+        fa_context *gpu_probe;
+        int have_gpu = fa_context_create(&gpu_probe, FA_DEVICE_CUDA, 0) == FA_SUCCESS;
+        fa_context_destroy(gpu_probe);
+        if (have_gpu || need_gpu) {
+            h_job job = {&buf, flash_gpu_open, flash_gpu_run, flash_gpu_close, 2, 1, opt.reps};
+            h_run_job_here(&job, &variants[2].result);
+            variants[2].ran = 1;
+            all_ran &= variants[2].result.ok;
+        }
+    }
+#endif
+
+    check_report checks[2];
+    int nc = 0;
+    const float *ref32[5] = {buf.out_ref, buf.lse_ref, buf.dq_ref, buf.dk_ref, buf.dv_ref};
+    int have_ref = variants[1].ran && variants[1].result.ok;
+    for (int i = 0; i < 3; i += 2) {
+        if (!variants[i].ran || !variants[i].result.ok)
+            continue;
+        const results *got = i == 0 ? &buf.flash_cpu : &buf.flash_gpu;
+        const char *what = i == 0 ? "flash cpu" : "flash cuda";
+        if (have_ref)
+            checks[nc++] = check_results(what, "naive", a, got, ref32, NULL);
+        else if (i == 2 && variants[0].ran && variants[0].result.ok)
+            checks[nc++] = check_results(what, "flash cpu", a, got, NULL, &buf.flash_cpu);
+    }
+    int passed = all_ran;
+    for (int i = 0; i < nc; ++i)
+        passed &= checks[i].passed;
+
+    double flops_fwd = h_attention_flops(a);
+    if (opt.json)
+        print_json(&opt, flops_fwd, variants, 3, checks, nc, passed);
+    else
+        print_text(&opt, flops_fwd, variants, 3, checks, nc, passed);
+    h_shared_free(shared, shared_bytes);
+    return passed ? 0 : EXIT_CHECK_FAILED;
+}

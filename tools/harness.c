@@ -1,0 +1,427 @@
+/* See harness.h. */
+#define _GNU_SOURCE
+#include "harness.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------------- */
+/* Element conversion                                                      */
+
+static uint32_t bits_of(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static float float_of(uint32_t u)
+{
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+uint16_t h_f32_to_bf16(float x)
+{
+    uint32_t u = bits_of(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float h_bf16_to_f32(uint16_t x) { return float_of((uint32_t)x << 16); }
+
+uint16_t h_f32_to_f16(float x)
+{
+    uint32_t u = bits_of(x);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t mag = u & 0x7fffffffu;
+    if (mag > 0x7f800000u)
+        return sign | 0x7e00u; /* NaN */
+    if (mag >= 0x477ff000u)    /* >= 65520 rounds to infinity */
+        return sign | 0x7c00u;
+    if (mag < 0x38800000u) {   /* below 2^-14: a subnormal half (or 0) */
+        /* Scaling by 2^24 is exact; rounding the integer is the RNE. */
+        long units = lrintf(float_of(mag) * 16777216.0f);
+        return sign | (uint16_t)units;
+    }
+    uint32_t half = ((mag >> 23) - 112u) << 10 | (mag & 0x7fffffu) >> 13;
+    uint32_t rest = mag & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (half & 1u)))
+        half += 1; /* a carry into the exponent is still correct */
+    return sign | (uint16_t)half;
+}
+
+float h_f16_to_f32(uint16_t x)
+{
+    uint32_t sign = (uint32_t)(x & 0x8000u) << 16;
+    uint32_t exponent = (x >> 10) & 0x1fu;
+    uint32_t mantissa = x & 0x3ffu;
+    if (exponent == 0) {
+        float value = (float)mantissa * (1.0f / 16777216.0f);
+        return float_of(sign | bits_of(value));
+    }
+    if (exponent == 31)
+        return float_of(sign | 0x7f800000u | mantissa << 13);
+    return float_of(sign | (exponent + 112u) << 23 | mantissa << 13);
+}
+
+float h_load(const void *data, fa_dtype dtype, int64_t i)
+{
+    switch (dtype) {
+    case FA_DTYPE_F16: return h_f16_to_f32(((const uint16_t *)data)[i]);
+    case FA_DTYPE_BF16: return h_bf16_to_f32(((const uint16_t *)data)[i]);
+    default: return ((const float *)data)[i];
+    }
+}
+
+void h_store_all(void *data, fa_dtype dtype, const float *src, int64_t n)
+{
+    for (int64_t i = 0; i < n; ++i) {
+        switch (dtype) {
+        case FA_DTYPE_F16: ((uint16_t *)data)[i] = h_f32_to_f16(src[i]); break;
+        case FA_DTYPE_BF16: ((uint16_t *)data)[i] = h_f32_to_bf16(src[i]); break;
+        default: ((float *)data)[i] = src[i]; break;
+        }
+    }
+}
+
+void h_load_all(float *dst, const void *data, fa_dtype dtype, int64_t n)
+{
+    for (int64_t i = 0; i < n; ++i)
+        dst[i] = h_load(data, dtype, i);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Random inputs: splitmix64 + Box-Muller                                  */
+
+static uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in (0, 1]: never 0, so that log() below is finite. */
+static double uniform_open0(uint64_t *state)
+{
+    return ((double)(splitmix64(state) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+}
+
+void h_fill_normal(void *values, float *values32, fa_dtype dtype, int64_t n,
+                   uint64_t seed)
+{
+    const double two_pi = 6.283185307179586;
+    uint64_t state = seed;
+    for (int64_t i = 0; i < n; i += 2) {
+        double radius = sqrt(-2.0 * log(uniform_open0(&state)));
+        double angle = two_pi * uniform_open0(&state);
+        float pair[2] = {(float)(radius * cos(angle)), (float)(radius * sin(angle))};
+        for (int64_t t = 0; t < 2 && i + t < n; ++t) {
+            float rounded = pair[t];
+            switch (dtype) {
+            case FA_DTYPE_F16:
+                ((uint16_t *)values)[i + t] = h_f32_to_f16(pair[t]);
+                rounded = h_f16_to_f32(((uint16_t *)values)[i + t]);
+                break;
+            case FA_DTYPE_BF16:
+                ((uint16_t *)values)[i + t] = h_f32_to_bf16(pair[t]);
+                rounded = h_bf16_to_f32(((uint16_t *)values)[i + t]);
+                break;
+            default: ((float *)values)[i + t] = pair[t]; break;
+            }
+            if (values32)
+                values32[i + t] = rounded;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* Time and statistics                                                     */
+
+double h_now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int compare_doubles(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double h_median(double *values, int n)
+{
+    if (n <= 0)
+        return NAN;
+    qsort(values, (size_t)n, sizeof *values, compare_doubles);
+    return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Errors                                                                  */
+
+h_error h_compare(const void *got, fa_dtype dtype, const float *ref, int64_t n)
+{
+    h_error e = {0.0, 0.0, 0.0};
+    for (int64_t i = 0; i < n; ++i) {
+        double g = h_load(got, dtype, i), r = ref[i];
+        double diff;
+        if (isnan(g) || isnan(r))
+            diff = INFINITY;
+        else if (isinf(r) || isinf(g))
+            diff = g == r ? 0.0 : INFINITY;
+        else
+            diff = fabs(g - r);
+        if (!(diff <= e.max_abs_err)) /* also catches a first NaN */
+            e.max_abs_err = diff;
+        if (isfinite(r) && fabs(r) > e.max_abs_ref)
+            e.max_abs_ref = fabs(r);
+    }
+    e.rel_err = e.max_abs_ref > 0 ? e.max_abs_err / e.max_abs_ref : e.max_abs_err;
+    return e;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Shared buffers                                                          */
+
+static size_t align64(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
+
+void *h_shared_buffers(const h_buffer *buffers, int count, size_t *total_bytes)
+{
+    size_t total = 0;
+    for (int i = 0; i < count; ++i)
+        total += align64(buffers[i].bytes);
+    if (total == 0)
+        total = 64;
+    void *base = mmap(NULL, total, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED)
+        return NULL;
+    memset(base, 0, total); /* commit every page now, not inside a job */
+    size_t offset = 0;
+    for (int i = 0; i < count; ++i) {
+        *buffers[i].slot = (char *)base + offset;
+        offset += align64(buffers[i].bytes);
+    }
+    *total_bytes = total;
+    return base;
+}
+
+void h_shared_free(void *base, size_t total_bytes)
+{
+    if (base)
+        munmap(base, total_bytes);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Measured jobs                                                           */
+
+static int64_t max_rss_bytes(void)
+{
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    return (int64_t)usage.ru_maxrss * 1024; /* Linux reports KiB */
+}
+
+/* Shared pages are not in a forked child's page tables until touched;
+ * touch them so that the baseline already counts them. */
+static void touch_pages(const volatile char *base, size_t bytes)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    for (size_t offset = 0; offset < bytes; offset += (size_t)page)
+        (void)base[offset];
+}
+
+/* The timing loop; measures peak memory when measure_memory. */
+static void run_job_body(const h_job *job, int measure_memory, h_job_result *result)
+{
+    memset(result, 0, sizeof *result);
+    int64_t baseline = measure_memory ? max_rss_bytes() : 0;
+    void *state = NULL;
+    if (job->open(job->arg, &state, result->message, sizeof result->message))
+        return;
+    double times[H_MAX_REPS];
+    int failed = 0;
+    for (int phase = 0; phase < job->num_phases && !failed; ++phase) {
+        for (int rep = 0; rep < job->warmup + job->reps && !failed; ++rep) {
+            double start = h_now_seconds();
+            failed = job->run(state, phase, result->message, sizeof result->message);
+            if (rep >= job->warmup)
+                times[rep - job->warmup] = h_now_seconds() - start;
+        }
+        if (failed)
+            break;
+        h_phase_result *out = &result->phase[phase];
+        out->peak_extra_bytes = measure_memory ? max_rss_bytes() - baseline : -1;
+        out->median_s = h_median(times, job->reps);
+        out->min_s = times[0]; /* h_median sorted them */
+    }
+    if (failed) {
+        char ignored[H_MESSAGE_LEN];
+        job->close(state, ignored, sizeof ignored);
+        return;
+    }
+    result->ok = !job->close(state, result->message, sizeof result->message);
+}
+
+static int job_is_valid(const h_job *job, h_job_result *result)
+{
+    memset(result, 0, sizeof *result);
+    if (job->num_phases >= 1 && job->num_phases <= H_MAX_PHASES && job->reps >= 1 &&
+        job->reps <= H_MAX_REPS && job->warmup >= 0)
+        return 1;
+    snprintf(result->message, sizeof result->message,
+             "bad job: %d phases, %d reps, %d warm-up", job->num_phases, job->reps,
+             job->warmup);
+    return 0;
+}
+
+int h_run_job_here(const h_job *job, h_job_result *result)
+{
+    if (job_is_valid(job, result))
+        run_job_body(job, 0, result);
+    return 0;
+}
+
+static int write_all(int fd, const void *data, size_t bytes)
+{
+    const char *p = data;
+    while (bytes > 0) {
+        ssize_t n = write(fd, p, bytes);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        bytes -= (size_t)n;
+    }
+    return 0;
+}
+
+static size_t read_all(int fd, void *data, size_t bytes)
+{
+    char *p = data;
+    size_t got = 0;
+    while (got < bytes) {
+        ssize_t n = read(fd, p + got, bytes - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    return got;
+}
+
+int h_run_job(const h_job *job, void *shared, size_t shared_bytes,
+              h_job_result *result)
+{
+    if (!job_is_valid(job, result))
+        return 0;
+    int fds[2];
+    if (pipe(fds) != 0)
+        return -1;
+    fflush(NULL); /* the child must not flush the parent's buffered output */
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        h_job_result child_result;
+        touch_pages(shared, shared_bytes);
+        run_job_body(job, 1, &child_result);
+        int rc = write_all(fds[1], &child_result, sizeof child_result);
+        _exit(rc == 0 ? 0 : 1);
+    }
+    close(fds[1]);
+    size_t got = read_all(fds[0], result, sizeof *result);
+    close(fds[0]);
+    int wstatus = 0;
+    while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+    }
+    if (got != sizeof *result) {
+        memset(result, 0, sizeof *result);
+        if (WIFSIGNALED(wstatus))
+            snprintf(result->message, sizeof result->message,
+                     "the measuring child was killed by signal %d (%s)%s",
+                     WTERMSIG(wstatus), strsignal(WTERMSIG(wstatus)),
+                     WTERMSIG(wstatus) == SIGKILL ? ", out of memory?" : "");
+        else
+            snprintf(result->message, sizeof result->message,
+                     "the measuring child exited (status %d) without a result",
+                     WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Attention sizes                                                         */
+
+static int64_t head_dim_v_of(const fa_attn *attn)
+{
+    return attn->head_dim_v > 0 ? attn->head_dim_v : attn->head_dim;
+}
+
+/* Visible (i, j) pairs of one (batch, head) under the window. */
+static double visible_pairs(const fa_attn *attn)
+{
+    int64_t sq = attn->seqlen_q, sk = attn->seqlen_k, shift = sk - sq;
+    int64_t left = attn->window_left, right = attn->causal ? 0 : attn->window_right;
+    if (left < 0 && right < 0)
+        return (double)sq * (double)sk;
+    if (left < 0 && attn->causal)
+        return 0.5 * (double)sq * (double)sk; /* FlashAttention's convention */
+    double pairs = 0;
+    for (int64_t i = 0; i < sq; ++i) {
+        int64_t lo = left < 0 ? 0 : i + shift - left;
+        int64_t hi = right < 0 ? sk : i + shift + right + 1;
+        lo = lo < 0 ? 0 : lo;
+        hi = hi > sk ? sk : hi;
+        if (hi > lo)
+            pairs += (double)(hi - lo);
+    }
+    return pairs;
+}
+
+double h_attention_flops(const fa_attn *attn)
+{
+    return 2.0 * (double)attn->batch * (double)attn->heads_q *
+           (double)(attn->head_dim + head_dim_v_of(attn)) * visible_pairs(attn);
+}
+
+int64_t h_numel_q(const fa_attn *a) { return a->batch * a->seqlen_q * a->heads_q * a->head_dim; }
+int64_t h_numel_k(const fa_attn *a) { return a->batch * a->seqlen_k * a->heads_kv * a->head_dim; }
+int64_t h_numel_v(const fa_attn *a) { return a->batch * a->seqlen_k * a->heads_kv * head_dim_v_of(a); }
+int64_t h_numel_out(const fa_attn *a) { return a->batch * a->seqlen_q * a->heads_q * head_dim_v_of(a); }
+int64_t h_numel_lse(const fa_attn *a) { return a->batch * a->heads_q * a->seqlen_q; }
+
+const char *h_format_bytes(double bytes, char *buf, size_t len)
+{
+    const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    double value = bytes;
+    while (fabs(value) >= 1024.0 && u < 4) {
+        value /= 1024.0;
+        ++u;
+    }
+    snprintf(buf, len, u == 0 ? "%.0f %s" : "%.1f %s", value, units[u]);
+    return buf;
+}
