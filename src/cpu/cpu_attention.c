@@ -1,0 +1,718 @@
+/*
+ * The CPU backend: FlashAttention forward and backward (Dao et al., FA1
+ * Algorithms 1/2 with FA2's loop order), multithreaded with OpenMP,
+ * vectorized through the micro-kernels of cpu_kernels.h.
+ *
+ * Tiling. A query tile holds TILE_Q rows, a key tile TILE_K keys; every tile
+ * is converted to fp32 scratch (scaled, zero-padded to FA_CPU_MAX_VEC
+ * floats) so that all arithmetic is fp32 whatever the dtype. The score tile
+ * TILE_Q × TILE_K and the operand panels stay in L1/L2. Scores are kept in
+ * log2 units (Q is pre-scaled by softmax_scale·log2(e)) so the softmax is
+ * 2^(s - max); the LSE is stored in natural log.
+ *
+ * Forward: parallel over (batch, query head, query tile). For one query tile
+ * Qᵀ is packed once (head_dim × TILE_Q); each key tile gives Sᵀ = K·Qᵀ
+ * (keys × queries, so the online-softmax max/sum over keys are vertical
+ * vector operations), then O += P·V with P read transposed in place. The
+ * running max/sum rescale O only when the max moved. Key tiles outside the
+ * window or switched off in the block mask are skipped without work; masks
+ * are evaluated per element only in tiles that straddle a boundary.
+ *
+ * Backward, deterministic by construction (no atomics, no reduction whose
+ * order depends on scheduling), in three passes:
+ *   0. D = rowsum(dO ∘ O) per query row, into the workspace.
+ *   1. parallel over (batch, kv head, key tile): Kᵀ, Vᵀ packed once; for
+ *      every query head of the GQA group and every query tile that can see
+ *      the key tile: recompute S = Q·Kᵀ and P = 2^(S - lse) from the saved
+ *      LSE, dP = dO·Vᵀ, dS = P∘(dP - D); accumulate dV += Pᵀ·dO and
+ *      dK += dSᵀ·Q in fp32, stored once at the end.
+ *   2. parallel over (batch, query head, query tile): the same recomputation
+ *      in the transposed orientation (Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ) and
+ *      dQ += dS·K, stored once at the end.
+ * Pass 2 recomputes S and dP (7 tile products per tile pair instead of 5) in
+ * exchange for no dQ partial buffers: memory stays O(threads·tile + N).
+ *
+ * Workspace (bytes): 64 (alignment) + num_threads · per-thread tiles (see
+ * scratch_layout; independent of the sequence lengths) + for the backward
+ * 4 · heads_q · total_q for D.
+ */
+#include "cpu_kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#  include <omp.h>
+#else
+#  include <unistd.h>
+#endif
+
+#define FA_LOG2E 1.44269504088896340736f
+#define FA_LN2 0.69314718055994530942f
+
+/* Query rows and keys per tile. Multiples of FA_CPU_MAX_VEC. 64 × 64 fp32
+ * score tiles are 16 KiB, and with head_dim <= 128 a packed operand panel
+ * is at most 32 KiB: the working set of one tile pair fits L2 with the
+ * register-blocked panels streaming from L1. */
+enum { TILE_Q = 64, TILE_K = 64 };
+
+static int64_t round_up(int64_t x, int64_t to)
+{
+    return (x + to - 1) / to * to;
+}
+
+static int64_t min64(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
+/* ---------------------------------------------------------------------- */
+/* ISA dispatch                                                            */
+
+/*
+ * The micro-kernels for this call: the widest ISA the CPU supports
+ * (AVX-512 F/BW/VL/DQ, else AVX2+FMA+F16C, else portable C), capped by the
+ * environment variable FA_CPU_ISA = scalar | avx2 | avx512. The cap is read
+ * on every call, so tests can exercise every path in one process; asking
+ * for more than the CPU has, or an unknown value, leaves the detected ISA.
+ */
+static const fa_cpu_kernels *cpu_kernels(void)
+{
+    const fa_cpu_kernels *best = &fa_cpu_kernels_scalar;
+#ifdef FA_CPU_HAVE_X86
+    __builtin_cpu_init();
+    int has_avx2 = __builtin_cpu_supports("avx2") &&
+                   __builtin_cpu_supports("fma") &&
+                   __builtin_cpu_supports("f16c");
+    int has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") &&
+                     __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512vl") &&
+                     __builtin_cpu_supports("avx512dq");
+    if (has_avx512)
+        best = &fa_cpu_kernels_avx512;
+    else if (has_avx2)
+        best = &fa_cpu_kernels_avx2;
+    const char *cap = getenv("FA_CPU_ISA");
+    if (cap && strcmp(cap, "scalar") == 0)
+        best = &fa_cpu_kernels_scalar;
+    else if (cap && strcmp(cap, "avx2") == 0 && has_avx2)
+        best = &fa_cpu_kernels_avx2;
+#endif
+    return best;
+}
+
+const char *fa_cpu_isa(void)
+{
+    return cpu_kernels()->kernel_name + 4; /* past "cpu." */
+}
+
+int fa_cpu_num_cores(void)
+{
+#ifdef _OPENMP
+    return omp_get_num_procs();
+#else
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+#endif
+}
+
+/* ---------------------------------------------------------------------- */
+/* Scratch                                                                 */
+
+/* One thread's fp32 tiles. The forward uses q_t, k, v, s, acc and the
+ * vectors; the backward everything. d = head_dim, dv = head_dim_v, dp / dvp
+ * padded to FA_CPU_MAX_VEC. */
+typedef struct scratch {
+    float *q_t;     /* d × TILE_Q: Qᵀ, scaled */
+    float *dout_t;  /* dv × TILE_Q: dOᵀ */
+    float *q;       /* TILE_Q × dp: Q, scaled */
+    float *dout;    /* TILE_Q × dvp: dO */
+    float *k;       /* TILE_K × dp: K */
+    float *v;       /* TILE_K × dvp: V */
+    float *k_t;     /* d × TILE_K: Kᵀ */
+    float *v_t;     /* dv × TILE_K: Vᵀ */
+    float *s;       /* TILE_Q·TILE_K: scores, then probabilities */
+    float *dp;      /* TILE_Q·TILE_K: dP, then dS */
+    float *tanh_s;  /* TILE_Q·TILE_K: tanh(s / softcap), for its gradient */
+    float *p_drop;  /* TILE_Q·TILE_K: P with dropout applied */
+    float *acc;     /* TILE_Q × max(dp, dvp): O (forward) or dQ */
+    float *acc_dk;  /* TILE_K × dp */
+    float *acc_dv;  /* TILE_K × dvp */
+    float *row;     /* max(dp, dvp): one converted row */
+    float *vec[4];  /* TILE_Q each: row max / sum / bias / alpha, LSE / D */
+} scratch;
+
+/* Lays out one thread's scratch from base (NULL: sizes only); returns its
+ * size in floats, every buffer 64-byte aligned if base is. */
+static size_t scratch_layout(const fa_problem *p, fa_direction dir,
+                             float *base, scratch *sc)
+{
+    int64_t d = p->head_dim, dv = p->head_dim_v;
+    int64_t dp = round_up(d, FA_CPU_MAX_VEC), dvp = round_up(dv, FA_CPU_MAX_VEC);
+    int64_t dmax = dp > dvp ? dp : dvp;
+    int bwd = dir == FA_BACKWARD;
+    size_t used = 0;
+#define CARVE(field, floats)                                                  \
+    do {                                                                      \
+        size_t n_ = (size_t)round_up((int64_t)(floats), FA_CPU_MAX_VEC);      \
+        sc->field = base ? base + used : NULL;                                \
+        used += n_;                                                           \
+    } while (0)
+    CARVE(q_t, d * TILE_Q);
+    CARVE(dout_t, bwd ? dv * TILE_Q : 0);
+    CARVE(q, bwd ? TILE_Q * dp : 0);
+    CARVE(dout, bwd ? TILE_Q * dvp : 0);
+    CARVE(k, TILE_K * dp);
+    CARVE(v, TILE_K * dvp);
+    CARVE(k_t, bwd ? d * TILE_K : 0);
+    CARVE(v_t, bwd ? dv * TILE_K : 0);
+    CARVE(s, TILE_Q * TILE_K);
+    CARVE(dp, bwd ? TILE_Q * TILE_K : 0);
+    CARVE(tanh_s, bwd && p->softcap > 0 ? TILE_Q * TILE_K : 0);
+    CARVE(p_drop, bwd && p->dropout_p > 0 ? TILE_Q * TILE_K : 0);
+    CARVE(acc, TILE_Q * dmax);
+    CARVE(acc_dk, bwd ? TILE_K * dp : 0);
+    CARVE(acc_dv, bwd ? TILE_K * dvp : 0);
+    CARVE(row, dmax);
+    for (int i = 0; i < 4; ++i)
+        CARVE(vec[i], TILE_Q);
+#undef CARVE
+    return used;
+}
+
+size_t fa_cpu_workspace_size(const fa_problem *p, fa_direction dir)
+{
+    scratch unused;
+    size_t per_thread = scratch_layout(p, dir, NULL, &unused) * sizeof(float);
+    size_t bytes = 64 + (size_t)p->num_threads * per_thread;
+    if (dir == FA_BACKWARD)
+        bytes += (size_t)(p->heads_q * p->total_q) * sizeof(float);
+    return bytes;
+}
+
+/* The 64-byte aligned start of the workspace. */
+static float *workspace_base(const fa_problem *p)
+{
+    uintptr_t a = ((uintptr_t)p->workspace + 63) & ~(uintptr_t)63;
+    return (float *)a;
+}
+
+/* Thread tid's scratch, after `skip` floats of shared data. */
+static scratch thread_scratch(const fa_problem *p, fa_direction dir,
+                              size_t skip, int tid)
+{
+    scratch sc;
+    size_t per_thread = scratch_layout(p, dir, NULL, &sc);
+    scratch_layout(p, dir, workspace_base(p) + skip + (size_t)tid * per_thread,
+                   &sc);
+    return sc;
+}
+
+static int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* ---------------------------------------------------------------------- */
+/* One (batch, query head): sequence, masks, modifiers                     */
+
+typedef struct head_ctx {
+    const fa_problem *p;
+    int64_t b, h;
+    fa_seq seq;
+    float alibi_slope;          /* 0: no ALiBi */
+    const uint8_t *block_mask;  /* (blocks_q, blocks_k) of this (b, h); NULL */
+} head_ctx;
+
+static head_ctx head_context(const fa_problem *p, int64_t b, int64_t h)
+{
+    head_ctx hc;
+    hc.p = p;
+    hc.b = b;
+    hc.h = h;
+    hc.seq = fa_seq_of(p->varlen, p->cu_seqlens_q_host, p->cu_seqlens_k_host,
+                       p->seqlen_q, p->seqlen_k, b);
+    hc.alibi_slope = p->alibi_slopes
+                         ? p->alibi_slopes[b * p->alibi_stride_batch + h]
+                         : 0.0f;
+    hc.block_mask = p->block_mask ? p->block_mask +
+                                        b * p->block_mask_stride_batch +
+                                        h * p->block_mask_stride_head
+                                  : NULL;
+    return hc;
+}
+
+static void window_of(const head_ctx *hc, int64_t i, int64_t *lo, int64_t *hi)
+{
+    fa_window_range(i, hc->seq.sq, hc->seq.sk, hc->p->window_left,
+                    hc->p->window_right, lo, hi);
+}
+
+enum { TILE_EMPTY, TILE_PARTIAL, TILE_FULL };
+
+/* Whether queries [i0, i1) × keys [j0, j1) have no visible pair (skip the
+ * tile), all pairs visible (no per-element mask), or some. Window ranges are
+ * nondecreasing in i, so the first and last rows bound the tile. */
+static int tile_visibility(const head_ctx *hc, int64_t i0, int64_t i1,
+                           int64_t j0, int64_t j1)
+{
+    int64_t lo_first, hi_first, lo_last, hi_last;
+    window_of(hc, i0, &lo_first, &hi_first);
+    window_of(hc, i1 - 1, &lo_last, &hi_last);
+    if (j0 >= hi_last || j1 <= lo_first)
+        return TILE_EMPTY;
+    int full = j0 >= lo_last && j1 <= hi_first;
+    if (hc->block_mask) {
+        const fa_problem *p = hc->p;
+        int any = 0, all = 1;
+        for (int64_t qb = i0 / p->block_size_q; qb <= (i1 - 1) / p->block_size_q; ++qb)
+            for (int64_t kb = j0 / p->block_size_k; kb <= (j1 - 1) / p->block_size_k; ++kb) {
+                int on = hc->block_mask[qb * p->block_mask_blocks_k + kb] != 0;
+                any |= on;
+                all &= on;
+            }
+        if (!any)
+            return TILE_EMPTY;
+        full = full && all;
+    }
+    return full ? TILE_FULL : TILE_PARTIAL;
+}
+
+/*
+ * Masks and modifies a tile of scores in log2 units: element (qi, kj), for
+ * query i0+qi (qi < m) and key j0+kj (kj < n), at x[qi*q_stride +
+ * kj*k_stride]. Invisible pairs become -inf (skipped when the tile is
+ * full); softcap and ALiBi apply in natural units. If tanh_s is not NULL it
+ * receives tanh(s/softcap) at the same index (0 where masked), the factor of
+ * the softcap gradient.
+ */
+static void modify_scores(const head_ctx *hc, float *x, int64_t q_stride,
+                          int64_t k_stride, int64_t i0, int64_t m, int64_t j0,
+                          int64_t n, int full, float *tanh_s)
+{
+    const fa_problem *p = hc->p;
+    float cap = p->softcap, slope = hc->alibi_slope;
+    int modify = cap > 0 || slope != 0;
+    if (full && !modify)
+        return;
+    int64_t shift = hc->seq.sk - hc->seq.sq;
+    for (int64_t qi = 0; qi < m; ++qi) {
+        int64_t i = i0 + qi, lo = 0, hi = INT64_MAX;
+        if (!full)
+            window_of(hc, i, &lo, &hi);
+        const uint8_t *mask_row =
+            !full && hc->block_mask
+                ? hc->block_mask + (i / p->block_size_q) * p->block_mask_blocks_k
+                : NULL;
+        for (int64_t kj = 0; kj < n; ++kj) {
+            int64_t j = j0 + kj, at = qi * q_stride + kj * k_stride;
+            if (j < lo || j >= hi || (mask_row && !mask_row[j / p->block_size_k])) {
+                x[at] = -INFINITY;
+                if (tanh_s)
+                    tanh_s[at] = 0.0f;
+                continue;
+            }
+            if (!modify)
+                continue;
+            float s = x[at] * FA_LN2;
+            if (cap > 0) {
+                float t = tanhf(s / cap);
+                s = cap * t;
+                if (tanh_s)
+                    tanh_s[at] = t;
+            }
+            s -= slope * (float)llabs(i + shift - j);
+            x[at] = s * FA_LOG2E;
+        }
+    }
+}
+
+/* The softcap chain rule: ds (layout as in modify_scores) *= 1 - tanh². */
+static void softcap_grad(float *ds, const float *tanh_s, int64_t q_stride,
+                         int64_t k_stride, int64_t m, int64_t n)
+{
+    for (int64_t qi = 0; qi < m; ++qi)
+        for (int64_t kj = 0; kj < n; ++kj) {
+            int64_t at = qi * q_stride + kj * k_stride;
+            ds[at] *= 1.0f - tanh_s[at] * tanh_s[at];
+        }
+}
+
+/* Dropout over a tile (layout as in modify_scores): dst = src · kept_scale
+ * where fa_dropout_keep() keeps the element, else 0. dst may be src. */
+static void apply_dropout(const head_ctx *hc, float *dst, const float *src,
+                          int64_t q_stride, int64_t k_stride, int64_t i0,
+                          int64_t m, int64_t j0, int64_t n, float kept_scale)
+{
+    const fa_problem *p = hc->p;
+    uint32_t threshold = fa_dropout_threshold(p->dropout_p);
+    for (int64_t qi = 0; qi < m; ++qi) {
+        fa_u32x4 words = {{0, 0, 0, 0}};
+        for (int64_t kj = 0; kj < n; ++kj) {
+            int64_t j = j0 + kj, at = qi * q_stride + kj * k_stride;
+            if (kj == 0 || (j & 3) == 0)
+                words = fa_dropout_words(p->dropout_seed, p->dropout_offset,
+                                         p->heads_q, hc->b, hc->h, i0 + qi, j);
+            dst[at] = words.x[j & 3] < threshold ? 0.0f : src[at] * kept_scale;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* Tile loads and stores                                                   */
+
+static const void *row_at(const fa_problem *p, const fa_tensor *t, int64_t b,
+                          int64_t row, int64_t head)
+{
+    return (const char *)t->data +
+           fa_row_offset(t, p->varlen, b, row, head) * (int64_t)fa_dtype_size(p->dtype);
+}
+
+/* dst (rows × cols_pad, row stride cols_pad) = scale · t[b, row0.., head, :cols]. */
+static void load_rows(const fa_cpu_kernels *kern, const fa_problem *p,
+                      float *dst, const fa_tensor *t, int64_t b, int64_t row0,
+                      int64_t rows, int64_t head, int64_t cols,
+                      int64_t cols_pad, float scale)
+{
+    for (int64_t r = 0; r < rows; ++r)
+        kern->load_row(dst + r * cols_pad, row_at(p, t, b, row0 + r, head),
+                       p->dtype, cols, cols_pad, scale);
+}
+
+/* dst (cols × ld) = the transpose of scale · t[b, row0.., head, :cols], with
+ * columns rows..rows_pad zero. row is cols floats of scratch. */
+static void load_rows_transposed(const fa_cpu_kernels *kern,
+                                 const fa_problem *p, float *dst, int64_t ld,
+                                 float *row, const fa_tensor *t, int64_t b,
+                                 int64_t row0, int64_t rows, int64_t rows_pad,
+                                 int64_t head, int64_t cols, float scale)
+{
+    for (int64_t r = 0; r < rows; ++r) {
+        kern->load_row(row, row_at(p, t, b, row0 + r, head), p->dtype, cols,
+                       cols, scale);
+        for (int64_t c = 0; c < cols; ++c)
+            dst[c * ld + r] = row[c];
+    }
+    for (int64_t c = 0; c < cols; ++c)
+        for (int64_t r = rows; r < rows_pad; ++r)
+            dst[c * ld + r] = 0.0f;
+}
+
+/* t[b, row0.., head, :cols] = scale · src (rows × ld). */
+static void store_rows(const fa_cpu_kernels *kern, const fa_problem *p,
+                       const fa_tensor *t, int64_t b, int64_t row0,
+                       int64_t rows, int64_t head, int64_t cols,
+                       const float *src, int64_t ld, float scale)
+{
+    for (int64_t r = 0; r < rows; ++r)
+        kern->store_row((void *)row_at(p, t, b, row0 + r, head), src + r * ld,
+                        p->dtype, cols, scale);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Forward                                                                 */
+
+/* out and lse of query rows [i0, i0 + TILE_Q) of (b, h).
+ * q (B, Sq, Hq, D), k (B, Sk, Hkv, D), v (B, Sk, Hkv, Dv) -> out (B, Sq, Hq, Dv) */
+static void forward_tile(const fa_problem *p, const fa_cpu_kernels *kern,
+                         const scratch *sc, int64_t b, int64_t h, int64_t i0)
+{
+    head_ctx hc = head_context(p, b, h);
+    if (i0 >= hc.seq.sq)
+        return;
+    int64_t hk = h / (p->heads_q / p->heads_kv);
+    int64_t d = p->head_dim, dv = p->head_dim_v;
+    int64_t dp = round_up(d, FA_CPU_MAX_VEC), dvp = round_up(dv, FA_CPU_MAX_VEC);
+    int64_t m = min64(TILE_Q, hc.seq.sq - i0);
+    int64_t cols = round_up(m, kern->vec_width); /* query columns of Sᵀ */
+    float *row_max = sc->vec[0], *row_sum = sc->vec[1];
+    float *bias = sc->vec[2], *tile_max = sc->vec[3];
+
+    load_rows_transposed(kern, p, sc->q_t, TILE_Q, sc->row, &p->q, b,
+                         hc.seq.q0 + i0, m, cols, h, d,
+                         p->softmax_scale * FA_LOG2E);
+    for (int64_t qi = 0; qi < cols; ++qi) {
+        row_max[qi] = -INFINITY;
+        row_sum[qi] = 0.0f;
+    }
+    memset(sc->acc, 0, sizeof(float) * (size_t)(m * dvp));
+
+    int64_t lo, hi, unused;
+    window_of(&hc, i0, &lo, &unused);
+    window_of(&hc, i0 + m - 1, &unused, &hi);
+    for (int64_t j0 = lo; j0 < hi; j0 += TILE_K) {
+        int64_t n = min64(TILE_K, hi - j0);
+        int vis = tile_visibility(&hc, i0, i0 + m, j0, j0 + n);
+        if (vis == TILE_EMPTY)
+            continue;
+        load_rows(kern, p, sc->k, &p->k, b, hc.seq.k0 + j0, n, hk, d, dp, 1.0f);
+        load_rows(kern, p, sc->v, &p->v, b, hc.seq.k0 + j0, n, hk, dv, dvp, 1.0f);
+        /* Sᵀ (n × cols) = K (n × d) · Qᵀ (d × cols) */
+        kern->gemm(n, cols, d, sc->k, dp, 1, sc->q_t, TILE_Q, sc->s, TILE_Q, 0);
+        modify_scores(&hc, sc->s, 1, TILE_Q, i0, m, j0, n, vis == TILE_FULL, NULL);
+
+        /* Online softmax: new max per query; scale the old sum and O by
+         * 2^(old max - new max). A query with no visible key yet keeps max
+         * -inf and uses bias 0, so its probabilities are 2^-inf = 0. */
+        for (int64_t qi = 0; qi < cols; ++qi)
+            tile_max[qi] = -INFINITY;
+        kern->col_max(sc->s, n, cols, TILE_Q, tile_max);
+        for (int64_t qi = 0; qi < cols; ++qi) {
+            float new_max = fmaxf(row_max[qi], tile_max[qi]);
+            bias[qi] = new_max == -INFINITY ? 0.0f : new_max;
+            float alpha = exp2f(row_max[qi] - bias[qi]);
+            row_max[qi] = new_max;
+            row_sum[qi] *= alpha;
+            if (qi < m && alpha != 1.0f)
+                kern->scale_row(sc->acc + qi * dvp, dvp, alpha);
+        }
+        kern->exp2_bias(sc->s, n, cols, TILE_Q, NULL, bias, row_sum);
+        /* The sum is of the undropped probabilities (the LSE ignores
+         * dropout); the 1/(1-p) of kept ones is applied at the end. */
+        if (p->dropout_p > 0)
+            apply_dropout(&hc, sc->s, sc->s, 1, TILE_Q, i0, m, j0, n, 1.0f);
+        /* O (m × dvp) += P (m × n, read from Sᵀ) · V (n × dvp) */
+        kern->gemm(m, dvp, n, sc->s, 1, TILE_Q, sc->v, dvp, sc->acc, dvp, 1);
+    }
+
+    float keep_scale = 1.0f / (1.0f - p->dropout_p);
+    for (int64_t qi = 0; qi < m; ++qi) {
+        int64_t row = hc.seq.q0 + i0 + qi;
+        float l = row_sum[qi];
+        /* l >= 1 for a row with any visible key; 0 means fully masked. */
+        store_rows(kern, p, &p->out, b, row, 1, h, dv, sc->acc + qi * dvp, dvp,
+                   l > 0 ? keep_scale / l : 0.0f);
+        if (p->lse)
+            p->lse[fa_lse_index(p->varlen, b, h, row, p->heads_q, p->seqlen_q,
+                                p->total_q)] =
+                l > 0 ? row_max[qi] * FA_LN2 + logf(l) : -INFINITY;
+    }
+}
+
+fa_status fa_cpu_forward(fa_problem *p)
+{
+    const fa_cpu_kernels *kern = cpu_kernels();
+    p->kernel_name = kern->kernel_name;
+    int64_t q_tiles = (p->seqlen_q + TILE_Q - 1) / TILE_Q;
+    int64_t items = p->batch * p->heads_q * q_tiles;
+    if (items == 0)
+        return FA_SUCCESS;
+#pragma omp parallel num_threads(p->num_threads)
+    {
+        scratch sc = thread_scratch(p, FA_FORWARD, 0, thread_id());
+        /* Dynamic: causal and windowed tiles differ in cost. The last query
+         * tile (the most keys under causal masking) of each head goes first. */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < items; ++item) {
+            int64_t bh = item / q_tiles, tile = q_tiles - 1 - item % q_tiles;
+            forward_tile(p, kern, &sc, bh / p->heads_q, bh % p->heads_q,
+                         tile * TILE_Q);
+        }
+    }
+    return FA_SUCCESS;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Backward                                                                */
+
+/* Pass 0: delta[row] = rowsum(dO ∘ O) for every query row of (b, h).
+ * out, dout (B, Sq, Hq, Dv) -> delta laid out as lse. */
+static void backward_delta(const fa_problem *p, const fa_cpu_kernels *kern,
+                           const scratch *sc, float *delta, int64_t b, int64_t h)
+{
+    head_ctx hc = head_context(p, b, h);
+    int64_t dv = p->head_dim_v;
+    float *o = sc->acc, *dout = sc->row;
+    for (int64_t i = 0; i < hc.seq.sq; ++i) {
+        int64_t row = hc.seq.q0 + i;
+        kern->load_row(o, row_at(p, &p->out, b, row, h), p->dtype, dv, dv, 1.0f);
+        kern->load_row(dout, row_at(p, &p->dout, b, row, h), p->dtype, dv, dv, 1.0f);
+        float sum = 0.0f;
+        for (int64_t c = 0; c < dv; ++c)
+            sum += o[c] * dout[c];
+        delta[fa_lse_index(p->varlen, b, h, row, p->heads_q, p->seqlen_q,
+                           p->total_q)] = sum;
+    }
+}
+
+/* The saved LSE in log2 units and D of query rows [i0, i0+m) into lse2 and
+ * d_row, padded to `cols` with +inf / 0 (probability 0). A fully masked row
+ * (lse -inf) gets +inf too: every probability of it is 0. */
+static void load_row_stats(const fa_problem *p, const head_ctx *hc,
+                           const float *delta, int64_t i0, int64_t m,
+                           int64_t cols, float *lse2, float *d_row)
+{
+    for (int64_t qi = 0; qi < cols; ++qi) {
+        lse2[qi] = INFINITY;
+        d_row[qi] = 0.0f;
+        if (qi >= m)
+            continue;
+        int64_t at = fa_lse_index(p->varlen, hc->b, hc->h, hc->seq.q0 + i0 + qi,
+                                  p->heads_q, p->seqlen_q, p->total_q);
+        if (p->lse[at] != -INFINITY)
+            lse2[qi] = p->lse[at] * FA_LOG2E;
+        d_row[qi] = delta[at];
+    }
+}
+
+/* Pass 1: dK and dV of keys [j0, j0 + TILE_K) of (b, kv head hk), summed
+ * over the query heads of the group.
+ * q (B, Sq, Hq, D), dout (B, Sq, Hq, Dv) -> dk (B, Sk, Hkv, D), dv (B, Sk, Hkv, Dv) */
+static void backward_kv_tile(const fa_problem *p, const fa_cpu_kernels *kern,
+                             const scratch *sc, const float *delta, int64_t b,
+                             int64_t hk, int64_t j0)
+{
+    head_ctx hc = head_context(p, b, hk * (p->heads_q / p->heads_kv));
+    if (j0 >= hc.seq.sk)
+        return;
+    int64_t d = p->head_dim, dv = p->head_dim_v;
+    int64_t dp = round_up(d, FA_CPU_MAX_VEC), dvp = round_up(dv, FA_CPU_MAX_VEC);
+    int64_t n = min64(TILE_K, hc.seq.sk - j0);
+    int64_t cols = round_up(n, kern->vec_width); /* key columns of S */
+    float *lse2 = sc->vec[0], *d_row = sc->vec[1];
+    float keep_scale = 1.0f / (1.0f - p->dropout_p);
+
+    load_rows_transposed(kern, p, sc->k_t, TILE_K, sc->row, &p->k, b,
+                         hc.seq.k0 + j0, n, cols, hk, d, 1.0f);
+    load_rows_transposed(kern, p, sc->v_t, TILE_K, sc->row, &p->v, b,
+                         hc.seq.k0 + j0, n, cols, hk, dv, 1.0f);
+    memset(sc->acc_dk, 0, sizeof(float) * (size_t)(n * dp));
+    memset(sc->acc_dv, 0, sizeof(float) * (size_t)(n * dvp));
+
+    /* Query rows whose window reaches these keys. */
+    int64_t shift = hc.seq.sk - hc.seq.sq;
+    int64_t i_lo = p->window_right >= 0 ? j0 - shift - p->window_right : 0;
+    int64_t i_hi = p->window_left >= 0 ? j0 + n - shift + p->window_left : hc.seq.sq;
+    i_lo = i_lo < 0 ? 0 : i_lo;
+    i_hi = min64(i_hi, hc.seq.sq);
+
+    int64_t group = p->heads_q / p->heads_kv;
+    for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+        hc = head_context(p, b, h);
+        for (int64_t i0 = i_lo; i0 < i_hi; i0 += TILE_Q) {
+            int64_t m = min64(TILE_Q, i_hi - i0);
+            int vis = tile_visibility(&hc, i0, i0 + m, j0, j0 + n);
+            if (vis == TILE_EMPTY)
+                continue;
+            load_rows(kern, p, sc->q, &p->q, b, hc.seq.q0 + i0, m, h, d, dp,
+                      p->softmax_scale * FA_LOG2E);
+            load_rows(kern, p, sc->dout, &p->dout, b, hc.seq.q0 + i0, m, h, dv,
+                      dvp, 1.0f);
+            load_row_stats(p, &hc, delta, i0, m, m, lse2, d_row);
+
+            /* S (m × cols) = Q (m × d) · Kᵀ (d × cols); P = 2^(S - lse) */
+            kern->gemm(m, cols, d, sc->q, dp, 1, sc->k_t, TILE_K, sc->s, TILE_K, 0);
+            modify_scores(&hc, sc->s, TILE_K, 1, i0, m, j0, n, vis == TILE_FULL,
+                          p->softcap > 0 ? sc->tanh_s : NULL);
+            kern->exp2_bias(sc->s, m, cols, TILE_K, lse2, NULL, NULL);
+            /* dP (m × cols) = dO (m × dv) · Vᵀ (dv × cols) */
+            kern->gemm(m, cols, dv, sc->dout, dvp, 1, sc->v_t, TILE_K, sc->dp, TILE_K, 0);
+            const float *p_used = sc->s;
+            if (p->dropout_p > 0) {
+                apply_dropout(&hc, sc->p_drop, sc->s, TILE_K, 1, i0, m, j0, n, keep_scale);
+                apply_dropout(&hc, sc->dp, sc->dp, TILE_K, 1, i0, m, j0, n, keep_scale);
+                p_used = sc->p_drop;
+            }
+            /* dV (n × dvp) += Pᵀ (n × m) · dO (m × dvp) */
+            kern->gemm(n, dvp, m, p_used, 1, TILE_K, sc->dout, dvp, sc->acc_dv, dvp, 1);
+            /* dS = P ∘ (dP - D) */
+            kern->softmax_grad(sc->dp, sc->s, m, cols, TILE_K, d_row, NULL);
+            if (p->softcap > 0)
+                softcap_grad(sc->dp, sc->tanh_s, TILE_K, 1, m, n);
+            /* dK (n × dp) += dSᵀ (n × m) · Q' (m × dp); Q' carries log2(e),
+             * removed at the store. */
+            kern->gemm(n, dp, m, sc->dp, 1, TILE_K, sc->q, dp, sc->acc_dk, dp, 1);
+        }
+    }
+    store_rows(kern, p, &p->dk, b, hc.seq.k0 + j0, n, hk, d, sc->acc_dk, dp, FA_LN2);
+    store_rows(kern, p, &p->dv, b, hc.seq.k0 + j0, n, hk, dv, sc->acc_dv, dvp, 1.0f);
+}
+
+/* Pass 2: dQ of query rows [i0, i0 + TILE_Q) of (b, h).
+ * k (B, Sk, Hkv, D), v (B, Sk, Hkv, Dv), dout (B, Sq, Hq, Dv) -> dq (B, Sq, Hq, D) */
+static void backward_q_tile(const fa_problem *p, const fa_cpu_kernels *kern,
+                            const scratch *sc, const float *delta, int64_t b,
+                            int64_t h, int64_t i0)
+{
+    head_ctx hc = head_context(p, b, h);
+    if (i0 >= hc.seq.sq)
+        return;
+    int64_t hk = h / (p->heads_q / p->heads_kv);
+    int64_t d = p->head_dim, dv = p->head_dim_v;
+    int64_t dp = round_up(d, FA_CPU_MAX_VEC), dvp = round_up(dv, FA_CPU_MAX_VEC);
+    int64_t m = min64(TILE_Q, hc.seq.sq - i0);
+    int64_t cols = round_up(m, kern->vec_width); /* query columns of Sᵀ */
+    float *lse2 = sc->vec[0], *d_row = sc->vec[1];
+    float keep_scale = 1.0f / (1.0f - p->dropout_p);
+
+    load_rows_transposed(kern, p, sc->q_t, TILE_Q, sc->row, &p->q, b,
+                         hc.seq.q0 + i0, m, cols, h, d,
+                         p->softmax_scale * FA_LOG2E);
+    load_rows_transposed(kern, p, sc->dout_t, TILE_Q, sc->row, &p->dout, b,
+                         hc.seq.q0 + i0, m, cols, h, dv, 1.0f);
+    load_row_stats(p, &hc, delta, i0, m, cols, lse2, d_row);
+    memset(sc->acc, 0, sizeof(float) * (size_t)(m * dp));
+
+    int64_t lo, hi, unused;
+    window_of(&hc, i0, &lo, &unused);
+    window_of(&hc, i0 + m - 1, &unused, &hi);
+    for (int64_t j0 = lo; j0 < hi; j0 += TILE_K) {
+        int64_t n = min64(TILE_K, hi - j0);
+        int vis = tile_visibility(&hc, i0, i0 + m, j0, j0 + n);
+        if (vis == TILE_EMPTY)
+            continue;
+        load_rows(kern, p, sc->k, &p->k, b, hc.seq.k0 + j0, n, hk, d, dp, 1.0f);
+        load_rows(kern, p, sc->v, &p->v, b, hc.seq.k0 + j0, n, hk, dv, dvp, 1.0f);
+        /* Sᵀ (n × cols) = K (n × d) · Qᵀ (d × cols); Pᵀ = 2^(Sᵀ - lse) */
+        kern->gemm(n, cols, d, sc->k, dp, 1, sc->q_t, TILE_Q, sc->s, TILE_Q, 0);
+        modify_scores(&hc, sc->s, 1, TILE_Q, i0, m, j0, n, vis == TILE_FULL,
+                      p->softcap > 0 ? sc->tanh_s : NULL);
+        kern->exp2_bias(sc->s, n, cols, TILE_Q, NULL, lse2, NULL);
+        /* dPᵀ (n × cols) = V (n × dv) · dOᵀ (dv × cols) */
+        kern->gemm(n, cols, dv, sc->v, dvp, 1, sc->dout_t, TILE_Q, sc->dp, TILE_Q, 0);
+        if (p->dropout_p > 0)
+            apply_dropout(&hc, sc->dp, sc->dp, 1, TILE_Q, i0, m, j0, n, keep_scale);
+        kern->softmax_grad(sc->dp, sc->s, n, cols, TILE_Q, NULL, d_row);
+        if (p->softcap > 0)
+            softcap_grad(sc->dp, sc->tanh_s, 1, TILE_Q, m, n);
+        /* dQ (m × dp) += dS (m × n, read from dSᵀ) · K (n × dp) */
+        kern->gemm(m, dp, n, sc->dp, 1, TILE_Q, sc->k, dp, sc->acc, dp, 1);
+    }
+    store_rows(kern, p, &p->dq, b, hc.seq.q0 + i0, m, h, d, sc->acc, dp,
+               p->softmax_scale);
+}
+
+fa_status fa_cpu_backward(fa_problem *p)
+{
+    const fa_cpu_kernels *kern = cpu_kernels();
+    p->kernel_name = kern->kernel_name;
+    float *delta = workspace_base(p);
+    size_t delta_floats = (size_t)round_up(p->heads_q * p->total_q, FA_CPU_MAX_VEC);
+    int64_t q_tiles = (p->seqlen_q + TILE_Q - 1) / TILE_Q;
+    int64_t k_tiles = (p->seqlen_k + TILE_K - 1) / TILE_K;
+    int64_t heads = p->batch * p->heads_q, kv_heads = p->batch * p->heads_kv;
+#pragma omp parallel num_threads(p->num_threads)
+    {
+        scratch sc = thread_scratch(p, FA_BACKWARD, delta_floats, thread_id());
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t bh = 0; bh < heads; ++bh)
+            backward_delta(p, kern, &sc, delta, bh / p->heads_q, bh % p->heads_q);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < kv_heads * k_tiles; ++item) {
+            int64_t bh = item / k_tiles;
+            backward_kv_tile(p, kern, &sc, delta, bh / p->heads_kv,
+                             bh % p->heads_kv, item % k_tiles * TILE_K);
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < heads * q_tiles; ++item) {
+            int64_t bh = item / q_tiles, tile = q_tiles - 1 - item % q_tiles;
+            backward_q_tile(p, kern, &sc, delta, bh / p->heads_q,
+                            bh % p->heads_q, tile * TILE_Q);
+        }
+    }
+    return FA_SUCCESS;
+}

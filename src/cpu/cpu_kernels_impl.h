@@ -1,0 +1,251 @@
+/*
+ * The CPU micro-kernels, written once against a small vector abstraction.
+ * Included by exactly one translation unit per ISA, which first defines:
+ *
+ *   VF                      the vector type of VW floats
+ *   VW                      floats per vector
+ *   GEMM_MR, GEMM_NR        register block of the GEMM: GEMM_MR rows ×
+ *                           GEMM_NR vectors of accumulators
+ *   v_load(p) v_store(p, v) unaligned loads / stores of VW floats
+ *   v_set1(x) v_zero()
+ *   v_fma(a, b, c)          a·b + c
+ *   v_add v_sub v_mul v_max
+ *   v_round(x)              round to nearest integer (as float)
+ *   v_ldexp(p, n)           p · 2^n for integral n in [-150, 128]; 0 where
+ *                           the result is below 2^-126 is acceptable
+ *   v_load_f16(p) v_load_bf16(p)       VW halves -> VF
+ *   v_store_f16(p, v) v_store_bf16(p, v)  VF -> VW halves, nearest even
+ *   KERNELS_NAME            the table's C name, KERNEL_NAME its string
+ *
+ * Shapes follow cpu_kernels.h. Row tails shorter than VW go through the
+ * scalar conversions of cpu_kernels.h.
+ */
+#include "cpu_kernels.h"
+
+#define FA_ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* 2^x, accurate to about 1 ulp: x = n + f with n integral and |f| <= 1/2,
+ * 2^f by a degree-6 polynomial (relative error 1.6e-8, fitted for minimax
+ * relative error on [-1/2, 1/2]), times 2^n. x is clamped below at -150,
+ * where the result underflows to exactly 0, so 2^-inf = 0 and masked scores
+ * drop out without NaN. Callers keep x <= 128 (scores minus a max or LSE). */
+FA_ALWAYS_INLINE VF v_exp2(VF x)
+{
+    x = v_max(x, v_set1(-150.0f));
+    VF n = v_round(x);
+    VF f = v_sub(x, n);
+    VF p = v_set1(1.534579205e-4f);
+    p = v_fma(p, f, v_set1(1.339992974e-3f));
+    p = v_fma(p, f, v_set1(9.618489072e-3f));
+    p = v_fma(p, f, v_set1(5.550328642e-2f));
+    p = v_fma(p, f, v_set1(2.402264625e-1f));
+    p = v_fma(p, f, v_set1(6.931471825e-1f));
+    p = v_fma(p, f, v_set1(1.0f));
+    return v_ldexp(p, n);
+}
+
+/* ---------------------------------------------------------------------- */
+/* GEMM: c (m × n) [+]= a (m × k, strided) · b (k × n, row-major)          */
+
+/* One register block: mr <= GEMM_MR rows × nr <= GEMM_NR vectors, kept in
+ * registers across the whole k loop. Called with constant mr/nr so that
+ * every instance is fully unrolled. */
+FA_ALWAYS_INLINE void gemm_block(int mr, int nr, int64_t k, const float *a,
+                                 int64_t a_rs, int64_t a_cs, const float *b,
+                                 int64_t ldb, float *c, int64_t ldc,
+                                 int accumulate)
+{
+    VF acc[GEMM_MR][GEMM_NR];
+    for (int r = 0; r < mr; ++r)
+        for (int v = 0; v < nr; ++v)
+            acc[r][v] = accumulate ? v_load(c + r * ldc + v * VW) : v_zero();
+    for (int64_t t = 0; t < k; ++t) {
+        VF bv[GEMM_NR];
+        for (int v = 0; v < nr; ++v)
+            bv[v] = v_load(b + t * ldb + v * VW);
+        const float *at = a + t * a_cs;
+        for (int r = 0; r < mr; ++r) {
+            VF av = v_set1(at[r * a_rs]);
+            for (int v = 0; v < nr; ++v)
+                acc[r][v] = v_fma(av, bv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < mr; ++r)
+        for (int v = 0; v < nr; ++v)
+            v_store(c + r * ldc + v * VW, acc[r][v]);
+}
+
+/* A panel of up to GEMM_MR rows over all n columns: full GEMM_NR-vector
+ * blocks, then single vectors. */
+FA_ALWAYS_INLINE void gemm_panel(int mr, int64_t n, int64_t k, const float *a,
+                                 int64_t a_rs, int64_t a_cs, const float *b,
+                                 int64_t ldb, float *c, int64_t ldc,
+                                 int accumulate)
+{
+    int64_t col = 0;
+    for (; col + GEMM_NR * VW <= n; col += GEMM_NR * VW)
+        gemm_block(mr, GEMM_NR, k, a, a_rs, a_cs, b + col, ldb, c + col, ldc,
+                   accumulate);
+    for (; col < n; col += VW)
+        gemm_block(mr, 1, k, a, a_rs, a_cs, b + col, ldb, c + col, ldc,
+                   accumulate);
+}
+
+/* Instantiates the panel for one constant row count. */
+#define GEMM_PANEL_CASE(rows)                                                 \
+    case rows:                                                                \
+        gemm_panel(rows, n, k, a + row * a_rs, a_rs, a_cs, b, ldb,            \
+                   c + row * ldc, ldc, accumulate);                           \
+        break;
+
+static void gemm(int64_t m, int64_t n, int64_t k, const float *a, int64_t a_rs,
+                 int64_t a_cs, const float *b, int64_t ldb, float *c,
+                 int64_t ldc, int accumulate)
+{
+    for (int64_t row = 0; row < m; row += GEMM_MR) {
+        int64_t rows = m - row < GEMM_MR ? m - row : GEMM_MR;
+        switch (rows) {
+            GEMM_PANEL_CASE(GEMM_MR)
+#if GEMM_MR > 1
+            GEMM_PANEL_CASE(1)
+#endif
+#if GEMM_MR > 2
+            GEMM_PANEL_CASE(2)
+#endif
+#if GEMM_MR > 3
+            GEMM_PANEL_CASE(3)
+#endif
+#if GEMM_MR > 4
+            GEMM_PANEL_CASE(4)
+#endif
+#if GEMM_MR > 5
+            GEMM_PANEL_CASE(5)
+#endif
+#if GEMM_MR > 6
+            GEMM_PANEL_CASE(6)
+#endif
+#if GEMM_MR > 7
+            GEMM_PANEL_CASE(7)
+#endif
+        default:
+            break;
+        }
+    }
+}
+#undef GEMM_PANEL_CASE
+
+/* ---------------------------------------------------------------------- */
+/* Conversions                                                             */
+
+/* src (n elements of dtype) -> dst (n fp32 · scale, zero to n_pad). */
+static void load_row(float *dst, const void *src, fa_dtype dtype, int64_t n,
+                     int64_t n_pad, float scale)
+{
+    VF vs = v_set1(scale);
+    int64_t i = 0;
+    if (dtype == FA_DTYPE_F32) {
+        const float *s = (const float *)src;
+        for (; i + VW <= n; i += VW)
+            v_store(dst + i, v_mul(v_load(s + i), vs));
+        for (; i < n; ++i)
+            dst[i] = s[i] * scale;
+    } else if (dtype == FA_DTYPE_F16) {
+        const uint16_t *s = (const uint16_t *)src;
+        for (; i + VW <= n; i += VW)
+            v_store(dst + i, v_mul(v_load_f16(s + i), vs));
+        for (; i < n; ++i)
+            dst[i] = fa_f16_to_f32(s[i]) * scale;
+    } else {
+        const uint16_t *s = (const uint16_t *)src;
+        for (; i + VW <= n; i += VW)
+            v_store(dst + i, v_mul(v_load_bf16(s + i), vs));
+        for (; i < n; ++i)
+            dst[i] = fa_bf16_to_f32(s[i]) * scale;
+    }
+    for (; i < n_pad; ++i)
+        dst[i] = 0.0f;
+}
+
+/* src (n fp32) · scale -> dst (n elements of dtype). */
+static void store_row(void *dst, const float *src, fa_dtype dtype, int64_t n,
+                      float scale)
+{
+    VF vs = v_set1(scale);
+    int64_t i = 0;
+    if (dtype == FA_DTYPE_F32) {
+        float *d = (float *)dst;
+        for (; i + VW <= n; i += VW)
+            v_store(d + i, v_mul(v_load(src + i), vs));
+        for (; i < n; ++i)
+            d[i] = src[i] * scale;
+    } else if (dtype == FA_DTYPE_F16) {
+        uint16_t *d = (uint16_t *)dst;
+        for (; i + VW <= n; i += VW)
+            v_store_f16(d + i, v_mul(v_load(src + i), vs));
+        for (; i < n; ++i)
+            d[i] = fa_f32_to_f16(src[i] * scale);
+    } else {
+        uint16_t *d = (uint16_t *)dst;
+        for (; i + VW <= n; i += VW)
+            v_store_bf16(d + i, v_mul(v_load(src + i), vs));
+        for (; i < n; ++i)
+            d[i] = fa_f32_to_bf16(src[i] * scale);
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* Softmax pieces                                                          */
+
+static void col_max(const float *x, int64_t rows, int64_t cols, int64_t ld,
+                    float *out)
+{
+    for (int64_t c = 0; c < cols; c += VW) {
+        VF m = v_load(out + c);
+        for (int64_t r = 0; r < rows; ++r)
+            m = v_max(m, v_load(x + r * ld + c));
+        v_store(out + c, m);
+    }
+}
+
+static void exp2_bias(float *x, int64_t rows, int64_t cols, int64_t ld,
+                      const float *row_bias, const float *col_bias,
+                      float *col_sum)
+{
+    for (int64_t c = 0; c < cols; c += VW) {
+        VF cb = col_bias ? v_load(col_bias + c) : v_zero();
+        VF sum = v_zero();
+        for (int64_t r = 0; r < rows; ++r) {
+            VF bias = row_bias ? v_add(cb, v_set1(row_bias[r])) : cb;
+            VF e = v_exp2(v_sub(v_load(x + r * ld + c), bias));
+            v_store(x + r * ld + c, e);
+            sum = v_add(sum, e);
+        }
+        if (col_sum)
+            v_store(col_sum + c, v_add(v_load(col_sum + c), sum));
+    }
+}
+
+static void softmax_grad(float *dp, const float *p, int64_t rows, int64_t cols,
+                         int64_t ld, const float *row_d, const float *col_d)
+{
+    for (int64_t c = 0; c < cols; c += VW) {
+        VF cd = col_d ? v_load(col_d + c) : v_zero();
+        for (int64_t r = 0; r < rows; ++r) {
+            VF d = row_d ? v_add(cd, v_set1(row_d[r])) : cd;
+            VF g = v_sub(v_load(dp + r * ld + c), d);
+            v_store(dp + r * ld + c, v_mul(v_load(p + r * ld + c), g));
+        }
+    }
+}
+
+static void scale_row(float *x, int64_t n, float s)
+{
+    VF vs = v_set1(s);
+    for (int64_t i = 0; i < n; i += VW)
+        v_store(x + i, v_mul(v_load(x + i), vs));
+}
+
+const fa_cpu_kernels KERNELS_NAME = {
+    KERNEL_NAME, VW, gemm, load_row, store_row,
+    col_max, exp2_bias, softmax_grad, scale_row,
+};
