@@ -4,7 +4,7 @@
  * report time, GFLOP/s and peak extra memory of both.
  *
  * Every CPU measurement runs in a forked child (see tools/harness.h), which
- * makes its peak extra memory a measured number (ru_maxrss growth) rather
+ * makes its peak extra memory a measured number (growth of VmHWM) rather
  * than an estimate. The GPU run (builds with CUDA, a GPU present) happens in
  * this process after the CPU children, since a CUDA context does not
  * survive fork.
@@ -93,8 +93,8 @@ static void usage(FILE *out)
 "(= 4*b*h*sq*sk*d), halved when causal; with another window, the exact\n"
 "number of visible (i, j) pairs; backward 2.5x the forward.\n"
 "Peak extra memory is measured: each CPU variant runs in a forked child and\n"
-"reports the growth of its ru_maxrss over its baseline (inputs and outputs\n"
-"already resident). For the GPU it is the workspace the library asks for.\n"
+"reports the growth of its peak RSS (VmHWM) over its baseline (inputs and\n"
+"outputs already resident). For the GPU: the workspace the library asks for.\n"
 "\n"
 "Exit status: 0 ok, 1 a run failed or a check did not pass, 2 bad input.\n");
 }
@@ -188,11 +188,12 @@ static int parse_options(int argc, char **argv, options *o)
     o->seed = 0;
 
     opterr = 0; /* the messages below name the option */
-    int c, rc = 0;
+    int c, rc = 0, index = 0;
     int64_t value;
     double real;
-    while (rc == 0 && (c = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
-        const char *name = optind > 0 && optind <= argc ? argv[optind - 1] : "";
+    char name[40];
+    while (rc == 0 && (c = getopt_long(argc, argv, "h", long_options, &index)) != -1) {
+        snprintf(name, sizeof name, "--%s", long_options[index].name);
         switch (c) {
         case OPT_BATCH: rc = parse_int(name, optarg, 1, big, &a->batch); break;
         case OPT_SEQLEN_Q: rc = parse_int(name, optarg, 1, big, &a->seqlen_q); break;
@@ -611,7 +612,7 @@ static check_report check_results(const char *what, const char *reference,
     int64_t n[5] = {h_numel_out(a), h_numel_lse(a), h_numel_q(a), h_numel_k(a),
                     h_numel_v(a)};
     for (int t = 0; t < 5; ++t) {
-        c.tol[t] = t == 1 ? 1e-3 : tolerance_of(a->dtype);
+        c.tol[t] = t == 1 ? 1e-4 : tolerance_of(a->dtype); /* lse is fp32 everywhere */
         if (ref32) {
             c.err[t] = h_compare(got_data[t], dtypes[t], ref32[t], n[t]);
         } else {
@@ -665,7 +666,7 @@ static void print_json(const options *o, double flops_fwd, const variant_report 
            (unsigned long long)o->seed, o->threads, o->reps);
     printf("  \"flops\": {\"forward\": %.6g, \"backward\": %.6g},\n", flops_fwd,
            2.5 * flops_fwd);
-    printf("  \"memory_method\": \"cpu: measured ru_maxrss growth in a forked child; "
+    printf("  \"memory_method\": \"cpu: measured growth of the peak RSS (VmHWM) of a forked child; "
            "cuda: library workspace query\",\n");
     printf("  \"runs\": [");
     int first = 1;

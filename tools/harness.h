@@ -2,14 +2,17 @@
  * Shared by the command-line tool (tools/flashattn-run.c) and the CPU
  * benchmark (bench/cpu_bench.c): random inputs, dtype conversion, timing,
  * error measurement, and running one measured job in a forked child so that
- * its peak extra memory can be read from the kernel (ru_maxrss).
+ * its peak extra memory can be read from the kernel.
  *
- * Why a child process: ru_maxrss is a high-water mark that never goes down
- * in a process. A fresh child starts with the parent's resident set as its
- * baseline; whatever its maximum grows by while the job runs is the job's
- * peak extra memory, including memory the job allocated and freed again.
- * Buffers the parent must read back (outputs) live in one shared mapping,
- * which the child touches before taking its baseline.
+ * Why a child process: the peak resident set (VmHWM in /proc/self/status)
+ * is a high-water mark that never goes down in a process. A fresh child
+ * starts with the parent's resident set as its baseline; whatever its peak
+ * grows by while the job runs is the job's peak extra memory, including
+ * memory the job allocated and freed again. Before the baseline the child
+ * maps the pages of the shared buffers (outputs the parent reads back) and
+ * of the loaded libraries' files, so that neither counts as the job's.
+ * What the call itself adds is included: the touched stack of the OpenMP
+ * pool's threads, allocator bookkeeping.
  *
  * The parent must not have started an OpenMP thread pool before forking
  * (GNU libgomp does not survive fork), so every OpenMP-using computation
