@@ -8,6 +8,7 @@ problems, packed or not (packed inputs arrive here as strided views).
 """
 
 import ctypes
+import operator
 
 import torch
 
@@ -87,8 +88,12 @@ def check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
             check_tensor(name, cu, 1, torch.int32, q.device)
             if cu.shape[0] < 1:
                 raise ValueError(f"{name} must have batch + 1 >= 1 entries")
-            if not isinstance(mx, int) or mx < 0:
-                raise ValueError(f"max_seqlen for {name} must be a non-negative int, got {mx!r}")
+            try:
+                mx = operator.index(mx)
+            except TypeError:
+                mx = -1
+            if mx < 0:
+                raise ValueError(f"max_seqlen for {name} must be a non-negative int")
         if cu_seqlens_q.shape[0] != cu_seqlens_k.shape[0]:
             raise ValueError(
                 f"cu_seqlens_q and cu_seqlens_k must both have batch + 1 entries, got "
@@ -146,10 +151,10 @@ def _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dr
     return a
 
 
-def _workspace(ctx, attn, size_fn, device):
+def _workspace(ctx, attn, size_fn, device, what):
     """Scratch memory from torch's allocator (stream-ordered on CUDA)."""
     nbytes = ctypes.c_size_t(0)
-    _ffi.check(size_fn(ctx, ctypes.byref(attn), ctypes.byref(nbytes)), "workspace size")
+    _ffi.check(size_fn(ctx, ctypes.byref(attn), ctypes.byref(nbytes)), what)
     if nbytes.value == 0:
         return None, 0
     return torch.empty(nbytes.value, dtype=torch.uint8, device=device), nbytes.value
@@ -166,6 +171,17 @@ def _draw_seed():
     return int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64).item())
 
 
+def _check_total_tokens(cu_seqlens_q, cu_seqlens_k, q, k):
+    # The library cannot see the tensors' sizes: make sure the sequences
+    # cu_seqlens describes lie inside q and k (a host read of one entry).
+    for name, cu, t in (("cu_seqlens_q", cu_seqlens_q, q), ("cu_seqlens_k", cu_seqlens_k, k)):
+        total = int(cu[-1])
+        if total > t.shape[0]:
+            raise ValueError(
+                f"{name}[-1] = {total} tokens, but {'q' if t is q else 'k'} has only {t.shape[0]}"
+            )
+
+
 def forward_impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                  softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
                  deterministic):
@@ -178,13 +194,15 @@ def forward_impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     rng_state = torch.tensor([seed, 0], dtype=torch.int64)
     if out.numel() == 0:
         return out, lse, rng_state
+    if varlen:
+        _check_total_tokens(cu_seqlens_q, cu_seqlens_k, q, k)
     if k.shape[-3] == 0:  # no keys at all: every row fully masked
         return out.zero_(), lse.fill_(float("-inf")), rng_state
     attn = _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
                     deterministic, seed)
     ctx = _ffi.context_for(q.device)
-    ws, ws_size = _workspace(ctx, attn, _ffi.fa_forward_workspace_size, q.device)
+    ws, ws_size = _workspace(ctx, attn, _ffi.fa_forward_workspace_size, q.device, "forward")
     tq, tk, tv, to = (_view(t, varlen) for t in (q, k, v, out))
     _ffi.check(
         _ffi.fa_forward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(),
@@ -209,7 +227,7 @@ def backward_impl(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqle
                     deterministic, seed)
     attn.dropout_offset = int(rng_state[1])
     ctx = _ffi.context_for(q.device)
-    ws, ws_size = _workspace(ctx, attn, _ffi.fa_backward_workspace_size, q.device)
+    ws, ws_size = _workspace(ctx, attn, _ffi.fa_backward_workspace_size, q.device, "backward")
     views = [_view(t, varlen) for t in (q, k, v, out, dout, dq, dk, dv)]
     tq, tk, tv, to, tdo, tdq, tdk, tdv = views
     _ffi.check(
@@ -329,6 +347,6 @@ def attention(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
         max_seqlen_q, max_seqlen_k = q.shape[1], k.shape[1]
     return attention_forward(
         q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-        float(dropout_p), float(softmax_scale), bool(causal), int(window_size[0]),
-        int(window_size[1]), float(softcap), alibi_slopes, bool(deterministic),
+        float(dropout_p), float(softmax_scale), bool(causal), max(int(window_size[0]), -1),
+        max(int(window_size[1]), -1), float(softcap), alibi_slopes, bool(deterministic),
     )
