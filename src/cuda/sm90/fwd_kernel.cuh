@@ -1,0 +1,437 @@
+/*
+ * FlashAttention-3 forward kernel for Hopper (sm_90a).
+ *
+ * One CTA computes one tile of BlockM = 128 query rows of one (batch, head):
+ *
+ *   warpgroup 0   producer: one thread issues TMA loads of Q (once) and of
+ *                 K, V tiles (BlockN rows each) into a ring of Stages
+ *                 shared-memory buffers, guarded by full/empty mbarriers.
+ *   warpgroups 1, 2  consumers: each owns 64 of the 128 rows and walks the
+ *                 key blocks:  S = Q Kᵀ (wgmma, both from smem)
+ *                              online softmax of S in registers
+ *                              O += P V (wgmma, P from registers)
+ *                 then writes O / rowsum and the LSE.
+ *
+ * Tiles in shared memory are slabs of 64 columns with the 128-byte swizzle
+ * that the TMA writes and wgmma reads (see ptx/wgmma.cuh). Head dims that are
+ * not a multiple of 64 (96) are padded to the next multiple: the TMA box
+ * reaches past the tensor and fills zeros, which add nothing to Q Kᵀ.
+ */
+#ifndef FA_SM90_FWD_KERNEL_CUH
+#define FA_SM90_FWD_KERNEL_CUH
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "../ptx/mbarrier.cuh"
+#include "../ptx/tma.cuh"
+#include "../ptx/warpgroup.cuh"
+#include "../ptx/wgmma.cuh"
+
+/* Everything the kernel reads, passed as one __grid_constant__ parameter so
+ * that the tensor maps stay in parameter space (TMA needs their address). */
+struct fa_sm90_params {
+    CUtensorMap map_q, map_k, map_v; /* (dim, seq, head, batch), see host */
+    void *out;
+    int64_t out_stride_batch, out_stride_seq, out_stride_head; /* elements */
+    float *lse;                                                 /* may be NULL */
+    const int32_t *cu_seqlens_q, *cu_seqlens_k;                 /* varlen */
+    int varlen;
+    int batch, seqlen_q, seqlen_k, heads_q, heads_per_kv, head_dim;
+    int64_t total_q;
+    int window_left, window_right; /* -1 = unbounded */
+    float softcap;                 /* 0 = off */
+    float softcap_input_scale;     /* softmax_scale / softcap */
+    float score_scale;             /* what turns S into the score: softmax_scale,
+                                      or 1 when softcap already applied it */
+    float score_scale_log2;        /* score_scale * log2(e) */
+    int num_m_blocks;
+    int reverse_m_blocks; /* causal/window: heaviest tiles launch first */
+};
+
+template <typename T> struct fa_is_half {
+    static constexpr bool value = false;
+};
+template <> struct fa_is_half<__half> {
+    static constexpr bool value = true;
+};
+
+/* Compile-time shape of one kernel instance. */
+template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_> struct fa_sm90_config {
+    typedef Elem_ Elem;
+    static constexpr bool kBf16 = !fa_is_half<Elem>::value; /* else fp16 */
+    static constexpr int kHeadDim = HeadDimPadded_; /* multiple of 64 */
+    static constexpr int kBlockM = 128;             /* two consumer warpgroups x 64 */
+    static constexpr int kBlockN = BlockN_;
+    static constexpr int kStages = Stages_;
+    static constexpr int kConsumerWarpgroups = 2;
+    static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
+    static constexpr int kConsumerWarps = 4 * kConsumerWarpgroups;
+    static constexpr int kSlabs = kHeadDim / 64;
+    static constexpr int kQSlabBytes = kBlockM * 128;
+    static constexpr int kKVSlabBytes = kBlockN * 128;
+    static constexpr int kQBytes = kSlabs * kQSlabBytes;
+    static constexpr int kKVBytes = kSlabs * kKVSlabBytes;
+    /* barriers: q_full, full_k[S], full_v[S], empty_k[S], empty_v[S] */
+    static constexpr int kBarrierBytes = 8 * (1 + 4 * kStages);
+    /* + 1024 so the kernel can align the base to the swizzle atom */
+    static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + kBarrierBytes;
+    /* registers after setmaxnreg: (24 + 2*240) * 128 <= 64K */
+    static constexpr int kProducerRegs = 24;
+    static constexpr int kConsumerRegs = 240;
+    static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0, "tile shape");
+    static_assert(kSmemBytes <= 232448, "shared memory of one CTA");
+};
+
+/* Shared-memory addresses of the tile buffers and barriers. */
+template <class Cfg> struct fa_sm90_smem {
+    uint32_t base;
+    __device__ uint32_t q() const { return base; }
+    __device__ uint32_t k(int stage) const { return base + Cfg::kQBytes + stage * Cfg::kKVBytes; }
+    __device__ uint32_t v(int stage) const
+    {
+        return base + Cfg::kQBytes + (Cfg::kStages + stage) * Cfg::kKVBytes;
+    }
+    __device__ uint32_t bar(int i) const
+    {
+        return base + Cfg::kQBytes + 2 * Cfg::kStages * Cfg::kKVBytes + 8 * i;
+    }
+    __device__ uint32_t q_full() const { return bar(0); }
+    __device__ uint32_t k_full(int s) const { return bar(1 + s); }
+    __device__ uint32_t v_full(int s) const { return bar(1 + Cfg::kStages + s); }
+    __device__ uint32_t k_empty(int s) const { return bar(1 + 2 * Cfg::kStages + s); }
+    __device__ uint32_t v_empty(int s) const { return bar(1 + 3 * Cfg::kStages + s); }
+};
+
+/* Position in the ring: which buffer, and the parity of its barrier phase.
+ * The parity flips each time the stage index wraps around. */
+template <int Stages> struct fa_pipe_state {
+    int stage;
+    uint32_t phase;
+    __device__ void advance()
+    {
+        if (++stage == Stages) {
+            stage = 0;
+            phase ^= 1;
+        }
+    }
+};
+
+/* The tile a CTA works on, and its key-block range. Shared by producer and
+ * consumers so that both walk exactly the same blocks. */
+struct fa_sm90_tile {
+    int b, h, m0;      /* batch, query head, first query row of the tile */
+    int q0, k0;        /* packed row offset of the sequence (varlen), else 0 */
+    int sq, sk;        /* this sequence's lengths */
+    int n_begin, n_end; /* key blocks [n_begin, n_end); empty when n_end <= n_begin */
+};
+
+template <class Cfg>
+__device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p, int m_block, int h, int b)
+{
+    fa_sm90_tile t;
+    t.b = b;
+    t.h = h;
+    t.m0 = m_block * Cfg::kBlockM;
+    if (p.varlen) {
+        t.q0 = p.cu_seqlens_q[b];
+        t.sq = p.cu_seqlens_q[b + 1] - t.q0;
+        t.k0 = p.cu_seqlens_k[b];
+        t.sk = p.cu_seqlens_k[b + 1] - t.k0;
+    } else {
+        t.q0 = t.k0 = 0;
+        t.sq = p.seqlen_q;
+        t.sk = p.seqlen_k;
+    }
+    /* keys visible to some row of [m0, m_last]: bottom-right aligned window */
+    int shift = t.sk - t.sq;
+    int m_last = min(t.m0 + Cfg::kBlockM, t.sq) - 1;
+    int col_end = p.window_right < 0 ? t.sk : min(t.sk, m_last + shift + p.window_right + 1);
+    int col_begin = p.window_left < 0 ? 0 : max(0, t.m0 + shift - p.window_left);
+    t.n_begin = col_begin / Cfg::kBlockN;
+    t.n_end = col_end <= col_begin ? t.n_begin : (col_end + Cfg::kBlockN - 1) / Cfg::kBlockN;
+    return t;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Producer: one thread streams Q once and K/V block by block.              */
+
+template <class Cfg>
+__device__ __forceinline__ void fa_sm90_produce(const fa_sm90_params &p, const fa_sm90_tile &t,
+                                                const fa_sm90_smem<Cfg> &sm)
+{
+    fa_tma_prefetch_map(&p.map_q);
+    fa_tma_prefetch_map(&p.map_k);
+    fa_tma_prefetch_map(&p.map_v);
+    /* fixed-length tensors are indexed by batch; packed ones by row only */
+    int q_batch = p.varlen ? 0 : t.b, kv_batch = q_batch;
+    int kv_head = t.h / p.heads_per_kv;
+
+    fa_mbar_arrive_expect_tx(sm.q_full(), Cfg::kQBytes);
+    for (int s = 0; s < Cfg::kSlabs; ++s)
+        fa_tma_load_4d(sm.q() + s * Cfg::kQSlabBytes, &p.map_q, sm.q_full(), s * 64, t.q0 + t.m0, t.h,
+                       q_batch);
+
+    /* every buffer starts free: wait on the empty barriers with parity 1 */
+    fa_pipe_state<Cfg::kStages> ps = {0, 1};
+    for (int n = t.n_end - 1; n >= t.n_begin; --n) {
+        int row = t.k0 + n * Cfg::kBlockN;
+        fa_mbar_wait(sm.k_empty(ps.stage), ps.phase);
+        fa_mbar_arrive_expect_tx(sm.k_full(ps.stage), Cfg::kKVBytes);
+        for (int s = 0; s < Cfg::kSlabs; ++s)
+            fa_tma_load_4d(sm.k(ps.stage) + s * Cfg::kKVSlabBytes, &p.map_k, sm.k_full(ps.stage), s * 64,
+                           row, kv_head, kv_batch);
+        fa_mbar_wait(sm.v_empty(ps.stage), ps.phase);
+        fa_mbar_arrive_expect_tx(sm.v_full(ps.stage), Cfg::kKVBytes);
+        for (int s = 0; s < Cfg::kSlabs; ++s)
+            fa_tma_load_4d(sm.v(ps.stage) + s * Cfg::kKVSlabBytes, &p.map_v, sm.v_full(ps.stage), s * 64,
+                           row, kv_head, kv_batch);
+        ps.advance();
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Consumer helpers. A thread's accumulators cover two rows of its          */
+/* warpgroup's 64 (see ptx/wgmma.cuh); index `half` = (i >> 1) & 1 picks    */
+/* which of the two.                                                        */
+
+__device__ __forceinline__ float fa_quad_max(float x)
+{
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float fa_quad_sum(float x)
+{
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+/* Two floats as one register of two 16-bit values, `lo` in the low half. */
+template <typename Elem> __device__ __forceinline__ uint32_t fa_pack2(float lo, float hi)
+{
+    if constexpr (fa_is_half<Elem>::value) {
+        __half2 v = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&v);
+    } else {
+        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&v);
+    }
+}
+
+/* cap * tanh(x * input_scale), with tanh(y) = 1 - 2 / (e^{2y} + 1): absolute
+ * error near float rounding, and ±1 at the ends (inf and 0 in the division). */
+__device__ __forceinline__ float fa_softcap(float x, float cap, float input_scale)
+{
+    float e = exp2f(x * input_scale * 2.8853900817779268f); /* 2 * log2(e) */
+    return cap * (1.0f - __fdividef(2.0f, e + 1.0f));
+}
+
+/* Score tile S (64 x BlockN, this warpgroup's rows) -> masked scores:
+ * -inf where key col is past the sequence or outside the window of row. */
+template <int BlockN>
+__device__ __forceinline__ void fa_mask_scores(float (&s)[BlockN / 2], int row0, int col0, int sk, int shift,
+                                               int window_left, int window_right)
+{
+    int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int i = 0; i < BlockN / 2; ++i) {
+        int row = row0 + 8 * ((i >> 1) & 1);
+        int col = col0 + 8 * (i >> 2) + 2 * (lane & 3) + (i & 1);
+        bool visible = col < sk && (window_right < 0 || col <= row + shift + window_right) &&
+                       (window_left < 0 || col >= row + shift - window_left);
+        if (!visible)
+            s[i] = -INFINITY;
+    }
+}
+
+/* Online softmax over one score tile, in place: s becomes the unnormalised
+ * probabilities exp2(s·c - m·c) with the running row max m; returns through
+ * `correction` the factor by which O and the row sums must be rescaled. */
+template <int BlockN>
+__device__ __forceinline__ void fa_online_softmax(float (&s)[BlockN / 2], float (&row_max)[2], float (&row_sum)[2],
+                                                  float (&correction)[2], float scale_log2)
+{
+    float tile_max[2] = {row_max[0], row_max[1]};
+#pragma unroll
+    for (int i = 0; i < BlockN / 2; ++i)
+        tile_max[(i >> 1) & 1] = fmaxf(tile_max[(i >> 1) & 1], s[i]);
+    float max_scaled[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float m = fa_quad_max(tile_max[r]);
+        /* a row with no visible key yet keeps m = -inf; use 0 so that
+         * exp2(-inf - 0) = 0 instead of NaN */
+        max_scaled[r] = (m == -INFINITY ? 0.0f : m) * scale_log2;
+        correction[r] = exp2f(row_max[r] * scale_log2 - max_scaled[r]);
+        row_max[r] = m;
+        row_sum[r] *= correction[r];
+    }
+#pragma unroll
+    for (int i = 0; i < BlockN / 2; ++i) {
+        int r = (i >> 1) & 1;
+        s[i] = exp2f(fmaf(s[i], scale_log2, -max_scaled[r]));
+        row_sum[r] += s[i]; /* per-thread partial; the quad sums it at the end */
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Consumer: one warpgroup, 64 query rows.                                  */
+
+template <class Cfg>
+__device__ __forceinline__ void fa_sm90_consume(const fa_sm90_params &p, const fa_sm90_tile &t,
+                                                const fa_sm90_smem<Cfg> &sm, int wg)
+{
+    typedef typename Cfg::Elem Elem;
+    constexpr int BlockN = Cfg::kBlockN, D = Cfg::kHeadDim;
+    const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+    const int row0 = t.m0 + 64 * wg + 16 * warp + lane / 4; /* this thread's first row */
+    const int shift = t.sk - t.sq;
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i)
+        o[i] = 0.0f;
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+
+    if (t.n_end > t.n_begin)
+        fa_mbar_wait(sm.q_full(), 0);
+    /* Q rows of this warpgroup start 64 rows into each slab */
+    const uint32_t q_rows = sm.q() + 64 * wg * 128;
+
+    fa_pipe_state<Cfg::kStages> ps = {0, 0};
+    for (int n = t.n_end - 1; n >= t.n_begin; --n) {
+        const int col0 = n * BlockN;
+
+        /* S = Q Kᵀ over the head dim, 16 columns per wgmma */
+        float s[BlockN / 2];
+        fa_mbar_wait(sm.k_full(ps.stage), ps.phase);
+        fa_wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t slab_offset = (kk / 4), in_slab = (kk % 4) * 32;
+            uint64_t a = fa_wgmma_desc(q_rows + slab_offset * Cfg::kQSlabBytes + in_slab, 16, 1024);
+            uint64_t b = fa_wgmma_desc(sm.k(ps.stage) + slab_offset * Cfg::kKVSlabBytes + in_slab, 16, 1024);
+            fa_wgmma<BlockN>::template ss<Cfg::kBf16, 0>(s, a, b, kk > 0);
+        }
+        fa_wgmma_commit();
+        fa_wgmma_wait<0>();
+        fa_wgmma_fence_regs(s);
+        __syncwarp();
+        if (lane == 0)
+            fa_mbar_arrive(sm.k_empty(ps.stage)); /* this warp is done reading K */
+
+        if (p.softcap > 0.0f) {
+#pragma unroll
+            for (int i = 0; i < BlockN / 2; ++i)
+                s[i] = fa_softcap(s[i], p.softcap, p.softcap_input_scale);
+        }
+        /* only blocks that cross the sequence end or a window edge need the
+         * per-element test (uniform branch) */
+        bool needs_mask = col0 + BlockN > t.sk ||
+                          (p.window_right >= 0 && col0 + BlockN - 1 > t.m0 + shift + p.window_right) ||
+                          (p.window_left >= 0 && col0 < t.m0 + Cfg::kBlockM - 1 + shift - p.window_left);
+        if (needs_mask)
+            fa_mask_scores<BlockN>(s, row0, col0, t.sk, shift, p.window_left, p.window_right);
+
+        float correction[2];
+        fa_online_softmax<BlockN>(s, row_max, row_sum, correction, p.score_scale_log2);
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i)
+            o[i] *= correction[(i >> 1) & 1];
+
+        /* P as the A operand: k-block kk is accumulator columns 16kk..16kk+15 */
+        uint32_t pa[BlockN / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BlockN / 16; ++kk)
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+                pa[kk][r] = fa_pack2<Elem>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+
+        /* O += P V: V is [key][dim] with dim contiguous, i.e. MN-major */
+        fa_mbar_wait(sm.v_full(ps.stage), ps.phase);
+        fa_wgmma_fence_regs(o);
+        fa_wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BlockN / 16; ++kk) {
+            uint64_t b = fa_wgmma_desc(sm.v(ps.stage) + kk * 16 * 128, Cfg::kKVSlabBytes, 1024);
+            fa_wgmma<D>::template rs<Cfg::kBf16, 1>(o, pa[kk], b, 1);
+        }
+        fa_wgmma_commit();
+        fa_wgmma_wait<0>();
+        fa_wgmma_fence_regs(o);
+#pragma unroll
+        for (int kk = 0; kk < BlockN / 16; ++kk)
+            fa_wgmma_fence_regs(pa[kk]);
+        __syncwarp();
+        if (lane == 0)
+            fa_mbar_arrive(sm.v_empty(ps.stage));
+        ps.advance();
+    }
+
+    /* Epilogue: O / rowsum (0 for rows with no visible key), LSE. */
+    Elem *out = static_cast<Elem *>(p.out);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float sum = fa_quad_sum(row_sum[r]);
+        float inv = (sum == 0.0f || sum != sum) ? 0.0f : 1.0f / sum;
+        int row = row0 + 8 * r;
+        if (row >= t.sq)
+            continue;
+        int64_t packed_row = t.q0 + row;
+        int64_t base = (p.varlen ? 0 : (int64_t)t.b * p.out_stride_batch) + packed_row * p.out_stride_seq +
+                       (int64_t)t.h * p.out_stride_head;
+#pragma unroll
+        for (int i = 2 * r; i < D / 2; i += 4) {
+            int col = 8 * (i >> 2) + 2 * (lane & 3);
+            if (D == p.head_dim || col < p.head_dim)
+                *reinterpret_cast<uint32_t *>(out + base + col) = fa_pack2<Elem>(o[i] * inv, o[i + 1] * inv);
+        }
+        if (p.lse != nullptr && (lane & 3) == 0) {
+            int64_t idx = p.varlen ? (int64_t)t.h * p.total_q + packed_row
+                                   : ((int64_t)t.b * p.heads_q + t.h) * p.seqlen_q + row;
+            p.lse[idx] = sum == 0.0f ? -INFINITY : row_max[r] * p.score_scale + logf(sum);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __grid_constant__ fa_sm90_params p)
+{
+    int m_block = p.reverse_m_blocks ? p.num_m_blocks - 1 - (int)blockIdx.x : (int)blockIdx.x;
+    fa_sm90_tile t = fa_sm90_tile_of<Cfg>(p, m_block, blockIdx.y, blockIdx.z);
+    if (t.m0 >= t.sq) /* varlen: this sequence is shorter than the longest */
+        return;
+
+    extern __shared__ uint8_t smem_raw[];
+    fa_sm90_smem<Cfg> sm;
+    sm.base = ((uint32_t)__cvta_generic_to_shared(smem_raw) + 1023u) & ~1023u;
+
+    if (threadIdx.x == 0) {
+        fa_mbar_init(sm.q_full(), 1);
+        for (int s = 0; s < Cfg::kStages; ++s) {
+            fa_mbar_init(sm.k_full(s), 1);
+            fa_mbar_init(sm.v_full(s), 1);
+            fa_mbar_init(sm.k_empty(s), Cfg::kConsumerWarps);
+            fa_mbar_init(sm.v_empty(s), Cfg::kConsumerWarps);
+        }
+        fa_mbar_init_fence();
+    }
+    __syncthreads();
+
+    int wg = fa_warpgroup_index();
+    if (wg == 0) {
+        fa_setmaxnreg_dec<Cfg::kProducerRegs>();
+        if (threadIdx.x == 0 && t.n_end > t.n_begin)
+            fa_sm90_produce<Cfg>(p, t, sm);
+    } else {
+        fa_setmaxnreg_inc<Cfg::kConsumerRegs>();
+        fa_sm90_consume<Cfg>(p, t, sm, wg - 1);
+    }
+}
+
+#endif

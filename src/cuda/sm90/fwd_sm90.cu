@@ -1,0 +1,221 @@
+/*
+ * Hopper (sm_90a) forward: what the kernel in fwd_kernel.cuh supports, the
+ * TMA tensor maps it reads through, and the launch.
+ *
+ * Supported: bf16 / fp16; head_dim == head_dim_v in {64, 96, 128, 192, 256};
+ * causal, sliding window, softcap, GQA/MQA, varlen, any seqlen. Not here
+ * (FA_ERROR_UNSUPPORTED, the dispatcher falls back to sm80): the backward,
+ * dropout, ALiBi, block-sparse masks, other head dims, and tensors whose
+ * base or strides are not 16-byte aligned (TMA needs both).
+ */
+#include "fa_internal.h"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "fwd_kernel.cuh"
+
+/* ------------------------------------------------------------------------ */
+/* Supported problems                                                       */
+
+static int is_supported_head_dim(int64_t d)
+{
+    return d == 64 || d == 96 || d == 128 || d == 192 || d == 256;
+}
+
+/* TMA: base 16-byte aligned, every stride a multiple of 16 bytes below 2^40. */
+static fa_status check_tma_tensor(const fa_tensor *t, const char *name, int varlen, size_t elem)
+{
+    int64_t strides[3] = {t->stride_seq, t->stride_head, varlen ? 0 : t->stride_batch};
+    if ((uintptr_t)t->data % 16 != 0)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: %s is not 16-byte aligned (TMA needs it)", name);
+    for (int i = 0; i < 3; ++i) {
+        int64_t bytes = strides[i] * (int64_t)elem;
+        if (bytes < 0 || bytes % 16 != 0 || bytes >= ((int64_t)1 << 40))
+            return fa_fail(FA_ERROR_UNSUPPORTED,
+                           "sm90: a stride of %s is %lld bytes; TMA needs a non-negative multiple of 16",
+                           name, (long long)bytes);
+    }
+    return FA_SUCCESS;
+}
+
+extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, const fa_cuda_device_info *dev)
+{
+    if (dir != FA_FORWARD)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: only the forward pass is implemented");
+    if (dev->sm != 90)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: needs an sm_90 GPU (this one is sm_%d)", dev->sm);
+    if (p->dtype != FA_DTYPE_BF16 && p->dtype != FA_DTYPE_F16)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: dtype %s (bf16 and fp16 only)", fa_dtype_name(p->dtype));
+    if (p->head_dim != p->head_dim_v || !is_supported_head_dim(p->head_dim))
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "sm90: head_dim %lld / head_dim_v %lld (needs equal, one of 64, 96, 128, 192, 256)",
+                       (long long)p->head_dim, (long long)p->head_dim_v);
+    if (p->dropout_p > 0.0f)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: dropout is not implemented");
+    if (p->alibi_slopes != NULL)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: ALiBi is not implemented");
+    if (p->block_mask != NULL)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: block-sparse masks are not implemented");
+    /* the kernel indexes rows, heads, batches and window edges in int */
+    const int64_t int_max = 0x7fffffff;
+    if (p->total_q > int_max || p->total_k > int_max || p->seqlen_q > int_max || p->seqlen_k > int_max ||
+        p->heads_q > 65535 || p->batch > 65535 || p->window_left > int_max || p->window_right > int_max)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: sizes beyond the kernel's 32-bit indexing");
+    size_t elem = fa_dtype_size(p->dtype);
+    fa_status st;
+    if ((st = check_tma_tensor(&p->q, "q", p->varlen, elem)) != FA_SUCCESS ||
+        (st = check_tma_tensor(&p->k, "k", p->varlen, elem)) != FA_SUCCESS ||
+        (st = check_tma_tensor(&p->v, "v", p->varlen, elem)) != FA_SUCCESS ||
+        (st = check_tma_tensor(&p->out, "out", p->varlen, elem)) != FA_SUCCESS)
+        return st;
+    if (dev->smem_per_block_optin < 232448)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: needs 227 KB of shared memory per block (device has %zu)",
+                       dev->smem_per_block_optin);
+    return FA_SUCCESS;
+}
+
+extern "C" size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir)
+{
+    (void)p;
+    (void)dir;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Tensor maps                                                              */
+
+/* cuTensorMapEncodeTiled through the runtime's driver entry point, so that
+ * the library links cudart only. */
+static PFN_cuTensorMapEncodeTiled_v12000 encode_tiled_fn(void)
+{
+    static PFN_cuTensorMapEncodeTiled_v12000 fn = NULL;
+    if (fn == NULL) {
+        void *sym = NULL;
+        cudaDriverEntryPointQueryResult found;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &sym, 12000, cudaEnableDefault, &found) ==
+                cudaSuccess &&
+            found == cudaDriverEntryPointSuccess)
+            fn = (PFN_cuTensorMapEncodeTiled_v12000)sym;
+    }
+    return fn;
+}
+
+/* A (seq, head, dim) tensor t seen as the rank-4 tensor (dim, seq, head,
+ * batch), innermost first; a box is 64 columns x box_rows rows of one head,
+ * 128-byte swizzled. Packed (varlen) tensors have one batch of total rows. */
+static fa_status encode_map(CUtensorMap *map, const fa_problem *p, const fa_tensor *t, int64_t rows, int64_t heads,
+                            int box_rows, const char *name)
+{
+    PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled_fn();
+    if (encode == NULL)
+        return fa_fail(FA_ERROR_DEVICE, "sm90: the driver has no cuTensorMapEncodeTiled");
+    int64_t elem = (int64_t)fa_dtype_size(p->dtype);
+    int64_t batches = p->varlen ? 1 : p->batch;
+    int64_t batch_stride = p->varlen ? rows * t->stride_seq : t->stride_batch;
+    if (batch_stride == 0) /* a broadcast batch: any valid stride works */
+        batch_stride = 16 / elem;
+    cuuint64_t dims[4] = {(cuuint64_t)p->head_dim, (cuuint64_t)rows, (cuuint64_t)heads, (cuuint64_t)batches};
+    cuuint64_t strides[3] = {(cuuint64_t)(t->stride_seq * elem), (cuuint64_t)(t->stride_head * elem),
+                             (cuuint64_t)(batch_stride * elem)};
+    cuuint32_t box[4] = {64, (cuuint32_t)box_rows, 1, 1};
+    cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+    CUresult r = encode(map, p->dtype == FA_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                        4, t->data, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: cuTensorMapEncodeTiled rejected %s (CUresult %d)", name, (int)r);
+    return FA_SUCCESS;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Launch                                                                   */
+
+template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_name)
+{
+    fa_sm90_params prm;
+    memset(&prm, 0, sizeof prm);
+    fa_status st;
+    int64_t rows_q = p->varlen ? p->total_q : p->seqlen_q;
+    int64_t rows_k = p->varlen ? p->total_k : p->seqlen_k;
+    if ((st = encode_map(&prm.map_q, p, &p->q, rows_q, p->heads_q, Cfg::kBlockM, "q")) != FA_SUCCESS ||
+        (st = encode_map(&prm.map_k, p, &p->k, rows_k, p->heads_kv, Cfg::kBlockN, "k")) != FA_SUCCESS ||
+        (st = encode_map(&prm.map_v, p, &p->v, rows_k, p->heads_kv, Cfg::kBlockN, "v")) != FA_SUCCESS)
+        return st;
+    prm.out = p->out.data;
+    prm.out_stride_batch = p->out.stride_batch;
+    prm.out_stride_seq = p->out.stride_seq;
+    prm.out_stride_head = p->out.stride_head;
+    prm.lse = p->lse;
+    prm.varlen = p->varlen;
+    prm.cu_seqlens_q = p->cu_seqlens_q;
+    prm.cu_seqlens_k = p->cu_seqlens_k;
+    prm.batch = (int)p->batch;
+    prm.seqlen_q = (int)p->seqlen_q;
+    prm.seqlen_k = (int)p->seqlen_k;
+    prm.heads_q = (int)p->heads_q;
+    prm.heads_per_kv = (int)(p->heads_q / p->heads_kv);
+    prm.head_dim = (int)p->head_dim;
+    prm.total_q = p->total_q;
+    prm.window_left = (int)p->window_left;
+    prm.window_right = (int)p->window_right;
+    prm.softcap = p->softcap;
+    prm.softcap_input_scale = p->softcap > 0.0f ? p->softmax_scale / p->softcap : 0.0f;
+    prm.score_scale = p->softcap > 0.0f ? 1.0f : p->softmax_scale;
+    prm.score_scale_log2 = prm.score_scale * 1.4426950408889634f;
+    prm.num_m_blocks = (int)((p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM);
+    prm.reverse_m_blocks = p->window_right >= 0 || p->window_left >= 0;
+
+    if (prm.num_m_blocks == 0 || p->batch == 0 || p->heads_q == 0) {
+        p->kernel_name = kernel_name;
+        return FA_SUCCESS;
+    }
+    cudaError_t err = cudaFuncSetAttribute(fa_sm90_fwd_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           Cfg::kSmemBytes);
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm90: cudaFuncSetAttribute: %s", cudaGetErrorString(err));
+    dim3 grid(prm.num_m_blocks, (unsigned)p->heads_q, (unsigned)p->batch);
+    fa_sm90_fwd_kernel<Cfg><<<grid, Cfg::kThreads, Cfg::kSmemBytes, (cudaStream_t)p->stream>>>(prm);
+    err = cudaGetLastError();
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm90: launch of %s failed: %s", kernel_name, cudaGetErrorString(err));
+    p->kernel_name = kernel_name;
+    return FA_SUCCESS;
+}
+
+/* Tile shape per head dim (FA3's tile_size.h, adapted to 2 consumer WGs):
+ * the key block shrinks as the head dim grows so that Q, two stages of K and
+ * V, and the accumulators fit in shared memory and registers. */
+template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
+{
+    const bool bf16 = !fa_is_half<Elem>::value;
+    switch (p->head_dim) {
+    case 64:
+        return launch<fa_sm90_config<Elem, 64, 128, 2>>(p, bf16 ? "sm90.fwd.hdim64.bf16" : "sm90.fwd.hdim64.fp16");
+    case 96:
+        return launch<fa_sm90_config<Elem, 128, 128, 2>>(p, bf16 ? "sm90.fwd.hdim96.bf16" : "sm90.fwd.hdim96.fp16");
+    case 128:
+        return launch<fa_sm90_config<Elem, 128, 128, 2>>(p,
+                                                         bf16 ? "sm90.fwd.hdim128.bf16" : "sm90.fwd.hdim128.fp16");
+    case 192:
+        return launch<fa_sm90_config<Elem, 192, 96, 2>>(p, bf16 ? "sm90.fwd.hdim192.bf16" : "sm90.fwd.hdim192.fp16");
+    case 256:
+        return launch<fa_sm90_config<Elem, 256, 80, 2>>(p, bf16 ? "sm90.fwd.hdim256.bf16" : "sm90.fwd.hdim256.fp16");
+    default:
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: head_dim %lld", (long long)p->head_dim);
+    }
+}
+
+extern "C" fa_status fa_sm90_forward(fa_problem *p)
+{
+    if (p->dtype == FA_DTYPE_BF16)
+        return launch_for_head_dim<__nv_bfloat16>(p);
+    if (p->dtype == FA_DTYPE_F16)
+        return launch_for_head_dim<__half>(p);
+    return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: dtype %s", fa_dtype_name(p->dtype));
+}
