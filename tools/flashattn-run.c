@@ -25,9 +25,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #ifdef FA_TOOL_CUDA
 #include <cuda_runtime.h>
 #endif
@@ -285,198 +282,34 @@ static int parse_options(int argc, char **argv, options *o)
 /* ---------------------------------------------------------------------- */
 /* Buffers                                                                 */
 
-/* What a child reports back besides its timings: lives in shared memory. */
-typedef struct run_info {
-    size_t workspace_bytes[2]; /* forward, backward (library's query) */
-    char kernel[2][64];        /* fa_context_last_kernel after each pass */
-} run_info;
-
-/* One set of results: out, dq, dk, dv in dtype; lse fp32. */
-typedef struct results {
-    void *out, *dq, *dk, *dv;
-    float *lse;
-} results;
-
 typedef struct buffers {
-    const options *opt;
-    /* inputs in dtype, and as floats for the naive reference */
-    void *q, *k, *v, *dout;
-    float *q32, *k32, *v32, *dout32;
-    results flash_cpu, flash_gpu;
-    /* naive reference, fp32 */
-    float *out_ref, *lse_ref, *dq_ref, *dk_ref, *dv_ref;
-    run_info *info_cpu, *info_gpu;
+    h_tensors flash_cpu; /* inputs in dtype, CPU flash results */
+    h_tensors naive;     /* the same inputs as floats, reference results */
+    h_tensors flash_gpu; /* host copies of the GPU results (results only) */
+    h_flash_info *info_cpu, *info_gpu;
 } buffers;
 
-/* The five result tensors' byte sizes, in the order out, dq, dk, dv, lse. */
-static void result_bytes(const fa_attn *a, size_t bytes[5])
+/* Byte sizes of q, k, v, dout, out, dq, dk, dv, lse for one element size
+ * (lse is always fp32). */
+static void tensor_bytes(const fa_attn *a, size_t element, size_t bytes[9])
 {
-    size_t es = fa_dtype_size(a->dtype);
-    bytes[0] = es * (size_t)h_numel_out(a);
-    bytes[1] = es * (size_t)h_numel_q(a);
-    bytes[2] = es * (size_t)h_numel_k(a);
-    bytes[3] = es * (size_t)h_numel_v(a);
-    bytes[4] = sizeof(float) * (size_t)h_numel_lse(a);
+    int64_t n[8] = {h_numel_q(a), h_numel_k(a), h_numel_v(a), h_numel_out(a),
+                    h_numel_out(a), h_numel_q(a), h_numel_k(a), h_numel_v(a)};
+    for (int i = 0; i < 8; ++i)
+        bytes[i] = element * (size_t)n[i];
+    bytes[8] = sizeof(float) * (size_t)h_numel_lse(a);
+}
+
+/* The nine pointers of t, in tensor_bytes' order. */
+static void tensor_slots(h_tensors *t, void **slots[9])
+{
+    void **p[9] = {&t->q, &t->k, &t->v, &t->dout, &t->out, &t->dq, &t->dk, &t->dv,
+                   (void **)&t->lse};
+    memcpy(slots, p, sizeof p);
 }
 
 /* ---------------------------------------------------------------------- */
-/* Jobs: flash on the CPU, naive reference                                 */
-
-typedef struct flash_state {
-    buffers *buf;
-    results *res;
-    run_info *info;
-    fa_context *ctx;
-    fa_tensor q, k, v, dout, out, dq, dk, dv;
-    void *device_memory;    /* GPU: one allocation for inputs and results */
-    results device_results; /* GPU: where the calls write, copied back at close */
-} flash_state;
-
-static int library_error(const char *call, fa_status st, char *msg, size_t len)
-{
-    snprintf(msg, len, "%s: %s: %s", call, fa_status_string(st), fa_last_error());
-    return 1;
-}
-
-/* Tensors of the flash call over q..dv data pointers (host or device). */
-static void flash_tensors(flash_state *s, void *q, void *k, void *v, void *dout,
-                          const results *r)
-{
-    const fa_attn *a = &s->buf->opt->attn;
-    s->q = fa_tensor_contiguous(q, a->seqlen_q, a->heads_q, a->head_dim);
-    s->k = fa_tensor_contiguous(k, a->seqlen_k, a->heads_kv, a->head_dim);
-    s->v = fa_tensor_contiguous(v, a->seqlen_k, a->heads_kv, a->head_dim_v);
-    s->dout = fa_tensor_contiguous(dout, a->seqlen_q, a->heads_q, a->head_dim_v);
-    s->out = fa_tensor_contiguous(r->out, a->seqlen_q, a->heads_q, a->head_dim_v);
-    s->dq = fa_tensor_contiguous(r->dq, a->seqlen_q, a->heads_q, a->head_dim);
-    s->dk = fa_tensor_contiguous(r->dk, a->seqlen_k, a->heads_kv, a->head_dim);
-    s->dv = fa_tensor_contiguous(r->dv, a->seqlen_k, a->heads_kv, a->head_dim_v);
-}
-
-/* Context creation and workspace queries, shared by CPU and GPU. */
-static int flash_open_context(flash_state *s, fa_device device, char *msg, size_t len)
-{
-    const options *o = s->buf->opt;
-    fa_status st = fa_context_create(&s->ctx, device, 0);
-    if (st)
-        return library_error("fa_context_create", st, msg, len);
-    if ((st = fa_context_set_num_threads(s->ctx, o->threads)) ||
-        (st = fa_forward_workspace_size(s->ctx, &o->attn, &s->info->workspace_bytes[0])) ||
-        (st = fa_backward_workspace_size(s->ctx, &o->attn, &s->info->workspace_bytes[1]))) {
-        fa_context_destroy(s->ctx);
-        return library_error("flashattn setup", st, msg, len);
-    }
-    return 0;
-}
-
-static int flash_cpu_open(void *arg, void **state, char *msg, size_t len)
-{
-    buffers *buf = arg;
-    flash_state *s = calloc(1, sizeof *s);
-    if (!s)
-        return snprintf(msg, len, "out of memory"), 1;
-    s->buf = buf;
-    s->res = &buf->flash_cpu;
-    s->info = buf->info_cpu;
-    if (flash_open_context(s, FA_DEVICE_CPU, msg, len)) {
-        free(s);
-        return 1;
-    }
-    flash_tensors(s, buf->q, buf->k, buf->v, buf->dout, s->res);
-    *state = s;
-    return 0;
-}
-
-/* One forward (phase 0) or backward (phase 1) call. */
-static int flash_call(flash_state *s, int phase, char *msg, size_t len)
-{
-    const fa_attn *a = &s->buf->opt->attn;
-    fa_status st;
-    if (phase == 0)
-        st = fa_forward(s->ctx, a, &s->q, &s->k, &s->v, &s->out, s->res->lse, NULL, 0);
-    else
-        st = fa_backward(s->ctx, a, &s->q, &s->k, &s->v, &s->out, s->res->lse, &s->dout,
-                         &s->dq, &s->dk, &s->dv, NULL, 0);
-    if (st)
-        return library_error(phase == 0 ? "fa_forward" : "fa_backward", st, msg, len);
-    snprintf(s->info->kernel[phase], sizeof s->info->kernel[phase], "%s",
-             fa_context_last_kernel(s->ctx));
-    return 0;
-}
-
-static int flash_cpu_run(void *state, int phase, char *msg, size_t len)
-{
-    return flash_call(state, phase, msg, len);
-}
-
-static int flash_cpu_close(void *state, char *msg, size_t len)
-{
-    flash_state *s = state;
-    fa_context_destroy(s->ctx);
-    free(s);
-    return 0;
-}
-
-typedef struct naive_state {
-    buffers *buf;
-    float *probs, *scratch;
-} naive_state;
-
-static int naive_open(void *arg, void **state, char *msg, size_t len)
-{
-    buffers *buf = arg;
-    const fa_attn *a = &buf->opt->attn;
-#ifdef _OPENMP
-    if (buf->opt->threads > 0)
-        omp_set_num_threads(buf->opt->threads);
-#endif
-    naive_state *s = calloc(1, sizeof *s);
-    size_t scratch = std_scratch_bytes(a, 1);
-    if (s) {
-        s->buf = buf;
-        s->probs = malloc(std_probs_bytes(a));
-        s->scratch = malloc(scratch > 0 ? scratch : 1);
-    }
-    if (!s || !s->probs || !s->scratch) {
-        if (s) {
-            free(s->probs);
-            free(s->scratch);
-        }
-        free(s);
-        return snprintf(msg, len, "naive: cannot allocate P (%zu bytes)",
-                        std_probs_bytes(a)), 1;
-    }
-    *state = s;
-    return 0;
-}
-
-static int naive_run(void *state, int phase, char *msg, size_t len)
-{
-    naive_state *s = state;
-    buffers *b = s->buf;
-    const fa_attn *a = &b->opt->attn;
-    int rc = phase == 0
-                 ? std_forward(a, std_gemm_reference, b->q32, b->k32, b->v32, b->out_ref,
-                               b->lse_ref, s->probs, s->scratch)
-                 : std_backward(a, std_gemm_reference, b->q32, b->k32, b->v32, b->out_ref,
-                                b->lse_ref, s->probs, b->dout32, b->dq_ref, b->dk_ref,
-                                b->dv_ref, s->scratch);
-    if (rc)
-        snprintf(msg, len, "naive: unsupported problem");
-    return rc;
-}
-
-static int naive_close(void *state, char *msg, size_t len)
-{
-    naive_state *s = state;
-    free(s->probs);
-    free(s->scratch);
-    free(s);
-    return 0;
-}
-
-/* ---------------------------------------------------------------------- */
-/* GPU job (CUDA builds): same calls on device copies, in this process      */
+/* GPU (CUDA builds): device copies, the flash job in this process          */
 
 #ifdef FA_TOOL_CUDA
 static int cuda_error(const char *what, cudaError_t err, char *msg, size_t len)
@@ -485,85 +318,54 @@ static int cuda_error(const char *what, cudaError_t err, char *msg, size_t len)
     return 1;
 }
 
-static int flash_gpu_open(void *arg, void **state, char *msg, size_t len)
+static int cuda_synchronize(char *msg, size_t len)
 {
-    buffers *buf = arg;
-    const fa_attn *a = &buf->opt->attn;
-    flash_state *s = calloc(1, sizeof *s);
-    if (!s)
-        return snprintf(msg, len, "out of memory"), 1;
-    s->buf = buf;
-    s->res = &buf->flash_gpu;
-    s->info = buf->info_gpu;
-    if (flash_open_context(s, FA_DEVICE_CUDA, msg, len)) {
-        free(s);
-        return 1;
-    }
-    size_t es = fa_dtype_size(a->dtype), rb[5];
-    size_t in_bytes[4] = {es * (size_t)h_numel_q(a), es * (size_t)h_numel_k(a),
-                          es * (size_t)h_numel_v(a), es * (size_t)h_numel_out(a)};
-    const void *host_in[4] = {buf->q, buf->k, buf->v, buf->dout};
-    result_bytes(a, rb);
-    size_t total = 0;
-    for (int i = 0; i < 4; ++i)
-        total += (in_bytes[i] + 255) & ~(size_t)255;
-    for (int i = 0; i < 5; ++i)
-        total += (rb[i] + 255) & ~(size_t)255;
-    cudaError_t err = cudaMalloc(&s->device_memory, total);
-    if (err != cudaSuccess) {
-        fa_context_destroy(s->ctx);
-        free(s);
-        return cuda_error("cudaMalloc", err, msg, len);
-    }
-    char *cursor = s->device_memory;
-    void *dev_in[4];
-    for (int i = 0; i < 4 && err == cudaSuccess; ++i) {
-        dev_in[i] = cursor;
-        err = cudaMemcpy(cursor, host_in[i], in_bytes[i], cudaMemcpyHostToDevice);
-        cursor += (in_bytes[i] + 255) & ~(size_t)255;
-    }
-    results *dr = &s->device_results;
-    void **dev_out[5] = {&dr->out, &dr->dq, &dr->dk, &dr->dv, (void **)&dr->lse};
-    for (int i = 0; i < 5; ++i) {
-        *dev_out[i] = cursor;
-        cursor += (rb[i] + 255) & ~(size_t)255;
-    }
-    if (err != cudaSuccess) {
-        cudaFree(s->device_memory);
-        fa_context_destroy(s->ctx);
-        free(s);
-        return cuda_error("cudaMemcpy to the device", err, msg, len);
-    }
-    flash_tensors(s, dev_in[0], dev_in[1], dev_in[2], dev_in[3], dr);
-    s->res = dr;
-    *state = s;
-    return 0;
-}
-
-static int flash_gpu_run(void *state, int phase, char *msg, size_t len)
-{
-    if (flash_call(state, phase, msg, len))
-        return 1;
     cudaError_t err = cudaDeviceSynchronize();
     return err == cudaSuccess ? 0 : cuda_error("after the kernel", err, msg, len);
 }
 
-static int flash_gpu_close(void *state, char *msg, size_t len)
+/* Runs the flash job on device copies of buf's inputs; the results come
+ * back into buf->flash_gpu. */
+static void run_gpu(const options *o, buffers *buf, h_job_result *result)
 {
-    flash_state *s = state;
-    const fa_attn *a = &s->buf->opt->attn;
-    size_t rb[5];
-    result_bytes(a, rb);
-    const results *host = &s->buf->flash_gpu;
-    void *host_out[5] = {host->out, host->dq, host->dk, host->dv, host->lse};
-    const void *dev_out[5] = {s->res->out, s->res->dq, s->res->dk, s->res->dv, s->res->lse};
-    cudaError_t err = cudaSuccess;
-    for (int i = 0; i < 5 && err == cudaSuccess; ++i)
-        err = cudaMemcpy(host_out[i], dev_out[i], rb[i], cudaMemcpyDeviceToHost);
-    cudaFree(s->device_memory);
-    fa_context_destroy(s->ctx);
-    free(s);
-    return err == cudaSuccess ? 0 : cuda_error("cudaMemcpy to the host", err, msg, len);
+    const fa_attn *a = &o->attn;
+    size_t bytes[9], total = 0;
+    tensor_bytes(a, fa_dtype_size(a->dtype), bytes);
+    for (int i = 0; i < 9; ++i)
+        total += (bytes[i] + 255) & ~(size_t)255;
+    memset(result, 0, sizeof *result);
+    char *device_memory = NULL;
+    cudaError_t err = cudaMalloc((void **)&device_memory, total);
+    if (err != cudaSuccess) {
+        cuda_error("cudaMalloc", err, result->message, sizeof result->message);
+        return;
+    }
+    h_flash_job_args args = {a, FA_DEVICE_CUDA, o->threads, {0}, buf->info_gpu,
+                             cuda_synchronize};
+    void **host[9], **device[9], **gpu_results[9];
+    tensor_slots(&buf->flash_cpu, host);
+    tensor_slots(&args.tensors, device);
+    tensor_slots(&buf->flash_gpu, gpu_results);
+    char *cursor = device_memory;
+    for (int i = 0; i < 9; ++i) {
+        *device[i] = cursor;
+        cursor += (bytes[i] + 255) & ~(size_t)255;
+    }
+    for (int i = 0; i < 4 && err == cudaSuccess; ++i) /* q, k, v, dout */
+        err = cudaMemcpy(*device[i], *host[i], bytes[i], cudaMemcpyHostToDevice);
+    if (err != cudaSuccess) {
+        cuda_error("cudaMemcpy to the device", err, result->message, sizeof result->message);
+    } else {
+        h_job job = h_flash_job(&args, 1, o->reps);
+        h_run_job_here(&job, result);
+        for (int i = 4; i < 9 && result->ok && err == cudaSuccess; ++i) /* results */
+            err = cudaMemcpy(*gpu_results[i], *device[i], bytes[i], cudaMemcpyDeviceToHost);
+        if (err != cudaSuccess) {
+            result->ok = 0;
+            cuda_error("cudaMemcpy to the host", err, result->message, sizeof result->message);
+        }
+    }
+    cudaFree(device_memory);
 }
 #endif
 
@@ -575,7 +377,7 @@ typedef struct variant_report {
     const char *device; /* "cpu" or "cuda" */
     int ran;
     h_job_result result;
-    const run_info *info; /* flash only */
+    const h_flash_info *info; /* flash only */
 } variant_report;
 
 typedef struct check_report {
@@ -600,8 +402,8 @@ static double tolerance_of(fa_dtype dtype)
 /* got against a reference given as floats (ref_dtype f32) or as another
  * result set in dtype (converted here). */
 static check_report check_results(const char *what, const char *reference,
-                                  const fa_attn *a, const results *got,
-                                  const float *const ref32[5], const results *ref_res)
+                                  const fa_attn *a, const h_tensors *got,
+                                  const float *const ref32[5], const h_tensors *ref_res)
 {
     check_report c;
     c.what = what;
@@ -821,41 +623,34 @@ int main(int argc, char **argv)
     /* All tensors in one shared mapping (children write results into it). */
     buffers buf;
     memset(&buf, 0, sizeof buf);
-    buf.opt = &opt;
-    size_t es = fa_dtype_size(a->dtype), rb[5];
-    result_bytes(a, rb);
-    int64_t nq = h_numel_q(a), nk = h_numel_k(a), nv = h_numel_v(a), no = h_numel_out(a);
-    int64_t nl = h_numel_lse(a);
-    size_t f = sizeof(float);
-    size_t naive = opt.naive ? 1 : 0, gpu = want_gpu ? 1 : 0;
-    h_buffer requests[] = {
-        {&buf.q, es * (size_t)nq}, {&buf.k, es * (size_t)nk},
-        {&buf.v, es * (size_t)nv}, {&buf.dout, es * (size_t)no},
-        {(void **)&buf.q32, naive * f * (size_t)nq}, {(void **)&buf.k32, naive * f * (size_t)nk},
-        {(void **)&buf.v32, naive * f * (size_t)nv}, {(void **)&buf.dout32, naive * f * (size_t)no},
-        {&buf.flash_cpu.out, rb[0]}, {&buf.flash_cpu.dq, rb[1]},
-        {&buf.flash_cpu.dk, rb[2]}, {&buf.flash_cpu.dv, rb[3]},
-        {(void **)&buf.flash_cpu.lse, rb[4]},
-        {&buf.flash_gpu.out, gpu * rb[0]}, {&buf.flash_gpu.dq, gpu * rb[1]},
-        {&buf.flash_gpu.dk, gpu * rb[2]}, {&buf.flash_gpu.dv, gpu * rb[3]},
-        {(void **)&buf.flash_gpu.lse, gpu * rb[4]},
-        {(void **)&buf.out_ref, naive * f * (size_t)no}, {(void **)&buf.lse_ref, naive * f * (size_t)nl},
-        {(void **)&buf.dq_ref, naive * f * (size_t)nq}, {(void **)&buf.dk_ref, naive * f * (size_t)nk},
-        {(void **)&buf.dv_ref, naive * f * (size_t)nv},
-        {(void **)&buf.info_cpu, sizeof(run_info)}, {(void **)&buf.info_gpu, sizeof(run_info)},
-    };
+    size_t dtype_bytes[9], float_bytes[9];
+    tensor_bytes(a, fa_dtype_size(a->dtype), dtype_bytes);
+    tensor_bytes(a, sizeof(float), float_bytes);
+    void **cpu_slots[9], **naive_slots[9], **gpu_slots[9];
+    tensor_slots(&buf.flash_cpu, cpu_slots);
+    tensor_slots(&buf.naive, naive_slots);
+    tensor_slots(&buf.flash_gpu, gpu_slots);
+    h_buffer requests[29];
+    int count = 0;
+    for (int i = 0; i < 9; ++i) {
+        requests[count++] = (h_buffer){cpu_slots[i], dtype_bytes[i]};
+        requests[count++] = (h_buffer){naive_slots[i], opt.naive ? float_bytes[i] : 0};
+        if (i >= 4) /* the GPU's inputs are the CPU's */
+            requests[count++] = (h_buffer){gpu_slots[i], want_gpu ? dtype_bytes[i] : 0};
+    }
+    requests[count++] = (h_buffer){(void **)&buf.info_cpu, sizeof(h_flash_info)};
+    requests[count++] = (h_buffer){(void **)&buf.info_gpu, sizeof(h_flash_info)};
     size_t shared_bytes;
-    void *shared = h_shared_buffers(requests, (int)(sizeof requests / sizeof requests[0]),
-                                    &shared_bytes);
+    void *shared = h_shared_buffers(requests, count, &shared_bytes);
     if (!shared) {
-        fprintf(stderr, "flashattn-run: cannot map %s of tensors\n", "the shared memory");
+        fprintf(stderr, "flashattn-run: cannot map the tensors' shared memory\n");
         return EXIT_CHECK_FAILED;
     }
     /* Distinct streams per tensor; inputs rounded to dtype, floats exact. */
-    h_fill_normal(buf.q, buf.q32, a->dtype, nq, opt.seed * 4 + 1);
-    h_fill_normal(buf.k, buf.k32, a->dtype, nk, opt.seed * 4 + 2);
-    h_fill_normal(buf.v, buf.v32, a->dtype, nv, opt.seed * 4 + 3);
-    h_fill_normal(buf.dout, buf.dout32, a->dtype, no, opt.seed * 4 + 4);
+    int64_t numel[4] = {h_numel_q(a), h_numel_k(a), h_numel_v(a), h_numel_out(a)};
+    for (int i = 0; i < 4; ++i)
+        h_fill_normal(*cpu_slots[i], opt.naive ? *naive_slots[i] : NULL, a->dtype, numel[i],
+                      opt.seed * 4 + (uint64_t)i + 1);
 
     variant_report variants[3];
     memset(variants, 0, sizeof variants);
@@ -864,14 +659,19 @@ int main(int argc, char **argv)
     variants[2] = (variant_report){"flash", "cuda", 0, {0}, buf.info_gpu};
     int all_ran = 1;
     if (run_cpu) {
-        h_job job = {&buf, flash_cpu_open, flash_cpu_run, flash_cpu_close, 2, 1, opt.reps};
+        h_flash_job_args args = {a, FA_DEVICE_CPU, opt.threads, buf.flash_cpu, buf.info_cpu,
+                                 NULL};
+        h_job job = h_flash_job(&args, 1, opt.reps);
         if (h_run_job(&job, shared, shared_bytes, &variants[0].result))
             perror("flashattn-run: fork");
         variants[0].ran = 1;
         all_ran &= variants[0].result.ok;
     }
     if (opt.naive) {
-        h_job job = {&buf, naive_open, naive_run, naive_close, 2, 0, 1};
+        fa_attn attn32 = *a; /* the reference runs on the float copies */
+        attn32.dtype = FA_DTYPE_F32;
+        std_job_args args = {&attn32, std_gemm_reference, opt.threads, NULL, buf.naive};
+        h_job job = std_job(&args, 0, 1);
         if (h_run_job(&job, shared, shared_bytes, &variants[1].result))
             perror("flashattn-run: fork");
         variants[1].ran = 1;
@@ -883,8 +683,7 @@ int main(int argc, char **argv)
         int have_gpu = fa_context_create(&gpu_probe, FA_DEVICE_CUDA, 0) == FA_SUCCESS;
         fa_context_destroy(gpu_probe);
         if (have_gpu || need_gpu) {
-            h_job job = {&buf, flash_gpu_open, flash_gpu_run, flash_gpu_close, 2, 1, opt.reps};
-            h_run_job_here(&job, &variants[2].result);
+            run_gpu(&opt, &buf, &variants[2].result);
             variants[2].ran = 1;
             all_ran &= variants[2].result.ok;
         }
@@ -893,12 +692,13 @@ int main(int argc, char **argv)
 
     check_report checks[2];
     int nc = 0;
-    const float *ref32[5] = {buf.out_ref, buf.lse_ref, buf.dq_ref, buf.dk_ref, buf.dv_ref};
+    const float *ref32[5] = {buf.naive.out, buf.naive.lse, buf.naive.dq, buf.naive.dk,
+                             buf.naive.dv};
     int have_ref = variants[1].ran && variants[1].result.ok;
     for (int i = 0; i < 3; i += 2) {
         if (!variants[i].ran || !variants[i].result.ok)
             continue;
-        const results *got = i == 0 ? &buf.flash_cpu : &buf.flash_gpu;
+        const h_tensors *got = i == 0 ? &buf.flash_cpu : &buf.flash_gpu;
         const char *what = i == 0 ? "flash cpu" : "flash cuda";
         if (have_ref)
             checks[nc++] = check_results(what, "naive", a, got, ref32, NULL);

@@ -415,6 +415,87 @@ int h_run_job(const h_job *job, void *shared, size_t shared_bytes,
 }
 
 /* ---------------------------------------------------------------------- */
+/* The library as a job                                                    */
+
+typedef struct flash_state {
+    h_flash_job_args *args;
+    fa_context *ctx;
+    fa_tensor q, k, v, dout, out, dq, dk, dv;
+} flash_state;
+
+static int library_error(const char *call, fa_status st, char *message, size_t len)
+{
+    snprintf(message, len, "%s: %s: %s", call, fa_status_string(st), fa_last_error());
+    return 1;
+}
+
+static int flash_open(void *arg, void **state, char *message, size_t len)
+{
+    h_flash_job_args *args = arg;
+    const fa_attn *a = args->attn;
+    flash_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return snprintf(message, len, "out of memory"), 1;
+    s->args = args;
+    fa_status st = fa_context_create(&s->ctx, args->device, 0);
+    if (st == FA_SUCCESS &&
+        ((st = fa_context_set_num_threads(s->ctx, args->threads)) ||
+         (st = fa_forward_workspace_size(s->ctx, a, &args->info->workspace_bytes[0])) ||
+         (st = fa_backward_workspace_size(s->ctx, a, &args->info->workspace_bytes[1]))))
+        fa_context_destroy(s->ctx);
+    if (st) {
+        free(s);
+        return library_error("flashattn setup", st, message, len);
+    }
+    int64_t dv = a->head_dim_v > 0 ? a->head_dim_v : a->head_dim;
+    const h_tensors *t = &args->tensors;
+    s->q = fa_tensor_contiguous(t->q, a->seqlen_q, a->heads_q, a->head_dim);
+    s->k = fa_tensor_contiguous(t->k, a->seqlen_k, a->heads_kv, a->head_dim);
+    s->v = fa_tensor_contiguous(t->v, a->seqlen_k, a->heads_kv, dv);
+    s->dout = fa_tensor_contiguous(t->dout, a->seqlen_q, a->heads_q, dv);
+    s->out = fa_tensor_contiguous(t->out, a->seqlen_q, a->heads_q, dv);
+    s->dq = fa_tensor_contiguous(t->dq, a->seqlen_q, a->heads_q, a->head_dim);
+    s->dk = fa_tensor_contiguous(t->dk, a->seqlen_k, a->heads_kv, a->head_dim);
+    s->dv = fa_tensor_contiguous(t->dv, a->seqlen_k, a->heads_kv, dv);
+    *state = s;
+    return 0;
+}
+
+static int flash_run(void *state, int phase, char *message, size_t len)
+{
+    flash_state *s = state;
+    h_flash_job_args *args = s->args;
+    fa_status st;
+    if (phase == 0)
+        st = fa_forward(s->ctx, args->attn, &s->q, &s->k, &s->v, &s->out,
+                        args->tensors.lse, NULL, 0);
+    else
+        st = fa_backward(s->ctx, args->attn, &s->q, &s->k, &s->v, &s->out,
+                         args->tensors.lse, &s->dout, &s->dq, &s->dk, &s->dv, NULL, 0);
+    if (st)
+        return library_error(phase == 0 ? "fa_forward" : "fa_backward", st, message, len);
+    if (args->synchronize && args->synchronize(message, len))
+        return 1;
+    snprintf(args->info->kernel[phase], sizeof args->info->kernel[phase], "%s",
+             fa_context_last_kernel(s->ctx));
+    return 0;
+}
+
+static int flash_close(void *state, char *message, size_t len)
+{
+    flash_state *s = state;
+    fa_context_destroy(s->ctx);
+    free(s);
+    return 0;
+}
+
+h_job h_flash_job(h_flash_job_args *args, int warmup, int reps)
+{
+    h_job job = {args, flash_open, flash_run, flash_close, 2, warmup, reps};
+    return job;
+}
+
+/* ---------------------------------------------------------------------- */
 /* Attention sizes                                                         */
 
 static int64_t head_dim_v_of(const fa_attn *attn)

@@ -138,6 +138,37 @@ int h_run_job(const h_job *job, void *shared, size_t shared_bytes,
 int h_run_job_here(const h_job *job, h_job_result *result);
 
 /* ---------------------------------------------------------------------- */
+/* The library as a job                                                    */
+
+/* Contiguous tensors of one call, in the dtype of the problem (lse fp32);
+ * host or device pointers. */
+typedef struct h_tensors {
+    void *q, *k, *v, *dout;
+    void *out, *dq, *dk, *dv;
+    float *lse;
+} h_tensors;
+
+/* What a flash job reports besides timings (put it in shared memory). */
+typedef struct h_flash_info {
+    size_t workspace_bytes[2]; /* the library's query: forward, backward */
+    char kernel[2][64];        /* fa_context_last_kernel after each pass */
+} h_flash_info;
+
+typedef struct h_flash_job_args {
+    const fa_attn *attn;
+    fa_device device;
+    int threads; /* CPU threads, 0 = all cores */
+    h_tensors tensors;
+    h_flash_info *info;
+    /* Called after every call (e.g. to wait for the GPU); NULL if none. */
+    int (*synchronize)(char *message, size_t message_len);
+} h_flash_job_args;
+
+/* Phase 0 runs fa_forward, phase 1 fa_backward, with the workspace the
+ * library allocates and caches in the job's own context. */
+h_job h_flash_job(h_flash_job_args *args, int warmup, int reps);
+
+/* ---------------------------------------------------------------------- */
 /* Attention sizes                                                         */
 
 /* FLOPs of the forward as FlashAttention counts them:

@@ -2,7 +2,13 @@
 #include "standard_attention.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 void std_gemm_reference(int trans_a, int trans_b, int64_t m, int64_t n,
                         int64_t k, float alpha, const float *a, int64_t lda,
@@ -231,4 +237,112 @@ int std_backward(const fa_attn *attn, std_gemm_fn gemm, const float *q,
         }
     }
     return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* As a measured job                                                       */
+
+typedef struct std_state {
+    std_job_args *args;
+    int convert;               /* dtype is not f32 */
+    float *probs, *scratch;
+    /* fp32 tensors the algorithm runs on: args' own when f32, else copies */
+    float *q, *k, *v, *dout, *out, *dq, *dk, *dv;
+    float *copies;             /* one allocation for the copies */
+} std_state;
+
+static void std_state_free(std_state *s)
+{
+    free(s->probs);
+    free(s->scratch);
+    free(s->copies);
+    free(s);
+}
+
+static int std_open(void *arg, void **state, char *message, size_t len)
+{
+    std_job_args *args = arg;
+    const fa_attn *a = args->attn;
+#ifdef _OPENMP
+    if (args->threads > 0)
+        omp_set_num_threads(args->threads);
+#endif
+    if (args->set_threads)
+        args->set_threads(args->threads);
+    std_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return snprintf(message, len, "standard attention: out of memory"), 1;
+    s->args = args;
+    s->convert = a->dtype != FA_DTYPE_F32;
+    size_t scratch = std_scratch_bytes(a, 1);
+    s->probs = malloc(std_probs_bytes(a));
+    s->scratch = malloc(scratch > 0 ? scratch : 1);
+    const h_tensors *t = &args->tensors;
+    int64_t n[8] = {h_numel_q(a), h_numel_k(a), h_numel_v(a), h_numel_out(a),
+                    h_numel_out(a), h_numel_q(a), h_numel_k(a), h_numel_v(a)};
+    float **mine[8] = {&s->q, &s->k, &s->v, &s->dout, &s->out, &s->dq, &s->dk, &s->dv};
+    void *given[8] = {t->q, t->k, t->v, t->dout, t->out, t->dq, t->dk, t->dv};
+    int64_t total = 0;
+    for (int i = 0; i < 8; ++i)
+        total += n[i];
+    if (s->convert)
+        s->copies = malloc(sizeof(float) * (size_t)total);
+    if (!s->probs || !s->scratch || (s->convert && !s->copies)) {
+        std_state_free(s);
+        return snprintf(message, len, "standard attention: cannot allocate P (%zu bytes)",
+                        std_probs_bytes(a)), 1;
+    }
+    float *cursor = s->copies;
+    for (int i = 0; i < 8; ++i) {
+        *mine[i] = s->convert ? cursor : given[i];
+        cursor += s->convert ? n[i] : 0;
+    }
+    *state = s;
+    return 0;
+}
+
+static int std_run(void *state, int phase, char *message, size_t len)
+{
+    std_state *s = state;
+    const fa_attn *a = s->args->attn;
+    const h_tensors *t = &s->args->tensors;
+    fa_dtype dt = a->dtype;
+    int rc;
+    if (phase == 0) {
+        if (s->convert) {
+            h_load_all(s->q, t->q, dt, h_numel_q(a));
+            h_load_all(s->k, t->k, dt, h_numel_k(a));
+            h_load_all(s->v, t->v, dt, h_numel_v(a));
+        }
+        rc = std_forward(a, s->args->gemm, s->q, s->k, s->v, s->out, t->lse, s->probs,
+                         s->scratch);
+        if (s->convert)
+            h_store_all(t->out, dt, s->out, h_numel_out(a));
+    } else {
+        if (s->convert)
+            h_load_all(s->dout, t->dout, dt, h_numel_out(a));
+        rc = std_backward(a, s->args->gemm, s->q, s->k, s->v, s->out, t->lse, s->probs,
+                          s->dout, s->dq, s->dk, s->dv, s->scratch);
+        if (s->convert) {
+            h_store_all(t->dq, dt, s->dq, h_numel_q(a));
+            h_store_all(t->dk, dt, s->dk, h_numel_k(a));
+            h_store_all(t->dv, dt, s->dv, h_numel_v(a));
+        }
+    }
+    if (rc)
+        snprintf(message, len, "standard attention: unsupported problem (varlen, ALiBi or "
+                               "block mask)");
+    return rc;
+}
+
+static int std_close(void *state, char *message, size_t len)
+{
+    std_state_free(state);
+    return 0;
+}
+
+h_job std_job(std_job_args *args, int warmup, int reps)
+{
+    h_job job = {args, std_open, std_run, std_close, 2, warmup, reps};
+    return job;
 }

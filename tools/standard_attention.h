@@ -20,6 +20,7 @@
 #define FA_STANDARD_ATTENTION_H
 
 #include "flashattn.h"
+#include "harness.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -54,5 +55,21 @@ int std_backward(const fa_attn *attn, std_gemm_fn gemm, const float *q,
                  const float *k, const float *v, const float *out,
                  const float *lse, const float *probs, const float *dout,
                  float *dq, float *dk, float *dv, float *scratch);
+
+/* Standard attention as a measured job (tools/harness.h): phase 0 forward,
+ * phase 1 backward, P kept in between. With attn->dtype f32 the tensors are
+ * used as they are; with f16/bf16 the inputs are converted to fp32 and the
+ * results back inside the timed calls (the backward converts only dout: the
+ * fp32 q, k, v, out of the forward are kept, as autograd would). */
+typedef struct std_job_args {
+    const fa_attn *attn;
+    std_gemm_fn gemm;
+    int threads;                      /* OpenMP threads; 0 = default */
+    void (*set_threads)(int threads); /* also called in the job, e.g. the
+                                         BLAS's; NULL if none */
+    h_tensors tensors;
+} std_job_args;
+
+h_job std_job(std_job_args *args, int warmup, int reps);
 
 #endif /* FA_STANDARD_ATTENTION_H */
