@@ -282,81 +282,96 @@ static int tile_visibility(const head_ctx *hc, int64_t i0, int64_t i1,
     return full ? TILE_FULL : TILE_PARTIAL;
 }
 
+/* Geometry of a score tile: queries [i0, i0 + m) × keys [j0, j0 + n), stored
+ * with row stride ld either keys-major (Sᵀ: a row per key) or queries-major
+ * (S: a row per query). The vector kernels run over rows × cols, cols
+ * padded to the vector width; element (qi, kj) is at qi*q_stride +
+ * kj*k_stride. */
+typedef struct tile_geom {
+    int64_t i0, m, j0, n;
+    int keys_major;
+    int64_t rows, cols, ld, q_stride, k_stride;
+} tile_geom;
+
+static tile_geom tile_geometry(int64_t i0, int64_t m, int64_t j0, int64_t n,
+                               int keys_major, int64_t ld, int vec_width)
+{
+    tile_geom g;
+    g.i0 = i0;
+    g.m = m;
+    g.j0 = j0;
+    g.n = n;
+    g.keys_major = keys_major;
+    g.rows = keys_major ? n : m;
+    g.cols = round_up(keys_major ? m : n, vec_width);
+    g.ld = ld;
+    g.q_stride = keys_major ? 1 : ld;
+    g.k_stride = keys_major ? ld : 1;
+    return g;
+}
+
 /*
- * Masks and modifies a tile of scores in log2 units: element (qi, kj), for
- * query i0+qi (qi < m) and key j0+kj (kj < n), at x[qi*q_stride +
- * kj*k_stride]. Invisible pairs become -inf (skipped when the tile is
- * full); softcap and ALiBi apply in natural units. If tanh_s is not NULL it
- * receives tanh(s/softcap) at the same index (0 where masked), the factor of
- * the softcap gradient.
+ * Modifies and masks a tile of scores x (log2 units, layout g): softcap and
+ * ALiBi through the vector kernel (tanh_s, if not NULL, receives
+ * tanh(s/softcap), the factor of the softcap gradient); then, unless the
+ * tile is fully visible, invisible pairs become -inf (and tanh_s 0).
  */
-static void modify_scores(const head_ctx *hc, float *x, int64_t q_stride,
-                          int64_t k_stride, int64_t i0, int64_t m, int64_t j0,
-                          int64_t n, int full, float *tanh_s)
+static void modify_scores(const fa_cpu_kernels *kern, const head_ctx *hc,
+                          const tile_geom *g, float *x, int full,
+                          float *tanh_s)
 {
     const fa_problem *p = hc->p;
-    float cap = p->softcap, slope = hc->alibi_slope;
-    int modify = cap > 0 || slope != 0;
-    if (full && !modify)
-        return;
     int64_t shift = hc->seq.sk - hc->seq.sq;
-    for (int64_t qi = 0; qi < m; ++qi) {
-        int64_t i = i0 + qi, lo = 0, hi = INT64_MAX;
-        if (!full)
-            window_of(hc, i, &lo, &hi);
+    if (p->softcap > 0 || hc->alibi_slope != 0) {
+        /* ALiBi distance i + shift - j = (i0 + shift - j0) + qi - kj. */
+        float row_step = g->keys_major ? -1.0f : 1.0f;
+        kern->score_mods(x, g->rows, g->cols, g->ld, p->softcap * FA_LOG2E,
+                         tanh_s, hc->alibi_slope * FA_LOG2E,
+                         (float)(g->i0 + shift - g->j0), row_step, -row_step);
+    }
+    if (full)
+        return;
+    for (int64_t qi = 0; qi < g->m; ++qi) {
+        int64_t i = g->i0 + qi, lo, hi;
+        window_of(hc, i, &lo, &hi);
         const uint8_t *mask_row =
-            !full && hc->block_mask
+            hc->block_mask
                 ? hc->block_mask + (i / p->block_size_q) * p->block_mask_blocks_k
                 : NULL;
-        for (int64_t kj = 0; kj < n; ++kj) {
-            int64_t j = j0 + kj, at = qi * q_stride + kj * k_stride;
-            if (j < lo || j >= hi || (mask_row && !mask_row[j / p->block_size_k])) {
-                x[at] = -INFINITY;
-                if (tanh_s)
-                    tanh_s[at] = 0.0f;
+        for (int64_t kj = 0; kj < g->n; ++kj) {
+            int64_t j = g->j0 + kj;
+            if (j >= lo && j < hi && (!mask_row || mask_row[j / p->block_size_k]))
                 continue;
-            }
-            if (!modify)
-                continue;
-            float s = x[at] * FA_LN2;
-            if (cap > 0) {
-                float t = tanhf(s / cap);
-                s = cap * t;
-                if (tanh_s)
-                    tanh_s[at] = t;
-            }
-            s -= slope * (float)llabs(i + shift - j);
-            x[at] = s * FA_LOG2E;
+            int64_t at = qi * g->q_stride + kj * g->k_stride;
+            x[at] = -INFINITY;
+            if (tanh_s)
+                tanh_s[at] = 0.0f;
         }
     }
 }
 
-/* The softcap chain rule: ds (layout as in modify_scores) *= 1 - tanh². */
-static void softcap_grad(float *ds, const float *tanh_s, int64_t q_stride,
-                         int64_t k_stride, int64_t m, int64_t n)
+/* The softcap chain rule: ds (layout g) *= 1 - tanh². */
+static void softcap_grad(const tile_geom *g, float *ds, const float *tanh_s)
 {
-    for (int64_t qi = 0; qi < m; ++qi)
-        for (int64_t kj = 0; kj < n; ++kj) {
-            int64_t at = qi * q_stride + kj * k_stride;
-            ds[at] *= 1.0f - tanh_s[at] * tanh_s[at];
-        }
+    for (int64_t r = 0; r < g->rows; ++r)
+        for (int64_t c = 0; c < g->cols; ++c)
+            ds[r * g->ld + c] *= 1.0f - tanh_s[r * g->ld + c] * tanh_s[r * g->ld + c];
 }
 
-/* Dropout over a tile (layout as in modify_scores): dst = src · kept_scale
- * where fa_dropout_keep() keeps the element, else 0. dst may be src. */
-static void apply_dropout(const head_ctx *hc, float *dst, const float *src,
-                          int64_t q_stride, int64_t k_stride, int64_t i0,
-                          int64_t m, int64_t j0, int64_t n, float kept_scale)
+/* Dropout over a tile (layout g): dst = src · kept_scale where
+ * fa_dropout_keep() keeps the element, else 0. dst may be src. */
+static void apply_dropout(const head_ctx *hc, const tile_geom *g, float *dst,
+                          const float *src, float kept_scale)
 {
     const fa_problem *p = hc->p;
     uint32_t threshold = fa_dropout_threshold(p->dropout_p);
-    for (int64_t qi = 0; qi < m; ++qi) {
+    for (int64_t qi = 0; qi < g->m; ++qi) {
         fa_u32x4 words = {{0, 0, 0, 0}};
-        for (int64_t kj = 0; kj < n; ++kj) {
-            int64_t j = j0 + kj, at = qi * q_stride + kj * k_stride;
+        for (int64_t kj = 0; kj < g->n; ++kj) {
+            int64_t j = g->j0 + kj, at = qi * g->q_stride + kj * g->k_stride;
             if (kj == 0 || (j & 3) == 0)
                 words = fa_dropout_words(p->dropout_seed, p->dropout_offset,
-                                         p->heads_q, hc->b, hc->h, i0 + qi, j);
+                                         p->heads_q, hc->b, hc->h, g->i0 + qi, j);
             dst[at] = words.x[j & 3] < threshold ? 0.0f : src[at] * kept_scale;
         }
     }
@@ -453,7 +468,8 @@ static void forward_tile(const fa_problem *p, const fa_cpu_kernels *kern,
         load_rows(kern, p, sc->v, &p->v, b, hc.seq.k0 + j0, n, hk, dv, dvp, 1.0f);
         /* Sᵀ (n × cols) = K (n × d) · Qᵀ (d × cols) */
         kern->gemm(n, cols, d, sc->k, dp, 1, sc->q_t, TILE_Q, sc->s, TILE_Q, 0);
-        modify_scores(&hc, sc->s, 1, TILE_Q, i0, m, j0, n, vis == TILE_FULL, NULL);
+        tile_geom g = tile_geometry(i0, m, j0, n, 1, TILE_Q, kern->vec_width);
+        modify_scores(kern, &hc, &g, sc->s, vis == TILE_FULL, NULL);
 
         /* Online softmax: new max per query; scale the old sum and O by
          * 2^(old max - new max). A query with no visible key yet keeps max
@@ -474,7 +490,7 @@ static void forward_tile(const fa_problem *p, const fa_cpu_kernels *kern,
         /* The sum is of the undropped probabilities (the LSE ignores
          * dropout); the 1/(1-p) of kept ones is applied at the end. */
         if (p->dropout_p > 0)
-            apply_dropout(&hc, sc->s, sc->s, 1, TILE_Q, i0, m, j0, n, 1.0f);
+            apply_dropout(&hc, &g, sc->s, sc->s, 1.0f);
         /* O (m × dvp) += P (m × n, read from Sᵀ) · V (n × dvp) */
         kern->gemm(m, dvp, n, sc->s, 1, TILE_Q, sc->v, dvp, sc->acc, dvp, 1);
     }
@@ -606,15 +622,16 @@ static void backward_kv_tile(const fa_problem *p, const fa_cpu_kernels *kern,
 
             /* S (m × cols) = Q (m × d) · Kᵀ (d × cols); P = 2^(S - lse) */
             kern->gemm(m, cols, d, sc->q, dp, 1, sc->k_t, TILE_K, sc->s, TILE_K, 0);
-            modify_scores(&hc, sc->s, TILE_K, 1, i0, m, j0, n, vis == TILE_FULL,
+            tile_geom g = tile_geometry(i0, m, j0, n, 0, TILE_K, kern->vec_width);
+            modify_scores(kern, &hc, &g, sc->s, vis == TILE_FULL,
                           p->softcap > 0 ? sc->tanh_s : NULL);
             kern->exp2_bias(sc->s, m, cols, TILE_K, lse2, NULL, NULL);
             /* dP (m × cols) = dO (m × dv) · Vᵀ (dv × cols) */
             kern->gemm(m, cols, dv, sc->dout, dvp, 1, sc->v_t, TILE_K, sc->dp, TILE_K, 0);
             const float *p_used = sc->s;
             if (p->dropout_p > 0) {
-                apply_dropout(&hc, sc->p_drop, sc->s, TILE_K, 1, i0, m, j0, n, keep_scale);
-                apply_dropout(&hc, sc->dp, sc->dp, TILE_K, 1, i0, m, j0, n, keep_scale);
+                apply_dropout(&hc, &g, sc->p_drop, sc->s, keep_scale);
+                apply_dropout(&hc, &g, sc->dp, sc->dp, keep_scale);
                 p_used = sc->p_drop;
             }
             /* dV (n × dvp) += Pᵀ (n × m) · dO (m × dvp) */
@@ -622,7 +639,7 @@ static void backward_kv_tile(const fa_problem *p, const fa_cpu_kernels *kern,
             /* dS = P ∘ (dP - D) */
             kern->softmax_grad(sc->dp, sc->s, m, cols, TILE_K, d_row, NULL);
             if (p->softcap > 0)
-                softcap_grad(sc->dp, sc->tanh_s, TILE_K, 1, m, n);
+                softcap_grad(&g, sc->dp, sc->tanh_s);
             /* dK (n × dp) += dSᵀ (n × m) · Q' (m × dp); Q' carries log2(e),
              * removed at the store. */
             kern->gemm(n, dp, m, sc->dp, 1, TILE_K, sc->q, dp, sc->acc_dk, dp, 1);
@@ -669,16 +686,17 @@ static void backward_q_tile(const fa_problem *p, const fa_cpu_kernels *kern,
         load_rows(kern, p, sc->v, &p->v, b, hc.seq.k0 + j0, n, hk, dv, dvp, 1.0f);
         /* Sᵀ (n × cols) = K (n × d) · Qᵀ (d × cols); Pᵀ = 2^(Sᵀ - lse) */
         kern->gemm(n, cols, d, sc->k, dp, 1, sc->q_t, TILE_Q, sc->s, TILE_Q, 0);
-        modify_scores(&hc, sc->s, 1, TILE_Q, i0, m, j0, n, vis == TILE_FULL,
+        tile_geom g = tile_geometry(i0, m, j0, n, 1, TILE_Q, kern->vec_width);
+        modify_scores(kern, &hc, &g, sc->s, vis == TILE_FULL,
                       p->softcap > 0 ? sc->tanh_s : NULL);
         kern->exp2_bias(sc->s, n, cols, TILE_Q, NULL, lse2, NULL);
         /* dPᵀ (n × cols) = V (n × dv) · dOᵀ (dv × cols) */
         kern->gemm(n, cols, dv, sc->v, dvp, 1, sc->dout_t, TILE_Q, sc->dp, TILE_Q, 0);
         if (p->dropout_p > 0)
-            apply_dropout(&hc, sc->dp, sc->dp, 1, TILE_Q, i0, m, j0, n, keep_scale);
+            apply_dropout(&hc, &g, sc->dp, sc->dp, keep_scale);
         kern->softmax_grad(sc->dp, sc->s, n, cols, TILE_Q, NULL, d_row);
         if (p->softcap > 0)
-            softcap_grad(sc->dp, sc->tanh_s, 1, TILE_Q, m, n);
+            softcap_grad(&g, sc->dp, sc->tanh_s);
         /* dQ (m × dp) += dS (m × n, read from dSᵀ) · K (n × dp) */
         kern->gemm(m, dp, n, sc->dp, 1, TILE_Q, sc->k, dp, sc->acc, dp, 1);
     }

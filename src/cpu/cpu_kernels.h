@@ -57,6 +57,13 @@ typedef struct fa_cpu_kernels {
      * col_d[c]) (a NULL term is 0). */
     void (*softmax_grad)(float *dp, const float *p, int64_t rows, int64_t cols,
                          int64_t ld, const float *row_d, const float *col_d);
+    /* Softcap and ALiBi on scores x (rows × cols, ld; cols a multiple of
+     * vec_width), all in log2 units: if cap > 0, x = cap·tanh(x/cap), and
+     * tanh_out (same layout; may be NULL) receives the tanh; then
+     * x -= slope·|offset + r·row_step + c·col_step| (slope 0: no ALiBi). */
+    void (*score_mods)(float *x, int64_t rows, int64_t cols, int64_t ld,
+                       float cap, float *tanh_out, float slope, float offset,
+                       float row_step, float col_step);
     /* x[0..n) *= s, n a multiple of vec_width. */
     void (*scale_row)(float *x, int64_t n, float s);
 } fa_cpu_kernels;

@@ -21,6 +21,8 @@ typedef __m256 VF;
 #define v_add(a, b) _mm256_add_ps((a), (b))
 #define v_sub(a, b) _mm256_sub_ps((a), (b))
 #define v_mul(a, b) _mm256_mul_ps((a), (b))
+#define v_div(a, b) _mm256_div_ps((a), (b))
+#define v_iota() _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7)
 #define v_max(a, b) _mm256_max_ps((a), (b))
 #define v_round(x) _mm256_round_ps((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 

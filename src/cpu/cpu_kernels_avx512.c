@@ -22,6 +22,8 @@ typedef __m512 VF;
 #define v_add(a, b) _mm512_add_ps((a), (b))
 #define v_sub(a, b) _mm512_sub_ps((a), (b))
 #define v_mul(a, b) _mm512_mul_ps((a), (b))
+#define v_div(a, b) _mm512_div_ps((a), (b))
+#define v_iota() _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 #define v_max(a, b) _mm512_max_ps((a), (b))
 #define v_round(x) _mm512_roundscale_ps((x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define v_ldexp(p, n) _mm512_scalef_ps((p), (n))

@@ -9,7 +9,8 @@
  *   v_load(p) v_store(p, v) unaligned loads / stores of VW floats
  *   v_set1(x) v_zero()
  *   v_fma(a, b, c)          a·b + c
- *   v_add v_sub v_mul v_max
+ *   v_add v_sub v_mul v_div v_max
+ *   v_iota()                the lane indices 0, 1, ..., VW-1
  *   v_round(x)              round to nearest integer (as float)
  *   v_ldexp(p, n)           p · 2^n for integral n in [-150, 128]; 0 where
  *                           the result is below 2^-126 is acceptable
@@ -238,6 +239,45 @@ static void softmax_grad(float *dp, const float *p, int64_t rows, int64_t cols,
     }
 }
 
+/* tanh(y) = (1 - e) / (1 + e) with e = 2^(-2·log2(e)·y), e kept <= 2^64
+ * so that large negative y gives -1 rather than inf/inf. The absolute
+ * error is about 1e-7 (not relative: small |y| lose digits to 1 - e),
+ * the size of the rounding of a score near the cap anyway. */
+FA_ALWAYS_INLINE VF v_tanh(VF y)
+{
+    VF w = v_max(v_mul(y, v_set1(2.0f * 1.44269504088896340736f)), v_set1(-64.0f));
+    VF e = v_exp2(v_sub(v_zero(), w));
+    VF one = v_set1(1.0f);
+    return v_div(v_sub(one, e), v_add(one, e));
+}
+
+static void score_mods(float *x, int64_t rows, int64_t cols, int64_t ld,
+                       float cap, float *tanh_out, float slope,
+                       float offset, float row_step, float col_step)
+{
+    VF lanes = v_iota();
+    for (int64_t r = 0; r < rows; ++r) {
+        float *xr = x + r * ld;
+        float base = offset + (float)r * row_step;
+        for (int64_t c = 0; c < cols; c += VW) {
+            VF v = v_load(xr + c);
+            if (cap > 0) {
+                VF t = v_tanh(v_div(v, v_set1(cap)));
+                if (tanh_out)
+                    v_store(tanh_out + r * ld + c, t);
+                v = v_mul(t, v_set1(cap));
+            }
+            if (slope != 0) {
+                VF dist = v_fma(v_add(lanes, v_set1((float)c)), v_set1(col_step),
+                                v_set1(base));
+                dist = v_max(dist, v_sub(v_zero(), dist));
+                v = v_sub(v, v_mul(dist, v_set1(slope)));
+            }
+            v_store(xr + c, v);
+        }
+    }
+}
+
 static void scale_row(float *x, int64_t n, float s)
 {
     VF vs = v_set1(s);
@@ -247,5 +287,5 @@ static void scale_row(float *x, int64_t n, float s)
 
 const fa_cpu_kernels KERNELS_NAME = {
     KERNEL_NAME, VW, gemm, load_row, store_row,
-    col_max, exp2_bias, softmax_grad, scale_row,
+    col_max, exp2_bias, softmax_grad, score_mods, scale_row,
 };

@@ -20,6 +20,8 @@ typedef float VF;
 #define v_add(a, b) ((a) + (b))
 #define v_sub(a, b) ((a) - (b))
 #define v_mul(a, b) ((a) * (b))
+#define v_div(a, b) ((a) / (b))
+#define v_iota() 0.0f
 #define v_max(a, b) ((a) > (b) ? (a) : (b))
 #define v_round(x) rintf(x)
 #define v_ldexp(p, n) ldexpf((p), (int)(n))
