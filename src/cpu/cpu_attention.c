@@ -34,7 +34,7 @@
  *
  * Workspace (bytes): 64 (alignment) + num_threads · per-thread tiles (see
  * scratch_layout; independent of the sequence lengths) + for the backward
- * 4 · heads_q · total_q for D.
+ * 4 · heads_q · total_q (rounded up to 64 bytes) for D.
  */
 #include "cpu_kernels.h"
 
@@ -180,13 +180,20 @@ static size_t scratch_layout(const fa_problem *p, fa_direction dir,
     return used;
 }
 
+/* Floats of the backward's D array (laid out as lse), before the threads'
+ * scratch. */
+static size_t delta_floats(const fa_problem *p)
+{
+    return (size_t)round_up(p->heads_q * p->total_q, FA_CPU_MAX_VEC);
+}
+
 size_t fa_cpu_workspace_size(const fa_problem *p, fa_direction dir)
 {
     scratch unused;
     size_t per_thread = scratch_layout(p, dir, NULL, &unused) * sizeof(float);
     size_t bytes = 64 + (size_t)p->num_threads * per_thread;
     if (dir == FA_BACKWARD)
-        bytes += (size_t)(p->heads_q * p->total_q) * sizeof(float);
+        bytes += delta_floats(p) * sizeof(float);
     return bytes;
 }
 
@@ -709,13 +716,12 @@ fa_status fa_cpu_backward(fa_problem *p)
     const fa_cpu_kernels *kern = cpu_kernels();
     p->kernel_name = kern->kernel_name;
     float *delta = workspace_base(p);
-    size_t delta_floats = (size_t)round_up(p->heads_q * p->total_q, FA_CPU_MAX_VEC);
     int64_t q_tiles = (p->seqlen_q + TILE_Q - 1) / TILE_Q;
     int64_t k_tiles = (p->seqlen_k + TILE_K - 1) / TILE_K;
     int64_t heads = p->batch * p->heads_q, kv_heads = p->batch * p->heads_kv;
 #pragma omp parallel num_threads(p->num_threads)
     {
-        scratch sc = thread_scratch(p, FA_BACKWARD, delta_floats, thread_id());
+        scratch sc = thread_scratch(p, FA_BACKWARD, delta_floats(p), thread_id());
 #pragma omp for schedule(dynamic, 1)
         for (int64_t bh = 0; bh < heads; ++bh)
             backward_delta(p, kern, &sc, delta, bh / p->heads_q, bh % p->heads_q);
