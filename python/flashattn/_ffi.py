@@ -278,6 +278,16 @@ def context_for(device):
     return h
 
 
+def device_guard(device):
+    """torch's current-device guard for a CUDA tensor's device (the library
+    switches to the context's device; torch restores its own afterwards)."""
+    import contextlib
+
+    import torch
+
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def last_kernel(device):
     """Name of the kernel the last call on this thread and device ran."""
     import torch

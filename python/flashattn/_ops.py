@@ -201,14 +201,15 @@ def forward_impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     attn = _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
                     deterministic, seed)
-    ctx = _ffi.context_for(q.device)
-    ws, ws_size = _workspace(ctx, attn, _ffi.fa_forward_workspace_size, q.device, "forward")
-    tq, tk, tv, to = (_view(t, varlen) for t in (q, k, v, out))
-    _ffi.check(
-        _ffi.fa_forward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(),
-                        ws.data_ptr() if ws is not None else None, ws_size),
-        "forward",
-    )
+    with _ffi.device_guard(q.device):
+        ctx = _ffi.context_for(q.device)
+        ws, ws_size = _workspace(ctx, attn, _ffi.fa_forward_workspace_size, q.device, "forward")
+        tq, tk, tv, to = (_view(t, varlen) for t in (q, k, v, out))
+        _ffi.check(
+            _ffi.fa_forward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(),
+                            ws.data_ptr() if ws is not None else None, ws_size),
+            "forward",
+        )
     return out, lse, rng_state
 
 
@@ -226,15 +227,17 @@ def backward_impl(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqle
                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
                     deterministic, seed)
     attn.dropout_offset = int(rng_state[1])
-    ctx = _ffi.context_for(q.device)
-    ws, ws_size = _workspace(ctx, attn, _ffi.fa_backward_workspace_size, q.device, "backward")
     views = [_view(t, varlen) for t in (q, k, v, out, dout, dq, dk, dv)]
     tq, tk, tv, to, tdo, tdq, tdk, tdv = views
-    _ffi.check(
-        _ffi.fa_backward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(), tdo,
-                         tdq, tdk, tdv, ws.data_ptr() if ws is not None else None, ws_size),
-        "backward",
-    )
+    with _ffi.device_guard(q.device):
+        ctx = _ffi.context_for(q.device)
+        ws, ws_size = _workspace(ctx, attn, _ffi.fa_backward_workspace_size, q.device,
+                                 "backward")
+        _ffi.check(
+            _ffi.fa_backward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(), tdo,
+                             tdq, tdk, tdv, ws.data_ptr() if ws is not None else None, ws_size),
+            "backward",
+        )
     return dq, dk, dv
 
 
