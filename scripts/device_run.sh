@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One device call: build, GPU test grid, sanitizers, quick check, benchmark.
+#
+#   scripts/device_run.sh [all|test|bench]   (default all)
+#
+# Env: FA_ARCHS (default 90-real: the device is an H100; the committed
+# default FA_CUDA_ARCHS builds every arch), BUILD (default build-device),
+# OUT (the device tool's result folder; default ./device-out).
+# Writes logs and JSON under $OUT; prints a short summary last.
+set -u
+MODE=${1:-all}
+OUT=${OUT:-$PWD/device-out}
+BUILD=${BUILD:-build-device}
+mkdir -p "$OUT"
+summary=()
+note() { summary+=("$1"); echo "== $1"; }
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader || true
+start=$(date +%s)
+configure() {
+    cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DFA_CUDA_ARCHS="${FA_ARCHS:-90-real}" "$@" \
+        >> "$OUT/build.log" 2>&1 && cmake --build "$BUILD" -j16 >> "$OUT/build.log" 2>&1
+}
+# The tests are written in parallel: if they do not build, build the library alone.
+configure -DFA_BUILD_TESTS=ON || { note "tests do not build; library only"; configure -DFA_BUILD_TESTS=OFF; }
+rc=$?
+grep -E "error|spill" "$OUT/build.log" | head -20
+note "build rc=$rc in $(( $(date +%s) - start ))s"
+[ $rc -eq 0 ] || { tail -30 "$OUT/build.log"; printf '%s\n' "${summary[@]}"; exit 1; }
+
+export PYTHONPATH=$PWD/python FLASHATTN_LIB=$PWD/$BUILD/libflashattn.so PYTHONUNBUFFERED=1
+GRID=$(ls "$BUILD"/tests/test_grid 2>/dev/null)
+
+if [ "$MODE" = all ] || [ "$MODE" = test ]; then
+    python3 bench/gpu_bench.py check 2>&1 | tee "$OUT/check.log"
+    note "gpu_bench check rc=${PIPESTATUS[0]}: $(tail -1 "$OUT/check.log")"
+    if [ -n "$GRID" ]; then
+        for backend in sm80 auto; do
+            timeout 240 "$GRID" --device cuda --backend $backend > "$OUT/grid-$backend.log" 2>&1
+            rc=$?
+            grep -E "FAIL|fail" "$OUT/grid-$backend.log" | head -15
+            note "test_grid --device cuda --backend $backend rc=$rc: $(tail -1 "$OUT/grid-$backend.log")"
+        done
+        for tool in memcheck racecheck; do
+            timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$GRID" --device cuda \
+                --backend sm80 --quick > "$OUT/sanitizer-$tool.log" 2>&1
+            rc=$?
+            grep -E "ERROR SUMMARY|Invalid|hazard" "$OUT/sanitizer-$tool.log" | head -5
+            note "compute-sanitizer $tool rc=$rc: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log" | tail -1)"
+        done
+    else
+        note "no $BUILD/tests/test_grid: grid tests not run"
+        for tool in memcheck racecheck; do
+            timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 python3 bench/gpu_bench.py \
+                check --quick > "$OUT/sanitizer-$tool.log" 2>&1
+            note "compute-sanitizer $tool (gpu_bench check) rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log" | tail -1)"
+        done
+    fi
+fi
+
+if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
+    python3 bench/gpu_bench.py bench --out "$OUT/gpu-bench.json" --plot "$OUT/gpu-bench.png" \
+        ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^{'
+    note "bench rc=${PIPESTATUS[0]}"
+fi
+echo "==== summary"
+printf '%s\n' "${summary[@]}"
