@@ -1,0 +1,628 @@
+/*
+ * test_api: the API's contract outside the numerics.
+ *  - Every invalid argument returns its specific status, a message naming
+ *    the argument, and leaves every output byte untouched.
+ *  - Zero-length sequences are not errors: seqlen_q = 0 writes nothing,
+ *    seqlen_k = 0 gives out = 0 and lse = -inf (dq = 0 in the backward).
+ *  - Version, status strings, dtype sizes and names, fa_attn_init defaults.
+ *  - fa_dropout_keep() against an independent Philox4x32-10 that is itself
+ *    checked against the Random123 known-answer vectors.
+ */
+#include "testlib.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures = 0, checks = 0;
+
+#define CHECK(cond, ...)                                                       \
+    do {                                                                       \
+        ++checks;                                                              \
+        if (!(cond)) {                                                         \
+            ++failures;                                                        \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                        \
+            printf(__VA_ARGS__);                                               \
+            printf("\n");                                                      \
+        }                                                                      \
+    } while (0)
+
+/* Does msg name `word` as a whole identifier (so "q" is not found inside
+ * "seqlen_q")? */
+static int names_word(const char *msg, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *s = strstr(msg, word); s; s = strstr(s + 1, word)) {
+        int before = s == msg || !(isalnum((unsigned char)s[-1]) || s[-1] == '_');
+        int after = !(isalnum((unsigned char)s[n]) || s[n] == '_');
+        if (before && after)
+            return 1;
+    }
+    return 0;
+}
+
+/* Every '|'-separated word of `needles` must be named. */
+static int names_all(const char *msg, const char *needles)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", needles);
+    for (char *tok = strtok(buf, "|"); tok; tok = strtok(NULL, "|"))
+        if (!names_word(msg, tok))
+            return 0;
+    return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* A small valid problem whose arguments each test breaks one at a time.  */
+
+enum { B = 2, SQ = 5, SK = 6, HQ = 4, HKV = 2, D = 8, DV = 8 };
+
+typedef struct fixture {
+    fa_context *ctx;
+    fa_attn attn;
+    const fa_attn *attn_arg;
+    fa_tensor q, k, v, out, dout, dq, dk, dv;
+    fa_tensor *q_arg, *k_arg, *v_arg, *out_arg, *dout_arg, *dq_arg, *dk_arg, *dv_arg;
+    float *lse_arg;
+    void *workspace;
+    size_t workspace_size;
+    /* storage (f32, generous) */
+    float q_mem[B * SQ * HQ * D], k_mem[B * SK * HKV * D], v_mem[B * SK * HKV * DV];
+    float dout_mem[B * SQ * HQ * DV];
+    float out_mem[B * SQ * HQ * DV], lse_mem[B * HQ * SQ];
+    float dq_mem[B * SQ * HQ * D], dk_mem[B * SK * HKV * D], dv_mem[B * SK * HKV * DV];
+    int32_t cu_q[B + 1], cu_k[B + 1];
+    uint8_t block_mask[B * HQ * 4];
+} fixture;
+
+static void poison_floats(float *p, size_t n)
+{
+    for (size_t e = 0; e < n; ++e)
+        store_poison(p, FA_DTYPE_F32, (int64_t)e);
+}
+
+static void fixture_reset(fixture *f, fa_context *ctx)
+{
+    test_rng r;
+    rng_seed(&r, 7);
+    f->ctx = ctx;
+    fa_attn_init(&f->attn);
+    f->attn.batch = B;
+    f->attn.seqlen_q = SQ;
+    f->attn.seqlen_k = SK;
+    f->attn.heads_q = HQ;
+    f->attn.heads_kv = HKV;
+    f->attn.head_dim = D;
+    f->attn.dtype = FA_DTYPE_F32;
+    f->attn_arg = &f->attn;
+    float *inputs[] = {f->q_mem, f->k_mem, f->v_mem, f->dout_mem};
+    size_t counts[] = {sizeof f->q_mem, sizeof f->k_mem, sizeof f->v_mem, sizeof f->dout_mem};
+    for (int t = 0; t < 4; ++t)
+        for (size_t e = 0; e < counts[t] / sizeof(float); ++e)
+            inputs[t][e] = (float)rng_normal(&r);
+    poison_floats(f->out_mem, sizeof f->out_mem / sizeof(float));
+    poison_floats(f->lse_mem, sizeof f->lse_mem / sizeof(float));
+    poison_floats(f->dq_mem, sizeof f->dq_mem / sizeof(float));
+    poison_floats(f->dk_mem, sizeof f->dk_mem / sizeof(float));
+    poison_floats(f->dv_mem, sizeof f->dv_mem / sizeof(float));
+    f->q = fa_tensor_contiguous(f->q_mem, SQ, HQ, D);
+    f->k = fa_tensor_contiguous(f->k_mem, SK, HKV, D);
+    f->v = fa_tensor_contiguous(f->v_mem, SK, HKV, DV);
+    f->out = fa_tensor_contiguous(f->out_mem, SQ, HQ, DV);
+    f->dout = fa_tensor_contiguous(f->dout_mem, SQ, HQ, DV);
+    f->dq = fa_tensor_contiguous(f->dq_mem, SQ, HQ, D);
+    f->dk = fa_tensor_contiguous(f->dk_mem, SK, HKV, D);
+    f->dv = fa_tensor_contiguous(f->dv_mem, SK, HKV, DV);
+    f->q_arg = &f->q;
+    f->k_arg = &f->k;
+    f->v_arg = &f->v;
+    f->out_arg = &f->out;
+    f->dout_arg = &f->dout;
+    f->dq_arg = &f->dq;
+    f->dk_arg = &f->dk;
+    f->dv_arg = &f->dv;
+    f->lse_arg = f->lse_mem;
+    f->workspace = NULL;
+    f->workspace_size = 0;
+    /* varlen geometry for the tests that switch it on: lengths (3, 2) of
+     * queries and (4, 6) of keys, within the max seqlens. */
+    f->cu_q[0] = 0;
+    f->cu_q[1] = 3;
+    f->cu_q[2] = 5;
+    f->cu_k[0] = 0;
+    f->cu_k[1] = 4;
+    f->cu_k[2] = 10;
+    memset(f->block_mask, 1, sizeof f->block_mask);
+}
+
+/* Packed varlen tensors for f: (total, heads, dim). */
+static void fixture_varlen(fixture *f)
+{
+    f->attn.cu_seqlens_q = f->cu_q;
+    f->attn.cu_seqlens_k = f->cu_k;
+    f->q = fa_tensor_contiguous(f->q_mem, f->cu_q[B], HQ, D);
+    f->k = fa_tensor_contiguous(f->k_mem, f->cu_k[B], HKV, D);
+    f->v = fa_tensor_contiguous(f->v_mem, f->cu_k[B], HKV, DV);
+    f->out = fa_tensor_contiguous(f->out_mem, f->cu_q[B], HQ, DV);
+    f->dout = fa_tensor_contiguous(f->dout_mem, f->cu_q[B], HQ, DV);
+    f->dq = fa_tensor_contiguous(f->dq_mem, f->cu_q[B], HQ, D);
+    f->dk = fa_tensor_contiguous(f->dk_mem, f->cu_k[B], HKV, D);
+    f->dv = fa_tensor_contiguous(f->dv_mem, f->cu_k[B], HKV, DV);
+}
+
+enum call_kind { CALL_FORWARD, CALL_BACKWARD, CALL_FORWARD_SIZE, CALL_BACKWARD_SIZE };
+static const char *const CALL_NAMES[] = {"fa_forward", "fa_backward",
+                                         "fa_forward_workspace_size",
+                                         "fa_backward_workspace_size"};
+
+static fa_status call(fixture *f, enum call_kind kind)
+{
+    size_t bytes = 0;
+    switch (kind) {
+    case CALL_FORWARD:
+        return fa_forward(f->ctx, f->attn_arg, f->q_arg, f->k_arg, f->v_arg, f->out_arg,
+                          f->lse_arg, f->workspace, f->workspace_size);
+    case CALL_BACKWARD:
+        return fa_backward(f->ctx, f->attn_arg, f->q_arg, f->k_arg, f->v_arg, f->out_arg,
+                           f->lse_arg, f->dout_arg, f->dq_arg, f->dk_arg, f->dv_arg,
+                           f->workspace, f->workspace_size);
+    case CALL_FORWARD_SIZE: return fa_forward_workspace_size(f->ctx, f->attn_arg, &bytes);
+    default: return fa_backward_workspace_size(f->ctx, f->attn_arg, &bytes);
+    }
+}
+
+/* The call must fail with `expected`, name every word of `needles`, and
+ * leave all outputs (and inputs) byte-identical. */
+static void expect_failure(fixture *f, enum call_kind kind, fa_status expected,
+                           const char *needles, const char *what, int line)
+{
+    static fixture before;
+    memcpy(&before, f, sizeof before);
+    fa_status st = call(f, kind);
+    const char *msg = fa_last_error();
+    ++checks;
+    int ok = st == expected && msg && names_all(msg, needles);
+    if (!ok) {
+        ++failures;
+        printf("FAIL line %d: %s with %s: got %s \"%s\", want %s naming \"%s\"\n", line,
+               CALL_NAMES[kind], what, fa_status_string(st), msg ? msg : "(null)",
+               fa_status_string(expected), needles);
+    }
+    ++checks;
+    if (memcmp(&before, f, sizeof before)) {
+        ++failures;
+        printf("FAIL line %d: %s with %s wrote to its buffers although it failed\n", line,
+               CALL_NAMES[kind], what);
+    }
+}
+
+/* BAD(kinds, status, needles, mutation...): reset the fixture, apply the
+ * mutation, expect the failure from each call kind in the bit set. */
+#define K_FWD (1 << CALL_FORWARD)
+#define K_BWD (1 << CALL_BACKWARD)
+#define K_SIZES ((1 << CALL_FORWARD_SIZE) | (1 << CALL_BACKWARD_SIZE))
+#define K_ALL (K_FWD | K_BWD | K_SIZES)
+#define K_CALLS (K_FWD | K_BWD)
+#define BAD(kinds, status, needles, ...)                                       \
+    do {                                                                       \
+        for (int kind_ = 0; kind_ < 4; ++kind_) {                              \
+            if (!((kinds) & (1 << kind_)))                                     \
+                continue;                                                      \
+            fixture_reset(f, ctx);                                             \
+            __VA_ARGS__;                                                       \
+            expect_failure(f, (enum call_kind)kind_, status, needles,          \
+                           #__VA_ARGS__, __LINE__);                            \
+        }                                                                      \
+    } while (0)
+
+#define INVALID FA_ERROR_INVALID_ARGUMENT
+#define UNSUPP FA_ERROR_UNSUPPORTED
+
+static void test_invalid_arguments(fa_context *ctx)
+{
+    static fixture fixture_storage;
+    fixture *f = &fixture_storage;
+
+    /* handles */
+    BAD(K_ALL, INVALID, "ctx", f->ctx = NULL);
+    BAD(K_ALL, INVALID, "attn", f->attn_arg = NULL);
+    BAD(K_CALLS, INVALID, "q", f->q_arg = NULL);
+    BAD(K_CALLS, INVALID, "k", f->k_arg = NULL);
+    BAD(K_CALLS, INVALID, "v", f->v_arg = NULL);
+    BAD(K_CALLS, INVALID, "out", f->out_arg = NULL);
+    BAD(K_BWD, INVALID, "dout", f->dout_arg = NULL);
+    BAD(K_BWD, INVALID, "dq", f->dq_arg = NULL);
+    BAD(K_BWD, INVALID, "dk", f->dk_arg = NULL);
+    BAD(K_BWD, INVALID, "dv", f->dv_arg = NULL);
+    BAD(K_CALLS, INVALID, "q|data", f->q.data = NULL);
+    BAD(K_CALLS, INVALID, "k|data", f->k.data = NULL);
+    BAD(K_CALLS, INVALID, "v|data", f->v.data = NULL);
+    BAD(K_CALLS, INVALID, "out|data", f->out.data = NULL);
+    BAD(K_BWD, INVALID, "dout|data", f->dout.data = NULL);
+    BAD(K_BWD, INVALID, "dq|data", f->dq.data = NULL);
+    BAD(K_BWD, INVALID, "dk|data", f->dk.data = NULL);
+    BAD(K_BWD, INVALID, "dv|data", f->dv.data = NULL);
+    BAD(K_BWD, INVALID, "lse", f->lse_arg = NULL);
+
+    /* sizes */
+    BAD(K_ALL, INVALID, "batch", f->attn.batch = 0);
+    BAD(K_ALL, INVALID, "batch", f->attn.batch = -1);
+    BAD(K_ALL, INVALID, "seqlen_q", f->attn.seqlen_q = -1);
+    BAD(K_ALL, INVALID, "seqlen_k", f->attn.seqlen_k = -3);
+    BAD(K_ALL, INVALID, "heads_q", f->attn.heads_q = -4);
+    BAD(K_ALL, INVALID, "heads_q", f->attn.heads_q = 0);
+    BAD(K_ALL, INVALID, "heads_kv", f->attn.heads_kv = 0);
+    BAD(K_ALL, INVALID, "heads_kv", f->attn.heads_kv = -2);
+    BAD(K_ALL, INVALID, "heads_q|heads_kv", f->attn.heads_kv = 3);
+    BAD(K_ALL, INVALID, "heads_q|heads_kv", f->attn.heads_q = 2; f->attn.heads_kv = 4);
+    BAD(K_ALL, INVALID, "head_dim", f->attn.head_dim = 0);
+    BAD(K_ALL, INVALID, "head_dim", f->attn.head_dim = -8);
+    BAD(K_ALL, INVALID, "head_dim", f->attn.head_dim = 257);
+    BAD(K_ALL, INVALID, "head_dim_v", f->attn.head_dim_v = 257);
+    BAD(K_ALL, INVALID, "head_dim_v", f->attn.head_dim_v = -1);
+
+    /* dtypes */
+    BAD(K_ALL, UNSUPP, "dtype|fp8_e4m3", f->attn.dtype = FA_DTYPE_FP8_E4M3);
+    BAD(K_ALL, UNSUPP, "dtype|fp8_e5m2", f->attn.dtype = FA_DTYPE_FP8_E5M2);
+    BAD(K_ALL, INVALID, "dtype", f->attn.dtype = (fa_dtype)17);
+    BAD(K_ALL, INVALID, "dtype", f->attn.dtype = (fa_dtype)-1);
+
+    /* strides: rows/heads that overlap, negative strides */
+    BAD(K_CALLS, INVALID, "q|stride_head", f->q.stride_head = D - 1);
+    BAD(K_CALLS, INVALID, "q|stride_seq", f->q.stride_seq = HQ * D - 1);
+    BAD(K_CALLS, INVALID, "q|stride_batch", f->q.stride_batch = SQ * HQ * D - 1);
+    BAD(K_CALLS, INVALID, "q|stride_seq", f->q.stride_seq = -HQ * D);
+    BAD(K_CALLS, INVALID, "k|stride_head", f->k.stride_head = -D);
+    BAD(K_CALLS, INVALID, "v|stride_batch", f->v.stride_batch = -SK * HKV * DV);
+    BAD(K_CALLS, INVALID, "k|stride_seq", f->k.stride_seq = 0);
+    BAD(K_CALLS, INVALID, "out|stride_head", f->out.stride_head = 0);
+    BAD(K_CALLS, INVALID, "out|stride_seq", f->out.stride_seq = 3);
+    BAD(K_BWD, INVALID, "dq|stride_head", f->dq.stride_head = 1);
+    BAD(K_BWD, INVALID, "dk|stride_seq", f->dk.stride_seq = HKV * D - 1);
+    BAD(K_BWD, INVALID, "dv|stride_batch", f->dv.stride_batch = -1);
+    BAD(K_BWD, INVALID, "dout|stride_head", f->dout.stride_head = -DV);
+    /* head_dim_v larger than the v rows hold */
+    BAD(K_CALLS, INVALID, "v", f->attn.head_dim_v = 2 * DV);
+
+    /* varlen */
+    BAD(K_ALL, INVALID, "cu_seqlens_q", fixture_varlen(f); f->cu_q[1] = 6);
+    BAD(K_ALL, INVALID, "cu_seqlens_q", fixture_varlen(f); f->cu_q[0] = 1);
+    BAD(K_ALL, INVALID, "cu_seqlens_k", fixture_varlen(f); f->cu_k[0] = -1);
+    BAD(K_ALL, INVALID, "cu_seqlens_k", fixture_varlen(f); f->cu_k[1] = 7);
+    BAD(K_ALL, INVALID, "cu_seqlens_q", fixture_varlen(f); f->attn.seqlen_q = 2);
+    BAD(K_ALL, INVALID, "cu_seqlens_q|cu_seqlens_k", f->attn.cu_seqlens_q = f->cu_q);
+    BAD(K_ALL, INVALID, "cu_seqlens_q|cu_seqlens_k", f->attn.cu_seqlens_k = f->cu_k);
+
+    /* options */
+    BAD(K_ALL, INVALID, "dropout_p", f->attn.dropout_p = 1.0f);
+    BAD(K_ALL, INVALID, "dropout_p", f->attn.dropout_p = -0.1f);
+    BAD(K_ALL, INVALID, "dropout_p", f->attn.dropout_p = NAN);
+    BAD(K_ALL, INVALID, "softcap", f->attn.softcap = -1.0f);
+    BAD(K_ALL, INVALID, "softcap", f->attn.softcap = NAN);
+    BAD(K_ALL, INVALID, "softcap", f->attn.softcap = INFINITY);
+    BAD(K_ALL, INVALID, "softmax_scale", f->attn.softmax_scale = -0.5f);
+    BAD(K_ALL, INVALID, "softmax_scale", f->attn.softmax_scale = NAN);
+    BAD(K_ALL, INVALID, "window_left", f->attn.window_left = -2);
+    BAD(K_ALL, INVALID, "window_right", f->attn.window_right = -7);
+    static const float slopes[B * HQ] = {0.5f};
+    BAD(K_ALL, INVALID, "alibi_stride_batch",
+        f->attn.alibi_slopes = slopes; f->attn.alibi_stride_batch = -1);
+
+    /* block mask: 5 query rows / blocks of 4 = 2 blocks, 6 keys / 3 = 2 */
+#define WITH_BLOCKS                                                            \
+    f->attn.block_mask = f->block_mask;                                        \
+    f->attn.block_size_q = 4;                                                  \
+    f->attn.block_size_k = 3;                                                  \
+    f->attn.block_mask_blocks_q = 2;                                           \
+    f->attn.block_mask_blocks_k = 2;                                           \
+    f->attn.block_mask_stride_batch = 0;                                       \
+    f->attn.block_mask_stride_head = 4
+    BAD(K_ALL, INVALID, "block_mask", WITH_BLOCKS; f->attn.block_mask_blocks_q = 3);
+    BAD(K_ALL, INVALID, "block_mask", WITH_BLOCKS; f->attn.block_mask_blocks_k = 1);
+    BAD(K_ALL, INVALID, "block_size_q", WITH_BLOCKS; f->attn.block_size_q = 0);
+    BAD(K_ALL, INVALID, "block_size_k", WITH_BLOCKS; f->attn.block_size_k = -3);
+    BAD(K_ALL, INVALID, "block_mask", WITH_BLOCKS; f->attn.block_mask_stride_head = -4);
+
+    /* workspace smaller than the queried size */
+    for (int dir = 0; dir < 2; ++dir) {
+        fixture_reset(f, ctx);
+        size_t need = 0;
+        fa_status st = dir ? fa_backward_workspace_size(ctx, &f->attn, &need)
+                           : fa_forward_workspace_size(ctx, &f->attn, &need);
+        CHECK(st == FA_SUCCESS, "workspace size query: %s", fa_last_error());
+        if (need == 0) {
+            printf("note: %s needs no workspace for the fixture; 'too small' "
+                   "untestable there\n", CALL_NAMES[dir]);
+            continue;
+        }
+        unsigned char *small = xmalloc(need);
+        BAD(dir ? K_BWD : K_FWD, INVALID, "workspace_size",
+            f->workspace = small; f->workspace_size = need - 1);
+        free(small);
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* Context                                                                 */
+
+static void test_context(void)
+{
+    fa_context *ctx = (fa_context *)&ctx; /* must be overwritten on failure */
+    CHECK(fa_context_create(NULL, FA_DEVICE_CPU, 0) == FA_ERROR_INVALID_ARGUMENT &&
+              names_word(fa_last_error(), "ctx"),
+          "fa_context_create(NULL): \"%s\"", fa_last_error());
+    fa_status st = fa_context_create(&ctx, (fa_device)5, 0);
+    CHECK(st == FA_ERROR_INVALID_ARGUMENT && names_word(fa_last_error(), "device") &&
+              ctx == NULL,
+          "fa_context_create(device 5): %s \"%s\"", fa_status_string(st), fa_last_error());
+    int cuda_built = fa_backend_compiled(FA_BACKEND_CUDA_SM80) ||
+                     fa_backend_compiled(FA_BACKEND_CUDA_SM90);
+    ctx = (fa_context *)&ctx;
+    st = fa_context_create(&ctx, FA_DEVICE_CUDA, 0);
+    if (!cuda_built)
+        CHECK(st == FA_ERROR_UNSUPPORTED && ctx == NULL && fa_last_error()[0],
+              "CUDA context in a CPU-only build: %s \"%s\"", fa_status_string(st),
+              fa_last_error());
+    else if (st != FA_SUCCESS)
+        CHECK(ctx == NULL && fa_last_error()[0], "failed CUDA context left ctx set");
+    else
+        fa_context_destroy(ctx);
+    ctx = (fa_context *)&ctx;
+    st = fa_context_create(&ctx, FA_DEVICE_CUDA, -1);
+    CHECK(st != FA_SUCCESS && ctx == NULL, "CUDA context with device_index -1: %s",
+          fa_status_string(st));
+
+    CHECK(fa_context_create(&ctx, FA_DEVICE_CPU, 0) == FA_SUCCESS && ctx,
+          "CPU context: %s", fa_last_error());
+    CHECK(fa_context_set_num_threads(ctx, -1) == FA_ERROR_INVALID_ARGUMENT &&
+              names_word(fa_last_error(), "threads"),
+          "set_num_threads(-1): \"%s\"", fa_last_error());
+    CHECK(fa_context_set_num_threads(NULL, 1) == FA_ERROR_INVALID_ARGUMENT,
+          "set_num_threads(NULL)");
+    CHECK(fa_context_set_num_threads(ctx, 0) == FA_SUCCESS, "set_num_threads(0)");
+    CHECK(fa_context_set_backend(ctx, (fa_backend)9) == FA_ERROR_INVALID_ARGUMENT &&
+              names_word(fa_last_error(), "backend"),
+          "set_backend(9): \"%s\"", fa_last_error());
+    CHECK(fa_context_set_backend(NULL, FA_BACKEND_CPU) == FA_ERROR_INVALID_ARGUMENT,
+          "set_backend(NULL)");
+    /* A CUDA backend on a CPU context (or not compiled at all) cannot run. */
+    fa_backend gpu[] = {FA_BACKEND_CUDA_SM80, FA_BACKEND_CUDA_SM90};
+    for (int n = 0; n < 2; ++n) {
+        st = fa_context_set_backend(ctx, gpu[n]);
+        CHECK(st == FA_ERROR_UNSUPPORTED && names_word(fa_last_error(), fa_backend_name(gpu[n])),
+              "forcing %s on a CPU context: %s \"%s\"", fa_backend_name(gpu[n]),
+              fa_status_string(st), fa_last_error());
+    }
+    CHECK(fa_context_set_backend(ctx, FA_BACKEND_CPU) == FA_SUCCESS, "set_backend(cpu)");
+    CHECK(fa_context_set_backend(ctx, FA_BACKEND_AUTO) == FA_SUCCESS, "set_backend(auto)");
+    CHECK(fa_context_set_stream(ctx, (void *)&st) == FA_ERROR_INVALID_ARGUMENT,
+          "a CUDA stream on a CPU context");
+    CHECK(fa_context_set_stream(ctx, NULL) == FA_SUCCESS, "a NULL stream");
+    CHECK(fa_context_last_kernel(ctx) != NULL, "last_kernel is NULL");
+    fa_context_destroy(ctx);
+    fa_context_destroy(NULL); /* accepted */
+}
+
+/* ---------------------------------------------------------------------- */
+/* Zero-length sequences                                                   */
+
+static int all_poison(const float *p, size_t n)
+{
+    for (size_t e = 0; e < n; ++e)
+        if (!is_poison(p, FA_DTYPE_F32, (int64_t)e))
+            return 0;
+    return 1;
+}
+
+static void test_empty_sequences(fa_context *ctx)
+{
+    static fixture storage;
+    fixture *f = &storage;
+
+    /* seqlen_q = 0: nothing to write; data may even be NULL. */
+    fixture_reset(f, ctx);
+    f->attn.seqlen_q = 0;
+    f->q.data = NULL;
+    f->out.data = NULL;
+    fa_status st = call(f, CALL_FORWARD);
+    CHECK(st == FA_SUCCESS, "forward with seqlen_q = 0: %s", fa_last_error());
+    CHECK(all_poison(f->lse_mem, B * HQ * SQ) && all_poison(f->out_mem, B * SQ * HQ * DV),
+          "forward with seqlen_q = 0 wrote something");
+    /* Backward: no query -> dk = dv = 0, nothing else written. */
+    fixture_reset(f, ctx);
+    f->attn.seqlen_q = 0;
+    st = call(f, CALL_BACKWARD);
+    CHECK(st == FA_SUCCESS, "backward with seqlen_q = 0: %s", fa_last_error());
+    int zeros = 1;
+    for (int e = 0; e < B * SK * HKV * D; ++e)
+        zeros &= f->dk_mem[e] == 0.0f && f->dv_mem[e] == 0.0f;
+    CHECK(zeros, "backward with seqlen_q = 0: dk, dv must be 0");
+    CHECK(all_poison(f->dq_mem, B * SQ * HQ * D) && all_poison(f->out_mem, B * SQ * HQ * DV),
+          "backward with seqlen_q = 0 wrote dq or out");
+
+    /* seqlen_k = 0: every row fully masked -> out 0, lse -inf; dq 0. */
+    fixture_reset(f, ctx);
+    f->attn.seqlen_k = 0;
+    f->k.data = NULL;
+    f->v.data = NULL;
+    st = call(f, CALL_FORWARD);
+    CHECK(st == FA_SUCCESS, "forward with seqlen_k = 0: %s", fa_last_error());
+    int ok = 1;
+    for (int e = 0; e < B * SQ * HQ * DV; ++e)
+        ok &= f->out_mem[e] == 0.0f;
+    for (int e = 0; e < B * HQ * SQ; ++e)
+        ok &= isinf(f->lse_mem[e]) && f->lse_mem[e] < 0;
+    CHECK(ok, "forward with seqlen_k = 0: out must be 0 and lse -inf");
+    f->attn.seqlen_k = 0;
+    poison_floats(f->dq_mem, sizeof f->dq_mem / sizeof(float));
+    st = call(f, CALL_BACKWARD);
+    CHECK(st == FA_SUCCESS, "backward with seqlen_k = 0: %s", fa_last_error());
+    ok = 1;
+    for (int e = 0; e < B * SQ * HQ * D; ++e)
+        ok &= f->dq_mem[e] == 0.0f;
+    CHECK(ok, "backward with seqlen_k = 0: dq must be 0");
+
+    /* varlen with every query sequence empty */
+    fixture_reset(f, ctx);
+    fixture_varlen(f);
+    f->cu_q[1] = f->cu_q[2] = 0;
+    f->q.data = f->out.data = NULL;
+    st = call(f, CALL_FORWARD);
+    CHECK(st == FA_SUCCESS && all_poison(f->out_mem, B * SQ * HQ * DV) &&
+              all_poison(f->lse_mem, B * HQ * SQ),
+          "varlen forward with total_q = 0: %s", fa_status_string(st));
+}
+
+/* ---------------------------------------------------------------------- */
+/* Version, strings, sizes                                                 */
+
+static void test_metadata(void)
+{
+    CHECK(fa_version() == FA_VERSION_NUMBER, "fa_version() %u != %u", fa_version(),
+          (unsigned)FA_VERSION_NUMBER);
+    char expect[32];
+    snprintf(expect, sizeof expect, "%d.%d.%d", FA_VERSION_MAJOR, FA_VERSION_MINOR,
+             FA_VERSION_PATCH);
+    CHECK(!strcmp(fa_version_string(), expect), "fa_version_string() \"%s\"",
+          fa_version_string());
+
+    static const struct { fa_status status; const char *text; } statuses[] = {
+        {FA_SUCCESS, "success"},
+        {FA_ERROR_INVALID_ARGUMENT, "invalid argument"},
+        {FA_ERROR_UNSUPPORTED, "unsupported"},
+        {FA_ERROR_OUT_OF_MEMORY, "out of memory"},
+        {FA_ERROR_DEVICE, "device"},
+        {FA_ERROR_INTERNAL, "internal"}};
+    for (size_t n = 0; n < sizeof statuses / sizeof statuses[0]; ++n) {
+        const char *s = fa_status_string(statuses[n].status);
+        CHECK(s && strstr(s, statuses[n].text), "fa_status_string(%d) = \"%s\"",
+              (int)statuses[n].status, s ? s : "(null)");
+        for (size_t m = 0; m < n; ++m)
+            CHECK(strcmp(s, fa_status_string(statuses[m].status)),
+                  "statuses %zu and %zu share the string \"%s\"", n, m, s);
+    }
+    CHECK(fa_status_string((fa_status)99) != NULL, "fa_status_string(99) is NULL");
+
+    CHECK(fa_dtype_size(FA_DTYPE_F32) == 4 && fa_dtype_size(FA_DTYPE_F16) == 2 &&
+              fa_dtype_size(FA_DTYPE_BF16) == 2 && fa_dtype_size(FA_DTYPE_FP8_E4M3) == 1 &&
+              fa_dtype_size(FA_DTYPE_FP8_E5M2) == 1,
+          "fa_dtype_size");
+    CHECK(fa_dtype_size((fa_dtype)42) == 0, "fa_dtype_size(42) must be 0");
+    CHECK(fa_dtype_name(FA_DTYPE_BF16) && fa_dtype_name((fa_dtype)42), "fa_dtype_name");
+    CHECK(fa_backend_compiled(FA_BACKEND_CPU) == 1 && fa_backend_compiled(FA_BACKEND_AUTO) == 1,
+          "the CPU backend is always compiled");
+    CHECK(fa_backend_compiled((fa_backend)9) == 0, "fa_backend_compiled(9)");
+    CHECK(fa_backend_name(FA_BACKEND_CUDA_SM90) && fa_backend_name((fa_backend)9),
+          "fa_backend_name");
+
+    fa_attn a;
+    memset(&a, 0x5a, sizeof a);
+    fa_attn_init(&a);
+    CHECK(a.window_left == -1 && a.window_right == -1 && a.dtype == FA_DTYPE_F32 &&
+              a.softmax_scale == 0.0f && a.causal == 0 && a.softcap == 0.0f &&
+              a.dropout_p == 0.0f && a.alibi_slopes == NULL && a.block_mask == NULL &&
+              a.cu_seqlens_q == NULL && a.cu_seqlens_k == NULL && a.head_dim_v == 0 &&
+              a.batch == 0 && a.deterministic == 0,
+          "fa_attn_init defaults");
+
+    float dummy[1];
+    fa_tensor t = fa_tensor_contiguous(dummy, 7, 3, 5);
+    CHECK(t.data == dummy && t.stride_head == 5 && t.stride_seq == 15 && t.stride_batch == 105,
+          "fa_tensor_contiguous strides");
+}
+
+/* ---------------------------------------------------------------------- */
+/* Dropout stream                                                          */
+
+/* Philox4x32-10 written from Salmon et al. (SC'11), independent of the
+ * library's copy. */
+static void philox4x32_10(uint32_t ctr[4], uint32_t key0, uint32_t key1)
+{
+    for (int round = 0; round < 10; ++round) {
+        if (round > 0) {
+            key0 += 0x9E3779B9u;
+            key1 += 0xBB67AE85u;
+        }
+        uint64_t a = (uint64_t)0xD2511F53u * ctr[0];
+        uint64_t b = (uint64_t)0xCD9E8D57u * ctr[2];
+        uint32_t next[4] = {(uint32_t)(b >> 32) ^ ctr[1] ^ key0, (uint32_t)b,
+                            (uint32_t)(a >> 32) ^ ctr[3] ^ key1, (uint32_t)a};
+        memcpy(ctr, next, sizeof next);
+    }
+}
+
+static int keep_spec(uint64_t seed, uint64_t offset, int64_t heads_q, int64_t b, int64_t h,
+                     int64_t i, int64_t j, float p)
+{
+    uint64_t sub = offset + (uint64_t)(b * heads_q + h);
+    uint32_t ctr[4] = {(uint32_t)((uint64_t)j >> 2), (uint32_t)i, (uint32_t)sub,
+                       (uint32_t)(sub >> 32)};
+    philox4x32_10(ctr, (uint32_t)seed, (uint32_t)(seed >> 32));
+    uint32_t threshold = (uint32_t)floor((double)p * 4294967296.0);
+    return ctr[j & 3] >= threshold;
+}
+
+static void test_dropout_stream(void)
+{
+    /* Random123 known-answer vectors (kat_vectors, philox4x32 10 rounds) */
+    static const uint32_t kat[3][10] = {
+        {0, 0, 0, 0, 0, 0, 0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u},
+        {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu,
+         0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu},
+        {0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u, 0xa4093822u, 0x299f31d0u,
+         0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u}};
+    for (int n = 0; n < 3; ++n) {
+        uint32_t ctr[4] = {kat[n][0], kat[n][1], kat[n][2], kat[n][3]};
+        philox4x32_10(ctr, kat[n][4], kat[n][5]);
+        CHECK(!memcmp(ctr, &kat[n][6], sizeof ctr), "Philox KAT %d: %08x %08x %08x %08x", n,
+              ctr[0], ctr[1], ctr[2], ctr[3]);
+    }
+
+    test_rng r;
+    rng_seed(&r, 99);
+    static const float ps[] = {0.0f, 0.1f, 0.5f, 0.9f, 0.999f};
+    int64_t mismatches = 0, kept = 0, total = 0;
+    for (int n = 0; n < 20000; ++n) {
+        uint64_t seed = rng_next(&r);
+        uint64_t offset = n % 3 == 0 ? 0xfffffff0ull + (uint64_t)rng_int(&r, 0, 31)
+                                     : rng_next(&r);
+        int64_t hq = rng_int(&r, 1, 64), b = rng_int(&r, 0, 100), h = rng_int(&r, 0, hq - 1);
+        int64_t i = rng_int(&r, 0, 70000), j = rng_int(&r, 0, 70000);
+        float p = ps[n % 5];
+        int lib = fa_dropout_keep(seed, offset, hq, b, h, i, j, p);
+        int spec = keep_spec(seed, offset, hq, b, h, i, j, p);
+        if (lib != spec && mismatches++ < 5)
+            printf("FAIL fa_dropout_keep(seed %llu, offset %llu, hq %lld, b %lld, h %lld, "
+                   "i %lld, j %lld, p %g) = %d, the header's definition says %d\n",
+                   (unsigned long long)seed, (unsigned long long)offset, (long long)hq,
+                   (long long)b, (long long)h, (long long)i, (long long)j, (double)p, lib,
+                   spec);
+        if (p == 0.5f) {
+            kept += lib;
+            total++;
+        }
+    }
+    ++checks;
+    failures += mismatches > 0;
+    double rate = (double)kept / (double)total;
+    CHECK(fabs(rate - 0.5) < 0.03, "keep rate at p = 0.5 is %.3f", rate);
+}
+
+int main(void)
+{
+    fa_context *ctx = NULL;
+    if (fa_context_create(&ctx, FA_DEVICE_CPU, 0) != FA_SUCCESS) {
+        printf("FAIL: CPU context: %s\n", fa_last_error());
+        return 1;
+    }
+    test_metadata();
+    test_context();
+    test_dropout_stream();
+    test_invalid_arguments(ctx);
+    test_empty_sequences(ctx);
+    fa_context_destroy(ctx);
+    printf("test_api: %d checks, %d failed\n", checks, failures);
+    return failures ? 1 : 0;
+}
