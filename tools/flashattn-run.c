@@ -293,19 +293,10 @@ typedef struct buffers {
  * (lse is always fp32). */
 static void tensor_bytes(const fa_attn *a, size_t element, size_t bytes[9])
 {
-    int64_t n[8] = {h_numel_q(a), h_numel_k(a), h_numel_v(a), h_numel_out(a),
-                    h_numel_out(a), h_numel_q(a), h_numel_k(a), h_numel_v(a)};
-    for (int i = 0; i < 8; ++i)
-        bytes[i] = element * (size_t)n[i];
-    bytes[8] = sizeof(float) * (size_t)h_numel_lse(a);
-}
-
-/* The nine pointers of t, in tensor_bytes' order. */
-static void tensor_slots(h_tensors *t, void **slots[9])
-{
-    void **p[9] = {&t->q, &t->k, &t->v, &t->dout, &t->out, &t->dq, &t->dk, &t->dv,
-                   (void **)&t->lse};
-    memcpy(slots, p, sizeof p);
+    int64_t n[9];
+    h_tensor_numel(a, n);
+    for (int i = 0; i < 9; ++i)
+        bytes[i] = (i == 8 ? sizeof(float) : element) * (size_t)n[i];
 }
 
 /* ---------------------------------------------------------------------- */
@@ -343,9 +334,9 @@ static void run_gpu(const options *o, buffers *buf, h_job_result *result)
     h_flash_job_args args = {a, FA_DEVICE_CUDA, o->threads, {0}, buf->info_gpu,
                              cuda_synchronize};
     void **host[9], **device[9], **gpu_results[9];
-    tensor_slots(&buf->flash_cpu, host);
-    tensor_slots(&args.tensors, device);
-    tensor_slots(&buf->flash_gpu, gpu_results);
+    h_tensor_slots(&buf->flash_cpu, host);
+    h_tensor_slots(&args.tensors, device);
+    h_tensor_slots(&buf->flash_gpu, gpu_results);
     char *cursor = device_memory;
     for (int i = 0; i < 9; ++i) {
         *device[i] = cursor;
@@ -390,15 +381,6 @@ typedef struct check_report {
 
 static const char *const result_names[5] = {"out", "lse", "dq", "dk", "dv"};
 
-static double tolerance_of(fa_dtype dtype)
-{
-    switch (dtype) {
-    case FA_DTYPE_F32: return 1e-4;
-    case FA_DTYPE_F16: return 5e-3;
-    default: return 2e-2;
-    }
-}
-
 /* got against a reference given as floats (ref_dtype f32) or as another
  * result set in dtype (converted here). */
 static check_report check_results(const char *what, const char *reference,
@@ -414,7 +396,7 @@ static check_report check_results(const char *what, const char *reference,
     int64_t n[5] = {h_numel_out(a), h_numel_lse(a), h_numel_q(a), h_numel_k(a),
                     h_numel_v(a)};
     for (int t = 0; t < 5; ++t) {
-        c.tol[t] = t == 1 ? 1e-4 : tolerance_of(a->dtype); /* lse is fp32 everywhere */
+        c.tol[t] = t == 1 ? H_LSE_TOLERANCE : h_tolerance(a->dtype);
         if (ref32) {
             c.err[t] = h_compare(got_data[t], dtypes[t], ref32[t], n[t]);
         } else {
@@ -627,9 +609,9 @@ int main(int argc, char **argv)
     tensor_bytes(a, fa_dtype_size(a->dtype), dtype_bytes);
     tensor_bytes(a, sizeof(float), float_bytes);
     void **cpu_slots[9], **naive_slots[9], **gpu_slots[9];
-    tensor_slots(&buf.flash_cpu, cpu_slots);
-    tensor_slots(&buf.naive, naive_slots);
-    tensor_slots(&buf.flash_gpu, gpu_slots);
+    h_tensor_slots(&buf.flash_cpu, cpu_slots);
+    h_tensor_slots(&buf.naive, naive_slots);
+    h_tensor_slots(&buf.flash_gpu, gpu_slots);
     h_buffer requests[29];
     int count = 0;
     for (int i = 0; i < 9; ++i) {

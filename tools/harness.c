@@ -3,6 +3,7 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -175,6 +176,15 @@ double h_median(double *values, int n)
 /* ---------------------------------------------------------------------- */
 /* Errors                                                                  */
 
+double h_tolerance(fa_dtype dtype)
+{
+    switch (dtype) {
+    case FA_DTYPE_F32: return 1e-4;
+    case FA_DTYPE_F16: return 5e-3;
+    default: return 2e-2;
+    }
+}
+
 h_error h_compare(const void *got, fa_dtype dtype, const float *ref, int64_t n)
 {
     h_error e = {0.0, 0.0, 0.0};
@@ -251,6 +261,18 @@ static int64_t max_rss_bytes(void)
         kib = usage.ru_maxrss; /* Linux reports KiB */
     }
     return (int64_t)kib * 1024;
+}
+
+/* Sets the peak (VmHWM) to the current RSS, so that what the steps before
+ * the baseline touched and released does not hide the job's growth. Linux
+ * >= 4.0; where it fails the baseline may be a little high. */
+static void reset_peak_rss(void)
+{
+    FILE *clear_refs = fopen("/proc/self/clear_refs", "w");
+    if (clear_refs) {
+        fputs("5", clear_refs);
+        fclose(clear_refs);
+    }
 }
 
 /* Shared pages are not in a forked child's page tables until touched;
@@ -389,6 +411,12 @@ int h_run_job(const h_job *job, void *shared, size_t shared_bytes,
         h_job_result child_result;
         touch_pages(shared, shared_bytes);
         populate_file_mappings();
+#ifdef __GLIBC__
+        /* Free heap pages inherited from the parent are resident: the job's
+         * allocations could reuse them without growing the RSS. */
+        malloc_trim(0);
+#endif
+        reset_peak_rss();
         run_job_body(job, 1, &child_result);
         int rc = write_all(fds[1], &child_result, sizeof child_result);
         _exit(rc == 0 ? 0 : 1);
@@ -416,6 +444,21 @@ int h_run_job(const h_job *job, void *shared, size_t shared_bytes,
 
 /* ---------------------------------------------------------------------- */
 /* The library as a job                                                    */
+
+void h_tensor_slots(h_tensors *t, void **slots[9])
+{
+    void **p[9] = {&t->q, &t->k, &t->v, &t->dout, &t->out, &t->dq, &t->dk, &t->dv,
+                   (void **)&t->lse};
+    memcpy(slots, p, sizeof p);
+}
+
+void h_tensor_numel(const fa_attn *a, int64_t numel[9])
+{
+    int64_t n[9] = {h_numel_q(a), h_numel_k(a), h_numel_v(a), h_numel_out(a),
+                    h_numel_out(a), h_numel_q(a), h_numel_k(a), h_numel_v(a),
+                    h_numel_lse(a)};
+    memcpy(numel, n, sizeof n);
+}
 
 typedef struct flash_state {
     h_flash_job_args *args;

@@ -66,6 +66,12 @@ typedef struct h_error {
     double rel_err;     /* max_abs_err / max_abs_ref (abs error if ref is 0) */
 } h_error;
 
+/* Largest acceptable rel_err of a flash result in dtype against an fp32
+ * computation of the same rounded inputs (out, dq, dk, dv; lse, computed in
+ * fp32 by every backend, is held to H_LSE_TOLERANCE). */
+double h_tolerance(fa_dtype dtype);
+#define H_LSE_TOLERANCE 1e-4
+
 /* got (n elements of dtype) against ref (n floats). -inf entries (empty
  * rows' lse) match only -inf; a NaN in got is an infinite error. */
 h_error h_compare(const void *got, fa_dtype dtype, const float *ref, int64_t n);
@@ -127,7 +133,7 @@ typedef struct h_job_result {
 } h_job_result;
 
 /* Runs the job in a forked child that first touches [shared,
- * shared+shared_bytes). Returns 0 when the child ran (result->ok says
+ * shared+shared_bytes) (NULL, 0: nothing shared). Returns 0 when the child ran (result->ok says
  * whether the job succeeded), nonzero if fork/pipe failed. A child killed by
  * a signal (e.g. the OOM killer) gives ok = 0 and a message. */
 int h_run_job(const h_job *job, void *shared, size_t shared_bytes,
@@ -147,6 +153,11 @@ typedef struct h_tensors {
     void *out, *dq, *dk, *dv;
     float *lse;
 } h_tensors;
+
+/* The nine pointers of t, in the order q, k, v, dout, out, dq, dk, dv, lse,
+ * and the element counts of those tensors for a fixed-length problem. */
+void h_tensor_slots(h_tensors *t, void **slots[9]);
+void h_tensor_numel(const fa_attn *attn, int64_t numel[9]);
 
 /* What a flash job reports besides timings (put it in shared memory). */
 typedef struct h_flash_info {
