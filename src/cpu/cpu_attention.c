@@ -81,9 +81,10 @@ static const fa_cpu_kernels *cpu_kernels(void)
     const fa_cpu_kernels *best = &fa_cpu_kernels_scalar;
 #ifdef FA_CPU_HAVE_X86
     __builtin_cpu_init();
+    /* F16C predates AVX2 (Ivy Bridge, Piledriver), so every AVX2 CPU has
+     * it; not every compiler's __builtin_cpu_supports knows "f16c". */
     int has_avx2 = __builtin_cpu_supports("avx2") &&
-                   __builtin_cpu_supports("fma") &&
-                   __builtin_cpu_supports("f16c");
+                   __builtin_cpu_supports("fma");
     int has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") &&
                      __builtin_cpu_supports("avx512bw") &&
                      __builtin_cpu_supports("avx512vl") &&
