@@ -367,9 +367,11 @@ static void softcap_grad(const tile_geom *g, float *ds, const float *tanh_s)
 }
 
 /* Dropout over a tile (layout g): dst = src · kept_scale where
- * fa_dropout_keep() keeps the element, else 0. dst may be src. */
+ * fa_dropout_keep() keeps the element, else 0; dst may be src. If `also` is
+ * not NULL it gets the same mask and scale in place (one Philox stream
+ * serves both). */
 static void apply_dropout(const head_ctx *hc, const tile_geom *g, float *dst,
-                          const float *src, float kept_scale)
+                          const float *src, float *also, float kept_scale)
 {
     const fa_problem *p = hc->p;
     uint32_t threshold = fa_dropout_threshold(p->dropout_p);
@@ -380,7 +382,10 @@ static void apply_dropout(const head_ctx *hc, const tile_geom *g, float *dst,
             if (kj == 0 || (j & 3) == 0)
                 words = fa_dropout_words(p->dropout_seed, p->dropout_offset,
                                          p->heads_q, hc->b, hc->h, g->i0 + qi, j);
-            dst[at] = words.x[j & 3] < threshold ? 0.0f : src[at] * kept_scale;
+            float factor = words.x[j & 3] < threshold ? 0.0f : kept_scale;
+            dst[at] = src[at] * factor;
+            if (also)
+                also[at] *= factor;
         }
     }
 }
@@ -498,7 +503,7 @@ static void forward_tile(const fa_problem *p, const fa_cpu_kernels *kern,
         /* The sum is of the undropped probabilities (the LSE ignores
          * dropout); the 1/(1-p) of kept ones is applied at the end. */
         if (p->dropout_p > 0)
-            apply_dropout(&hc, &g, sc->s, sc->s, 1.0f);
+            apply_dropout(&hc, &g, sc->s, sc->s, NULL, 1.0f);
         /* O (m × dvp) += P (m × n, read from Sᵀ) · V (n × dvp) */
         kern->gemm(m, dvp, n, sc->s, 1, TILE_Q, sc->v, dvp, sc->acc, dvp, 1);
     }
@@ -638,8 +643,7 @@ static void backward_kv_tile(const fa_problem *p, const fa_cpu_kernels *kern,
             kern->gemm(m, cols, dv, sc->dout, dvp, 1, sc->v_t, TILE_K, sc->dp, TILE_K, 0);
             const float *p_used = sc->s;
             if (p->dropout_p > 0) {
-                apply_dropout(&hc, &g, sc->p_drop, sc->s, keep_scale);
-                apply_dropout(&hc, &g, sc->dp, sc->dp, keep_scale);
+                apply_dropout(&hc, &g, sc->p_drop, sc->s, sc->dp, keep_scale);
                 p_used = sc->p_drop;
             }
             /* dV (n × dvp) += Pᵀ (n × m) · dO (m × dvp) */
@@ -701,7 +705,7 @@ static void backward_q_tile(const fa_problem *p, const fa_cpu_kernels *kern,
         /* dPᵀ (n × cols) = V (n × dv) · dOᵀ (dv × cols) */
         kern->gemm(n, cols, dv, sc->v, dvp, 1, sc->dout_t, TILE_Q, sc->dp, TILE_Q, 0);
         if (p->dropout_p > 0)
-            apply_dropout(&hc, &g, sc->dp, sc->dp, keep_scale);
+            apply_dropout(&hc, &g, sc->dp, sc->dp, NULL, keep_scale);
         kern->softmax_grad(sc->dp, sc->s, n, cols, TILE_Q, NULL, d_row);
         if (p->softcap > 0)
             softcap_grad(&g, sc->dp, sc->tanh_s);
