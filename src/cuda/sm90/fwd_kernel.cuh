@@ -1,16 +1,23 @@
 /*
  * FlashAttention-3 forward kernel for Hopper (sm_90a).
  *
- * One CTA computes one tile of BlockM = 128 query rows of one (batch, head):
+ * A persistent grid (one CTA per SM) walks the tiles of BlockM = 128 query
+ * rows of one (batch, head); each CTA has three warpgroups:
  *
- *   warpgroup 0   producer: one thread issues TMA loads of Q (once) and of
- *                 K, V tiles (BlockN rows each) into a ring of Stages
+ *   warpgroup 0   producer: one thread issues TMA loads of Q (once per tile)
+ *                 and of K, V blocks (BlockN rows each) into a ring of Stages
  *                 shared-memory buffers, guarded by full/empty mbarriers.
  *   warpgroups 1, 2  consumers: each owns 64 of the 128 rows and walks the
  *                 key blocks:  S = Q Kᵀ (wgmma, both from smem)
  *                              online softmax of S in registers
  *                              O += P V (wgmma, P from registers)
  *                 then writes O / rowsum and the LSE.
+ *
+ * Two overlaps keep the tensor cores busy during the softmax (FA3 §3.1-3.2):
+ *   intra-warpgroup: the QKᵀ of block j and the PV of block j+1 are issued
+ *     together, and the softmax of block j runs while the PV is in flight;
+ *   pingpong: the two consumer warpgroups take turns issuing their GEMMs
+ *     (named barriers), so one's softmax runs under the other's GEMMs.
  *
  * Tiles in shared memory are slabs of 64 columns with the 128-byte swizzle
  * that the TMA writes and wgmma reads (see ptx/wgmma.cuh). Head dims that are
@@ -48,8 +55,10 @@ struct fa_sm90_params {
     float score_scale;             /* what turns S into the score: softmax_scale,
                                       or 1 when softcap already applied it */
     float score_scale_log2;        /* score_scale * log2(e) */
-    int num_m_blocks;
-    int reverse_m_blocks; /* causal/window: heaviest tiles launch first */
+    int num_m_blocks, num_tiles; /* tiles = m blocks x heads x batches */
+    int heaviest_first;          /* causal/window: tiles with the most key
+                                    blocks first, so the tail of the
+                                    persistent loop is short */
 };
 
 template <typename T> struct fa_is_half {
@@ -75,8 +84,8 @@ template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_> struct f
     static constexpr int kKVSlabBytes = kBlockN * 128;
     static constexpr int kQBytes = kSlabs * kQSlabBytes;
     static constexpr int kKVBytes = kSlabs * kKVSlabBytes;
-    /* barriers: q_full, full_k[S], full_v[S], empty_k[S], empty_v[S] */
-    static constexpr int kBarrierBytes = 8 * (1 + 4 * kStages);
+    /* barriers: q_full, q_empty, k_full[S], v_full[S], k_empty[S], v_empty[S] */
+    static constexpr int kBarrierBytes = 8 * (2 + 4 * kStages);
     /* + 1024 so the kernel can align the base to the swizzle atom */
     static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + kBarrierBytes;
     /* registers after setmaxnreg: (24 + 2*240) * 128 <= 64K */
@@ -100,10 +109,11 @@ template <class Cfg> struct fa_sm90_smem {
         return base + Cfg::kQBytes + 2 * Cfg::kStages * Cfg::kKVBytes + 8 * i;
     }
     __device__ uint32_t q_full() const { return bar(0); }
-    __device__ uint32_t k_full(int s) const { return bar(1 + s); }
-    __device__ uint32_t v_full(int s) const { return bar(1 + Cfg::kStages + s); }
-    __device__ uint32_t k_empty(int s) const { return bar(1 + 2 * Cfg::kStages + s); }
-    __device__ uint32_t v_empty(int s) const { return bar(1 + 3 * Cfg::kStages + s); }
+    __device__ uint32_t q_empty() const { return bar(1); }
+    __device__ uint32_t k_full(int s) const { return bar(2 + s); }
+    __device__ uint32_t v_full(int s) const { return bar(2 + Cfg::kStages + s); }
+    __device__ uint32_t k_empty(int s) const { return bar(2 + 2 * Cfg::kStages + s); }
+    __device__ uint32_t v_empty(int s) const { return bar(2 + 3 * Cfg::kStages + s); }
 };
 
 /* Position in the ring: which buffer, and the parity of its barrier phase.
@@ -129,10 +139,23 @@ struct fa_sm90_tile {
     int n_begin, n_end; /* key blocks [n_begin, n_end); empty when n_end <= n_begin */
 };
 
+/* Tile `index` of the persistent loop. Without a window the m blocks of one
+ * head are adjacent, so CTAs running at the same time share K/V in L2; with
+ * one, all heads' last (longest) m blocks come first. */
 template <class Cfg>
-__device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p, int m_block, int h, int b)
+__device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p, int index)
 {
     fa_sm90_tile t;
+    int m_block, head_batch;
+    if (p.heaviest_first) {
+        int per_m = p.heads_q * p.batch;
+        m_block = p.num_m_blocks - 1 - index / per_m;
+        head_batch = index % per_m;
+    } else {
+        m_block = index % p.num_m_blocks;
+        head_batch = index / p.num_m_blocks;
+    }
+    int b = head_batch / p.heads_q, h = head_batch % p.heads_q;
     t.b = b;
     t.h = h;
     t.m0 = m_block * Cfg::kBlockM;
@@ -153,43 +176,55 @@ __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p,
     int col_begin = p.window_left < 0 ? 0 : max(0, t.m0 + shift - p.window_left);
     t.n_begin = col_begin / Cfg::kBlockN;
     t.n_end = col_end <= col_begin ? t.n_begin : (col_end + Cfg::kBlockN - 1) / Cfg::kBlockN;
+    if (t.m0 >= t.sq) /* varlen: this sequence is shorter than the longest */
+        t.n_end = t.n_begin;
     return t;
 }
+
+/* Producer and consumers skip the same tiles: those with no key block (no
+ * rows, or a window that hides every key) have nothing to load; their
+ * consumers still write zeros and -inf for the rows that exist. */
+__device__ __forceinline__ bool fa_sm90_has_keys(const fa_sm90_tile &t) { return t.n_end > t.n_begin; }
 
 /* ------------------------------------------------------------------------ */
 /* Producer: one thread streams Q once and K/V block by block.              */
 
-template <class Cfg>
-__device__ __forceinline__ void fa_sm90_produce(const fa_sm90_params &p, const fa_sm90_tile &t,
-                                                const fa_sm90_smem<Cfg> &sm)
+template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm90_params &p, const fa_sm90_smem<Cfg> &sm)
 {
     fa_tma_prefetch_map(&p.map_q);
     fa_tma_prefetch_map(&p.map_k);
     fa_tma_prefetch_map(&p.map_v);
-    /* fixed-length tensors are indexed by batch; packed ones by row only */
-    int q_batch = p.varlen ? 0 : t.b, kv_batch = q_batch;
-    int kv_head = t.h / p.heads_per_kv;
-
-    fa_mbar_arrive_expect_tx(sm.q_full(), Cfg::kQBytes);
-    for (int s = 0; s < Cfg::kSlabs; ++s)
-        fa_tma_load_4d(sm.q() + s * Cfg::kQSlabBytes, &p.map_q, sm.q_full(), s * 64, t.q0 + t.m0, t.h,
-                       q_batch);
-
     /* every buffer starts free: wait on the empty barriers with parity 1 */
-    fa_pipe_state<Cfg::kStages> ps = {0, 1};
-    for (int n = t.n_end - 1; n >= t.n_begin; --n) {
-        int row = t.k0 + n * Cfg::kBlockN;
-        fa_mbar_wait(sm.k_empty(ps.stage), ps.phase);
-        fa_mbar_arrive_expect_tx(sm.k_full(ps.stage), Cfg::kKVBytes);
+    fa_pipe_state<Cfg::kStages> kv = {0, 1};
+    uint32_t q_phase = 1;
+    for (int index = blockIdx.x; index < p.num_tiles; index += gridDim.x) {
+        fa_sm90_tile t = fa_sm90_tile_of<Cfg>(p, index);
+        if (!fa_sm90_has_keys(t))
+            continue;
+        /* fixed-length tensors are indexed by batch; packed ones by row only */
+        int batch = p.varlen ? 0 : t.b;
+        int kv_head = t.h / p.heads_per_kv;
+
+        fa_mbar_wait(sm.q_empty(), q_phase); /* the last tile's QKᵀ are done */
+        q_phase ^= 1;
+        fa_mbar_arrive_expect_tx(sm.q_full(), Cfg::kQBytes);
         for (int s = 0; s < Cfg::kSlabs; ++s)
-            fa_tma_load_4d(sm.k(ps.stage) + s * Cfg::kKVSlabBytes, &p.map_k, sm.k_full(ps.stage), s * 64,
-                           row, kv_head, kv_batch);
-        fa_mbar_wait(sm.v_empty(ps.stage), ps.phase);
-        fa_mbar_arrive_expect_tx(sm.v_full(ps.stage), Cfg::kKVBytes);
-        for (int s = 0; s < Cfg::kSlabs; ++s)
-            fa_tma_load_4d(sm.v(ps.stage) + s * Cfg::kKVSlabBytes, &p.map_v, sm.v_full(ps.stage), s * 64,
-                           row, kv_head, kv_batch);
-        ps.advance();
+            fa_tma_load_4d(sm.q() + s * Cfg::kQSlabBytes, &p.map_q, sm.q_full(), s * 64, t.q0 + t.m0, t.h, batch);
+
+        for (int n = t.n_end - 1; n >= t.n_begin; --n) {
+            int row = t.k0 + n * Cfg::kBlockN;
+            fa_mbar_wait(sm.k_empty(kv.stage), kv.phase);
+            fa_mbar_arrive_expect_tx(sm.k_full(kv.stage), Cfg::kKVBytes);
+            for (int s = 0; s < Cfg::kSlabs; ++s)
+                fa_tma_load_4d(sm.k(kv.stage) + s * Cfg::kKVSlabBytes, &p.map_k, sm.k_full(kv.stage), s * 64, row,
+                               kv_head, batch);
+            fa_mbar_wait(sm.v_empty(kv.stage), kv.phase);
+            fa_mbar_arrive_expect_tx(sm.v_full(kv.stage), Cfg::kKVBytes);
+            for (int s = 0; s < Cfg::kSlabs; ++s)
+                fa_tma_load_4d(sm.v(kv.stage) + s * Cfg::kKVSlabBytes, &p.map_v, sm.v_full(kv.stage), s * 64, row,
+                               kv_head, batch);
+            kv.advance();
+        }
     }
 }
 
@@ -280,98 +315,98 @@ __device__ __forceinline__ void fa_online_softmax(float (&s)[BlockN / 2], float 
 /* ------------------------------------------------------------------------ */
 /* Consumer: one warpgroup, 64 query rows.                                  */
 
+/* Pingpong between the two consumer warpgroups: warpgroup w may issue its
+ * GEMMs once the other has issued its own (named barrier kSchedBarrier + w,
+ * 256 threads = both warpgroups). */
+struct fa_pingpong {
+    static constexpr uint32_t kSchedBarrier = 1; /* ids 1, 2; 0 is __syncthreads */
+    int wg;
+    __device__ void wait_turn() const { fa_named_barrier_sync(kSchedBarrier + wg, 256); }
+    __device__ void pass_turn() const { fa_named_barrier_arrive(kSchedBarrier + (1 - wg), 256); }
+};
+
+/* Releases a buffer: each consumer warp arrives once it is done reading. */
+__device__ __forceinline__ void fa_release(uint32_t empty_bar)
+{
+    __syncwarp();
+    if (threadIdx.x % 32 == 0)
+        fa_mbar_arrive(empty_bar);
+}
+
+/* Issues S = Q Kᵀ for this warpgroup's 64 rows (one commit group). */
 template <class Cfg>
-__device__ __forceinline__ void fa_sm90_consume(const fa_sm90_params &p, const fa_sm90_tile &t,
-                                                const fa_sm90_smem<Cfg> &sm, int wg)
+__device__ __forceinline__ void fa_issue_qk(float (&s)[Cfg::kBlockN / 2], uint32_t q_rows, uint32_t k_tile)
+{
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kHeadDim / 16; ++kk) {
+        uint32_t slab = kk / 4, in_slab = (kk % 4) * 32; /* 16 columns = 32 bytes of a 128-byte row */
+        uint64_t a = fa_wgmma_desc(q_rows + slab * Cfg::kQSlabBytes + in_slab, 16, 1024);
+        uint64_t b = fa_wgmma_desc(k_tile + slab * Cfg::kKVSlabBytes + in_slab, 16, 1024);
+        fa_wgmma<Cfg::kBlockN>::template ss<Cfg::kBf16, 0>(s, a, b, kk > 0);
+    }
+    fa_wgmma_commit();
+}
+
+/* Issues O += P V (one commit group); V is [key][dim], dim contiguous, i.e.
+ * the MN-major B operand, 16 keys (16 rows of 128 bytes) per wgmma. */
+template <class Cfg>
+__device__ __forceinline__ void fa_issue_pv(float (&o)[Cfg::kHeadDim / 2], const uint32_t (&pa)[Cfg::kBlockN / 16][4],
+                                            uint32_t v_tile)
+{
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk) {
+        uint64_t b = fa_wgmma_desc(v_tile + kk * 16 * 128, Cfg::kKVSlabBytes, 1024);
+        fa_wgmma<Cfg::kHeadDim>::template rs<Cfg::kBf16, 1>(o, pa[kk], b, 1);
+    }
+    fa_wgmma_commit();
+}
+
+/* Score tile of key block n -> probabilities (in s) and the correction
+ * factor for what O and the row sums held before. */
+template <class Cfg>
+__device__ __forceinline__ void fa_scores_to_probs(const fa_sm90_params &p, const fa_sm90_tile &t, int n, int row0,
+                                                   float (&s)[Cfg::kBlockN / 2], float (&row_max)[2],
+                                                   float (&row_sum)[2], float (&correction)[2])
+{
+    constexpr int BlockN = Cfg::kBlockN;
+    const int col0 = n * BlockN, shift = t.sk - t.sq;
+    if (p.softcap > 0.0f) {
+#pragma unroll
+        for (int i = 0; i < BlockN / 2; ++i)
+            s[i] = fa_softcap(s[i], p.softcap, p.softcap_input_scale);
+    }
+    /* only blocks that cross the sequence end or a window edge need the
+     * per-element test (a uniform branch) */
+    bool needs_mask = col0 + BlockN > t.sk ||
+                      (p.window_right >= 0 && col0 + BlockN - 1 > t.m0 + shift + p.window_right) ||
+                      (p.window_left >= 0 && col0 < t.m0 + Cfg::kBlockM - 1 + shift - p.window_left);
+    if (needs_mask)
+        fa_mask_scores<BlockN>(s, row0, col0, t.sk, shift, p.window_left, p.window_right);
+    fa_online_softmax<BlockN>(s, row_max, row_sum, correction, p.score_scale_log2);
+}
+
+/* P as the wgmma A operand: k-block kk is accumulator columns 16kk..16kk+15. */
+template <class Cfg>
+__device__ __forceinline__ void fa_probs_to_operand(const float (&s)[Cfg::kBlockN / 2],
+                                                    uint32_t (&pa)[Cfg::kBlockN / 16][4])
+{
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk)
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+            pa[kk][r] = fa_pack2<typename Cfg::Elem>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+}
+
+/* O / rowsum (0 for rows with no visible key) and the LSE of this thread's
+ * two rows, straight from the accumulator registers. */
+template <class Cfg>
+__device__ __forceinline__ void fa_store_rows(const fa_sm90_params &p, const fa_sm90_tile &t, int row0,
+                                              float (&o)[Cfg::kHeadDim / 2], const float (&row_max)[2],
+                                              const float (&row_sum)[2])
 {
     typedef typename Cfg::Elem Elem;
-    constexpr int BlockN = Cfg::kBlockN, D = Cfg::kHeadDim;
-    const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
-    const int row0 = t.m0 + 64 * wg + 16 * warp + lane / 4; /* this thread's first row */
-    const int shift = t.sk - t.sq;
-
-    float o[D / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i)
-        o[i] = 0.0f;
-    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
-
-    if (t.n_end > t.n_begin)
-        fa_mbar_wait(sm.q_full(), 0);
-    /* Q rows of this warpgroup start 64 rows into each slab */
-    const uint32_t q_rows = sm.q() + 64 * wg * 128;
-
-    fa_pipe_state<Cfg::kStages> ps = {0, 0};
-    for (int n = t.n_end - 1; n >= t.n_begin; --n) {
-        const int col0 = n * BlockN;
-
-        /* S = Q Kᵀ over the head dim, 16 columns per wgmma */
-        float s[BlockN / 2];
-        fa_mbar_wait(sm.k_full(ps.stage), ps.phase);
-        fa_wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            uint32_t slab_offset = (kk / 4), in_slab = (kk % 4) * 32;
-            uint64_t a = fa_wgmma_desc(q_rows + slab_offset * Cfg::kQSlabBytes + in_slab, 16, 1024);
-            uint64_t b = fa_wgmma_desc(sm.k(ps.stage) + slab_offset * Cfg::kKVSlabBytes + in_slab, 16, 1024);
-            fa_wgmma<BlockN>::template ss<Cfg::kBf16, 0>(s, a, b, kk > 0);
-        }
-        fa_wgmma_commit();
-        fa_wgmma_wait<0>();
-        fa_wgmma_fence_regs(s);
-        __syncwarp();
-        if (lane == 0)
-            fa_mbar_arrive(sm.k_empty(ps.stage)); /* this warp is done reading K */
-
-        if (p.softcap > 0.0f) {
-#pragma unroll
-            for (int i = 0; i < BlockN / 2; ++i)
-                s[i] = fa_softcap(s[i], p.softcap, p.softcap_input_scale);
-        }
-        /* only blocks that cross the sequence end or a window edge need the
-         * per-element test (uniform branch) */
-        bool needs_mask = col0 + BlockN > t.sk ||
-                          (p.window_right >= 0 && col0 + BlockN - 1 > t.m0 + shift + p.window_right) ||
-                          (p.window_left >= 0 && col0 < t.m0 + Cfg::kBlockM - 1 + shift - p.window_left);
-        if (needs_mask)
-            fa_mask_scores<BlockN>(s, row0, col0, t.sk, shift, p.window_left, p.window_right);
-
-        float correction[2];
-        fa_online_softmax<BlockN>(s, row_max, row_sum, correction, p.score_scale_log2);
-#pragma unroll
-        for (int i = 0; i < D / 2; ++i)
-            o[i] *= correction[(i >> 1) & 1];
-
-        /* P as the A operand: k-block kk is accumulator columns 16kk..16kk+15 */
-        uint32_t pa[BlockN / 16][4];
-#pragma unroll
-        for (int kk = 0; kk < BlockN / 16; ++kk)
-#pragma unroll
-            for (int r = 0; r < 4; ++r)
-                pa[kk][r] = fa_pack2<Elem>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
-
-        /* O += P V: V is [key][dim] with dim contiguous, i.e. MN-major */
-        fa_mbar_wait(sm.v_full(ps.stage), ps.phase);
-        fa_wgmma_fence_regs(o);
-        fa_wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BlockN / 16; ++kk) {
-            uint64_t b = fa_wgmma_desc(sm.v(ps.stage) + kk * 16 * 128, Cfg::kKVSlabBytes, 1024);
-            fa_wgmma<D>::template rs<Cfg::kBf16, 1>(o, pa[kk], b, 1);
-        }
-        fa_wgmma_commit();
-        fa_wgmma_wait<0>();
-        fa_wgmma_fence_regs(o);
-#pragma unroll
-        for (int kk = 0; kk < BlockN / 16; ++kk)
-            fa_wgmma_fence_regs(pa[kk]);
-        __syncwarp();
-        if (lane == 0)
-            fa_mbar_arrive(sm.v_empty(ps.stage));
-        ps.advance();
-    }
-
-    /* Epilogue: O / rowsum (0 for rows with no visible key), LSE. */
+    constexpr int D = Cfg::kHeadDim;
+    const int lane = threadIdx.x % 32;
     Elem *out = static_cast<Elem *>(p.out);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -397,22 +432,105 @@ __device__ __forceinline__ void fa_sm90_consume(const fa_sm90_params &p, const f
     }
 }
 
+/* One tile for one consumer warpgroup. kv / q_phase carry the pipeline
+ * position from tile to tile. */
+template <class Cfg>
+__device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, const fa_sm90_tile &t,
+                                                     const fa_sm90_smem<Cfg> &sm, int wg, fa_pingpong turn,
+                                                     fa_pipe_state<Cfg::kStages> &kv, uint32_t &q_phase)
+{
+    constexpr int BlockN = Cfg::kBlockN, D = Cfg::kHeadDim;
+    const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+    const int row0 = t.m0 + 64 * wg + 16 * warp + lane / 4; /* this thread's first row */
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i)
+        o[i] = 0.0f;
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}, correction[2];
+
+    if (fa_sm90_has_keys(t)) {
+        fa_mbar_wait(sm.q_full(), q_phase);
+        q_phase ^= 1;
+        /* Q rows of this warpgroup start 64 rows into each slab */
+        const uint32_t q_rows = sm.q() + 64 * wg * 128;
+        float s[BlockN / 2];
+        uint32_t pa[BlockN / 16][4];
+
+        /* first (last-in-sequence) key block: S, softmax, P */
+        int n = t.n_end - 1;
+        fa_mbar_wait(sm.k_full(kv.stage), kv.phase);
+        turn.wait_turn();
+        fa_wgmma_fence();
+        fa_issue_qk<Cfg>(s, q_rows, sm.k(kv.stage));
+        turn.pass_turn();
+        fa_wgmma_wait<0>();
+        fa_wgmma_fence_regs(s);
+        fa_release(sm.k_empty(kv.stage));
+        fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
+        fa_probs_to_operand<Cfg>(s, pa);
+        fa_pipe_state<Cfg::kStages> v_prev = kv; /* P pairs with this stage's V */
+        kv.advance();
+
+        /* steady state: S_n = Q K_nᵀ and O += P_{n+1} V_{n+1} in flight
+         * together; softmax of S_n while the PV still runs */
+        for (--n; n >= t.n_begin; --n) {
+            fa_mbar_wait(sm.k_full(kv.stage), kv.phase);
+            fa_mbar_wait(sm.v_full(v_prev.stage), v_prev.phase);
+            turn.wait_turn();
+            fa_wgmma_fence_regs(o);
+            fa_wgmma_fence();
+            fa_issue_qk<Cfg>(s, q_rows, sm.k(kv.stage));
+            fa_issue_pv<Cfg>(o, pa, sm.v(v_prev.stage));
+            turn.pass_turn();
+            fa_wgmma_wait<1>(); /* S_n is ready, the PV may still run */
+            fa_wgmma_fence_regs(s);
+            fa_release(sm.k_empty(kv.stage));
+            fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
+            fa_wgmma_wait<0>();
+            fa_wgmma_fence_regs(o);
+#pragma unroll
+            for (int kk = 0; kk < BlockN / 16; ++kk)
+                fa_wgmma_fence_regs(pa[kk]);
+            fa_release(sm.v_empty(v_prev.stage));
+#pragma unroll
+            for (int i = 0; i < D / 2; ++i)
+                o[i] *= correction[(i >> 1) & 1];
+            fa_probs_to_operand<Cfg>(s, pa);
+            v_prev = kv;
+            kv.advance();
+        }
+
+        /* last PV */
+        fa_mbar_wait(sm.v_full(v_prev.stage), v_prev.phase);
+        turn.wait_turn();
+        fa_wgmma_fence_regs(o);
+        fa_wgmma_fence();
+        fa_issue_pv<Cfg>(o, pa, sm.v(v_prev.stage));
+        turn.pass_turn();
+        fa_wgmma_wait<0>();
+        fa_wgmma_fence_regs(o);
+#pragma unroll
+        for (int kk = 0; kk < BlockN / 16; ++kk)
+            fa_wgmma_fence_regs(pa[kk]);
+        fa_release(sm.v_empty(v_prev.stage));
+        fa_release(sm.q_empty()); /* the producer may load the next Q */
+    }
+    fa_store_rows<Cfg>(p, t, row0, o, row_max, row_sum);
+}
+
 /* ------------------------------------------------------------------------ */
 
 template <class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __grid_constant__ fa_sm90_params p)
 {
-    int m_block = p.reverse_m_blocks ? p.num_m_blocks - 1 - (int)blockIdx.x : (int)blockIdx.x;
-    fa_sm90_tile t = fa_sm90_tile_of<Cfg>(p, m_block, blockIdx.y, blockIdx.z);
-    if (t.m0 >= t.sq) /* varlen: this sequence is shorter than the longest */
-        return;
-
     extern __shared__ uint8_t smem_raw[];
     fa_sm90_smem<Cfg> sm;
     sm.base = ((uint32_t)__cvta_generic_to_shared(smem_raw) + 1023u) & ~1023u;
 
     if (threadIdx.x == 0) {
         fa_mbar_init(sm.q_full(), 1);
+        fa_mbar_init(sm.q_empty(), Cfg::kConsumerWarps);
         for (int s = 0; s < Cfg::kStages; ++s) {
             fa_mbar_init(sm.k_full(s), 1);
             fa_mbar_init(sm.v_full(s), 1);
@@ -426,11 +544,22 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
     int wg = fa_warpgroup_index();
     if (wg == 0) {
         fa_setmaxnreg_dec<Cfg::kProducerRegs>();
-        if (threadIdx.x == 0 && t.n_end > t.n_begin)
-            fa_sm90_produce<Cfg>(p, t, sm);
+        if (threadIdx.x == 0)
+            fa_sm90_produce<Cfg>(p, sm);
     } else {
         fa_setmaxnreg_inc<Cfg::kConsumerRegs>();
-        fa_sm90_consume<Cfg>(p, t, sm, wg - 1);
+        fa_pingpong turn = {wg - 1};
+        /* warpgroup 0 goes first: warpgroup 1 opens its turn... */
+        if (turn.wg == 1)
+            turn.pass_turn();
+        fa_pipe_state<Cfg::kStages> kv = {0, 0};
+        uint32_t q_phase = 0;
+        for (int index = blockIdx.x; index < p.num_tiles; index += gridDim.x)
+            fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, index), sm, wg - 1, turn, kv, q_phase);
+        /* ...and warpgroup 0 takes the turn left over after warpgroup 1's
+         * last pass, so that both named barriers end balanced */
+        if (turn.wg == 0)
+            turn.wait_turn();
     }
 }
 

@@ -169,17 +169,27 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     prm.score_scale = p->softcap > 0.0f ? 1.0f : p->softmax_scale;
     prm.score_scale_log2 = prm.score_scale * 1.4426950408889634f;
     prm.num_m_blocks = (int)((p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM);
-    prm.reverse_m_blocks = p->window_right >= 0 || p->window_left >= 0;
-
-    if (prm.num_m_blocks == 0 || p->batch == 0 || p->heads_q == 0) {
+    int64_t tiles = (int64_t)prm.num_m_blocks * p->heads_q * p->batch;
+    if (tiles > 0x7fffffff)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: %lld tiles exceed the scheduler's int range", (long long)tiles);
+    prm.num_tiles = (int)tiles;
+    prm.heaviest_first = p->window_right >= 0 || p->window_left >= 0;
+    if (tiles == 0) {
         p->kernel_name = kernel_name;
         return FA_SUCCESS;
     }
-    cudaError_t err = cudaFuncSetAttribute(fa_sm90_fwd_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           Cfg::kSmemBytes);
+
+    /* persistent: one CTA per SM (the tile needs all of an SM's smem) */
+    int device = 0, sms = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(fa_sm90_fwd_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   Cfg::kSmemBytes);
     if (err != cudaSuccess)
-        return fa_fail(FA_ERROR_DEVICE, "sm90: cudaFuncSetAttribute: %s", cudaGetErrorString(err));
-    dim3 grid(prm.num_m_blocks, (unsigned)p->heads_q, (unsigned)p->batch);
+        return fa_fail(FA_ERROR_DEVICE, "sm90: launch setup: %s", cudaGetErrorString(err));
+    unsigned grid = (unsigned)(tiles < sms ? tiles : sms);
     fa_sm90_fwd_kernel<Cfg><<<grid, Cfg::kThreads, Cfg::kSmemBytes, (cudaStream_t)p->stream>>>(prm);
     err = cudaGetLastError();
     if (err != cudaSuccess)
@@ -205,7 +215,7 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
     case 192:
         return launch<fa_sm90_config<Elem, 192, 96, 2>>(p, bf16 ? "sm90.fwd.hdim192.bf16" : "sm90.fwd.hdim192.fp16");
     case 256:
-        return launch<fa_sm90_config<Elem, 256, 80, 2>>(p, bf16 ? "sm90.fwd.hdim256.bf16" : "sm90.fwd.hdim256.fp16");
+        return launch<fa_sm90_config<Elem, 256, 64, 2>>(p, bf16 ? "sm90.fwd.hdim256.bf16" : "sm90.fwd.hdim256.fp16");
     default:
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: head_dim %lld", (long long)p->head_dim);
     }
