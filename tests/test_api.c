@@ -464,6 +464,21 @@ static void test_empty_sequences(fa_context *ctx)
         ok &= f->dq_mem[e] == 0.0f;
     CHECK(ok, "backward with seqlen_k = 0: dq must be 0");
 
+    /* lse = NULL is allowed when no backward follows: same out. */
+    fixture_reset(f, ctx);
+    st = call(f, CALL_FORWARD);
+    CHECK(st == FA_SUCCESS, "forward: %s", fa_last_error());
+    float with_lse[B * SQ * HQ * DV];
+    memcpy(with_lse, f->out_mem, sizeof with_lse);
+    poison_floats(f->out_mem, sizeof f->out_mem / sizeof(float));
+    poison_floats(f->lse_mem, sizeof f->lse_mem / sizeof(float));
+    f->lse_arg = NULL;
+    st = call(f, CALL_FORWARD);
+    CHECK(st == FA_SUCCESS && !memcmp(with_lse, f->out_mem, sizeof with_lse) &&
+              all_poison(f->lse_mem, B * HQ * SQ),
+          "forward with lse = NULL: %s, out %s", fa_status_string(st),
+          memcmp(with_lse, f->out_mem, sizeof with_lse) ? "differs" : "same");
+
     /* varlen with every query sequence empty */
     fixture_reset(f, ctx);
     fixture_varlen(f);
