@@ -369,6 +369,7 @@ typedef struct variant_report {
     int ran;
     h_job_result result;
     const h_flash_info *info; /* flash only */
+    char skipped[H_MESSAGE_LEN]; /* why it did not run, if it was skipped */
 } variant_report;
 
 typedef struct check_report {
@@ -455,6 +456,13 @@ static void print_json(const options *o, double flops_fwd, const variant_report 
     printf("  \"runs\": [");
     int first = 1;
     for (int i = 0; i < nv; ++i) {
+        if (v[i].skipped[0]) {
+            printf("%s\n    {\"variant\": \"%s\", \"device\": \"%s\", \"skipped\": ",
+                   first ? "" : ",", v[i].name, v[i].device);
+            print_json_string(v[i].skipped);
+            printf("}");
+            first = 0;
+        }
         if (!v[i].ran)
             continue;
         for (int phase = 0; phase < 2; ++phase) {
@@ -517,6 +525,8 @@ static void print_text(const options *o, double flops_fwd, const variant_report 
     printf("%-6s %-5s %-4s %10s %10s %13s %12s  %s\n", "", "", "pass", "median ms",
            "GFLOP/s", "peak extra", "workspace", "kernel");
     for (int i = 0; i < nv; ++i) {
+        if (v[i].skipped[0])
+            printf("%-6s %-5s skipped: %s\n", v[i].name, v[i].device, v[i].skipped);
         if (!v[i].ran)
             continue;
         if (!v[i].result.ok) {
@@ -537,12 +547,13 @@ static void print_text(const options *o, double flops_fwd, const variant_report 
                    ws, v[i].info ? v[i].info->kernel[phase] : "");
         }
     }
-    printf("\npeak extra: measured growth of the max RSS of a child process over its\n"
-           "baseline (inputs and outputs resident); the bwd row includes what the fwd\n"
-           "still holds (naive: P for all heads = %s). GPU: n/a (see workspace).\n",
+    printf("\npeak extra: measured growth of the peak RSS (VmHWM) of a child process\n"
+           "over its baseline (inputs and outputs resident); the bwd row includes what\n"
+           "the fwd still holds (naive: P for all heads = %s). GPU: n/a (see workspace).\n",
            h_format_bytes((double)std_probs_bytes(a), mem, sizeof mem));
     if (nc == 0)
-        printf("\ncheck: none (no reference was computed)\n");
+        printf("\ncheck: none (%s)\n", o->naive ? "no flash result to check"
+                                                 : "--no-naive: no reference");
     for (int i = 0; i < nc; ++i) {
         printf("\ncheck %s against %s: max |err| / max |ref|\n", c[i].what, c[i].reference);
         for (int t = 0; t < 5; ++t)
@@ -636,9 +647,9 @@ int main(int argc, char **argv)
 
     variant_report variants[3];
     memset(variants, 0, sizeof variants);
-    variants[0] = (variant_report){"flash", "cpu", 0, {0}, buf.info_cpu};
-    variants[1] = (variant_report){"naive", "cpu", 0, {0}, NULL};
-    variants[2] = (variant_report){"flash", "cuda", 0, {0}, buf.info_gpu};
+    variants[0] = (variant_report){"flash", "cpu", 0, {0}, buf.info_cpu, ""};
+    variants[1] = (variant_report){"naive", "cpu", 0, {0}, NULL, ""};
+    variants[2] = (variant_report){"flash", "cuda", 0, {0}, buf.info_gpu, ""};
     int all_ran = 1;
     if (run_cpu) {
         h_flash_job_args args = {a, FA_DEVICE_CPU, opt.threads, buf.flash_cpu, buf.info_cpu,
@@ -661,13 +672,21 @@ int main(int argc, char **argv)
     }
 #ifdef FA_TOOL_CUDA
     if (want_gpu) {
+        /* auto skips the GPU when there is none or the library cannot run
+         * this problem there (e.g. f32); cuda and all make that a failure. */
         fa_context *gpu_probe;
-        int have_gpu = fa_context_create(&gpu_probe, FA_DEVICE_CUDA, 0) == FA_SUCCESS;
+        size_t ignored_bytes;
+        fa_status st = fa_context_create(&gpu_probe, FA_DEVICE_CUDA, 0);
+        if (st == FA_SUCCESS &&
+            (st = fa_forward_workspace_size(gpu_probe, a, &ignored_bytes)) == FA_SUCCESS)
+            st = fa_backward_workspace_size(gpu_probe, a, &ignored_bytes);
         fa_context_destroy(gpu_probe);
-        if (have_gpu || need_gpu) {
+        if (st == FA_SUCCESS || need_gpu) {
             run_gpu(&opt, &buf, &variants[2].result);
             variants[2].ran = 1;
             all_ran &= variants[2].result.ok;
+        } else {
+            snprintf(variants[2].skipped, sizeof variants[2].skipped, "%s", fa_last_error());
         }
     }
 #endif
