@@ -219,6 +219,7 @@ int std_backward(const fa_attn *attn, std_gemm_fn gemm, const float *q,
                     dropout_row(attn, &s, b, h, i, p_row, dropped + i * s.sk);
                 for (int64_t j = 0; j < s.sk; ++j) {
                     double dp = ds_row[j];
+                    /* dropped == 0 means dropped, or P == 0 where dS is 0 anyway */
                     if (s.dropout_p > 0)
                         dp = dropped[i * s.sk + j] != 0.0f ? dp * keep_scale : 0.0;
                     double ds = p_row[j] * (dp - rowsum_do_o);
