@@ -98,7 +98,23 @@ TOLERANCE = {
 }
 
 
-def assert_close(name, got, ref, dtype, kind="out"):
+def dtype_for(device):
+    """The dtype tests use by default: float32 on the CPU; float16 on CUDA,
+    whose backends (like FlashAttention's) run fp16/bf16 only."""
+    return torch.float32 if str(device) == "cpu" else torch.float16
+
+
+def randn(device, gen, *shape, dtype=None):
+    """Random normal tensor from a CPU generator (the same values on every
+    device), moved to device in dtype (default dtype_for(device))."""
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return torch.randn(shape, generator=gen).to(device=device, dtype=dtype or dtype_for(device))
+
+
+def assert_close(name, got, ref, dtype=None, kind="out"):
+    """dtype picks the tolerance (default: got's dtype)."""
+    dtype = dtype or got.dtype
     assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
     got64, ref64 = got.double().cpu(), ref.double().cpu()
     assert not torch.isnan(got64).any(), f"{name}: NaN in the result"
@@ -113,13 +129,12 @@ def assert_close(name, got, ref, dtype, kind="out"):
 
 
 def random_qkv(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, head_dim_v=None,
-               dtype=torch.float32, device="cpu", requires_grad=True, seed=0):
+               dtype=None, device="cpu", requires_grad=True, seed=0):
     gen = torch.Generator().manual_seed(seed)
     dv = head_dim if head_dim_v is None else head_dim_v
     shapes = [(batch, seqlen_q, heads_q, head_dim), (batch, seqlen_k, heads_kv, head_dim),
               (batch, seqlen_k, heads_kv, dv)]
-    return [torch.randn(s, generator=gen).to(device=device, dtype=dtype)
-            .requires_grad_(requires_grad) for s in shapes]
+    return [randn(device, gen, *s, dtype=dtype).requires_grad_(requires_grad) for s in shapes]
 
 
 def grads_of(out, dout, inputs):

@@ -12,7 +12,7 @@ import flashattn  # noqa: E402
 from flashattn import _dropout, _ffi, _ops  # noqa: E402
 
 from attention_reference import (  # noqa: E402
-    assert_close, attention_ref, philox_keep_scalar, probs_ref, random_qkv)
+    assert_close, attention_ref, philox_keep_scalar, probs_ref, randn, random_qkv)
 
 
 def test_philox_matches_library():
@@ -71,13 +71,13 @@ def test_dropout_output_and_gradients(device, seqlens, options):
     keep = _keep_mask(rng_state, hq, batch, sq, sk, p, device)
     leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
     ref, ref_lse = attention_ref(*leaves, dropout_p=p, keep=keep, **options)
-    assert_close("out", out, ref, torch.float32)
-    assert_close("lse", lse, ref_lse, torch.float32)  # of the undropped softmax
+    assert_close("out", out, ref)
+    assert_close("lse", lse, ref_lse)  # of the undropped softmax
     dout = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     ref_grads = torch.autograd.grad(ref, leaves, dout.double())
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-        assert_close(name, g, r, torch.float32, "grad")
+        assert_close(name, g, r, kind="grad")
 
 
 def test_dropout_follows_torch_seed(device):
@@ -106,9 +106,9 @@ def test_attn_probs_encode_the_kernels_mask(device):
     out, lse, s_dmask = flashattn.flash_attn_func(q, k, v, dropout_p=p, causal=True,
                                                   return_attn_probs=True)
     assert s_dmask.shape == (batch, hq, 41, 29) and s_dmask.dtype == q.dtype
-    assert_close("S_dmask.abs()", s_dmask.abs(), probs_ref(q, k, causal=True), torch.float32)
+    assert_close("S_dmask.abs()", s_dmask.abs(), probs_ref(q, k, causal=True))
     assert (s_dmask < 0).any() and (s_dmask > 0).any()
-    assert_close("out from S_dmask", out, _out_from_probs(s_dmask, v, p, hq), torch.float32)
+    assert_close("out from S_dmask", out, _out_from_probs(s_dmask, v, p, hq))
 
 
 def test_varlen_dropout_and_attn_probs(device):
@@ -117,9 +117,9 @@ def test_varlen_dropout_and_attn_probs(device):
     cu_q = torch.tensor([0, 5, 22, 23], dtype=torch.int32, device=device)
     cu_k = torch.tensor([0, 9, 26, 56], dtype=torch.int32, device=device)
     gen = torch.Generator().manual_seed(11)
-    q = torch.randn(23, hq, 16, generator=gen).to(device).requires_grad_()
-    k = torch.randn(56, hq, 16, generator=gen).to(device).requires_grad_()
-    v = torch.randn(56, hq, 16, generator=gen).to(device).requires_grad_()
+    q = randn(device, gen, 23, hq, 16).requires_grad_()
+    k = randn(device, gen, 56, hq, 16).requires_grad_()
+    v = randn(device, gen, 56, hq, 16).requires_grad_()
     out, lse, s_dmask = flashattn.flash_attn_varlen_func(
         q, k, v, cu_q, cu_k, 17, 30, dropout_p=p, causal=True, return_attn_probs=True)
     assert lse.shape == (hq, 23) and s_dmask.shape == (3, hq, 17, 30)
@@ -133,10 +133,10 @@ def test_varlen_dropout_and_attn_probs(device):
         # Sequence b of a varlen batch draws the mask of batch index b.
         leaves = [t[None, s].detach().double().requires_grad_() for t, s in ((q, qs), (k, ks), (v, ks))]
         ref, ref_lse = attention_ref(*leaves, causal=True, dropout_p=p, keep=probs >= 0)
-        assert_close(f"out[{b}]", out[qs][None], ref, torch.float32)
-        assert_close(f"lse[{b}]", lse[:, qs][None], ref_lse, torch.float32)
+        assert_close(f"out[{b}]", out[qs][None], ref)
+        assert_close(f"lse[{b}]", lse[:, qs][None], ref_lse)
         assert_close(f"out[{b}] from S_dmask", out[qs][None],
-                     _out_from_probs(probs, v[ks][None], p, hq), torch.float32)
+                     _out_from_probs(probs, v[ks][None], p, hq))
         ref_grads = torch.autograd.grad(ref, leaves, dout[qs][None].double())
         for name, g, r, s in zip(("dq", "dk", "dv"), grads, ref_grads, (qs, ks, ks)):
-            assert_close(f"{name}[{b}]", g[s][None], r, torch.float32, "grad")
+            assert_close(f"{name}[{b}]", g[s][None], r, kind="grad")

@@ -8,8 +8,11 @@ torch = pytest.importorskip("torch", reason="torch is not installed: flashattn's
 import flashattn  # noqa: E402
 from flashattn import _ffi  # noqa: E402
 
+from attention_reference import dtype_for  # noqa: E402
 
-def qkv(device, b=2, sq=5, sk=6, hq=4, hkv=2, d=16, dtype=torch.float32):
+
+def qkv(device, b=2, sq=5, sk=6, hq=4, hkv=2, d=16):
+    dtype = dtype_for(device)
     return (torch.randn(b, sq, hq, d, device=device, dtype=dtype),
             torch.randn(b, sk, hkv, d, device=device, dtype=dtype),
             torch.randn(b, sk, hkv, d, device=device, dtype=dtype))
@@ -17,8 +20,8 @@ def qkv(device, b=2, sq=5, sk=6, hq=4, hkv=2, d=16, dtype=torch.float32):
 
 FIXED_CASES = [
     ("q int", lambda q, k, v: (q.long(), k, v, {}), TypeError, "q must be float16, bfloat16 or float32"),
-    ("k dtype", lambda q, k, v: (q, k.half(), v, {}), TypeError, "k must be float32"),
-    ("v dtype", lambda q, k, v: (q, k, v.double(), {}), TypeError, "v must be float32"),
+    ("k dtype", lambda q, k, v: (q, k.double(), v, {}), TypeError, "k must be float(16|32)"),
+    ("v dtype", lambda q, k, v: (q, k, v.double(), {}), TypeError, "v must be float(16|32)"),
     ("q dims", lambda q, k, v: (q[0], k, v, {}), ValueError, "q must have 4 dimensions"),
     ("q not tensor", lambda q, k, v: (q.tolist(), k, v, {}), TypeError, "q must be a torch.Tensor"),
     ("batch", lambda q, k, v: (q[:1], k, v, {}), ValueError, "same batch size"),
@@ -52,8 +55,8 @@ def test_head_dim_too_large(device):
 
 
 def _varlen(device, cu_q=(0, 3, 7), cu_k=(0, 4, 9), max_q=4, max_k=5, dtype=torch.int32):
-    q = torch.randn(7, 2, 16, device=device)
-    k = torch.randn(9, 2, 16, device=device)
+    q = torch.randn(7, 2, 16, device=device, dtype=dtype_for(device))
+    k = torch.randn(9, 2, 16, device=device, dtype=dtype_for(device))
     return (q, k, k.clone(), torch.tensor(cu_q, dtype=dtype, device=device),
             torch.tensor(cu_k, dtype=dtype, device=device), max_q, max_k)
 

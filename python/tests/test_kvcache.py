@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed: flashattn's
 import flashattn  # noqa: E402
 from flashattn import flash_attn_interface as fa3  # noqa: E402
 
-from attention_reference import assert_close, attention_ref  # noqa: E402
+from attention_reference import assert_close, attention_ref, randn  # noqa: E402
 
 
 def kvcache_reference(q, k_cache, v_cache, k, v, lengths, rows, starts, **options):
@@ -52,13 +52,13 @@ def test_kvcache(device, case, api):
     c = CASES[case]
     batch, cache_batch, cache_len, hq, hkv, d = 3, 4, 48, 4, 2, 32
     gen = torch.Generator().manual_seed(31)
-    q = torch.randn(batch, c["seqlen_q"], hq, d, generator=gen).to(device)
-    k_cache = torch.randn(cache_batch, cache_len, hkv, d, generator=gen).to(device)
-    v_cache = torch.randn(cache_batch, cache_len, hkv, d, generator=gen).to(device)
+    q = randn(device, gen, batch, c["seqlen_q"], hq, d)
+    k_cache = randn(device, gen, cache_batch, cache_len, hkv, d)
+    v_cache = randn(device, gen, cache_batch, cache_len, hkv, d)
     k = v = None
     if c["new"]:
-        k = torch.randn(batch, c["new"], hkv, d, generator=gen).to(device)
-        v = torch.randn(batch, c["new"], hkv, d, generator=gen).to(device)
+        k = randn(device, gen, batch, c["new"], hkv, d)
+        v = randn(device, gen, batch, c["new"], hkv, d)
     lengths = [10, 33, 6]
     rows = c["rows"] or list(range(batch))
     starts = c["starts"] or [0] * batch
@@ -72,21 +72,21 @@ def test_kvcache(device, case, api):
     out, lse = fn(q, k_cache, v_cache, k, v, cache_seqlens=to_int32(lengths),
                   cache_batch_idx=to_int32(c["rows"]), cache_leftpad=to_int32(c["starts"]),
                   return_softmax_lse=True, **options)
-    assert_close("out", out, ref, torch.float32)
+    assert_close("out", out, ref)
     assert lse.shape == (batch, hq, c["seqlen_q"])
     assert torch.equal(k_cache, ref_k_cache) and torch.equal(v_cache, ref_v_cache)
 
 
 def test_kvcache_int_seqlens_single_call(device):
     gen = torch.Generator().manual_seed(32)
-    q = torch.randn(2, 1, 4, 16, generator=gen).to(device)
-    k_cache = torch.randn(2, 20, 4, 16, generator=gen).to(device)
-    v_cache = torch.randn(2, 20, 4, 16, generator=gen).to(device)
+    q = randn(device, gen, 2, 1, 4, 16)
+    k_cache = randn(device, gen, 2, 20, 4, 16)
+    v_cache = randn(device, gen, 2, 20, 4, 16)
     out = flashattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=12)
     ref, _ = attention_ref(q, k_cache[:, :12], v_cache[:, :12])
-    assert_close("out", out, ref, torch.float32)
+    assert_close("out", out, ref)
     full = flashattn.flash_attn_with_kvcache(q, k_cache, v_cache)  # no lengths: the whole cache
-    assert_close("out", full, attention_ref(q, k_cache, v_cache)[0], torch.float32)
+    assert_close("out", full, attention_ref(q, k_cache, v_cache)[0])
 
 
 def test_kvcache_unsupported_options_raise(device):

@@ -9,7 +9,7 @@ import flashattn  # noqa: E402
 from flashattn.bert_padding import (  # noqa: E402
     pad_input, unpad_input, unpad_input_for_concatenated_sequences)
 
-from attention_reference import assert_close, attention_ref  # noqa: E402
+from attention_reference import assert_close, attention_ref, randn  # noqa: E402
 
 
 def padding_mask(lengths, seqlen, device):
@@ -49,9 +49,9 @@ def test_varlen_with_padding(device, case, heads):
     if options.get("alibi_slopes") == "per_batch":
         options = dict(options, alibi_slopes=torch.rand(batch, hq, device=device) * 0.3)
     gen = torch.Generator().manual_seed(21)
-    q = torch.randn(batch, seqlen, hq, d, generator=gen).to(device).requires_grad_()
-    k = torch.randn(batch, seqlen, hkv, d, generator=gen).to(device).requires_grad_()
-    v = torch.randn(batch, seqlen, hkv, d, generator=gen).to(device).requires_grad_()
+    q = randn(device, gen, batch, seqlen, hq, d).requires_grad_()
+    k = randn(device, gen, batch, seqlen, hkv, d).requires_grad_()
+    v = randn(device, gen, batch, seqlen, hkv, d).requires_grad_()
     q_mask, k_mask = padding_mask(lens_q, seqlen, device), padding_mask(lens_k, seqlen, device)
 
     q_unpad, q_idx, cu_q, max_q, _ = unpad_input(q, q_mask)
@@ -66,28 +66,28 @@ def test_varlen_with_padding(device, case, heads):
 
     leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
     ref = reference_padded(*leaves, q_mask, k_mask, **options)
-    assert_close("out", out, ref, torch.float32)
-    dout = torch.randn(out.shape, generator=gen).to(device)
+    assert_close("out", out, ref)
+    dout = randn(device, gen, out.shape)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     ref_grads = torch.autograd.grad(ref, leaves, dout.double())
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-        assert_close(name, g, r, torch.float32, "grad")
+        assert_close(name, g, r, kind="grad")
 
 
 def test_varlen_qkvpacked(device):
     lens = [9, 1, 30, 14]
     cu = torch.tensor([0, 9, 10, 40, 54], dtype=torch.int32, device=device)
     gen = torch.Generator().manual_seed(23)
-    qkv = torch.randn(sum(lens), 3, 4, 24, generator=gen).to(device).requires_grad_()
+    qkv = randn(device, gen, sum(lens), 3, 4, 24).requires_grad_()
     out = flashattn.flash_attn_varlen_qkvpacked_func(qkv, cu, max(lens), causal=True)
     dout = torch.randn_like(out)
     (g,) = torch.autograd.grad(out, (qkv,), dout)
     for b, (s, e) in enumerate(zip(cu.tolist()[:-1], cu.tolist()[1:])):
         leaf = qkv[s:e].detach().double().requires_grad_()
         ref, _ = attention_ref(*leaf[None].unbind(2), causal=True)
-        assert_close(f"out[{b}]", out[s:e][None], ref, torch.float32)
+        assert_close(f"out[{b}]", out[s:e][None], ref)
         (rg,) = torch.autograd.grad(ref, (leaf,), dout[s:e][None].double())
-        assert_close(f"dqkv[{b}]", g[s:e], rg, torch.float32, "grad")
+        assert_close(f"dqkv[{b}]", g[s:e], rg, kind="grad")
 
 
 def test_varlen_kvpacked_gqa(device):
@@ -95,8 +95,8 @@ def test_varlen_kvpacked_gqa(device):
     cu_q = torch.tensor([0, 3, 23], dtype=torch.int32, device=device)
     cu_k = torch.tensor([0, 20, 51], dtype=torch.int32, device=device)
     gen = torch.Generator().manual_seed(24)
-    q = torch.randn(23, 6, 16, generator=gen).to(device).requires_grad_()
-    kv = torch.randn(51, 2, 3, 16, generator=gen).to(device).requires_grad_()
+    q = randn(device, gen, 23, 6, 16).requires_grad_()
+    kv = randn(device, gen, 51, 2, 3, 16).requires_grad_()
     out, lse, _ = flashattn.flash_attn_varlen_kvpacked_func(
         q, kv, cu_q, cu_k, 20, 31, window_size=(4, 4), return_attn_probs=True)
     dout = torch.randn_like(out)
@@ -106,11 +106,11 @@ def test_varlen_kvpacked_gqa(device):
         ks = slice(cu_k[b].item(), cu_k[b + 1].item())
         lq, lkv = q[qs].detach().double().requires_grad_(), kv[ks].detach().double().requires_grad_()
         ref, ref_lse = attention_ref(lq[None], *lkv[None].unbind(2), window_size=(4, 4))
-        assert_close(f"out[{b}]", out[qs][None], ref, torch.float32)
-        assert_close(f"lse[{b}]", lse[:, qs][None], ref_lse, torch.float32)
+        assert_close(f"out[{b}]", out[qs][None], ref)
+        assert_close(f"lse[{b}]", lse[:, qs][None], ref_lse)
         rq, rkv = torch.autograd.grad(ref, (lq, lkv), dout[qs][None].double())
-        assert_close(f"dq[{b}]", gq[qs], rq, torch.float32, "grad")
-        assert_close(f"dkv[{b}]", gkv[ks], rkv, torch.float32, "grad")
+        assert_close(f"dq[{b}]", gq[qs], rq, kind="grad")
+        assert_close(f"dkv[{b}]", gkv[ks], rkv, kind="grad")
 
 
 def test_unpad_pad_roundtrip_and_conventions():
