@@ -78,10 +78,10 @@ static void usage(FILE *out)
 "  --width N           heads * head_dim of the grid, batch 1 (default 1024)\n"
 "  --mem-seqlens LIST  memory sweep lengths (default 1024,2048,4096,8192,16384)\n"
 "  --mem-heads N       heads of the memory sweep (default 1; head_dim 64, f32)\n"
-"  --reps N            timed repetitions after one warm-up; median (default 5)\n"
+"  --reps N            timed repetitions after one warm-up; median (default 3)\n"
 "  --threads N         threads for flash, OpenBLAS and OpenMP; 0 = all (default 0)\n"
 "  --std-max-mib N     skip standard attention when P and its scratch would\n"
-"                      exceed N MiB (default 4096)\n"
+"                      exceed N MiB (default 2048: standard runs to 4k)\n"
 "  --quick             small sizes to validate the setup (seqlens 256,512,\n"
 "                      memory sweep 512..2048, 3 reps)\n"
 "  --json FILE         also write every number to FILE\n"
@@ -181,9 +181,9 @@ static int parse_options(int argc, char **argv, bench_options *o)
     o->width = 1024;
     o->mem_heads = 1;
     o->mem_head_dim = 64;
-    o->reps = 5;
+    o->reps = 3;
     o->threads = 0;
-    o->std_max_mib = 4096;
+    o->std_max_mib = 2048;
     o->fma_iterations = 20000000;
     o->json_path = NULL;
 
