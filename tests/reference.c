@@ -54,10 +54,12 @@ int ref_visible(const ref_problem *p, int64_t b, int64_t h, int64_t i,
     return 1;
 }
 
-/* Per-row scratch: scores and their magnitudes, tanh of the capped
- * scores, probabilities. */
+/* Per-row scratch: scores, tanh of the capped scores, probabilities, and
+ * for the magnitudes: |s| bounds, the error amplification of each P
+ * (1 + magnitude of s_j - lse: P = exp(s - lse) turns an absolute error of
+ * the exponent into a relative error of P), and |dO|·|v_j|. */
 typedef struct row_state {
-    double *score, *score_mag, *tanh_capped, *prob;
+    double *score, *score_mag, *tanh_capped, *prob, *prob_amp, *dprob_mag;
     unsigned char *visible;
     double lse, lse_mag;
 } row_state;
@@ -66,6 +68,8 @@ static void row_alloc(row_state *r, int64_t max_sk)
 {
     r->score = xcalloc((size_t)max_sk, sizeof(double));
     r->score_mag = xcalloc((size_t)max_sk, sizeof(double));
+    r->prob_amp = xcalloc((size_t)max_sk, sizeof(double));
+    r->dprob_mag = xcalloc((size_t)max_sk, sizeof(double));
     r->tanh_capped = xcalloc((size_t)max_sk, sizeof(double));
     r->prob = xcalloc((size_t)max_sk, sizeof(double));
     r->visible = xcalloc((size_t)max_sk, 1);
@@ -75,6 +79,8 @@ static void row_free(row_state *r)
 {
     free(r->score);
     free(r->score_mag);
+    free(r->prob_amp);
+    free(r->dprob_mag);
     free(r->tanh_capped);
     free(r->prob);
     free(r->visible);
@@ -142,6 +148,8 @@ static int row_softmax(const ref_problem *p, const double *q, const double *k,
         r->prob[j] = r->visible[j] ? fl(p, r->prob[j] / sum) : 0.0;
     r->lse = fl(p, max_score + log(sum));
     r->lse_mag += fabs(r->lse);
+    for (int64_t j = 0; j < sk; ++j)
+        r->prob_amp[j] = 1.0 + r->score_mag[j] + r->lse_mag;
     return 1;
 }
 
@@ -188,7 +196,7 @@ void ref_forward(const ref_problem *p, const double *q, const double *k,
                             acc[x] = fl(p, acc[x] + fl(p, pj * vj[x]));
                         if (o_mag)
                             for (int64_t x = 0; x < dv; ++x)
-                                o_mag[x] += fabs(pj * vj[x]);
+                                o_mag[x] += fabs(pj * vj[x]) * r.prob_amp[j];
                     }
                 }
                 for (int64_t x = 0; x < dv; ++x)
@@ -229,7 +237,20 @@ void ref_backward(const ref_problem *p, const double *q, const double *k,
                 double *dqi = dq + (row * p->heads_q + h) * d;
                 /* D = rowsum(dO ∘ O): with dropout O already holds it. */
                 double dsum = dot(p, doi, out + (row * p->heads_q + h) * dvd, dvd);
-                double dsum_mag = mag ? abs_dot(doi, out + (row * p->heads_q + h) * dvd, dvd) : 0.0;
+                /* D's magnitude: its own dot, plus dO against the error
+                 * the forward's out may carry. */
+                double dsum_mag = 0.0;
+                if (mag) {
+                    dsum_mag = abs_dot(doi, out + (row * p->heads_q + h) * dvd, dvd);
+                    for (int64_t j = 0; j < p->k_len[b]; ++j) {
+                        if (!r.visible[j])
+                            continue;
+                        const double *vj = v + ((p->k_start[b] + j) * p->heads_kv + hk) * dvd;
+                        r.dprob_mag[j] = abs_dot(doi, vj, dvd);
+                        dsum_mag += r.prob[j] * fabs(dropout_factor(p, b, h, i, j)) *
+                                    r.prob_amp[j] * r.dprob_mag[j];
+                    }
+                }
                 for (int64_t j = 0; j < p->k_len[b]; ++j) {
                     if (!r.visible[j])
                         continue;
@@ -249,7 +270,7 @@ void ref_backward(const ref_problem *p, const double *q, const double *k,
                         dk[krow * d + x] = fl(p, dk[krow * d + x] + fl(p, ds * qi[x]));
                     }
                     if (mag) {
-                        double ds_mag = r.prob[j] * (abs_dot(doi, vj, dvd) * z + dsum_mag);
+                        double ds_mag = r.prob[j] * r.prob_amp[j] * (r.dprob_mag[j] * z + dsum_mag);
                         if (p->softcap > 0.0)
                             ds_mag *= 1.0 - r.tanh_capped[j] * r.tanh_capped[j];
                         double *dq_mag = mag[0] + (row * p->heads_q + h) * d;
@@ -258,7 +279,7 @@ void ref_backward(const ref_problem *p, const double *q, const double *k,
                             mag[1][krow * d + x] += p->softmax_scale * ds_mag * fabs(qi[x]);
                         }
                         for (int64_t x = 0; x < dvd; ++x)
-                            mag[2][krow * dvd + x] += fabs(pz * doi[x]);
+                            mag[2][krow * dvd + x] += fabs(pz * doi[x]) * r.prob_amp[j];
                     }
                 }
             }
