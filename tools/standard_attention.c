@@ -10,45 +10,78 @@
 #include <omp.h>
 #endif
 
+/* The per-row loops below are the hot spots of the baseline; build them for
+ * AVX-512 and AVX2 too (chosen at load time), so that the standard
+ * attention is not handicapped by the baseline x86-64 ISA. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define MULTI_ISA __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MULTI_ISA
+#endif
+
+/* Row i of C = alpha · op(A) · op(B) + beta · C (see std_gemm_fn). */
+MULTI_ISA static void gemm_row(int trans_a, int trans_b, int64_t i, int64_t n, int64_t k,
+                               float alpha, const float *a, int64_t lda, const float *b,
+                               int64_t ldb, float beta, float *c_row)
+{
+    if (trans_b) {
+        /* Rows of B are columns of op(B): a dot product per element. */
+        for (int64_t j = 0; j < n; ++j) {
+            const float *b_row = b + j * ldb;
+            float acc = 0.0f;
+            if (trans_a) {
+                for (int64_t p = 0; p < k; ++p)
+                    acc += a[p * lda + i] * b_row[p];
+            } else {
+                const float *a_row = a + i * lda;
+#pragma omp simd reduction(+ : acc)
+                for (int64_t p = 0; p < k; ++p)
+                    acc += a_row[p] * b_row[p];
+            }
+            c_row[j] = alpha * acc + (beta == 0.0f ? 0.0f : beta * c_row[j]);
+        }
+        return;
+    }
+    /* Rows of B are rows of op(B): accumulate scaled rows. */
+    for (int64_t j = 0; j < n; ++j)
+        c_row[j] = beta == 0.0f ? 0.0f : beta * c_row[j];
+    for (int64_t p = 0; p < k; ++p) {
+        float a_ip = alpha * (trans_a ? a[p * lda + i] : a[i * lda + p]);
+        if (a_ip == 0.0f)
+            continue; /* masked probabilities: finite inputs only */
+        const float *b_row = b + p * ldb;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j)
+            c_row[j] += a_ip * b_row[j];
+    }
+}
+
 void std_gemm_reference(int trans_a, int trans_b, int64_t m, int64_t n,
                         int64_t k, float alpha, const float *a, int64_t lda,
                         const float *b, int64_t ldb, float beta, float *c,
                         int64_t ldc)
 {
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < m; ++i) {
-        float *c_row = c + i * ldc;
-        if (trans_b) {
-            /* Rows of B are columns of op(B): a dot product per element. */
-            for (int64_t j = 0; j < n; ++j) {
-                const float *b_row = b + j * ldb;
-                float acc = 0.0f;
-                if (trans_a) {
-                    for (int64_t p = 0; p < k; ++p)
-                        acc += a[p * lda + i] * b_row[p];
-                } else {
-                    const float *a_row = a + i * lda;
-#pragma omp simd reduction(+ : acc)
-                    for (int64_t p = 0; p < k; ++p)
-                        acc += a_row[p] * b_row[p];
-                }
-                c_row[j] = alpha * acc + (beta == 0.0f ? 0.0f : beta * c_row[j]);
-            }
-        } else {
-            /* Rows of B are rows of op(B): accumulate scaled rows. */
-            for (int64_t j = 0; j < n; ++j)
-                c_row[j] = beta == 0.0f ? 0.0f : beta * c_row[j];
-            for (int64_t p = 0; p < k; ++p) {
-                float a_ip = alpha * (trans_a ? a[p * lda + i] : a[i * lda + p]);
-                if (a_ip == 0.0f)
-                    continue; /* masked probabilities: finite inputs only */
-                const float *b_row = b + p * ldb;
-#pragma omp simd
-                for (int64_t j = 0; j < n; ++j)
-                    c_row[j] += a_ip * b_row[j];
-            }
-        }
-    }
+    for (int64_t i = 0; i < m; ++i)
+        gemm_row(trans_a, trans_b, i, n, k, alpha, a, lda, b, ldb, beta, c + i * ldc);
+}
+
+/* exp(x) for x <= 0, within ~2 ulp, in operations that vectorize (libm's
+ * expf does not without -ffast-math): x = k·ln2 + r with |r| <= ln2/2 (ln2
+ * split in two for an exact k·ln2), exp(r) by its degree-7 Taylor
+ * polynomial (remainder < 1e-8 relative), 2^k from the exponent bits. */
+static inline float exp_nonpositive(float x)
+{
+    if (x < -87.0f) /* exp underflows below the smallest normal float */
+        return 0.0f;
+    int k = (int)(x * 1.44269504f - 0.5f); /* round to nearest, x <= 0 */
+    float r = x - (float)k * 0.693145751953125f - (float)k * 1.428606765330187e-6f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
+              r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    uint32_t bits = (uint32_t)(k + 127) << 23;
+    float two_k;
+    memcpy(&two_k, &bits, sizeof two_k);
+    return p * two_k;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -109,7 +142,7 @@ static void visible_range(const shape *s, int64_t i, int64_t *lo, int64_t *hi)
 }
 
 /* row (sk scores of query i) -> probabilities in place; returns the lse. */
-static float softmax_row(const shape *s, int64_t i, float *row)
+MULTI_ISA static float softmax_row(const shape *s, int64_t i, float *row)
 {
     int64_t lo, hi;
     visible_range(s, i, &lo, &hi);
@@ -117,20 +150,26 @@ static float softmax_row(const shape *s, int64_t i, float *row)
         memset(row, 0, sizeof(float) * (size_t)s->sk);
         return -INFINITY;
     }
-    double row_max = -INFINITY;
-    for (int64_t j = lo; j < hi; ++j) {
-        if (s->softcap > 0)
+    if (s->softcap > 0)
+        for (int64_t j = lo; j < hi; ++j)
             row[j] = s->softcap * tanhf(row[j] / s->softcap);
-        if (row[j] > row_max)
-            row_max = row[j];
-    }
-    double sum = 0.0;
+    float row_max = -INFINITY;
+#pragma omp simd reduction(max : row_max)
     for (int64_t j = lo; j < hi; ++j)
-        sum += exp((double)row[j] - row_max);
-    double lse = row_max + log(sum);
-    for (int64_t j = 0; j < s->sk; ++j)
-        row[j] = (j >= lo && j < hi) ? (float)exp((double)row[j] - lse) : 0.0f;
-    return (float)lse;
+        row_max = row[j] > row_max ? row[j] : row_max;
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = lo; j < hi; ++j) {
+        row[j] = exp_nonpositive(row[j] - row_max);
+        sum += row[j];
+    }
+    float inverse_sum = (float)(1.0 / sum);
+    memset(row, 0, sizeof(float) * (size_t)lo);
+#pragma omp simd
+    for (int64_t j = lo; j < hi; ++j)
+        row[j] *= inverse_sum;
+    memset(row + hi, 0, sizeof(float) * (size_t)(s->sk - hi));
+    return (float)(row_max + log(sum));
 }
 
 /* The dropped-and-rescaled copy of row i of one head's probabilities. */
@@ -143,6 +182,33 @@ static void dropout_row(const fa_attn *attn, const shape *s, int64_t b, int64_t 
                                          s->hq, b, h, i, j, s->dropout_p)
                              ? probs_row[j] * keep_scale
                              : 0.0f;
+}
+
+/* ds_row: dP of the (dropped) probabilities in, dS out, for one row with
+ * probabilities p_row, lse_i and D_i = rowsum(dO∘O); dropped_row (NULL
+ * without dropout) is P∘mask/(1-p). */
+MULTI_ISA static void softmax_backward_row(const shape *s, const float *p_row,
+                                           const float *dropped_row, float lse_i,
+                                           float rowsum_do_o, float *ds_row)
+{
+    float keep_scale = 1.0f / (1.0f - s->dropout_p);
+#pragma omp simd
+    for (int64_t j = 0; j < s->sk; ++j) {
+        float dp = ds_row[j];
+        /* dropped == 0 means dropped, or P == 0 where dS is 0 anyway */
+        if (dropped_row)
+            dp = dropped_row[j] != 0.0f ? dp * keep_scale : 0.0f;
+        ds_row[j] = p_row[j] * (dp - rowsum_do_o);
+    }
+    if (s->softcap > 0) {
+        /* s_capped = log P + lse; d tanh(x/cap)·cap = 1 - (s_capped/cap)^2 */
+        for (int64_t j = 0; j < s->sk; ++j) {
+            if (p_row[j] > 0) {
+                float t = (logf(p_row[j]) + lse_i) / s->softcap;
+                ds_row[j] *= 1.0f - t * t;
+            }
+        }
+    }
 }
 
 int std_forward(const fa_attn *attn, std_gemm_fn gemm, const float *q,
@@ -191,7 +257,6 @@ int std_backward(const fa_attn *attn, std_gemm_fn gemm, const float *q,
     memset(dv, 0, sizeof(float) * (size_t)(s.b * s.sk * ld_v));
     float *dprobs = scratch;                     /* dP, then dS: (sq, sk) */
     float *dropped = scratch + s.sq * s.sk;      /* with dropout: P∘mask/(1-p) */
-    float keep_scale = s.dropout_p > 0 ? 1.0f / (1.0f - s.dropout_p) : 1.0f;
     for (int64_t b = 0; b < s.b; ++b) {
         for (int64_t h = 0; h < s.hq; ++h) {
             int64_t kvh = h / s.group;
@@ -213,23 +278,11 @@ int std_backward(const fa_attn *attn, std_gemm_fn gemm, const float *q,
                 double rowsum_do_o = 0.0; /* D_i: O already includes dropout */
                 for (int64_t c = 0; c < s.dv; ++c)
                     rowsum_do_o += (double)do_bh[i * ld_o + c] * o_bh[i * ld_o + c];
-                const float *p_row = p_bh + i * s.sk;
-                float *ds_row = dprobs + i * s.sk;
-                if (s.dropout_p > 0)
-                    dropout_row(attn, &s, b, h, i, p_row, dropped + i * s.sk);
-                for (int64_t j = 0; j < s.sk; ++j) {
-                    double dp = ds_row[j];
-                    /* dropped == 0 means dropped, or P == 0 where dS is 0 anyway */
-                    if (s.dropout_p > 0)
-                        dp = dropped[i * s.sk + j] != 0.0f ? dp * keep_scale : 0.0;
-                    double ds = p_row[j] * (dp - rowsum_do_o);
-                    if (s.softcap > 0 && p_row[j] > 0) {
-                        /* s_capped = log P + lse; d tanh = 1 - (s_capped/cap)^2 */
-                        double t = (log((double)p_row[j]) + lse_bh[i]) / s.softcap;
-                        ds *= 1.0 - t * t;
-                    }
-                    ds_row[j] = (float)ds;
-                }
+                float *dropped_row = s.dropout_p > 0 ? dropped + i * s.sk : NULL;
+                if (dropped_row)
+                    dropout_row(attn, &s, b, h, i, p_bh + i * s.sk, dropped_row);
+                softmax_backward_row(&s, p_bh + i * s.sk, dropped_row, lse_bh[i],
+                                     (float)rowsum_do_o, dprobs + i * s.sk);
             }
             const float *p_used = s.dropout_p > 0 ? dropped : p_bh;
             gemm(1, 0, s.sk, s.dv, s.sq, 1.0f, p_used, s.sk, do_bh, ld_o, 1.0f, dv_bh, ld_v);
