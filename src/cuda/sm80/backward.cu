@@ -31,9 +31,13 @@ template <int D> struct BackwardTiles {
     static constexpr int kDqRowGroups = kBlockM / 16;
     static constexpr int kDqColGroups = kWarps / kDqRowGroups;
     static constexpr int kDqCols = D / kDqColGroups; /* of dQ, per warp */
-    static constexpr size_t kSmemBytes =
-        (size_t)(2 * kBlockN + 2 * kBlockM) * smem_pitch(D) * 2 +
-        (size_t)2 * kBlockN * smem_pitch(kBlockM) * 2 + (size_t)2 * kBlockM * 4;
+    /* K, V, Pᵀ, dSᵀ, then per query stage Q, dO, lse, D. */
+    static constexpr size_t smem_bytes(int query_stages)
+    {
+        return (size_t)2 * kBlockN * smem_pitch(D) * 2 +
+               (size_t)2 * kBlockN * smem_pitch(kBlockM) * 2 +
+               (size_t)query_stages * (2 * kBlockM * smem_pitch(D) * 2 + 2 * kBlockM * 4);
+    }
     static_assert(kQueryCols % 8 == 0 && kDimCols % 8 == 0 && kDqCols % 8 == 0, "tiles");
     static_assert(kWarps % kDqRowGroups == 0, "dQ warp split");
     static_assert(kQueryCols * 4 / 8 <= 32, "dropout bits per thread");
@@ -46,6 +50,7 @@ struct BackwardArgs {
     float *dq_accum; /* (Hq, total_q, dp) fp32 */
     float *dsum;     /* (Hq, total_q): rowsum(dO ∘ O) */
     float *lse_log2; /* (Hq, total_q): lse · log2(e), +inf for empty rows */
+    int query_stages; /* 2: the next Q/dO block loads during this one (if smem allows) */
 };
 
 /* Row of the workspace arrays for row i of sequence b. */
@@ -106,12 +111,12 @@ __global__ void __launch_bounds__(BackwardTiles<D>::kWarps * 32)
     extern __shared__ __align__(16) unsigned char smem[];
     T *sK = reinterpret_cast<T *>(smem);
     T *sV = sK + BN * P;
-    T *sQ = sV + BN * P;
-    T *sdO = sQ + BM * P;
-    T *sPt = sdO + BM * P;  /* Pᵀ (dropped, scaled): keys x queries */
+    T *sPt = sV + BN * P;    /* Pᵀ (dropped, scaled): keys x queries */
     T *sdSt = sPt + BN * PS; /* dSᵀ */
-    float *s_lse = reinterpret_cast<float *>(sdSt + BN * PS);
-    float *s_dsum = s_lse + BM;
+    T *sQ = sdSt + BN * PS;  /* query_stages buffers each of Q, dO, lse, D */
+    T *sdO = sQ + a.query_stages * BM * P;
+    float *s_lse = reinterpret_cast<float *>(sdO + a.query_stages * BM * P);
+    float *s_dsum = s_lse + a.query_stages * BM;
 
     const int64_t b = blockIdx.z, hk = blockIdx.y;
     const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q,
@@ -137,106 +142,156 @@ __global__ void __launch_bounds__(BackwardTiles<D>::kWarps * 32)
                                       seq.sk - n0, dv, a.vectorized);
         cp_async_commit();
 
-        float acc_dk[DC / 8][4], acc_dv[DC / 8][4];
-        zero<DC / 8>(acc_dk);
-        zero<DC / 8>(acc_dv);
+        float acc_dk[1][DC / 8][4], acc_dv[1][DC / 8][4];
+        zero(acc_dk);
+        zero(acc_dv);
 
         /* Query rows that can see a key of this block. */
         const int64_t n_last = min(n0 + BN, seq.sk) - 1;
         const int64_t m_begin = p.window_right >= 0 ? max((int64_t)0, n0 - shift - p.window_right) : 0;
         const int64_t m_end = p.window_left >= 0 ? min(seq.sq, n_last - shift + p.window_left + 1) : seq.sq;
+        const int64_t h_end = (hk + 1) * group, m_first = (m_begin / BM) * BM;
 
-        for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+        /* The work list: (query head h, query block m0) pairs of the group
+         * with a visible element, in order. `advance` moves to the next one
+         * (h == h_end: none left). */
+        auto advance = [&](int64_t &h, int64_t &m0, TileKind &kind) {
+            for (;;) { /* needs m_first < m_end */
+                m0 += BM;
+                if (m0 >= m_end) {
+                    if (++h >= h_end)
+                        return;
+                    m0 = m_first;
+                }
+                kind = classify_tile(make_mask(p, seq, b, h), m0, BM, n0, BN);
+                if (kind != TILE_SKIP)
+                    return;
+            }
+        };
+        /* Queues the cp.async loads of Q and dO rows [m0, m0+BM) of head h
+         * into stage `st`, and reads their lse and D. */
+        auto load_query_block = [&](int64_t h, int64_t m0, int st) {
+            const T *q = (const T *)p.q.data + fa_row_offset(&p.q, p.varlen, b, seq.q0 + m0, h);
+            const T *dout = (const T *)p.dout.data + fa_row_offset(&p.dout, p.varlen, b, seq.q0 + m0, h);
+            load_tile<T, BM, D, kThreads>(sQ + st * BM * P, q, p.q.stride_seq, seq.sq - m0, d,
+                                          a.vectorized);
+            load_tile<T, BM, D, kThreads>(sdO + st * BM * P, dout, p.dout.stride_seq,
+                                          seq.sq - m0, dv, a.vectorized);
+            cp_async_commit();
+            if (threadIdx.x < BM) {
+                const int64_t ws = h * p.total_q + workspace_row(p, seq, b, m0 + threadIdx.x);
+                const bool valid = m0 + threadIdx.x < seq.sq;
+                s_lse[st * BM + threadIdx.x] = valid ? a.lse_log2[ws] : INFINITY;
+                s_dsum[st * BM + threadIdx.x] = valid ? a.dsum[ws] : 0.f;
+            }
+        };
+
+        int64_t h = hk * group, m0 = m_first - BM;
+        TileKind kind = TILE_SKIP;
+        if (m_first >= m_end)
+            h = h_end;
+        else
+            advance(h, m0, kind);
+        if (h < h_end)
+            load_query_block(h, m0, 0);
+        int stage = 0;
+        while (h < h_end) {
+            int64_t h_next = h, m0_next = m0;
+            TileKind kind_next = TILE_SKIP;
+            advance(h_next, m0_next, kind_next);
+            /* With two stages the next block's loads fly during this one. */
+            const bool prefetch = a.query_stages == 2 && h_next < h_end;
+            if (prefetch) {
+                load_query_block(h_next, m0_next, stage ^ 1);
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
+            __syncthreads(); /* this stage's Q, dO, lse, D are visible */
+            const T *cQ = sQ + stage * BM * P, *cdO = sdO + stage * BM * P;
+            const float *c_lse = s_lse + stage * BM, *c_dsum = s_dsum + stage * BM;
             const Mask mask = make_mask(p, seq, b, h);
             const ScoreTransform score = make_score_transform(p, seq, b, h);
-            const T *q = (const T *)p.q.data + fa_row_offset(&p.q, p.varlen, b, seq.q0, h);
-            const T *dout = (const T *)p.dout.data + fa_row_offset(&p.dout, p.varlen, b, seq.q0, h);
-            const int64_t ws_base = h * p.total_q + workspace_row(p, seq, b, 0);
 
-            for (int64_t m0 = (m_begin / BM) * BM; m0 < m_end; m0 += BM) {
-                const TileKind kind = classify_tile(mask, m0, BM, n0, BN);
-                if (kind == TILE_SKIP)
-                    continue;
-                __syncthreads(); /* the previous query block's smem reads are done */
-                load_tile<T, BM, D, kThreads>(sQ, q + m0 * p.q.stride_seq, p.q.stride_seq,
-                                              seq.sq - m0, d, a.vectorized);
-                load_tile<T, BM, D, kThreads>(sdO, dout + m0 * p.dout.stride_seq,
-                                              p.dout.stride_seq, seq.sq - m0, dv, a.vectorized);
-                cp_async_commit();
-                if (threadIdx.x < BM) {
-                    const bool valid = m0 + threadIdx.x < seq.sq;
-                    s_lse[threadIdx.x] = valid ? a.lse_log2[ws_base + m0 + threadIdx.x] : INFINITY;
-                    s_dsum[threadIdx.x] = valid ? a.dsum[ws_base + m0 + threadIdx.x] : 0.f;
-                }
-                cp_async_wait<0>();
-                __syncthreads();
+            /* This warp's 16 keys x QC queries of Sᵀ and dPᵀ. */
+            float st[1][QC / 8][4], dpt[1][QC / 8][4];
+            zero(st);
+            zero(dpt);
+            warp_gemm<1, QC / 8, D, false, false>(st, sK, P, 16 * wn, 0, cQ, P, 0, wd * QC);
+            warp_gemm<1, QC / 8, D, false, false>(dpt, sV, P, 16 * wn, 0, cdO, P, 0, wd * QC);
 
-                /* This warp's 16 keys x QC queries of Sᵀ and dPᵀ. */
-                float st[QC / 8][4], dpt[QC / 8][4];
-                zero<QC / 8>(st);
-                zero<QC / 8>(dpt);
-                warp_gemm<QC / 8, D, false, false>(st, sK, P, 16 * wn, 0, sQ, P, 0, wd * QC);
-                warp_gemm<QC / 8, D, false, false>(dpt, sV, P, 16 * wn, 0, sdO, P, 0, wd * QC);
-
-                /* Keep bits, bit 4nt + e (a rolled loop: see the forward). */
-                uint32_t keep_bits = 0xffffffffu;
-                if (drop) {
-                    keep_bits = 0;
+            /* Keep bits, bit 4nt + e (a rolled loop: see the forward). */
+            uint32_t keep_bits = 0xffffffffu;
+            if (drop) {
+                keep_bits = 0;
 #pragma unroll 1
-                    for (int bit = 0; bit < QC / 2; ++bit) {
-                        const int nt = bit / 4, e = bit % 4;
-                        const int64_t i = m0 + wd * QC + nt * 8 + 2 * t + e % 2;
-                        const int64_t j = n0 + 16 * wn + g + (e / 2) * 8;
-                        fa_u32x4 w = fa_dropout_words(p.dropout_seed, p.dropout_offset,
-                                                      p.heads_q, b, h, i, j);
-                        keep_bits |= (uint32_t)(w.x[j & 3] >= drop_threshold) << bit;
-                    }
-                }
-
-#pragma unroll
-                for (int nt = 0; nt < QC / 8; ++nt) {
-                    float pv[4], ds[4];
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int il = wd * QC + nt * 8 + 2 * t + e % 2;
-                        const int jl = 16 * wn + g + (e / 2) * 8;
-                        float dtanh;
-                        const float x = transform_score(score, st[nt][e], m0 + il, n0 + jl, &dtanh);
-                        float pe = exp2f(x * kLog2e - s_lse[il]);
-                        if (kind == TILE_PARTIAL && !visible(mask, m0 + il, n0 + jl))
-                            pe = 0.f;
-                        const bool keep = (keep_bits >> (4 * nt + e)) & 1;
-                        const float dp = keep ? dpt[nt][e] * keep_scale : 0.f;
-                        pv[e] = keep ? pe * keep_scale : 0.f;
-                        ds[e] = pe * (dp - s_dsum[il]) * dtanh;
-                    }
-                    const int jl = 16 * wn + g, il = wd * QC + nt * 8 + 2 * t;
-                    *reinterpret_cast<uint32_t *>(sPt + jl * PS + il) = pack_pair<T>(pv[0], pv[1]);
-                    *reinterpret_cast<uint32_t *>(sPt + (jl + 8) * PS + il) = pack_pair<T>(pv[2], pv[3]);
-                    *reinterpret_cast<uint32_t *>(sdSt + jl * PS + il) = pack_pair<T>(ds[0], ds[1]);
-                    *reinterpret_cast<uint32_t *>(sdSt + (jl + 8) * PS + il) = pack_pair<T>(ds[2], ds[3]);
-                }
-                __syncthreads();
-
-                warp_gemm<DC / 8, BM, false, true>(acc_dv, sPt, PS, 16 * wn, 0, sdO, P, 0, wd * DC);
-                warp_gemm<DC / 8, BM, false, true>(acc_dk, sdSt, PS, 16 * wn, 0, sQ, P, 0, wd * DC);
-
-                float dq[Tiles::kDqCols / 8][4];
-                zero<Tiles::kDqCols / 8>(dq);
-                warp_gemm<Tiles::kDqCols / 8, BN, true, true>(dq, sdSt, PS, dq_rows, 0, sK, P, 0, dq_cols);
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const int64_t i = m0 + dq_rows + g + 8 * r;
-                    if (i >= seq.sq)
-                        continue;
-                    float *acc = a.dq_accum + (ws_base + i) * a.dp + dq_cols + 2 * t;
-#pragma unroll
-                    for (int nt = 0; nt < Tiles::kDqCols / 8; ++nt) {
-                        atomicAdd(acc + nt * 8, dq[nt][2 * r]);
-                        atomicAdd(acc + nt * 8 + 1, dq[nt][2 * r + 1]);
-                    }
+                for (int bit = 0; bit < QC / 2; ++bit) {
+                    const int nt = bit / 4, e = bit % 4;
+                    const int64_t i = m0 + wd * QC + nt * 8 + 2 * t + e % 2;
+                    const int64_t j = n0 + 16 * wn + g + (e / 2) * 8;
+                    fa_u32x4 w = fa_dropout_words(p.dropout_seed, p.dropout_offset,
+                                                  p.heads_q, b, h, i, j);
+                    keep_bits |= (uint32_t)(w.x[j & 3] >= drop_threshold) << bit;
                 }
             }
+
+            /* Pᵀ (dropped, scaled) and dSᵀ = Pᵀ ∘ (dPᵀ·keep/(1-p) − D) into smem. */
+            const TileMask tmask = tile_mask(mask, m0, n0);
+            const bool plain_scores = score.softcap == 0.f && score.alibi_slope == 0.f;
+            const float scale_log2 = p.softmax_scale * kLog2e;
+#pragma unroll
+            for (int nt = 0; nt < QC / 8; ++nt) {
+                float pv[4], ds[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int il = wd * QC + nt * 8 + 2 * t + e % 2;
+                    const int jl = 16 * wn + g + (e / 2) * 8;
+                    float dtanh = 1.f;
+                    const float x = plain_scores
+                        ? st[0][nt][e] * scale_log2
+                        : transform_score(score, st[0][nt][e], m0 + il, n0 + jl, &dtanh) * kLog2e;
+                    float pe = exp2f(x - c_lse[il]);
+                    if (kind == TILE_PARTIAL && !visible_in_tile(tmask, mask, m0, n0, il, jl))
+                        pe = 0.f;
+                    const bool keep = (keep_bits >> (4 * nt + e)) & 1;
+                    const float dp = keep ? dpt[0][nt][e] * keep_scale : 0.f;
+                    pv[e] = keep ? pe * keep_scale : 0.f;
+                    ds[e] = pe * (dp - c_dsum[il]) * dtanh;
+                }
+                const int jl = 16 * wn + g, il = wd * QC + nt * 8 + 2 * t;
+                *reinterpret_cast<uint32_t *>(sPt + jl * PS + il) = pack_pair<T>(pv[0], pv[1]);
+                *reinterpret_cast<uint32_t *>(sPt + (jl + 8) * PS + il) = pack_pair<T>(pv[2], pv[3]);
+                *reinterpret_cast<uint32_t *>(sdSt + jl * PS + il) = pack_pair<T>(ds[0], ds[1]);
+                *reinterpret_cast<uint32_t *>(sdSt + (jl + 8) * PS + il) = pack_pair<T>(ds[2], ds[3]);
+            }
+            __syncthreads();
+
+            warp_gemm<1, DC / 8, BM, false, true>(acc_dv, sPt, PS, 16 * wn, 0, cdO, P, 0, wd * DC);
+            warp_gemm<1, DC / 8, BM, false, true>(acc_dk, sdSt, PS, 16 * wn, 0, cQ, P, 0, wd * DC);
+
+            float dq[1][Tiles::kDqCols / 8][4];
+            zero(dq);
+            warp_gemm<1, Tiles::kDqCols / 8, BN, true, true>(dq, sdSt, PS, dq_rows, 0, sK, P, 0, dq_cols);
+            const int64_t ws_base = h * p.total_q + workspace_row(p, seq, b, 0);
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int64_t i = m0 + dq_rows + g + 8 * r;
+                if (i >= seq.sq)
+                    continue;
+                float *acc = a.dq_accum + (ws_base + i) * a.dp + dq_cols + 2 * t;
+#pragma unroll
+                for (int nt = 0; nt < Tiles::kDqCols / 8; ++nt) {
+                    atomicAdd(acc + nt * 8, dq[0][nt][2 * r]);
+                    atomicAdd(acc + nt * 8 + 1, dq[0][nt][2 * r + 1]);
+                }
+            }
+            __syncthreads(); /* every warp is done with this stage, Pᵀ and dSᵀ */
+            if (!prefetch && h_next < h_end)
+                load_query_block(h_next, m0_next, 0);
+            stage = prefetch ? stage ^ 1 : 0;
+            h = h_next;
+            m0 = m0_next;
+            kind = kind_next;
         }
         cp_async_wait<0>(); /* K/V of a block no query block touched */
 
@@ -255,9 +310,9 @@ __global__ void __launch_bounds__(BackwardTiles<D>::kWarps * 32)
                 for (int e = 0; e < 2; ++e) {
                     const int c = wd * DC + nt * 8 + 2 * t + e;
                     if (c < d)
-                        dk_row[c] = T(acc_dk[nt][2 * r + e] * p.softmax_scale);
+                        dk_row[c] = T(acc_dk[0][nt][2 * r + e] * p.softmax_scale);
                     if (c < dv)
-                        dv_row[c] = T(acc_dv[nt][2 * r + e]);
+                        dv_row[c] = T(acc_dv[0][nt][2 * r + e]);
                 }
         }
     }
@@ -293,13 +348,18 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
     const unsigned key_blocks = (unsigned)((p->seqlen_k + Tiles::kBlockN - 1) / Tiles::kBlockN);
     dim3 grid(p->deterministic ? 1u : key_blocks, (unsigned)p->heads_kv, (unsigned)p->batch);
     if (key_blocks > 0 && grid.y > 0 && grid.z > 0) {
-        cudaError_t err = cudaFuncSetAttribute(backward_kernel<T, D>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               (int)Tiles::kSmemBytes);
+        int device = 0, smem_optin = 0;
+        cudaError_t err = cudaGetDevice(&device);
+        if (err == cudaSuccess)
+            err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+        a.query_stages = Tiles::smem_bytes(2) <= (size_t)smem_optin ? 2 : 1;
+        const size_t smem = Tiles::smem_bytes(a.query_stages);
+        if (err == cudaSuccess)
+            err = cudaFuncSetAttribute(backward_kernel<T, D>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (err != cudaSuccess)
-            return fa_fail(FA_ERROR_DEVICE, "sm80 backward: cudaFuncSetAttribute: %s",
-                           cudaGetErrorString(err));
-        backward_kernel<T, D><<<grid, Tiles::kWarps * 32, Tiles::kSmemBytes, stream>>>(a);
+            return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
+        backward_kernel<T, D><<<grid, Tiles::kWarps * 32, smem, stream>>>(a);
         fa_status st = check_launch("sm80 backward kernel launch");
         if (st != FA_SUCCESS)
             return st;
@@ -327,11 +387,11 @@ template <typename T> static fa_status backward_for_dtype(BackwardArgs &a)
 size_t backward_smem_bytes(int dp)
 {
     switch (dp) {
-    case 64: return BackwardTiles<64>::kSmemBytes;
-    case 96: return BackwardTiles<96>::kSmemBytes;
-    case 128: return BackwardTiles<128>::kSmemBytes;
-    case 192: return BackwardTiles<192>::kSmemBytes;
-    default: return BackwardTiles<256>::kSmemBytes;
+    case 64: return BackwardTiles<64>::smem_bytes(1);
+    case 96: return BackwardTiles<96>::smem_bytes(1);
+    case 128: return BackwardTiles<128>::smem_bytes(1);
+    case 192: return BackwardTiles<192>::smem_bytes(1);
+    default: return BackwardTiles<256>::smem_bytes(1);
     }
 }
 

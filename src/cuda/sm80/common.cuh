@@ -111,11 +111,13 @@ __device__ __forceinline__ void load_a_fragment(uint32_t a[4], const T *s, int p
         ldmatrix_x4(a, s + (m0 + l % 16) * pitch + k0 + (l / 16) * 8);
 }
 
-/* acc[nt] += a · B[k0..k0+16, n0+8nt..+8] for nt < NT. The smem tile holds
- * B row-major indexed [k][n] (b_k_major, e.g. V in P·V), or indexed [n][k]
- * (e.g. K in Q·Kᵀ). Two n-tiles per ldmatrix_x4, an odd last one by x2. */
-template <int NT, bool b_k_major, typename T>
-__device__ __forceinline__ void mma_a_times_b(float (*acc)[4], const uint32_t a[4],
+/* acc[mt][nt] += a[mt] · B[k0..k0+16, n0+8nt..+8] for MT row tiles of 16
+ * and NT column tiles of 8: each B fragment read from smem feeds MT mma.
+ * The smem tile holds B row-major indexed [k][n] (b_k_major, e.g. V in
+ * P·V), or indexed [n][k] (e.g. K in Q·Kᵀ). Two n-tiles per ldmatrix_x4,
+ * an odd last one by x2. */
+template <int MT, int NT, bool b_k_major, typename T>
+__device__ __forceinline__ void mma_a_times_b(float (&acc)[MT][NT][4], const uint32_t (&a)[MT][4],
                                               const T *s, int pitch, int k0, int n0)
 {
     int l = threadIdx.x % 32;
@@ -127,8 +129,11 @@ __device__ __forceinline__ void mma_a_times_b(float (*acc)[4], const uint32_t a[
             ldmatrix_x4_trans(b, s + (k0 + l % 8 + ((l / 8) % 2) * 8) * pitch + n + (l / 16) * 8);
         else
             ldmatrix_x4(b, s + (n + l % 8 + (l / 16) * 8) * pitch + k0 + ((l / 8) % 2) * 8);
-        mma_m16n8k16<T>(acc[nt], a, b);
-        mma_m16n8k16<T>(acc[nt + 1], a, b + 2);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            mma_m16n8k16<T>(acc[mt][nt], a[mt], b);
+            mma_m16n8k16<T>(acc[mt][nt + 1], a[mt], b + 2);
+        }
     }
     if (NT % 2) {
         uint32_t b[2];
@@ -137,30 +142,36 @@ __device__ __forceinline__ void mma_a_times_b(float (*acc)[4], const uint32_t a[
             ldmatrix_x2_trans(b, s + (k0 + l % 8 + ((l / 8) % 2) * 8) * pitch + n);
         else
             ldmatrix_x2(b, s + (n + l % 8) * pitch + k0 + ((l / 8) % 2) * 8);
-        mma_m16n8k16<T>(acc[NT - 1], a, b);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+            mma_m16n8k16<T>(acc[mt][NT - 1], a[mt], b);
     }
 }
 
-/* acc (16 x 8NT) += A[m0.., a_k0..a_k0+K) · B[b_k0..+K, n0..n0+8NT), both
+/* acc (16MT x 8NT) += A[m0.., a_k0..a_k0+K) · B[b_k0..+K, n0..n0+8NT), both
  * from smem (layouts as for load_a_fragment / mma_a_times_b). */
-template <int NT, int K, bool a_transposed, bool b_k_major, typename T>
-__device__ __forceinline__ void warp_gemm(float (*acc)[4], const T *sa, int a_pitch,
+template <int MT, int NT, int K, bool a_transposed, bool b_k_major, typename T>
+__device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T *sa, int a_pitch,
                                           int m0, int a_k0, const T *sb, int b_pitch,
                                           int b_k0, int n0)
 {
 #pragma unroll
     for (int kk = 0; kk < K; kk += 16) {
-        uint32_t a[4];
-        load_a_fragment<a_transposed>(a, sa, a_pitch, m0, a_k0 + kk);
-        mma_a_times_b<NT, b_k_major>(acc, a, sb, b_pitch, b_k0 + kk, n0);
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+            load_a_fragment<a_transposed>(a[mt], sa, a_pitch, m0 + 16 * mt, a_k0 + kk);
+        mma_a_times_b<MT, NT, b_k_major>(acc, a, sb, b_pitch, b_k0 + kk, n0);
     }
 }
 
-template <int NT> __device__ __forceinline__ void zero(float (*acc)[4])
+template <int MT, int NT> __device__ __forceinline__ void zero(float (&acc)[MT][NT][4])
 {
 #pragma unroll
-    for (int i = 0; i < NT; ++i)
-        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int i = 0; i < NT; ++i)
+            acc[m][i][0] = acc[m][i][1] = acc[m][i][2] = acc[m][i][3] = 0.f;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -192,15 +203,36 @@ __device__ __forceinline__ Mask make_mask(const fa_problem &p, const fa_seq &seq
     return m;
 }
 
-__device__ __forceinline__ bool visible(const Mask &m, int64_t i, int64_t j)
+/* The mask restricted to the tile at (m0, n0), in tile-local 32-bit
+ * indices: (il, jl) is visible iff lo <= jl - il <= hi, il < rows, jl < cols
+ * and the block-sparse cell is on. */
+struct TileMask {
+    int lo, hi, rows, cols;
+};
+
+__device__ __forceinline__ int clamp_to_int(int64_t x)
 {
-    if (i >= m.sq || j >= m.sk)
-        return false;
-    if (m.left >= 0 && j < i + m.shift - m.left)
-        return false;
-    if (m.right >= 0 && j > i + m.shift + m.right)
-        return false;
-    return !m.blocks || m.blocks[(i / m.block_q) * m.blocks_k + j / m.block_k];
+    return (int)max((int64_t)-(1 << 30), min((int64_t)(1 << 30), x));
+}
+
+__device__ __forceinline__ TileMask tile_mask(const Mask &m, int64_t m0, int64_t n0)
+{
+    TileMask t;
+    t.lo = m.left >= 0 ? clamp_to_int(m.shift - m.left - (n0 - m0)) : -(1 << 30);
+    t.hi = m.right >= 0 ? clamp_to_int(m.shift + m.right - (n0 - m0)) : (1 << 30);
+    t.rows = clamp_to_int(m.sq - m0);
+    t.cols = clamp_to_int(m.sk - n0);
+    return t;
+}
+
+__device__ __forceinline__ bool visible_in_tile(const TileMask &t, const Mask &m, int64_t m0,
+                                                int64_t n0, int il, int jl)
+{
+    const int diff = jl - il;
+    bool ok = diff >= t.lo && diff <= t.hi && il < t.rows && jl < t.cols;
+    if (m.blocks && ok)
+        ok = m.blocks[((m0 + il) / m.block_q) * m.blocks_k + (n0 + jl) / m.block_k];
+    return ok;
 }
 
 enum TileKind { TILE_SKIP = 0, TILE_FULL = 1, TILE_PARTIAL = 2 };
@@ -257,7 +289,11 @@ __device__ __forceinline__ float transform_score(const ScoreTransform &t, float 
     float s = qk * t.scale;
     *dtanh = 1.f;
     if (t.softcap > 0.f) {
-        float th = tanhf(s / t.softcap);
+        /* Not tanhf: under --use_fast_math it becomes tanh.approx (~2^-11
+         * relative error, visible in lse). expm1 keeps full float accuracy
+         * near 0 as well. */
+        const float x = s / t.softcap, e = expm1f(fminf(2.f * fabsf(x), 30.f));
+        const float th = copysignf(e / (e + 2.f), x);
         s = t.softcap * th;
         *dtanh = 1.f - th * th;
     }

@@ -2,7 +2,7 @@
  * FlashAttention-2 forward on sm80+ tensor cores (mma.sync m16n8k16).
  *
  * One thread block per (query block, query head, batch); each warp owns 16
- * query rows. Q stays in smem; K and V tiles stream through smem with
+ * or 32 query rows. Q stays in smem; K and V tiles stream through smem with
  * cp.async, overlapped as in FA2: V(j) loads while S = Q·K(j)ᵀ is computed,
  * K(j+1) loads while O += P·V(j) is. The online softmax (running row max and
  * row sum) lives in registers; P goes from the S accumulators straight into
@@ -12,14 +12,20 @@
 
 namespace fa {
 
-/* Tile shape per padded head dim: BM query rows (16 per warp), BN keys.
- * Q + K + V tiles fit the 99 KiB an sm86/sm89 block may use. */
+/* Tile shape per padded head dim: kWarps warps of kRowTiles x 16 query rows
+ * (BM in all), BN keys per step. Two 16-row tiles per warp let every K/V
+ * fragment read from smem feed two mma (as FA2's 4-warp, 128-row blocks);
+ * the O accumulator (16·kRowTiles x D per warp) bounds it by registers.
+ * Two blocks fit an SM (registers and smem), so one block's softmax runs
+ * while the other's mma do. */
 template <int D> struct ForwardTiles {
-    static constexpr int kWarps = D <= 128 ? 8 : 4;
-    static constexpr int kBlockM = 16 * kWarps;
-    static constexpr int kBlockN = 64; /* BN / 2 <= 32 dropout bits per thread */
+    static constexpr int kWarps = 4;
+    static constexpr int kRowTiles = D <= 128 ? 2 : 1;
+    static constexpr int kBlockM = 16 * kRowTiles * kWarps;
+    static constexpr int kBlockN = D == 192 ? 64 : 32;
     static constexpr size_t kSmemBytes =
         (size_t)(kBlockM + 2 * kBlockN) * smem_pitch(D) * 2;
+    static_assert(kRowTiles * kBlockN / 2 <= 64, "dropout keep bits per thread");
 };
 
 struct ForwardArgs {
@@ -31,11 +37,11 @@ struct ForwardArgs {
 // lse (B, Hq, Sq); packed (total, H, dim) with cu_seqlens for varlen.
 // Grid: (ceil(max Sq / BM), Hq, B).
 template <typename T, int D>
-__global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32)
+__global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32, 2)
     forward_kernel(const ForwardArgs args)
 {
     using Tiles = ForwardTiles<D>;
-    constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN;
+    constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN, MT = Tiles::kRowTiles;
     constexpr int kThreads = Tiles::kWarps * 32, P = smem_pitch(D);
     const fa_problem &p = args.p;
 
@@ -52,7 +58,11 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32)
     const int64_t hk = h / (p.heads_q / p.heads_kv);
     const Mask mask = make_mask(p, seq, b, h);
     const ScoreTransform score = make_score_transform(p, seq, b, h);
+    /* Without softcap and ALiBi a score is one multiply from q·k. */
+    const bool plain_scores = score.softcap == 0.f && score.alibi_slope == 0.f;
+    const float scale_log2 = p.softmax_scale * kLog2e;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+    const int warp_row = warp * 16 * MT; /* first query row of this warp in the block */
     const int d = (int)p.head_dim, dv = (int)p.head_dim_v;
 
     const T *q = (const T *)p.q.data + fa_row_offset(&p.q, p.varlen, b, seq.q0 + m0, h);
@@ -77,10 +87,14 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32)
     const bool drop = p.dropout_p > 0.f;
     const uint32_t drop_threshold = fa_dropout_threshold(p.dropout_p);
 
-    float acc_o[D / 8][4];
-    zero<D / 8>(acc_o);
-    float row_max[2] = {-INFINITY, -INFINITY}; /* log2 units, rows g, g+8 */
-    float row_sum[2] = {0.f, 0.f};             /* this thread's columns only */
+    /* Element (mt, nt, e) of an accumulator is row warp_row + 16mt + g + 8(e/2),
+     * column 8nt + 2t + e%2 (the mma C layout). */
+    float acc_o[MT][D / 8][4];
+    zero(acc_o);
+    float row_max[MT][2], row_sum[MT][2]; /* log2 units; sums of this thread's columns */
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+        row_max[mt][0] = row_max[mt][1] = -INFINITY, row_sum[mt][0] = row_sum[mt][1] = 0.f;
 
     TileKind kind = TILE_SKIP;
     int64_t nb = next_block(hi > lo ? lo / BN : 0, &kind);
@@ -98,76 +112,107 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32)
                                       seq.sk - n0, dv, args.vectorized);
         cp_async_commit();
 
-        float s[BN / 8][4];
-        zero<BN / 8>(s);
-        warp_gemm<BN / 8, D, false, false>(s, sQ, P, warp * 16, 0, sK, P, 0, 0);
+        float s[MT][BN / 8][4];
+        zero(s);
+        warp_gemm<MT, BN / 8, D, false, false>(s, sQ, P, warp_row, 0, sK, P, 0, 0);
 
         TileKind next_kind = TILE_SKIP;
         const int64_t nb_next = next_block(nb + 1, &next_kind);
 
-        /* Scores -> log2 units, masked to -inf; new row max. */
-        float tile_max[2] = {-INFINITY, -INFINITY};
+        /* Scores -> log2 units, masked to -inf; new row max. Separate
+         * loops for the optional steps keep the plain path's registers low. */
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt)
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                int64_t i = m0 + warp * 16 + g + (e / 2) * 8, j = n0 + nt * 8 + 2 * t + e % 2;
-                float dtanh;
-                float x = transform_score(score, s[nt][e], i, j, &dtanh) * kLog2e;
-                if (kind == TILE_PARTIAL && !visible(mask, i, j))
-                    x = -INFINITY;
-                s[nt][e] = x;
-                tile_max[e / 2] = fmaxf(tile_max[e / 2], x);
-            }
-        float rescale[2], base[2];
+            for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-            float new_max = fmaxf(row_max[r], tile_max[r]);
-            /* A row with nothing visible yet keeps max -inf: subtract 0
-             * instead so that exp2(-inf - -inf) never makes a NaN. */
-            base[r] = new_max == -INFINITY ? 0.f : new_max;
-            rescale[r] = exp2f(row_max[r] - base[r]);
-            row_max[r] = new_max;
-            row_sum[r] *= rescale[r];
+                for (int e = 0; e < 4; ++e) {
+                    float dtanh;
+                    s[mt][nt][e] = plain_scores
+                        ? s[mt][nt][e] * scale_log2
+                        : transform_score(score, s[mt][nt][e],
+                                          m0 + warp_row + 16 * mt + g + (e / 2) * 8,
+                                          n0 + nt * 8 + 2 * t + e % 2, &dtanh) * kLog2e;
+                }
+        if (kind == TILE_PARTIAL) {
+            const TileMask tmask = tile_mask(mask, m0, n0);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        if (!visible_in_tile(tmask, mask, m0, n0, warp_row + 16 * mt + g + (e / 2) * 8,
+                                             nt * 8 + 2 * t + e % 2))
+                            s[mt][nt][e] = -INFINITY;
         }
+        float tile_max[MT][2];
 #pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt)
+        for (int mt = 0; mt < MT; ++mt) {
+            tile_max[mt][0] = tile_max[mt][1] = -INFINITY;
 #pragma unroll
-            for (int e = 0; e < 4; ++e)
-                acc_o[dt][e] *= rescale[e / 2];
+            for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    tile_max[mt][e / 2] = fmaxf(tile_max[mt][e / 2], s[mt][nt][e]);
+        }
+        float rescale[MT][2], base[MT][2];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float m = tile_max[mt][r];
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+                const float new_max = fmaxf(row_max[mt][r], m);
+                /* A row with nothing visible yet keeps max -inf: subtract 0
+                 * instead so that exp2(-inf - -inf) never makes a NaN. */
+                base[mt][r] = new_max == -INFINITY ? 0.f : new_max;
+                rescale[mt][r] = exp2f(row_max[mt][r] - base[mt][r]);
+                row_max[mt][r] = new_max;
+                row_sum[mt][r] *= rescale[mt][r];
+            }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    acc_o[mt][dt][e] *= rescale[mt][e / 2];
 
-        /* Dropout keep bits of this thread's BN/2 elements, bit 4nt + e; a
-         * rolled loop (one Philox call per column pair) keeps the unrolled
+        /* Dropout keep bits of this thread's elements, bit (mt·BN/8 + nt)·4 + e;
+         * a rolled loop (one Philox call per column pair) keeps the unrolled
          * softmax code small. */
-        uint32_t keep_bits = 0xffffffffu;
+        uint64_t keep_bits = ~0ull;
         if (drop) {
             keep_bits = 0;
 #pragma unroll 1
-            for (int pair = 0; pair < BN / 4; ++pair) {
-                const int nt = pair / 2, r = pair % 2;
-                const int64_t j = n0 + nt * 8 + 2 * t;
-                fa_u32x4 w = fa_dropout_words(p.dropout_seed, p.dropout_offset, p.heads_q, b, h,
-                                              m0 + warp * 16 + g + r * 8, j);
-                keep_bits |= (uint32_t)(w.x[j & 3] >= drop_threshold) << (4 * nt + 2 * r);
-                keep_bits |= (uint32_t)(w.x[(j + 1) & 3] >= drop_threshold) << (4 * nt + 2 * r + 1);
+            for (int pair = 0; pair < MT * BN / 4; ++pair) {
+                const int tile = pair / 2, r = pair % 2; /* tile = mt·BN/8 + nt */
+                const int64_t i = m0 + warp_row + 16 * (tile / (BN / 8)) + g + r * 8;
+                const int64_t j = n0 + (tile % (BN / 8)) * 8 + 2 * t;
+                fa_u32x4 w = fa_dropout_words(p.dropout_seed, p.dropout_offset, p.heads_q, b, h, i, j);
+                keep_bits |= (uint64_t)(w.x[j & 3] >= drop_threshold) << (4 * tile + 2 * r);
+                keep_bits |= (uint64_t)(w.x[(j + 1) & 3] >= drop_threshold) << (4 * tile + 2 * r + 1);
             }
         }
 
-        /* P = exp2(s - max); the row sum is of the undropped P. */
-        uint32_t pa[BN / 16][4];
+        /* P = exp2(s - max) -> A fragments of P·V; the row sum is of the
+         * undropped P. */
+        uint32_t pa[BN / 16][MT][4];
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float pe = exp2f(s[nt][e] - base[e / 2]);
-                row_sum[e / 2] += pe;
-                s[nt][e] = (keep_bits >> (4 * nt + e)) & 1 ? pe : 0.f;
+            for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float pe = exp2f(s[mt][nt][e] - base[mt][e / 2]);
+                    row_sum[mt][e / 2] += pe;
+                    s[mt][nt][e] = (keep_bits >> (4 * (mt * (BN / 8) + nt) + e)) & 1 ? pe : 0.f;
+                }
+                pa[nt / 2][mt][(nt % 2) * 2 + 0] = pack_pair<T>(s[mt][nt][0], s[mt][nt][1]);
+                pa[nt / 2][mt][(nt % 2) * 2 + 1] = pack_pair<T>(s[mt][nt][2], s[mt][nt][3]);
             }
-            pa[nt / 2][(nt % 2) * 2 + 0] = pack_pair<T>(s[nt][0], s[nt][1]);
-            pa[nt / 2][(nt % 2) * 2 + 1] = pack_pair<T>(s[nt][2], s[nt][3]);
-        }
 
         cp_async_wait<0>();
         __syncthreads(); /* V(nb) landed; every warp is done with K */
@@ -179,7 +224,7 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32)
 
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk)
-            mma_a_times_b<D / 8, true>(acc_o, pa[kk], sV, P, kk * 16, 0);
+            mma_a_times_b<MT, D / 8, true>(acc_o, pa[kk], sV, P, kk * 16, 0);
 
         nb = nb_next;
         kind = next_kind;
@@ -190,27 +235,29 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32)
     T *out = (T *)p.out.data;
     const float keep_scale = drop ? 1.f / (1.f - p.dropout_p) : 1.f;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float l = row_sum[r];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        const int64_t i = m0 + warp * 16 + g + r * 8;
-        if (i >= seq.sq)
-            continue;
-        const float inv = l > 0.f ? keep_scale / l : 0.f;
-        T *row = out + fa_row_offset(&p.out, p.varlen, b, seq.q0 + i, h);
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt)
+        for (int r = 0; r < 2; ++r) {
+            float l = row_sum[mt][r];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const int64_t i = m0 + warp_row + 16 * mt + g + r * 8;
+            if (i >= seq.sq)
+                continue;
+            const float inv = l > 0.f ? keep_scale / l : 0.f;
+            T *row = out + fa_row_offset(&p.out, p.varlen, b, seq.q0 + i, h);
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                int c = dt * 8 + 2 * t + e;
-                if (c < dv)
-                    row[c] = T(acc_o[dt][r * 2 + e] * inv);
-            }
-        if (p.lse && t == 0)
-            p.lse[fa_lse_index(p.varlen, b, h, seq.q0 + i, p.heads_q, p.seqlen_q, p.total_q)] =
-                l > 0.f ? row_max[r] * kLn2 + logf(l) : -INFINITY;
-    }
+            for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int c = dt * 8 + 2 * t + e;
+                    if (c < dv)
+                        row[c] = T(acc_o[mt][dt][r * 2 + e] * inv);
+                }
+            if (p.lse && t == 0)
+                p.lse[fa_lse_index(p.varlen, b, h, seq.q0 + i, p.heads_q, p.seqlen_q, p.total_q)] =
+                    l > 0.f ? row_max[mt][r] * kLn2 + logf(l) : -INFINITY;
+        }
 }
 
 template <typename T, int D> static fa_status launch_forward(fa_problem *p, bool vectorized)
