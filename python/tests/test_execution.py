@@ -1,0 +1,43 @@
+"""How calls run: per-thread contexts (concurrent threads give the same
+results as one thread) and, on CUDA, torch's current stream."""
+
+import concurrent.futures
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed: flashattn's tests need it")
+
+import flashattn  # noqa: E402
+
+from attention_reference import random_qkv  # noqa: E402
+
+
+def _problems(device):
+    return [random_qkv(2, 20 + 7 * i, 30 + 5 * i, 4, 2, 32, device=device, requires_grad=False,
+                       seed=i) for i in range(8)]
+
+
+def test_threads_share_nothing(device):
+    problems = _problems(device)
+    run = lambda qkv: flashattn.flash_attn_func(*qkv, causal=True)  # noqa: E731
+    expected = [run(p) for p in problems]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(run, problems * 3))
+    for i, out in enumerate(got):
+        assert torch.equal(out, expected[i % len(problems)])
+
+
+def test_cuda_current_stream():
+    if not (torch.cuda.is_available() and (flashattn.backend_compiled("cuda_sm80")
+                                           or flashattn.backend_compiled("cuda_sm90"))):
+        pytest.skip("needs a GPU and a library built with a CUDA backend")
+    q, k, v = random_qkv(2, 256, 256, 8, 8, 64, device="cuda", requires_grad=True)
+    expected = flashattn.flash_attn_func(q, k, v, causal=True, deterministic=True)
+    (expected_dq,) = torch.autograd.grad(expected, (q,), torch.ones_like(expected))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = flashattn.flash_attn_func(q, k, v, causal=True, deterministic=True)
+        (dq,) = torch.autograd.grad(out, (q,), torch.ones_like(out))
+    torch.cuda.current_stream().wait_stream(side)
+    assert torch.equal(out, expected) and torch.equal(dq, expected_dq)
