@@ -77,7 +77,8 @@ static void usage(FILE *out)
 "Run:\n"
 "  --threads N        CPU threads, 0 = all cores (default 0)\n"
 "  --device D         cpu | cuda | all | auto (default auto: the CPU, plus\n"
-"                     the GPU if there is one; all: both, required)\n"
+"                     the GPU unless there is none or the library cannot\n"
+"                     run the problem there, e.g. f32; all: both, required)\n"
 "  --reps N           timed repetitions of each flash call, after one\n"
 "                     warm-up; the median is reported (default 5). The\n"
 "                     naive reference runs once, without warm-up.\n"
@@ -91,7 +92,8 @@ static void usage(FILE *out)
 "number of visible (i, j) pairs; backward 2.5x the forward.\n"
 "Peak extra memory is measured: each CPU variant runs in a forked child and\n"
 "reports the growth of its peak RSS (VmHWM) over its baseline (inputs and\n"
-"outputs already resident). For the GPU: the workspace the library asks for.\n"
+"outputs already resident). For the GPU: the workspace the library asks for;\n"
+"GPU time is wall clock around each call and cudaDeviceSynchronize.\n"
 "\n"
 "Exit status: 0 ok, 1 a run failed or a check did not pass, 2 bad input.\n");
 }
