@@ -718,7 +718,9 @@ int main(int argc, char **argv)
     }
 
     printf("\nTiming: batch 1, heads = %lld / head_dim, median of %d after 1 warm-up; "
-           "%%peak = flash GFLOP/s / f32 FMA peak;\nx = standard time / flash time; diff = "
+           "%%peak = flash GFLOP/s / f32 FMA peak;\nstd = standard attention, fp32 "
+           "(cblas_sgemm, row softmax, cblas_sgemm; bf16/f16 inputs converted to fp32 and "
+           "results back\ninside the timed calls); x = standard time / flash time; diff = "
            "max |flash - std| / max |std| over out, dq, dk, dv\n",
            (long long)o.width, o.reps);
     print_grid_header();
