@@ -2,6 +2,7 @@
 
     python3 bench/gpu_bench.py check            # correctness vs a float64 reference
     python3 bench/gpu_bench.py bench [--out F]  # FA3-paper grid, TFLOP/s
+    python3 bench/gpu_bench.py profile --dims 128 --seqlens 4096  # one fwd+bwd, for ncu
 
 Uses the flashattn Python package (PYTHONPATH=python, FLASHATTN_LIB=<lib>)
 with the sm80 backend forced. The benchmark times, in one process, our
@@ -280,9 +281,23 @@ def plot(rows, path):
     fig.savefig(path, dpi=80)
 
 
+def profile(args):
+    """One fwd+bwd of the first --dims/--seqlens point (for ncu)."""
+    flashattn.set_backend("cuda_sm80")
+    d, s = args.dims[0], args.seqlens[0]
+    b, h = args.tokens // s, args.hidden // d
+    q, k, v, dout = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16)
+                     for _ in range(4))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    flash_attn_func(q, k, v, causal=args.causal).backward(dout)
+    torch.cuda.synchronize()
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("check", "bench"))
+    ap.add_argument("mode", choices=("check", "bench", "profile"))
+    ap.add_argument("--causal", action="store_true", help="profile: causal")
     ap.add_argument("--dims", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--seqlens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
     ap.add_argument("--tokens", type=int, default=16384)
@@ -298,7 +313,7 @@ def main():
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device")
         return 77
-    return check(args) if args.mode == "check" else bench(args)
+    return {"check": check, "bench": bench, "profile": profile}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device call: build, GPU test grid, sanitizers, quick check, benchmark.
 #
-#   scripts/device_run.sh [all|test|bench]   (default all)
+#   scripts/device_run.sh [all|test|bench|quick]   (default all; quick: the
+#   gpu_bench check and the benchmark, no test grid, no sanitizers; profile:
+#   ncu on one benchmark point, SASS of the hdim-128 forward)
 #
 # Env: FA_ARCHS (default 90-real: the device is an H100; the committed
 # default FA_CUDA_ARCHS builds every arch), BUILD (default build-device),
@@ -31,9 +33,11 @@ note "build rc=$rc in $(( $(date +%s) - start ))s"
 export PYTHONPATH=$PWD/python FLASHATTN_LIB=$PWD/$BUILD/libflashattn.so PYTHONUNBUFFERED=1
 GRID=$(ls "$BUILD"/tests/test_grid 2>/dev/null)
 
-if [ "$MODE" = all ] || [ "$MODE" = test ]; then
+if [ "$MODE" != bench ] && [ "$MODE" != profile ]; then
     python3 bench/gpu_bench.py check 2>&1 | tee "$OUT/check.log"
     note "gpu_bench check rc=${PIPESTATUS[0]}: $(tail -1 "$OUT/check.log")"
+fi
+if [ "$MODE" = all ] || [ "$MODE" = test ]; then
     if [ -n "$GRID" ]; then
         for backend in sm80 auto; do
             timeout 240 "$GRID" --device cuda --backend $backend > "$OUT/grid-$backend.log" 2>&1
@@ -58,10 +62,26 @@ if [ "$MODE" = all ] || [ "$MODE" = test ]; then
     fi
 fi
 
-if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
+if [ "$MODE" != test ] && [ "$MODE" != profile ]; then
     python3 bench/gpu_bench.py bench --out "$OUT/gpu-bench.json" --plot "$OUT/gpu-bench.png" \
         ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^{'
     note "bench rc=${PIPESTATUS[0]}"
 fi
-echo "==== summary"
-printf '%s\n' "${summary[@]}"
+[ "$MODE" = profile ] || { echo "==== summary"; printf '%s\n' "${summary[@]}"; }
+
+# Profile mode: ncu sections of the sm80 kernels on one benchmark point, and
+# their SASS (PROFILE_ARGS, default hdim 128, seqlen 4096).
+if [ "$MODE" = profile ]; then
+    ncu --kernel-name regex:"forward_kernel|backward_kernel" --launch-count 2 \
+        --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+        --section LaunchStats --section Occupancy --section MemoryWorkloadAnalysis_Tables \
+        python3 bench/gpu_bench.py profile ${PROFILE_ARGS:---dims 128 --seqlens 4096} \
+        > "$OUT/ncu.log" 2>&1
+    note "ncu rc=$?"
+    grep -E "Duration|Throughput|Registers|Achieved Occupancy|Stall|Issued Ipc|Bank|No Eligible|One or More|Theoretical Occ|smsp__pcsamp|Warp Cycles" "$OUT/ncu.log" | head -60
+    cuobjdump -sass -fun '_ZN2fa14forward_kernelI13__nv_bfloat16Li128EEEvNS_11ForwardArgsE' \
+        "$BUILD"/CMakeFiles/flashattn_cuda.dir/src/cuda/sm80/forward.cu.o > "$OUT/fwd128.sass" 2>&1
+    note "sass lines: $(wc -l < "$OUT/fwd128.sass")"
+    echo "==== summary"
+    printf '%s\n' "${summary[@]}"
+fi
