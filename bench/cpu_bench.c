@@ -672,6 +672,7 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    double start_time = h_now_seconds();
     machine m;
     describe_machine(&o, &m);
     printf("flashattn-bench-cpu (library %s)\n", fa_version_string());
@@ -724,7 +725,7 @@ int main(int argc, char **argv)
            "max |flash - std| / max |std| over out, dq, dk, dv\n",
            (long long)o.width, o.reps);
     print_grid_header();
-    int first = 1, mismatches = 0;
+    int first = 1, mismatches = 0, failed_runs = 0;
     uint64_t seed = 1;
     for (int di = 0; di < o.num_dtypes; ++di)
         for (int hi = 0; hi < o.head_dims.count; ++hi)
@@ -745,6 +746,7 @@ int main(int argc, char **argv)
                         !(r.max_rel_diff <= h_tolerance(a.dtype) &&
                           r.lse_rel_diff <= H_LSE_TOLERANCE))
                         mismatches++;
+                    failed_runs += !r.flash.ok + (r.standard_ran && !r.standard.ok);
                     if (json) {
                         fprintf(json, "%s", first ? "" : ",\n");
                         json_pair(json, &r, peak);
@@ -771,6 +773,7 @@ int main(int argc, char **argv)
         pair_result r;
         measure_pair(&o, &a, 0, 1, seed++, &r);
         print_memory_row(&r);
+        failed_runs += !r.flash.ok + (r.standard_ran && !r.standard.ok);
         if (json) {
             fprintf(json, "%s", first ? "" : ",\n");
             json_pair(json, &r, peak);
@@ -778,11 +781,16 @@ int main(int argc, char **argv)
         }
     }
     if (json) {
-        fprintf(json, "\n  ],\n  \"mismatches\": %d\n}\n", mismatches);
+        fprintf(json, "\n  ],\n  \"mismatches\": %d,\n  \"failed_runs\": %d,\n"
+                      "  \"total_seconds\": %.1f\n}\n",
+                mismatches, failed_runs, h_now_seconds() - start_time);
         fclose(json);
     }
     if (mismatches)
         printf("\n%d problem(s) where flash and standard attention disagree beyond the "
                "tolerance\n", mismatches);
-    return mismatches ? 1 : 0;
+    if (failed_runs)
+        printf("\n%d run(s) failed (see the messages above)\n", failed_runs);
+    printf("\ntotal time: %.0f s\n", h_now_seconds() - start_time);
+    return mismatches || failed_runs ? 1 : 0;
 }
