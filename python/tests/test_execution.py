@@ -37,7 +37,8 @@ def test_cuda_current_stream():
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        out = flashattn.flash_attn_func(q, k, v, causal=True, deterministic=True)
-        (dq,) = torch.autograd.grad(out, (q,), torch.ones_like(out))
+        q_side = q.detach().requires_grad_()  # a leaf whose graph lives on this stream
+        out = flashattn.flash_attn_func(q_side, k, v, causal=True, deterministic=True)
+        (dq,) = torch.autograd.grad(out, (q_side,), torch.ones_like(out))
     torch.cuda.current_stream().wait_stream(side)
     assert torch.equal(out, expected) and torch.equal(dq, expected_dq)
