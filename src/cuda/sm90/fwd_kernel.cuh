@@ -69,13 +69,16 @@ template <> struct fa_is_half<__half> {
 };
 
 /* Compile-time shape of one kernel instance. */
-template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_> struct fa_sm90_config {
+template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_, bool Overlap_> struct fa_sm90_config {
     typedef Elem_ Elem;
     static constexpr bool kBf16 = !fa_is_half<Elem>::value; /* else fp16 */
     static constexpr int kHeadDim = HeadDimPadded_; /* multiple of 64 */
     static constexpr int kBlockM = 128;             /* two consumer warpgroups x 64 */
     static constexpr int kBlockN = BlockN_;
     static constexpr int kStages = Stages_;
+    /* intra-warpgroup overlap of softmax and PV: needs registers for S, P
+     * and O at once */
+    static constexpr bool kOverlap = Overlap_;
     static constexpr int kConsumerWarpgroups = 2;
     static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
     static constexpr int kConsumerWarps = 4 * kConsumerWarpgroups;
@@ -337,11 +340,14 @@ __device__ __forceinline__ void fa_release(uint32_t empty_bar)
 template <class Cfg>
 __device__ __forceinline__ void fa_issue_qk(float (&s)[Cfg::kBlockN / 2], uint32_t q_rows, uint32_t k_tile)
 {
+    /* one descriptor per operand; each k step adds a constant byte offset
+     * (>> 4, the descriptor's unit) instead of keeping D/16 descriptors live */
+    const uint64_t a0 = fa_wgmma_desc(q_rows, 16, 1024), b0 = fa_wgmma_desc(k_tile, 16, 1024);
 #pragma unroll
     for (int kk = 0; kk < Cfg::kHeadDim / 16; ++kk) {
         uint32_t slab = kk / 4, in_slab = (kk % 4) * 32; /* 16 columns = 32 bytes of a 128-byte row */
-        uint64_t a = fa_wgmma_desc(q_rows + slab * Cfg::kQSlabBytes + in_slab, 16, 1024);
-        uint64_t b = fa_wgmma_desc(k_tile + slab * Cfg::kKVSlabBytes + in_slab, 16, 1024);
+        uint64_t a = a0 + ((slab * Cfg::kQSlabBytes + in_slab) >> 4);
+        uint64_t b = b0 + ((slab * Cfg::kKVSlabBytes + in_slab) >> 4);
         fa_wgmma<Cfg::kBlockN>::template ss<Cfg::kBf16, 0>(s, a, b, kk > 0);
     }
     fa_wgmma_commit();
@@ -353,11 +359,10 @@ template <class Cfg>
 __device__ __forceinline__ void fa_issue_pv(float (&o)[Cfg::kHeadDim / 2], const uint32_t (&pa)[Cfg::kBlockN / 16][4],
                                             uint32_t v_tile)
 {
+    const uint64_t b0 = fa_wgmma_desc(v_tile, Cfg::kKVSlabBytes, 1024);
 #pragma unroll
-    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk) {
-        uint64_t b = fa_wgmma_desc(v_tile + kk * 16 * 128, Cfg::kKVSlabBytes, 1024);
-        fa_wgmma<Cfg::kHeadDim>::template rs<Cfg::kBf16, 1>(o, pa[kk], b, 1);
-    }
+    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk)
+        fa_wgmma<Cfg::kHeadDim>::template rs<Cfg::kBf16, 1>(o, pa[kk], b0 + ((kk * 16 * 128) >> 4), 1);
     fa_wgmma_commit();
 }
 
@@ -432,8 +437,53 @@ __device__ __forceinline__ void fa_store_rows(const fa_sm90_params &p, const fa_
     }
 }
 
+/* O += P V for the key block whose V sits in stage v, as its own turn;
+ * releases V when done. */
+template <class Cfg>
+__device__ __forceinline__ void fa_pv_step(float (&o)[Cfg::kHeadDim / 2], uint32_t (&pa)[Cfg::kBlockN / 16][4],
+                                           const fa_sm90_smem<Cfg> &sm, const fa_pipe_state<Cfg::kStages> &v,
+                                           fa_pingpong turn)
+{
+    fa_mbar_wait(sm.v_full(v.stage), v.phase);
+    turn.wait_turn();
+    fa_wgmma_fence_regs(o);
+    fa_wgmma_fence();
+    fa_issue_pv<Cfg>(o, pa, sm.v(v.stage));
+    turn.pass_turn();
+    fa_wgmma_wait<0>();
+    fa_wgmma_fence_regs(o);
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk)
+        fa_wgmma_fence_regs(pa[kk]);
+    fa_release(sm.v_empty(v.stage));
+}
+
+/* S = Q Kᵀ for the key block in stage k, as its own turn; releases K. */
+template <class Cfg>
+__device__ __forceinline__ void fa_qk_step(float (&s)[Cfg::kBlockN / 2], uint32_t q_rows, const fa_sm90_smem<Cfg> &sm,
+                                           const fa_pipe_state<Cfg::kStages> &k, fa_pingpong turn)
+{
+    fa_mbar_wait(sm.k_full(k.stage), k.phase);
+    turn.wait_turn();
+    fa_wgmma_fence();
+    fa_issue_qk<Cfg>(s, q_rows, sm.k(k.stage));
+    turn.pass_turn();
+    fa_wgmma_wait<0>();
+    fa_wgmma_fence_regs(s);
+    fa_release(sm.k_empty(k.stage));
+}
+
+/* O *= the softmax correction of its row. */
+template <int N> __device__ __forceinline__ void fa_rescale(float (&o)[N], const float (&correction)[2])
+{
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+        o[i] *= correction[(i >> 1) & 1];
+}
+
 /* One tile for one consumer warpgroup. kv / q_phase carry the pipeline
- * position from tile to tile. */
+ * position from tile to tile. Key blocks are walked from the last one, so
+ * the masked diagonal blocks of causal tiles come first. */
 template <class Cfg>
 __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, const fa_sm90_tile &t,
                                                      const fa_sm90_smem<Cfg> &sm, int wg, fa_pingpong turn,
@@ -456,64 +506,54 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         const uint32_t q_rows = sm.q() + 64 * wg * 128;
         float s[BlockN / 2];
         uint32_t pa[BlockN / 16][4];
-
-        /* first (last-in-sequence) key block: S, softmax, P */
-        int n = t.n_end - 1;
-        fa_mbar_wait(sm.k_full(kv.stage), kv.phase);
-        turn.wait_turn();
-        fa_wgmma_fence();
-        fa_issue_qk<Cfg>(s, q_rows, sm.k(kv.stage));
-        turn.pass_turn();
-        fa_wgmma_wait<0>();
-        fa_wgmma_fence_regs(s);
-        fa_release(sm.k_empty(kv.stage));
-        fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
-        fa_probs_to_operand<Cfg>(s, pa);
-        fa_pipe_state<Cfg::kStages> v_prev = kv; /* P pairs with this stage's V */
-        kv.advance();
-
-        /* steady state: S_n = Q K_nᵀ and O += P_{n+1} V_{n+1} in flight
-         * together; softmax of S_n while the PV still runs */
-        for (--n; n >= t.n_begin; --n) {
-            fa_mbar_wait(sm.k_full(kv.stage), kv.phase);
-            fa_mbar_wait(sm.v_full(v_prev.stage), v_prev.phase);
-            turn.wait_turn();
-            fa_wgmma_fence_regs(o);
-            fa_wgmma_fence();
-            fa_issue_qk<Cfg>(s, q_rows, sm.k(kv.stage));
-            fa_issue_pv<Cfg>(o, pa, sm.v(v_prev.stage));
-            turn.pass_turn();
-            fa_wgmma_wait<1>(); /* S_n is ready, the PV may still run */
-            fa_wgmma_fence_regs(s);
-            fa_release(sm.k_empty(kv.stage));
+        if constexpr (Cfg::kOverlap) {
+            /* first (last-in-sequence) key block: S, softmax, P */
+            int n = t.n_end - 1;
+            fa_qk_step<Cfg>(s, q_rows, sm, kv, turn);
             fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
-            fa_wgmma_wait<0>();
-            fa_wgmma_fence_regs(o);
-#pragma unroll
-            for (int kk = 0; kk < BlockN / 16; ++kk)
-                fa_wgmma_fence_regs(pa[kk]);
-            fa_release(sm.v_empty(v_prev.stage));
-#pragma unroll
-            for (int i = 0; i < D / 2; ++i)
-                o[i] *= correction[(i >> 1) & 1];
             fa_probs_to_operand<Cfg>(s, pa);
-            v_prev = kv;
+            fa_pipe_state<Cfg::kStages> v_prev = kv; /* P pairs with this stage's V */
             kv.advance();
-        }
 
-        /* last PV */
-        fa_mbar_wait(sm.v_full(v_prev.stage), v_prev.phase);
-        turn.wait_turn();
-        fa_wgmma_fence_regs(o);
-        fa_wgmma_fence();
-        fa_issue_pv<Cfg>(o, pa, sm.v(v_prev.stage));
-        turn.pass_turn();
-        fa_wgmma_wait<0>();
-        fa_wgmma_fence_regs(o);
+            /* steady state (intra-warpgroup overlap): S_n = Q K_nᵀ and
+             * O += P_{n+1} V_{n+1} issued together; the softmax of S_n runs
+             * while the PV is still in flight */
+            for (--n; n >= t.n_begin; --n) {
+                fa_mbar_wait(sm.k_full(kv.stage), kv.phase);
+                fa_mbar_wait(sm.v_full(v_prev.stage), v_prev.phase);
+                turn.wait_turn();
+                fa_wgmma_fence_regs(o);
+                fa_wgmma_fence();
+                fa_issue_qk<Cfg>(s, q_rows, sm.k(kv.stage));
+                fa_issue_pv<Cfg>(o, pa, sm.v(v_prev.stage));
+                turn.pass_turn();
+                fa_wgmma_wait<1>(); /* S_n is ready, the PV may still run */
+                fa_wgmma_fence_regs(s);
+                fa_release(sm.k_empty(kv.stage));
+                fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
+                fa_wgmma_wait<0>();
+                fa_wgmma_fence_regs(o);
 #pragma unroll
-        for (int kk = 0; kk < BlockN / 16; ++kk)
-            fa_wgmma_fence_regs(pa[kk]);
-        fa_release(sm.v_empty(v_prev.stage));
+                for (int kk = 0; kk < BlockN / 16; ++kk)
+                    fa_wgmma_fence_regs(pa[kk]);
+                fa_release(sm.v_empty(v_prev.stage));
+                fa_rescale(o, correction);
+                fa_probs_to_operand<Cfg>(s, pa);
+                v_prev = kv;
+                kv.advance();
+            }
+            fa_pv_step<Cfg>(o, pa, sm, v_prev, turn); /* the last block's PV */
+        } else {
+            /* one block at a time: S, softmax, then O += P V */
+            for (int n = t.n_end - 1; n >= t.n_begin; --n) {
+                fa_qk_step<Cfg>(s, q_rows, sm, kv, turn);
+                fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
+                fa_rescale(o, correction);
+                fa_probs_to_operand<Cfg>(s, pa);
+                fa_pv_step<Cfg>(o, pa, sm, kv, turn);
+                kv.advance();
+            }
+        }
         fa_release(sm.q_empty()); /* the producer may load the next Q */
     }
     fa_store_rows<Cfg>(p, t, row0, o, row_max, row_sum);
