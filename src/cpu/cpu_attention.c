@@ -234,6 +234,7 @@ typedef struct head_ctx {
     fa_seq seq;
     float alibi_slope;          /* 0: no ALiBi */
     const uint8_t *block_mask;  /* (blocks_q, blocks_k) of this (b, h); NULL */
+    fa_cpu_dropout dropout;     /* its dropout stream */
 } head_ctx;
 
 static head_ctx head_context(const fa_problem *p, int64_t b, int64_t h)
@@ -251,6 +252,12 @@ static head_ctx head_context(const fa_problem *p, int64_t b, int64_t h)
                                         b * p->block_mask_stride_batch +
                                         h * p->block_mask_stride_head
                                   : NULL;
+    uint64_t sub = p->dropout_offset + (uint64_t)(b * p->heads_q + h);
+    hc.dropout.key[0] = (uint32_t)p->dropout_seed;
+    hc.dropout.key[1] = (uint32_t)(p->dropout_seed >> 32);
+    hc.dropout.sub[0] = (uint32_t)sub;
+    hc.dropout.sub[1] = (uint32_t)(sub >> 32);
+    hc.dropout.threshold = fa_dropout_threshold(p->dropout_p);
     return hc;
 }
 
@@ -369,25 +376,14 @@ static void softcap_grad(const tile_geom *g, float *ds, const float *tanh_s)
 /* Dropout over a tile (layout g): dst = src · kept_scale where
  * fa_dropout_keep() keeps the element, else 0; dst may be src. If `also` is
  * not NULL it gets the same mask and scale in place (one Philox stream
- * serves both). */
-static void apply_dropout(const head_ctx *hc, const tile_geom *g, float *dst,
-                          const float *src, float *also, float kept_scale)
+ * serves both). The queries-major layout needs j0 % 4 == 0: its tiles start
+ * at multiples of TILE_K. */
+static void apply_dropout(const fa_cpu_kernels *kern, const head_ctx *hc,
+                          const tile_geom *g, float *dst, const float *src,
+                          float *also, float kept_scale)
 {
-    const fa_problem *p = hc->p;
-    uint32_t threshold = fa_dropout_threshold(p->dropout_p);
-    for (int64_t qi = 0; qi < g->m; ++qi) {
-        fa_u32x4 words = {{0, 0, 0, 0}};
-        for (int64_t kj = 0; kj < g->n; ++kj) {
-            int64_t j = g->j0 + kj, at = qi * g->q_stride + kj * g->k_stride;
-            if (kj == 0 || (j & 3) == 0)
-                words = fa_dropout_words(p->dropout_seed, p->dropout_offset,
-                                         p->heads_q, hc->b, hc->h, g->i0 + qi, j);
-            float factor = words.x[j & 3] < threshold ? 0.0f : kept_scale;
-            dst[at] = src[at] * factor;
-            if (also)
-                also[at] *= factor;
-        }
-    }
+    kern->dropout(dst, src, also, g->rows, g->cols, g->ld, g->keys_major,
+                  g->i0, g->j0, &hc->dropout, kept_scale);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -503,7 +499,7 @@ static void forward_tile(const fa_problem *p, const fa_cpu_kernels *kern,
         /* The sum is of the undropped probabilities (the LSE ignores
          * dropout); the 1/(1-p) of kept ones is applied at the end. */
         if (p->dropout_p > 0)
-            apply_dropout(&hc, &g, sc->s, sc->s, NULL, 1.0f);
+            apply_dropout(kern, &hc, &g, sc->s, sc->s, NULL, 1.0f);
         /* O (m × dvp) += P (m × n, read from Sᵀ) · V (n × dvp) */
         kern->gemm(m, dvp, n, sc->s, 1, TILE_Q, sc->v, dvp, sc->acc, dvp, 1);
     }
@@ -643,7 +639,7 @@ static void backward_kv_tile(const fa_problem *p, const fa_cpu_kernels *kern,
             kern->gemm(m, cols, dv, sc->dout, dvp, 1, sc->v_t, TILE_K, sc->dp, TILE_K, 0);
             const float *p_used = sc->s;
             if (p->dropout_p > 0) {
-                apply_dropout(&hc, &g, sc->p_drop, sc->s, sc->dp, keep_scale);
+                apply_dropout(kern, &hc, &g, sc->p_drop, sc->s, sc->dp, keep_scale);
                 p_used = sc->p_drop;
             }
             /* dV (n × dvp) += Pᵀ (n × m) · dO (m × dvp) */
@@ -705,7 +701,7 @@ static void backward_q_tile(const fa_problem *p, const fa_cpu_kernels *kern,
         /* dPᵀ (n × cols) = V (n × dv) · dOᵀ (dv × cols) */
         kern->gemm(n, cols, dv, sc->v, dvp, 1, sc->dout_t, TILE_Q, sc->dp, TILE_Q, 0);
         if (p->dropout_p > 0)
-            apply_dropout(&hc, &g, sc->dp, sc->dp, NULL, keep_scale);
+            apply_dropout(kern, &hc, &g, sc->dp, sc->dp, NULL, keep_scale);
         kern->softmax_grad(sc->dp, sc->s, n, cols, TILE_Q, NULL, d_row);
         if (p->softcap > 0)
             softcap_grad(&g, sc->dp, sc->tanh_s);

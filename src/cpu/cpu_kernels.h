@@ -22,6 +22,15 @@
  * scratch tiles is a multiple of this, so one layout serves every ISA. */
 #define FA_CPU_MAX_VEC 16
 
+/* The dropout stream of one (batch, query head), as fa_dropout_keep()
+ * defines it: the Philox key, the counter's upper two words and the drop
+ * threshold (an element is dropped iff its word < threshold). */
+typedef struct fa_cpu_dropout {
+    uint32_t key[2];     /* lo32, hi32 of the seed */
+    uint32_t sub[2];     /* lo32, hi32 of offset + b·heads_q + h */
+    uint32_t threshold;
+} fa_cpu_dropout;
+
 typedef struct fa_cpu_kernels {
     const char *kernel_name; /* "cpu.avx512", "cpu.avx2", "cpu.scalar" */
     int vec_width;           /* floats per vector; divides FA_CPU_MAX_VEC */
@@ -66,6 +75,16 @@ typedef struct fa_cpu_kernels {
                        float row_step, float col_step);
     /* x[0..n) *= s, n a multiple of vec_width. */
     void (*scale_row)(float *x, int64_t n, float s);
+    /* Dropout over a score tile (rows × cols, row stride ld; cols a
+     * multiple of vec_width): element (r, c) is query i0 + c and key j0 + r
+     * if keys_major, else query i0 + r and key j0 + c (then j0 must be a
+     * multiple of 4). dst = src · kept_scale where fa_dropout_keep() keeps
+     * the element, else 0 (dst may be src); if also is not NULL, it is
+     * multiplied by the same factor in place. */
+    void (*dropout)(float *dst, const float *src, float *also, int64_t rows,
+                    int64_t cols, int64_t ld, int keys_major, int64_t i0,
+                    int64_t j0, const fa_cpu_dropout *stream,
+                    float kept_scale);
 } fa_cpu_kernels;
 
 extern const fa_cpu_kernels fa_cpu_kernels_scalar;

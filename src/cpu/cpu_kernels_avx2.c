@@ -61,6 +61,33 @@ static inline void v_store_bf16(uint16_t *dst, __m256 v)
                                       _mm256_extracti128_si256(h, 1)));
 }
 
+typedef __m256i VI;
+#define vi_load(p) _mm256_loadu_si256((const __m256i *)(p))
+#define vi_set1(x) _mm256_set1_epi32((int)(x))
+#define vi_add(a, b) _mm256_add_epi32((a), (b))
+#define vi_xor(a, b) _mm256_xor_si256((a), (b))
+#define vi_unpack_lo32(a, b) _mm256_unpacklo_epi32((a), (b))
+#define vi_unpack_hi32(a, b) _mm256_unpackhi_epi32((a), (b))
+#define vi_unpack_lo64(a, b) _mm256_unpacklo_epi64((a), (b))
+#define vi_unpack_hi64(a, b) _mm256_unpackhi_epi64((a), (b))
+
+/* w >= t unsigned as max(w, t) == w (AVX2 has no unsigned compare). */
+#define v_keep(w, t, s)                                                       \
+    _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(                      \
+                      _mm256_max_epu32((w), (t)), (w))),                      \
+                  (s))
+
+/* vpmuludq multiplies the even lanes; the odd ones are shifted down into
+ * them for a second multiply, and the halves are blended back. */
+static inline void vi_mul_wide(__m256i a, uint32_t m, __m256i *hi, __m256i *lo)
+{
+    __m256i vm = _mm256_set1_epi32((int)m);
+    __m256i even = _mm256_mul_epu32(a, vm);
+    __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), vm);
+    *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xaa);
+    *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xaa);
+}
+
 #define KERNELS_NAME fa_cpu_kernels_avx2
 #define KERNEL_NAME "cpu.avx2"
 #include "cpu_kernels_impl.h"

@@ -49,6 +49,28 @@ static inline void v_store_bf16(uint16_t *dst, __m512 v)
     _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(h));
 }
 
+typedef __m512i VI;
+#define vi_load(p) _mm512_loadu_si512((const void *)(p))
+#define vi_set1(x) _mm512_set1_epi32((int)(x))
+#define vi_add(a, b) _mm512_add_epi32((a), (b))
+#define vi_xor(a, b) _mm512_xor_si512((a), (b))
+#define vi_unpack_lo32(a, b) _mm512_unpacklo_epi32((a), (b))
+#define vi_unpack_hi32(a, b) _mm512_unpackhi_epi32((a), (b))
+#define vi_unpack_lo64(a, b) _mm512_unpacklo_epi64((a), (b))
+#define vi_unpack_hi64(a, b) _mm512_unpackhi_epi64((a), (b))
+#define v_keep(w, t, s) _mm512_maskz_mov_ps(_mm512_cmpge_epu32_mask((w), (t)), (s))
+
+/* vpmuludq multiplies the even lanes; the odd ones are shifted down into
+ * them for a second multiply, and the halves are blended back. */
+static inline void vi_mul_wide(__m512i a, uint32_t m, __m512i *hi, __m512i *lo)
+{
+    __m512i vm = _mm512_set1_epi32((int)m);
+    __m512i even = _mm512_mul_epu32(a, vm);
+    __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), vm);
+    *lo = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64(odd, 32));
+    *hi = _mm512_mask_blend_epi32(0xaaaa, _mm512_srli_epi64(even, 32), odd);
+}
+
 #define KERNELS_NAME fa_cpu_kernels_avx512
 #define KERNEL_NAME "cpu.avx512"
 #include "cpu_kernels_impl.h"

@@ -16,6 +16,15 @@
  *                           the result is below 2^-126 is acceptable
  *   v_load_f16(p) v_load_bf16(p)       VW halves -> VF
  *   v_store_f16(p, v) v_store_bf16(p, v)  VF -> VW halves, nearest even
+ *   VI                      the vector type of VW uint32 lanes
+ *   vi_load(p) vi_set1(x) vi_add(a, b) vi_xor(a, b)
+ *   vi_mul_wide(a, m, hi, lo)  the 64-bit products a·m lane by lane (m a
+ *                           constant): *hi, *lo their upper, lower halves
+ *   v_keep(w, t, s)         VF: s where w >= t (unsigned), else 0
+ *   vi_unpack_lo32 vi_unpack_hi32 vi_unpack_lo64 vi_unpack_hi64
+ *                           (VW >= 4 only) interleave the low / high
+ *                           halves of each group of 4 lanes, as the x86
+ *                           unpack instructions do within 128-bit lanes
  *   KERNELS_NAME            the table's C name, KERNEL_NAME its string
  *
  * Shapes follow cpu_kernels.h. Row tails shorter than VW go through the
@@ -285,7 +294,118 @@ static void scale_row(float *x, int64_t n, float s)
         v_store(x + i, v_mul(v_load(x + i), vs));
 }
 
+/* ---------------------------------------------------------------------- */
+/* Dropout: Philox4x32-10 on VW counters at once                           */
+
+/* fa_philox4x32_10() (fa_internal.h, the reference) lane by lane: c holds
+ * the counters' four words and becomes the four output words. The
+ * 32 × 32 -> 64-bit multiplies are the whole cost. */
+FA_ALWAYS_INLINE void vi_philox(VI c[4], uint32_t k0, uint32_t k1)
+{
+    for (int round = 0; round < 10; ++round) {
+        VI hi0, lo0, hi1, lo1;
+        vi_mul_wide(c[0], 0xD2511F53u, &hi0, &lo0);
+        vi_mul_wide(c[2], 0xCD9E8D57u, &hi1, &lo1);
+        c[0] = vi_xor(vi_xor(hi1, c[1]), vi_set1(k0));
+        c[1] = lo1;
+        c[2] = vi_xor(vi_xor(hi0, c[3]), vi_set1(k1));
+        c[3] = lo0;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+}
+
+#if VW >= 4
+/* Query rows per block of the queries-major layout: 4, one per word. */
+enum { DROPOUT_QUERY_ROWS = 4 };
+
+/* 4 × 4 transposes within each group of 4 lanes: afterwards w[b] holds, in
+ * every group, the words 0..3 that lane b of the group had. */
+FA_ALWAYS_INLINE void vi_transpose4(VI w[4])
+{
+    VI t0 = vi_unpack_lo32(w[0], w[1]), t1 = vi_unpack_hi32(w[0], w[1]);
+    VI t2 = vi_unpack_lo32(w[2], w[3]), t3 = vi_unpack_hi32(w[2], w[3]);
+    w[0] = vi_unpack_lo64(t0, t2);
+    w[1] = vi_unpack_hi64(t0, t2);
+    w[2] = vi_unpack_lo64(t1, t3);
+    w[3] = vi_unpack_hi64(t1, t3);
+}
+#else
+/* One lane: its four words are four consecutive keys of one query row. */
+enum { DROPOUT_QUERY_ROWS = 1 };
+FA_ALWAYS_INLINE void vi_transpose4(VI w[4])
+{
+    (void)w;
+}
+#endif
+
+/* dst[at..] = src[at..] · factor and also[at..] *= factor (if not NULL),
+ * factor = kept_scale where the word keeps the element, else 0. */
+FA_ALWAYS_INLINE void dropout_apply(float *dst, const float *src, float *also,
+                                    int64_t at, VI words, VI threshold,
+                                    VF kept_scale)
+{
+    VF factor = v_keep(words, threshold, kept_scale);
+    v_store(dst + at, v_mul(v_load(src + at), factor));
+    if (also)
+        v_store(also + at, v_mul(v_load(also + at), factor));
+}
+
+/*
+ * A counter (key group g, query i) gives the words of keys 4g..4g+3 of
+ * query i. Keys-major (a row per key, lanes over queries): lane l
+ * evaluates (g, i + l), and its four words are lane l of rows 4g..4g+3 —
+ * no rearrangement. Queries-major (a row per query, lanes over keys): lane
+ * l evaluates (g + l / 4, i + l % 4), and a 4 × 4 transpose within each
+ * group of 4 lanes turns the words into 4 query rows of VW consecutive
+ * keys (the scalar build: one lane, 4 consecutive keys of one row). Either
+ * way every Philox output word is used once.
+ */
+static void dropout(float *dst, const float *src, float *also, int64_t rows,
+                    int64_t cols, int64_t ld, int keys_major, int64_t i0,
+                    int64_t j0, const fa_cpu_dropout *stream, float kept_scale)
+{
+    enum { QR = DROPOUT_QUERY_ROWS, KEYS_PER_BLOCK = 4 * VW / QR };
+    uint32_t lane_query[VW], lane_group[VW];
+    for (int l = 0; l < VW; ++l) {
+        lane_query[l] = (uint32_t)(keys_major ? l : l % QR);
+        lane_group[l] = (uint32_t)(keys_major ? 0 : l / QR);
+    }
+    VI query = vi_load(lane_query), group = vi_load(lane_group);
+    VI sub0 = vi_set1(stream->sub[0]), sub1 = vi_set1(stream->sub[1]);
+    VI threshold = vi_set1(stream->threshold);
+    VF scale = v_set1(kept_scale);
+    if (keys_major) {
+        for (int64_t g = j0 >> 2; 4 * g < j0 + rows; ++g)
+            for (int64_t c = 0; c < cols; c += VW) {
+                VI w[4] = {vi_set1((uint32_t)g),
+                           vi_add(query, vi_set1((uint32_t)(i0 + c))), sub0, sub1};
+                vi_philox(w, stream->key[0], stream->key[1]);
+                for (int k = 0; k < 4; ++k) {
+                    int64_t r = 4 * g + k - j0;
+                    if (r >= 0 && r < rows)
+                        dropout_apply(dst, src, also, r * ld + c, w[k],
+                                      threshold, scale);
+                }
+            }
+        return;
+    }
+    for (int64_t r0 = 0; r0 < rows; r0 += QR)
+        for (int64_t c = 0; c < cols; c += KEYS_PER_BLOCK) {
+            VI w[4] = {vi_add(group, vi_set1((uint32_t)((j0 + c) >> 2))),
+                       vi_add(query, vi_set1((uint32_t)(i0 + r0))), sub0, sub1};
+            vi_philox(w, stream->key[0], stream->key[1]);
+            vi_transpose4(w);
+            for (int t = 0; t < 4; ++t) {
+                int64_t r = r0 + t * QR / 4, col = c + t % (4 / QR) * VW;
+                if (r < rows && col < cols)
+                    dropout_apply(dst, src, also, r * ld + col, w[t],
+                                  threshold, scale);
+            }
+        }
+}
+
 const fa_cpu_kernels KERNELS_NAME = {
     KERNEL_NAME, VW, gemm, load_row, store_row,
-    col_max, exp2_bias, softmax_grad, score_mods, scale_row,
+    col_max, exp2_bias, softmax_grad, score_mods, scale_row, dropout,
 };

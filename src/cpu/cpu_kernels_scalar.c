@@ -30,6 +30,20 @@ typedef float VF;
 #define v_store_f16(p, v) (*(p) = fa_f32_to_f16(v))
 #define v_store_bf16(p, v) (*(p) = fa_f32_to_bf16(v))
 
+typedef uint32_t VI;
+#define vi_load(p) (*(p))
+#define vi_set1(x) ((uint32_t)(x))
+#define vi_add(a, b) ((a) + (b))
+#define vi_xor(a, b) ((a) ^ (b))
+#define v_keep(w, t, s) ((w) >= (t) ? (s) : 0.0f)
+
+static inline void vi_mul_wide(uint32_t a, uint32_t m, uint32_t *hi, uint32_t *lo)
+{
+    uint64_t product = (uint64_t)a * m;
+    *hi = (uint32_t)(product >> 32);
+    *lo = (uint32_t)product;
+}
+
 #define KERNELS_NAME fa_cpu_kernels_scalar
 #define KERNEL_NAME "cpu.scalar"
 #include "cpu_kernels_impl.h"
