@@ -7,11 +7,14 @@
  *  - Version, status strings, dtype sizes and names, fa_attn_init defaults.
  *  - fa_dropout_keep() against an independent Philox4x32-10 that is itself
  *    checked against the Random123 known-answer vectors.
+ *  - Threads: one context per thread, run concurrently, give the serial
+ *    results bit for bit, and each thread sees its own error message.
  */
 #include "testlib.h"
 
 #include <ctype.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -625,6 +628,95 @@ static void test_dropout_stream(void)
     CHECK(fabs(rate - 0.5) < 0.03, "keep rate at p = 0.5 is %.3f", rate);
 }
 
+/* ---------------------------------------------------------------------- */
+/* Threads                                                                 */
+
+#define NUM_WORKERS 4
+
+typedef struct worker {
+    int id;
+    fixture fix;          /* its own problem (different seqlen per worker) */
+    float serial_out[B * SQ * HQ * DV], serial_lse[B * HQ * SQ];
+    float serial_dq[B * SQ * HQ * D];
+    char message[256];    /* fa_last_error() after its own failure */
+    int ok;
+    pthread_barrier_t *barrier;
+} worker;
+
+/* Forward + backward on the worker's fixture; returns success. */
+static int run_fixture(fixture *f)
+{
+    return call(f, CALL_FORWARD) == FA_SUCCESS && call(f, CALL_BACKWARD) == FA_SUCCESS;
+}
+
+static void prepare_worker(worker *w, fa_context *ctx)
+{
+    fixture_reset(&w->fix, ctx);
+    w->fix.attn.seqlen_q = SQ - w->id % 3;
+    w->fix.attn.causal = w->id % 2;
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    fa_context *ctx = NULL;
+    w->ok = fa_context_create(&ctx, FA_DEVICE_CPU, 0) == FA_SUCCESS &&
+            fa_context_set_num_threads(ctx, 2) == FA_SUCCESS;
+    if (!w->ok)
+        return NULL;
+    for (int rep = 0; rep < 20 && w->ok; ++rep) {
+        prepare_worker(w, ctx);
+        w->ok = run_fixture(&w->fix) &&
+                !memcmp(w->fix.out_mem, w->serial_out, sizeof w->serial_out) &&
+                !memcmp(w->fix.lse_mem, w->serial_lse, sizeof w->serial_lse) &&
+                !memcmp(w->fix.dq_mem, w->serial_dq, sizeof w->serial_dq);
+    }
+    /* every worker fails with its own value, then reads its message */
+    fa_attn bad = w->fix.attn;
+    bad.heads_q = -100 - w->id;
+    size_t bytes;
+    fa_forward_workspace_size(ctx, &bad, &bytes);
+    pthread_barrier_wait(w->barrier);
+    snprintf(w->message, sizeof w->message, "%s", fa_last_error());
+    fa_context_destroy(ctx);
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    static worker workers[NUM_WORKERS];
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, NUM_WORKERS);
+    fa_context *ctx = NULL;
+    fa_context_create(&ctx, FA_DEVICE_CPU, 0);
+    fa_context_set_num_threads(ctx, 2);
+    for (int n = 0; n < NUM_WORKERS; ++n) {
+        worker *w = &workers[n];
+        w->id = n;
+        w->barrier = &barrier;
+        prepare_worker(w, ctx);
+        CHECK(run_fixture(&w->fix), "serial run of worker %d: %s", n, fa_last_error());
+        memcpy(w->serial_out, w->fix.out_mem, sizeof w->serial_out);
+        memcpy(w->serial_lse, w->fix.lse_mem, sizeof w->serial_lse);
+        memcpy(w->serial_dq, w->fix.dq_mem, sizeof w->serial_dq);
+    }
+    fa_context_destroy(ctx);
+    pthread_t threads[NUM_WORKERS];
+    for (int n = 0; n < NUM_WORKERS; ++n)
+        pthread_create(&threads[n], NULL, worker_main, &workers[n]);
+    for (int n = 0; n < NUM_WORKERS; ++n)
+        pthread_join(threads[n], NULL);
+    pthread_barrier_destroy(&barrier);
+    for (int n = 0; n < NUM_WORKERS; ++n) {
+        char own[32];
+        snprintf(own, sizeof own, "%d", -100 - n);
+        CHECK(workers[n].ok, "worker %d: concurrent results differ from the serial ones", n);
+        CHECK(strstr(workers[n].message, own) != NULL,
+              "worker %d: fa_last_error() is \"%s\", not its own failure (%s)", n,
+              workers[n].message, own);
+    }
+}
+
 int main(void)
 {
     fa_context *ctx = NULL;
@@ -637,6 +729,7 @@ int main(void)
     test_dropout_stream();
     test_invalid_arguments(ctx);
     test_empty_sequences(ctx);
+    test_threads();
     fa_context_destroy(ctx);
     printf("test_api: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;

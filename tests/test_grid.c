@@ -94,6 +94,7 @@ typedef struct grid_case {
     int deterministic;
     int explicit_workspace;
     int dropout_probe;      /* V = identity: out shows the dropout mask */
+    double logit_scale;     /* std of q and k (0: 1); large -> huge scores */
     uint64_t data_seed;
 } grid_case;
 
@@ -234,6 +235,10 @@ static void apply_option(test_rng *r, grid_case *c, const char *option)
     else if (!strcmp(option, "gqa")) {
         c->heads_q = 6;
         c->heads_kv = rng_int(r, 0, 1) ? 2 : 3;
+    } else if (!strcmp(option, "manyheads")) { /* work split over threads */
+        c->batch = 3;
+        c->heads_q = 16;
+        c->heads_kv = rng_int(r, 0, 1) ? 16 : 4;
     } else if (!strcmp(option, "mqa")) {
         c->heads_q = rng_int(r, 3, 4);
         c->heads_kv = 1;
@@ -249,7 +254,9 @@ static void apply_option(test_rng *r, grid_case *c, const char *option)
         if (rng_int(r, 0, 1))
             c->seqlen_k = c->seqlen_q; /* qkv-packed; else kv-packed */
         c->layout = (layout_kind)rng_int(r, 0, LAYOUT_COUNT - 1);
-    } else if (!strcmp(option, "scale"))
+    } else if (!strcmp(option, "bigscores"))
+        c->logit_scale = 6.0; /* scores spread over hundreds: softmax stability */
+    else if (!strcmp(option, "scale"))
         c->softmax_scale = scales[rng_int(r, 0, 2)];
     else if (!strcmp(option, "deterministic"))
         c->deterministic = 1;
@@ -316,8 +323,8 @@ static void build_grid(case_list *list, uint64_t seed, int quick)
     /* Each option x every dtype x three random shapes (two when quick). */
     static const char *const options[] = {
         "causal", "window", "softcap", "alibi", "alibi_bh", "dropout",
-        "blocks", "varlen", "gqa", "mqa", "bhsd", "pad8", "padodd", "packed",
-        "scale", "deterministic", "workspace"};
+        "blocks", "varlen", "gqa", "mqa", "manyheads", "bhsd", "pad8", "padodd", "packed",
+        "scale", "bigscores", "deterministic", "workspace"};
     for (size_t o = 0; o < sizeof options / sizeof options[0]; ++o)
         for (int t = 0; t < 3; ++t)
             for (int rep = 0; rep < (quick ? 2 : 3); ++rep) {
@@ -391,6 +398,8 @@ static void describe(const grid_case *c, char *buf, size_t size)
         APPEND(" alibi%s", c->alibi == 2 ? "_bh" : "");
     if (c->dropout_p > 0)
         APPEND(" drop%g", (double)c->dropout_p);
+    if (c->logit_scale > 0)
+        APPEND(" qk*%g", c->logit_scale);
     if (c->blocks != BLOCKS_OFF)
         APPEND(" blocks%d(%lldx%lld)", (int)c->blocks, (long long)c->block_size_q,
                (long long)c->block_size_k);
@@ -696,10 +705,14 @@ static void setup_case(const grid_case *c, case_data *cd, fa_attn *attn,
         }
     }
     if (c->varlen) {
-        /* the longest possible, an empty query set, and (with keys
-         * independent of queries) queries that see no key at all */
-        cd->q_len[0] = c->seqlen_q;
-        cd->k_len[B - 1] = c->seqlen_k;
+        /* the longest possible (half the time; else the lengths stay as
+         * drawn and the max seqlen may exceed them all), an empty query
+         * set, and (with keys independent of queries) queries that see no
+         * key at all */
+        if (rng_int(r, 0, 1)) {
+            cd->q_len[0] = c->seqlen_q;
+            cd->k_len[B - 1] = c->seqlen_k;
+        }
         cd->q_len[1] = 0;
         if (qkv_packed) {
             cd->k_len[0] = cd->q_len[0];
@@ -753,8 +766,9 @@ static void setup_case(const grid_case *c, case_data *cd, fa_attn *attn,
     cd->lse_buf = add_buffer(cd, FA_DTYPE_F32, cd->lse_count, ROLE_FORWARD_OUTPUT);
 
     /* Inputs: fresh normal values, never zeros. */
-    fill_normal(&cd->q, r, c->dropout_probe ? 0.1 : 1.0);
-    fill_normal(&cd->k, r, 1.0);
+    double logit_scale = c->logit_scale > 0 ? c->logit_scale : 1.0;
+    fill_normal(&cd->q, r, c->dropout_probe ? 0.1 : logit_scale);
+    fill_normal(&cd->k, r, logit_scale);
     fill_normal(&cd->dout, r, 1.0);
     if (c->dropout_probe) {
         for (int64_t t = 0; t < cd->v.batch; ++t)
