@@ -110,6 +110,18 @@ template <int pending> __device__ __forceinline__ void cp_async_wait()
     asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory");
 }
 
+/* *p += (a, b) for two adjacent floats (8-byte aligned), atomically per
+ * element: one vector reduction on sm90+, two scalar atomics before. */
+__device__ __forceinline__ void atomic_add_pair(float *p, float a, float b)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+#else
+    atomicAdd(p, a);
+    atomicAdd(p + 1, b);
+#endif
+}
+
 /* Two floats rounded to one 32-bit register of two 16-bit values, `lo` in
  * the low half (the element with the smaller column index). */
 template <typename T> __device__ __forceinline__ uint32_t pack_pair(float lo, float hi)

@@ -281,8 +281,7 @@ __global__ void __launch_bounds__(BackwardTiles<D>::kWarps * 32)
                 float *acc = a.dq_accum + (ws_base + i) * a.dp + dq_cols + 2 * t;
 #pragma unroll
                 for (int nt = 0; nt < Tiles::kDqCols / 8; ++nt) {
-                    atomicAdd(acc + nt * 8, dq[0][nt][2 * r]);
-                    atomicAdd(acc + nt * 8 + 1, dq[0][nt][2 * r + 1]);
+                    atomic_add_pair(acc + nt * 8, dq[0][nt][2 * r], dq[0][nt][2 * r + 1]);
                 }
             }
             __syncthreads(); /* every warp is done with this stage, Pᵀ and dSᵀ */
