@@ -325,6 +325,63 @@ static tile_geom tile_geometry(int64_t i0, int64_t m, int64_t j0, int64_t n,
     return g;
 }
 
+/* x[at .. at + count) = -inf: masked pairs; tanh_s (if not NULL) 0 there. */
+static void mask_span(float *x, float *tanh_s, int64_t at, int64_t count)
+{
+    for (int64_t t = 0; t < count; ++t)
+        x[at + t] = -INFINITY;
+    if (tanh_s)
+        memset(tanh_s + at, 0, sizeof(float) * (size_t)(count > 0 ? count : 0));
+}
+
+/*
+ * Masks the invisible pairs of a tile x (layout g) row by row, as spans of
+ * contiguous columns. The window makes row r see the columns
+ * [band_lo + r, band_hi + r) (a diagonal band in either layout, from the
+ * linear bounds of fa_window_range; keys outside [0, sk) are not in any
+ * tile); the block mask switches off whole column blocks of the row.
+ */
+static void mask_tile(const head_ctx *hc, const tile_geom *g, float *x,
+                      float *tanh_s)
+{
+    const fa_problem *p = hc->p;
+    int64_t shift = hc->seq.sk - hc->seq.sq;
+    int64_t unbounded = INT64_MAX / 4;
+    int64_t left = p->window_left < 0 ? unbounded : p->window_left;
+    int64_t right = p->window_right < 0 ? unbounded : p->window_right;
+    /* Keys-major: query i = i0 + c sees key j = j0 + r iff
+     * j - shift - right <= i <= j - shift + left; queries-major: key
+     * j = j0 + c is seen by i = i0 + r iff i + shift - left <= j <=
+     * i + shift + right. */
+    int64_t diag = g->keys_major ? g->j0 - g->i0 - shift : g->i0 + shift - g->j0;
+    int64_t band_lo = diag - (g->keys_major ? right : left);
+    int64_t band_hi = diag + (g->keys_major ? left : right) + 1;
+    int64_t valid = g->keys_major ? g->m : g->n; /* columns of real pairs */
+    /* Block mask element (qb, kb) is at qb·blocks_k + kb. */
+    int64_t row0 = g->keys_major ? g->j0 : g->i0, col0 = g->keys_major ? g->i0 : g->j0;
+    int64_t row_block = g->keys_major ? p->block_size_k : p->block_size_q;
+    int64_t col_block = g->keys_major ? p->block_size_q : p->block_size_k;
+    int64_t row_stride = g->keys_major ? 1 : p->block_mask_blocks_k;
+    int64_t col_stride = g->keys_major ? p->block_mask_blocks_k : 1;
+    for (int64_t r = 0; r < g->rows; ++r) {
+        int64_t lo = band_lo + r, hi = band_hi + r;
+        lo = lo < 0 ? 0 : min64(lo, valid);
+        hi = hi < lo ? lo : min64(hi, valid);
+        mask_span(x, tanh_s, r * g->ld, lo);
+        mask_span(x, tanh_s, r * g->ld + hi, valid - hi);
+        if (!hc->block_mask)
+            continue;
+        const uint8_t *blocks = hc->block_mask + (row0 + r) / row_block * row_stride;
+        for (int64_t c = 0; c < valid;) {
+            int64_t cb = (col0 + c) / col_block;
+            int64_t end = min64((cb + 1) * col_block - col0, valid);
+            if (!blocks[cb * col_stride])
+                mask_span(x, tanh_s, r * g->ld + c, end - c);
+            c = end;
+        }
+    }
+}
+
 /*
  * Modifies and masks a tile of scores x (log2 units, layout g): softcap and
  * ALiBi through the vector kernel (tanh_s, if not NULL, receives
@@ -344,25 +401,8 @@ static void modify_scores(const fa_cpu_kernels *kern, const head_ctx *hc,
                          tanh_s, hc->alibi_slope * FA_LOG2E,
                          (float)(g->i0 + shift - g->j0), row_step, -row_step);
     }
-    if (full)
-        return;
-    for (int64_t qi = 0; qi < g->m; ++qi) {
-        int64_t i = g->i0 + qi, lo, hi;
-        window_of(hc, i, &lo, &hi);
-        const uint8_t *mask_row =
-            hc->block_mask
-                ? hc->block_mask + (i / p->block_size_q) * p->block_mask_blocks_k
-                : NULL;
-        for (int64_t kj = 0; kj < g->n; ++kj) {
-            int64_t j = g->j0 + kj;
-            if (j >= lo && j < hi && (!mask_row || mask_row[j / p->block_size_k]))
-                continue;
-            int64_t at = qi * g->q_stride + kj * g->k_stride;
-            x[at] = -INFINITY;
-            if (tanh_s)
-                tanh_s[at] = 0.0f;
-        }
-    }
+    if (!full)
+        mask_tile(hc, g, x, tanh_s);
 }
 
 /* The softcap chain rule: ds (layout g) *= 1 - tanh². */
