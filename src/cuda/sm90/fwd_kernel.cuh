@@ -184,6 +184,23 @@ __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p,
     return t;
 }
 
+/* The persistent loop's tiles for this CTA: round r takes tile r*G + b (G
+ * CTAs, b this one) in even rounds and r*G + G-1-b in odd ones. With tiles
+ * ordered heaviest first, the snake pairs a CTA's heavy tiles with light ones,
+ * so every CTA ends up with about the same work (a plain stride gives the
+ * first CTAs the heaviest tile of every round). */
+struct fa_tile_iter {
+    int round, index;
+    __device__ static fa_tile_iter first() { return {0, (int)blockIdx.x}; }
+    __device__ bool valid(const fa_sm90_params &p) const { return index < p.num_tiles; }
+    __device__ void next()
+    {
+        ++round;
+        int g = gridDim.x;
+        index = round * g + ((round & 1) ? g - 1 - (int)blockIdx.x : (int)blockIdx.x);
+    }
+};
+
 /* Producer and consumers skip the same tiles: those with no key block (no
  * rows, or a window that hides every key) have nothing to load; their
  * consumers still write zeros and -inf for the rows that exist. */
@@ -200,8 +217,8 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
     /* every buffer starts free: wait on the empty barriers with parity 1 */
     fa_pipe_state<Cfg::kStages> kv = {0, 1};
     uint32_t q_phase = 1;
-    for (int index = blockIdx.x; index < p.num_tiles; index += gridDim.x) {
-        fa_sm90_tile t = fa_sm90_tile_of<Cfg>(p, index);
+    for (fa_tile_iter it = fa_tile_iter::first(); it.valid(p); it.next()) {
+        fa_sm90_tile t = fa_sm90_tile_of<Cfg>(p, it.index);
         if (!fa_sm90_has_keys(t))
             continue;
         /* fixed-length tensors are indexed by batch; packed ones by row only */
@@ -594,8 +611,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
             turn.pass_turn();
         fa_pipe_state<Cfg::kStages> kv = {0, 0};
         uint32_t q_phase = 0;
-        for (int index = blockIdx.x; index < p.num_tiles; index += gridDim.x)
-            fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, index), sm, wg - 1, turn, kv, q_phase);
+        for (fa_tile_iter it = fa_tile_iter::first(); it.valid(p); it.next())
+            fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, it.index), sm, wg - 1, turn, kv, q_phase);
         /* ...and warpgroup 0 takes the turn left over after warpgroup 1's
          * last pass, so that both named barriers end balanced */
         if (turn.wg == 0)

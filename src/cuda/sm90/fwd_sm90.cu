@@ -27,19 +27,41 @@ static int is_supported_head_dim(int64_t d)
     return d == 64 || d == 96 || d == 128 || d == 192 || d == 256;
 }
 
-/* TMA: base 16-byte aligned, every stride a multiple of 16 bytes below 2^40. */
-static fa_status check_tma_tensor(const fa_tensor *t, const char *name, int varlen, size_t elem)
+/* A (seq, head, dim) tensor seen by TMA as the rank-4 tensor (dim, rows,
+ * heads, batches), innermost first; packed (varlen) tensors are one batch of
+ * total rows. Byte strides of the three outer dims; a dim of size 1 may have
+ * any stride (a broadcast one is 0), so it gets a valid placeholder. */
+static void tma_strides(const fa_problem *p, const fa_tensor *t, int64_t rows, int64_t heads, int64_t bytes[3])
 {
-    int64_t strides[3] = {t->stride_seq, t->stride_head, varlen ? 0 : t->stride_batch};
+    int64_t elem = (int64_t)fa_dtype_size(p->dtype);
+    int64_t sizes[3] = {rows, heads, p->varlen ? 1 : p->batch};
+    int64_t strides[3] = {t->stride_seq, t->stride_head, p->varlen ? 0 : t->stride_batch};
+    for (int i = 0; i < 3; ++i)
+        bytes[i] = sizes[i] == 1 ? 16 : strides[i] * elem;
+}
+
+/* Rows of q (is_q) or k / v as TMA sees them: per batch, or all packed ones. */
+static int64_t rows_of(const fa_problem *p, int is_q)
+{
+    if (p->varlen)
+        return is_q ? p->total_q : p->total_k;
+    return is_q ? p->seqlen_q : p->seqlen_k;
+}
+
+/* TMA: base 16-byte aligned, every stride a positive multiple of 16 bytes
+ * below 2^40 (so no broadcast dims). out is written with 4-byte stores, but
+ * held to the same rule to keep one check. */
+static fa_status check_tma_tensor(const fa_problem *p, const fa_tensor *t, const char *name, int is_q)
+{
+    int64_t bytes[3];
+    tma_strides(p, t, rows_of(p, is_q), is_q ? p->heads_q : p->heads_kv, bytes);
     if ((uintptr_t)t->data % 16 != 0)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: %s is not 16-byte aligned (TMA needs it)", name);
-    for (int i = 0; i < 3; ++i) {
-        int64_t bytes = strides[i] * (int64_t)elem;
-        if (bytes < 0 || bytes % 16 != 0 || bytes >= ((int64_t)1 << 40))
+    for (int i = 0; i < 3; ++i)
+        if (bytes[i] <= 0 || bytes[i] % 16 != 0 || bytes[i] >= ((int64_t)1 << 40))
             return fa_fail(FA_ERROR_UNSUPPORTED,
-                           "sm90: a stride of %s is %lld bytes; TMA needs a non-negative multiple of 16",
-                           name, (long long)bytes);
-    }
+                           "sm90: a stride of %s is %lld bytes; TMA needs a positive multiple of 16", name,
+                           (long long)bytes[i]);
     return FA_SUCCESS;
 }
 
@@ -66,12 +88,11 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
     if (p->total_q > int_max || p->total_k > int_max || p->seqlen_q > int_max || p->seqlen_k > int_max ||
         p->heads_q > 65535 || p->batch > 65535 || p->window_left > int_max || p->window_right > int_max)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: sizes beyond the kernel's 32-bit indexing");
-    size_t elem = fa_dtype_size(p->dtype);
     fa_status st;
-    if ((st = check_tma_tensor(&p->q, "q", p->varlen, elem)) != FA_SUCCESS ||
-        (st = check_tma_tensor(&p->k, "k", p->varlen, elem)) != FA_SUCCESS ||
-        (st = check_tma_tensor(&p->v, "v", p->varlen, elem)) != FA_SUCCESS ||
-        (st = check_tma_tensor(&p->out, "out", p->varlen, elem)) != FA_SUCCESS)
+    if ((st = check_tma_tensor(p, &p->q, "q", 1)) != FA_SUCCESS ||
+        (st = check_tma_tensor(p, &p->k, "k", 0)) != FA_SUCCESS ||
+        (st = check_tma_tensor(p, &p->v, "v", 0)) != FA_SUCCESS ||
+        (st = check_tma_tensor(p, &p->out, "out", 1)) != FA_SUCCESS)
         return st;
     if (dev->smem_per_block_optin < 232448)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: needs 227 KB of shared memory per block (device has %zu)",
@@ -105,23 +126,19 @@ static PFN_cuTensorMapEncodeTiled_v12000 encode_tiled_fn(void)
     return fn;
 }
 
-/* A (seq, head, dim) tensor t seen as the rank-4 tensor (dim, seq, head,
- * batch), innermost first; a box is 64 columns x box_rows rows of one head,
- * 128-byte swizzled. Packed (varlen) tensors have one batch of total rows. */
-static fa_status encode_map(CUtensorMap *map, const fa_problem *p, const fa_tensor *t, int64_t rows, int64_t heads,
-                            int box_rows, const char *name)
+/* The tensor map of q (is_q) or k / v: boxes of 64 columns x box_rows rows
+ * of one head, 128-byte swizzled, zero-filled outside the tensor. */
+static fa_status encode_map(CUtensorMap *map, const fa_problem *p, const fa_tensor *t, int is_q, int box_rows,
+                            const char *name)
 {
     PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled_fn();
     if (encode == NULL)
         return fa_fail(FA_ERROR_DEVICE, "sm90: the driver has no cuTensorMapEncodeTiled");
-    int64_t elem = (int64_t)fa_dtype_size(p->dtype);
-    int64_t batches = p->varlen ? 1 : p->batch;
-    int64_t batch_stride = p->varlen ? rows * t->stride_seq : t->stride_batch;
-    if (batch_stride == 0) /* a broadcast batch: any valid stride works */
-        batch_stride = 16 / elem;
-    cuuint64_t dims[4] = {(cuuint64_t)p->head_dim, (cuuint64_t)rows, (cuuint64_t)heads, (cuuint64_t)batches};
-    cuuint64_t strides[3] = {(cuuint64_t)(t->stride_seq * elem), (cuuint64_t)(t->stride_head * elem),
-                             (cuuint64_t)(batch_stride * elem)};
+    int64_t rows = rows_of(p, is_q), heads = is_q ? p->heads_q : p->heads_kv, bytes[3];
+    tma_strides(p, t, rows, heads, bytes);
+    cuuint64_t dims[4] = {(cuuint64_t)p->head_dim, (cuuint64_t)rows, (cuuint64_t)heads,
+                          (cuuint64_t)(p->varlen ? 1 : p->batch)};
+    cuuint64_t strides[3] = {(cuuint64_t)bytes[0], (cuuint64_t)bytes[1], (cuuint64_t)bytes[2]};
     cuuint32_t box[4] = {64, (cuuint32_t)box_rows, 1, 1};
     cuuint32_t elem_strides[4] = {1, 1, 1, 1};
     CUresult r = encode(map, p->dtype == FA_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
@@ -129,7 +146,7 @@ static fa_status encode_map(CUtensorMap *map, const fa_problem *p, const fa_tens
                         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: cuTensorMapEncodeTiled rejected %s (CUresult %d)", name, (int)r);
+        return fa_fail(FA_ERROR_DEVICE, "sm90: cuTensorMapEncodeTiled rejected %s (CUresult %d)", name, (int)r);
     return FA_SUCCESS;
 }
 
@@ -141,11 +158,9 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     fa_sm90_params prm;
     memset(&prm, 0, sizeof prm);
     fa_status st;
-    int64_t rows_q = p->varlen ? p->total_q : p->seqlen_q;
-    int64_t rows_k = p->varlen ? p->total_k : p->seqlen_k;
-    if ((st = encode_map(&prm.map_q, p, &p->q, rows_q, p->heads_q, Cfg::kBlockM, "q")) != FA_SUCCESS ||
-        (st = encode_map(&prm.map_k, p, &p->k, rows_k, p->heads_kv, Cfg::kBlockN, "k")) != FA_SUCCESS ||
-        (st = encode_map(&prm.map_v, p, &p->v, rows_k, p->heads_kv, Cfg::kBlockN, "v")) != FA_SUCCESS)
+    if ((st = encode_map(&prm.map_q, p, &p->q, 1, Cfg::kBlockM, "q")) != FA_SUCCESS ||
+        (st = encode_map(&prm.map_k, p, &p->k, 0, Cfg::kBlockN, "k")) != FA_SUCCESS ||
+        (st = encode_map(&prm.map_v, p, &p->v, 0, Cfg::kBlockN, "v")) != FA_SUCCESS)
         return st;
     prm.out = p->out.data;
     prm.out_stride_batch = p->out.stride_batch;
@@ -179,12 +194,13 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
         return FA_SUCCESS;
     }
 
-    /* Equal tiles (no window): persistent, one CTA per SM (a tile needs all of
-     * an SM's smem), so the producer loads the next tile during the epilogue.
-     * Causal/window tiles differ in work; a static persistent stride left SMs
-     * idle at the end (hdim128 causal 16k: 459 vs 555 TFLOP/s for one CTA per
-     * tile), so there every tile gets its own CTA, heaviest first, and the
-     * hardware's block scheduler balances them. */
+    /* Persistent: one CTA per SM (a tile needs all of an SM's smem), so the
+     * producer loads the next tile while the consumers finish this one.
+     * Causal/window tiles differ in work; the snake order of fa_tile_iter
+     * keeps the CTAs' totals even (a plain stride left ~12% on the first
+     * CTAs: hdim128 causal 16k 459 vs 555 TFLOP/s for one CTA per tile; the
+     * snake matches one CTA per tile at long seqlens and beats it by 5-15% at
+     * seqlen <= 4k). */
     int device = 0, sms = 0;
     cudaError_t err = cudaGetDevice(&device);
     if (err == cudaSuccess)
@@ -194,7 +210,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
                                    Cfg::kSmemBytes);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm90: launch setup: %s", cudaGetErrorString(err));
-    unsigned grid = (unsigned)(prm.heaviest_first || tiles < sms ? tiles : sms);
+    unsigned grid = (unsigned)(tiles < sms ? tiles : sms);
     fa_sm90_fwd_kernel<Cfg><<<grid, Cfg::kThreads, Cfg::kSmemBytes, (cudaStream_t)p->stream>>>(prm);
     err = cudaGetLastError();
     if (err != cudaSuccess)
