@@ -29,16 +29,34 @@ fi
 python_args=()
 [ -n "$PYTHON" ] && python_args+=("-DPython3_EXECUTABLE=$PYTHON")
 
+# With nvcc present the CUDA code must be compiled: CMake's CUDA detection
+# has been seen to fail transiently (a vanished scratch file), which would
+# quietly give a CPU-only build; retry once from a clean cache, then fail.
+configure() { # build_dir cmake_args...
+    local dir=$1
+    cmake -S . -B "$@" || return 1
+    if [ "$want_cuda" = 1 ] && ! grep -q '^CMAKE_CUDA_COMPILER:FILEPATH=.*nvcc' "$dir/CMakeCache.txt"; then
+        echo "=== nvcc is installed but CMake did not enable CUDA; reconfiguring from scratch"
+        rm -rf "$dir/CMakeCache.txt" "$dir/CMakeFiles"
+        cmake -S . -B "$@" || return 1
+        if ! grep -q '^CMAKE_CUDA_COMPILER:FILEPATH=.*nvcc' "$dir/CMakeCache.txt"; then
+            echo "=== FAILED: nvcc is installed but the build would not compile CUDA"
+            return 1
+        fi
+    fi
+}
+
 status=0
-run_config() { # name build_dir ctest_args... -- cmake_args...
+run_config() { # name build_dir want_cuda ctest_args... -- cmake_args...
     local name=$1 dir=$2
-    shift 2
+    want_cuda=$3
+    shift 3
     local ctest_args=()
     while [ "$1" != "--" ]; do ctest_args+=("$1"); shift; done
     shift
     echo "=== $name: configure + build in $dir"
     local start=$SECONDS
-    if cmake -S . -B "$dir" "$@" &&
+    if configure "$dir" "$@" &&
        cmake --build "$dir" -j "$JOBS"; then
         echo "=== $name: built in $((SECONDS - start)) s; ctest"
         start=$SECONDS
@@ -52,12 +70,14 @@ run_config() { # name build_dir ctest_args... -- cmake_args...
     fi
 }
 
-run_config default "$BUILD_DIR" -- -DCMAKE_BUILD_TYPE=Release "${python_args[@]}"
+have_nvcc=0
+command -v nvcc >/dev/null && have_nvcc=1
+run_config default "$BUILD_DIR" "$have_nvcc" -- -DCMAKE_BUILD_TYPE=Release "${python_args[@]}"
 if [ "$SANITIZE" = 1 ]; then
     # Sanitizer reports are errors; the library must not leak either.
     export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-    run_config "asan+ubsan" "$SANITIZE_BUILD_DIR" -E python -- \
+    run_config "asan+ubsan" "$SANITIZE_BUILD_DIR" 0 -E python -- \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFA_SANITIZE=ON -DFA_ENABLE_CUDA=OFF
 fi
 exit $status
