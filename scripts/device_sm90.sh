@@ -62,4 +62,14 @@ fi
 if want peers; then
     timeout 200 python3 scripts/sm90_peers.py | tee "$LOGS/peers.log"
 fi
+if [ -s "$LOGS/bench.log" ] && [ -s "$LOGS/peers.log" ]; then
+    # the short table last: sm90 next to the peers of the same call
+    awk 'FNR == 1 { f++ }
+         /^[0-9]/ && f == 1 { k = $1 " " $2 " " $3; ours[k] = $5; order[++n] = k }
+         /^[0-9]/ && f == 2 { k = $1 " " $2 " " $3; cudnn[k] = $4; fa2[k] = $5 }
+         END { printf "%-6s %-6s %-7s %8s %8s %8s %9s\n", "hdim", "causal", "seqlen", "sm90", "cudnn", "fa2", "sm90/cudnn"
+               for (i = 1; i <= n; i++) { k = order[i]; split(k, a, " ")
+                   printf "%-6s %-6s %-7s %8.1f %8.1f %8.1f %9.2f\n", a[1], a[2], a[3], ours[k], cudnn[k], fa2[k],
+                          (cudnn[k] > 0 ? ours[k] / cudnn[k] : 0) } }' "$LOGS/bench.log" "$LOGS/peers.log" | tee "$LOGS/summary.txt"
+fi
 exit $fail
