@@ -237,8 +237,28 @@ __global__ void __launch_bounds__(BackwardTiles<D>::kWarps * 32)
 
             /* Pᵀ (dropped, scaled) and dSᵀ = Pᵀ ∘ (dPᵀ·keep/(1-p) − D) into smem. */
             const TileMask tmask = tile_mask(mask, m0, n0);
-            const bool plain_scores = score.softcap == 0.f && score.alibi_slope == 0.f;
-            const float scale_log2 = p.softmax_scale * kLog2e;
+            /* Scores in log2 units into st; softcap's derivative into dpt's
+             * factor. Whole loops behind a uniform branch (see the forward). */
+            float dtanh[QC / 8][4];
+            if (score.softcap == 0.f && score.alibi_slope == 0.f) {
+                const float scale_log2 = p.softmax_scale * kLog2e;
+#pragma unroll
+                for (int nt = 0; nt < QC / 8; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        st[0][nt][e] *= scale_log2;
+                        dtanh[nt][e] = 1.f;
+                    }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < QC / 8; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        st[0][nt][e] = transform_score(score, st[0][nt][e],
+                                                       m0 + wd * QC + nt * 8 + 2 * t + e % 2,
+                                                       n0 + 16 * wn + g + (e / 2) * 8,
+                                                       &dtanh[nt][e]) * kLog2e;
+            }
 #pragma unroll
             for (int nt = 0; nt < QC / 8; ++nt) {
                 float pv[4], ds[4];
@@ -246,17 +266,13 @@ __global__ void __launch_bounds__(BackwardTiles<D>::kWarps * 32)
                 for (int e = 0; e < 4; ++e) {
                     const int il = wd * QC + nt * 8 + 2 * t + e % 2;
                     const int jl = 16 * wn + g + (e / 2) * 8;
-                    float dtanh = 1.f;
-                    const float x = plain_scores
-                        ? st[0][nt][e] * scale_log2
-                        : transform_score(score, st[0][nt][e], m0 + il, n0 + jl, &dtanh) * kLog2e;
-                    float pe = exp2f(x - c_lse[il]);
+                    float pe = exp2f(st[0][nt][e] - c_lse[il]);
                     if (kind == TILE_PARTIAL && !visible_in_tile(tmask, mask, m0, n0, il, jl))
                         pe = 0.f;
                     const bool keep = (keep_bits >> (4 * nt + e)) & 1;
                     const float dp = keep ? dpt[0][nt][e] * keep_scale : 0.f;
                     pv[e] = keep ? pe * keep_scale : 0.f;
-                    ds[e] = pe * (dp - c_dsum[il]) * dtanh;
+                    ds[e] = pe * (dp - c_dsum[il]) * dtanh[nt][e];
                 }
                 const int jl = 16 * wn + g, il = wd * QC + nt * 8 + 2 * t;
                 *reinterpret_cast<uint32_t *>(sPt + jl * PS + il) = pack_pair<T>(pv[0], pv[1]);

@@ -119,21 +119,31 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32, 2)
         TileKind next_kind = TILE_SKIP;
         const int64_t nb_next = next_block(nb + 1, &next_kind);
 
-        /* Scores -> log2 units, masked to -inf; new row max. Separate
-         * loops for the optional steps keep the plain path's registers low. */
+        /* Scores -> log2 units, masked to -inf; new row max. The optional
+         * steps are whole loops behind uniform branches: as per-element
+         * selects the compiler would compute softcap's tanh for every score
+         * even when it is off. */
+        if (plain_scores) {
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int nt = 0; nt < BN / 8; ++nt)
+                for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float dtanh;
-                    s[mt][nt][e] = plain_scores
-                        ? s[mt][nt][e] * scale_log2
-                        : transform_score(score, s[mt][nt][e],
-                                          m0 + warp_row + 16 * mt + g + (e / 2) * 8,
-                                          n0 + nt * 8 + 2 * t + e % 2, &dtanh) * kLog2e;
-                }
+                    for (int e = 0; e < 4; ++e)
+                        s[mt][nt][e] *= scale_log2;
+        } else {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float dtanh;
+                        s[mt][nt][e] = transform_score(score, s[mt][nt][e],
+                                                       m0 + warp_row + 16 * mt + g + (e / 2) * 8,
+                                                       n0 + nt * 8 + 2 * t + e % 2, &dtanh) * kLog2e;
+                    }
+        }
         if (kind == TILE_PARTIAL) {
             const TileMask tmask = tile_mask(mask, m0, n0);
 #pragma unroll
