@@ -5,7 +5,8 @@
 #   gpu_bench check and the benchmark, no test grid, no sanitizers; profile:
 #   ncu on one benchmark point, SASS of the hdim-128 forward)
 #
-# Env: FA_ARCHS (default 90-real: the device is an H100; the committed
+# Env: GRID_BACKENDS (default "sm80 auto"), CHECK=0 skips the gpu_bench
+# check, BENCH_ARGS extra benchmark arguments, FA_ARCHS (default 90-real: the device is an H100; the committed
 # default FA_CUDA_ARCHS builds every arch), BUILD (default build-device),
 # OUT (the device tool's result folder; default ./device-out).
 # Writes logs and JSON under $OUT; prints a short summary last.
@@ -33,13 +34,13 @@ note "build rc=$rc in $(( $(date +%s) - start ))s"
 export PYTHONPATH=$PWD/python FLASHATTN_LIB=$PWD/$BUILD/libflashattn.so PYTHONUNBUFFERED=1
 GRID=$(ls "$BUILD"/tests/test_grid 2>/dev/null)
 
-if [ "$MODE" != bench ] && [ "$MODE" != profile ]; then
+if [ "$MODE" != bench ] && [ "$MODE" != profile ] && [ "${CHECK:-1}" != 0 ]; then
     python3 bench/gpu_bench.py check 2>&1 | tee "$OUT/check.log"
     note "gpu_bench check rc=${PIPESTATUS[0]}: $(tail -1 "$OUT/check.log")"
 fi
 if [ "$MODE" = all ] || [ "$MODE" = test ]; then
     if [ -n "$GRID" ]; then
-        for backend in sm80 auto; do
+        for backend in ${GRID_BACKENDS:-sm80 auto}; do
             timeout 240 "$GRID" --device cuda --backend $backend > "$OUT/grid-$backend.log" 2>&1
             rc=$?
             grep -E "FAIL|fail" "$OUT/grid-$backend.log" | head -15
