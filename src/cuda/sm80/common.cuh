@@ -12,7 +12,6 @@
 #include "../ptx/mma_sm80.cuh"
 
 #include <cuda_runtime.h>
-#include <stdio.h>
 
 namespace fa {
 
@@ -314,14 +313,6 @@ __device__ __forceinline__ ScoreTransform make_score_transform(const fa_problem 
     t.alibi_slope = p.alibi_slopes ? p.alibi_slopes[b * p.alibi_stride_batch + h] : 0.f;
     t.shift = seq.sk - seq.sq;
     return t;
-}
-
-/* Dropout keep decision of (i, j) for (b, h), from the shared Philox stream. */
-__device__ __forceinline__ bool dropout_keep(const fa_problem &p, uint32_t threshold,
-                                             int64_t b, int64_t h, int64_t i, int64_t j)
-{
-    fa_u32x4 w = fa_dropout_words(p.dropout_seed, p.dropout_offset, p.heads_q, b, h, i, j);
-    return w.x[j & 3] >= threshold;
 }
 
 } // namespace fa
