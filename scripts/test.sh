@@ -32,14 +32,17 @@ python_args=()
 # With nvcc present the CUDA code must be compiled: CMake's CUDA detection
 # has been seen to fail transiently (a vanished scratch file), which would
 # quietly give a CPU-only build; retry once from a clean cache, then fail.
+cuda_enabled() { # build_dir: the cache holds a CUDA compiler (not NOTFOUND)
+    grep -Eq '^CMAKE_CUDA_COMPILER:[A-Z]+=.*nvcc' "$1/CMakeCache.txt"
+}
 configure() { # build_dir cmake_args...
     local dir=$1
     cmake -S . -B "$@" || return 1
-    if [ "$want_cuda" = 1 ] && ! grep -q '^CMAKE_CUDA_COMPILER:FILEPATH=.*nvcc' "$dir/CMakeCache.txt"; then
+    if [ "$want_cuda" = 1 ] && ! cuda_enabled "$dir"; then
         echo "=== nvcc is installed but CMake did not enable CUDA; reconfiguring from scratch"
         rm -rf "$dir/CMakeCache.txt" "$dir/CMakeFiles"
         cmake -S . -B "$@" || return 1
-        if ! grep -q '^CMAKE_CUDA_COMPILER:FILEPATH=.*nvcc' "$dir/CMakeCache.txt"; then
+        if ! cuda_enabled "$dir"; then
             echo "=== FAILED: nvcc is installed but the build would not compile CUDA"
             return 1
         fi
