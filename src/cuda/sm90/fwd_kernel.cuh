@@ -309,27 +309,42 @@ template <int BlockN>
 __device__ __forceinline__ void fa_online_softmax(float (&s)[BlockN / 2], float (&row_max)[2], float (&row_sum)[2],
                                                   float (&correction)[2], float scale_log2)
 {
-    float tile_max[2] = {row_max[0], row_max[1]};
+    /* Row max and row sum over 4 independent chains per row (element i goes
+     * to chain (i & 1) + 2 * ((i >> 2) & 1)), so the reductions are not one
+     * dependent chain of BlockN/4 instructions each. */
+    float chain_max[2][4];
 #pragma unroll
-    for (int i = 0; i < BlockN / 2; ++i)
-        tile_max[(i >> 1) & 1] = fmaxf(tile_max[(i >> 1) & 1], s[i]);
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+            chain_max[r][c] = c == 0 ? row_max[r] : -INFINITY;
+#pragma unroll
+    for (int i = 0; i < BlockN / 2; ++i) {
+        float &m = chain_max[(i >> 1) & 1][(i & 1) + 2 * ((i >> 2) & 1)];
+        m = fmaxf(m, s[i]);
+    }
     float max_scaled[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        float m = fa_quad_max(tile_max[r]);
+        float m = fa_quad_max(fmaxf(fmaxf(chain_max[r][0], chain_max[r][1]), fmaxf(chain_max[r][2], chain_max[r][3])));
         /* a row with no visible key yet keeps m = -inf; use 0 so that
          * exp2(-inf - 0) = 0 instead of NaN */
         max_scaled[r] = (m == -INFINITY ? 0.0f : m) * scale_log2;
         correction[r] = exp2f(row_max[r] * scale_log2 - max_scaled[r]);
         row_max[r] = m;
-        row_sum[r] *= correction[r];
     }
+    float chain_sum[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
     for (int i = 0; i < BlockN / 2; ++i) {
         int r = (i >> 1) & 1;
         s[i] = exp2f(fmaf(s[i], scale_log2, -max_scaled[r]));
-        row_sum[r] += s[i]; /* per-thread partial; the quad sums it at the end */
+        chain_sum[r][(i & 1) + 2 * ((i >> 2) & 1)] += s[i];
     }
+    /* per-thread partial sums; the quad adds them up at the end */
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+        row_sum[r] = row_sum[r] * correction[r] +
+                     ((chain_sum[r][0] + chain_sum[r][1]) + (chain_sum[r][2] + chain_sum[r][3]));
 }
 
 /* ------------------------------------------------------------------------ */
