@@ -1,5 +1,5 @@
 /*
- * TMA (the bulk tensor copy engine): global <-> shared tile copies described
+ * TMA (the bulk tensor copy engine): global -> shared tile copies described
  * by a CUtensorMap that the host encodes (cuTensorMapEncodeTiled) and the
  * kernel receives by value as a `const __grid_constant__ CUtensorMap`
  * parameter; the PTX takes the generic address of that parameter.
@@ -21,7 +21,7 @@ __device__ __forceinline__ void fa_tma_prefetch_map(const CUtensorMap *map)
 }
 
 // Loads the box at (c0, c1, c2, c3) of a rank-4 map into shared memory at
-// `dst`; completes `bytes` of the transaction count of barrier `bar`.
+// `dst`; the copy completes its bytes on the transaction count of barrier `bar`.
 __device__ __forceinline__ void fa_tma_load_4d(uint32_t dst, const CUtensorMap *map, uint32_t bar,
                                                int c0, int c1, int c2, int c3)
 {
@@ -29,35 +29,6 @@ __device__ __forceinline__ void fa_tma_load_4d(uint32_t dst, const CUtensorMap *
                  " [%0], [%1, {%3, %4, %5, %6}], [%2];" ::"r"(dst),
                  "l"(map), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
                  : "memory");
-}
-
-// Stores the shared-memory box at `src` to (c0, c1, c2, c3); elements outside
-// the tensor are not written. Completion is tracked by bulk groups.
-__device__ __forceinline__ void fa_tma_store_4d(const CUtensorMap *map, uint32_t src, int c0, int c1,
-                                                int c2, int c3)
-{
-    asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];" ::"l"(map),
-                 "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
-                 : "memory");
-}
-
-// Closes the group of bulk stores issued so far by this thread.
-__device__ __forceinline__ void fa_tma_store_commit()
-{
-    asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-}
-
-// Waits until the committed stores have read their shared-memory source.
-__device__ __forceinline__ void fa_tma_store_wait_read()
-{
-    asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-}
-
-// Orders this thread's ordinary shared-memory writes before later reads by
-// the async proxy (TMA stores, wgmma); put it before the publishing barrier.
-__device__ __forceinline__ void fa_fence_proxy_async()
-{
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }
 
 #endif

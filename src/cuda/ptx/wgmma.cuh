@@ -147,16 +147,13 @@ template <int N> struct fa_wgmma;
         }                                                                                        \
     };
 
-// The N this library uses: score tiles (QKᵀ, N = key block) and output
-// tiles (PV, N = head dim).
+// The N the kernels use: score tiles (QKᵀ, N = key block: 80, 96, 128) and
+// output tiles (PV, N = padded head dim: 64, 128, 192, 256). Another N (a
+// multiple of 16) is one more line: FA_WGMMA_DEFINE(N, N/16, N/2, ..., N/2+6).
 FA_WGMMA_DEFINE(64, 4, 32, 33, 34, 35, 36, 37, 38)
 FA_WGMMA_DEFINE(80, 5, 40, 41, 42, 43, 44, 45, 46)
 FA_WGMMA_DEFINE(96, 6, 48, 49, 50, 51, 52, 53, 54)
-FA_WGMMA_DEFINE(112, 7, 56, 57, 58, 59, 60, 61, 62)
 FA_WGMMA_DEFINE(128, 8, 64, 65, 66, 67, 68, 69, 70)
-FA_WGMMA_DEFINE(144, 9, 72, 73, 74, 75, 76, 77, 78)
-FA_WGMMA_DEFINE(160, 10, 80, 81, 82, 83, 84, 85, 86)
-FA_WGMMA_DEFINE(176, 11, 88, 89, 90, 91, 92, 93, 94)
 FA_WGMMA_DEFINE(192, 12, 96, 97, 98, 99, 100, 101, 102)
 FA_WGMMA_DEFINE(256, 16, 128, 129, 130, 131, 132, 133, 134)
 
