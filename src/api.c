@@ -627,8 +627,9 @@ static fa_status validate_backward(fa_context *ctx, const fa_attn *attn,
 /* ---------------------------------------------------------------------- */
 /* Entry points                                                            */
 
-fa_status fa_forward_workspace_size(const fa_context *ctx,
-                                    const fa_attn *attn, size_t *bytes)
+/* The workspace the backend chosen for (ctx, attn, dir) needs. */
+static fa_status workspace_size(const fa_context *ctx, const fa_attn *attn,
+                                fa_direction dir, size_t *bytes)
 {
     fa_status st;
     fa_problem p;
@@ -639,31 +640,24 @@ fa_status fa_forward_workspace_size(const fa_context *ctx,
         return INVALID("bytes is NULL");
     /* cu_seqlens are read through the context's host buffer. */
     if ((st = resolve_attn((fa_context *)ctx, attn, &p)) ||
-        (st = fa_dispatch_select(ctx, &p, FA_FORWARD, &backend)))
+        (st = fa_dispatch_select(ctx, &p, dir, &backend)))
         return st;
     p.num_threads = ctx->num_threads > 0 ? ctx->num_threads
                                          : fa_cpu_num_cores();
-    *bytes = fa_dispatch_workspace_size(ctx, backend, &p, FA_FORWARD);
+    *bytes = fa_dispatch_workspace_size(ctx, backend, &p, dir);
     return FA_SUCCESS;
+}
+
+fa_status fa_forward_workspace_size(const fa_context *ctx,
+                                    const fa_attn *attn, size_t *bytes)
+{
+    return workspace_size(ctx, attn, FA_FORWARD, bytes);
 }
 
 fa_status fa_backward_workspace_size(const fa_context *ctx,
                                      const fa_attn *attn, size_t *bytes)
 {
-    fa_status st;
-    fa_problem p;
-    fa_backend backend;
-    if ((st = check_call(ctx, attn)))
-        return st;
-    if (!bytes)
-        return INVALID("bytes is NULL");
-    if ((st = resolve_attn((fa_context *)ctx, attn, &p)) ||
-        (st = fa_dispatch_select(ctx, &p, FA_BACKWARD, &backend)))
-        return st;
-    p.num_threads = ctx->num_threads > 0 ? ctx->num_threads
-                                         : fa_cpu_num_cores();
-    *bytes = fa_dispatch_workspace_size(ctx, backend, &p, FA_BACKWARD);
-    return FA_SUCCESS;
+    return workspace_size(ctx, attn, FA_BACKWARD, bytes);
 }
 
 fa_status fa_forward(fa_context *ctx, const fa_attn *attn,
