@@ -1,11 +1,13 @@
-"""GPU check and benchmark of the sm80 backend against PyTorch SDPA.
+"""GPU check and benchmark of the CUDA backends against PyTorch SDPA.
 
     python3 bench/gpu_bench.py check            # correctness vs a float64 reference
     python3 bench/gpu_bench.py bench [--out F]  # FA3-paper grid, TFLOP/s
     python3 bench/gpu_bench.py profile --dims 128 --seqlens 4096  # one fwd+bwd, for ncu
 
-Uses the flashattn Python package (PYTHONPATH=python, FLASHATTN_LIB=<lib>)
-with the sm80 backend forced. The benchmark times, in one process, our
+Uses the flashattn Python package (PYTHONPATH=python, FLASHATTN_LIB=<lib>);
+`check` and `profile` force the sm80 backend, `bench` uses `--backend`
+(default auto: the dispatcher's choice, i.e. sm90 forward + sm80 backward on
+an H100). The benchmark times, in one process, our
 library on its native (b, s, h, d) layout and torch SDPA with the
 FLASH_ATTENTION and CUDNN_ATTENTION backends on their native (b, h, s, d)
 layout: CUDA events around `--calls` back-to-back calls, median of `--reps`,
@@ -183,7 +185,7 @@ def bench(args):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
 
-    flashattn.set_backend("cuda_sm80")
+    flashattn.set_backend(args.backend)
     dt = torch.bfloat16
     rows = []
     for d in args.dims:
@@ -201,7 +203,7 @@ def bench(args):
 
                 def ours_fwd_bwd():
                     ours_fwd().backward(dout)
-                impls["flashattn-sm80"] = (ours_fwd, ours_fwd_bwd)
+                impls[OURS] = (ours_fwd, ours_fwd_bwd)
                 qt, kt, vt, dt_ = (t.transpose(1, 2).contiguous() for t in (q, k, v, dout))
                 qt, kt, vt = (t.requires_grad_() for t in (qt, kt, vt))
                 for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
@@ -218,7 +220,11 @@ def bench(args):
                     try:
                         with torch.no_grad():
                             t_f = time_ms(fwd, args.calls, args.reps)
+                        if name == OURS:
+                            row.update(fwd_kernel=flashattn.last_kernel(q.device))
                         t_fb = time_ms(fwd_bwd, args.calls, args.reps)
+                        if name == OURS:
+                            row.update(bwd_kernel=flashattn.last_kernel(q.device))
                         row.update(fwd_ms=t_f, fwd_bwd_ms=t_fb,
                                    fwd_tflops=fwd_flops / t_f / 1e9,
                                    bwd_tflops=2.5 * fwd_flops / max(t_fb - t_f, 1e-9) / 1e9,
@@ -241,42 +247,55 @@ def bench(args):
     return 0
 
 
+OURS = "flashattn"
+PEERS = ("sdpa-flash", "sdpa-cudnn")
+
+
 def print_table(rows):
-    print(f"{'hdim':>4} {'causal':>6} {'seqlen':>6} | {'fwd+bwd TFLOP/s: ours':>21} "
-          f"{'sdpa-flash':>10} {'sdpa-cudnn':>10} | {'fwd: ours':>9} {'flash':>6} {'cudnn':>6}")
-    key = lambda r: (r["hdim"], r["causal"], r["seqlen"])
+    """Forward and backward TFLOP/s of ours and the peers, and our ratios."""
     by = {}
     for r in rows:
-        by.setdefault(key(r), {})[r["impl"]] = r
-    for k_, impls in by.items():
-        def get(name, field):
-            r = impls.get(name, {})
-            return f"{r[field]:.0f}" if field in r else "-"
-        print(f"{k_[0]:>4} {str(k_[1]):>6} {k_[2]:>6} | {get('flashattn-sm80', 'fwd_bwd_tflops'):>21} "
-              f"{get('sdpa-flash', 'fwd_bwd_tflops'):>10} {get('sdpa-cudnn', 'fwd_bwd_tflops'):>10} | "
-              f"{get('flashattn-sm80', 'fwd_tflops'):>9} {get('sdpa-flash', 'fwd_tflops'):>6} "
-              f"{get('sdpa-cudnn', 'fwd_tflops'):>6}")
+        by.setdefault((r["hdim"], r["causal"], r["seqlen"]), {})[r["impl"]] = r
+    for direction in ("fwd", "bwd"):
+        field = f"{direction}_tflops"
+        print(f"\n{direction} TFLOP/s (bf16)")
+        print(f"{'hdim':>4} {'causal':>6} {'seqlen':>6} | {'ours':>5} {'FA2':>5} {'cuDNN':>5}"
+              f" | {'/FA2':>5} {'/cuDNN':>6}")
+        for (d, causal, s), impls in by.items():
+            vals = [impls.get(n, {}).get(field) for n in (OURS,) + PEERS]
+            cells = [f"{v:5.0f}" if v else "    -" for v in vals]
+            ratios = [f"{vals[0] / v:5.2f}" if vals[0] and v else "    -" for v in vals[1:]]
+            print(f"{d:>4} {str(causal):>6} {s:>6} | {' '.join(cells)} | {ratios[0]:>5} {ratios[1]:>6}")
 
 
 def plot(rows, path):
+    """Bars per seqlen; one panel per (direction, causal) row and hdim column."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     dims = sorted({r["hdim"] for r in rows})
-    fig, axes = plt.subplots(2, len(dims), figsize=(5 * len(dims), 8), squeeze=False)
+    panels = [(dirn, causal) for dirn in ("fwd", "bwd") for causal in (False, True)]
+    fig, axes = plt.subplots(len(panels), len(dims), figsize=(5 * len(dims), 3.2 * len(panels)),
+                             squeeze=False)
+    impls = (OURS,) + PEERS
     for col, d in enumerate(dims):
-        for row_i, causal in enumerate((False, True)):
+        for row_i, (dirn, causal) in enumerate(panels):
             ax = axes[row_i][col]
-            for impl in ("flashattn-sm80", "sdpa-flash", "sdpa-cudnn"):
-                pts = [(r["seqlen"], r["fwd_bwd_tflops"]) for r in rows
-                       if r["impl"] == impl and r["hdim"] == d and r["causal"] == causal
-                       and "fwd_bwd_tflops" in r]
-                if pts:
-                    ax.plot([str(p[0]) for p in pts], [p[1] for p in pts], marker="o", label=impl)
-            ax.set_title(f"fwd+bwd, hdim {d}, {'causal' if causal else 'non-causal'}")
-            ax.set_xlabel("seqlen")
+            seqlens = sorted({r["seqlen"] for r in rows if r["hdim"] == d})
+            width = 0.8 / len(impls)
+            for n, impl in enumerate(impls):
+                vals = []
+                for s in seqlens:
+                    match = [r for r in rows if r["impl"] == impl and r["hdim"] == d
+                             and r["causal"] == causal and r["seqlen"] == s]
+                    vals.append(match[0].get(f"{dirn}_tflops", 0) if match else 0)
+                ax.bar([i + n * width for i in range(len(seqlens))], vals, width, label=impl)
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(seqlens))])
+            ax.set_xticklabels([f"{s // 1024}k" if s >= 1024 else str(s) for s in seqlens])
+            ax.set_title(f"{dirn}, hdim {d}, {'causal' if causal else 'non-causal'}")
             ax.set_ylabel("TFLOP/s")
-            ax.legend()
+            if row_i == 0 and col == 0:
+                ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
@@ -305,6 +324,8 @@ def main():
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--out", default="gpu-bench.json")
+    ap.add_argument("--backend", default="auto", choices=("auto", "cuda_sm80", "cuda_sm90"),
+                    help="bench: the library backend to time")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--quick", action="store_true", help="check: a few small cases")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),

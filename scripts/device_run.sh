@@ -5,7 +5,8 @@
 #   gpu_bench check and the benchmark, no test grid, no sanitizers; profile:
 #   ncu on one benchmark point, SASS of the hdim-128 forward)
 #
-# Env: GRID_BACKENDS (default "sm80 auto"), CHECK=0 skips the gpu_bench
+# Env: GRID_BACKENDS (default "sm80 auto"), SANITIZE_BACKEND (default auto:
+# sm90 forward + sm80 backward on an H100), CHECK=0 skips the gpu_bench
 # check, BENCH_ARGS extra benchmark arguments, FA_ARCHS (default 90-real: the device is an H100; the committed
 # default FA_CUDA_ARCHS builds every arch), BUILD (default build-device),
 # OUT (the device tool's result folder; default ./device-out).
@@ -48,7 +49,7 @@ if [ "$MODE" = all ] || [ "$MODE" = test ]; then
         done
         for tool in memcheck racecheck; do
             timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$GRID" --device cuda \
-                --backend sm80 --quick > "$OUT/sanitizer-$tool.log" 2>&1
+                --backend ${SANITIZE_BACKEND:-auto} --quick > "$OUT/sanitizer-$tool.log" 2>&1
             rc=$?
             grep -E "ERROR SUMMARY|Invalid|hazard" "$OUT/sanitizer-$tool.log" | head -5
             note "compute-sanitizer $tool rc=$rc: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log" | tail -1)"
