@@ -88,6 +88,10 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
     if (p->total_q > int_max || p->total_k > int_max || p->seqlen_q > int_max || p->seqlen_k > int_max ||
         p->heads_q > 65535 || p->batch > 65535 || p->window_left > int_max || p->window_right > int_max)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: sizes beyond the kernel's 32-bit indexing");
+    /* A tensor map needs every dimension >= 1: with no keys at all (every
+     * row fully masked) the portable path writes the zeros and -inf. */
+    if (rows_of(p, 0) == 0)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: no keys (seqlen_k or total_k is 0)");
     fa_status st;
     if ((st = check_tma_tensor(p, &p->q, "q", 1)) != FA_SUCCESS ||
         (st = check_tma_tensor(p, &p->k, "k", 0)) != FA_SUCCESS ||
