@@ -88,30 +88,6 @@ static void usage(FILE *out)
 "  --help              this text\n");
 }
 
-__attribute__((format(printf, 1, 2))) static int bad_input(const char *fmt, ...)
-{
-    va_list args;
-    va_start(args, fmt);
-    fprintf(stderr, "flashattn-bench-cpu: ");
-    vfprintf(stderr, fmt, args);
-    fprintf(stderr, "\n(see flashattn-bench-cpu --help)\n");
-    va_end(args);
-    return 2;
-}
-
-static int parse_int(const char *option, const char *text, int64_t min, int64_t max,
-                     int64_t *value)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(text, &end, 10);
-    if (errno || end == text || *end != '\0' || v < min || v > max)
-        return bad_input("%s: bad value '%s' (an integer in [%lld, %lld])", option, text,
-                         (long long)min, (long long)max);
-    *value = v;
-    return 0;
-}
-
 static int parse_list(const char *option, const char *text, int64_t min, int64_t max,
                       int_list *list)
 {
@@ -121,12 +97,12 @@ static int parse_list(const char *option, const char *text, int64_t min, int64_t
     for (char *save = NULL, *item = strtok_r(copy, ",", &save); item;
          item = strtok_r(NULL, ",", &save)) {
         if (list->count == MAX_LIST)
-            return bad_input("%s: more than %d values", option, MAX_LIST);
-        if (parse_int(option, item, min, max, &list->values[list->count]))
+            return h_bad_input("%s: more than %d values", option, MAX_LIST);
+        if (h_parse_int(option, item, min, max, &list->values[list->count]))
             return 2;
         list->count++;
     }
-    return list->count ? 0 : bad_input("%s: empty list", option);
+    return list->count ? 0 : h_bad_input("%s: empty list", option);
 }
 
 static int parse_dtypes(const char *text, bench_options *o)
@@ -144,12 +120,12 @@ static int parse_dtypes(const char *text, bench_options *o)
         else if (!strcmp(item, "f16"))
             d = FA_DTYPE_F16;
         else
-            return bad_input("--dtypes: unknown dtype '%s' (f32, bf16, f16)", item);
+            return h_bad_input("--dtypes: unknown dtype '%s' (f32, bf16, f16)", item);
         if (o->num_dtypes == 3)
-            return bad_input("--dtypes: at most 3 values");
+            return h_bad_input("--dtypes: at most 3 values");
         o->dtypes[o->num_dtypes++] = d;
     }
-    return o->num_dtypes ? 0 : bad_input("--dtypes: empty list");
+    return o->num_dtypes ? 0 : h_bad_input("--dtypes: empty list");
 }
 
 static int parse_options(int argc, char **argv, bench_options *o)
@@ -198,18 +174,18 @@ static int parse_options(int argc, char **argv, bench_options *o)
         case HEAD_DIMS: rc = parse_list(name, optarg, 1, 256, &o->head_dims); break;
         case DTYPES: rc = parse_dtypes(optarg, o); break;
         case CAUSAL: rc = parse_list(name, optarg, 0, 1, &o->causal); break;
-        case WIDTH: rc = parse_int(name, optarg, 1, big, &o->width); break;
+        case WIDTH: rc = h_parse_int(name, optarg, 1, big, &o->width); break;
         case MEM_SEQLENS: rc = parse_list(name, optarg, 1, big, &o->mem_seqlens); break;
-        case MEM_HEADS: rc = parse_int(name, optarg, 1, 1 << 20, &o->mem_heads); break;
+        case MEM_HEADS: rc = h_parse_int(name, optarg, 1, 1 << 20, &o->mem_heads); break;
         case REPS:
-            rc = parse_int(name, optarg, 1, H_MAX_REPS, &value);
+            rc = h_parse_int(name, optarg, 1, H_MAX_REPS, &value);
             o->reps = (int)value;
             break;
         case THREADS:
-            rc = parse_int(name, optarg, 0, 4096, &value);
+            rc = h_parse_int(name, optarg, 0, 4096, &value);
             o->threads = (int)value;
             break;
-        case STD_MAX: rc = parse_int(name, optarg, 0, big, &o->std_max_mib); break;
+        case STD_MAX: rc = h_parse_int(name, optarg, 0, big, &o->std_max_mib); break;
         case QUICK:
             parse_list("--seqlens", "256,512", 1, big, &o->seqlens);
             parse_list("--mem-seqlens", "512,1024,2048", 1, big, &o->mem_seqlens);
@@ -219,16 +195,16 @@ static int parse_options(int argc, char **argv, bench_options *o)
         case JSON: o->json_path = optarg; break;
         case HELP:
         case 'h': usage(stdout); exit(0);
-        default: rc = bad_input("%s: unknown option or missing value", argv[optind - 1]);
+        default: rc = h_bad_input("%s: unknown option or missing value", argv[optind - 1]);
         }
     }
     if (rc)
         return rc;
     if (optind < argc)
-        return bad_input("%s: unexpected argument", argv[optind]);
+        return h_bad_input("%s: unexpected argument", argv[optind]);
     for (int i = 0; i < o->head_dims.count; ++i)
         if (o->width % o->head_dims.values[i] != 0)
-            return bad_input("--width %lld is not a multiple of head_dim %lld",
+            return h_bad_input("--width %lld is not a multiple of head_dim %lld",
                              (long long)o->width, (long long)o->head_dims.values[i]);
     return 0;
 }
@@ -583,20 +559,6 @@ static void print_memory_row(const pair_result *r)
     fflush(stdout);
 }
 
-static void json_string(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; ++s) {
-        if (*s == '"' || *s == '\\')
-            fprintf(f, "\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            fprintf(f, "\\u%04x", *s);
-        else
-            fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
 /* A JSON number, or null for NaN/inf. */
 static void json_number(FILE *f, double x)
 {
@@ -612,7 +574,7 @@ static void json_job(FILE *f, const char *name, const h_job_result *r, double fw
     fprintf(f, "\"%s\": {\"ok\": %s", name, r->ok ? "true" : "false");
     if (!r->ok) {
         fprintf(f, ", \"error\": ");
-        json_string(f, r->message);
+        h_json_string(f, r->message);
     } else {
         for (int phase = 0; phase < 2; ++phase) {
             double g = gflops_of(r, phase, fwd_flops);
@@ -644,7 +606,7 @@ static void json_pair(FILE *f, const pair_result *r, double peak)
     json_job(f, "flash", &r->flash, fwd, peak);
     fprintf(f, ",\n     \"flash_workspace_bytes\": [%zu, %zu], \"flash_kernel\": ",
             r->info.workspace_bytes[0], r->info.workspace_bytes[1]);
-    json_string(f, r->info.kernel[0]);
+    h_json_string(f, r->info.kernel[0]);
     fprintf(f, ",\n     \"standard_extra_bytes\": %.0f, ", r->standard_bytes);
     if (r->standard_ran)
         json_job(f, "standard", &r->standard, fwd, peak);
@@ -662,6 +624,7 @@ static void json_pair(FILE *f, const pair_result *r, double peak)
 int main(int argc, char **argv)
 {
     bench_options o;
+    h_set_program("flashattn-bench-cpu");
     int rc = parse_options(argc, argv, &o);
     if (rc)
         return rc;
@@ -698,11 +661,11 @@ int main(int argc, char **argv)
         fprintf(json, "{\n  \"tool\": \"flashattn-bench-cpu\", \"library_version\": \"%s\",\n",
                 fa_version_string());
         fprintf(json, "  \"machine\": {\"model\": ");
-        json_string(json, m.model);
+        h_json_string(json, m.model);
         fprintf(json, ", \"logical_cpus\": %d, \"isa\": ", m.cpus);
-        json_string(json, m.isa);
+        h_json_string(json, m.isa);
         fprintf(json, ", \"threads\": %d, \"openblas\": ", m.threads);
-        json_string(json, openblas_get_config());
+        h_json_string(json, openblas_get_config());
         fprintf(json, "},\n  \"fma_peak_gflops\": {");
         for (int i = 0; i < num_peaks; ++i) {
             fprintf(json, "%s\"%s\": ", i ? ", " : "", peaks[i].isa);

@@ -98,45 +98,6 @@ static void usage(FILE *out)
 "Exit status: 0 ok, 1 a run failed or a check did not pass, 2 bad input.\n");
 }
 
-/* Prints "flashattn-run: <message>" and returns EXIT_BAD_INPUT. */
-__attribute__((format(printf, 1, 2))) static int bad_input(const char *fmt, ...)
-{
-    va_list args;
-    va_start(args, fmt);
-    fprintf(stderr, "flashattn-run: ");
-    vfprintf(stderr, fmt, args);
-    fprintf(stderr, "\n(see flashattn-run --help)\n");
-    va_end(args);
-    return EXIT_BAD_INPUT;
-}
-
-/* Whole-string integer in [min, max]. */
-static int parse_int(const char *option, const char *text, int64_t min, int64_t max,
-                     int64_t *value)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(text, &end, 10);
-    if (errno || end == text || *end != '\0' || v < min || v > max)
-        return bad_input("%s: bad value '%s' (an integer in [%lld, %lld])", option, text,
-                         (long long)min, (long long)max);
-    *value = v;
-    return 0;
-}
-
-static int parse_float(const char *option, const char *text, double min, double max_excl,
-                       double *value)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(text, &end);
-    if (errno || end == text || *end != '\0' || !(v >= min) || !(v < max_excl))
-        return bad_input("%s: bad value '%s' (a number in [%g, %g))", option, text, min,
-                         max_excl);
-    *value = v;
-    return 0;
-}
-
 static int parse_options(int argc, char **argv, options *o)
 {
     enum {
@@ -194,13 +155,13 @@ static int parse_options(int argc, char **argv, options *o)
     while (rc == 0 && (c = getopt_long(argc, argv, "h", long_options, &index)) != -1) {
         snprintf(name, sizeof name, "--%s", long_options[index].name);
         switch (c) {
-        case OPT_BATCH: rc = parse_int(name, optarg, 1, big, &a->batch); break;
-        case OPT_SEQLEN_Q: rc = parse_int(name, optarg, 1, big, &a->seqlen_q); break;
-        case OPT_SEQLEN_K: rc = parse_int(name, optarg, 1, big, &a->seqlen_k); break;
-        case OPT_HEADS: rc = parse_int(name, optarg, 1, 1 << 20, &a->heads_q); break;
-        case OPT_HEADS_KV: rc = parse_int(name, optarg, 1, 1 << 20, &a->heads_kv); break;
-        case OPT_HEAD_DIM: rc = parse_int(name, optarg, 1, 256, &a->head_dim); break;
-        case OPT_HEAD_DIM_V: rc = parse_int(name, optarg, 1, 256, &a->head_dim_v); break;
+        case OPT_BATCH: rc = h_parse_int(name, optarg, 1, big, &a->batch); break;
+        case OPT_SEQLEN_Q: rc = h_parse_int(name, optarg, 1, big, &a->seqlen_q); break;
+        case OPT_SEQLEN_K: rc = h_parse_int(name, optarg, 1, big, &a->seqlen_k); break;
+        case OPT_HEADS: rc = h_parse_int(name, optarg, 1, 1 << 20, &a->heads_q); break;
+        case OPT_HEADS_KV: rc = h_parse_int(name, optarg, 1, 1 << 20, &a->heads_kv); break;
+        case OPT_HEAD_DIM: rc = h_parse_int(name, optarg, 1, 256, &a->head_dim); break;
+        case OPT_HEAD_DIM_V: rc = h_parse_int(name, optarg, 1, 256, &a->head_dim_v); break;
         case OPT_DTYPE:
             if (!strcmp(optarg, "f32"))
                 a->dtype = FA_DTYPE_F32;
@@ -209,7 +170,7 @@ static int parse_options(int argc, char **argv, options *o)
             else if (!strcmp(optarg, "bf16"))
                 a->dtype = FA_DTYPE_BF16;
             else
-                rc = bad_input("%s: unknown dtype '%s' (f32, f16 or bf16)", name, optarg);
+                rc = h_bad_input("%s: unknown dtype '%s' (f32, f16 or bf16)", name, optarg);
             break;
         case OPT_CAUSAL: a->causal = 1; break;
         case OPT_WINDOW: {
@@ -217,26 +178,26 @@ static int parse_options(int argc, char **argv, options *o)
             char tail;
             if (sscanf(optarg, "%lld,%lld%c", &left, &right, &tail) != 2 || left < -1 ||
                 right < -1)
-                rc = bad_input("%s: bad value '%s' (expected L,R with L, R >= -1)", name,
+                rc = h_bad_input("%s: bad value '%s' (expected L,R with L, R >= -1)", name,
                                optarg);
             a->window_left = left;
             a->window_right = right;
             break;
         }
         case OPT_SOFTCAP:
-            rc = parse_float(name, optarg, 0.0, INFINITY, &real);
+            rc = h_parse_double(name, optarg, 0.0, INFINITY, &real);
             a->softcap = (float)real;
             break;
         case OPT_DROPOUT:
-            rc = parse_float(name, optarg, 0.0, 1.0, &real);
+            rc = h_parse_double(name, optarg, 0.0, 1.0, &real);
             a->dropout_p = (float)real;
             break;
         case OPT_SEED:
-            rc = parse_int(name, optarg, 0, INT64_MAX, &value);
+            rc = h_parse_int(name, optarg, 0, INT64_MAX, &value);
             o->seed = (uint64_t)value;
             break;
         case OPT_THREADS:
-            rc = parse_int(name, optarg, 0, 4096, &value);
+            rc = h_parse_int(name, optarg, 0, 4096, &value);
             o->threads = (int)value;
             break;
         case OPT_DEVICE:
@@ -249,11 +210,11 @@ static int parse_options(int argc, char **argv, options *o)
             else if (!strcmp(optarg, "auto"))
                 o->devices = DEVICES_AUTO;
             else
-                rc = bad_input("%s: unknown device '%s' (cpu, cuda, all or auto)", name,
+                rc = h_bad_input("%s: unknown device '%s' (cpu, cuda, all or auto)", name,
                                optarg);
             break;
         case OPT_REPS:
-            rc = parse_int(name, optarg, 1, H_MAX_REPS, &value);
+            rc = h_parse_int(name, optarg, 1, H_MAX_REPS, &value);
             o->reps = (int)value;
             break;
         case OPT_NO_NAIVE: o->naive = 0; break;
@@ -261,14 +222,14 @@ static int parse_options(int argc, char **argv, options *o)
         case OPT_HELP:
         case 'h': usage(stdout); exit(0);
         default:
-            rc = bad_input("%s: unknown option or missing value", argv[optind - 1]);
+            rc = h_bad_input("%s: unknown option or missing value", argv[optind - 1]);
             break;
         }
     }
     if (rc)
         return rc;
     if (optind < argc)
-        return bad_input("%s: unexpected argument", argv[optind]);
+        return h_bad_input("%s: unexpected argument", argv[optind]);
     if (a->seqlen_k == 0)
         a->seqlen_k = a->seqlen_q;
     if (a->heads_kv == 0)
@@ -276,7 +237,7 @@ static int parse_options(int argc, char **argv, options *o)
     if (a->head_dim_v == 0)
         a->head_dim_v = a->head_dim;
     if (a->heads_q % a->heads_kv != 0)
-        return bad_input("--heads-kv %lld does not divide --heads %lld",
+        return h_bad_input("--heads-kv %lld does not divide --heads %lld",
                          (long long)a->heads_kv, (long long)a->heads_q);
     return 0;
 }
@@ -422,20 +383,6 @@ static check_report check_results(const char *what, const char *reference,
     return c;
 }
 
-static void print_json_string(const char *s)
-{
-    putchar('"');
-    for (; *s; ++s) {
-        if (*s == '"' || *s == '\\')
-            printf("\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            printf("\\u%04x", *s);
-        else
-            putchar(*s);
-    }
-    putchar('"');
-}
-
 static void print_json(const options *o, double flops_fwd, const variant_report *v, int nv,
                        const check_report *c, int nc, int passed)
 {
@@ -461,7 +408,7 @@ static void print_json(const options *o, double flops_fwd, const variant_report 
         if (v[i].skipped[0]) {
             printf("%s\n    {\"variant\": \"%s\", \"device\": \"%s\", \"skipped\": ",
                    first ? "" : ",", v[i].name, v[i].device);
-            print_json_string(v[i].skipped);
+            h_json_string(stdout, v[i].skipped);
             printf("}");
             first = 0;
         }
@@ -476,7 +423,7 @@ static void print_json(const options *o, double flops_fwd, const variant_report 
             first = 0;
             if (!v[i].result.ok) {
                 printf(", \"error\": ");
-                print_json_string(v[i].result.message);
+                h_json_string(stdout, v[i].result.message);
                 printf("}");
                 continue;
             }
@@ -488,7 +435,7 @@ static void print_json(const options *o, double flops_fwd, const variant_report 
             if (v[i].info) {
                 printf(", \"workspace_bytes\": %zu, \"kernel\": ",
                        v[i].info->workspace_bytes[phase]);
-                print_json_string(v[i].info->kernel[phase]);
+                h_json_string(stdout, v[i].info->kernel[phase]);
             }
             printf("}");
         }
@@ -573,6 +520,7 @@ static void print_text(const options *o, double flops_fwd, const variant_report 
 int main(int argc, char **argv)
 {
     options opt;
+    h_set_program("flashattn-run");
     int rc = parse_options(argc, argv, &opt);
     if (rc)
         return rc;

@@ -3,6 +3,7 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <malloc.h>
 #include <math.h>
 #include <signal.h>
@@ -590,4 +591,62 @@ const char *h_format_bytes(double bytes, char *buf, size_t len)
     }
     snprintf(buf, len, u == 0 ? "%.0f %s" : "%.1f %s", value, units[u]);
     return buf;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Command-line parsing and JSON                                           */
+
+static const char *program_name = "flashattn";
+
+void h_set_program(const char *name) { program_name = name; }
+
+int h_bad_input(const char *fmt, ...)
+{
+    va_list args;
+    va_start(args, fmt);
+    fprintf(stderr, "%s: ", program_name);
+    vfprintf(stderr, fmt, args);
+    fprintf(stderr, "\n(see %s --help)\n", program_name);
+    va_end(args);
+    return 2;
+}
+
+int h_parse_int(const char *option, const char *text, int64_t min, int64_t max,
+                int64_t *value)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || end == text || *end != '\0' || v < min || v > max)
+        return h_bad_input("%s: bad value '%s' (an integer in [%lld, %lld])", option, text,
+                           (long long)min, (long long)max);
+    *value = v;
+    return 0;
+}
+
+int h_parse_double(const char *option, const char *text, double min, double max_excl,
+                   double *value)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || end == text || *end != '\0' || !(v >= min) || !(v < max_excl))
+        return h_bad_input("%s: bad value '%s' (a number in [%g, %g))", option, text, min,
+                           max_excl);
+    *value = v;
+    return 0;
+}
+
+void h_json_string(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; ++s) {
+        if (*s == '"' || *s == '\\')
+            fprintf(f, "\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            fprintf(f, "\\u%04x", *s);
+        else
+            fputc(*s, f);
+    }
+    fputc('"', f);
 }

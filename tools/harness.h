@@ -25,6 +25,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* ---------------------------------------------------------------------- */
 /* Element conversion (round to nearest even)                              */
@@ -197,5 +198,21 @@ int64_t h_numel_lse(const fa_attn *attn);
 
 /* "12.3 MiB" style into buf. */
 const char *h_format_bytes(double bytes, char *buf, size_t len);
+
+/* ---- command-line parsing and JSON, shared by the programs ---------------- */
+
+/* The program name in messages ("flashattn-run: ..."). */
+void h_set_program(const char *name);
+/* Prints "<program>: <message>" and a --help hint to stderr; returns 2, the
+ * exit status for bad input. */
+int h_bad_input(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Whole-string integer in [min, max]; 0, or h_bad_input's 2. */
+int h_parse_int(const char *option, const char *text, int64_t min, int64_t max,
+                int64_t *value);
+/* Whole-string number in [min, max_excl); 0, or h_bad_input's 2. */
+int h_parse_double(const char *option, const char *text, double min, double max_excl,
+                   double *value);
+/* s as a quoted, escaped JSON string. */
+void h_json_string(FILE *f, const char *s);
 
 #endif /* FA_HARNESS_H */
