@@ -20,21 +20,27 @@
  *
  * Backward, deterministic by construction (no atomics, no reduction whose
  * order depends on scheduling), in three passes:
- *   0. D = rowsum(dO ∘ O) per query row, into the workspace.
- *   1. parallel over (batch, kv head, key tile): Kᵀ, Vᵀ packed once; for
- *      every query head of the GQA group and every query tile that can see
- *      the key tile: recompute S = Q·Kᵀ and P = 2^(S - lse) from the saved
- *      LSE, dP = dO·Vᵀ, dS = P∘(dP - D); accumulate dV += Pᵀ·dO and
- *      dK += dSᵀ·Q in fp32, stored once at the end.
- *   2. parallel over (batch, query head, query tile): the same recomputation
- *      in the transposed orientation (Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ) and
- *      dQ += dS·K, stored once at the end.
- * Pass 2 recomputes S and dP (7 tile products per tile pair instead of 5) in
- * exchange for no dQ partial buffers: memory stays O(threads·tile + N).
+ *   0. D = rowsum(dO ∘ O) per query row, into the workspace; the partial
+ *      dQ buffers (below) zeroed.
+ *   1. parallel over (batch, kv head, chunk of key tiles): for each key tile
+ *      of the chunk, Kᵀ, Vᵀ, K packed once; for every query head of the GQA
+ *      group and every query tile that can see the key tile: recompute
+ *      S = Q·Kᵀ and P = 2^(S - lse) from the saved LSE, dP = dO·Vᵀ,
+ *      dS = P∘(dP - D); accumulate dV += Pᵀ·dO and dK += dSᵀ·Q in fp32
+ *      (stored once per key tile) and dQ += dS·K into the chunk's own fp32
+ *      partial dQ. 5 tile products per tile pair, S and dP computed once.
+ *   2. parallel over (batch, query head): dQ = the sum of the chunks'
+ *      partials, in chunk order, converted and stored.
+ * Key tile t belongs to chunk t % dq_chunks(p), a function of the problem
+ * alone: which sums happen, and in which order, does not depend on the
+ * thread count or the schedule, so any number of threads gives the same
+ * bits. Interleaving the tiles balances the chunks under causal masking.
  *
  * Workspace (bytes): 64 (alignment) + num_threads · per-thread tiles (see
  * scratch_layout; independent of the sequence lengths) + for the backward
- * 4 · heads_q · total_q (rounded up to 64 bytes) for D.
+ * 4 · heads_q · total_q (rounded up to 64 bytes) for D and
+ * 4 · dq_chunks · heads_q · total_q · head_dim (padded to 16) for the
+ * partial dQ: O(N), at most DQ_CHUNKS_MAX copies of dQ in fp32.
  */
 #include "cpu_kernels.h"
 
@@ -55,6 +61,11 @@
  * is at most 32 KiB: the working set of one tile pair fits L2 with the
  * register-blocked panels streaming from L1. */
 enum { TILE_Q = 64, TILE_K = 64 };
+
+/* The backward's chunks of key tiles per (batch, kv head): enough for about
+ * DQ_TASKS parallel tasks in pass 1, at most DQ_CHUNKS_MAX (each chunk is
+ * one fp32 copy of dQ in the workspace). */
+enum { DQ_TASKS = 64, DQ_CHUNKS_MAX = 8 };
 
 static int64_t round_up(int64_t x, int64_t to)
 {
@@ -120,23 +131,23 @@ int fa_cpu_num_cores(void)
 /* ---------------------------------------------------------------------- */
 /* Scratch                                                                 */
 
-/* One thread's fp32 tiles. The forward uses q_t, k, v, s, acc and the
- * vectors; the backward everything. d = head_dim, dv = head_dim_v, dp / dvp
- * padded to FA_CPU_MAX_VEC. */
+/* One thread's fp32 tiles. The forward uses q_t, k, v, s, acc, row and the
+ * vectors; the backward all but q_t and v (a buffer a direction does not
+ * use has size 0). d = head_dim, dv = head_dim_v, dp / dvp padded to
+ * FA_CPU_MAX_VEC. */
 typedef struct scratch {
-    float *q_t;     /* d × TILE_Q: Qᵀ, scaled */
-    float *dout_t;  /* dv × TILE_Q: dOᵀ */
+    float *q_t;     /* d × TILE_Q: Qᵀ, scaled (forward) */
     float *q;       /* TILE_Q × dp: Q, scaled */
     float *dout;    /* TILE_Q × dvp: dO */
     float *k;       /* TILE_K × dp: K */
-    float *v;       /* TILE_K × dvp: V */
+    float *v;       /* TILE_K × dvp: V (forward) */
     float *k_t;     /* d × TILE_K: Kᵀ */
     float *v_t;     /* dv × TILE_K: Vᵀ */
     float *s;       /* TILE_Q·TILE_K: scores, then probabilities */
     float *dp;      /* TILE_Q·TILE_K: dP, then dS */
     float *tanh_s;  /* TILE_Q·TILE_K: tanh(s / softcap), for its gradient */
     float *p_drop;  /* TILE_Q·TILE_K: P with dropout applied */
-    float *acc;     /* TILE_Q × max(dp, dvp): O (forward) or dQ */
+    float *acc;     /* TILE_Q × dvp: O (forward); one row of O (backward) */
     float *acc_dk;  /* TILE_K × dp */
     float *acc_dv;  /* TILE_K × dvp */
     float *row;     /* max(dp, dvp): one converted row */
@@ -150,7 +161,6 @@ static size_t scratch_layout(const fa_problem *p, fa_direction dir,
 {
     int64_t d = p->head_dim, dv = p->head_dim_v;
     int64_t dp = round_up(d, FA_CPU_MAX_VEC), dvp = round_up(dv, FA_CPU_MAX_VEC);
-    int64_t dmax = dp > dvp ? dp : dvp;
     int bwd = dir == FA_BACKWARD;
     size_t used = 0;
 #define CARVE(field, floats)                                                  \
@@ -159,33 +169,57 @@ static size_t scratch_layout(const fa_problem *p, fa_direction dir,
         sc->field = base ? base + used : NULL;                                \
         used += n_;                                                           \
     } while (0)
-    CARVE(q_t, d * TILE_Q);
-    CARVE(dout_t, bwd ? dv * TILE_Q : 0);
+    CARVE(q_t, bwd ? 0 : d * TILE_Q);
     CARVE(q, bwd ? TILE_Q * dp : 0);
     CARVE(dout, bwd ? TILE_Q * dvp : 0);
     CARVE(k, TILE_K * dp);
-    CARVE(v, TILE_K * dvp);
+    CARVE(v, bwd ? 0 : TILE_K * dvp);
     CARVE(k_t, bwd ? d * TILE_K : 0);
     CARVE(v_t, bwd ? dv * TILE_K : 0);
     CARVE(s, TILE_Q * TILE_K);
     CARVE(dp, bwd ? TILE_Q * TILE_K : 0);
     CARVE(tanh_s, bwd && p->softcap > 0 ? TILE_Q * TILE_K : 0);
     CARVE(p_drop, bwd && p->dropout_p > 0 ? TILE_Q * TILE_K : 0);
-    CARVE(acc, TILE_Q * dmax);
+    CARVE(acc, (bwd ? 1 : TILE_Q) * dvp);
     CARVE(acc_dk, bwd ? TILE_K * dp : 0);
     CARVE(acc_dv, bwd ? TILE_K * dvp : 0);
-    CARVE(row, dmax);
+    CARVE(row, dp > dvp ? dp : dvp);
     for (int i = 0; i < 4; ++i)
         CARVE(vec[i], TILE_Q);
 #undef CARVE
     return used;
 }
 
-/* Floats of the backward's D array (laid out as lse), before the threads'
- * scratch. */
+/* Floats of the backward's D array (laid out as lse), first in the
+ * workspace. */
 static size_t delta_floats(const fa_problem *p)
 {
     return (size_t)round_up(p->heads_q * p->total_q, FA_CPU_MAX_VEC);
+}
+
+/* Chunks of key tiles per (batch, kv head) in the backward: a function of
+ * the shape only, never of the thread count (see the top comment). */
+static int64_t dq_chunks(const fa_problem *p)
+{
+    int64_t k_tiles = (p->seqlen_k + TILE_K - 1) / TILE_K;
+    int64_t kv_heads = p->batch * p->heads_kv;
+    int64_t chunks = kv_heads > 0 ? (DQ_TASKS + kv_heads - 1) / kv_heads : 1;
+    chunks = min64(chunks, min64(DQ_CHUNKS_MAX, k_tiles));
+    return chunks < 1 ? 1 : chunks;
+}
+
+/* Floats of one chunk's partial dQ, laid out as lse with rows of dp floats,
+ * after D. */
+static size_t dq_partial_floats(const fa_problem *p)
+{
+    return (size_t)(p->heads_q * p->total_q *
+                    round_up(p->head_dim, FA_CPU_MAX_VEC));
+}
+
+/* Floats of the backward's shared arrays, before the threads' scratch. */
+static size_t backward_shared_floats(const fa_problem *p)
+{
+    return delta_floats(p) + (size_t)dq_chunks(p) * dq_partial_floats(p);
 }
 
 size_t fa_cpu_workspace_size(const fa_problem *p, fa_direction dir)
@@ -194,7 +228,7 @@ size_t fa_cpu_workspace_size(const fa_problem *p, fa_direction dir)
     size_t per_thread = scratch_layout(p, dir, NULL, &unused) * sizeof(float);
     size_t bytes = 64 + (size_t)p->num_threads * per_thread;
     if (dir == FA_BACKWARD)
-        bytes += delta_floats(p) * sizeof(float);
+        bytes += backward_shared_floats(p) * sizeof(float);
     return bytes;
 }
 
@@ -584,13 +618,21 @@ fa_status fa_cpu_forward(fa_problem *p)
 /* ---------------------------------------------------------------------- */
 /* Backward                                                                */
 
-/* Pass 0: delta[row] = rowsum(dO ∘ O) for every query row of (b, h).
+/* Pass 0: delta[row] = rowsum(dO ∘ O) for every query row of (b, h), and
+ * its rows of every chunk's partial dQ zeroed.
  * out, dout (B, Sq, Hq, Dv) -> delta laid out as lse. */
 static void backward_delta(const fa_problem *p, const fa_cpu_kernels *kern,
-                           const scratch *sc, float *delta, int64_t b, int64_t h)
+                           const scratch *sc, float *delta, float *dq_partial,
+                           int64_t b, int64_t h)
 {
     head_ctx hc = head_context(p, b, h);
     int64_t dv = p->head_dim_v;
+    int64_t dp = round_up(p->head_dim, FA_CPU_MAX_VEC);
+    int64_t first = fa_lse_index(p->varlen, b, h, hc.seq.q0, p->heads_q,
+                                 p->seqlen_q, p->total_q);
+    for (int64_t c = 0; c < dq_chunks(p); ++c)
+        memset(dq_partial + c * dq_partial_floats(p) + first * dp, 0,
+               sizeof(float) * (size_t)(hc.seq.sq * dp));
     float *o = sc->acc, *dout = sc->row;
     for (int64_t i = 0; i < hc.seq.sq; ++i) {
         int64_t row = hc.seq.q0 + i;
@@ -625,11 +667,14 @@ static void load_row_stats(const fa_problem *p, const head_ctx *hc,
 }
 
 /* Pass 1: dK and dV of keys [j0, j0 + TILE_K) of (b, kv head hk), summed
- * over the query heads of the group.
- * q (B, Sq, Hq, D), dout (B, Sq, Hq, Dv) -> dk (B, Sk, Hkv, D), dv (B, Sk, Hkv, Dv) */
+ * over the query heads of the group, and these keys' share of dQ added to
+ * dq_partial (one chunk's partial dQ: rows laid out as lse, dp floats each).
+ * q (B, Sq, Hq, D), k (B, Sk, Hkv, D), dout (B, Sq, Hq, Dv)
+ *   -> dk (B, Sk, Hkv, D), dv (B, Sk, Hkv, Dv), dq_partial += dS·K */
 static void backward_kv_tile(const fa_problem *p, const fa_cpu_kernels *kern,
-                             const scratch *sc, const float *delta, int64_t b,
-                             int64_t hk, int64_t j0)
+                             const scratch *sc, const float *delta,
+                             float *dq_partial, int64_t b, int64_t hk,
+                             int64_t j0)
 {
     head_ctx hc = head_context(p, b, hk * (p->heads_q / p->heads_kv));
     if (j0 >= hc.seq.sk)
@@ -645,6 +690,7 @@ static void backward_kv_tile(const fa_problem *p, const fa_cpu_kernels *kern,
                          hc.seq.k0 + j0, n, cols, hk, d, 1.0f);
     load_rows_transposed(kern, p, sc->v_t, TILE_K, sc->row, &p->v, b,
                          hc.seq.k0 + j0, n, cols, hk, dv, 1.0f);
+    load_rows(kern, p, sc->k, &p->k, b, hc.seq.k0 + j0, n, hk, d, dp, 1.0f);
     memset(sc->acc_dk, 0, sizeof(float) * (size_t)(n * dp));
     memset(sc->acc_dv, 0, sizeof(float) * (size_t)(n * dvp));
 
@@ -691,65 +737,35 @@ static void backward_kv_tile(const fa_problem *p, const fa_cpu_kernels *kern,
             /* dK (n × dp) += dSᵀ (n × m) · Q' (m × dp); Q' carries log2(e),
              * removed at the store. */
             kern->gemm(n, dp, m, sc->dp, 1, TILE_K, sc->q, dp, sc->acc_dk, dp, 1);
+            /* dQ (m × dp) += dS (m × n) · K (n × dp); softmax_scale is
+             * applied at the store. */
+            float *dq_rows = dq_partial +
+                             fa_lse_index(p->varlen, b, h, hc.seq.q0 + i0,
+                                          p->heads_q, p->seqlen_q, p->total_q) * dp;
+            kern->gemm(m, dp, n, sc->dp, TILE_K, 1, sc->k, dp, dq_rows, dp, 1);
         }
     }
     store_rows(kern, p, &p->dk, b, hc.seq.k0 + j0, n, hk, d, sc->acc_dk, dp, FA_LN2);
     store_rows(kern, p, &p->dv, b, hc.seq.k0 + j0, n, hk, dv, sc->acc_dv, dvp, 1.0f);
 }
 
-/* Pass 2: dQ of query rows [i0, i0 + TILE_Q) of (b, h).
- * k (B, Sk, Hkv, D), v (B, Sk, Hkv, Dv), dout (B, Sq, Hq, Dv) -> dq (B, Sq, Hq, D) */
-static void backward_q_tile(const fa_problem *p, const fa_cpu_kernels *kern,
-                            const scratch *sc, const float *delta, int64_t b,
-                            int64_t h, int64_t i0)
+/* Pass 2: dQ of (b, h) = softmax_scale · the sum of the chunks' partials,
+ * added in chunk order (in place, into chunk 0's rows).
+ * dq_partial (chunks, rows laid out as lse, dp) -> dq (B, Sq, Hq, D) */
+static void backward_dq_store(const fa_problem *p, const fa_cpu_kernels *kern,
+                              float *dq_partial, int64_t b, int64_t h)
 {
     head_ctx hc = head_context(p, b, h);
-    if (i0 >= hc.seq.sq)
-        return;
-    int64_t hk = h / (p->heads_q / p->heads_kv);
-    int64_t d = p->head_dim, dv = p->head_dim_v;
-    int64_t dp = round_up(d, FA_CPU_MAX_VEC), dvp = round_up(dv, FA_CPU_MAX_VEC);
-    int64_t m = min64(TILE_Q, hc.seq.sq - i0);
-    int64_t cols = round_up(m, kern->vec_width); /* query columns of Sᵀ */
-    float *lse2 = sc->vec[0], *d_row = sc->vec[1];
-    float keep_scale = 1.0f / (1.0f - p->dropout_p);
-
-    load_rows_transposed(kern, p, sc->q_t, TILE_Q, sc->row, &p->q, b,
-                         hc.seq.q0 + i0, m, cols, h, d,
-                         p->softmax_scale * FA_LOG2E);
-    load_rows_transposed(kern, p, sc->dout_t, TILE_Q, sc->row, &p->dout, b,
-                         hc.seq.q0 + i0, m, cols, h, dv, 1.0f);
-    load_row_stats(p, &hc, delta, i0, m, cols, lse2, d_row);
-    memset(sc->acc, 0, sizeof(float) * (size_t)(m * dp));
-
-    int64_t lo, hi, unused;
-    window_of(&hc, i0, &lo, &unused);
-    window_of(&hc, i0 + m - 1, &unused, &hi);
-    for (int64_t j0 = lo; j0 < hi; j0 += TILE_K) {
-        int64_t n = min64(TILE_K, hi - j0);
-        int vis = tile_visibility(&hc, i0, i0 + m, j0, j0 + n);
-        if (vis == TILE_EMPTY)
-            continue;
-        load_rows(kern, p, sc->k, &p->k, b, hc.seq.k0 + j0, n, hk, d, dp, 1.0f);
-        load_rows(kern, p, sc->v, &p->v, b, hc.seq.k0 + j0, n, hk, dv, dvp, 1.0f);
-        /* Sᵀ (n × cols) = K (n × d) · Qᵀ (d × cols); Pᵀ = 2^(Sᵀ - lse) */
-        kern->gemm(n, cols, d, sc->k, dp, 1, sc->q_t, TILE_Q, sc->s, TILE_Q, 0);
-        tile_geom g = tile_geometry(i0, m, j0, n, 1, TILE_Q, kern->vec_width);
-        modify_scores(kern, &hc, &g, sc->s, vis == TILE_FULL,
-                      p->softcap > 0 ? sc->tanh_s : NULL);
-        kern->exp2_bias(sc->s, n, cols, TILE_Q, NULL, lse2, NULL);
-        /* dPᵀ (n × cols) = V (n × dv) · dOᵀ (dv × cols) */
-        kern->gemm(n, cols, dv, sc->v, dvp, 1, sc->dout_t, TILE_Q, sc->dp, TILE_Q, 0);
-        if (p->dropout_p > 0)
-            apply_dropout(kern, &hc, &g, sc->dp, sc->dp, NULL, keep_scale);
-        kern->softmax_grad(sc->dp, sc->s, n, cols, TILE_Q, NULL, d_row);
-        if (p->softcap > 0)
-            softcap_grad(&g, sc->dp, sc->tanh_s);
-        /* dQ (m × dp) += dS (m × n, read from dSᵀ) · K (n × dp) */
-        kern->gemm(m, dp, n, sc->dp, 1, TILE_Q, sc->k, dp, sc->acc, dp, 1);
+    int64_t dp = round_up(p->head_dim, FA_CPU_MAX_VEC);
+    float *sum = dq_partial + fa_lse_index(p->varlen, b, h, hc.seq.q0, p->heads_q,
+                                           p->seqlen_q, p->total_q) * dp;
+    for (int64_t c = 1; c < dq_chunks(p); ++c) {
+        const float *part = sum + c * dq_partial_floats(p);
+        for (int64_t x = 0; x < hc.seq.sq * dp; ++x)
+            sum[x] += part[x];
     }
-    store_rows(kern, p, &p->dq, b, hc.seq.q0 + i0, m, h, d, sc->acc, dp,
-               p->softmax_scale);
+    store_rows(kern, p, &p->dq, b, hc.seq.q0, hc.seq.sq, h, p->head_dim, sum,
+               dp, p->softmax_scale);
 }
 
 fa_status fa_cpu_backward(fa_problem *p)
@@ -757,27 +773,31 @@ fa_status fa_cpu_backward(fa_problem *p)
     const fa_cpu_kernels *kern = cpu_kernels();
     p->kernel_name = kern->kernel_name;
     float *delta = workspace_base(p);
-    int64_t q_tiles = (p->seqlen_q + TILE_Q - 1) / TILE_Q;
+    float *dq_partial = delta + delta_floats(p);
     int64_t k_tiles = (p->seqlen_k + TILE_K - 1) / TILE_K;
+    int64_t chunks = dq_chunks(p);
     int64_t heads = p->batch * p->heads_q, kv_heads = p->batch * p->heads_kv;
 #pragma omp parallel num_threads(p->num_threads)
     {
-        scratch sc = thread_scratch(p, FA_BACKWARD, delta_floats(p), thread_id());
+        scratch sc = thread_scratch(p, FA_BACKWARD, backward_shared_floats(p),
+                                    thread_id());
 #pragma omp for schedule(dynamic, 1)
         for (int64_t bh = 0; bh < heads; ++bh)
-            backward_delta(p, kern, &sc, delta, bh / p->heads_q, bh % p->heads_q);
+            backward_delta(p, kern, &sc, delta, dq_partial, bh / p->heads_q,
+                           bh % p->heads_q);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < kv_heads * k_tiles; ++item) {
-            int64_t bh = item / k_tiles;
-            backward_kv_tile(p, kern, &sc, delta, bh / p->heads_kv,
-                             bh % p->heads_kv, item % k_tiles * TILE_K);
+        for (int64_t item = 0; item < kv_heads * chunks; ++item) {
+            int64_t bh = item / chunks, chunk = item % chunks;
+            for (int64_t tile = chunk; tile < k_tiles; tile += chunks)
+                backward_kv_tile(p, kern, &sc, delta,
+                                 dq_partial + chunk * dq_partial_floats(p),
+                                 bh / p->heads_kv, bh % p->heads_kv,
+                                 tile * TILE_K);
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t item = 0; item < heads * q_tiles; ++item) {
-            int64_t bh = item / q_tiles, tile = q_tiles - 1 - item % q_tiles;
-            backward_q_tile(p, kern, &sc, delta, bh / p->heads_q,
-                            bh % p->heads_q, tile * TILE_Q);
-        }
+        for (int64_t bh = 0; bh < heads; ++bh)
+            backward_dq_store(p, kern, dq_partial, bh / p->heads_q,
+                              bh % p->heads_q);
     }
     return FA_SUCCESS;
 }
