@@ -8,7 +8,8 @@
  *  - fa_dropout_keep() against an independent Philox4x32-10 that is itself
  *    checked against the Random123 known-answer vectors.
  *  - Threads: one context per thread, run concurrently, give the serial
- *    results bit for bit, and each thread sees its own error message.
+ *    results bit for bit, and each thread sees its own error message; the
+ *    CPU backend gives the same bits with 1, 2, 3 and 5 threads.
  */
 #include "testlib.h"
 
@@ -717,6 +718,69 @@ static void test_threads(void)
     }
 }
 
+/* The CPU backend's results do not depend on the thread count: forward and
+ * backward with 1, 2, 3 and 5 threads give the same bits. The problem spans
+ * several key tiles, so the backward's dQ partials and their sum run. */
+static void test_thread_count_invariance(void)
+{
+    enum { TB = 2, TSQ = 150, TSK = 300, THQ = 4, THKV = 2, TD = 40 };
+    const size_t nq = (size_t)TB * TSQ * THQ * TD, nk = (size_t)TB * TSK * THKV * TD;
+    const size_t nlse = (size_t)TB * THQ * TSQ;
+    static const int thread_counts[] = {1, 2, 3, 5};
+    float *in = malloc((2 * nq + 2 * nk) * sizeof(float));
+    float *ref = malloc((2 * nq + 2 * nk + nlse) * sizeof(float));
+    float *got = malloc((2 * nq + 2 * nk + nlse) * sizeof(float));
+    if (!in || !ref || !got) {
+        CHECK(0, "thread-count test: out of memory");
+        free(in);
+        free(ref);
+        free(got);
+        return;
+    }
+    test_rng r;
+    rng_seed(&r, 11);
+    for (size_t e = 0; e < 2 * nq + 2 * nk; ++e)
+        in[e] = (float)rng_normal(&r);
+    fa_attn attn;
+    fa_attn_init(&attn);
+    attn.batch = TB;
+    attn.seqlen_q = TSQ;
+    attn.seqlen_k = TSK;
+    attn.heads_q = THQ;
+    attn.heads_kv = THKV;
+    attn.head_dim = TD;
+    attn.window_left = 200;
+    attn.dropout_p = 0.1f;
+    attn.dropout_seed = 5;
+    /* in: q, dout, k, v; results: out, dq, dk, dv, lse */
+    fa_tensor q = fa_tensor_contiguous(in, TSQ, THQ, TD);
+    fa_tensor dout = fa_tensor_contiguous(in + nq, TSQ, THQ, TD);
+    fa_tensor k = fa_tensor_contiguous(in + 2 * nq, TSK, THKV, TD);
+    fa_tensor v = fa_tensor_contiguous(in + 2 * nq + nk, TSK, THKV, TD);
+    for (size_t n = 0; n < sizeof thread_counts / sizeof thread_counts[0]; ++n) {
+        float *res = n == 0 ? ref : got;
+        fa_tensor out = fa_tensor_contiguous(res, TSQ, THQ, TD);
+        fa_tensor dq = fa_tensor_contiguous(res + nq, TSQ, THQ, TD);
+        fa_tensor dk = fa_tensor_contiguous(res + 2 * nq, TSK, THKV, TD);
+        fa_tensor dv = fa_tensor_contiguous(res + 2 * nq + nk, TSK, THKV, TD);
+        float *lse = res + 2 * nq + 2 * nk;
+        fa_context *ctx = NULL;
+        int ok = fa_context_create(&ctx, FA_DEVICE_CPU, 0) == FA_SUCCESS &&
+                 fa_context_set_num_threads(ctx, thread_counts[n]) == FA_SUCCESS &&
+                 fa_forward(ctx, &attn, &q, &k, &v, &out, lse, NULL, 0) == FA_SUCCESS &&
+                 fa_backward(ctx, &attn, &q, &k, &v, &out, lse, &dout, &dq, &dk, &dv, NULL,
+                             0) == FA_SUCCESS;
+        CHECK(ok, "thread-count test, %d threads: %s", thread_counts[n], fa_last_error());
+        fa_context_destroy(ctx);
+        if (n > 0)
+            CHECK(ok && !memcmp(ref, got, (2 * nq + 2 * nk + nlse) * sizeof(float)),
+                  "%d threads: out/dq/dk/dv/lse differ from 1 thread", thread_counts[n]);
+    }
+    free(in);
+    free(ref);
+    free(got);
+}
+
 int main(void)
 {
     fa_context *ctx = NULL;
@@ -730,6 +794,7 @@ int main(void)
     test_invalid_arguments(ctx);
     test_empty_sequences(ctx);
     test_threads();
+    test_thread_count_invariance();
     fa_context_destroy(ctx);
     printf("test_api: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
