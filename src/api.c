@@ -509,6 +509,12 @@ static fa_status check_k_like(const fa_problem *p, const char *name,
                       p->varlen);
 }
 
+/* CPU worker threads of a call: the context's setting, 0 meaning all cores. */
+static int resolved_threads(const fa_context *ctx)
+{
+    return ctx->num_threads > 0 ? ctx->num_threads : fa_cpu_num_cores();
+}
+
 /* Pick the backend, size the workspace, provide it, fill execution fields. */
 static fa_status prepare_run(fa_context *ctx, fa_problem *p, fa_direction dir,
                              void *workspace, size_t workspace_size,
@@ -517,8 +523,7 @@ static fa_status prepare_run(fa_context *ctx, fa_problem *p, fa_direction dir,
     fa_status st = fa_dispatch_select(ctx, p, dir, backend);
     if (st != FA_SUCCESS)
         return st;
-    p->num_threads = ctx->num_threads > 0 ? ctx->num_threads
-                                          : fa_cpu_num_cores();
+    p->num_threads = resolved_threads(ctx);
     p->stream = ctx->stream;
     size_t need = fa_dispatch_workspace_size(ctx, *backend, p, dir);
     if (workspace) {
@@ -642,8 +647,7 @@ static fa_status workspace_size(const fa_context *ctx, const fa_attn *attn,
     if ((st = resolve_attn((fa_context *)ctx, attn, &p)) ||
         (st = fa_dispatch_select(ctx, &p, dir, &backend)))
         return st;
-    p.num_threads = ctx->num_threads > 0 ? ctx->num_threads
-                                         : fa_cpu_num_cores();
+    p.num_threads = resolved_threads(ctx);
     *bytes = fa_dispatch_workspace_size(ctx, backend, &p, dir);
     return FA_SUCCESS;
 }
