@@ -1,0 +1,84 @@
+/* TMA tensor maps for the Hopper kernels (see tensor_maps.h). */
+#include "tensor_maps.h"
+
+#include <cudaTypedefs.h>
+#include <cuda_runtime.h>
+
+/* A (seq, head, dim) tensor seen by TMA as the rank-4 tensor (dim, rows,
+ * heads, batches), innermost first; packed (varlen) tensors are one batch of
+ * total rows. Byte strides of the three outer dims; a dim of size 1 may have
+ * any stride (a broadcast one is 0), so it gets a valid placeholder. */
+static void tma_strides(const fa_problem *p, const fa_tensor *t, int64_t rows, int64_t heads, int64_t bytes[3])
+{
+    int64_t elem = (int64_t)fa_dtype_size(p->dtype);
+    int64_t sizes[3] = {rows, heads, p->varlen ? 1 : p->batch};
+    int64_t strides[3] = {t->stride_seq, t->stride_head, p->varlen ? 0 : t->stride_batch};
+    for (int i = 0; i < 3; ++i)
+        bytes[i] = sizes[i] == 1 ? 16 : strides[i] * elem;
+}
+
+/* Rows of q (is_q) or k / v as TMA sees them: per batch, or all packed ones. */
+int64_t fa_sm90_rows_of(const fa_problem *p, int is_q)
+{
+    if (p->varlen)
+        return is_q ? p->total_q : p->total_k;
+    return is_q ? p->seqlen_q : p->seqlen_k;
+}
+
+/* TMA: base 16-byte aligned, every stride a positive multiple of 16 bytes
+ * below 2^40 (so no broadcast dims). out is written with 4-byte stores, but
+ * held to the same rule to keep one check. */
+fa_status fa_sm90_check_tma_tensor(const fa_problem *p, const fa_tensor *t, const char *name, int is_q)
+{
+    int64_t bytes[3];
+    tma_strides(p, t, fa_sm90_rows_of(p, is_q), is_q ? p->heads_q : p->heads_kv, bytes);
+    if ((uintptr_t)t->data % 16 != 0)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: %s is not 16-byte aligned (TMA needs it)", name);
+    for (int i = 0; i < 3; ++i)
+        if (bytes[i] <= 0 || bytes[i] % 16 != 0 || bytes[i] >= ((int64_t)1 << 40))
+            return fa_fail(FA_ERROR_UNSUPPORTED,
+                           "sm90: a stride of %s is %lld bytes; TMA needs a positive multiple of 16", name,
+                           (long long)bytes[i]);
+    return FA_SUCCESS;
+}
+
+/* cuTensorMapEncodeTiled through the runtime's driver entry point, so that
+ * the library links cudart only. */
+static PFN_cuTensorMapEncodeTiled_v12000 encode_tiled_fn(void)
+{
+    static PFN_cuTensorMapEncodeTiled_v12000 fn = NULL;
+    if (fn == NULL) {
+        void *sym = NULL;
+        cudaDriverEntryPointQueryResult found;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &sym, 12000, cudaEnableDefault, &found) ==
+                cudaSuccess &&
+            found == cudaDriverEntryPointSuccess)
+            fn = (PFN_cuTensorMapEncodeTiled_v12000)sym;
+    }
+    return fn;
+}
+
+/* The tensor map of q (is_q) or k / v: boxes of 64 columns x box_rows rows
+ * of one head, 128-byte swizzled, zero-filled outside the tensor. */
+fa_status fa_sm90_encode_map(CUtensorMap *map, const fa_problem *p, const fa_tensor *t, int is_q, int box_rows,
+                            const char *name)
+{
+    PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled_fn();
+    if (encode == NULL)
+        return fa_fail(FA_ERROR_DEVICE, "sm90: the driver has no cuTensorMapEncodeTiled");
+    int64_t rows = fa_sm90_rows_of(p, is_q), heads = is_q ? p->heads_q : p->heads_kv, bytes[3];
+    tma_strides(p, t, rows, heads, bytes);
+    cuuint64_t dims[4] = {(cuuint64_t)p->head_dim, (cuuint64_t)rows, (cuuint64_t)heads,
+                          (cuuint64_t)(p->varlen ? 1 : p->batch)};
+    cuuint64_t strides[3] = {(cuuint64_t)bytes[0], (cuuint64_t)bytes[1], (cuuint64_t)bytes[2]};
+    cuuint32_t box[4] = {64, (cuuint32_t)box_rows, 1, 1};
+    cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+    CUresult r = encode(map, p->dtype == FA_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                        4, t->data, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return fa_fail(FA_ERROR_DEVICE, "sm90: cuTensorMapEncodeTiled rejected %s (CUresult %d)", name, (int)r);
+    return FA_SUCCESS;
+}
+
