@@ -1,12 +1,6 @@
 /*
- * Hopper (sm_90a) forward: what the kernel in fwd_kernel.cuh supports, the
- * TMA tensor maps it reads through, and the launch.
- *
- * Supported: bf16 / fp16; head_dim == head_dim_v in {64, 96, 128, 192, 256};
- * causal, sliding window, softcap, GQA/MQA, varlen, any seqlen. Not here
- * (FA_ERROR_UNSUPPORTED, the dispatcher falls back to sm80): the backward,
- * dropout, ALiBi, block-sparse masks, other head dims, and tensors whose
- * base or strides are not 16-byte aligned (TMA needs both).
+ * Hopper (sm_90a) forward: the launch of the kernel in fwd_kernel.cuh (what
+ * it supports is decided in sm90.cu).
  */
 #include "fa_internal.h"
 
@@ -19,60 +13,6 @@
 
 #include "fwd_kernel.cuh"
 #include "tensor_maps.h"
-
-/* ------------------------------------------------------------------------ */
-/* Supported problems                                                       */
-
-static int is_supported_head_dim(int64_t d)
-{
-    return d == 64 || d == 96 || d == 128 || d == 192 || d == 256;
-}
-
-extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, const fa_cuda_device_info *dev)
-{
-    if (dir != FA_FORWARD)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: only the forward pass is implemented");
-    if (dev->sm != 90)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: needs an sm_90 GPU (this one is sm_%d)", dev->sm);
-    if (p->dtype != FA_DTYPE_BF16 && p->dtype != FA_DTYPE_F16)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: dtype %s (bf16 and fp16 only)", fa_dtype_name(p->dtype));
-    if (p->head_dim != p->head_dim_v || !is_supported_head_dim(p->head_dim))
-        return fa_fail(FA_ERROR_UNSUPPORTED,
-                       "sm90: head_dim %lld / head_dim_v %lld (needs equal, one of 64, 96, 128, 192, 256)",
-                       (long long)p->head_dim, (long long)p->head_dim_v);
-    if (p->dropout_p > 0.0f)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: dropout is not implemented");
-    if (p->alibi_slopes != NULL)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: ALiBi is not implemented");
-    if (p->block_mask != NULL)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: block-sparse masks are not implemented");
-    /* the kernel indexes rows, heads, batches and window edges in int */
-    const int64_t int_max = 0x7fffffff;
-    if (p->total_q > int_max || p->total_k > int_max || p->seqlen_q > int_max || p->seqlen_k > int_max ||
-        p->heads_q > 65535 || p->batch > 65535 || p->window_left > int_max || p->window_right > int_max)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: sizes beyond the kernel's 32-bit indexing");
-    /* A tensor map needs every dimension >= 1: with no keys at all (every
-     * row fully masked) the portable path writes the zeros and -inf. */
-    if (fa_sm90_rows_of(p, 0) == 0)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: no keys (seqlen_k or total_k is 0)");
-    fa_status st;
-    if ((st = fa_sm90_check_tma_tensor(p, &p->q, "q", 1)) != FA_SUCCESS ||
-        (st = fa_sm90_check_tma_tensor(p, &p->k, "k", 0)) != FA_SUCCESS ||
-        (st = fa_sm90_check_tma_tensor(p, &p->v, "v", 0)) != FA_SUCCESS ||
-        (st = fa_sm90_check_tma_tensor(p, &p->out, "out", 1)) != FA_SUCCESS)
-        return st;
-    if (dev->smem_per_block_optin < 232448)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: needs 227 KB of shared memory per block (device has %zu)",
-                       dev->smem_per_block_optin);
-    return FA_SUCCESS;
-}
-
-extern "C" size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir)
-{
-    (void)p;
-    (void)dir;
-    return 0;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Launch                                                                   */
