@@ -9,7 +9,10 @@
 # sm90 forward + sm80 backward on an H100), CHECK=0 skips the gpu_bench
 # check, BENCH_ARGS extra benchmark arguments, FA_ARCHS (default 90-real: the device is an H100; the committed
 # default FA_CUDA_ARCHS builds every arch), BUILD (default build-device),
-# OUT (the device tool's result folder; default ./device-out).
+# OUT (the device tool's result folder; default ./device-out), PREBUILT (a
+# folder holding libflashattn.so and tests/test_grid built elsewhere, e.g. on
+# the development machine with FA_CUDA_ARCHS=90-real and carried to the
+# device: skips the build there).
 # Writes logs and JSON under $OUT; prints a short summary last.
 set -u
 MODE=${1:-all}
@@ -25,12 +28,19 @@ configure() {
     cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DFA_CUDA_ARCHS="${FA_ARCHS:-90-real}" "$@" \
         >> "$OUT/build.log" 2>&1 && cmake --build "$BUILD" -j16 >> "$OUT/build.log" 2>&1
 }
-# The tests are written in parallel: if they do not build, build the library alone.
-configure -DFA_BUILD_TESTS=ON || { note "tests do not build; library only"; configure -DFA_BUILD_TESTS=OFF; }
-rc=$?
-grep -E "error|spill" "$OUT/build.log" | head -20
-note "build rc=$rc in $(( $(date +%s) - start ))s"
-[ $rc -eq 0 ] || { tail -30 "$OUT/build.log"; printf '%s\n' "${summary[@]}"; exit 1; }
+if [ -n "${PREBUILT:-}" ]; then
+    BUILD=$PREBUILT
+    [ -f "$BUILD/libflashattn.so" ] || { echo "PREBUILT=$BUILD has no libflashattn.so"; exit 1; }
+    export LD_LIBRARY_PATH=$PWD/$BUILD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    note "prebuilt binaries from $BUILD"
+else
+    # The tests are written in parallel: if they do not build, build the library alone.
+    configure -DFA_BUILD_TESTS=ON || { note "tests do not build; library only"; configure -DFA_BUILD_TESTS=OFF; }
+    rc=$?
+    grep -E "error|spill" "$OUT/build.log" | head -20
+    note "build rc=$rc in $(( $(date +%s) - start ))s"
+    [ $rc -eq 0 ] || { tail -30 "$OUT/build.log"; printf '%s\n' "${summary[@]}"; exit 1; }
+fi
 
 export PYTHONPATH=$PWD/python FLASHATTN_LIB=$PWD/$BUILD/libflashattn.so PYTHONUNBUFFERED=1
 GRID=$(ls "$BUILD"/tests/test_grid 2>/dev/null)
