@@ -20,27 +20,43 @@
 
 namespace fa {
 
-template <int D> struct BackwardTiles {
-    static constexpr int kWarpsN = D <= 128 ? 4 : 2;
-    static constexpr int kWarpsD = D <= 128 ? 2 : 4;
-    static constexpr int kWarps = kWarpsN * kWarpsD;
+/* Tile shape per padded head dim. Warps split dK/dV as (kWarpsN groups of
+ * 16 keys) x (kWarpsD column groups); a warp's Sᵀ/dPᵀ slab is its 16 keys x
+ * BM/kWarpsD queries. With kWarpsD == 1 (the large shape for d <= 128) a
+ * warp's slab covers every query of the block, so Pᵀ and dSᵀ feed dV and dK
+ * straight from registers (no smem round trip, no barrier before them) and
+ * BN = 128 keys halves the dQ atomics and per-query-block overhead per FLOP
+ * (FA2's 128 x 64 tile). Otherwise Pᵀ and dSᵀ are exchanged through smem.
+ * The small shape (BN 64, or 32 for d > 128) is for GPUs whose smem per
+ * block cannot hold the large one (sm86/sm89: 99 KB). dQ = dS·K is split
+ * as (BM/32 groups of 32 queries) x (column groups). */
+template <int D, bool kLarge> struct BackwardTiles {
+    static constexpr int kWarps = 8;
+    static constexpr int kWarpsD = kLarge ? (D <= 128 ? 1 : 2) : (D <= 128 ? 2 : 4);
+    static constexpr int kWarpsN = kWarps / kWarpsD;
     static constexpr int kBlockN = 16 * kWarpsN;
-    static constexpr int kBlockM = D <= 192 ? 64 : 32;
+    static constexpr int kBlockM = kLarge || D <= 192 ? 64 : 32;
     static constexpr int kQueryCols = kBlockM / kWarpsD; /* of Sᵀ, per warp */
     static constexpr int kDimCols = D / kWarpsD;         /* of dK/dV, per warp */
-    static constexpr int kDqRowGroups = kBlockM / 16;
+    static constexpr bool kPtInRegisters = kWarpsD == 1;
+    static constexpr int kDqRowGroups = kBlockM / 32;
     static constexpr int kDqColGroups = kWarps / kDqRowGroups;
-    static constexpr int kDqCols = D / kDqColGroups; /* of dQ, per warp */
-    /* K, V, Pᵀ, dSᵀ, then per query stage Q, dO, lse, D. */
+    static constexpr int kDqCols = D / kDqColGroups; /* of dQ, per warp (32 rows) */
+    /* K, V, dSᵀ, Pᵀ (unless in registers), then per query stage Q, dO, lse, D. */
     static constexpr size_t smem_bytes(int query_stages)
     {
         return (size_t)2 * kBlockN * smem_pitch(D) * 2 +
-               (size_t)2 * kBlockN * smem_pitch(kBlockM) * 2 +
+               (size_t)(kPtInRegisters ? 1 : 2) * kBlockN * smem_pitch(kBlockM) * 2 +
                (size_t)query_stages * (2 * kBlockM * smem_pitch(D) * 2 + 2 * kBlockM * 4);
     }
-    static_assert(kQueryCols % 8 == 0 && kDimCols % 8 == 0 && kDqCols % 8 == 0, "tiles");
+    static_assert(kQueryCols % (kPtInRegisters ? 16 : 8) == 0 && kDimCols % 8 == 0 && kDqCols % 8 == 0, "tiles");
     static_assert(kWarps % kDqRowGroups == 0, "dQ warp split");
     static_assert(kQueryCols * 4 / 8 <= 32, "dropout bits per thread");
+};
+
+/* A compile-time flag as a value, for generic lambdas. */
+template <bool B> struct Flag {
+    static constexpr bool value = B;
 };
 
 struct BackwardArgs {
@@ -98,11 +114,11 @@ __global__ void __launch_bounds__(256) backward_preprocess_kernel(const Backward
 // q (B, Sq, Hq, d), k (B, Sk, Hkv, d), v (B, Sk, Hkv, dv), dout (B, Sq, Hq, dv)
 // -> dk (B, Sk, Hkv, d), dv (B, Sk, Hkv, dv), dq_accum += dS·K.
 // Grid: (key blocks or 1 if deterministic, Hkv, B).
-template <typename T, int D>
-__global__ void __launch_bounds__(BackwardTiles<D>::kWarps * 32)
+template <typename T, int D, bool kLarge>
+__global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     backward_kernel(const BackwardArgs a)
 {
-    using Tiles = BackwardTiles<D>;
+    using Tiles = BackwardTiles<D, kLarge>;
     constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN, QC = Tiles::kQueryCols;
     constexpr int DC = Tiles::kDimCols, kThreads = Tiles::kWarps * 32;
     constexpr int P = smem_pitch(D), PS = smem_pitch(BM);
@@ -111,9 +127,9 @@ __global__ void __launch_bounds__(BackwardTiles<D>::kWarps * 32)
     extern __shared__ __align__(16) unsigned char smem[];
     T *sK = reinterpret_cast<T *>(smem);
     T *sV = sK + BN * P;
-    T *sPt = sV + BN * P;    /* Pᵀ (dropped, scaled): keys x queries */
-    T *sdSt = sPt + BN * PS; /* dSᵀ */
-    T *sQ = sdSt + BN * PS;  /* query_stages buffers each of Q, dO, lse, D */
+    T *sdSt = sV + BN * P; /* dSᵀ: keys x queries */
+    T *sPt = sdSt + BN * PS; /* Pᵀ (dropped, scaled), unless in registers */
+    T *sQ = sPt + (Tiles::kPtInRegisters ? 0 : BN * PS); /* query_stages of Q, dO, lse, D */
     T *sdO = sQ + a.query_stages * BM * P;
     float *s_lse = reinterpret_cast<float *>(sdO + a.query_stages * BM * P);
     float *s_dsum = s_lse + a.query_stages * BM;
@@ -124,12 +140,13 @@ __global__ void __launch_bounds__(BackwardTiles<D>::kWarps * 32)
     const int64_t group = p.heads_q / p.heads_kv, shift = seq.sk - seq.sq;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
     const int wn = warp / Tiles::kWarpsD, wd = warp % Tiles::kWarpsD;
-    const int dq_rows = 16 * (warp % Tiles::kDqRowGroups);
+    const int dq_rows = 32 * (warp % Tiles::kDqRowGroups);
     const int dq_cols = Tiles::kDqCols * (warp / Tiles::kDqRowGroups);
     const int d = (int)p.head_dim, dv = (int)p.head_dim_v;
     const bool drop = p.dropout_p > 0.f;
     const uint32_t drop_threshold = fa_dropout_threshold(p.dropout_p);
     const float keep_scale = drop ? 1.f / (1.f - p.dropout_p) : 1.f;
+    const float scale_log2 = p.softmax_scale * kLog2e;
 
     const T *k = (const T *)p.k.data + fa_row_offset(&p.k, p.varlen, b, seq.k0, hk);
     const T *v = (const T *)p.v.data + fa_row_offset(&p.v, p.varlen, b, seq.k0, hk);
@@ -199,28 +216,22 @@ __global__ void __launch_bounds__(BackwardTiles<D>::kWarps * 32)
             int64_t h_next = h, m0_next = m0;
             TileKind kind_next = TILE_SKIP;
             advance(h_next, m0_next, kind_next);
+            cp_async_wait<0>();
+            /* This stage's Q, dO, lse, D are visible, and every warp is done
+             * with the previous query block (its stage, dSᵀ, Pᵀ). */
+            __syncthreads();
             /* With two stages the next block's loads fly during this one. */
             const bool prefetch = a.query_stages == 2 && h_next < h_end;
-            if (prefetch) {
+            if (prefetch)
                 load_query_block(h_next, m0_next, stage ^ 1);
-                cp_async_wait<1>();
-            } else {
-                cp_async_wait<0>();
-            }
-            __syncthreads(); /* this stage's Q, dO, lse, D are visible */
             const T *cQ = sQ + stage * BM * P, *cdO = sdO + stage * BM * P;
             const float *c_lse = s_lse + stage * BM, *c_dsum = s_dsum + stage * BM;
             const Mask mask = make_mask(p, seq, b, h);
             const ScoreTransform score = make_score_transform(p, seq, b, h);
 
-            /* This warp's 16 keys x QC queries of Sᵀ and dPᵀ. */
-            float st[1][QC / 8][4], dpt[1][QC / 8][4];
-            zero(st);
-            zero(dpt);
-            warp_gemm<1, QC / 8, D, false, false>(st, sK, P, 16 * wn, 0, cQ, P, 0, wd * QC);
-            warp_gemm<1, QC / 8, D, false, false>(dpt, sV, P, 16 * wn, 0, cdO, P, 0, wd * QC);
-
-            /* Keep bits, bit 4nt + e (a rolled loop: see the forward). */
+            /* Keep bits of this warp's slab (below), bit 4nt + e: a rolled loop
+             * (see the forward), run before the products so that the Philox
+             * state does not compete with their registers. */
             uint32_t keep_bits = 0xffffffffu;
             if (drop) {
                 keep_bits = 0;
@@ -235,74 +246,111 @@ __global__ void __launch_bounds__(BackwardTiles<D>::kWarps * 32)
                 }
             }
 
-            /* Pᵀ (dropped, scaled) and dSᵀ = Pᵀ ∘ (dPᵀ·keep/(1-p) − D) into smem. */
-            const TileMask tmask = tile_mask(mask, m0, n0);
-            /* Scores in log2 units into st; softcap's derivative into dpt's
-             * factor. Whole loops behind a uniform branch (see the forward). */
-            float dtanh[QC / 8][4];
-            if (score.softcap == 0.f && score.alibi_slope == 0.f) {
-                const float scale_log2 = p.softmax_scale * kLog2e;
+            /* This warp's 16 keys x QC queries of Sᵀ and dPᵀ: element
+             * (nt, e) is key 16wn + g + 8(e/2), query wd·QC + 8nt + 2t + e%2. */
+            float st[1][QC / 8][4], dpt[1][QC / 8][4];
+            zero(st);
+            zero(dpt);
+            warp_gemm<1, QC / 8, D, false, false>(st, sK, P, 16 * wn, 0, cQ, P, 0, wd * QC);
+            warp_gemm<1, QC / 8, D, false, false>(dpt, sV, P, 16 * wn, 0, cdO, P, 0, wd * QC);
+
+            /* st -> Pᵀ (dropped, scaled), dpt -> dSᵀ = Pᵀ ∘ (dPᵀ·keep/(1-p) − D),
+             * times softcap's derivative. One loop per score kind behind a
+             * uniform branch (see the forward): the plain one has no
+             * softcap/ALiBi code and no per-element derivative to keep. */
+            auto p_and_ds = [&](auto transformed) {
 #pragma unroll
-                for (int nt = 0; nt < QC / 8; ++nt)
+                for (int nt = 0; nt < QC / 8; ++nt) {
+                    const int il = wd * QC + nt * 8 + 2 * t;
+                    const float2 lse = *reinterpret_cast<const float2 *>(c_lse + il);
+                    const float2 dsum = *reinterpret_cast<const float2 *>(c_dsum + il);
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        st[0][nt][e] *= scale_log2;
-                        dtanh[nt][e] = 1.f;
+                        float s = st[0][nt][e], dtanh = 1.f;
+                        if constexpr (decltype(transformed)::value)
+                            s = transform_score(score, s, m0 + il + e % 2,
+                                                n0 + 16 * wn + g + (e / 2) * 8, &dtanh) * kLog2e;
+                        else
+                            s *= scale_log2;
+                        const float pe = exp2f(s - (e % 2 ? lse.y : lse.x));
+                        const bool keep = (keep_bits >> (4 * nt + e)) & 1;
+                        const float dp = keep ? dpt[0][nt][e] * keep_scale : 0.f;
+                        st[0][nt][e] = keep ? pe * keep_scale : 0.f;
+                        dpt[0][nt][e] = pe * (dp - (e % 2 ? dsum.y : dsum.x)) * dtanh;
                     }
-            } else {
+                }
+            };
+            if (score.softcap == 0.f && score.alibi_slope == 0.f)
+                p_and_ds(Flag<false>());
+            else
+                p_and_ds(Flag<true>());
+            /* Masked elements (possibly inf/NaN above) become exact zeros. */
+            if (kind == TILE_PARTIAL) {
+                const TileMask tmask = tile_mask(mask, m0, n0);
 #pragma unroll
                 for (int nt = 0; nt < QC / 8; ++nt)
 #pragma unroll
                     for (int e = 0; e < 4; ++e)
-                        st[0][nt][e] = transform_score(score, st[0][nt][e],
-                                                       m0 + wd * QC + nt * 8 + 2 * t + e % 2,
-                                                       n0 + 16 * wn + g + (e / 2) * 8,
-                                                       &dtanh[nt][e]) * kLog2e;
+                        if (!visible_in_tile(tmask, mask, m0, n0, wd * QC + nt * 8 + 2 * t + e % 2,
+                                             16 * wn + g + (e / 2) * 8))
+                            st[0][nt][e] = dpt[0][nt][e] = 0.f;
             }
+
+            /* Pᵀ and dSᵀ as 16-bit pairs in the A-fragment layout: k step kk
+             * (16 queries) is n-tiles 2kk, 2kk+1 of the accumulators (a slab
+             * of 8 queries fills half of one). */
+            uint32_t pt_frag[(QC + 15) / 16][1][4], dst_frag[(QC + 15) / 16][1][4];
 #pragma unroll
-            for (int nt = 0; nt < QC / 8; ++nt) {
-                float pv[4], ds[4];
+            for (int nt = 0; nt < QC / 8; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int il = wd * QC + nt * 8 + 2 * t + e % 2;
-                    const int jl = 16 * wn + g + (e / 2) * 8;
-                    float pe = exp2f(st[0][nt][e] - c_lse[il]);
-                    if (kind == TILE_PARTIAL && !visible_in_tile(tmask, mask, m0, n0, il, jl))
-                        pe = 0.f;
-                    const bool keep = (keep_bits >> (4 * nt + e)) & 1;
-                    const float dp = keep ? dpt[0][nt][e] * keep_scale : 0.f;
-                    pv[e] = keep ? pe * keep_scale : 0.f;
-                    ds[e] = pe * (dp - c_dsum[il]) * dtanh[nt][e];
+                for (int r = 0; r < 2; ++r) {
+                    pt_frag[nt / 2][0][2 * (nt % 2) + r] = pack_pair<T>(st[0][nt][2 * r], st[0][nt][2 * r + 1]);
+                    dst_frag[nt / 2][0][2 * (nt % 2) + r] = pack_pair<T>(dpt[0][nt][2 * r], dpt[0][nt][2 * r + 1]);
                 }
-                const int jl = 16 * wn + g, il = wd * QC + nt * 8 + 2 * t;
-                *reinterpret_cast<uint32_t *>(sPt + jl * PS + il) = pack_pair<T>(pv[0], pv[1]);
-                *reinterpret_cast<uint32_t *>(sPt + (jl + 8) * PS + il) = pack_pair<T>(pv[2], pv[3]);
-                *reinterpret_cast<uint32_t *>(sdSt + jl * PS + il) = pack_pair<T>(ds[0], ds[1]);
-                *reinterpret_cast<uint32_t *>(sdSt + (jl + 8) * PS + il) = pack_pair<T>(ds[2], ds[3]);
+            /* dSᵀ (and Pᵀ unless in registers) into smem. */
+#pragma unroll
+            for (int nt = 0; nt < QC / 8; ++nt)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const int jl = 16 * wn + g + 8 * r, il = wd * QC + nt * 8 + 2 * t;
+                    *reinterpret_cast<uint32_t *>(sdSt + jl * PS + il) = dst_frag[nt / 2][0][2 * (nt % 2) + r];
+                    if constexpr (!Tiles::kPtInRegisters)
+                        *reinterpret_cast<uint32_t *>(sPt + jl * PS + il) = pt_frag[nt / 2][0][2 * (nt % 2) + r];
+                }
+            if constexpr (Tiles::kPtInRegisters) {
+                /* dV += Pᵀ·dO, dK += dSᵀ·Q straight from the fragments. */
+#pragma unroll
+                for (int kk = 0; kk < BM / 16; ++kk) {
+                    mma_a_times_b<1, DC / 8, true>(acc_dv, pt_frag[kk], cdO, P, 16 * kk, 0);
+                    mma_a_times_b<1, DC / 8, true>(acc_dk, dst_frag[kk], cQ, P, 16 * kk, 0);
+                }
             }
-            __syncthreads();
+            __syncthreads(); /* dSᵀ (and Pᵀ) of every warp are visible */
+            if constexpr (!Tiles::kPtInRegisters) {
+                warp_gemm<1, DC / 8, BM, false, true>(acc_dv, sPt, PS, 16 * wn, 0, cdO, P, 0, wd * DC);
+                warp_gemm<1, DC / 8, BM, false, true>(acc_dk, sdSt, PS, 16 * wn, 0, cQ, P, 0, wd * DC);
+            }
 
-            warp_gemm<1, DC / 8, BM, false, true>(acc_dv, sPt, PS, 16 * wn, 0, cdO, P, 0, wd * DC);
-            warp_gemm<1, DC / 8, BM, false, true>(acc_dk, sdSt, PS, 16 * wn, 0, cQ, P, 0, wd * DC);
-
-            float dq[1][Tiles::kDqCols / 8][4];
+            float dq[2][Tiles::kDqCols / 8][4];
             zero(dq);
-            warp_gemm<1, Tiles::kDqCols / 8, BN, true, true>(dq, sdSt, PS, dq_rows, 0, sK, P, 0, dq_cols);
+            warp_gemm<2, Tiles::kDqCols / 8, BN, true, true>(dq, sdSt, PS, dq_rows, 0, sK, P, 0, dq_cols);
             const int64_t ws_base = h * p.total_q + workspace_row(p, seq, b, 0);
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const int64_t i = m0 + dq_rows + g + 8 * r;
-                if (i >= seq.sq)
-                    continue;
-                float *acc = a.dq_accum + (ws_base + i) * a.dp + dq_cols + 2 * t;
+            for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-                for (int nt = 0; nt < Tiles::kDqCols / 8; ++nt) {
-                    atomic_add_pair(acc + nt * 8, dq[0][nt][2 * r], dq[0][nt][2 * r + 1]);
+                for (int r = 0; r < 2; ++r) {
+                    const int64_t i = m0 + dq_rows + 16 * mt + g + 8 * r;
+                    if (i >= seq.sq)
+                        continue;
+                    float *acc = a.dq_accum + (ws_base + i) * a.dp + dq_cols + 2 * t;
+#pragma unroll
+                    for (int nt = 0; nt < Tiles::kDqCols / 8; ++nt)
+                        atomic_add_pair(acc + nt * 8, dq[mt][nt][2 * r], dq[mt][nt][2 * r + 1]);
                 }
-            }
-            __syncthreads(); /* every warp is done with this stage, Pᵀ and dSᵀ */
-            if (!prefetch && h_next < h_end)
+            if (!prefetch && h_next < h_end) {
+                __syncthreads(); /* every warp is done with this stage */
                 load_query_block(h_next, m0_next, 0);
+            }
             stage = prefetch ? stage ^ 1 : 0;
             h = h_next;
             m0 = m0_next;
@@ -348,9 +396,28 @@ template <typename T> __global__ void backward_convert_dq_kernel(const BackwardA
     }
 }
 
+/* Sets the kernel's smem limit and launches it with `stages` query stages. */
+template <typename T, int D, bool kLarge>
+static fa_status launch_backward_kernel(BackwardArgs &a, int stages)
+{
+    using Tiles = BackwardTiles<D, kLarge>;
+    const fa_problem *p = &a.p;
+    const unsigned key_blocks = (unsigned)((p->seqlen_k + Tiles::kBlockN - 1) / Tiles::kBlockN);
+    dim3 grid(p->deterministic ? 1u : key_blocks, (unsigned)p->heads_kv, (unsigned)p->batch);
+    if (key_blocks == 0 || grid.y == 0 || grid.z == 0)
+        return FA_SUCCESS;
+    a.query_stages = stages;
+    const size_t smem = Tiles::smem_bytes(stages);
+    cudaError_t err = cudaFuncSetAttribute(backward_kernel<T, D, kLarge>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
+    backward_kernel<T, D, kLarge><<<grid, Tiles::kWarps * 32, smem, (cudaStream_t)p->stream>>>(a);
+    return check_launch("sm80 backward kernel launch");
+}
+
 template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
 {
-    using Tiles = BackwardTiles<D>;
     fa_problem *p = &a.p;
     cudaStream_t stream = (cudaStream_t)p->stream;
     const int64_t rows = p->total_q * p->heads_q;
@@ -360,25 +427,22 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
         if (st != FA_SUCCESS)
             return st;
     }
-    const unsigned key_blocks = (unsigned)((p->seqlen_k + Tiles::kBlockN - 1) / Tiles::kBlockN);
-    dim3 grid(p->deterministic ? 1u : key_blocks, (unsigned)p->heads_kv, (unsigned)p->batch);
-    if (key_blocks > 0 && grid.y > 0 && grid.z > 0) {
-        int device = 0, smem_optin = 0;
-        cudaError_t err = cudaGetDevice(&device);
-        if (err == cudaSuccess)
-            err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-        a.query_stages = Tiles::smem_bytes(2) <= (size_t)smem_optin ? 2 : 1;
-        const size_t smem = Tiles::smem_bytes(a.query_stages);
-        if (err == cudaSuccess)
-            err = cudaFuncSetAttribute(backward_kernel<T, D>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (err != cudaSuccess)
-            return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
-        backward_kernel<T, D><<<grid, Tiles::kWarps * 32, smem, stream>>>(a);
-        fa_status st = check_launch("sm80 backward kernel launch");
-        if (st != FA_SUCCESS)
-            return st;
-    }
+    int device = 0, smem_optin = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
+    /* The large tile when it fits (double-buffered if that fits too),
+     * else the small one. */
+    using Large = BackwardTiles<D, true>;
+    using Small = BackwardTiles<D, false>;
+    const size_t optin = (size_t)smem_optin;
+    fa_status st = Large::smem_bytes(1) <= optin
+                       ? launch_backward_kernel<T, D, true>(a, Large::smem_bytes(2) <= optin ? 2 : 1)
+                       : launch_backward_kernel<T, D, false>(a, Small::smem_bytes(2) <= optin ? 2 : 1);
+    if (st != FA_SUCCESS)
+        return st;
     if (rows > 0 && p->head_dim > 0) {
         const int64_t count = rows * p->head_dim;
         const unsigned blocks = (unsigned)min((count + 255) / 256, (int64_t)65535 * 16);
@@ -399,14 +463,15 @@ template <typename T> static fa_status backward_for_dtype(BackwardArgs &a)
     }
 }
 
+/* What a GPU must allow per block: the small tile, single-buffered. */
 size_t backward_smem_bytes(int dp)
 {
     switch (dp) {
-    case 64: return BackwardTiles<64>::smem_bytes(1);
-    case 96: return BackwardTiles<96>::smem_bytes(1);
-    case 128: return BackwardTiles<128>::smem_bytes(1);
-    case 192: return BackwardTiles<192>::smem_bytes(1);
-    default: return BackwardTiles<256>::smem_bytes(1);
+    case 64: return BackwardTiles<64, false>::smem_bytes(1);
+    case 96: return BackwardTiles<96, false>::smem_bytes(1);
+    case 128: return BackwardTiles<128, false>::smem_bytes(1);
+    case 192: return BackwardTiles<192, false>::smem_bytes(1);
+    default: return BackwardTiles<256, false>::smem_bytes(1);
     }
 }
 
