@@ -127,9 +127,7 @@ fa_status fa_dispatch_run(fa_backend backend, fa_problem *p, fa_direction dir)
 #endif
 #ifdef FA_HAVE_SM90
     case FA_BACKEND_CUDA_SM90:
-        if (dir == FA_FORWARD)
-            return fa_sm90_forward(p);
-        break;
+        return dir == FA_FORWARD ? fa_sm90_forward(p) : fa_sm90_backward(p);
 #endif
     default:
         break;

@@ -229,11 +229,13 @@ size_t fa_sm80_workspace_size(const fa_problem *p, fa_direction dir);
 fa_status fa_sm80_forward(fa_problem *p);
 fa_status fa_sm80_backward(fa_problem *p);
 
-/* Hopper kernels (src/cuda/sm90/), forward only. */
+/* Hopper kernels (src/cuda/sm90/). */
 fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir,
                            const fa_cuda_device_info *dev);
 size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir);
 fa_status fa_sm90_forward(fa_problem *p);
+fa_status fa_sm90_backward(fa_problem *p);
+size_t fa_sm90_backward_workspace_size(const fa_problem *p);
 #endif
 
 #ifdef __cplusplus

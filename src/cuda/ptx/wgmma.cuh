@@ -58,9 +58,9 @@ template <int Count> __device__ __forceinline__ void fa_wgmma_fence_regs(uint32_
 }
 
 /*
- * fa_wgmma<N>::ss<Bf16, TransB>(d, a_desc, b_desc, accumulate)
- *     A and B from shared memory; A K-major; B K-major (TransB 0) or
- *     MN-major (TransB 1).
+ * fa_wgmma<N>::ss<Bf16, TransB, TransA = 0>(d, a_desc, b_desc, accumulate)
+ *     A and B from shared memory; each K-major (Trans 0) or MN-major
+ *     (Trans 1; 16-bit types only).
  * fa_wgmma<N>::rs<Bf16, TransB>(d, a, b_desc, accumulate)
  *     A from registers, a[4] = the 64x16 fragment in the accumulator layout
  *     restricted to 16 columns, two 16-bit values per register (lower column
@@ -110,12 +110,12 @@ template <int N> struct fa_wgmma;
 
 // R = N/2 accumulators are operands %0..%(R-1); R0..R6 are the numbers R..R+6
 // of the operands that follow them (the preprocessor cannot add).
-#define FA_WGMMA_SS_ASM(N, CHUNKS, TYPE, R0, R1, R2, R3)                                         \
+#define FA_WGMMA_SS_ASM(N, CHUNKS, TYPE, R0, R1, R2, R3, R4)                                     \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #R2 ", 0;\n"                               \
                  "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TYPE "." TYPE " {"            \
-                 FA_ACC_STR_##CHUNKS "}, %" #R0 ", %" #R1 ", p, 1, 1, 0, %" #R3 ";\n}\n"        \
+                 FA_ACC_STR_##CHUNKS "}, %" #R0 ", %" #R1 ", p, 1, 1, %" #R4 ", %" #R3 ";\n}\n" \
                  : FA_ACC_OPS_##CHUNKS(d)                                                        \
-                 : "l"(a), "l"(b), "r"(accumulate), "n"(TransB))
+                 : "l"(a), "l"(b), "r"(accumulate), "n"(TransB), "n"(TransA))
 #define FA_WGMMA_RS_ASM(N, CHUNKS, TYPE, R0, R1, R2, R3, R4, R5, R6)                             \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #R5 ", 0;\n"                               \
                  "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TYPE "." TYPE " {"            \
@@ -127,14 +127,14 @@ template <int N> struct fa_wgmma;
 
 #define FA_WGMMA_DEFINE(N, CHUNKS, R0, R1, R2, R3, R4, R5, R6)                                   \
     template <> struct fa_wgmma<N> {                                                             \
-        template <bool Bf16, int TransB>                                                         \
+        template <bool Bf16, int TransB, int TransA = 0>                                         \
         static __device__ __forceinline__ void ss(float (&d)[N / 2], uint64_t a, uint64_t b,    \
                                                   uint32_t accumulate)                           \
         {                                                                                        \
             if constexpr (Bf16)                                                                  \
-                FA_WGMMA_SS_ASM(N, CHUNKS, "bf16", R0, R1, R2, R3);                              \
+                FA_WGMMA_SS_ASM(N, CHUNKS, "bf16", R0, R1, R2, R3, R4);                          \
             else                                                                                 \
-                FA_WGMMA_SS_ASM(N, CHUNKS, "f16", R0, R1, R2, R3);                               \
+                FA_WGMMA_SS_ASM(N, CHUNKS, "f16", R0, R1, R2, R3, R4);                           \
         }                                                                                        \
         template <bool Bf16, int TransB>                                                         \
         static __device__ __forceinline__ void rs(float (&d)[N / 2], const uint32_t (&a)[4],    \

@@ -1,25 +1,46 @@
 /*
  * Hopper (sm_90a) backend: which problems its kernels run.
  *
- * Supported: bf16 / fp16; head_dim == head_dim_v in {64, 96, 128, 192, 256};
- * causal, sliding window, softcap, GQA/MQA, varlen, any seqlen. Not here
- * (FA_ERROR_UNSUPPORTED, the dispatcher falls back to sm80): the backward,
- * dropout, ALiBi, block-sparse masks, other head dims, and tensors whose
- * base or strides are not 16-byte aligned (TMA needs both).
+ * Supported: bf16 / fp16; head_dim == head_dim_v in {64, 96, 128, 192, 256}
+ * (backward: 64, 96, 128); causal, sliding window, softcap, GQA/MQA, varlen,
+ * any seqlen. Not here (FA_ERROR_UNSUPPORTED, the dispatcher falls back to
+ * sm80): dropout, ALiBi, block-sparse masks, deterministic backward, other
+ * head dims, and tensors whose base or strides are not 16-byte aligned (TMA
+ * needs both).
  */
 #include "fa_internal.h"
 
 #include "tensor_maps.h"
+
+#include <stdlib.h>
 
 static int is_supported_head_dim(int64_t d)
 {
     return d == 64 || d == 96 || d == 128 || d == 192 || d == 256;
 }
 
+/* What the backward adds to the forward's rules. */
+static fa_status backward_supports(const fa_problem *p)
+{
+    if (getenv("FA_SM90_DEV_BWD") == NULL)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: backward under development");
+    if (p->head_dim > 128)
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "sm90: the backward covers head_dim 64, 96, 128 (%lld runs on sm80)", (long long)p->head_dim);
+    if (p->deterministic)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: the backward adds dQ with atomics (deterministic runs on sm80)");
+    /* dq is written 16 bytes at a time, dk / dv 4 bytes: same rule as TMA */
+    fa_status st;
+    if ((st = fa_sm90_check_tma_tensor(p, &p->dout, "dout", 1)) != FA_SUCCESS ||
+        (st = fa_sm90_check_tma_tensor(p, &p->dq, "dq", 1)) != FA_SUCCESS ||
+        (st = fa_sm90_check_tma_tensor(p, &p->dk, "dk", 0)) != FA_SUCCESS ||
+        (st = fa_sm90_check_tma_tensor(p, &p->dv, "dv", 0)) != FA_SUCCESS)
+        return st;
+    return FA_SUCCESS;
+}
+
 extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, const fa_cuda_device_info *dev)
 {
-    if (dir != FA_FORWARD)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: only the forward pass is implemented");
     if (dev->sm != 90)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: needs an sm_90 GPU (this one is sm_%d)", dev->sm);
     if (p->dtype != FA_DTYPE_BF16 && p->dtype != FA_DTYPE_F16)
@@ -49,6 +70,8 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
         (st = fa_sm90_check_tma_tensor(p, &p->v, "v", 0)) != FA_SUCCESS ||
         (st = fa_sm90_check_tma_tensor(p, &p->out, "out", 1)) != FA_SUCCESS)
         return st;
+    if (dir == FA_BACKWARD && (st = backward_supports(p)) != FA_SUCCESS)
+        return st;
     if (dev->smem_per_block_optin < 232448)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: needs 227 KB of shared memory per block (device has %zu)",
                        dev->smem_per_block_optin);
@@ -57,7 +80,5 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
 
 extern "C" size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir)
 {
-    (void)p;
-    (void)dir;
-    return 0;
+    return dir == FA_BACKWARD ? fa_sm90_backward_workspace_size(p) : 0;
 }

@@ -1,0 +1,141 @@
+/*
+ * Hopper (sm_90a) backward: workspace layout and the three launches of
+ * bwd_kernel.cuh (preprocess, main, dQ conversion). What it supports is
+ * decided in sm90.cu.
+ */
+#include "fa_internal.h"
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <string.h>
+
+#include "bwd_kernel.cuh"
+#include "tensor_maps.h"
+
+using namespace fa_sm90_bwd;
+
+/* Head dim the kernels are compiled for (96 runs as 128: the tensor maps
+ * zero-fill the missing columns). */
+static int padded_head_dim(int64_t d) { return d <= 64 ? 64 : 128; }
+
+/* Workspace rows per (batch, head): the longest sequence, rounded up to a
+ * whole number of every query block size. */
+static int64_t rows_per_head(const fa_problem *p)
+{
+    return (p->seqlen_q + kRowPad - 1) / kRowPad * kRowPad;
+}
+
+static size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+/* dq_accum (rows x padded head dim), then lse_log2 and dsum (rows each), all
+ * fp32, rows = batch x heads_q x rows_per_head. */
+extern "C" size_t fa_sm90_backward_workspace_size(const fa_problem *p)
+{
+    size_t rows = (size_t)p->batch * (size_t)p->heads_q * (size_t)rows_per_head(p);
+    return align256(rows * padded_head_dim(p->head_dim) * 4) + 2 * align256(rows * 4);
+}
+
+static fa_status check_launch(const char *what)
+{
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm90 backward: %s: %s", what, cudaGetErrorString(err));
+    return FA_SUCCESS;
+}
+
+template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_name)
+{
+    typedef typename Cfg::Elem Elem;
+    constexpr int Dp = Cfg::kHeadDim;
+    params prm;
+    memset(&prm, 0, sizeof prm);
+    fa_status st;
+    if ((st = fa_sm90_encode_map(&prm.map_q, p, &p->q, 1, Cfg::kBlockM, "q")) != FA_SUCCESS ||
+        (st = fa_sm90_encode_map(&prm.map_do, p, &p->dout, 1, Cfg::kBlockM, "dout")) != FA_SUCCESS ||
+        (st = fa_sm90_encode_map(&prm.map_k, p, &p->k, 0, Cfg::kBlockN, "k")) != FA_SUCCESS ||
+        (st = fa_sm90_encode_map(&prm.map_v, p, &p->v, 0, Cfg::kBlockN, "v")) != FA_SUCCESS)
+        return st;
+    prm.out = p->out.data;
+    prm.dout = p->dout.data;
+    prm.dq = p->dq.data;
+    prm.dk = p->dk.data;
+    prm.dv = p->dv.data;
+    prm.t_out = p->out;
+    prm.t_dout = p->dout;
+    prm.t_dq = p->dq;
+    prm.t_dk = p->dk;
+    prm.t_dv = p->dv;
+    prm.lse = p->lse;
+    prm.varlen = p->varlen;
+    prm.cu_seqlens_q = p->cu_seqlens_q;
+    prm.cu_seqlens_k = p->cu_seqlens_k;
+    prm.batch = (int)p->batch;
+    prm.seqlen_q = (int)p->seqlen_q;
+    prm.seqlen_k = (int)p->seqlen_k;
+    prm.heads_q = (int)p->heads_q;
+    prm.heads_kv = (int)p->heads_kv;
+    prm.heads_per_kv = (int)(p->heads_q / p->heads_kv);
+    prm.head_dim = (int)p->head_dim;
+    prm.total_q = p->total_q;
+    prm.window_left = (int)p->window_left;
+    prm.window_right = (int)p->window_right;
+    prm.softmax_scale = p->softmax_scale;
+    prm.softcap = p->softcap;
+    prm.softcap_input_scale = p->softcap > 0.0f ? p->softmax_scale / p->softcap : 0.0f;
+    prm.score_scale_log2 = (p->softcap > 0.0f ? 1.0f : p->softmax_scale) * kLog2e;
+    prm.rows_per_head = rows_per_head(p);
+    const int64_t rows = (int64_t)p->batch * p->heads_q * prm.rows_per_head;
+    char *ws = (char *)p->workspace;
+    prm.dq_accum = (float *)ws;
+    prm.lse_log2 = (float *)(ws + align256((size_t)rows * Dp * 4));
+    prm.dsum = (float *)((char *)prm.lse_log2 + align256((size_t)rows * 4));
+    p->kernel_name = kernel_name;
+    if (rows == 0)
+        return FA_SUCCESS;
+
+    cudaStream_t stream = (cudaStream_t)p->stream;
+    preprocess_kernel<Elem, Dp><<<(unsigned)((rows + 7) / 8), 256, 0, stream>>>(prm);
+    if ((st = check_launch("preprocess launch")) != FA_SUCCESS)
+        return st;
+
+    cudaError_t err = cudaFuncSetAttribute(main_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           Cfg::kSmemBytes);
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm90 backward: launch setup: %s", cudaGetErrorString(err));
+    dim3 grid((unsigned)((p->seqlen_k + Cfg::kBlockN - 1) / Cfg::kBlockN), (unsigned)p->heads_kv,
+              (unsigned)p->batch);
+    main_kernel<Cfg><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(prm);
+    if ((st = check_launch("main kernel launch")) != FA_SUCCESS)
+        return st;
+
+    const int64_t items = rows * (Dp / 8);
+    convert_dq_kernel<Cfg><<<(unsigned)((items + 255) / 256), 256, 0, stream>>>(prm);
+    return check_launch("dq conversion launch");
+}
+
+template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
+{
+    const bool bf16 = !is_half<Elem>::value;
+    switch (p->head_dim) {
+    case 64:
+        return launch<config<Elem, 64>>(p, bf16 ? "sm90.bwd.hdim64.bf16" : "sm90.bwd.hdim64.fp16");
+    case 96:
+        return launch<config<Elem, 128>>(p, bf16 ? "sm90.bwd.hdim96.bf16" : "sm90.bwd.hdim96.fp16");
+    case 128:
+        return launch<config<Elem, 128>>(p, bf16 ? "sm90.bwd.hdim128.bf16" : "sm90.bwd.hdim128.fp16");
+    default:
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90 backward: head_dim %lld", (long long)p->head_dim);
+    }
+}
+
+extern "C" fa_status fa_sm90_backward(fa_problem *p)
+{
+    if (p->workspace_size < fa_sm90_backward_workspace_size(p))
+        return fa_fail(FA_ERROR_INTERNAL, "sm90 backward: workspace of %zu bytes, %zu needed", p->workspace_size,
+                       fa_sm90_backward_workspace_size(p));
+    if (p->dtype == FA_DTYPE_BF16)
+        return launch_for_head_dim<__nv_bfloat16>(p);
+    if (p->dtype == FA_DTYPE_F16)
+        return launch_for_head_dim<__half>(p);
+    return fa_fail(FA_ERROR_UNSUPPORTED, "sm90 backward: dtype %s", fa_dtype_name(p->dtype));
+}
