@@ -15,7 +15,8 @@
  *     max|out - ref| <= 2 * max|lowp - ref| + 1e-5,
  * every output element written (the buffer is poisoned with NaN first),
  * padding between heads untouched, and |lse - lse_ref| <= 1e-3 (-inf
- * exactly where the row has no visible key).
+ * exactly where the row has no visible key). Outputs whose reference is NaN
+ * (cases with NaN planted in V) must be NaN, and no others.
  */
 #include "fa_internal.h"
 
@@ -63,6 +64,7 @@ typedef struct {
     int varlen;
     int cu_q[8], cu_k[8]; /* varlen: batch + 1 entries */
     int head_pad;         /* extra elements between heads (strided layout) */
+    int nan_v_begin, nan_v_end; /* V rows (packed, all heads) set to NaN */
 } test_case;
 
 /* ---- reference: one block per (row, head, batch) ------------------------- */
@@ -268,6 +270,9 @@ static problem_bufs make_problem(const test_case *c)
     size_t lse_n = (size_t)p->total_q * c->hq;
     CHECK_CUDA(cudaMalloc(&pb.lse, lse_n * 4 + 4));
     CHECK_CUDA(cudaMemset(pb.lse, 0xFF, lse_n * 4)); /* NaN */
+    if (c->nan_v_end > c->nan_v_begin) /* 0xFF bytes are NaN in bf16 and fp16 */
+        CHECK_CUDA(cudaMemset(pb.v.dev + (size_t)c->nan_v_begin * pb.v.view.stride_seq, 0xFF,
+                              (size_t)(c->nan_v_end - c->nan_v_begin) * pb.v.view.stride_seq * 2));
     p->q = pb.q.view;
     p->k = pb.k.view;
     p->v = pb.v.view;
@@ -340,7 +345,7 @@ static int check_case(const test_case *c, int repeat_check)
     CHECK_CUDA(cudaMemcpy(lse_ref_h, lse_ref, rows * c->hq * 4, cudaMemcpyDeviceToHost));
 
     double err = 0, err_lowp = 0, lse_err = 0;
-    long unwritten = 0, pad_written = 0, lse_bad = 0;
+    long unwritten = 0, pad_written = 0, lse_bad = 0, nan_bad = 0;
     int64_t sh = c->d + c->head_pad;
     for (size_t r = 0; r < rows; ++r)
         for (int h = 0; h < c->hq; ++h) {
@@ -349,6 +354,10 @@ static int check_case(const test_case *c, int repeat_check)
             for (int x = 0; x < c->d; ++x) {
                 size_t idx = (r * c->hq + h) * c->d + x;
                 float got = from_bits(o[x], c->dtype);
+                if (ref_h[idx] != ref_h[idx] || lowp_h[idx] != lowp_h[idx]) {
+                    nan_bad += got == got; /* a NaN of V must reach this output */
+                    continue;
+                }
                 if (got != got) {
                     ++unwritten;
                     continue;
@@ -372,7 +381,7 @@ static int check_case(const test_case *c, int repeat_check)
                 lse_err = fmax(lse_err, fabs(l - lr));
         }
     double tol = 2 * err_lowp + 1e-5;
-    int ok = unwritten == 0 && pad_written == 0 && lse_bad == 0 && err <= tol && lse_err <= 1e-3;
+    int ok = unwritten == 0 && pad_written == 0 && lse_bad == 0 && nan_bad == 0 && err <= tol && lse_err <= 1e-3;
 
     int deterministic = 1;
     if (repeat_check) {
@@ -387,8 +396,9 @@ static int check_case(const test_case *c, int repeat_check)
         free(again);
         ok = ok && deterministic;
     }
-    printf("%s %-34s %-22s err %.2e tol %.2e lse_err %.1e unwritten %ld pad_written %ld lse_bad %ld%s\n",
+    printf("%s %-34s %-22s err %.2e tol %.2e lse_err %.1e unwritten %ld pad_written %ld lse_bad %ld%s%s\n",
            ok ? "PASS" : "FAIL", c->name, p->kernel_name, err, tol, lse_err, unwritten, pad_written, lse_bad,
+           nan_bad ? " NAN-EXPECTED" : "",
            repeat_check ? (deterministic ? " repeat-identical" : " REPEAT-DIFFERS") : "");
     free(out_h);
     free(ref_h);
@@ -431,6 +441,11 @@ static int build_cases(test_case *cases, int small)
             ADD("causal mqa 200x333", c_.batch = 1, c_.sq = 200, c_.sk = 333, c_.hq = 2, c_.hkv = 1, c_.causal = 1);
             ADD("causal 333x200 (empty rows)", c_.batch = 1, c_.sq = 333, c_.sk = 200, c_.hq = 2, c_.hkv = 2,
                 c_.causal = 1);
+            /* sequence 1's last key block reaches into sequence 2's rows
+             * (211..); NaN there must not leak into sequence 1 (0 * NaN) */
+            ADD("varlen NaN in next seq's V", c_.batch = 3, c_.hq = 2, c_.hkv = 1, c_.varlen = 1, c_.cu_q[1] = 17,
+                c_.cu_q[2] = 317, c_.cu_q[3] = 446, c_.cu_k[1] = 0, c_.cu_k[2] = 211, c_.cu_k[3] = 611,
+                c_.nan_v_begin = 212, c_.nan_v_end = 240);
             if (small)
                 continue;
             ADD("window(64,32) 257x513", c_.batch = 2, c_.sq = 257, c_.sk = 513, c_.hq = 3, c_.hkv = 1,
@@ -458,6 +473,11 @@ static int build_cases(test_case *cases, int small)
         big.name = "big causal d256 bf16 1500x1700";
         big.dtype = FA_DTYPE_BF16, big.d = 256, big.sq = 1500, big.sk = 1700, big.hq = 2, big.hkv = 2;
         big.causal = 1;
+        cases[n++] = big;
+        /* K/V of 4 MB per head: 8 heads per L2 section, so two sections
+         * (the second short) in the heaviest-first order */
+        big.name = "causal d256 bf16 300x4096 10 heads";
+        big.sq = 300, big.sk = 4096, big.hq = big.hkv = 10;
         cases[n++] = big;
     }
     return n;

@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "../ptx/mbarrier.cuh"
+#include "../ptx/smem_clear.cuh"
 #include "../ptx/tma.cuh"
 #include "../ptx/warpgroup.cuh"
 #include "../ptx/wgmma.cuh"
@@ -59,6 +60,9 @@ struct fa_sm90_params {
     int heaviest_first;          /* causal/window: tiles with the most key
                                     blocks first, so the tail of the
                                     persistent loop is short */
+    int heads_per_section;       /* heaviest_first: (batch, head) pairs whose
+                                    K and V fit in L2 together, see
+                                    fa_sm90_tile_of */
 };
 
 template <typename T> struct fa_is_half {
@@ -143,17 +147,25 @@ struct fa_sm90_tile {
 };
 
 /* Tile `index` of the persistent loop. Without a window the m blocks of one
- * head are adjacent, so CTAs running at the same time share K/V in L2; with
- * one, all heads' last (longest) m blocks come first. */
+ * head are adjacent, so CTAs running at the same time share K/V in L2. With
+ * one (causal included) the (batch, head) pairs are cut into sections of
+ * heads_per_section whose K/V fit in L2, and within a section the last
+ * (longest) m blocks of all its heads come first (FA3's scheduler does the
+ * same). Heaviest first over all heads made the CTAs of a round read as many
+ * different heads' K/V as there are CTAs (short causal problems were ~25%
+ * slower that way). */
 template <class Cfg>
 __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p, int index)
 {
     fa_sm90_tile t;
     int m_block, head_batch;
     if (p.heaviest_first) {
-        int per_m = p.heads_q * p.batch;
-        m_block = p.num_m_blocks - 1 - index / per_m;
-        head_batch = index % per_m;
+        int section = index / (p.heads_per_section * p.num_m_blocks);
+        int first_head = section * p.heads_per_section;
+        int heads = min(p.heads_per_section, p.heads_q * p.batch - first_head); /* the last one may be short */
+        int in_section = index - first_head * p.num_m_blocks;
+        m_block = p.num_m_blocks - 1 - in_section / heads;
+        head_batch = first_head + in_section % heads;
     } else {
         m_block = index % p.num_m_blocks;
         head_batch = index / p.num_m_blocks;
@@ -184,20 +196,35 @@ __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p,
     return t;
 }
 
-/* The persistent loop's tiles for this CTA: round r takes tile r*G + b (G
- * CTAs, b this one) in even rounds and r*G + G-1-b in odd ones. With tiles
- * ordered heaviest first, the snake pairs a CTA's heavy tiles with light ones,
+/* The persistent loop's tiles for this CTA. Tiles come in sections of
+ * heads_per_section heads (one section without a window), heaviest first
+ * within a section (fa_sm90_tile_of). In round r of section c the CTA takes
+ * the section's tile r*G + b (G CTAs, b this one) when r + c is even, and
+ * r*G + G-1-b when odd: the snake pairs a CTA's heavy tiles with light ones,
  * so every CTA ends up with about the same work (a plain stride gives the
- * first CTAs the heaviest tile of every round). */
+ * first CTAs the heaviest tile of every round), and the rounds restart with
+ * each section so that its heavy tiles are spread the same way. */
 struct fa_tile_iter {
-    int round, index;
-    __device__ static fa_tile_iter first() { return {0, (int)blockIdx.x}; }
-    __device__ bool valid(const fa_sm90_params &p) const { return index < p.num_tiles; }
-    __device__ void next()
+    int section, round, index; /* index: the tile, num_tiles when done */
+    __device__ static fa_tile_iter first(const fa_sm90_params &p)
     {
-        ++round;
-        int g = gridDim.x;
-        index = round * g + ((round & 1) ? g - 1 - (int)blockIdx.x : (int)blockIdx.x);
+        fa_tile_iter it = {0, -1, 0};
+        it.next(p);
+        return it;
+    }
+    __device__ bool valid(const fa_sm90_params &p) const { return index < p.num_tiles; }
+    __device__ void next(const fa_sm90_params &p)
+    {
+        const int g = gridDim.x, b = blockIdx.x, per_section = p.heads_per_section * p.num_m_blocks;
+        for (int first = section * per_section; first < p.num_tiles; first = ++section * per_section) {
+            int pos = ++round * g + (((round + section) & 1) ? g - 1 - b : b);
+            if (pos < min(per_section, p.num_tiles - first)) {
+                index = first + pos;
+                return;
+            }
+            round = -1; /* this CTA is done with the section */
+        }
+        index = p.num_tiles;
     }
 };
 
@@ -217,7 +244,7 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
     /* every buffer starts free: wait on the empty barriers with parity 1 */
     fa_pipe_state<Cfg::kStages> kv = {0, 1};
     uint32_t q_phase = 1;
-    for (fa_tile_iter it = fa_tile_iter::first(); it.valid(p); it.next()) {
+    for (fa_tile_iter it = fa_tile_iter::first(p); it.valid(p); it.next(p)) {
         fa_sm90_tile t = fa_sm90_tile_of<Cfg>(p, it.index);
         if (!fa_sm90_has_keys(t))
             continue;
@@ -366,6 +393,26 @@ __device__ __forceinline__ void fa_release(uint32_t empty_bar)
     __syncwarp();
     if (threadIdx.x % 32 == 0)
         fa_mbar_arrive(empty_bar);
+}
+
+/* Varlen: the tensor map spans the packed tensor, so the key block that
+ * crosses a sequence's end holds the next sequence's rows. Their scores are
+ * masked (P = 0), but 0 * NaN or 0 * inf in P V would still carry a NaN or
+ * inf of the neighbour's V into this sequence: before the first P V of that
+ * block the consumers zero those V rows (whole 128-byte rows, so the swizzle
+ * does not matter), then wait for each other. Called by both consumer
+ * warpgroups for key block n (stage v_tile), once its V has landed. */
+static constexpr uint32_t kClearBarrier = 3; /* 1, 2: pingpong */
+template <class Cfg> __device__ __forceinline__ void fa_clear_foreign_v(const fa_sm90_tile &t, int n, uint32_t v_tile)
+{
+    const uint32_t first = (uint32_t)(t.sk - n * Cfg::kBlockN) * 128; /* first foreign row, in bytes */
+    const uint32_t tid = threadIdx.x - 128;                             /* 0..255 over both warpgroups */
+#pragma unroll
+    for (int s = 0; s < Cfg::kSlabs; ++s)
+        for (uint32_t off = first + 16 * tid; off < Cfg::kKVSlabBytes; off += 16 * 256)
+            fa_smem_zero16(v_tile + s * Cfg::kKVSlabBytes + off);
+    fa_fence_smem_writes_to_async_proxy();
+    fa_named_barrier_sync(kClearBarrier, 256);
 }
 
 /* Issues S = Q Kᵀ for this warpgroup's 64 rows (one commit group). */
@@ -538,12 +585,19 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         const uint32_t q_rows = sm.q() + 64 * wg * 128;
         float s[BlockN / 2];
         uint32_t pa[BlockN / 16][4];
+        /* the first (last-in-sequence) key block may hold a varlen
+         * neighbour's rows */
+        const bool foreign_rows = p.varlen && t.n_end * BlockN > t.sk;
         if constexpr (Cfg::kOverlap) {
-            /* first (last-in-sequence) key block: S, softmax, P */
+            /* first key block: S, softmax, P */
             int n = t.n_end - 1;
             fa_qk_step<Cfg>(s, q_rows, sm, kv, turn);
             fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
             fa_probs_to_operand<Cfg>(s, pa);
+            if (foreign_rows) {
+                fa_mbar_wait(sm.v_full(kv.stage), kv.phase);
+                fa_clear_foreign_v<Cfg>(t, n, sm.v(kv.stage));
+            }
             fa_pipe_state<Cfg::kStages> v_prev = kv; /* P pairs with this stage's V */
             kv.advance();
 
@@ -582,6 +636,10 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
                 fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
                 fa_rescale(o, correction);
                 fa_probs_to_operand<Cfg>(s, pa);
+                if (foreign_rows && n == t.n_end - 1) {
+                    fa_mbar_wait(sm.v_full(kv.stage), kv.phase);
+                    fa_clear_foreign_v<Cfg>(t, n, sm.v(kv.stage));
+                }
                 fa_pv_step<Cfg>(o, pa, sm, kv, turn);
                 kv.advance();
             }
@@ -626,7 +684,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
             turn.pass_turn();
         fa_pipe_state<Cfg::kStages> kv = {0, 0};
         uint32_t q_phase = 0;
-        for (fa_tile_iter it = fa_tile_iter::first(); it.valid(p); it.next())
+        for (fa_tile_iter it = fa_tile_iter::first(p); it.valid(p); it.next(p))
             fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, it.index), sm, wg - 1, turn, kv, q_phase);
         /* ...and warpgroup 0 takes the turn left over after warpgroup 1's
          * last pass, so that both named barriers end balanced */

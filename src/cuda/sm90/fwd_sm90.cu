@@ -53,6 +53,13 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: %lld tiles exceed the scheduler's int range", (long long)tiles);
     prm.num_tiles = (int)tiles;
     prm.heaviest_first = p->window_right >= 0 || p->window_left >= 0;
+    /* heaviest-first sections (fa_sm90_tile_of): as many (batch, head) pairs
+     * as keep their K and V within 32 MB of the 50 MB L2 (FA3's choice), at
+     * least one; without a window one section of all */
+    int64_t head_batches = p->heads_q * p->batch;
+    int64_t kv_bytes = 4 * p->seqlen_k * p->head_dim / (p->heads_q / p->heads_kv); /* K + V, 2 bytes each */
+    int64_t per_section = prm.heaviest_first ? ((int64_t)32 << 20) / (kv_bytes > 0 ? kv_bytes : 1) : head_batches;
+    prm.heads_per_section = (int)(per_section < 1 ? 1 : per_section > head_batches ? head_batches : per_section);
     if (tiles == 0) {
         p->kernel_name = kernel_name;
         return FA_SUCCESS;
