@@ -12,21 +12,100 @@
 
 namespace fa {
 
-/* Tile shape per padded head dim: kWarps warps of kRowTiles x 16 query rows
- * (BM in all), BN keys per step. Two 16-row tiles per warp let every K/V
- * fragment read from smem feed two mma (as FA2's 4-warp, 128-row blocks);
- * the O accumulator (16·kRowTiles x D per warp) bounds it by registers.
- * Two blocks fit an SM (registers and smem), so one block's softmax runs
- * while the other's mma do. */
-template <int D> struct ForwardTiles {
+/* Tile shape per padded head dim and kernel variant: kWarps warps of
+ * kRowTiles x 16 query rows (BM in all), BN keys per step. Two 16-row tiles
+ * per warp let every K/V fragment read from smem feed two mma (as FA2's
+ * 4-warp, 128-row blocks); the O accumulator (16·kRowTiles x D per warp)
+ * bounds it by registers. BN is as large as the S accumulator's registers
+ * allow without spills (255 per thread, two blocks per SM): the per-step
+ * work that does not grow with BN (rescaling O, row reductions, barriers,
+ * tile classification) is spread over more mma. At d 128 only the lean
+ * variant (kAllOptions false: no dropout, softcap, ALiBi or block-sparse
+ * code) fits BN 64. */
+template <int D, bool kAllOptions> struct ForwardTiles {
     static constexpr int kWarps = 4;
     static constexpr int kRowTiles = D <= 128 ? 2 : 1;
     static constexpr int kBlockM = 16 * kRowTiles * kWarps;
-    static constexpr int kBlockN = D == 192 ? 64 : 32;
+    static constexpr int kBlockN = D == 96 || (D == 128 && kAllOptions) ? 32 : 64;
     static constexpr size_t kSmemBytes =
         (size_t)(kBlockM + 2 * kBlockN) * smem_pitch(D) * 2;
-    static_assert(kRowTiles * kBlockN / 2 <= 64, "dropout keep bits per thread");
 };
+
+/* Sets the invisible elements of a partial tile's scores to -inf. Element
+ * (mt, nt, e) is tile row row0 + 16mt + 8(e/2), tile column col0 + 8nt + e%2
+ * (row0 = warp row + g, col0 = 2t: the mma C layout). The block-sparse test
+ * is a separate loop behind one uniform branch, so that dense problems pay
+ * only the window and tail arithmetic. */
+template <int MT, int BN>
+__device__ __forceinline__ void mask_partial_tile(float (&s)[MT][BN / 8][4], const Mask &mask,
+                                                  int64_t m0, int64_t n0, int row0, int col0)
+{
+    const TileMask tmask = tile_mask(mask, m0, n0);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            /* This row's visible columns are [lo, hi) relative to col0, so
+             * each element is two compares with an immediate (as FA2). */
+            const int il = row0 + 16 * mt + 8 * r;
+            const int lo = il + tmask.lo - col0;
+            const int hi = il < tmask.rows ? min(il + tmask.hi + 1, tmask.cols) - col0 : lo;
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+                for (int c = 0; c < 2; ++c)
+                    if (nt * 8 + c < lo || nt * 8 + c >= hi)
+                        s[mt][nt][2 * r + c] = -INFINITY;
+        }
+    if (mask.blocks) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int il = row0 + 16 * mt + (e / 2) * 8, jl = col0 + nt * 8 + e % 2;
+                    if (il < tmask.rows && jl < tmask.cols &&
+                        !mask.blocks[((m0 + il) / mask.block_q) * mask.blocks_k +
+                                     (n0 + jl) / mask.block_k])
+                        s[mt][nt][e] = -INFINITY;
+                }
+    }
+}
+
+/* Zeroes the dropped elements of P (same layout as mask_partial_tile; row0
+ * and col0 absolute within the sequence). The keep bits of 16 8-column
+ * tiles at a time are drawn by a rolled loop (one Philox call per row and
+ * column pair) into one 64-bit word, then applied unrolled: the softmax
+ * code stays small and no array is indexed dynamically. */
+template <int MT, int BN>
+__device__ __forceinline__ void drop_elements(float (&s)[MT][BN / 8][4], const fa_problem &p,
+                                              int64_t b, int64_t h, int64_t row0, int64_t col0,
+                                              uint32_t threshold)
+{
+    constexpr int kTiles = MT * BN / 8; /* tile = mt·BN/8 + nt */
+    constexpr int kChunk = 16;          /* tiles per 64-bit word of keep bits */
+#pragma unroll
+    for (int c0 = 0; c0 < kTiles; c0 += kChunk) {
+        const int tiles = min(kChunk, kTiles - c0);
+        uint64_t keep = 0; /* bit 4(tile - c0) + e */
+#pragma unroll 1
+        for (int pair = 0; pair < 2 * tiles; ++pair) {
+            const int tile = c0 + pair / 2, r = pair % 2;
+            const int64_t i = row0 + 16 * (tile / (BN / 8)) + r * 8;
+            const int64_t j = col0 + (tile % (BN / 8)) * 8;
+            fa_u32x4 w = fa_dropout_words(p.dropout_seed, p.dropout_offset, p.heads_q, b, h, i, j);
+            keep |= (uint64_t)(w.x[j & 3] >= threshold) << (4 * (pair / 2) + 2 * r);
+            keep |= (uint64_t)(w.x[(j + 1) & 3] >= threshold) << (4 * (pair / 2) + 2 * r + 1);
+        }
+#pragma unroll
+        for (int tl = 0; tl < kChunk; ++tl)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                if (c0 + tl < kTiles && !((keep >> (4 * tl + e)) & 1))
+                    s[(c0 + tl) / (BN / 8)][(c0 + tl) % (BN / 8)][e] = 0.f;
+    }
+}
 
 struct ForwardArgs {
     fa_problem p;
@@ -36,11 +115,13 @@ struct ForwardArgs {
 // q (B, Sq, Hq, d), k (B, Sk, Hkv, d), v (B, Sk, Hkv, dv) -> out (B, Sq, Hq, dv),
 // lse (B, Hq, Sq); packed (total, H, dim) with cu_seqlens for varlen.
 // Grid: (ceil(max Sq / BM), Hq, B).
-template <typename T, int D>
-__global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32, 2)
+// kAllOptions false: the problem has no dropout, softcap, ALiBi or
+// block-sparse mask, and the kernel has no code for them.
+template <typename T, int D, bool kAllOptions>
+__global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     forward_kernel(const ForwardArgs args)
 {
-    using Tiles = ForwardTiles<D>;
+    using Tiles = ForwardTiles<D, kAllOptions>;
     constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN, MT = Tiles::kRowTiles;
     constexpr int kThreads = Tiles::kWarps * 32, P = smem_pitch(D);
     const fa_problem &p = args.p;
@@ -56,11 +137,11 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32, 2)
     if (m0 >= seq.sq)
         return;
     const int64_t hk = h / (p.heads_q / p.heads_kv);
-    const Mask mask = make_mask(p, seq, b, h);
     const ScoreTransform score = make_score_transform(p, seq, b, h);
     /* Without softcap and ALiBi a score is one multiply from q·k. */
-    const bool plain_scores = score.softcap == 0.f && score.alibi_slope == 0.f;
-    const float scale_log2 = p.softmax_scale * kLog2e;
+    const bool plain_scores = !kAllOptions || (score.softcap == 0.f && score.alibi_slope == 0.f);
+    /* Multiplier from s as held in registers to log2 units. */
+    const float exp_scale = plain_scores ? p.softmax_scale * kLog2e : 1.f;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
     const int warp_row = warp * 16 * MT; /* first query row of this warp in the block */
     const int d = (int)p.head_dim, dv = (int)p.head_dim_v;
@@ -76,22 +157,35 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32, 2)
     fa_window_range(min(m0 + BM, seq.sq) - 1, seq.sq, seq.sk, p.window_left,
                     p.window_right, &unused, &hi);
     const int64_t n_end = hi > lo ? (hi + BN - 1) / BN : 0;
-    /* The first block at or after nb that has a visible element. */
+    /* The mask of this (sequence, head); the lean variant knows that it is
+     * dense. */
+    auto tile_mask_of = [&]() {
+        Mask m = make_mask(p, seq, b, h);
+        if (!kAllOptions)
+            m.blocks = nullptr;
+        return m;
+    };
+    /* The first block at or after nb that has a visible element, and its
+     * kind. The Mask is rebuilt from the parameters where it is needed
+     * rather than kept: its 64-bit fields held in registers across the key
+     * loop push the accumulators into local memory. */
     auto next_block = [&](int64_t nb, TileKind *kind) {
         for (; nb < n_end; ++nb)
-            if ((*kind = classify_tile(mask, m0, BM, nb * BN, BN)) != TILE_SKIP)
+            if ((*kind = classify_tile(tile_mask_of(), m0, BM, nb * BN, BN)) != TILE_SKIP)
                 break;
         return nb;
     };
 
-    const bool drop = p.dropout_p > 0.f;
+    const bool drop = kAllOptions && p.dropout_p > 0.f;
     const uint32_t drop_threshold = fa_dropout_threshold(p.dropout_p);
 
     /* Element (mt, nt, e) of an accumulator is row warp_row + 16mt + g + 8(e/2),
      * column 8nt + 2t + e%2 (the mma C layout). */
     float acc_o[MT][D / 8][4];
     zero(acc_o);
-    float row_max[MT][2], row_sum[MT][2]; /* log2 units; sums of this thread's columns */
+    /* Row max in the units of s (log2 units: · exp_scale); row sums of this
+     * thread's columns. */
+    float row_max[MT][2], row_sum[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
         row_max[mt][0] = row_max[mt][1] = -INFINITY, row_sum[mt][0] = row_sum[mt][1] = 0.f;
@@ -119,19 +213,12 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32, 2)
         TileKind next_kind = TILE_SKIP;
         const int64_t nb_next = next_block(nb + 1, &next_kind);
 
-        /* Scores -> log2 units, masked to -inf; new row max. The optional
-         * steps are whole loops behind uniform branches: as per-element
-         * selects the compiler would compute softcap's tanh for every score
-         * even when it is off. */
-        if (plain_scores) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        s[mt][nt][e] *= scale_log2;
-        } else {
+        /* Scores masked to -inf; new row max. Plain scores stay raw q·k (the
+         * scale is folded into the exponent's FFMA, as FA2); softcap/ALiBi
+         * scores become log2 units here. The optional steps are whole loops
+         * behind uniform branches: as per-element selects the compiler
+         * would compute softcap's tanh for every score even when it is off. */
+        if (!plain_scores) {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -144,18 +231,8 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32, 2)
                                                        n0 + nt * 8 + 2 * t + e % 2, &dtanh) * kLog2e;
                     }
         }
-        if (kind == TILE_PARTIAL) {
-            const TileMask tmask = tile_mask(mask, m0, n0);
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        if (!visible_in_tile(tmask, mask, m0, n0, warp_row + 16 * mt + g + (e / 2) * 8,
-                                             nt * 8 + 2 * t + e % 2))
-                            s[mt][nt][e] = -INFINITY;
-        }
+        if (kind == TILE_PARTIAL)
+            mask_partial_tile<MT, BN>(s, tile_mask_of(), m0, n0, warp_row + g, 2 * t);
         float tile_max[MT][2];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
@@ -166,7 +243,7 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32, 2)
                 for (int e = 0; e < 4; ++e)
                     tile_max[mt][e / 2] = fmaxf(tile_max[mt][e / 2], s[mt][nt][e]);
         }
-        float rescale[MT][2], base[MT][2];
+        float rescale[MT][2], base[MT][2]; /* base: the row max in log2 units */
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -177,8 +254,8 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32, 2)
                 const float new_max = fmaxf(row_max[mt][r], m);
                 /* A row with nothing visible yet keeps max -inf: subtract 0
                  * instead so that exp2(-inf - -inf) never makes a NaN. */
-                base[mt][r] = new_max == -INFINITY ? 0.f : new_max;
-                rescale[mt][r] = exp2f(row_max[mt][r] - base[mt][r]);
+                base[mt][r] = new_max == -INFINITY ? 0.f : new_max * exp_scale;
+                rescale[mt][r] = exp2f(row_max[mt][r] * exp_scale - base[mt][r]);
                 row_max[mt][r] = new_max;
                 row_sum[mt][r] *= rescale[mt][r];
             }
@@ -190,36 +267,26 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32, 2)
                 for (int e = 0; e < 4; ++e)
                     acc_o[mt][dt][e] *= rescale[mt][e / 2];
 
-        /* Dropout keep bits of this thread's elements, bit (mt·BN/8 + nt)·4 + e;
-         * a rolled loop (one Philox call per column pair) keeps the unrolled
-         * softmax code small. */
-        uint64_t keep_bits = ~0ull;
-        if (drop) {
-            keep_bits = 0;
-#pragma unroll 1
-            for (int pair = 0; pair < MT * BN / 4; ++pair) {
-                const int tile = pair / 2, r = pair % 2; /* tile = mt·BN/8 + nt */
-                const int64_t i = m0 + warp_row + 16 * (tile / (BN / 8)) + g + r * 8;
-                const int64_t j = n0 + (tile % (BN / 8)) * 8 + 2 * t;
-                fa_u32x4 w = fa_dropout_words(p.dropout_seed, p.dropout_offset, p.heads_q, b, h, i, j);
-                keep_bits |= (uint64_t)(w.x[j & 3] >= drop_threshold) << (4 * tile + 2 * r);
-                keep_bits |= (uint64_t)(w.x[(j + 1) & 3] >= drop_threshold) << (4 * tile + 2 * r + 1);
-            }
-        }
+        /* P = exp2(s·exp_scale - base), one FFMA and one ex2 per score; the
+         * row sum is of the undropped P. */
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    s[mt][nt][e] = exp2f(fmaf(s[mt][nt][e], exp_scale, -base[mt][e / 2]));
+                    row_sum[mt][e / 2] += s[mt][nt][e];
+                }
+        if (drop)
+            drop_elements<MT, BN>(s, p, b, h, m0 + warp_row + g, n0 + 2 * t, drop_threshold);
 
-        /* P = exp2(s - max) -> A fragments of P·V; the row sum is of the
-         * undropped P. */
+        /* P -> A fragments of P·V. */
         uint32_t pa[BN / 16][MT][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
             for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float pe = exp2f(s[mt][nt][e] - base[mt][e / 2]);
-                    row_sum[mt][e / 2] += pe;
-                    s[mt][nt][e] = (keep_bits >> (4 * (mt * (BN / 8) + nt) + e)) & 1 ? pe : 0.f;
-                }
                 pa[nt / 2][mt][(nt % 2) * 2 + 0] = pack_pair<T>(s[mt][nt][0], s[mt][nt][1]);
                 pa[nt / 2][mt][(nt % 2) * 2 + 1] = pack_pair<T>(s[mt][nt][2], s[mt][nt][3]);
             }
@@ -266,13 +333,14 @@ __global__ void __launch_bounds__(ForwardTiles<D>::kWarps * 32, 2)
                 }
             if (p.lse && t == 0)
                 p.lse[fa_lse_index(p.varlen, b, h, seq.q0 + i, p.heads_q, p.seqlen_q, p.total_q)] =
-                    l > 0.f ? row_max[mt][r] * kLn2 + logf(l) : -INFINITY;
+                    l > 0.f ? row_max[mt][r] * exp_scale * kLn2 + logf(l) : -INFINITY;
         }
 }
 
-template <typename T, int D> static fa_status launch_forward(fa_problem *p, bool vectorized)
+template <typename T, int D, bool kAllOptions>
+static fa_status launch_forward(fa_problem *p, bool vectorized)
 {
-    using Tiles = ForwardTiles<D>;
+    using Tiles = ForwardTiles<D, kAllOptions>;
     ForwardArgs args;
     args.p = *p;
     args.vectorized = vectorized;
@@ -280,15 +348,23 @@ template <typename T, int D> static fa_status launch_forward(fa_problem *p, bool
               (unsigned)p->heads_q, (unsigned)p->batch);
     if (grid.x == 0 || grid.y == 0 || grid.z == 0)
         return FA_SUCCESS;
-    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D>,
+    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, kAllOptions>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)Tiles::kSmemBytes);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm80 forward: cudaFuncSetAttribute: %s",
                        cudaGetErrorString(err));
-    forward_kernel<T, D><<<grid, Tiles::kWarps * 32, Tiles::kSmemBytes,
-                           (cudaStream_t)p->stream>>>(args);
+    forward_kernel<T, D, kAllOptions><<<grid, Tiles::kWarps * 32, Tiles::kSmemBytes,
+                                        (cudaStream_t)p->stream>>>(args);
     return check_launch("sm80 forward kernel launch");
+}
+
+template <typename T, int D> static fa_status launch_forward(fa_problem *p, bool vectorized)
+{
+    const bool all_options = p->dropout_p > 0.f || p->softcap > 0.f || p->alibi_slopes ||
+                             p->block_mask;
+    return all_options ? launch_forward<T, D, true>(p, vectorized)
+                       : launch_forward<T, D, false>(p, vectorized);
 }
 
 template <typename T> static fa_status forward_for_dtype(fa_problem *p, int dp, bool vec)
@@ -302,14 +378,22 @@ template <typename T> static fa_status forward_for_dtype(fa_problem *p, int dp, 
     }
 }
 
+/* The larger of the two variants' smem (what fa_sm80_supports checks). */
+template <int D> static constexpr size_t forward_smem_bytes_for()
+{
+    return ForwardTiles<D, false>::kSmemBytes > ForwardTiles<D, true>::kSmemBytes
+               ? ForwardTiles<D, false>::kSmemBytes
+               : ForwardTiles<D, true>::kSmemBytes;
+}
+
 size_t forward_smem_bytes(int dp)
 {
     switch (dp) {
-    case 64: return ForwardTiles<64>::kSmemBytes;
-    case 96: return ForwardTiles<96>::kSmemBytes;
-    case 128: return ForwardTiles<128>::kSmemBytes;
-    case 192: return ForwardTiles<192>::kSmemBytes;
-    default: return ForwardTiles<256>::kSmemBytes;
+    case 64: return forward_smem_bytes_for<64>();
+    case 96: return forward_smem_bytes_for<96>();
+    case 128: return forward_smem_bytes_for<128>();
+    case 192: return forward_smem_bytes_for<192>();
+    default: return forward_smem_bytes_for<256>();
     }
 }
 
