@@ -3,8 +3,9 @@
  * problem, so that every "why did X run" question has one answer.
  *
  *   CPU context:  the CPU backend (fp8 is GPU-only).
- *   CUDA context: forward on sm_90 -> Hopper kernels if they support the
- *                 problem, else the portable sm80 kernels; backward -> sm80.
+ *   CUDA context: on sm_90, the Hopper kernels if they support the problem
+ *                 (forward; backward for head dims <= 128, not
+ *                 deterministic), else the portable sm80 kernels.
  * A forced backend that cannot run the problem is FA_ERROR_UNSUPPORTED, with
  * the backend's own reason.
  */

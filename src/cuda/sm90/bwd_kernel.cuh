@@ -324,53 +324,66 @@ __device__ __forceinline__ float softcap_score(float x, float cap, float input_s
     return cap * *th;
 }
 
-/* Sᵀ, dPᵀ (64 keys x BlockM queries) -> Pᵀ and dSᵀ as A operand fragments
- * (k-block kk = queries 16kk..16kk+15, see ptx/wgmma.cuh), masked where the
- * tile needs it. key0: this thread's first key (in the sequence), m0: the
- * block's first query row. Each 4 elements are packed as soon as they are
- * done, so s and dp die as pa and da fill. Softcap is a template parameter
- * so that each variant is one straight loop (the caller branches once). */
+/* Pass 1: Sᵀ (64 keys x BlockM queries) -> Pᵀ in place (fp32), 0 where the
+ * tile's mask hides the element (only tested when needs_mask). With softcap,
+ * dPᵀ (already complete) becomes (dPᵀ − D)·tanh' here, where tanh is at
+ * hand, and pass 2 only multiplies by Pᵀ. key0: this thread's first key (in
+ * the sequence), m0: the block's first query row. */
 template <class Cfg, bool Softcap>
-__device__ __forceinline__ void probs_and_dscores(const params &p, const work &w, int key0, int m0, bool needs_mask,
-                                                  float (&s)[Cfg::kBlockM / 2], float (&dp)[Cfg::kBlockM / 2],
-                                                  const float *lse, const float *dsum,
-                                                  uint32_t (&pa)[Cfg::kBlockM / 16][4],
-                                                  uint32_t (&da)[Cfg::kBlockM / 16][4])
+__device__ __forceinline__ void probs(const params &p, const work &w, int key0, int m0, bool needs_mask,
+                                      float (&s)[Cfg::kBlockM / 2], float (&dp)[Cfg::kBlockM / 2], const float *lse,
+                                      const float *dsum)
 {
-    typedef typename Cfg::Elem Elem;
     constexpr int BM = Cfg::kBlockM;
     const int t = threadIdx.x % 4, shift = w.sk - w.sq;
     /* accumulator elements 4j..4j+3: keys key0 + {0, 0, 8, 8}, queries
-     * 8j + 2t + {0, 1, 0, 1}; they are registers 2(j%2), 2(j%2)+1 of k-block j/2 */
+     * 8j + 2t + {0, 1, 0, 1} */
 #pragma unroll
     for (int j = 0; j < BM / 8; ++j) {
         const float2 l = *reinterpret_cast<const float2 *>(lse + 8 * j + 2 * t);
-        const float2 d = *reinterpret_cast<const float2 *>(dsum + 8 * j + 2 * t);
-        float pe[4], ds[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int i = 4 * j + e;
-            const float li = (e & 1) ? l.y : l.x, di = (e & 1) ? d.y : d.x;
+            const float li = (e & 1) ? l.y : l.x;
             if constexpr (Softcap) {
+                const float di = dsum[8 * j + 2 * t + (e & 1)];
                 float th, score = softcap_score(s[i], p.softcap, p.softcap_input_scale, &th);
-                pe[e] = exp2f(fmaf(score, p.score_scale_log2, -li));
-                ds[e] = pe[e] * (dp[i] - di) * (1.0f - th * th);
+                s[i] = exp2f(fmaf(score, p.score_scale_log2, -li));
+                dp[i] = (dp[i] - di) * (1.0f - th * th);
             } else {
-                pe[e] = exp2f(fmaf(s[i], p.score_scale_log2, -li));
-                ds[e] = pe[e] * (dp[i] - di);
+                s[i] = exp2f(fmaf(s[i], p.score_scale_log2, -li));
             }
             if (needs_mask) {
                 const int key = key0 + 8 * (e >> 1), row = m0 + 8 * j + 2 * t + (e & 1);
                 const bool visible = key < w.sk && (p.window_right < 0 || key <= row + shift + p.window_right) &&
                                      (p.window_left < 0 || key >= row + shift - p.window_left);
                 if (!visible)
-                    pe[e] = ds[e] = 0.0f;
+                    s[i] = 0.0f;
             }
         }
-        pa[j / 2][2 * (j % 2)] = pack2<Elem>(pe[0], pe[1]);
-        pa[j / 2][2 * (j % 2) + 1] = pack2<Elem>(pe[2], pe[3]);
-        da[j / 2][2 * (j % 2)] = pack2<Elem>(ds[0], ds[1]);
-        da[j / 2][2 * (j % 2) + 1] = pack2<Elem>(ds[2], ds[3]);
+    }
+}
+
+/* Pass 2: Pᵀ and dSᵀ = Pᵀ∘(dPᵀ − D[query]) (softcap: Pᵀ∘dp, see pass 1)
+ * packed into A operand fragments pa, da (k-block kk = queries
+ * 16kk..16kk+15, see ptx/wgmma.cuh; elements 4j..4j+3 are registers 2(j%2),
+ * 2(j%2)+1 of k-block j/2). Masked elements have P = 0. Packing as it goes
+ * lets pr and dp die as pa and da fill. */
+template <class Cfg, bool Softcap>
+__device__ __forceinline__ void dscores(const float (&pr)[Cfg::kBlockM / 2], const float (&dp)[Cfg::kBlockM / 2],
+                                        const float *dsum, uint32_t (&pa)[Cfg::kBlockM / 16][4],
+                                        uint32_t (&da)[Cfg::kBlockM / 16][4])
+{
+    typedef typename Cfg::Elem Elem;
+    const int t = threadIdx.x % 4;
+#pragma unroll
+    for (int j = 0; j < Cfg::kBlockM / 8; ++j) {
+        const float2 d = Softcap ? make_float2(0.0f, 0.0f) : *reinterpret_cast<const float2 *>(dsum + 8 * j + 2 * t);
+        const int i = 4 * j;
+        pa[j / 2][2 * (j % 2)] = pack2<Elem>(pr[i], pr[i + 1]);
+        pa[j / 2][2 * (j % 2) + 1] = pack2<Elem>(pr[i + 2], pr[i + 3]);
+        da[j / 2][2 * (j % 2)] = pack2<Elem>(pr[i] * (dp[i] - d.x), pr[i + 1] * (dp[i + 1] - d.y));
+        da[j / 2][2 * (j % 2) + 1] = pack2<Elem>(pr[i + 2] * (dp[i + 2] - d.x), pr[i + 3] * (dp[i + 3] - d.y));
     }
 }
 
@@ -396,7 +409,7 @@ __device__ __forceinline__ void store_ds(uint32_t buf, int key_local, const uint
 /* ------------------------------------------------------------------------ */
 /* Consumer: one warpgroup, 64 keys.                                        */
 
-template <class Cfg>
+template <class Cfg, bool Softcap>
 __device__ __forceinline__ void consume(const params &p, const work &w, const smem_layout<Cfg> &sm, int wg)
 {
     typedef typename Cfg::Elem Elem;
@@ -428,17 +441,21 @@ __device__ __forceinline__ void consume(const params &p, const work &w, const sm
             issue_over_dim<Cfg, BM>(s, sm.k() + 64 * wg * 128, Cfg::kKVSlabBytes, sm.q(ps.stage), Cfg::kQSlabBytes);
             issue_over_dim<Cfg, BM>(dp, sm.v() + 64 * wg * 128, Cfg::kKVSlabBytes, sm.dout(ps.stage),
                                     Cfg::kQSlabBytes);
-            fa_wgmma_wait<0>();
+            /* Pᵀ while dPᵀ is still in flight (softcap needs dPᵀ in pass 1) */
+            if constexpr (Softcap)
+                fa_wgmma_wait<0>();
+            else
+                fa_wgmma_wait<1>();
             fa_wgmma_fence_regs(s);
-            fa_wgmma_fence_regs(dp);
-
+            if constexpr (Softcap)
+                fa_wgmma_fence_regs(dp);
             const float *lse = reinterpret_cast<const float *>(__cvta_shared_to_generic(sm.lse(ps.stage)));
             const float *dsum = reinterpret_cast<const float *>(__cvta_shared_to_generic(sm.dsum(ps.stage)));
+            probs<Cfg, Softcap>(p, w, w.n0 + key_local, m0, needs_mask, s, dp, lse, dsum);
+            fa_wgmma_wait<0>();
+            fa_wgmma_fence_regs(dp);
             uint32_t pa[BM / 16][4], da[BM / 16][4];
-            if (p.softcap > 0.0f)
-                probs_and_dscores<Cfg, true>(p, w, w.n0 + key_local, m0, needs_mask, s, dp, lse, dsum, pa, da);
-            else
-                probs_and_dscores<Cfg, false>(p, w, w.n0 + key_local, m0, needs_mask, s, dp, lse, dsum, pa, da);
+            dscores<Cfg, Softcap>(s, dp, dsum, pa, da);
 
             /* dV += Pᵀ dO, dK += dSᵀ Q */
             fa_wgmma_fence_regs(dv);
@@ -475,7 +492,10 @@ __device__ __forceinline__ void consume(const params &p, const work &w, const sm
                 fa_wgmma_fence_regs(pa[kk]);
                 fa_wgmma_fence_regs(da[kk]);
             }
-            /* Q, dO, lse, D of this stage are no longer read */
+            /* Q, dO, lse, D of this stage are no longer read; the proxy fence
+             * orders this thread's generic reads of lse / D before the next
+             * bulk copy (async proxy) into the stage */
+            fa_fence_proxy_async_shared();
             __syncwarp();
             if (lane == 0)
                 fa_mbar_arrive(sm.q_empty(ps.stage));
@@ -552,7 +572,11 @@ template <class Cfg> __global__ void __launch_bounds__(Cfg::kThreads, 1) main_ke
             write_dq<Cfg>(p, w, sm);
     } else {
         fa_setmaxnreg_inc<Cfg::kConsumerRegs>();
-        consume<Cfg>(p, w, sm, wg - 1);
+        /* softcap changes the inner loops: one branch, two whole variants */
+        if (p.softcap > 0.0f)
+            consume<Cfg, true>(p, w, sm, wg - 1);
+        else
+            consume<Cfg, false>(p, w, sm, wg - 1);
     }
 }
 

@@ -12,18 +12,23 @@
 
 #include "tensor_maps.h"
 
-#include <stdlib.h>
-
 static int is_supported_head_dim(int64_t d)
 {
     return d == 64 || d == 96 || d == 128 || d == 192 || d == 256;
 }
 
+/* The TMA rules for tensor t. A workspace-size query has no tensors yet
+ * (data NULL): it is answered as if they pass, so that it sizes the
+ * workspace of the backend the call will pick when they do (and
+ * fa_sm90_workspace_size covers sm80's too, should the call fall back). */
+static fa_status check_tensor(const fa_problem *p, const fa_tensor *t, const char *name, int is_q)
+{
+    return t->data == NULL ? FA_SUCCESS : fa_sm90_check_tma_tensor(p, t, name, is_q);
+}
+
 /* What the backward adds to the forward's rules. */
 static fa_status backward_supports(const fa_problem *p)
 {
-    if (getenv("FA_SM90_DEV_BWD") == NULL)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: backward under development");
     if (p->head_dim > 128)
         return fa_fail(FA_ERROR_UNSUPPORTED,
                        "sm90: the backward covers head_dim 64, 96, 128 (%lld runs on sm80)", (long long)p->head_dim);
@@ -31,10 +36,9 @@ static fa_status backward_supports(const fa_problem *p)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: the backward adds dQ with atomics (deterministic runs on sm80)");
     /* dq is written 16 bytes at a time, dk / dv 4 bytes: same rule as TMA */
     fa_status st;
-    if ((st = fa_sm90_check_tma_tensor(p, &p->dout, "dout", 1)) != FA_SUCCESS ||
-        (st = fa_sm90_check_tma_tensor(p, &p->dq, "dq", 1)) != FA_SUCCESS ||
-        (st = fa_sm90_check_tma_tensor(p, &p->dk, "dk", 0)) != FA_SUCCESS ||
-        (st = fa_sm90_check_tma_tensor(p, &p->dv, "dv", 0)) != FA_SUCCESS)
+    if ((st = check_tensor(p, &p->dout, "dout", 1)) != FA_SUCCESS ||
+        (st = check_tensor(p, &p->dq, "dq", 1)) != FA_SUCCESS || (st = check_tensor(p, &p->dk, "dk", 0)) != FA_SUCCESS ||
+        (st = check_tensor(p, &p->dv, "dv", 0)) != FA_SUCCESS)
         return st;
     return FA_SUCCESS;
 }
@@ -65,10 +69,9 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
     if (fa_sm90_rows_of(p, 0) == 0)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: no keys (seqlen_k or total_k is 0)");
     fa_status st;
-    if ((st = fa_sm90_check_tma_tensor(p, &p->q, "q", 1)) != FA_SUCCESS ||
-        (st = fa_sm90_check_tma_tensor(p, &p->k, "k", 0)) != FA_SUCCESS ||
-        (st = fa_sm90_check_tma_tensor(p, &p->v, "v", 0)) != FA_SUCCESS ||
-        (st = fa_sm90_check_tma_tensor(p, &p->out, "out", 1)) != FA_SUCCESS)
+    if ((st = check_tensor(p, &p->q, "q", 1)) != FA_SUCCESS || (st = check_tensor(p, &p->k, "k", 0)) != FA_SUCCESS ||
+        (st = check_tensor(p, &p->v, "v", 0)) != FA_SUCCESS ||
+        (st = check_tensor(p, &p->out, "out", 1)) != FA_SUCCESS)
         return st;
     if (dir == FA_BACKWARD && (st = backward_supports(p)) != FA_SUCCESS)
         return st;
@@ -78,7 +81,14 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
     return FA_SUCCESS;
 }
 
+/* A size query cannot see whether the tensors suit TMA (check_tensor), so
+ * the answer also covers the sm80 fallback the call may take. */
 extern "C" size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir)
 {
-    return dir == FA_BACKWARD ? fa_sm90_backward_workspace_size(p) : 0;
+    size_t bytes = dir == FA_BACKWARD ? fa_sm90_backward_workspace_size(p) : 0;
+#ifdef FA_HAVE_SM80
+    size_t fallback = fa_sm80_workspace_size(p, dir);
+    bytes = fallback > bytes ? fallback : bytes;
+#endif
+    return bytes;
 }
