@@ -581,44 +581,51 @@ template <class Cfg> __global__ void __launch_bounds__(Cfg::kThreads, 1) main_ke
 }
 
 /* out, dout, lse -> dsum, lse_log2 for every workspace row (padding: 0 and
- * +inf) and zeroes dq_accum. One warp per row; Dp = padded head dim. */
+ * +inf); dq_accum is zeroed by a memset. Dp/8 threads per row, 8 columns
+ * (one 16-byte load of each tensor) per thread; Dp = padded head dim. */
 template <typename Elem, int Dp> __global__ void __launch_bounds__(256) preprocess_kernel(const params p)
 {
-    const int64_t item = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    const int lane = threadIdx.x % 32;
+    constexpr int kThreadsPerRow = Dp / 8;
+    const int64_t item = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / kThreadsPerRow;
+    const int col = (int)(threadIdx.x % kThreadsPerRow) * 8;
+    /* rows never straddle a warp, so the whole warp is in or out */
     if (item >= (int64_t)p.batch * p.heads_q * p.rows_per_head)
         return;
     const int b = (int)(item / ((int64_t)p.heads_q * p.rows_per_head));
     const int h = (int)(item / p.rows_per_head % p.heads_q), i = (int)(item % p.rows_per_head);
-    float4 *dq = reinterpret_cast<float4 *>(p.dq_accum + item * Dp);
-    for (int c = lane; c < Dp / 4; c += 32)
-        dq[c] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     const int q0 = p.varlen ? p.cu_seqlens_q[b] : 0;
     const int sq = p.varlen ? p.cu_seqlens_q[b + 1] - q0 : p.seqlen_q;
-    float acc = 0.0f, lse_log2 = INFINITY;
-    if (i < sq) {
-        const int64_t bb = p.varlen ? 0 : b, row = q0 + i;
+    float acc = 0.0f;
+    const int64_t bb = p.varlen ? 0 : b, row = q0 + i;
+    if (i < sq && col < p.head_dim) {
         const Elem *o = static_cast<const Elem *>(p.out) + bb * p.t_out.stride_batch + row * p.t_out.stride_seq +
-                        (int64_t)h * p.t_out.stride_head;
+                        (int64_t)h * p.t_out.stride_head + col;
         const Elem *g = static_cast<const Elem *>(p.dout) + bb * p.t_dout.stride_batch +
-                        row * p.t_dout.stride_seq + (int64_t)h * p.t_dout.stride_head;
-        for (int c = 2 * lane; c < p.head_dim; c += 64) {
+                        row * p.t_dout.stride_seq + (int64_t)h * p.t_dout.stride_head + col;
+        const uint4 ov = *reinterpret_cast<const uint4 *>(o), gv = *reinterpret_cast<const uint4 *>(g);
+        const uint32_t ow[4] = {ov.x, ov.y, ov.z, ov.w}, gw[4] = {gv.x, gv.y, gv.z, gv.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
             float2 of, gf;
             if constexpr (is_half<Elem>::value) {
-                of = __half22float2(*reinterpret_cast<const __half2 *>(o + c));
-                gf = __half22float2(*reinterpret_cast<const __half2 *>(g + c));
+                of = __half22float2(*reinterpret_cast<const __half2 *>(&ow[k]));
+                gf = __half22float2(*reinterpret_cast<const __half2 *>(&gw[k]));
             } else {
-                of = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(o + c));
-                gf = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(g + c));
+                of = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&ow[k]));
+                gf = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&gw[k]));
             }
             acc += of.x * gf.x + of.y * gf.y;
         }
-        for (int off = 16; off > 0; off /= 2)
-            acc += __shfl_xor_sync(0xffffffffu, acc, off);
-        float lse = p.lse[p.varlen ? (int64_t)h * p.total_q + row : ((int64_t)b * p.heads_q + h) * p.seqlen_q + i];
-        lse_log2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
     }
-    if (lane == 0) {
+#pragma unroll
+    for (int off = kThreadsPerRow / 2; off > 0; off /= 2)
+        acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (col == 0) {
+        float lse_log2 = INFINITY;
+        if (i < sq) {
+            float lse = p.lse[p.varlen ? (int64_t)h * p.total_q + row : ((int64_t)b * p.heads_q + h) * p.seqlen_q + i];
+            lse_log2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
+        }
         p.dsum[item] = acc;
         p.lse_log2[item] = lse_log2;
     }

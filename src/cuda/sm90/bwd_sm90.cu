@@ -94,11 +94,15 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
         return FA_SUCCESS;
 
     cudaStream_t stream = (cudaStream_t)p->stream;
-    preprocess_kernel<Elem, Dp><<<(unsigned)((rows + 7) / 8), 256, 0, stream>>>(prm);
+    cudaError_t err = cudaMemsetAsync(prm.dq_accum, 0, (size_t)rows * Dp * 4, stream);
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm90 backward: clearing the dQ accumulator: %s", cudaGetErrorString(err));
+    constexpr int kRowsPerBlock = 256 / (Dp / 8);
+    preprocess_kernel<Elem, Dp><<<(unsigned)((rows + kRowsPerBlock - 1) / kRowsPerBlock), 256, 0, stream>>>(prm);
     if ((st = check_launch("preprocess launch")) != FA_SUCCESS)
         return st;
 
-    cudaError_t err = cudaFuncSetAttribute(main_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    err = cudaFuncSetAttribute(main_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            Cfg::kSmemBytes);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm90 backward: launch setup: %s", cudaGetErrorString(err));
