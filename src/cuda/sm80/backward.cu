@@ -8,7 +8,8 @@
  *     in smem, dK and dV accumulate in registers while the block walks the
  *     query blocks of every query head of its GQA group (so dK/dV need no
  *     cross-block reduction). Per query block it recomputes Sᵀ = K·Qᵀ and
- *     dPᵀ = V·dOᵀ, forms Pᵀ and dSᵀ in smem, then dV += Pᵀ·dO,
+ *     dPᵀ = V·dOᵀ, forms Pᵀ and dSᵀ (in registers with the large tile, see
+ *     BackwardTiles; dSᵀ also in smem), then dV += Pᵀ·dO,
  *     dK += dSᵀ·Q, and adds dQ += dS·K into the fp32 accumulator with
  *     atomics. Deterministic mode runs one block per (kv head, batch) that
  *     walks every key block, so each dQ element is added by one thread in a
@@ -113,8 +114,11 @@ __global__ void __launch_bounds__(256) backward_preprocess_kernel(const Backward
 
 // q (B, Sq, Hq, d), k (B, Sk, Hkv, d), v (B, Sk, Hkv, dv), dout (B, Sq, Hq, dv)
 // -> dk (B, Sk, Hkv, d), dv (B, Sk, Hkv, dv), dq_accum += dS·K.
-// Grid: (key blocks or 1 if deterministic, Hkv, B).
-template <typename T, int D, bool kLarge>
+// Grid: (key blocks or 1 if deterministic, Hkv, B). kScoreSteps false: the
+// problem has no softcap and no ALiBi (the launcher checks), so the kernel
+// carries only the plain score path (the other one's registers make ptxas
+// spill more around the softmax: 504 -> 392 bytes at d 128, 32 -> 0 at 64).
+template <typename T, int D, bool kLarge, bool kScoreSteps>
 __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     backward_kernel(const BackwardArgs a)
 {
@@ -251,8 +255,13 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
             float st[1][QC / 8][4], dpt[1][QC / 8][4];
             zero(st);
             zero(dpt);
-            warp_gemm<1, QC / 8, D, false, false>(st, sK, P, 16 * wn, 0, cQ, P, 0, wd * QC);
-            warp_gemm<1, QC / 8, D, false, false>(dpt, sV, P, 16 * wn, 0, cdO, P, 0, wd * QC);
+            /* Both products step through D together (two independent mma
+             * chains per k step for the scheduler to interleave). */
+#pragma unroll
+            for (int kk = 0; kk < D; kk += 16) {
+                warp_gemm<1, QC / 8, 16, false, false>(st, sK, P, 16 * wn, kk, cQ, P, kk, wd * QC);
+                warp_gemm<1, QC / 8, 16, false, false>(dpt, sV, P, 16 * wn, kk, cdO, P, kk, wd * QC);
+            }
 
             /* st -> Pᵀ (dropped, scaled), dpt -> dSᵀ = Pᵀ ∘ (dPᵀ·keep/(1-p) − D),
              * times softcap's derivative. One loop per score kind behind a
@@ -280,20 +289,31 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
                     }
                 }
             };
-            if (score.softcap == 0.f && score.alibi_slope == 0.f)
+            if (!kScoreSteps || (score.softcap == 0.f && score.alibi_slope == 0.f))
                 p_and_ds(Flag<false>());
             else
                 p_and_ds(Flag<true>());
             /* Masked elements (possibly inf/NaN above) become exact zeros. */
             if (kind == TILE_PARTIAL) {
                 const TileMask tmask = tile_mask(mask, m0, n0);
+                /* Called with blocks == NULL when dense, so that the
+                 * block-sparse lookup folds away (no per-element branch). */
+                auto zero_masked = [&](const Mask &m) {
 #pragma unroll
-                for (int nt = 0; nt < QC / 8; ++nt)
+                    for (int nt = 0; nt < QC / 8; ++nt)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        if (!visible_in_tile(tmask, mask, m0, n0, wd * QC + nt * 8 + 2 * t + e % 2,
-                                             16 * wn + g + (e / 2) * 8))
-                            st[0][nt][e] = dpt[0][nt][e] = 0.f;
+                        for (int e = 0; e < 4; ++e)
+                            if (!visible_in_tile(tmask, m, m0, n0, wd * QC + nt * 8 + 2 * t + e % 2,
+                                                 16 * wn + g + (e / 2) * 8))
+                                st[0][nt][e] = dpt[0][nt][e] = 0.f;
+                };
+                if (mask.blocks) {
+                    zero_masked(mask);
+                } else {
+                    Mask dense = mask;
+                    dense.blocks = nullptr;
+                    zero_masked(dense);
+                }
             }
 
             /* Pᵀ and dSᵀ as 16-bit pairs in the A-fragment layout: k step kk
@@ -397,7 +417,7 @@ template <typename T> __global__ void backward_convert_dq_kernel(const BackwardA
 }
 
 /* Sets the kernel's smem limit and launches it with `stages` query stages. */
-template <typename T, int D, bool kLarge>
+template <typename T, int D, bool kLarge, bool kScoreSteps>
 static fa_status launch_backward_kernel(BackwardArgs &a, int stages)
 {
     using Tiles = BackwardTiles<D, kLarge>;
@@ -408,11 +428,11 @@ static fa_status launch_backward_kernel(BackwardArgs &a, int stages)
         return FA_SUCCESS;
     a.query_stages = stages;
     const size_t smem = Tiles::smem_bytes(stages);
-    cudaError_t err = cudaFuncSetAttribute(backward_kernel<T, D, kLarge>,
+    cudaError_t err = cudaFuncSetAttribute(backward_kernel<T, D, kLarge, kScoreSteps>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
-    backward_kernel<T, D, kLarge><<<grid, Tiles::kWarps * 32, smem, (cudaStream_t)p->stream>>>(a);
+    backward_kernel<T, D, kLarge, kScoreSteps><<<grid, Tiles::kWarps * 32, smem, (cudaStream_t)p->stream>>>(a);
     return check_launch("sm80 backward kernel launch");
 }
 
@@ -434,13 +454,17 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
     /* The large tile when it fits (double-buffered if that fits too),
-     * else the small one. */
+     * compiled apart for problems without softcap/ALiBi; else the small one. */
     using Large = BackwardTiles<D, true>;
     using Small = BackwardTiles<D, false>;
     const size_t optin = (size_t)smem_optin;
-    fa_status st = Large::smem_bytes(1) <= optin
-                       ? launch_backward_kernel<T, D, true>(a, Large::smem_bytes(2) <= optin ? 2 : 1)
-                       : launch_backward_kernel<T, D, false>(a, Small::smem_bytes(2) <= optin ? 2 : 1);
+    const int large_stages = Large::smem_bytes(2) <= optin ? 2 : 1;
+    const bool score_steps = p->softcap != 0.f || p->alibi_slopes != nullptr;
+    fa_status st =
+        Large::smem_bytes(1) > optin
+            ? launch_backward_kernel<T, D, false, true>(a, Small::smem_bytes(2) <= optin ? 2 : 1)
+        : score_steps ? launch_backward_kernel<T, D, true, true>(a, large_stages)
+                      : launch_backward_kernel<T, D, true, false>(a, large_stages);
     if (st != FA_SUCCESS)
         return st;
     if (rows > 0 && p->head_dim > 0) {
