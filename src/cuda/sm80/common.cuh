@@ -94,6 +94,39 @@ __device__ __forceinline__ void load_tile(T *tile, const T *src, int64_t stride,
     }
 }
 
+/* As load_tile, with the copy's address arithmetic hoisted out of the
+ * loop: when THREADS is a multiple of the chunks per row and divides the
+ * tile's chunks, every thread copies one fixed 16-byte column of every
+ * (THREADS / chunks per row)-th row, so each cp.async costs a row test and
+ * two adds instead of a div/mod and a 64-bit multiply (the generic loop's
+ * trip count depends on threadIdx.x, so it is not even unrolled). Other
+ * shapes, and unaligned rows, take load_tile. */
+template <typename T, int ROWS, int COLS, int THREADS>
+__device__ __forceinline__ void load_tile_fixed_column(T *tile, const T *src, int64_t stride,
+                                                       int64_t rows_valid, int cols,
+                                                       bool vectorized)
+{
+    constexpr int kChunks = COLS / 8; /* 16-byte chunks per row */
+    if constexpr (THREADS % kChunks == 0 && (ROWS * kChunks) % THREADS == 0) {
+        if (vectorized) {
+            constexpr int kRowStep = THREADS / kChunks;
+            const int r0 = threadIdx.x / kChunks, col = (threadIdx.x % kChunks) * 8;
+            const int bytes = 2 * max(0, min(8, cols - col));
+            const int valid = (int)min(rows_valid, (int64_t)ROWS);
+            const T *from = src + r0 * stride + col;
+            T *to = tile + r0 * smem_pitch(COLS) + col;
+#pragma unroll
+            for (int i = 0; i < ROWS / kRowStep; ++i) {
+                const bool in = r0 + i * kRowStep < valid && bytes > 0;
+                cp_async_16(to + i * kRowStep * smem_pitch(COLS),
+                            in ? from + i * kRowStep * stride : src, in ? bytes : 0);
+            }
+            return;
+        }
+    }
+    load_tile<T, ROWS, COLS, THREADS>(tile, src, stride, rows_valid, cols, vectorized);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Warp-level products on smem tiles                                      */
 

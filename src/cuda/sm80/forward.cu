@@ -192,9 +192,9 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
 
     TileKind kind = TILE_SKIP;
     int64_t nb = next_block(hi > lo ? lo / BN : 0, &kind);
-    load_tile<T, BM, D, kThreads>(sQ, q, p.q.stride_seq, seq.sq - m0, d, args.vectorized);
+    load_tile_fixed_column<T, BM, D, kThreads>(sQ, q, p.q.stride_seq, seq.sq - m0, d, args.vectorized);
     if (nb < n_end)
-        load_tile<T, BN, D, kThreads>(sK, k + nb * BN * p.k.stride_seq, p.k.stride_seq,
+        load_tile_fixed_column<T, BN, D, kThreads>(sK, k + nb * BN * p.k.stride_seq, p.k.stride_seq,
                                       seq.sk - nb * BN, d, args.vectorized);
     cp_async_commit();
 
@@ -202,7 +202,7 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
         const int64_t n0 = nb * BN;
         cp_async_wait<0>();
         __syncthreads(); /* K(nb) landed; every warp is done with V */
-        load_tile<T, BN, D, kThreads>(sV, v + n0 * p.v.stride_seq, p.v.stride_seq,
+        load_tile_fixed_column<T, BN, D, kThreads>(sV, v + n0 * p.v.stride_seq, p.v.stride_seq,
                                       seq.sk - n0, dv, args.vectorized);
         cp_async_commit();
 
@@ -294,7 +294,7 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
         cp_async_wait<0>();
         __syncthreads(); /* V(nb) landed; every warp is done with K */
         if (nb_next < n_end)
-            load_tile<T, BN, D, kThreads>(sK, k + nb_next * BN * p.k.stride_seq,
+            load_tile_fixed_column<T, BN, D, kThreads>(sK, k + nb_next * BN * p.k.stride_seq,
                                           p.k.stride_seq, seq.sk - nb_next * BN, d,
                                           args.vectorized);
         cp_async_commit();
