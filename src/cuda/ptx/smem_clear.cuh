@@ -8,17 +8,12 @@
 
 #include <stdint.h>
 
+#include "bulk_copy.cuh" /* fa_fence_proxy_async_shared */
+
 // 16 zero bytes at shared address `addr` (16-byte aligned).
 __device__ __forceinline__ void fa_smem_zero16(uint32_t addr)
 {
     asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};" ::"r"(addr), "r"(0) : "memory");
-}
-
-// Orders this thread's earlier generic-proxy shared-memory writes before
-// later async-proxy reads of them.
-__device__ __forceinline__ void fa_fence_smem_writes_to_async_proxy()
-{
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }
 
 #endif

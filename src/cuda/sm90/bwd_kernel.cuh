@@ -42,6 +42,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "../ptx/bulk_copy.cuh"
 #include "../ptx/mbarrier.cuh"
 #include "../ptx/tma.cuh"
@@ -77,17 +78,10 @@ struct params {
     float *dsum;     /* D = rowsum(dO∘O), 0 in the padding */
 };
 
-template <typename T> struct is_half {
-    static constexpr bool value = false;
-};
-template <> struct is_half<__half> {
-    static constexpr bool value = true;
-};
-
 /* Compile-time shape of one kernel instance. */
 template <typename Elem_, int HeadDimPadded_> struct config {
     typedef Elem_ Elem;
-    static constexpr bool kBf16 = !is_half<Elem>::value;
+    static constexpr bool kBf16 = !fa_is_half<Elem>::value;
     static constexpr int kHeadDim = HeadDimPadded_; /* 64 or 128 */
     static constexpr int kBlockN = 128;             /* keys: two consumer warpgroups x 64 */
     static constexpr int kBlockM = kHeadDim == 64 ? 128 : 64;
@@ -137,18 +131,6 @@ template <class Cfg> struct smem_layout {
     __device__ uint32_t kv_full() const { return base + Cfg::kOffBar; }
     __device__ uint32_t q_full(int s) const { return base + Cfg::kOffBar + 8 * (1 + s); }
     __device__ uint32_t q_empty(int s) const { return base + Cfg::kOffBar + 8 * (1 + Cfg::kStages + s); }
-};
-
-template <int Stages> struct pipe_state {
-    int stage;
-    uint32_t phase;
-    __device__ void advance()
-    {
-        if (++stage == Stages) {
-            stage = 0;
-            phase ^= 1;
-        }
-    }
 };
 
 /* The key block of this CTA and the query blocks it walks: for each query
@@ -232,7 +214,7 @@ template <class Cfg> __device__ __forceinline__ void produce(const params &p, co
         fa_tma_load_4d(sm.k() + s * Cfg::kKVSlabBytes, &p.map_k, sm.kv_full(), s * 64, w.k0 + w.n0, w.hk, batch);
         fa_tma_load_4d(sm.v() + s * Cfg::kKVSlabBytes, &p.map_v, sm.kv_full(), s * 64, w.k0 + w.n0, w.hk, batch);
     }
-    pipe_state<Cfg::kStages> ps = {0, 1}; /* every stage starts free */
+    fa_pipe_state<Cfg::kStages> ps = {0, 1}; /* every stage starts free */
     for (int it = 0; it < w.count; ++it) {
         int h = w.hk * p.heads_per_kv + it / w.blocks, m0 = (w.mb_begin + it % w.blocks) * Cfg::kBlockM;
         uint32_t full = sm.q_full(ps.stage);
@@ -275,18 +257,6 @@ __device__ __forceinline__ void write_dq(const params &p, const work &w, const s
 /* ------------------------------------------------------------------------ */
 /* Consumer helpers                                                         */
 
-/* Two floats as one register of two 16-bit values, `lo` in the low half. */
-template <typename Elem> __device__ __forceinline__ uint32_t pack2(float lo, float hi)
-{
-    if constexpr (is_half<Elem>::value) {
-        __half2 v = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
-    } else {
-        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
-    }
-}
-
 /* Issues acc (64 x N) = A Bᵀ with A = 64 rows at a_rows and B = N rows at
  * b_rows, both K-major over the head dim (slabs a_slab / b_slab bytes apart). */
 template <class Cfg, int N>
@@ -315,14 +285,6 @@ __device__ __forceinline__ void issue_over_queries(float (&acc)[Cfg::kHeadDim / 
         fa_wgmma<Cfg::kHeadDim>::template rs<Cfg::kBf16, 1>(acc, a[kk], b0 + ((kk * 16 * 128) >> 4), 1);
 }
 
-/* cap·tanh(x·input_scale) as in the forward (tanh = 1 − 2/(e^{2y} + 1)), and
- * through *th the tanh for the derivative. */
-__device__ __forceinline__ float softcap_score(float x, float cap, float input_scale, float *th)
-{
-    float e = exp2f(x * input_scale * 2.8853900817779268f); /* 2·log2(e) */
-    *th = 1.0f - __fdividef(2.0f, e + 1.0f);
-    return cap * *th;
-}
 
 /* Pass 1: Sᵀ (64 keys x BlockM queries) -> Pᵀ in place (fp32), 0 where the
  * tile's mask hides the element (only tested when needs_mask). With softcap,
@@ -347,7 +309,7 @@ __device__ __forceinline__ void probs(const params &p, const work &w, int key0, 
             const float li = (e & 1) ? l.y : l.x;
             if constexpr (Softcap) {
                 const float di = dsum[8 * j + 2 * t + (e & 1)];
-                float th, score = softcap_score(s[i], p.softcap, p.softcap_input_scale, &th);
+                float th = fa_softcap_tanh(s[i], p.softcap_input_scale), score = p.softcap * th;
                 s[i] = exp2f(fmaf(score, p.score_scale_log2, -li));
                 dp[i] = (dp[i] - di) * (1.0f - th * th);
             } else {
@@ -380,10 +342,10 @@ __device__ __forceinline__ void dscores(const float (&pr)[Cfg::kBlockM / 2], con
     for (int j = 0; j < Cfg::kBlockM / 8; ++j) {
         const float2 d = Softcap ? make_float2(0.0f, 0.0f) : *reinterpret_cast<const float2 *>(dsum + 8 * j + 2 * t);
         const int i = 4 * j;
-        pa[j / 2][2 * (j % 2)] = pack2<Elem>(pr[i], pr[i + 1]);
-        pa[j / 2][2 * (j % 2) + 1] = pack2<Elem>(pr[i + 2], pr[i + 3]);
-        da[j / 2][2 * (j % 2)] = pack2<Elem>(pr[i] * (dp[i] - d.x), pr[i + 1] * (dp[i + 1] - d.y));
-        da[j / 2][2 * (j % 2) + 1] = pack2<Elem>(pr[i + 2] * (dp[i + 2] - d.x), pr[i + 3] * (dp[i + 3] - d.y));
+        pa[j / 2][2 * (j % 2)] = fa_pack2<Elem>(pr[i], pr[i + 1]);
+        pa[j / 2][2 * (j % 2) + 1] = fa_pack2<Elem>(pr[i + 2], pr[i + 3]);
+        da[j / 2][2 * (j % 2)] = fa_pack2<Elem>(pr[i] * (dp[i] - d.x), pr[i + 1] * (dp[i + 1] - d.y));
+        da[j / 2][2 * (j % 2) + 1] = fa_pack2<Elem>(pr[i + 2] * (dp[i + 2] - d.x), pr[i + 3] * (dp[i + 3] - d.y));
     }
 }
 
@@ -428,7 +390,7 @@ __device__ __forceinline__ void consume(const params &p, const work &w, const sm
         /* this warpgroup's part of dQ: query rows 64wg.. (BlockM 128) or
          * head columns 64wg.. (BlockM 64) */
         const int dq_row0 = BM == 128 ? 64 * wg : 0, dq_col0 = BM == 128 ? 0 : 64 * wg;
-        pipe_state<Cfg::kStages> ps = {0, 0};
+        fa_pipe_state<Cfg::kStages> ps = {0, 0};
         for (int it = 0; it < w.count; ++it) {
             const int m0 = (w.mb_begin + it % w.blocks) * BM;
             const bool needs_mask = w.n0 + Cfg::kBlockN > w.sk ||
@@ -494,11 +456,10 @@ __device__ __forceinline__ void consume(const params &p, const work &w, const sm
             }
             /* Q, dO, lse, D of this stage are no longer read; the proxy fence
              * orders this thread's generic reads of lse / D before the next
-             * bulk copy (async proxy) into the stage */
+             * bulk copy (async proxy) into the stage. Every thread arrives:
+             * an arrive releases only its own thread's reads. */
             fa_fence_proxy_async_shared();
-            __syncwarp();
-            if (lane == 0)
-                fa_mbar_arrive(sm.q_empty(ps.stage));
+            fa_mbar_arrive(sm.q_empty(ps.stage));
 
             /* this warpgroup's 64 x 64 part of dQ (unscaled) to smem for the writer */
             if (it > 0)
@@ -532,8 +493,8 @@ __device__ __forceinline__ void consume(const params &p, const work &w, const sm
             int col = 8 * (i >> 2) + 2 * (lane % 4);
             if (D == p.head_dim || col < p.head_dim) {
                 *reinterpret_cast<uint32_t *>(dk_out + k_off + col) =
-                    pack2<Elem>(dk[i] * p.softmax_scale, dk[i + 1] * p.softmax_scale);
-                *reinterpret_cast<uint32_t *>(dv_out + v_off + col) = pack2<Elem>(dv[i], dv[i + 1]);
+                    fa_pack2<Elem>(dk[i] * p.softmax_scale, dk[i + 1] * p.softmax_scale);
+                *reinterpret_cast<uint32_t *>(dv_out + v_off + col) = fa_pack2<Elem>(dv[i], dv[i + 1]);
             }
         }
     }
@@ -557,7 +518,7 @@ template <class Cfg> __global__ void __launch_bounds__(Cfg::kThreads, 1) main_ke
         fa_mbar_init(sm.kv_full(), 1);
         for (int s = 0; s < Cfg::kStages; ++s) {
             fa_mbar_init(sm.q_full(s), 1);
-            fa_mbar_init(sm.q_empty(s), Cfg::kConsumerWarps);
+            fa_mbar_init(sm.q_empty(s), 32 * Cfg::kConsumerWarps);
         }
         fa_mbar_init_fence();
     }
@@ -607,7 +568,7 @@ template <typename Elem, int Dp> __global__ void __launch_bounds__(256) preproce
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
             float2 of, gf;
-            if constexpr (is_half<Elem>::value) {
+            if constexpr (fa_is_half<Elem>::value) {
                 of = __half22float2(*reinterpret_cast<const __half2 *>(&ow[k]));
                 gf = __half22float2(*reinterpret_cast<const __half2 *>(&gw[k]));
             } else {
@@ -654,8 +615,8 @@ template <class Cfg> __global__ void __launch_bounds__(256) convert_dq_kernel(co
         reinterpret_cast<const float4 *>(p.dq_accum + (ws_row - r) * Dp + dq_block_offset<Cfg>(r, col));
     float4 x = src[0], y = src[1];
     const float c = p.softmax_scale;
-    uint4 packed = make_uint4(pack2<Elem>(x.x * c, x.y * c), pack2<Elem>(x.z * c, x.w * c),
-                              pack2<Elem>(y.x * c, y.y * c), pack2<Elem>(y.z * c, y.w * c));
+    uint4 packed = make_uint4(fa_pack2<Elem>(x.x * c, x.y * c), fa_pack2<Elem>(x.z * c, x.w * c),
+                              fa_pack2<Elem>(y.x * c, y.y * c), fa_pack2<Elem>(y.z * c, y.w * c));
     const int64_t bb = p.varlen ? 0 : b, row = q0 + i;
     Elem *dst = static_cast<Elem *>(p.dq) + bb * p.t_dq.stride_batch + row * p.t_dq.stride_seq +
                 (int64_t)h * p.t_dq.stride_head + col;

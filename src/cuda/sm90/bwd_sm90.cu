@@ -119,7 +119,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
 
 template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
 {
-    const bool bf16 = !is_half<Elem>::value;
+    const bool bf16 = !fa_is_half<Elem>::value;
     switch (p->head_dim) {
     case 64:
         return launch<config<Elem, 64>>(p, bf16 ? "sm90.bwd.hdim64.bf16" : "sm90.bwd.hdim64.fp16");

@@ -33,6 +33,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "../ptx/mbarrier.cuh"
 #include "../ptx/smem_clear.cuh"
 #include "../ptx/tma.cuh"
@@ -63,13 +64,6 @@ struct fa_sm90_params {
     int heads_per_section;       /* heaviest_first: (batch, head) pairs whose
                                     K and V fit in L2 together, see
                                     fa_sm90_tile_of */
-};
-
-template <typename T> struct fa_is_half {
-    static constexpr bool value = false;
-};
-template <> struct fa_is_half<__half> {
-    static constexpr bool value = true;
 };
 
 /* Compile-time shape of one kernel instance. */
@@ -121,20 +115,6 @@ template <class Cfg> struct fa_sm90_smem {
     __device__ uint32_t v_full(int s) const { return bar(2 + Cfg::kStages + s); }
     __device__ uint32_t k_empty(int s) const { return bar(2 + 2 * Cfg::kStages + s); }
     __device__ uint32_t v_empty(int s) const { return bar(2 + 3 * Cfg::kStages + s); }
-};
-
-/* Position in the ring: which buffer, and the parity of its barrier phase.
- * The parity flips each time the stage index wraps around. */
-template <int Stages> struct fa_pipe_state {
-    int stage;
-    uint32_t phase;
-    __device__ void advance()
-    {
-        if (++stage == Stages) {
-            stage = 0;
-            phase ^= 1;
-        }
-    }
 };
 
 /* The tile a CTA works on, and its key-block range. Shared by producer and
@@ -291,25 +271,6 @@ __device__ __forceinline__ float fa_quad_sum(float x)
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-/* Two floats as one register of two 16-bit values, `lo` in the low half. */
-template <typename Elem> __device__ __forceinline__ uint32_t fa_pack2(float lo, float hi)
-{
-    if constexpr (fa_is_half<Elem>::value) {
-        __half2 v = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
-    } else {
-        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
-    }
-}
-
-/* cap * tanh(x * input_scale), with tanh(y) = 1 - 2 / (e^{2y} + 1): absolute
- * error near float rounding, and ±1 at the ends (inf and 0 in the division). */
-__device__ __forceinline__ float fa_softcap(float x, float cap, float input_scale)
-{
-    float e = exp2f(x * input_scale * 2.8853900817779268f); /* 2 * log2(e) */
-    return cap * (1.0f - __fdividef(2.0f, e + 1.0f));
-}
 
 /* Score tile S (64 x BlockN, this warpgroup's rows) -> masked scores:
  * -inf where key col is past the sequence or outside the window of row. */
@@ -411,7 +372,7 @@ template <class Cfg> __device__ __forceinline__ void fa_clear_foreign_v(const fa
     for (int s = 0; s < Cfg::kSlabs; ++s)
         for (uint32_t off = first + 16 * tid; off < Cfg::kKVSlabBytes; off += 16 * 256)
             fa_smem_zero16(v_tile + s * Cfg::kKVSlabBytes + off);
-    fa_fence_smem_writes_to_async_proxy();
+    fa_fence_proxy_async_shared();
     fa_named_barrier_sync(kClearBarrier, 256);
 }
 
@@ -457,7 +418,7 @@ __device__ __forceinline__ void fa_scores_to_probs(const fa_sm90_params &p, cons
     if (p.softcap > 0.0f) {
 #pragma unroll
         for (int i = 0; i < BlockN / 2; ++i)
-            s[i] = fa_softcap(s[i], p.softcap, p.softcap_input_scale);
+            s[i] = p.softcap * fa_softcap_tanh(s[i], p.softcap_input_scale);
     }
     /* only blocks that cross the sequence end or a window edge need the
      * per-element test (a uniform branch) */

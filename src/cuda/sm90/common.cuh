@@ -1,0 +1,55 @@
+/*
+ * Small pieces both Hopper kernels (forward and backward) use: the element
+ * type's traits, the ring position of a multi-stage pipeline, 16-bit packing
+ * of accumulator pairs, and the softcap transform.
+ */
+#ifndef FA_SM90_COMMON_CUH
+#define FA_SM90_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+template <typename T> struct fa_is_half {
+    static constexpr bool value = false;
+};
+template <> struct fa_is_half<__half> {
+    static constexpr bool value = true;
+};
+
+/* Position in the ring: which buffer, and the parity of its barrier phase.
+ * The parity flips each time the stage index wraps around. */
+template <int Stages> struct fa_pipe_state {
+    int stage;
+    uint32_t phase;
+    __device__ void advance()
+    {
+        if (++stage == Stages) {
+            stage = 0;
+            phase ^= 1;
+        }
+    }
+};
+
+/* Two floats as one register of two 16-bit values, `lo` in the low half. */
+template <typename Elem> __device__ __forceinline__ uint32_t fa_pack2(float lo, float hi)
+{
+    if constexpr (fa_is_half<Elem>::value) {
+        __half2 v = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&v);
+    } else {
+        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&v);
+    }
+}
+
+/* tanh(x * input_scale), with tanh(y) = 1 - 2 / (e^{2y} + 1): absolute error
+ * near float rounding, and ±1 at the ends (inf and 0 in the division). The
+ * softcapped score is cap * this; the backward also needs it for tanh'. */
+__device__ __forceinline__ float fa_softcap_tanh(float x, float input_scale)
+{
+    float e = exp2f(x * input_scale * 2.8853900817779268f); /* 2 * log2(e) */
+    return 1.0f - __fdividef(2.0f, e + 1.0f);
+}
+
+#endif
