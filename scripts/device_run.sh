@@ -6,7 +6,7 @@
 #   ncu on one benchmark point, SASS of the hdim-128 forward)
 #
 # Env: GRID_BACKENDS (default "sm80 auto"), SANITIZE_BACKEND (default auto:
-# sm90 forward + sm80 backward on an H100), CHECK=0 skips the gpu_bench
+# the sm90 kernels on an H100 where they apply), CHECK=0 skips the gpu_bench
 # check, BENCH_ARGS extra benchmark arguments, FA_ARCHS (default 90-real: the device is an H100; the committed
 # default FA_CUDA_ARCHS builds every arch), BUILD (default build-device),
 # OUT (the device tool's result folder; default ./device-out), PREBUILT (a
