@@ -3,6 +3,7 @@
     python3 bench/gpu_bench.py check            # correctness vs a float64 reference
     python3 bench/gpu_bench.py bench [--out F]  # FA3-paper grid, TFLOP/s
     python3 bench/gpu_bench.py profile --dims 128 --seqlens 4096  # one fwd+bwd, for ncu
+    python3 bench/gpu_bench.py table --out F.json  # markdown tables of a result file
 
 Uses the flashattn Python package (PYTHONPATH=python, FLASHATTN_LIB=<lib>);
 `check` and `profile` force the sm80 backend, `bench` uses `--backend`
@@ -321,9 +322,44 @@ def profile(args):
     return 0
 
 
+def markdown(args):
+    """Markdown tables (TFLOP/s and same-run ratios) and geometric means of a
+    `bench` result file."""
+    with open(args.out) as f:
+        result = json.load(f)
+    cell = {(r["impl"], r["hdim"], r["causal"], r["seqlen"]): r for r in result["rows"]}
+    seqlens = sorted({r["seqlen"] for r in result["rows"]})
+    dims = sorted({r["hdim"] for r in result["rows"]})
+    label = lambda s: f"{s // 1024}k" if s >= 1024 else str(s)
+    print(f"{result['device']}, torch {result['torch']}, cuDNN {result['cudnn']}, {result['date']}")
+    for direction in ("fwd", "bwd"):
+        print(f"\n**{direction} TFLOP/s** (ours (ratio to FA2 / to cuDNN))\n")
+        print("| hdim | causal | " + " | ".join(map(label, seqlens)) + " |")
+        print("|---|---|" + "---|" * len(seqlens))
+        ratios = {peer: [] for peer in PEERS}
+        for d in dims:
+            for causal in (False, True):
+                out = []
+                for s in seqlens:
+                    ours = cell.get((OURS, d, causal, s), {}).get(f"{direction}_tflops")
+                    peers = [cell.get((p, d, causal, s), {}).get(f"{direction}_tflops") for p in PEERS]
+                    if ours is None or None in peers:
+                        out.append("-")
+                        continue
+                    for p, v in zip(PEERS, peers):
+                        ratios[p].append(ours / v)
+                    out.append(f"{ours:.0f} ({ours / peers[0]:.2f}× / {ours / peers[1]:.2f}×)")
+                print(f"| {d} | {'yes' if causal else 'no'} | " + " | ".join(out) + " |")
+        for p, r in ratios.items():
+            if r:
+                g = math.exp(sum(map(math.log, r)) / len(r))
+                print(f"\n{direction} vs {p}: geometric mean {g:.2f}× ({min(r):.2f}–{max(r):.2f}×) over {len(r)} cells")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("check", "bench", "profile"))
+    ap.add_argument("mode", choices=("check", "bench", "profile", "table"))
     ap.add_argument("--causal", action="store_true", help="profile: causal")
     ap.add_argument("--dims", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--seqlens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
@@ -339,6 +375,8 @@ def main():
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                     help="check: cpu runs the CPU backend (tests this script without a GPU)")
     args = ap.parse_args()
+    if args.mode == "table":
+        return markdown(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device")
         return 77
