@@ -150,6 +150,8 @@ template <int N> struct fa_wgmma;
 // The N the kernels use: score tiles (QKᵀ, N = key block: 80, 96, 128) and
 // output tiles (PV, N = padded head dim: 64, 128, 192, 256). Another N (a
 // multiple of 16) is one more line: FA_WGMMA_DEFINE(N, N/16, N/2, ..., N/2+6).
+// (32: the sm90 backward's half-block score tiles at head dim 256.)
+FA_WGMMA_DEFINE(32, 2, 16, 17, 18, 19, 20, 21, 22)
 FA_WGMMA_DEFINE(64, 4, 32, 33, 34, 35, 36, 37, 38)
 FA_WGMMA_DEFINE(80, 5, 40, 41, 42, 43, 44, 45, 46)
 FA_WGMMA_DEFINE(96, 6, 48, 49, 50, 51, 52, 53, 54)

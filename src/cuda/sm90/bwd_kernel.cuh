@@ -1,10 +1,11 @@
 /*
  * FlashAttention-3-style backward kernel for Hopper (sm_90a).
  *
- * One CTA per (key block of BlockN = 128 keys, kv head, batch). K and V are
- * loaded once; the CTA walks the query blocks (BlockM rows) of every query
- * head of its GQA group that can see one of its keys, so dK and dV stay in
- * registers for the whole walk. Three warpgroups:
+ * One CTA per (key block of BlockN keys (128; 64 at head dim 256), kv
+ * head, batch). K and V are loaded once; the CTA walks the query blocks
+ * (BlockM rows) of every query head of its GQA group that can see one of
+ * its keys, so dK and dV stay in registers for the whole walk. Three
+ * warpgroups:
  *
  *   warpgroup 0   producer: one thread issues the TMA loads of K and V, then
  *                 per query block Q, dO (tensor maps) and the block's lse and
@@ -25,6 +26,13 @@
  * BlockM is 128 for head dim 64 and 64 for head dim 128, so that each
  * consumer's part of dQ is 64 x 64: query rows 64w.. (BlockM 128) or head
  * columns 64w.. (BlockM 64), both whole 128-byte swizzle slabs.
+ *
+ * Head dim 256 (config::kSplitDim) has no room for 64 keys x 256 dims of dK
+ * and dV per warpgroup (256 accumulator registers): BlockN = 64 keys shared
+ * by both consumers, warpgroup w computes Sᵀ, dPᵀ for queries 32w..32w+31
+ * of the 64-query block, both store Pᵀ and dSᵀ to smem, and each then owns
+ * head columns 128w..128w+127 of dV += Pᵀ dO, dK += dSᵀ Q (SS wgmma) and
+ * of dQ (two 64 x 64 parts, one after the other). One Q/dO stage.
  *
  * The workspace rows (lse_log2, D, dQ accumulator) are padded per (batch,
  * head) to a multiple of 128 rows, with lse_log2 = +inf and D = 0 in the
@@ -82,10 +90,21 @@ struct params {
 template <typename Elem_, int HeadDimPadded_> struct config {
     typedef Elem_ Elem;
     static constexpr bool kBf16 = !fa_is_half<Elem>::value;
-    static constexpr int kHeadDim = HeadDimPadded_; /* 64 or 128 */
-    static constexpr int kBlockN = 128;             /* keys: two consumer warpgroups x 64 */
+    static constexpr int kHeadDim = HeadDimPadded_; /* 64, 128 or 256 */
+    /* Head dim 256: dK and dV of 64 keys x 256 dims would take 256
+     * accumulator registers per thread. The two warpgroups then share 64
+     * keys and split the head dim of dK, dV and dQ; each computes the scores
+     * of half the query block, and Pᵀ / dSᵀ go through shared memory (SS
+     * wgmma for dV and dK). Q, dO of a 64-query block are 64 KB, so one
+     * stage fits next to K and V. */
+    static constexpr bool kSplitDim = kHeadDim == 256;
+    static constexpr int kBlockN = kSplitDim ? 64 : 128; /* keys; 64 per warpgroup otherwise */
     static constexpr int kBlockM = kHeadDim == 64 ? 128 : 64;
-    static constexpr int kStages = 2;
+    static constexpr int kStages = kSplitDim ? 1 : 2;
+    static constexpr int kScoreN = kSplitDim ? kBlockM / 2 : kBlockM; /* queries of one warpgroup's Sᵀ */
+    static constexpr int kKeyStride = kSplitDim ? 0 : 64;             /* first key of warpgroup w: w·this */
+    static constexpr int kDimsPerWg = kSplitDim ? kHeadDim / 2 : kHeadDim; /* columns of dK, dV */
+    static constexpr int kDqPartsPerWg = kBlockM * kHeadDim / 4096 / 2;    /* 64 x 64 parts of dQ */
     static constexpr int kConsumerWarpgroups = 2;
     static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
     static constexpr int kConsumerWarps = 4 * kConsumerWarpgroups;
@@ -99,22 +118,29 @@ template <typename Elem_, int HeadDimPadded_> struct config {
     static constexpr int kDsBytes = (kBlockM / 64) * kDsSlabBytes;
     static constexpr int kRowBytes = kBlockM * 4; /* lse or D of one query block */
     static constexpr int kDqPartBytes = 64 * 64 * 4; /* one consumer's part of dQ, fp32 */
-    /* K, V, then per stage Q, dO, then 2 dSᵀ buffers, 2 dQ parts, then per
-     * stage lse and D, barriers */
+    static constexpr int kPBytes = kSplitDim ? kDsBytes : 0; /* Pᵀ, as dSᵀ */
+    /* K, V, then per stage Q, dO, then 2 dSᵀ buffers, 2 Pᵀ buffers (split
+     * head dim), 2 dQ part buffers, then per stage lse and D, barriers */
     static constexpr int kOffV = kKVBytes;
     static constexpr int kOffQ = 2 * kKVBytes;
     static constexpr int kOffDo = kOffQ + kStages * kQBytes;
     static constexpr int kOffDs = kOffDo + kStages * kQBytes;
-    static constexpr int kOffDq = kOffDs + 2 * kDsBytes;
+    static constexpr int kOffP = kOffDs + 2 * kDsBytes;
+    static constexpr int kOffDq = kOffP + 2 * kPBytes;
     static constexpr int kOffLse = kOffDq + 2 * kDqPartBytes;
     static constexpr int kOffDsum = kOffLse + kStages * kRowBytes;
     static constexpr int kOffBar = kOffDsum + kStages * kRowBytes;
     /* barriers: kv_full, q_full[S], q_empty[S] */
     static constexpr int kSmemBytes = 1024 + kOffBar + 8 * (1 + 2 * kStages);
-    static constexpr int kProducerRegs = 40;
-    static constexpr int kConsumerRegs = 232;
+    /* setmaxnreg moves registers within the CTA's launch allocation (168 per
+     * thread): the producer warpgroup spilled 12 bytes at 40 with head dim
+     * 256, whose consumers need fewer (Sᵀ, dPᵀ of 32 queries). */
+    static constexpr int kProducerRegs = kSplitDim ? 56 : 40;
+    static constexpr int kConsumerRegs = kSplitDim ? 224 : 232;
+    static_assert(128 * kProducerRegs + 128 * kConsumerWarpgroups * kConsumerRegs <= 168 * kThreads,
+                  "setmaxnreg.inc would wait forever");
     static constexpr int kTxBytesPerQueryBlock = 2 * kQBytes + 2 * kRowBytes;
-    static_assert(kHeadDim == 64 || kHeadDim == 128, "head dim");
+    static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "head dim");
     static_assert(kSmemBytes <= 232448, "shared memory of one CTA");
 };
 
@@ -125,6 +151,7 @@ template <class Cfg> struct smem_layout {
     __device__ uint32_t q(int s) const { return base + Cfg::kOffQ + s * Cfg::kQBytes; }
     __device__ uint32_t dout(int s) const { return base + Cfg::kOffDo + s * Cfg::kQBytes; }
     __device__ uint32_t ds(int buf) const { return base + Cfg::kOffDs + buf * Cfg::kDsBytes; }
+    __device__ uint32_t pt(int buf) const { return base + Cfg::kOffP + buf * Cfg::kPBytes; }
     __device__ uint32_t dq(int part) const { return base + Cfg::kOffDq + part * Cfg::kDqPartBytes; }
     __device__ uint32_t lse(int s) const { return base + Cfg::kOffLse + s * Cfg::kRowBytes; }
     __device__ uint32_t dsum(int s) const { return base + Cfg::kOffDsum + s * Cfg::kRowBytes; }
@@ -233,24 +260,28 @@ template <class Cfg> __device__ __forceinline__ void produce(const params &p, co
 
 /* dQ writer (one warp): per query block and part, waits until the consumer
  * has stored it, adds it to the accumulator with one bulk reduce-add, and
- * hands the buffer back once the copy has read it. */
+ * hands the buffer back once the copy has read it. Warpgroup w stores its
+ * parts w·kDqPartsPerWg + j, j = 0.., one after the other in its buffer. */
 template <class Cfg>
 __device__ __forceinline__ void write_dq(const params &p, const work &w, const smem_layout<Cfg> &sm)
 {
     for (int it = 0; it < w.count; ++it) {
         int h = w.hk * p.heads_per_kv + it / w.blocks, m0 = (w.mb_begin + it % w.blocks) * Cfg::kBlockM;
         float *block = p.dq_accum + workspace_row(p, w.b, h, m0) * Cfg::kHeadDim;
-        for (int part = 0; part < 2; ++part) {
-            fa_named_barrier_sync(kDqFull + part, kDqBarrierThreads);
-            if (threadIdx.x % 32 == 0) {
-                fa_bulk_reduce_add_f32(block + part * (Cfg::kDqPartBytes / 4), sm.dq(part), Cfg::kDqPartBytes);
-                fa_bulk_commit();
-                fa_bulk_wait_read<0>();
+        for (int j = 0; j < Cfg::kDqPartsPerWg; ++j)
+            for (int wg = 0; wg < 2; ++wg) {
+                const int part = wg * Cfg::kDqPartsPerWg + j;
+                fa_named_barrier_sync(kDqFull + wg, kDqBarrierThreads);
+                if (threadIdx.x % 32 == 0) {
+                    fa_bulk_reduce_add_f32(block + part * (Cfg::kDqPartBytes / 4), sm.dq(wg), Cfg::kDqPartBytes);
+                    fa_bulk_commit();
+                    fa_bulk_wait_read<0>();
+                }
+                __syncwarp();
+                /* the consumers wait only before a next store */
+                if (it + 1 < w.count || j + 1 < Cfg::kDqPartsPerWg)
+                    fa_named_barrier_arrive(kDqEmpty + wg, kDqBarrierThreads);
             }
-            __syncwarp();
-            if (it + 1 < w.count) /* the consumers wait only before a next store */
-                fa_named_barrier_arrive(kDqEmpty + part, kDqBarrierThreads);
-        }
     }
 }
 
@@ -285,18 +316,33 @@ __device__ __forceinline__ void issue_over_queries(float (&acc)[Cfg::kHeadDim / 
         fa_wgmma<Cfg::kHeadDim>::template rs<Cfg::kBf16, 1>(acc, a[kk], b0 + ((kk * 16 * 128) >> 4), 1);
 }
 
+/* Split head dim: issues acc (64 x D/2) += A B with A = a [key][query] tile
+ * in smem (Pᵀ or dSᵀ, K-major, one slab) and B = columns from `tile` on of
+ * a query tile [query][dim] (MN-major, 16 rows per k). */
+template <class Cfg>
+__device__ __forceinline__ void issue_over_queries_ss(float (&acc)[Cfg::kDimsPerWg / 2], uint32_t a_tile,
+                                                      uint32_t tile)
+{
+    static_assert(Cfg::kBlockM == 64, "one slab of queries");
+    const uint64_t a0 = fa_wgmma_desc(a_tile, 16, 1024), b0 = fa_wgmma_desc(tile, Cfg::kQSlabBytes, 1024);
+#pragma unroll
+    for (int kk = 0; kk < Cfg::kBlockM / 16; ++kk)
+        fa_wgmma<Cfg::kDimsPerWg>::template ss<Cfg::kBf16, 1>(acc, a0 + ((kk * 32) >> 4),
+                                                             b0 + ((kk * 16 * 128) >> 4), 1);
+}
 
-/* Pass 1: Sᵀ (64 keys x BlockM queries) -> Pᵀ in place (fp32), 0 where the
+
+/* Pass 1: Sᵀ (64 keys x kScoreN queries) -> Pᵀ in place (fp32), 0 where the
  * tile's mask hides the element (only tested when needs_mask). With softcap,
  * dPᵀ (already complete) becomes (dPᵀ − D)·tanh' here, where tanh is at
  * hand, and pass 2 only multiplies by Pᵀ. key0: this thread's first key (in
- * the sequence), m0: the block's first query row. */
+ * the sequence), m0: the tile's first query row; lse, dsum from that row. */
 template <class Cfg, bool Softcap>
 __device__ __forceinline__ void probs(const params &p, const work &w, int key0, int m0, bool needs_mask,
-                                      float (&s)[Cfg::kBlockM / 2], float (&dp)[Cfg::kBlockM / 2], const float *lse,
+                                      float (&s)[Cfg::kScoreN / 2], float (&dp)[Cfg::kScoreN / 2], const float *lse,
                                       const float *dsum)
 {
-    constexpr int BM = Cfg::kBlockM;
+    constexpr int BM = Cfg::kScoreN;
     const int t = threadIdx.x % 4, shift = w.sk - w.sq;
     /* accumulator elements 4j..4j+3: keys key0 + {0, 0, 8, 8}, queries
      * 8j + 2t + {0, 1, 0, 1} */
@@ -332,14 +378,14 @@ __device__ __forceinline__ void probs(const params &p, const work &w, int key0, 
  * 2(j%2)+1 of k-block j/2). Masked elements have P = 0. Packing as it goes
  * lets pr and dp die as pa and da fill. */
 template <class Cfg, bool Softcap>
-__device__ __forceinline__ void dscores(const float (&pr)[Cfg::kBlockM / 2], const float (&dp)[Cfg::kBlockM / 2],
-                                        const float *dsum, uint32_t (&pa)[Cfg::kBlockM / 16][4],
-                                        uint32_t (&da)[Cfg::kBlockM / 16][4])
+__device__ __forceinline__ void dscores(const float (&pr)[Cfg::kScoreN / 2], const float (&dp)[Cfg::kScoreN / 2],
+                                        const float *dsum, uint32_t (&pa)[Cfg::kScoreN / 16][4],
+                                        uint32_t (&da)[Cfg::kScoreN / 16][4])
 {
     typedef typename Cfg::Elem Elem;
     const int t = threadIdx.x % 4;
 #pragma unroll
-    for (int j = 0; j < Cfg::kBlockM / 8; ++j) {
+    for (int j = 0; j < Cfg::kScoreN / 8; ++j) {
         const float2 d = Softcap ? make_float2(0.0f, 0.0f) : *reinterpret_cast<const float2 *>(dsum + 8 * j + 2 * t);
         const int i = 4 * j;
         pa[j / 2][2 * (j % 2)] = fa_pack2<Elem>(pr[i], pr[i + 1]);
@@ -349,19 +395,21 @@ __device__ __forceinline__ void dscores(const float (&pr)[Cfg::kBlockM / 2], con
     }
 }
 
-/* Stores dSᵀ (this warpgroup's 64 keys x BlockM queries, already packed as
- * operand fragments) into the 128B-swizzled buffer [key][query]: slab
- * query/64, row key, 16-byte chunk ((query%64)/8) ^ (key%8). */
+/* Stores dSᵀ or Pᵀ (this warpgroup's 64 keys x kScoreN queries from query
+ * q_off on, already packed as operand fragments) into the 128B-swizzled
+ * buffer [key][query]: slab query/64, row key, 16-byte chunk
+ * ((query%64)/8) ^ (key%8). */
 template <class Cfg>
-__device__ __forceinline__ void store_ds(uint32_t buf, int key_local, const uint32_t (&da)[Cfg::kBlockM / 16][4])
+__device__ __forceinline__ void store_ds(uint32_t buf, int key_local, int q_off,
+                                         const uint32_t (&da)[Cfg::kScoreN / 16][4])
 {
     const int t = threadIdx.x % 4;
 #pragma unroll
-    for (int kk = 0; kk < Cfg::kBlockM / 16; ++kk)
+    for (int kk = 0; kk < Cfg::kScoreN / 16; ++kk)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
             /* register r of k-block kk: key +8 if r is odd, queries 16kk + 8(r/2) + 2t.. */
-            int key = key_local + 8 * (r & 1), query = 16 * kk + 8 * (r >> 1);
+            int key = key_local + 8 * (r & 1), query = q_off + 16 * kk + 8 * (r >> 1);
             uint32_t chunk = ((query % 64) / 8) ^ (key % 8);
             uint32_t addr = buf + (query / 64) * Cfg::kDsSlabBytes + key * 128 + chunk * 16 + 4 * t;
             asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(da[kk][r]) : "memory");
@@ -369,27 +417,29 @@ __device__ __forceinline__ void store_ds(uint32_t buf, int key_local, const uint
 }
 
 /* ------------------------------------------------------------------------ */
-/* Consumer: one warpgroup, 64 keys.                                        */
+/* Consumer: one warpgroup, 64 keys (all head dims, or half of them).       */
 
 template <class Cfg, bool Softcap>
 __device__ __forceinline__ void consume(const params &p, const work &w, const smem_layout<Cfg> &sm, int wg)
 {
     typedef typename Cfg::Elem Elem;
-    constexpr int D = Cfg::kHeadDim, BM = Cfg::kBlockM;
+    constexpr int BM = Cfg::kBlockM, SN = Cfg::kScoreN, DW = Cfg::kDimsPerWg;
     const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
-    const int key_local = 64 * wg + 16 * warp + lane / 4; /* this thread's first key in the block */
+    const int key_local = Cfg::kKeyStride * wg + 16 * warp + lane / 4; /* this thread's first key in the block */
+    const int q_off = Cfg::kSplitDim ? SN * wg : 0; /* first query of this warpgroup's Sᵀ */
+    const int dim0 = Cfg::kSplitDim ? DW * wg : 0;  /* first column of this warpgroup's dK, dV */
 
-    float dv[D / 2], dk[D / 2];
+    float dv[DW / 2], dk[DW / 2];
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i)
+    for (int i = 0; i < DW / 2; ++i)
         dv[i] = dk[i] = 0.0f;
 
     if (w.count > 0) {
         fa_mbar_wait(sm.kv_full(), 0);
         const int shift = w.sk - w.sq;
-        /* this warpgroup's part of dQ: query rows 64wg.. (BlockM 128) or
-         * head columns 64wg.. (BlockM 64) */
-        const int dq_row0 = BM == 128 ? 64 * wg : 0, dq_col0 = BM == 128 ? 0 : 64 * wg;
+        /* this warpgroup's parts of dQ: query rows 64wg.. (BlockM 128) or
+         * head columns 64·kDqPartsPerWg·wg.. (BlockM 64) */
+        const int dq_row0 = BM == 128 ? 64 * wg : 0, dq_col0 = BM == 128 ? 0 : 64 * Cfg::kDqPartsPerWg * wg;
         fa_pipe_state<Cfg::kStages> ps = {0, 0};
         for (int it = 0; it < w.count; ++it) {
             const int m0 = (w.mb_begin + it % w.blocks) * BM;
@@ -398,10 +448,11 @@ __device__ __forceinline__ void consume(const params &p, const work &w, const sm
                                     (p.window_left >= 0 && w.n0 < m0 + BM - 1 + shift - p.window_left);
             fa_mbar_wait(sm.q_full(ps.stage), ps.phase);
 
-            float s[BM / 2], dp[BM / 2];
+            float s[SN / 2], dp[SN / 2];
             fa_wgmma_fence();
-            issue_over_dim<Cfg, BM>(s, sm.k() + 64 * wg * 128, Cfg::kKVSlabBytes, sm.q(ps.stage), Cfg::kQSlabBytes);
-            issue_over_dim<Cfg, BM>(dp, sm.v() + 64 * wg * 128, Cfg::kKVSlabBytes, sm.dout(ps.stage),
+            const uint32_t k_rows = sm.k() + Cfg::kKeyStride * wg * 128, v_rows = sm.v() + Cfg::kKeyStride * wg * 128;
+            issue_over_dim<Cfg, SN>(s, k_rows, Cfg::kKVSlabBytes, sm.q(ps.stage) + q_off * 128, Cfg::kQSlabBytes);
+            issue_over_dim<Cfg, SN>(dp, v_rows, Cfg::kKVSlabBytes, sm.dout(ps.stage) + q_off * 128,
                                     Cfg::kQSlabBytes);
             /* Pᵀ while dPᵀ is still in flight (softcap needs dPᵀ in pass 1) */
             if constexpr (Softcap)
@@ -411,69 +462,89 @@ __device__ __forceinline__ void consume(const params &p, const work &w, const sm
             fa_wgmma_fence_regs(s);
             if constexpr (Softcap)
                 fa_wgmma_fence_regs(dp);
-            const float *lse = reinterpret_cast<const float *>(__cvta_shared_to_generic(sm.lse(ps.stage)));
-            const float *dsum = reinterpret_cast<const float *>(__cvta_shared_to_generic(sm.dsum(ps.stage)));
-            probs<Cfg, Softcap>(p, w, w.n0 + key_local, m0, needs_mask, s, dp, lse, dsum);
+            const float *lse = reinterpret_cast<const float *>(__cvta_shared_to_generic(sm.lse(ps.stage))) + q_off;
+            const float *dsum = reinterpret_cast<const float *>(__cvta_shared_to_generic(sm.dsum(ps.stage))) + q_off;
+            probs<Cfg, Softcap>(p, w, w.n0 + key_local, m0 + q_off, needs_mask, s, dp, lse, dsum);
             fa_wgmma_wait<0>();
             fa_wgmma_fence_regs(dp);
-            uint32_t pa[BM / 16][4], da[BM / 16][4];
+            uint32_t pa[SN / 16][4], da[SN / 16][4];
             dscores<Cfg, Softcap>(s, dp, dsum, pa, da);
 
-            /* dV += Pᵀ dO, dK += dSᵀ Q */
-            fa_wgmma_fence_regs(dv);
-            fa_wgmma_fence_regs(dk);
-            fa_wgmma_fence();
-            issue_over_queries<Cfg>(dv, pa, sm.dout(ps.stage));
-            issue_over_queries<Cfg>(dk, da, sm.q(ps.stage));
-            fa_wgmma_commit();
-
-            /* dSᵀ of both warpgroups into smem, then dQ = dS K */
+            /* dV += Pᵀ dO, dK += dSᵀ Q; dSᵀ of both warpgroups into smem for
+             * dQ (split head dim: Pᵀ too, and both products read them there) */
             const uint32_t ds = sm.ds(it & 1);
-            store_ds<Cfg>(ds, key_local, da);
-            fa_fence_proxy_async_shared();
-            fa_named_barrier_sync(kDsReady, 256);
-            float dq[32]; /* the first wgmma ignores its old value */
-            fa_wgmma_fence_regs(dq);
-            fa_wgmma_fence();
-            {
-                const uint64_t a0 = fa_wgmma_desc(ds + (dq_row0 / 64) * Cfg::kDsSlabBytes, Cfg::kDsSlabBytes, 1024);
-                const uint64_t b0 =
-                    fa_wgmma_desc(sm.k() + (dq_col0 / 64) * Cfg::kKVSlabBytes, Cfg::kKVSlabBytes, 1024);
-#pragma unroll
-                for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk)
-                    fa_wgmma<64>::template ss<Cfg::kBf16, 1, 1>(dq, a0 + ((kk * 16 * 128) >> 4),
-                                                              b0 + ((kk * 16 * 128) >> 4), kk > 0);
-            }
-            fa_wgmma_commit();
-            fa_wgmma_wait<0>();
-            fa_wgmma_fence_regs(dq);
             fa_wgmma_fence_regs(dv);
             fa_wgmma_fence_regs(dk);
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; ++kk) {
-                fa_wgmma_fence_regs(pa[kk]);
-                fa_wgmma_fence_regs(da[kk]);
+            if constexpr (Cfg::kSplitDim) {
+                store_ds<Cfg>(sm.pt(it & 1), key_local, q_off, pa);
+                store_ds<Cfg>(ds, key_local, q_off, da);
+                fa_fence_proxy_async_shared();
+                fa_named_barrier_sync(kDsReady, 256);
+                fa_wgmma_fence();
+                issue_over_queries_ss<Cfg>(dv, sm.pt(it & 1), sm.dout(ps.stage) + (dim0 / 64) * Cfg::kQSlabBytes);
+                issue_over_queries_ss<Cfg>(dk, ds, sm.q(ps.stage) + (dim0 / 64) * Cfg::kQSlabBytes);
+                fa_wgmma_commit();
+            } else {
+                fa_wgmma_fence();
+                issue_over_queries<Cfg>(dv, pa, sm.dout(ps.stage));
+                issue_over_queries<Cfg>(dk, da, sm.q(ps.stage));
+                fa_wgmma_commit();
+                store_ds<Cfg>(ds, key_local, 0, da);
+                fa_fence_proxy_async_shared();
+                fa_named_barrier_sync(kDsReady, 256);
             }
-            /* Q, dO, lse, D of this stage are no longer read; the proxy fence
-             * orders this thread's generic reads of lse / D before the next
-             * bulk copy (async proxy) into the stage. Every thread arrives:
-             * an arrive releases only its own thread's reads. */
-            fa_fence_proxy_async_shared();
-            fa_mbar_arrive(sm.q_empty(ps.stage));
 
-            /* this warpgroup's 64 x 64 part of dQ (unscaled) to smem for the writer */
-            if (it > 0)
-                fa_named_barrier_sync(kDqEmpty + wg, kDqBarrierThreads);
-            const uint32_t part = sm.dq(wg);
+            /* dQ = dS K, one 64 x 64 part at a time */
 #pragma unroll
-            for (int i = 0; i < 32; i += 2) {
-                int r = 16 * warp + lane / 4 + 8 * ((i >> 1) & 1), c = 8 * (i >> 2) + 2 * (lane % 4);
-                asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(part + 4 * dq_offset(r, c)), "f"(dq[i]),
-                             "f"(dq[i + 1])
-                             : "memory");
+            for (int j = 0; j < Cfg::kDqPartsPerWg; ++j) {
+                float dq[32]; /* the first wgmma ignores its old value */
+                fa_wgmma_fence_regs(dq);
+                fa_wgmma_fence();
+                {
+                    const uint64_t a0 =
+                        fa_wgmma_desc(ds + (dq_row0 / 64) * Cfg::kDsSlabBytes, Cfg::kDsSlabBytes, 1024);
+                    const uint64_t b0 = fa_wgmma_desc(sm.k() + (dq_col0 / 64 + j) * Cfg::kKVSlabBytes,
+                                                      Cfg::kKVSlabBytes, 1024);
+#pragma unroll
+                    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk)
+                        fa_wgmma<64>::template ss<Cfg::kBf16, 1, 1>(dq, a0 + ((kk * 16 * 128) >> 4),
+                                                                  b0 + ((kk * 16 * 128) >> 4), kk > 0);
+                }
+                fa_wgmma_commit();
+                if (j == 0) {
+                    /* dV, dK done: Q, dO, lse, D of this stage are no longer
+                     * read; the proxy fence orders this thread's generic
+                     * reads of lse / D before the next bulk copy (async
+                     * proxy) into the stage. Every thread arrives: an arrive
+                     * releases only its own thread's reads. */
+                    fa_wgmma_wait<1>();
+                    fa_wgmma_fence_regs(dv);
+                    fa_wgmma_fence_regs(dk);
+#pragma unroll
+                    for (int kk = 0; kk < SN / 16; ++kk) {
+                        fa_wgmma_fence_regs(pa[kk]);
+                        fa_wgmma_fence_regs(da[kk]);
+                    }
+                    fa_fence_proxy_async_shared();
+                    fa_mbar_arrive(sm.q_empty(ps.stage));
+                }
+                fa_wgmma_wait<0>();
+                fa_wgmma_fence_regs(dq);
+
+                /* this 64 x 64 part of dQ (unscaled) to smem for the writer */
+                if (it > 0 || j > 0)
+                    fa_named_barrier_sync(kDqEmpty + wg, kDqBarrierThreads);
+                const uint32_t part = sm.dq(wg);
+#pragma unroll
+                for (int i = 0; i < 32; i += 2) {
+                    int r = 16 * warp + lane / 4 + 8 * ((i >> 1) & 1), c = 8 * (i >> 2) + 2 * (lane % 4);
+                    asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(part + 4 * dq_offset(r, c)),
+                                 "f"(dq[i]), "f"(dq[i + 1])
+                                 : "memory");
+                }
+                fa_fence_proxy_async_shared();
+                fa_named_barrier_arrive(kDqFull + wg, kDqBarrierThreads);
             }
-            fa_fence_proxy_async_shared();
-            fa_named_barrier_arrive(kDqFull + wg, kDqBarrierThreads);
             ps.advance();
         }
     }
@@ -489,9 +560,9 @@ __device__ __forceinline__ void consume(const params &p, const work &w, const sm
         int64_t k_off = b * p.t_dk.stride_batch + row * p.t_dk.stride_seq + (int64_t)w.hk * p.t_dk.stride_head;
         int64_t v_off = b * p.t_dv.stride_batch + row * p.t_dv.stride_seq + (int64_t)w.hk * p.t_dv.stride_head;
 #pragma unroll
-        for (int i = 2 * r; i < D / 2; i += 4) {
-            int col = 8 * (i >> 2) + 2 * (lane % 4);
-            if (D == p.head_dim || col < p.head_dim) {
+        for (int i = 2 * r; i < DW / 2; i += 4) {
+            int col = dim0 + 8 * (i >> 2) + 2 * (lane % 4);
+            if (Cfg::kHeadDim == p.head_dim || col < p.head_dim) {
                 *reinterpret_cast<uint32_t *>(dk_out + k_off + col) =
                     fa_pack2<Elem>(dk[i] * p.softmax_scale, dk[i + 1] * p.softmax_scale);
                 *reinterpret_cast<uint32_t *>(dv_out + v_off + col) = fa_pack2<Elem>(dv[i], dv[i + 1]);

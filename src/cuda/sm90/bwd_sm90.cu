@@ -14,9 +14,9 @@
 
 using namespace fa_sm90_bwd;
 
-/* Head dim the kernels are compiled for (96 runs as 128: the tensor maps
- * zero-fill the missing columns). */
-static int padded_head_dim(int64_t d) { return d <= 64 ? 64 : 128; }
+/* Head dim the kernels are compiled for (96 runs as 128 and 192 as 256: the
+ * tensor maps zero-fill the missing columns). */
+static int padded_head_dim(int64_t d) { return d <= 64 ? 64 : d <= 128 ? 128 : 256; }
 
 /* Workspace rows per (batch, head): the longest sequence, rounded up to a
  * whole number of every query block size. */
@@ -127,6 +127,10 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
         return launch<config<Elem, 128>>(p, bf16 ? "sm90.bwd.hdim96.bf16" : "sm90.bwd.hdim96.fp16");
     case 128:
         return launch<config<Elem, 128>>(p, bf16 ? "sm90.bwd.hdim128.bf16" : "sm90.bwd.hdim128.fp16");
+    case 192:
+        return launch<config<Elem, 256>>(p, bf16 ? "sm90.bwd.hdim192.bf16" : "sm90.bwd.hdim192.fp16");
+    case 256:
+        return launch<config<Elem, 256>>(p, bf16 ? "sm90.bwd.hdim256.bf16" : "sm90.bwd.hdim256.fp16");
     default:
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90 backward: head_dim %lld", (long long)p->head_dim);
     }
