@@ -2,7 +2,7 @@
  * Hopper (sm_90a) backend: which problems its kernels run.
  *
  * Supported: bf16 / fp16; head_dim == head_dim_v in {64, 96, 128, 192, 256}
- * (backward: 64, 96, 128); causal, sliding window, softcap, GQA/MQA, varlen,
+ * (backward too); causal, sliding window, softcap, GQA/MQA, varlen,
  * any seqlen. Not here (FA_ERROR_UNSUPPORTED, the dispatcher falls back to
  * sm80): dropout, ALiBi, block-sparse masks, deterministic backward, other
  * head dims, and tensors whose base or strides are not 16-byte aligned (TMA
@@ -29,9 +29,6 @@ static fa_status check_tensor(const fa_problem *p, const fa_tensor *t, const cha
 /* What the backward adds to the forward's rules. */
 static fa_status backward_supports(const fa_problem *p)
 {
-    if (p->head_dim > 128)
-        return fa_fail(FA_ERROR_UNSUPPORTED,
-                       "sm90: the backward covers head_dim 64, 96, 128 (%lld runs on sm80)", (long long)p->head_dim);
     if (p->deterministic)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: the backward adds dQ with atomics (deterministic runs on sm80)");
     /* dq is written 16 bytes at a time, dk / dv 4 bytes: same rule as TMA */
