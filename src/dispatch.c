@@ -4,8 +4,9 @@
  *
  *   CPU context:  the CPU backend (fp8 is GPU-only).
  *   CUDA context: on sm_90, the Hopper kernels if they support the problem
- *                 (forward; backward for head dims <= 128, not
- *                 deterministic), else the portable sm80 kernels.
+ *                 (forward and backward; not deterministic, dropout,
+ *                 ALiBi, block-sparse: see sm90.cu), else the portable
+ *                 sm80 kernels.
  * A forced backend that cannot run the problem is FA_ERROR_UNSUPPORTED, with
  * the backend's own reason.
  */
