@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "bwd_kernel.cuh"
+#include "problem_params.h"
 #include "tensor_maps.h"
 
 using namespace fa_sm90_bwd;
@@ -65,24 +66,9 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     prm.t_dq = p->dq;
     prm.t_dk = p->dk;
     prm.t_dv = p->dv;
-    prm.lse = p->lse;
-    prm.varlen = p->varlen;
-    prm.cu_seqlens_q = p->cu_seqlens_q;
-    prm.cu_seqlens_k = p->cu_seqlens_k;
-    prm.batch = (int)p->batch;
-    prm.seqlen_q = (int)p->seqlen_q;
-    prm.seqlen_k = (int)p->seqlen_k;
-    prm.heads_q = (int)p->heads_q;
+    fa_sm90_fill_problem(prm, p);
     prm.heads_kv = (int)p->heads_kv;
-    prm.heads_per_kv = (int)(p->heads_q / p->heads_kv);
-    prm.head_dim = (int)p->head_dim;
-    prm.total_q = p->total_q;
-    prm.window_left = (int)p->window_left;
-    prm.window_right = (int)p->window_right;
     prm.softmax_scale = p->softmax_scale;
-    prm.softcap = p->softcap;
-    prm.softcap_input_scale = p->softcap > 0.0f ? p->softmax_scale / p->softcap : 0.0f;
-    prm.score_scale_log2 = (p->softcap > 0.0f ? 1.0f : p->softmax_scale) * kLog2e;
     prm.rows_per_head = rows_per_head(p);
     const int64_t rows = (int64_t)p->batch * p->heads_q * prm.rows_per_head;
     char *ws = (char *)p->workspace;

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "fwd_kernel.cuh"
+#include "problem_params.h"
 #include "tensor_maps.h"
 
 /* ------------------------------------------------------------------------ */
@@ -30,23 +31,8 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     prm.out_stride_batch = p->out.stride_batch;
     prm.out_stride_seq = p->out.stride_seq;
     prm.out_stride_head = p->out.stride_head;
-    prm.lse = p->lse;
-    prm.varlen = p->varlen;
-    prm.cu_seqlens_q = p->cu_seqlens_q;
-    prm.cu_seqlens_k = p->cu_seqlens_k;
-    prm.batch = (int)p->batch;
-    prm.seqlen_q = (int)p->seqlen_q;
-    prm.seqlen_k = (int)p->seqlen_k;
-    prm.heads_q = (int)p->heads_q;
-    prm.heads_per_kv = (int)(p->heads_q / p->heads_kv);
-    prm.head_dim = (int)p->head_dim;
-    prm.total_q = p->total_q;
-    prm.window_left = (int)p->window_left;
-    prm.window_right = (int)p->window_right;
-    prm.softcap = p->softcap;
-    prm.softcap_input_scale = p->softcap > 0.0f ? p->softmax_scale / p->softcap : 0.0f;
+    fa_sm90_fill_problem(prm, p);
     prm.score_scale = p->softcap > 0.0f ? 1.0f : p->softmax_scale;
-    prm.score_scale_log2 = prm.score_scale * 1.4426950408889634f;
     prm.num_m_blocks = (int)((p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM);
     int64_t tiles = (int64_t)prm.num_m_blocks * p->heads_q * p->batch;
     if (tiles > 0x7fffffff)
