@@ -2,8 +2,8 @@
  * FlashAttention-2 backward on sm80+ tensor cores.
  *
  * Three launches on the stream:
- *  1. preprocess: D = rowsum(dO ∘ O) and lse in log2 units per (row, head);
- *     zeroes the fp32 dQ accumulator.
+ *  1. preprocess: D = rowsum(dO ∘ O) and lse in log2 units per (row, head)
+ *     (after a memset that clears the fp32 dQ accumulator).
  *  2. main: one thread block per (key block, kv head, batch). K and V stay
  *     in smem, dK and dV accumulate in registers while the block walks the
  *     query blocks of every query head of its GQA group (so dK/dV need no
@@ -40,6 +40,13 @@ template <int D, bool kLarge> struct BackwardTiles {
     static constexpr int kQueryCols = kBlockM / kWarpsD; /* of Sᵀ, per warp */
     static constexpr int kDimCols = D / kWarpsD;         /* of dK/dV, per warp */
     static constexpr bool kPtInRegisters = kWarpsD == 1;
+    /* With Pᵀ in registers a warp computes its slab in parts of 32 queries,
+     * each finished (Pᵀ, dSᵀ, dV, dK) before the next: the Sᵀ/dPᵀ
+     * accumulators of one part (32 registers instead of 64) leave room to
+     * keep the next k step's fragments in flight, for the price of reading
+     * the warp's K/V fragments once per part. */
+    static constexpr int kSlabParts = kPtInRegisters ? kQueryCols / 32 : 1;
+    static constexpr int kPartCols = kQueryCols / kSlabParts;
     static constexpr int kDqRowGroups = kBlockM / 32;
     static constexpr int kDqColGroups = kWarps / kDqRowGroups;
     static constexpr int kDqCols = D / kDqColGroups; /* of dQ, per warp (32 rows) */
@@ -50,7 +57,7 @@ template <int D, bool kLarge> struct BackwardTiles {
                (size_t)(kPtInRegisters ? 1 : 2) * kBlockN * smem_pitch(kBlockM) * 2 +
                (size_t)query_stages * (2 * kBlockM * smem_pitch(D) * 2 + 2 * kBlockM * 4);
     }
-    static_assert(kQueryCols % (kPtInRegisters ? 16 : 8) == 0 && kDimCols % 8 == 0 && kDqCols % 8 == 0, "tiles");
+    static_assert(kPartCols % (kPtInRegisters ? 16 : 8) == 0 && kDimCols % 8 == 0 && kDqCols % 8 == 0, "tiles");
     static_assert(kWarps % kDqRowGroups == 0, "dQ warp split");
     static_assert(kQueryCols * 4 / 8 <= 32, "dropout bits per thread");
 };
@@ -62,7 +69,9 @@ template <bool B> struct Flag {
 
 struct BackwardArgs {
     fa_problem p;
-    bool vectorized;
+    bool vectorized;     /* q, k, v, dout rows 16-byte aligned: cp.async tile loads */
+    bool out_vectorized; /* out, dout rows 16-byte aligned and dv % 8 == 0 (preprocess) */
+    bool grad_pairs;     /* dq, dk, dv rows 16-byte aligned: paired/16-byte stores */
     int dp;          /* padded head dim: the accumulator's row length */
     float *dq_accum; /* (Hq, total_q, dp) fp32 */
     float *dsum;     /* (Hq, total_q): rowsum(dO ∘ O) */
@@ -77,38 +86,49 @@ __device__ __forceinline__ int64_t workspace_row(const fa_problem &p, const fa_s
     return (p.varlen ? 0 : b * p.seqlen_q) + seq.q0 + i;
 }
 
-// out, dout (B, Sq, Hq, dv), lse (B, Hq, Sq) -> dsum, lse_log2 (Hq, total_q);
-// zeroes dq_accum (Hq, total_q, dp). One warp per (row, head).
-__global__ void __launch_bounds__(256) backward_preprocess_kernel(const BackwardArgs a)
+/* Threads that share one row in the preprocess and dQ conversion: one per
+ * 8 columns of the padded head dim, rounded up to a power of two (so that
+ * a row's threads reduce with xor shuffles inside one warp). */
+__host__ __device__ constexpr int row_threads(int dp) { return dp <= 64 ? 8 : dp <= 128 ? 16 : 32; }
+
+// out, dout (B, Sq, Hq, dv), lse (B, Hq, Sq) -> dsum, lse_log2 (Hq, total_q).
+// row_threads(DP) threads per (row, head), 8 columns each (one 16-byte load
+// of each tensor when rows are aligned); dq_accum is cleared by a memset.
+template <typename T, int DP> __global__ void __launch_bounds__(256) backward_preprocess_kernel(const BackwardArgs a)
 {
+    constexpr int kRowThreads = row_threads(DP);
     const fa_problem &p = a.p;
-    const int64_t item = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    const int lane = threadIdx.x % 32;
-    if (item >= p.total_q * p.heads_q)
+    const int64_t item = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / kRowThreads;
+    const int col = (int)(threadIdx.x % kRowThreads) * 8;
+    if (item >= p.total_q * p.heads_q) /* a row's threads are all in or all out */
         return;
     const int64_t h = item / p.total_q, row = item % p.total_q;
     const int64_t b = p.varlen ? 0 : row / p.seqlen_q, i = p.varlen ? row : row % p.seqlen_q;
+    const int dv = (int)p.head_dim_v;
     float acc = 0.f;
-    if (p.dtype == FA_DTYPE_BF16) {
-        const __nv_bfloat16 *o = (const __nv_bfloat16 *)p.out.data + fa_row_offset(&p.out, p.varlen, b, i, h);
-        const __nv_bfloat16 *g = (const __nv_bfloat16 *)p.dout.data + fa_row_offset(&p.dout, p.varlen, b, i, h);
-        for (int c = lane; c < p.head_dim_v; c += 32)
-            acc += __bfloat162float(o[c]) * __bfloat162float(g[c]);
-    } else {
-        const __half *o = (const __half *)p.out.data + fa_row_offset(&p.out, p.varlen, b, i, h);
-        const __half *g = (const __half *)p.dout.data + fa_row_offset(&p.dout, p.varlen, b, i, h);
-        for (int c = lane; c < p.head_dim_v; c += 32)
-            acc += __half2float(o[c]) * __half2float(g[c]);
+    if (col < dv) {
+        const T *o = (const T *)p.out.data + fa_row_offset(&p.out, p.varlen, b, i, h) + col;
+        const T *g = (const T *)p.dout.data + fa_row_offset(&p.dout, p.varlen, b, i, h) + col;
+        if (a.out_vectorized) {
+            const uint4 ov = *reinterpret_cast<const uint4 *>(o), gv = *reinterpret_cast<const uint4 *>(g);
+            const uint32_t ow[4] = {ov.x, ov.y, ov.z, ov.w}, gw[4] = {gv.x, gv.y, gv.z, gv.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float2 of = unpack_pair<T>(ow[e]), gf = unpack_pair<T>(gw[e]);
+                acc += of.x * gf.x + of.y * gf.y;
+            }
+        } else {
+            for (int e = 0; e < 8 && col + e < dv; ++e)
+                acc += (float)o[e] * (float)g[e];
+        }
     }
-    for (int off = 16; off > 0; off /= 2)
+#pragma unroll
+    for (int off = kRowThreads / 2; off > 0; off /= 2)
         acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    float *dq = a.dq_accum + (h * p.total_q + row) * a.dp;
-    for (int c = lane; c < a.dp; c += 32)
-        dq[c] = 0.f;
-    if (lane == 0) {
+    if (col == 0) {
         const float lse = p.lse[fa_lse_index(p.varlen, b, h, i, p.heads_q, p.seqlen_q, p.total_q)];
-        a.dsum[h * p.total_q + row] = acc;
-        a.lse_log2[h * p.total_q + row] = lse == -INFINITY ? INFINITY : lse * kLog2e;
+        a.dsum[item] = acc;
+        a.lse_log2[item] = lse == -INFINITY ? INFINITY : lse * kLog2e;
     }
 }
 
@@ -117,14 +137,15 @@ __global__ void __launch_bounds__(256) backward_preprocess_kernel(const Backward
 // Grid: (key blocks or 1 if deterministic, Hkv, B). kScoreSteps false: the
 // problem has no softcap and no ALiBi (the launcher checks), so the kernel
 // carries only the plain score path (the other one's registers make ptxas
-// spill more around the softmax: 504 -> 392 bytes at d 128, 32 -> 0 at 64).
+// spill more around the softmax). Indices within a sequence and head are
+// 32-bit (sequences are shorter than 2^31); only global offsets are 64-bit.
 template <typename T, int D, bool kLarge, bool kScoreSteps>
 __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     backward_kernel(const BackwardArgs a)
 {
     using Tiles = BackwardTiles<D, kLarge>;
     constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN, QC = Tiles::kQueryCols;
-    constexpr int DC = Tiles::kDimCols, kThreads = Tiles::kWarps * 32;
+    constexpr int QP = Tiles::kPartCols, DC = Tiles::kDimCols, kThreads = Tiles::kWarps * 32;
     constexpr int P = smem_pitch(D), PS = smem_pitch(BM);
     const fa_problem &p = a.p;
 
@@ -138,10 +159,11 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     float *s_lse = reinterpret_cast<float *>(sdO + a.query_stages * BM * P);
     float *s_dsum = s_lse + a.query_stages * BM;
 
-    const int64_t b = blockIdx.z, hk = blockIdx.y;
+    const int b = blockIdx.z, hk = blockIdx.y;
     const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q,
                                  p.seqlen_k, b);
-    const int64_t group = p.heads_q / p.heads_kv, shift = seq.sk - seq.sq;
+    const int sq = (int)seq.sq, sk = (int)seq.sk;
+    const int group = (int)(p.heads_q / p.heads_kv), shift = sk - sq;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
     const int wn = warp / Tiles::kWarpsD, wd = warp % Tiles::kWarpsD;
     const int dq_rows = 32 * (warp % Tiles::kDqRowGroups);
@@ -155,12 +177,12 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     const T *k = (const T *)p.k.data + fa_row_offset(&p.k, p.varlen, b, seq.k0, hk);
     const T *v = (const T *)p.v.data + fa_row_offset(&p.v, p.varlen, b, seq.k0, hk);
 
-    for (int64_t n0 = (int64_t)blockIdx.x * BN; n0 < seq.sk; n0 += (int64_t)gridDim.x * BN) {
+    for (int n0 = blockIdx.x * BN; n0 < sk; n0 += gridDim.x * BN) {
         __syncthreads(); /* the previous key block's reads of sK, sV are done */
-        load_tile<T, BN, D, kThreads>(sK, k + n0 * p.k.stride_seq, p.k.stride_seq,
-                                      seq.sk - n0, d, a.vectorized);
-        load_tile<T, BN, D, kThreads>(sV, v + n0 * p.v.stride_seq, p.v.stride_seq,
-                                      seq.sk - n0, dv, a.vectorized);
+        load_tile_fixed_column<T, BN, D, kThreads>(sK, k + n0 * p.k.stride_seq, p.k.stride_seq,
+                                                   sk - n0, d, a.vectorized);
+        load_tile_fixed_column<T, BN, D, kThreads>(sV, v + n0 * p.v.stride_seq, p.v.stride_seq,
+                                                   sk - n0, dv, a.vectorized);
         cp_async_commit();
 
         float acc_dk[1][DC / 8][4], acc_dv[1][DC / 8][4];
@@ -168,15 +190,15 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
         zero(acc_dv);
 
         /* Query rows that can see a key of this block. */
-        const int64_t n_last = min(n0 + BN, seq.sk) - 1;
-        const int64_t m_begin = p.window_right >= 0 ? max((int64_t)0, n0 - shift - p.window_right) : 0;
-        const int64_t m_end = p.window_left >= 0 ? min(seq.sq, n_last - shift + p.window_left + 1) : seq.sq;
-        const int64_t h_end = (hk + 1) * group, m_first = (m_begin / BM) * BM;
+        const int n_last = min(n0 + BN, sk) - 1;
+        const int m_begin = p.window_right >= 0 ? (int)max((int64_t)0, n0 - shift - p.window_right) : 0;
+        const int m_end = p.window_left >= 0 ? (int)min((int64_t)sq, n_last - shift + p.window_left + 1) : sq;
+        const int h_end = (hk + 1) * group, m_first = (m_begin / BM) * BM;
 
         /* The work list: (query head h, query block m0) pairs of the group
          * with a visible element, in order. `advance` moves to the next one
          * (h == h_end: none left). */
-        auto advance = [&](int64_t &h, int64_t &m0, TileKind &kind) {
+        auto advance = [&](int &h, int &m0, TileKind &kind) {
             for (;;) { /* needs m_first < m_end */
                 m0 += BM;
                 if (m0 >= m_end) {
@@ -191,23 +213,23 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
         };
         /* Queues the cp.async loads of Q and dO rows [m0, m0+BM) of head h
          * into stage `st`, and reads their lse and D. */
-        auto load_query_block = [&](int64_t h, int64_t m0, int st) {
+        auto load_query_block = [&](int h, int m0, int st) {
             const T *q = (const T *)p.q.data + fa_row_offset(&p.q, p.varlen, b, seq.q0 + m0, h);
             const T *dout = (const T *)p.dout.data + fa_row_offset(&p.dout, p.varlen, b, seq.q0 + m0, h);
-            load_tile<T, BM, D, kThreads>(sQ + st * BM * P, q, p.q.stride_seq, seq.sq - m0, d,
-                                          a.vectorized);
-            load_tile<T, BM, D, kThreads>(sdO + st * BM * P, dout, p.dout.stride_seq,
-                                          seq.sq - m0, dv, a.vectorized);
+            load_tile_fixed_column<T, BM, D, kThreads>(sQ + st * BM * P, q, p.q.stride_seq, sq - m0, d,
+                                                       a.vectorized);
+            load_tile_fixed_column<T, BM, D, kThreads>(sdO + st * BM * P, dout, p.dout.stride_seq,
+                                                       sq - m0, dv, a.vectorized);
             cp_async_commit();
             if (threadIdx.x < BM) {
                 const int64_t ws = h * p.total_q + workspace_row(p, seq, b, m0 + threadIdx.x);
-                const bool valid = m0 + threadIdx.x < seq.sq;
+                const bool valid = m0 + (int)threadIdx.x < sq;
                 s_lse[st * BM + threadIdx.x] = valid ? a.lse_log2[ws] : INFINITY;
                 s_dsum[st * BM + threadIdx.x] = valid ? a.dsum[ws] : 0.f;
             }
         };
 
-        int64_t h = hk * group, m0 = m_first - BM;
+        int h = hk * group, m0 = m_first - BM;
         TileKind kind = TILE_SKIP;
         if (m_first >= m_end)
             h = h_end;
@@ -217,7 +239,7 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
             load_query_block(h, m0, 0);
         int stage = 0;
         while (h < h_end) {
-            int64_t h_next = h, m0_next = m0;
+            int h_next = h, m0_next = m0;
             TileKind kind_next = TILE_SKIP;
             advance(h_next, m0_next, kind_next);
             cp_async_wait<0>();
@@ -230,7 +252,6 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
                 load_query_block(h_next, m0_next, stage ^ 1);
             const T *cQ = sQ + stage * BM * P, *cdO = sdO + stage * BM * P;
             const float *c_lse = s_lse + stage * BM, *c_dsum = s_dsum + stage * BM;
-            const Mask mask = make_mask(p, seq, b, h);
             const ScoreTransform score = make_score_transform(p, seq, b, h);
 
             /* Keep bits of this warp's slab (below), bit 4nt + e: a rolled loop
@@ -242,107 +263,112 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
 #pragma unroll 1
                 for (int bit = 0; bit < QC / 2; ++bit) {
                     const int nt = bit / 4, e = bit % 4;
-                    const int64_t i = m0 + wd * QC + nt * 8 + 2 * t + e % 2;
-                    const int64_t j = n0 + 16 * wn + g + (e / 2) * 8;
+                    const int i = m0 + wd * QC + nt * 8 + 2 * t + e % 2;
+                    const int j = n0 + 16 * wn + g + (e / 2) * 8;
                     fa_u32x4 w = fa_dropout_words(p.dropout_seed, p.dropout_offset,
                                                   p.heads_q, b, h, i, j);
                     keep_bits |= (uint32_t)(w.x[j & 3] >= drop_threshold) << bit;
                 }
             }
 
-            /* This warp's 16 keys x QC queries of Sᵀ and dPᵀ: element
-             * (nt, e) is key 16wn + g + 8(e/2), query wd·QC + 8nt + 2t + e%2. */
-            float st[1][QC / 8][4], dpt[1][QC / 8][4];
-            zero(st);
-            zero(dpt);
-            /* Both products step through D together (two independent mma
-             * chains per k step for the scheduler to interleave). */
 #pragma unroll
-            for (int kk = 0; kk < D; kk += 16) {
-                warp_gemm<1, QC / 8, 16, false, false>(st, sK, P, 16 * wn, kk, cQ, P, kk, wd * QC);
-                warp_gemm<1, QC / 8, 16, false, false>(dpt, sV, P, 16 * wn, kk, cdO, P, kk, wd * QC);
-            }
+            for (int part = 0; part < Tiles::kSlabParts; ++part) {
+                /* This part's 16 keys x QP queries of Sᵀ and dPᵀ: element
+                 * (nt, e) is key 16wn + g + 8(e/2), query q_base + 8nt + 2t + e%2. */
+                const int q_base = wd * QC + part * QP;
+                float st[1][QP / 8][4], dpt[1][QP / 8][4];
+                zero(st);
+                zero(dpt);
+                /* Both products step through D together (two independent mma
+                 * chains per k step for the scheduler to interleave). */
+#pragma unroll
+                for (int kk = 0; kk < D; kk += 16) {
+                    warp_gemm<1, QP / 8, 16, false, false>(st, sK, P, 16 * wn, kk, cQ, P, kk, q_base);
+                    warp_gemm<1, QP / 8, 16, false, false>(dpt, sV, P, 16 * wn, kk, cdO, P, kk, q_base);
+                }
 
-            /* st -> Pᵀ (dropped, scaled), dpt -> dSᵀ = Pᵀ ∘ (dPᵀ·keep/(1-p) − D),
-             * times softcap's derivative. One loop per score kind behind a
-             * uniform branch (see the forward): the plain one has no
-             * softcap/ALiBi code and no per-element derivative to keep. */
-            auto p_and_ds = [&](auto transformed) {
+                /* st -> Pᵀ (dropped, scaled), dpt -> dSᵀ = Pᵀ ∘ (dPᵀ·keep/(1-p) − D),
+                 * times softcap's derivative. One loop per score kind behind a
+                 * uniform branch (see the forward): the plain one has no
+                 * softcap/ALiBi code and no per-element derivative to keep. */
+                auto p_and_ds = [&](auto transformed) {
 #pragma unroll
-                for (int nt = 0; nt < QC / 8; ++nt) {
-                    const int il = wd * QC + nt * 8 + 2 * t;
-                    const float2 lse = *reinterpret_cast<const float2 *>(c_lse + il);
-                    const float2 dsum = *reinterpret_cast<const float2 *>(c_dsum + il);
+                    for (int nt = 0; nt < QP / 8; ++nt) {
+                        const int il = q_base + nt * 8 + 2 * t;
+                        const float2 lse = *reinterpret_cast<const float2 *>(c_lse + il);
+                        const float2 dsum = *reinterpret_cast<const float2 *>(c_dsum + il);
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        float s = st[0][nt][e], dtanh = 1.f;
-                        if constexpr (decltype(transformed)::value)
-                            s = transform_score(score, s, m0 + il + e % 2,
-                                                n0 + 16 * wn + g + (e / 2) * 8, &dtanh) * kLog2e;
-                        else
-                            s *= scale_log2;
-                        const float pe = exp2f(s - (e % 2 ? lse.y : lse.x));
-                        const bool keep = (keep_bits >> (4 * nt + e)) & 1;
-                        const float dp = keep ? dpt[0][nt][e] * keep_scale : 0.f;
-                        st[0][nt][e] = keep ? pe * keep_scale : 0.f;
-                        dpt[0][nt][e] = pe * (dp - (e % 2 ? dsum.y : dsum.x)) * dtanh;
+                        for (int e = 0; e < 4; ++e) {
+                            float s = st[0][nt][e], dtanh = 1.f;
+                            if constexpr (decltype(transformed)::value)
+                                s = transform_score(score, s, m0 + il + e % 2,
+                                                    n0 + 16 * wn + g + (e / 2) * 8, &dtanh) * kLog2e;
+                            else
+                                s *= scale_log2;
+                            const float pe = exp2f(s - (e % 2 ? lse.y : lse.x));
+                            const bool keep = (keep_bits >> (4 * (part * QP / 8 + nt) + e)) & 1;
+                            const float dp = keep ? dpt[0][nt][e] * keep_scale : 0.f;
+                            st[0][nt][e] = keep ? pe * keep_scale : 0.f;
+                            dpt[0][nt][e] = pe * (dp - (e % 2 ? dsum.y : dsum.x)) * dtanh;
+                        }
+                    }
+                };
+                if (!kScoreSteps || (score.softcap == 0.f && score.alibi_slope == 0.f))
+                    p_and_ds(Flag<false>());
+                else
+                    p_and_ds(Flag<true>());
+                /* Masked elements (possibly inf/NaN above) become exact zeros. */
+                if (kind == TILE_PARTIAL) {
+                    const Mask mask = make_mask(p, seq, b, h);
+                    const TileMask tmask = tile_mask(mask, m0, n0);
+                    /* Called with blocks == NULL when dense, so that the
+                     * block-sparse lookup folds away (no per-element branch). */
+                    auto zero_masked = [&](const Mask &m) {
+#pragma unroll
+                        for (int nt = 0; nt < QP / 8; ++nt)
+#pragma unroll
+                            for (int e = 0; e < 4; ++e)
+                                if (!visible_in_tile(tmask, m, m0, n0, q_base + nt * 8 + 2 * t + e % 2,
+                                                     16 * wn + g + (e / 2) * 8))
+                                    st[0][nt][e] = dpt[0][nt][e] = 0.f;
+                    };
+                    if (mask.blocks) {
+                        zero_masked(mask);
+                    } else {
+                        Mask dense = mask;
+                        dense.blocks = nullptr;
+                        zero_masked(dense);
                     }
                 }
-            };
-            if (!kScoreSteps || (score.softcap == 0.f && score.alibi_slope == 0.f))
-                p_and_ds(Flag<false>());
-            else
-                p_and_ds(Flag<true>());
-            /* Masked elements (possibly inf/NaN above) become exact zeros. */
-            if (kind == TILE_PARTIAL) {
-                const TileMask tmask = tile_mask(mask, m0, n0);
-                /* Called with blocks == NULL when dense, so that the
-                 * block-sparse lookup folds away (no per-element branch). */
-                auto zero_masked = [&](const Mask &m) {
-#pragma unroll
-                    for (int nt = 0; nt < QC / 8; ++nt)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e)
-                            if (!visible_in_tile(tmask, m, m0, n0, wd * QC + nt * 8 + 2 * t + e % 2,
-                                                 16 * wn + g + (e / 2) * 8))
-                                st[0][nt][e] = dpt[0][nt][e] = 0.f;
-                };
-                if (mask.blocks) {
-                    zero_masked(mask);
-                } else {
-                    Mask dense = mask;
-                    dense.blocks = nullptr;
-                    zero_masked(dense);
-                }
-            }
 
-            /* Pᵀ and dSᵀ as 16-bit pairs in the A-fragment layout: k step kk
-             * (16 queries) is n-tiles 2kk, 2kk+1 of the accumulators (a slab
-             * of 8 queries fills half of one). */
-            uint32_t pt_frag[(QC + 15) / 16][1][4], dst_frag[(QC + 15) / 16][1][4];
+                /* Pᵀ and dSᵀ as 16-bit pairs in the A-fragment layout: k step kk
+                 * (16 queries) is n-tiles 2kk, 2kk+1 of the accumulators (a slab
+                 * of 8 queries fills half of one). */
+                uint32_t pt_frag[(QP + 15) / 16][1][4], dst_frag[(QP + 15) / 16][1][4];
 #pragma unroll
-            for (int nt = 0; nt < QC / 8; ++nt)
+                for (int nt = 0; nt < QP / 8; ++nt)
 #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    pt_frag[nt / 2][0][2 * (nt % 2) + r] = pack_pair<T>(st[0][nt][2 * r], st[0][nt][2 * r + 1]);
-                    dst_frag[nt / 2][0][2 * (nt % 2) + r] = pack_pair<T>(dpt[0][nt][2 * r], dpt[0][nt][2 * r + 1]);
-                }
-            /* dSᵀ (and Pᵀ unless in registers) into smem. */
+                    for (int r = 0; r < 2; ++r) {
+                        pt_frag[nt / 2][0][2 * (nt % 2) + r] = pack_pair<T>(st[0][nt][2 * r], st[0][nt][2 * r + 1]);
+                        dst_frag[nt / 2][0][2 * (nt % 2) + r] = pack_pair<T>(dpt[0][nt][2 * r], dpt[0][nt][2 * r + 1]);
+                    }
+                /* dSᵀ (and Pᵀ unless in registers) into smem. */
 #pragma unroll
-            for (int nt = 0; nt < QC / 8; ++nt)
+                for (int nt = 0; nt < QP / 8; ++nt)
 #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const int jl = 16 * wn + g + 8 * r, il = wd * QC + nt * 8 + 2 * t;
-                    *reinterpret_cast<uint32_t *>(sdSt + jl * PS + il) = dst_frag[nt / 2][0][2 * (nt % 2) + r];
-                    if constexpr (!Tiles::kPtInRegisters)
-                        *reinterpret_cast<uint32_t *>(sPt + jl * PS + il) = pt_frag[nt / 2][0][2 * (nt % 2) + r];
-                }
-            if constexpr (Tiles::kPtInRegisters) {
-                /* dV += Pᵀ·dO, dK += dSᵀ·Q straight from the fragments. */
+                    for (int r = 0; r < 2; ++r) {
+                        const int jl = 16 * wn + g + 8 * r, il = q_base + nt * 8 + 2 * t;
+                        *reinterpret_cast<uint32_t *>(sdSt + jl * PS + il) = dst_frag[nt / 2][0][2 * (nt % 2) + r];
+                        if constexpr (!Tiles::kPtInRegisters)
+                            *reinterpret_cast<uint32_t *>(sPt + jl * PS + il) = pt_frag[nt / 2][0][2 * (nt % 2) + r];
+                    }
+                if constexpr (Tiles::kPtInRegisters) {
+                    /* dV += Pᵀ·dO, dK += dSᵀ·Q straight from the fragments. */
 #pragma unroll
-                for (int kk = 0; kk < BM / 16; ++kk) {
-                    mma_a_times_b<1, DC / 8, true>(acc_dv, pt_frag[kk], cdO, P, 16 * kk, 0);
-                    mma_a_times_b<1, DC / 8, true>(acc_dk, dst_frag[kk], cQ, P, 16 * kk, 0);
+                    for (int kk = 0; kk < QP / 16; ++kk) {
+                        mma_a_times_b<1, DC / 8, true>(acc_dv, pt_frag[kk], cdO, P, q_base + 16 * kk, 0);
+                        mma_a_times_b<1, DC / 8, true>(acc_dk, dst_frag[kk], cQ, P, q_base + 16 * kk, 0);
+                    }
                 }
             }
             __syncthreads(); /* dSᵀ (and Pᵀ) of every warp are visible */
@@ -354,18 +380,18 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
             float dq[2][Tiles::kDqCols / 8][4];
             zero(dq);
             warp_gemm<2, Tiles::kDqCols / 8, BN, true, true>(dq, sdSt, PS, dq_rows, 0, sK, P, 0, dq_cols);
-            const int64_t ws_base = h * p.total_q + workspace_row(p, seq, b, 0);
+            /* Rows of this block in the accumulator (dp == D columns). */
+            float *dq_block = a.dq_accum + (h * p.total_q + workspace_row(p, seq, b, m0)) * D + dq_cols + 2 * t;
 #pragma unroll
             for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    const int64_t i = m0 + dq_rows + 16 * mt + g + 8 * r;
-                    if (i >= seq.sq)
+                    const int il = dq_rows + 16 * mt + g + 8 * r;
+                    if (m0 + il >= sq)
                         continue;
-                    float *acc = a.dq_accum + (ws_base + i) * a.dp + dq_cols + 2 * t;
 #pragma unroll
                     for (int nt = 0; nt < Tiles::kDqCols / 8; ++nt)
-                        atomic_add_pair(acc + nt * 8, dq[mt][nt][2 * r], dq[mt][nt][2 * r + 1]);
+                        atomic_add_pair(dq_block + il * D + nt * 8, dq[mt][nt][2 * r], dq[mt][nt][2 * r + 1]);
                 }
             if (!prefetch && h_next < h_end) {
                 __syncthreads(); /* every warp is done with this stage */
@@ -378,41 +404,67 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
         }
         cp_async_wait<0>(); /* K/V of a block no query block touched */
 
-        /* dK = scale · Σ dSᵀ·Q, dV = Σ Pᵀ·dO. */
+        /* dK = scale · Σ dSᵀ·Q, dV = Σ Pᵀ·dO; column pairs (c, c+1) as one
+         * 32-bit store when the rows are aligned. */
         T *dk = (T *)p.dk.data, *dvp = (T *)p.dv.data;
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            const int64_t j = n0 + 16 * wn + g + 8 * r;
-            if (j >= seq.sk)
+            const int j = n0 + 16 * wn + g + 8 * r;
+            if (j >= sk)
                 continue;
             T *dk_row = dk + fa_row_offset(&p.dk, p.varlen, b, seq.k0 + j, hk);
             T *dv_row = dvp + fa_row_offset(&p.dv, p.varlen, b, seq.k0 + j, hk);
 #pragma unroll
-            for (int nt = 0; nt < DC / 8; ++nt)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int c = wd * DC + nt * 8 + 2 * t + e;
-                    if (c < d)
-                        dk_row[c] = T(acc_dk[0][nt][2 * r + e] * p.softmax_scale);
-                    if (c < dv)
-                        dv_row[c] = T(acc_dv[0][nt][2 * r + e]);
+            for (int nt = 0; nt < DC / 8; ++nt) {
+                const int c = wd * DC + nt * 8 + 2 * t;
+                const float dk0 = acc_dk[0][nt][2 * r] * p.softmax_scale, dk1 = acc_dk[0][nt][2 * r + 1] * p.softmax_scale;
+                const float dv0 = acc_dv[0][nt][2 * r], dv1 = acc_dv[0][nt][2 * r + 1];
+                if (a.grad_pairs && c + 1 < d)
+                    *reinterpret_cast<uint32_t *>(dk_row + c) = pack_pair<T>(dk0, dk1);
+                else if (c < d) {
+                    dk_row[c] = T(dk0);
+                    if (c + 1 < d)
+                        dk_row[c + 1] = T(dk1);
                 }
+                if (a.grad_pairs && c + 1 < dv)
+                    *reinterpret_cast<uint32_t *>(dv_row + c) = pack_pair<T>(dv0, dv1);
+                else if (c < dv) {
+                    dv_row[c] = T(dv0);
+                    if (c + 1 < dv)
+                        dv_row[c + 1] = T(dv1);
+                }
+            }
         }
     }
 }
 
-// dq_accum (Hq, total_q, dp) -> dq (B, Sq, Hq, d) = softmax_scale · dq_accum.
-template <typename T> __global__ void backward_convert_dq_kernel(const BackwardArgs a)
+// dq_accum (Hq, total_q, DP) -> dq (B, Sq, Hq, d) = softmax_scale · dq_accum.
+// One thread per 8 columns of a row (one 16-byte store when aligned).
+template <typename T, int DP> __global__ void __launch_bounds__(256) backward_convert_dq_kernel(const BackwardArgs a)
 {
+    constexpr int kChunks = DP / 8;
     const fa_problem &p = a.p;
-    const int64_t count = p.heads_q * p.total_q * p.head_dim;
-    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < count;
-         e += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t c = e % p.head_dim, row = (e / p.head_dim) % p.total_q;
-        const int64_t h = e / (p.head_dim * p.total_q);
-        const int64_t b = p.varlen ? 0 : row / p.seqlen_q, i = p.varlen ? row : row % p.seqlen_q;
-        T *dq = (T *)p.dq.data + fa_row_offset(&p.dq, p.varlen, b, i, h);
-        dq[c] = T(a.dq_accum[(h * p.total_q + row) * a.dp + c] * p.softmax_scale);
+    const int64_t item = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= p.heads_q * p.total_q * kChunks)
+        return;
+    const int64_t ws_row = item / kChunks, h = ws_row / p.total_q, row = ws_row % p.total_q;
+    const int col = (int)(item % kChunks) * 8, d = (int)p.head_dim;
+    if (col >= d)
+        return;
+    const int64_t b = p.varlen ? 0 : row / p.seqlen_q, i = p.varlen ? row : row % p.seqlen_q;
+    const float4 *src = reinterpret_cast<const float4 *>(a.dq_accum + ws_row * DP + col);
+    const float4 x = src[0], y = src[1];
+    const float c = p.softmax_scale;
+    T *dq = (T *)p.dq.data + fa_row_offset(&p.dq, p.varlen, b, i, h) + col;
+    if (a.grad_pairs && col + 8 <= d) {
+        *reinterpret_cast<uint4 *>(dq) = make_uint4(pack_pair<T>(x.x * c, x.y * c), pack_pair<T>(x.z * c, x.w * c),
+                                                    pack_pair<T>(y.x * c, y.y * c), pack_pair<T>(y.z * c, y.w * c));
+    } else {
+        const float f[8] = {x.x, x.y, x.z, x.w, y.x, y.y, y.z, y.w};
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+            if (col + e < d)
+                dq[e] = T(f[e] * c);
     }
 }
 
@@ -442,7 +494,12 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
     cudaStream_t stream = (cudaStream_t)p->stream;
     const int64_t rows = p->total_q * p->heads_q;
     if (rows > 0) {
-        backward_preprocess_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, stream>>>(a);
+        cudaError_t err = cudaMemsetAsync(a.dq_accum, 0, (size_t)rows * D * 4, stream);
+        if (err != cudaSuccess)
+            return fa_fail(FA_ERROR_DEVICE, "sm80 backward: clearing the dQ accumulator: %s",
+                           cudaGetErrorString(err));
+        constexpr int kRowsPerBlock = 256 / row_threads(D);
+        backward_preprocess_kernel<T, D><<<(unsigned)((rows + kRowsPerBlock - 1) / kRowsPerBlock), 256, 0, stream>>>(a);
         fa_status st = check_launch("sm80 backward preprocess launch");
         if (st != FA_SUCCESS)
             return st;
@@ -468,9 +525,8 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
     if (st != FA_SUCCESS)
         return st;
     if (rows > 0 && p->head_dim > 0) {
-        const int64_t count = rows * p->head_dim;
-        const unsigned blocks = (unsigned)min((count + 255) / 256, (int64_t)65535 * 16);
-        backward_convert_dq_kernel<T><<<blocks, 256, 0, stream>>>(a);
+        const int64_t items = rows * (D / 8);
+        backward_convert_dq_kernel<T, D><<<(unsigned)((items + 255) / 256), 256, 0, stream>>>(a);
         return check_launch("sm80 backward dq conversion launch");
     }
     return FA_SUCCESS;
@@ -533,6 +589,10 @@ extern "C" fa_status fa_sm80_backward(fa_problem *p)
     a.dp = fa::padded_head_dim(p->head_dim, p->head_dim_v);
     const fa_tensor *tensors[] = {&p->q, &p->k, &p->v, &p->dout};
     a.vectorized = fa::rows_are_16b_aligned(tensors, 4, p->varlen);
+    const fa_tensor *outputs[] = {&p->out, &p->dout};
+    a.out_vectorized = p->head_dim_v % 8 == 0 && fa::rows_are_16b_aligned(outputs, 2, p->varlen);
+    const fa_tensor *grads[] = {&p->dq, &p->dk, &p->dv};
+    a.grad_pairs = fa::rows_are_16b_aligned(grads, 3, p->varlen);
     const size_t rows = (size_t)p->heads_q * (size_t)p->total_q;
     char *ws = (char *)p->workspace;
     a.dq_accum = (float *)ws;

@@ -197,6 +197,16 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T *sa, 
     }
 }
 
+/* The two 16-bit values of one 32-bit register (pack_pair's layout) as
+ * floats: .x the low half, .y the high half. */
+template <typename T> __device__ __forceinline__ float2 unpack_pair(uint32_t v)
+{
+    if constexpr (dtype_traits<T>::is_bf16)
+        return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&v));
+    else
+        return __half22float2(*reinterpret_cast<const __half2 *>(&v));
+}
+
 template <int MT, int NT> __device__ __forceinline__ void zero(float (&acc)[MT][NT][4])
 {
 #pragma unroll
