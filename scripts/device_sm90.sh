@@ -5,20 +5,26 @@
 # UTMALDG, SYNCS), run the correctness grid + repeat check, compute-sanitizer
 # memcheck and racecheck on a small grid, then the timing grid and the
 # cuDNN / FA2 peers. Logs go to $OUT (or build-sm90/out).
-#   scripts/device_sm90.sh [all | comma list of test,sanitize,bench,peers]
+#   scripts/device_sm90.sh [all | build | comma list of test,sanitize,bench,peers,profile]
+# `build` compiles only (on the development machine: nvcc needs no GPU); with
+# PREBUILT=1 the other modes skip the compile and use $BUILD as built, so a
+# device call can carry build-sm90 instead of compiling there. `profile`:
+# ncu (full set, SASS-level stall samples) on the hdim-128 16k cells, causal
+# and not, exported as CSV for reading here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-all}
 want() { [ "$MODE" = all ] || [[ ",$MODE," == *",$1,"* ]]; }
-BUILD=build-sm90
+BUILD=${BUILD:-build-sm90}
 LOGS=${OUT:-$BUILD/out}
 mkdir -p "$BUILD" "$LOGS"
 NVCC=${NVCC:-nvcc}
 ARCH="-gencode=arch=compute_90a,code=sm_90a"
+compile() {
 # the library's flags for src/cuda/sm90 (CMakeLists.txt) plus the report
 "$NVCC" -std=c++17 -O3 --use_fast_math -lineinfo $ARCH -Xptxas=-v,-warn-spills -Iinclude -Isrc \
-    -DFA_HAVE_CUDA -c src/cuda/sm90/fwd_sm90.cu -o "$BUILD/fwd_sm90.o" 2>"$LOGS/ptxas.log" \
-    || { cat "$LOGS/ptxas.log"; exit 1; }
+    -DFA_HAVE_CUDA -c src/cuda/sm90/fwd_sm90.cu -o "$BUILD/fwd_sm90.o" 2>"$BUILD/ptxas.log" \
+    || { cat "$BUILD/ptxas.log"; exit 1; }
 # the rest of the sm90 backend (support checks, tensor maps, whatever else
 # sm90.cu links to) without the report
 objs=("$BUILD/fwd_sm90.o")
@@ -30,6 +36,13 @@ for src in src/cuda/sm90/*.cu; do
 done
 "$NVCC" -std=c++17 -O2 $ARCH -Iinclude -Isrc -DFA_HAVE_CUDA -c scripts/sm90_dev.cu -o "$BUILD/sm90_dev.o" || exit 1
 "$NVCC" $ARCH -o "$BUILD/sm90_dev" "$BUILD/sm90_dev.o" "${objs[@]}" -lcuda || exit 1
+}
+if [ -n "${PREBUILT:-}" ]; then
+    [ -x "$BUILD/sm90_dev" ] && [ -f "$BUILD/ptxas.log" ] || { echo "PREBUILT: no $BUILD/sm90_dev"; exit 1; }
+else
+    compile
+fi
+cp "$BUILD/ptxas.log" "$LOGS/"
 
 fail=0
 if grep -E "Potential Performance Loss|C75[0-9][0-9]|[1-9][0-9]* bytes spill" "$LOGS/ptxas.log"; then
@@ -37,6 +50,7 @@ if grep -E "Potential Performance Loss|C75[0-9][0-9]|[1-9][0-9]* bytes spill" "$
     fail=1
 fi
 grep -E "registers|spill" "$LOGS/ptxas.log" | sort | uniq -c | sed 's/^/ptxas: /'
+[ "$MODE" = build ] && exit $fail
 if command -v cuobjdump >/dev/null; then
     cuobjdump -sass "$BUILD/fwd_sm90.o" >"$BUILD/fwd_sm90.sass"
     for op in HGMMA UTMALDG SYNCS.ARRIVE SYNCS.PHASECHK USETMAXREG; do
@@ -67,6 +81,17 @@ if want sanitize; then
 fi
 if want bench; then
     timeout 150 "$BUILD/sm90_dev" --bench | tee "$LOGS/bench.log" || fail=1
+fi
+if want profile; then
+    for causal in 0 1; do
+        rep="$LOGS/ncu-h128-c$causal"
+        timeout 200 ncu --set full --import-source yes -k regex:fa_sm90_fwd --launch-skip 3 --launch-count 1 \
+            -o "$rep" -f "$BUILD/sm90_dev" --bench 128 $causal 16384 >"$LOGS/ncu-c$causal.log" 2>&1
+        ncu --import "$rep.ncu-rep" --page source --csv --print-source sass >"$rep-sass.csv" 2>&1
+        ncu --import "$rep.ncu-rep" --page details >"$rep-details.txt" 2>&1
+        rm -f "$rep.ncu-rep"
+        grep -E "Duration|Tensor|Issued Ipc|Warp Cycles Per Issued" "$rep-details.txt" | head -12
+    done
 fi
 if want peers; then
     timeout 200 python3 scripts/sm90_peers.py | tee "$LOGS/peers.log"

@@ -593,11 +593,13 @@ int main(int argc, char **argv)
         pb.p.dropout_p = 0.1f;
         refused = refused && fa_sm90_supports(&pb.p, FA_FORWARD, &g_dev) == FA_ERROR_UNSUPPORTED;
         pb.p.dropout_p = 0.0f;
+        pb.p.deterministic = 1; /* the Hopper backward adds dQ with atomics */
         refused = refused && fa_sm90_supports(&pb.p, FA_BACKWARD, &g_dev) == FA_ERROR_UNSUPPORTED;
+        pb.p.deterministic = 0;
         pb.p.q.stride_seq = 68; /* 136 bytes: not a TMA stride */
         refused = refused && fa_sm90_supports(&pb.p, FA_FORWARD, &g_dev) == FA_ERROR_UNSUPPORTED;
         free_problem(&pb);
-        printf("%s refusals (hdim 80, dropout, backward, misaligned stride) -> FA_ERROR_UNSUPPORTED\n",
+        printf("%s refusals (hdim 80, dropout, deterministic backward, misaligned stride) -> FA_ERROR_UNSUPPORTED\n",
                refused ? "PASS" : "FAIL");
         refused ? ++passed : ++failed;
         printf("%d passed, %d failed\n", passed, failed);

@@ -42,6 +42,18 @@ template <int Pending> __device__ __forceinline__ void fa_wgmma_wait()
     asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(Pending) : "memory");
 }
 
+// Orders the computation of `value` before the next fa_wgmma_wait (ptxas):
+// ptxas schedules a wgmma.wait_group as early as its basic block allows, even
+// above independent arithmetic written before it in the source, so a warp
+// can stall on in-flight GEMMs while work meant to overlap them waits behind.
+// ptxas keeps shared-memory stores in order with the wait, so storing a value
+// that depends on that work (to a scratch word only this thread uses) keeps
+// the work before the wait.
+__device__ __forceinline__ void fa_wgmma_wait_after(uint32_t scratch_addr, float value)
+{
+    asm volatile("st.shared.f32 [%0], %1;" ::"r"(scratch_addr), "f"(value) : "memory");
+}
+
 // Compiler-level fence on registers that an in-flight wgmma reads or writes:
 // keeps nvcc from moving their uses into the asynchronous window.
 template <int Count> __device__ __forceinline__ void fa_wgmma_fence_regs(float (&r)[Count])

@@ -67,16 +67,13 @@ struct fa_sm90_params {
 };
 
 /* Compile-time shape of one kernel instance. */
-template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_, bool Overlap_> struct fa_sm90_config {
+template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_> struct fa_sm90_config {
     typedef Elem_ Elem;
     static constexpr bool kBf16 = !fa_is_half<Elem>::value; /* else fp16 */
     static constexpr int kHeadDim = HeadDimPadded_; /* multiple of 64 */
     static constexpr int kBlockM = 128;             /* two consumer warpgroups x 64 */
     static constexpr int kBlockN = BlockN_;
     static constexpr int kStages = Stages_;
-    /* intra-warpgroup overlap of softmax and PV: needs registers for S, P
-     * and O at once */
-    static constexpr bool kOverlap = Overlap_;
     static constexpr int kConsumerWarpgroups = 2;
     static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
     static constexpr int kConsumerWarps = 4 * kConsumerWarpgroups;
@@ -87,8 +84,10 @@ template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_, bool Ove
     static constexpr int kKVBytes = kSlabs * kKVSlabBytes;
     /* barriers: q_full, q_empty, k_full[S], v_full[S], k_empty[S], v_empty[S] */
     static constexpr int kBarrierBytes = 8 * (2 + 4 * kStages);
+    /* one word per consumer thread for fa_wgmma_wait_after */
+    static constexpr int kScratchBytes = 4 * 128 * kConsumerWarpgroups;
     /* + 1024 so the kernel can align the base to the swizzle atom */
-    static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + kBarrierBytes;
+    static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + kBarrierBytes + kScratchBytes;
     /* registers after setmaxnreg: (24 + 2*240) * 128 <= 64K */
     static constexpr int kProducerRegs = 24;
     static constexpr int kConsumerRegs = 240;
@@ -109,6 +108,8 @@ template <class Cfg> struct fa_sm90_smem {
     {
         return base + Cfg::kQBytes + 2 * Cfg::kStages * Cfg::kKVBytes + 8 * i;
     }
+    /* this consumer thread's scratch word */
+    __device__ uint32_t scratch() const { return bar(2 + 4 * Cfg::kStages) + 4 * (threadIdx.x - 128); }
     __device__ uint32_t q_full() const { return bar(0); }
     __device__ uint32_t q_empty() const { return bar(1); }
     __device__ uint32_t k_full(int s) const { return bar(2 + s); }
@@ -549,62 +550,66 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         /* the first (last-in-sequence) key block may hold a varlen
          * neighbour's rows */
         const bool foreign_rows = p.varlen && t.n_end * BlockN > t.sk;
-        if constexpr (Cfg::kOverlap) {
-            /* first key block: S, softmax, P */
-            int n = t.n_end - 1;
-            fa_qk_step<Cfg>(s, q_rows, sm, kv, turn);
-            fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
-            fa_probs_to_operand<Cfg>(s, pa);
-            if (foreign_rows) {
-                fa_mbar_wait(sm.v_full(kv.stage), kv.phase);
-                fa_clear_foreign_v<Cfg>(t, n, sm.v(kv.stage));
-            }
-            fa_pipe_state<Cfg::kStages> v_prev = kv; /* P pairs with this stage's V */
-            kv.advance();
-
-            /* steady state (intra-warpgroup overlap): S_n = Q K_nᵀ and
-             * O += P_{n+1} V_{n+1} issued together; the softmax of S_n runs
-             * while the PV is still in flight */
-            for (--n; n >= t.n_begin; --n) {
-                fa_mbar_wait(sm.k_full(kv.stage), kv.phase);
-                fa_mbar_wait(sm.v_full(v_prev.stage), v_prev.phase);
-                turn.wait_turn();
-                fa_wgmma_fence_regs(o);
-                fa_wgmma_fence();
-                fa_issue_qk<Cfg>(s, q_rows, sm.k(kv.stage));
-                fa_issue_pv<Cfg>(o, pa, sm.v(v_prev.stage));
-                turn.pass_turn();
-                fa_wgmma_wait<1>(); /* S_n is ready, the PV may still run */
-                fa_wgmma_fence_regs(s);
-                fa_release(sm.k_empty(kv.stage));
-                fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
-                fa_wgmma_wait<0>();
-                fa_wgmma_fence_regs(o);
-#pragma unroll
-                for (int kk = 0; kk < BlockN / 16; ++kk)
-                    fa_wgmma_fence_regs(pa[kk]);
-                fa_release(sm.v_empty(v_prev.stage));
-                fa_rescale(o, correction);
-                fa_probs_to_operand<Cfg>(s, pa);
-                v_prev = kv;
-                kv.advance();
-            }
-            fa_pv_step<Cfg>(o, pa, sm, v_prev, turn); /* the last block's PV */
-        } else {
-            /* one block at a time: S, softmax, then O += P V */
-            for (int n = t.n_end - 1; n >= t.n_begin; --n) {
-                fa_qk_step<Cfg>(s, q_rows, sm, kv, turn);
-                fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
-                fa_rescale(o, correction);
-                fa_probs_to_operand<Cfg>(s, pa);
-                if (foreign_rows && n == t.n_end - 1) {
-                    fa_mbar_wait(sm.v_full(kv.stage), kv.phase);
-                    fa_clear_foreign_v<Cfg>(t, n, sm.v(kv.stage));
-                }
-                fa_pv_step<Cfg>(o, pa, sm, kv, turn);
-                kv.advance();
-            }
+        /* first key block: S, softmax, P */
+        int n = t.n_end - 1;
+        fa_qk_step<Cfg>(s, q_rows, sm, kv, turn);
+        fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
+        fa_probs_to_operand<Cfg>(s, pa);
+        if (foreign_rows) {
+            fa_mbar_wait(sm.v_full(kv.stage), kv.phase);
+            fa_clear_foreign_v<Cfg>(t, n, sm.v(kv.stage));
         }
+        fa_pipe_state<Cfg::kStages> v_prev = kv; /* P pairs with this stage's V */
+        kv.advance();
+
+        /* steady state (intra-warpgroup overlap): S_n = Q K_nᵀ and
+         * O += P_{n+1} V_{n+1} issued together; the softmax of S_n runs
+         * while the PV is still in flight. P is double-buffered (p_in is
+         * read by the PV in flight, p_out receives P_n), so the 16-bit
+         * packing can interleave with the exponentials, and the row sums
+         * are pinned before the wait for the PV (fa_wgmma_wait_after);
+         * without both, ptxas placed that wait before the exponentials
+         * and the softmax no longer overlapped the PV. */
+        uint32_t pb[BlockN / 16][4];
+        auto overlapped_step = [&](int n, uint32_t(&p_in)[BlockN / 16][4], uint32_t(&p_out)[BlockN / 16][4]) {
+            fa_mbar_wait(sm.k_full(kv.stage), kv.phase);
+            fa_mbar_wait(sm.v_full(v_prev.stage), v_prev.phase);
+            turn.wait_turn();
+            fa_wgmma_fence_regs(o);
+            fa_wgmma_fence();
+            fa_issue_qk<Cfg>(s, q_rows, sm.k(kv.stage));
+            fa_issue_pv<Cfg>(o, p_in, sm.v(v_prev.stage));
+            turn.pass_turn();
+            fa_wgmma_wait<1>(); /* S_n is ready, the PV may still run */
+            fa_wgmma_fence_regs(s);
+            fa_release(sm.k_empty(kv.stage));
+            fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
+            fa_probs_to_operand<Cfg>(s, p_out);
+            fa_wgmma_wait_after(sm.scratch(), row_sum[0] + row_sum[1]);
+            fa_wgmma_wait<0>();
+            fa_wgmma_fence_regs(o);
+#pragma unroll
+            for (int kk = 0; kk < BlockN / 16; ++kk)
+                fa_wgmma_fence_regs(p_in[kk]);
+            fa_release(sm.v_empty(v_prev.stage));
+            fa_rescale(o, correction);
+            v_prev = kv;
+            kv.advance();
+        };
+        /* two steps per trip, so that the buffers swap without indexing */
+        bool last_p_in_b = false;
+        for (--n; n >= t.n_begin; --n) {
+            overlapped_step(n, pa, pb);
+            if (--n < t.n_begin) {
+                last_p_in_b = true;
+                break;
+            }
+            overlapped_step(n, pb, pa);
+        }
+        if (last_p_in_b) /* the last block's PV */
+            fa_pv_step<Cfg>(o, pb, sm, v_prev, turn);
+        else
+            fa_pv_step<Cfg>(o, pa, sm, v_prev, turn);
         fa_release(sm.q_empty()); /* the producer may load the next Q */
     }
     fa_store_rows<Cfg>(p, t, row0, o, row_max, row_sum);

@@ -78,25 +78,25 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
 
 /* Tile shape per head dim (FA3's tile_size.h, adapted to 2 consumer WGs):
  * the key block shrinks as the head dim grows so that Q, two stages of K and
- * V, and the accumulators fit in shared memory and registers. hdim 256 runs
- * without the intra-warpgroup overlap: with it, S + P + O spill at a key
- * block of 80, and a key block of 64 makes QKᵀ shared-memory bound
- * (measured 614 vs 643 TFLOP/s at 16k). */
+ * V, and the accumulators fit in shared memory and registers. Every shape
+ * runs the intra-warpgroup overlap; at hdim 256 (key block 80) it fits in
+ * registers since P is double-buffered and measured 632 -> 722 TFLOP/s at
+ * 16k against the kernel without it (docs/perf-sm90.md, v8). */
 template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
 {
     const bool bf16 = !fa_is_half<Elem>::value;
     switch (p->head_dim) {
     case 64:
-        return launch<fa_sm90_config<Elem, 64, 128, 2, true>>(p, bf16 ? "sm90.fwd.hdim64.bf16" : "sm90.fwd.hdim64.fp16");
+        return launch<fa_sm90_config<Elem, 64, 128, 2>>(p, bf16 ? "sm90.fwd.hdim64.bf16" : "sm90.fwd.hdim64.fp16");
     case 96:
-        return launch<fa_sm90_config<Elem, 128, 128, 2, true>>(p, bf16 ? "sm90.fwd.hdim96.bf16" : "sm90.fwd.hdim96.fp16");
+        return launch<fa_sm90_config<Elem, 128, 128, 2>>(p, bf16 ? "sm90.fwd.hdim96.bf16" : "sm90.fwd.hdim96.fp16");
     case 128:
-        return launch<fa_sm90_config<Elem, 128, 128, 2, true>>(p,
+        return launch<fa_sm90_config<Elem, 128, 128, 2>>(p,
                                                          bf16 ? "sm90.fwd.hdim128.bf16" : "sm90.fwd.hdim128.fp16");
     case 192:
-        return launch<fa_sm90_config<Elem, 192, 96, 2, true>>(p, bf16 ? "sm90.fwd.hdim192.bf16" : "sm90.fwd.hdim192.fp16");
+        return launch<fa_sm90_config<Elem, 192, 96, 2>>(p, bf16 ? "sm90.fwd.hdim192.bf16" : "sm90.fwd.hdim192.fp16");
     case 256:
-        return launch<fa_sm90_config<Elem, 256, 80, 2, false>>(p, bf16 ? "sm90.fwd.hdim256.bf16" : "sm90.fwd.hdim256.fp16");
+        return launch<fa_sm90_config<Elem, 256, 80, 2>>(p, bf16 ? "sm90.fwd.hdim256.bf16" : "sm90.fwd.hdim256.fp16");
     default:
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: head_dim %lld", (long long)p->head_dim);
     }
