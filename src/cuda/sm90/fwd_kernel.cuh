@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "common.cuh"
+#include "../ptx/bulk_copy.cuh"
 #include "../ptx/mbarrier.cuh"
 #include "../ptx/smem_clear.cuh"
 #include "../ptx/tma.cuh"
@@ -44,6 +45,7 @@
  * that the tensor maps stay in parameter space (TMA needs their address). */
 struct fa_sm90_params {
     CUtensorMap map_q, map_k, map_v; /* (dim, seq, head, batch), see host */
+    CUtensorMap map_o;                /* boxes of 64 rows; encoded when the config has kTmaStore */
     void *out;
     int64_t out_stride_batch, out_stride_seq, out_stride_head; /* elements */
     float *lse;                                                 /* may be NULL */
@@ -87,7 +89,12 @@ template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_> struct f
     /* one word per consumer thread for fa_wgmma_wait_after */
     static constexpr int kScratchBytes = 4 * 128 * kConsumerWarpgroups;
     /* + 1024 so the kernel can align the base to the swizzle atom */
-    static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + kBarrierBytes + kScratchBytes;
+    static constexpr int kSmemNoOBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + kBarrierBytes + kScratchBytes;
+    /* the epilogue stages O in shared memory for TMA stores where it fits
+     * (hdim <= 128); larger head dims store from registers */
+    static constexpr bool kTmaStore = kSmemNoOBytes + kQBytes <= 232448;
+    static constexpr int kOBytes = kTmaStore ? kQBytes : 0; /* 128 rows, like Q */
+    static constexpr int kSmemBytes = kSmemNoOBytes + kOBytes;
     /* registers after setmaxnreg: (24 + 2*240) * 128 <= 64K */
     static constexpr int kProducerRegs = 24;
     static constexpr int kConsumerRegs = 240;
@@ -104,9 +111,14 @@ template <class Cfg> struct fa_sm90_smem {
     {
         return base + Cfg::kQBytes + (Cfg::kStages + stage) * Cfg::kKVBytes;
     }
+    /* consumer warpgroup wg's 64 output rows, slabs of 64 x 64 (kTmaStore) */
+    __device__ uint32_t o(int wg) const
+    {
+        return base + Cfg::kQBytes + 2 * Cfg::kStages * Cfg::kKVBytes + wg * (Cfg::kOBytes / 2);
+    }
     __device__ uint32_t bar(int i) const
     {
-        return base + Cfg::kQBytes + 2 * Cfg::kStages * Cfg::kKVBytes + 8 * i;
+        return base + Cfg::kQBytes + 2 * Cfg::kStages * Cfg::kKVBytes + Cfg::kOBytes + 8 * i;
     }
     /* this consumer thread's scratch word */
     __device__ uint32_t scratch() const { return bar(2 + 4 * Cfg::kStages) + 4 * (threadIdx.x - 128); }
@@ -443,38 +455,88 @@ __device__ __forceinline__ void fa_probs_to_operand(const float (&s)[Cfg::kBlock
             pa[kk][r] = fa_pack2<typename Cfg::Elem>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
 }
 
-/* O / rowsum (0 for rows with no visible key) and the LSE of this thread's
- * two rows, straight from the accumulator registers. */
+static constexpr uint32_t kEpilogueBarrier = 4; /* 4, 5: one per consumer warpgroup */
+
+/* This warpgroup's 64 rows of O (already divided by the row sums: inv) into
+ * its shared-memory slabs in the 128-byte-swizzled image a TMA store reads
+ * (16-byte chunk c of row r at chunk c ^ (r % 8)), then one thread stores
+ * them. Its previous store must have read the slabs first; the kernel waits
+ * for the last one before it exits. */
 template <class Cfg>
-__device__ __forceinline__ void fa_store_rows(const fa_sm90_params &p, const fa_sm90_tile &t, int row0,
-                                              float (&o)[Cfg::kHeadDim / 2], const float (&row_max)[2],
-                                              const float (&row_sum)[2])
+__device__ __forceinline__ void fa_store_tile_tma(const fa_sm90_params &p, const fa_sm90_tile &t,
+                                                  const fa_sm90_smem<Cfg> &sm, int wg,
+                                                  const float (&o)[Cfg::kHeadDim / 2], const float (&inv)[2])
+{
+    const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+    const bool leader = threadIdx.x % 128 == 0;
+    const uint32_t buf = sm.o(wg);
+    if (leader)
+        fa_bulk_wait_read<0>();
+    fa_named_barrier_sync(kEpilogueBarrier + wg, 128);
+#pragma unroll
+    for (int i = 0; i < Cfg::kHeadDim / 2; i += 2) {
+        const int r = 16 * warp + lane / 4 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
+        const uint32_t chunk = ((col % 64) / 8) ^ (r % 8);
+        const uint32_t addr = buf + (col / 64) * (Cfg::kQSlabBytes / 2) + r * 128 + chunk * 16 + 4 * (lane & 3);
+        const float sc = inv[(i >> 1) & 1];
+        asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr),
+                     "r"(fa_pack2<typename Cfg::Elem>(o[i] * sc, o[i + 1] * sc))
+                     : "memory");
+    }
+    fa_fence_proxy_async_shared();
+    fa_named_barrier_sync(kEpilogueBarrier + wg, 128);
+    if (leader) {
+        const int batch = p.varlen ? 0 : t.b;
+        for (int s = 0; s < Cfg::kSlabs; ++s)
+            fa_tma_store_4d(&p.map_o, buf + s * (Cfg::kQSlabBytes / 2), s * 64, t.q0 + t.m0 + 64 * wg, t.h, batch);
+        fa_bulk_commit();
+    }
+}
+
+/* O / rowsum (0 for rows with no visible key) and the LSE of this thread's
+ * two rows. O goes out through shared memory and TMA stores where it can
+ * (fa_store_tile_tma); otherwise straight from the accumulator registers,
+ * 4 bytes per store, rows past the sequence skipped. */
+template <class Cfg>
+__device__ __forceinline__ void fa_store_rows(const fa_sm90_params &p, const fa_sm90_tile &t, const fa_sm90_smem<Cfg> &sm,
+                                              int wg, int row0, float (&o)[Cfg::kHeadDim / 2],
+                                              const float (&row_max)[2], const float (&row_sum)[2])
 {
     typedef typename Cfg::Elem Elem;
     constexpr int D = Cfg::kHeadDim;
     const int lane = threadIdx.x % 32;
     Elem *out = static_cast<Elem *>(p.out);
+    /* varlen: rows past this sequence belong to the next one, which a TMA
+     * box would overwrite; fixed length: TMA skips rows past the tensor */
+    const bool tma = Cfg::kTmaStore && (!p.varlen || t.m0 + Cfg::kBlockM <= t.sq);
+    float inv[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         float sum = fa_quad_sum(row_sum[r]);
-        float inv = (sum == 0.0f || sum != sum) ? 0.0f : 1.0f / sum;
+        inv[r] = (sum == 0.0f || sum != sum) ? 0.0f : 1.0f / sum;
         int row = row0 + 8 * r;
         if (row >= t.sq)
             continue;
         int64_t packed_row = t.q0 + row;
+        if (p.lse != nullptr && (lane & 3) == 0) {
+            int64_t idx = p.varlen ? (int64_t)t.h * p.total_q + packed_row
+                                   : ((int64_t)t.b * p.heads_q + t.h) * p.seqlen_q + row;
+            p.lse[idx] = sum == 0.0f ? -INFINITY : row_max[r] * p.score_scale + logf(sum);
+        }
+        if (tma)
+            continue;
         int64_t base = (p.varlen ? 0 : (int64_t)t.b * p.out_stride_batch) + packed_row * p.out_stride_seq +
                        (int64_t)t.h * p.out_stride_head;
 #pragma unroll
         for (int i = 2 * r; i < D / 2; i += 4) {
             int col = 8 * (i >> 2) + 2 * (lane & 3);
             if (D == p.head_dim || col < p.head_dim)
-                *reinterpret_cast<uint32_t *>(out + base + col) = fa_pack2<Elem>(o[i] * inv, o[i + 1] * inv);
+                *reinterpret_cast<uint32_t *>(out + base + col) = fa_pack2<Elem>(o[i] * inv[r], o[i + 1] * inv[r]);
         }
-        if (p.lse != nullptr && (lane & 3) == 0) {
-            int64_t idx = p.varlen ? (int64_t)t.h * p.total_q + packed_row
-                                   : ((int64_t)t.b * p.heads_q + t.h) * p.seqlen_q + row;
-            p.lse[idx] = sum == 0.0f ? -INFINITY : row_max[r] * p.score_scale + logf(sum);
-        }
+    }
+    if constexpr (Cfg::kTmaStore) {
+        if (tma)
+            fa_store_tile_tma<Cfg>(p, t, sm, wg, o, inv);
     }
 }
 
@@ -612,7 +674,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             fa_pv_step<Cfg>(o, pa, sm, v_prev, turn);
         fa_release(sm.q_empty()); /* the producer may load the next Q */
     }
-    fa_store_rows<Cfg>(p, t, row0, o, row_max, row_sum);
+    fa_store_rows<Cfg>(p, t, sm, wg, row0, o, row_max, row_sum);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -656,6 +718,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
          * last pass, so that both named barriers end balanced */
         if (turn.wg == 0)
             turn.wait_turn();
+        if (Cfg::kTmaStore && threadIdx.x % 128 == 0)
+            fa_bulk_wait_read<0>(); /* the last O store has read its slabs */
     }
 }
 

@@ -25,7 +25,8 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     fa_status st;
     if ((st = fa_sm90_encode_map(&prm.map_q, p, &p->q, 1, Cfg::kBlockM, "q")) != FA_SUCCESS ||
         (st = fa_sm90_encode_map(&prm.map_k, p, &p->k, 0, Cfg::kBlockN, "k")) != FA_SUCCESS ||
-        (st = fa_sm90_encode_map(&prm.map_v, p, &p->v, 0, Cfg::kBlockN, "v")) != FA_SUCCESS)
+        (st = fa_sm90_encode_map(&prm.map_v, p, &p->v, 0, Cfg::kBlockN, "v")) != FA_SUCCESS ||
+        (Cfg::kTmaStore && (st = fa_sm90_encode_map(&prm.map_o, p, &p->out, 1, 64, "out")) != FA_SUCCESS))
         return st;
     prm.out = p->out.data;
     prm.out_stride_batch = p->out.stride_batch;
