@@ -40,27 +40,41 @@ template <int D, bool kLarge> struct BackwardTiles {
     static constexpr int kQueryCols = kBlockM / kWarpsD; /* of Sᵀ, per warp */
     static constexpr int kDimCols = D / kWarpsD;         /* of dK/dV, per warp */
     static constexpr bool kPtInRegisters = kWarpsD == 1;
-    /* With Pᵀ in registers a warp computes its slab in parts of 32 queries,
-     * each finished (Pᵀ, dSᵀ, dV, dK) before the next: the Sᵀ/dPᵀ
-     * accumulators of one part (32 registers instead of 64) leave room to
-     * keep the next k step's fragments in flight, for the price of reading
-     * the warp's K/V fragments once per part. */
-    static constexpr int kSlabParts = kPtInRegisters ? kQueryCols / 32 : 1;
+    /* With Pᵀ in registers and d > 64 a warp computes its slab in parts of
+     * 32 queries, each finished (Pᵀ, dSᵀ, dV, dK) before the next: the
+     * Sᵀ/dPᵀ accumulators of one part (32 registers instead of 64) next to
+     * 128 of dK/dV leave room to keep the next k step's fragments in
+     * flight, for the price of reading the warp's K/V fragments once per
+     * part. d 64 (64 registers of dK/dV) runs the whole slab at once
+     * (measured 7% faster than in parts). */
+    static constexpr int kSlabParts = kPtInRegisters && D > 64 ? kQueryCols / 32 : 1;
     static constexpr int kPartCols = kQueryCols / kSlabParts;
     static constexpr int kDqRowGroups = kBlockM / 32;
     static constexpr int kDqColGroups = kWarps / kDqRowGroups;
     static constexpr int kDqCols = D / kDqColGroups; /* of dQ, per warp (32 rows) */
-    /* K, V, dSᵀ, Pᵀ (unless in registers), then per query stage Q, dO, lse, D. */
+    /* K, V, dSᵀ, Pᵀ (unless in registers), then per query stage Q, dO, lse, D
+     * (kStageElems 16-bit elements apart). */
+    static constexpr int kStageElems = 2 * kBlockM * smem_pitch(D) + 2 * kBlockM * 2;
     static constexpr size_t smem_bytes(int query_stages)
     {
         return (size_t)2 * kBlockN * smem_pitch(D) * 2 +
                (size_t)(kPtInRegisters ? 1 : 2) * kBlockN * smem_pitch(kBlockM) * 2 +
-               (size_t)query_stages * (2 * kBlockM * smem_pitch(D) * 2 + 2 * kBlockM * 4);
+               (size_t)query_stages * kStageElems * 2;
     }
     static_assert(kPartCols % (kPtInRegisters ? 16 : 8) == 0 && kDimCols % 8 == 0 && kDqCols % 8 == 0, "tiles");
     static_assert(kWarps % kDqRowGroups == 0, "dQ warp split");
     static_assert(kQueryCols * 4 / 8 <= 32, "dropout bits per thread");
 };
+
+/* Starts an asynchronous 4-byte copy global -> smem that reads src_bytes
+ * (0 or 4) bytes and zero-fills the rest. */
+__device__ __forceinline__ void cp_async_4(void *smem_dst, const void *gmem_src, int src_bytes)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
+                 :
+                 : "r"(smem_address(smem_dst)), "l"(gmem_src), "r"(src_bytes)
+                 : "memory");
+}
 
 /* A compile-time flag as a value, for generic lambdas. */
 template <bool B> struct Flag {
@@ -137,9 +151,11 @@ template <typename T, int DP> __global__ void __launch_bounds__(256) backward_pr
 // Grid: (key blocks or 1 if deterministic, Hkv, B). kScoreSteps false: the
 // problem has no softcap and no ALiBi (the launcher checks), so the kernel
 // carries only the plain score path (the other one's registers make ptxas
-// spill more around the softmax). Indices within a sequence and head are
-// 32-bit (sequences are shorter than 2^31); only global offsets are 64-bit.
-template <typename T, int D, bool kLarge, bool kScoreSteps>
+// spill more around the softmax). kStages 2: two query stages (the hot
+// configuration, so that the stage logic holds no runtime flag); 0: as
+// a.query_stages says. Indices within a sequence and head are 32-bit
+// (sequences are shorter than 2^31); only global offsets are 64-bit.
+template <typename T, int D, bool kLarge, bool kScoreSteps, int kStages>
 __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     backward_kernel(const BackwardArgs a)
 {
@@ -154,10 +170,9 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     T *sV = sK + BN * P;
     T *sdSt = sV + BN * P; /* dSᵀ: keys x queries */
     T *sPt = sdSt + BN * PS; /* Pᵀ (dropped, scaled), unless in registers */
-    T *sQ = sPt + (Tiles::kPtInRegisters ? 0 : BN * PS); /* query_stages of Q, dO, lse, D */
-    T *sdO = sQ + a.query_stages * BM * P;
-    float *s_lse = reinterpret_cast<float *>(sdO + a.query_stages * BM * P);
-    float *s_dsum = s_lse + a.query_stages * BM;
+    T *sStages = sPt + (Tiles::kPtInRegisters ? 0 : BN * PS); /* per stage: Q, dO, lse, D */
+    constexpr int kStageElems = Tiles::kStageElems, kLseOffset = 2 * BM * P;
+    const int stages = kStages ? kStages : a.query_stages;
 
     const int b = blockIdx.z, hk = blockIdx.y;
     const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q,
@@ -197,7 +212,10 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
 
         /* The work list: (query head h, query block m0) pairs of the group
          * with a visible element, in order. `advance` moves to the next one
-         * (h == h_end: none left). */
+         * (h == h_end: none left). Without a block mask every block of
+         * [m_first, m_end) has one (its rows in [m_begin, m_end) see a key of
+         * this block), so only full vs partial is decided, with
+         * classify_tile's test for full. */
         auto advance = [&](int &h, int &m0, TileKind &kind) {
             for (;;) { /* needs m_first < m_end */
                 m0 += BM;
@@ -205,6 +223,13 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
                     if (++h >= h_end)
                         return;
                     m0 = m_first;
+                }
+                if (!p.block_mask) {
+                    const bool full = m0 + BM <= sq && n0 + BN <= sk &&
+                                      (p.window_left < 0 || (int64_t)m0 + BM - 1 + shift - p.window_left <= n0) &&
+                                      (p.window_right < 0 || (int64_t)m0 + shift + p.window_right + 1 >= n0 + BN);
+                    kind = full ? TILE_FULL : TILE_PARTIAL;
+                    return;
                 }
                 kind = classify_tile(make_mask(p, seq, b, h), m0, BM, n0, BN);
                 if (kind != TILE_SKIP)
@@ -216,22 +241,30 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
         auto load_query_block = [&](int h, int m0, int st) {
             const T *q = (const T *)p.q.data + fa_row_offset(&p.q, p.varlen, b, seq.q0 + m0, h);
             const T *dout = (const T *)p.dout.data + fa_row_offset(&p.dout, p.varlen, b, seq.q0 + m0, h);
-            load_tile_fixed_column<T, BM, D, kThreads>(sQ + st * BM * P, q, p.q.stride_seq, sq - m0, d,
+            T *stage_base = sStages + st * kStageElems;
+            load_tile_fixed_column<T, BM, D, kThreads>(stage_base, q, p.q.stride_seq, sq - m0, d,
                                                        a.vectorized);
-            load_tile_fixed_column<T, BM, D, kThreads>(sdO + st * BM * P, dout, p.dout.stride_seq,
+            load_tile_fixed_column<T, BM, D, kThreads>(stage_base + BM * P, dout, p.dout.stride_seq,
                                                        sq - m0, dv, a.vectorized);
-            cp_async_commit();
-            if (threadIdx.x < BM) {
-                const int64_t ws = h * p.total_q + workspace_row(p, seq, b, m0 + threadIdx.x);
-                const bool valid = m0 + (int)threadIdx.x < sq;
-                s_lse[st * BM + threadIdx.x] = valid ? a.lse_log2[ws] : INFINITY;
-                s_dsum[st * BM + threadIdx.x] = valid ? a.dsum[ws] : 0.f;
+            /* lse (threads [0, BM)) and D ([BM, 2BM)) join the same async
+             * group: a plain load would hold its warps ~1 µs before the
+             * store. Rows past the sequence read as 0: such rows lie in a
+             * partial tile, whose masking zeroes their P and dS. */
+            if (threadIdx.x < 2 * BM) {
+                const int r = threadIdx.x % BM;
+                const bool valid = m0 + r < sq;
+                const float *src = threadIdx.x < BM ? a.lse_log2 : a.dsum;
+                if (valid)
+                    src += h * p.total_q + workspace_row(p, seq, b, m0 + r);
+                cp_async_4(reinterpret_cast<float *>(stage_base + kLseOffset) + threadIdx.x, src,
+                           valid ? 4 : 0);
             }
+            cp_async_commit();
         };
 
         int h = hk * group, m0 = m_first - BM;
         TileKind kind = TILE_SKIP;
-        if (m_first >= m_end)
+        if (m_first >= m_end || m_begin >= m_end)
             h = h_end;
         else
             advance(h, m0, kind);
@@ -247,11 +280,11 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
              * with the previous query block (its stage, dSᵀ, Pᵀ). */
             __syncthreads();
             /* With two stages the next block's loads fly during this one. */
-            const bool prefetch = a.query_stages == 2 && h_next < h_end;
+            const bool prefetch = stages == 2 && h_next < h_end;
             if (prefetch)
                 load_query_block(h_next, m0_next, stage ^ 1);
-            const T *cQ = sQ + stage * BM * P, *cdO = sdO + stage * BM * P;
-            const float *c_lse = s_lse + stage * BM, *c_dsum = s_dsum + stage * BM;
+            const T *cQ = sStages + stage * kStageElems, *cdO = cQ + BM * P;
+            const float *c_lse = reinterpret_cast<const float *>(cQ + kLseOffset), *c_dsum = c_lse + BM;
             const ScoreTransform score = make_score_transform(p, seq, b, h);
 
             /* Keep bits of this warp's slab (below), bit 4nt + e: a rolled loop
@@ -291,7 +324,7 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
                  * times softcap's derivative. One loop per score kind behind a
                  * uniform branch (see the forward): the plain one has no
                  * softcap/ALiBi code and no per-element derivative to keep. */
-                auto p_and_ds = [&](auto transformed) {
+                auto p_and_ds = [&](auto transformed, auto dropped) {
 #pragma unroll
                     for (int nt = 0; nt < QP / 8; ++nt) {
                         const int il = q_base + nt * 8 + 2 * t;
@@ -306,17 +339,27 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
                             else
                                 s *= scale_log2;
                             const float pe = exp2f(s - (e % 2 ? lse.y : lse.x));
-                            const bool keep = (keep_bits >> (4 * (part * QP / 8 + nt) + e)) & 1;
-                            const float dp = keep ? dpt[0][nt][e] * keep_scale : 0.f;
-                            st[0][nt][e] = keep ? pe * keep_scale : 0.f;
+                            float dp = dpt[0][nt][e];
+                            st[0][nt][e] = pe;
+                            if constexpr (decltype(dropped)::value) {
+                                const bool keep = (keep_bits >> (4 * (part * QP / 8 + nt) + e)) & 1;
+                                dp = keep ? dp * keep_scale : 0.f;
+                                st[0][nt][e] = keep ? pe * keep_scale : 0.f;
+                            }
                             dpt[0][nt][e] = pe * (dp - (e % 2 ? dsum.y : dsum.x)) * dtanh;
                         }
                     }
                 };
-                if (!kScoreSteps || (score.softcap == 0.f && score.alibi_slope == 0.f))
-                    p_and_ds(Flag<false>());
-                else
-                    p_and_ds(Flag<true>());
+                /* Dropout as a third copy, so that without it no keep bit is
+                 * tested per element. */
+                if (!kScoreSteps || (score.softcap == 0.f && score.alibi_slope == 0.f)) {
+                    if (drop)
+                        p_and_ds(Flag<false>(), Flag<true>());
+                    else
+                        p_and_ds(Flag<false>(), Flag<false>());
+                } else {
+                    p_and_ds(Flag<true>(), Flag<true>());
+                }
                 /* Masked elements (possibly inf/NaN above) become exact zeros. */
                 if (kind == TILE_PARTIAL) {
                     const Mask mask = make_mask(p, seq, b, h);
@@ -397,7 +440,7 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
                 __syncthreads(); /* every warp is done with this stage */
                 load_query_block(h_next, m0_next, 0);
             }
-            stage = prefetch ? stage ^ 1 : 0;
+            stage = stages == 2 ? stage ^ 1 : 0; /* (two stages, no prefetch: the last block) */
             h = h_next;
             m0 = m0_next;
             kind = kind_next;
@@ -468,8 +511,9 @@ template <typename T, int DP> __global__ void __launch_bounds__(256) backward_co
     }
 }
 
-/* Sets the kernel's smem limit and launches it with `stages` query stages. */
-template <typename T, int D, bool kLarge, bool kScoreSteps>
+/* Sets the kernel's smem limit and launches it with `stages` query stages
+ * (kStages: see backward_kernel). */
+template <typename T, int D, bool kLarge, bool kScoreSteps, int kStages>
 static fa_status launch_backward_kernel(BackwardArgs &a, int stages)
 {
     using Tiles = BackwardTiles<D, kLarge>;
@@ -480,11 +524,11 @@ static fa_status launch_backward_kernel(BackwardArgs &a, int stages)
         return FA_SUCCESS;
     a.query_stages = stages;
     const size_t smem = Tiles::smem_bytes(stages);
-    cudaError_t err = cudaFuncSetAttribute(backward_kernel<T, D, kLarge, kScoreSteps>,
+    cudaError_t err = cudaFuncSetAttribute(backward_kernel<T, D, kLarge, kScoreSteps, kStages>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
-    backward_kernel<T, D, kLarge, kScoreSteps><<<grid, Tiles::kWarps * 32, smem, (cudaStream_t)p->stream>>>(a);
+    backward_kernel<T, D, kLarge, kScoreSteps, kStages><<<grid, Tiles::kWarps * 32, smem, (cudaStream_t)p->stream>>>(a);
     return check_launch("sm80 backward kernel launch");
 }
 
@@ -510,8 +554,9 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
         err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
-    /* The large tile when it fits (double-buffered if that fits too),
-     * compiled apart for problems without softcap/ALiBi; else the small one. */
+    /* The large tile when it fits (double-buffered if that fits too; then
+     * compiled apart for problems without softcap/ALiBi, the kernel with
+     * the score steps serves the rest); else the small one. */
     using Large = BackwardTiles<D, true>;
     using Small = BackwardTiles<D, false>;
     const size_t optin = (size_t)smem_optin;
@@ -519,9 +564,9 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
     const bool score_steps = p->softcap != 0.f || p->alibi_slopes != nullptr;
     fa_status st =
         Large::smem_bytes(1) > optin
-            ? launch_backward_kernel<T, D, false, true>(a, Small::smem_bytes(2) <= optin ? 2 : 1)
-        : score_steps ? launch_backward_kernel<T, D, true, true>(a, large_stages)
-                      : launch_backward_kernel<T, D, true, false>(a, large_stages);
+            ? launch_backward_kernel<T, D, false, true, 0>(a, Small::smem_bytes(2) <= optin ? 2 : 1)
+        : score_steps || large_stages == 1 ? launch_backward_kernel<T, D, true, true, 0>(a, large_stages)
+                                           : launch_backward_kernel<T, D, true, false, 2>(a, 2);
     if (st != FA_SUCCESS)
         return st;
     if (rows > 0 && p->head_dim > 0) {
