@@ -4,14 +4,16 @@
  * A persistent grid (one CTA per SM) walks the tiles of BlockM = 128 query
  * rows of one (batch, head); each CTA has three warpgroups:
  *
- *   warpgroup 0   producer: one thread issues TMA loads of Q (once per tile)
- *                 and of K, V blocks (BlockN rows each) into a ring of Stages
- *                 shared-memory buffers, guarded by full/empty mbarriers.
+ *   warpgroup 0   producer: one thread issues TMA loads of Q (once per tile,
+ *                 two buffers where shared memory allows) and of K, V blocks
+ *                 (BlockN rows each) into a ring of Stages shared-memory
+ *                 buffers, guarded by full/empty mbarriers.
  *   warpgroups 1, 2  consumers: each owns 64 of the 128 rows and walks the
  *                 key blocks:  S = Q Kᵀ (wgmma, both from smem)
  *                              online softmax of S in registers
  *                              O += P V (wgmma, P from registers)
- *                 then writes O / rowsum and the LSE.
+ *                 then writes O / rowsum (TMA stores from shared memory
+ *                 where it fits) and the LSE.
  *
  * Two overlaps keep the tensor cores busy during the softmax (FA3 §3.1-3.2):
  *   intra-warpgroup: the QKᵀ of block j and the PV of block j+1 are issued
@@ -84,50 +86,55 @@ template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_> struct f
     static constexpr int kKVSlabBytes = kBlockN * 128;
     static constexpr int kQBytes = kSlabs * kQSlabBytes;
     static constexpr int kKVBytes = kSlabs * kKVSlabBytes;
-    /* barriers: q_full, q_empty, k_full[S], v_full[S], k_empty[S], v_empty[S] */
-    static constexpr int kBarrierBytes = 8 * (2 + 4 * kStages);
+    /* barriers: q_full[2], q_empty[2], k_full[S], v_full[S], k_empty[S], v_empty[S] */
+    static constexpr int kBarrierBytes = 8 * (4 + 4 * kStages);
     /* one word per consumer thread for fa_wgmma_wait_after */
     static constexpr int kScratchBytes = 4 * 128 * kConsumerWarpgroups;
+    static constexpr int kSmemLimit = 232448;
     /* + 1024 so the kernel can align the base to the swizzle atom */
-    static constexpr int kSmemNoOBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + kBarrierBytes + kScratchBytes;
-    /* the epilogue stages O in shared memory for TMA stores where it fits
-     * (hdim <= 128); larger head dims store from registers */
-    static constexpr bool kTmaStore = kSmemNoOBytes + kQBytes <= 232448;
+    static constexpr int kSmemMinBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + kBarrierBytes + kScratchBytes;
+    /* where shared memory allows (hdim <= 128): the epilogue stages O for
+     * TMA stores (else it stores from registers), and Q has a second buffer
+     * so that the producer loads the next tile's Q and first K/V while the
+     * consumers finish this one */
+    static constexpr bool kTmaStore = kSmemMinBytes + kQBytes <= kSmemLimit;
     static constexpr int kOBytes = kTmaStore ? kQBytes : 0; /* 128 rows, like Q */
-    static constexpr int kSmemBytes = kSmemNoOBytes + kOBytes;
+    static constexpr int kQBuffers = kSmemMinBytes + kOBytes + kQBytes <= kSmemLimit ? 2 : 1;
+    static constexpr int kQAllBytes = kQBuffers * kQBytes;
+    static constexpr int kSmemBytes = kSmemMinBytes + kOBytes + (kQBuffers - 1) * kQBytes;
     /* registers after setmaxnreg: (24 + 2*240) * 128 <= 64K */
     static constexpr int kProducerRegs = 24;
     static constexpr int kConsumerRegs = 240;
     static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0, "tile shape");
-    static_assert(kSmemBytes <= 232448, "shared memory of one CTA");
+    static_assert(kSmemBytes <= kSmemLimit, "shared memory of one CTA");
 };
 
 /* Shared-memory addresses of the tile buffers and barriers. */
 template <class Cfg> struct fa_sm90_smem {
     uint32_t base;
-    __device__ uint32_t q() const { return base; }
-    __device__ uint32_t k(int stage) const { return base + Cfg::kQBytes + stage * Cfg::kKVBytes; }
+    __device__ uint32_t q(int buf) const { return base + buf * Cfg::kQBytes; }
+    __device__ uint32_t k(int stage) const { return base + Cfg::kQAllBytes + stage * Cfg::kKVBytes; }
     __device__ uint32_t v(int stage) const
     {
-        return base + Cfg::kQBytes + (Cfg::kStages + stage) * Cfg::kKVBytes;
+        return base + Cfg::kQAllBytes + (Cfg::kStages + stage) * Cfg::kKVBytes;
     }
     /* consumer warpgroup wg's 64 output rows, slabs of 64 x 64 (kTmaStore) */
     __device__ uint32_t o(int wg) const
     {
-        return base + Cfg::kQBytes + 2 * Cfg::kStages * Cfg::kKVBytes + wg * (Cfg::kOBytes / 2);
+        return base + Cfg::kQAllBytes + 2 * Cfg::kStages * Cfg::kKVBytes + wg * (Cfg::kOBytes / 2);
     }
     __device__ uint32_t bar(int i) const
     {
-        return base + Cfg::kQBytes + 2 * Cfg::kStages * Cfg::kKVBytes + Cfg::kOBytes + 8 * i;
+        return base + Cfg::kQAllBytes + 2 * Cfg::kStages * Cfg::kKVBytes + Cfg::kOBytes + 8 * i;
     }
     /* this consumer thread's scratch word */
-    __device__ uint32_t scratch() const { return bar(2 + 4 * Cfg::kStages) + 4 * (threadIdx.x - 128); }
-    __device__ uint32_t q_full() const { return bar(0); }
-    __device__ uint32_t q_empty() const { return bar(1); }
-    __device__ uint32_t k_full(int s) const { return bar(2 + s); }
-    __device__ uint32_t v_full(int s) const { return bar(2 + Cfg::kStages + s); }
-    __device__ uint32_t k_empty(int s) const { return bar(2 + 2 * Cfg::kStages + s); }
-    __device__ uint32_t v_empty(int s) const { return bar(2 + 3 * Cfg::kStages + s); }
+    __device__ uint32_t scratch() const { return bar(4 + 4 * Cfg::kStages) + 4 * (threadIdx.x - 128); }
+    __device__ uint32_t q_full(int buf) const { return bar(buf); }
+    __device__ uint32_t q_empty(int buf) const { return bar(2 + buf); }
+    __device__ uint32_t k_full(int s) const { return bar(4 + s); }
+    __device__ uint32_t v_full(int s) const { return bar(4 + Cfg::kStages + s); }
+    __device__ uint32_t k_empty(int s) const { return bar(4 + 2 * Cfg::kStages + s); }
+    __device__ uint32_t v_empty(int s) const { return bar(4 + 3 * Cfg::kStages + s); }
 };
 
 /* The tile a CTA works on, and its key-block range. Shared by producer and
@@ -236,7 +243,7 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
     fa_tma_prefetch_map(&p.map_v);
     /* every buffer starts free: wait on the empty barriers with parity 1 */
     fa_pipe_state<Cfg::kStages> kv = {0, 1};
-    uint32_t q_phase = 1;
+    fa_pipe_state<Cfg::kQBuffers> q = {0, 1};
     for (fa_tile_iter it = fa_tile_iter::first(p); it.valid(p); it.next(p)) {
         fa_sm90_tile t = fa_sm90_tile_of<Cfg>(p, it.index);
         if (!fa_sm90_has_keys(t))
@@ -245,11 +252,12 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
         int batch = p.varlen ? 0 : t.b;
         int kv_head = t.h / p.heads_per_kv;
 
-        fa_mbar_wait(sm.q_empty(), q_phase); /* the last tile's QKᵀ are done */
-        q_phase ^= 1;
-        fa_mbar_arrive_expect_tx(sm.q_full(), Cfg::kQBytes);
+        fa_mbar_wait(sm.q_empty(q.stage), q.phase); /* the QKᵀ of the buffer's last tile are done */
+        fa_mbar_arrive_expect_tx(sm.q_full(q.stage), Cfg::kQBytes);
         for (int s = 0; s < Cfg::kSlabs; ++s)
-            fa_tma_load_4d(sm.q() + s * Cfg::kQSlabBytes, &p.map_q, sm.q_full(), s * 64, t.q0 + t.m0, t.h, batch);
+            fa_tma_load_4d(sm.q(q.stage) + s * Cfg::kQSlabBytes, &p.map_q, sm.q_full(q.stage), s * 64,
+                           t.q0 + t.m0, t.h, batch);
+        q.advance();
 
         for (int n = t.n_end - 1; n >= t.n_begin; --n) {
             int row = t.k0 + n * Cfg::kBlockN;
@@ -584,13 +592,14 @@ template <int N> __device__ __forceinline__ void fa_rescale(float (&o)[N], const
         o[i] *= correction[(i >> 1) & 1];
 }
 
-/* One tile for one consumer warpgroup. kv / q_phase carry the pipeline
+/* One tile for one consumer warpgroup. kv / q carry the pipeline
  * position from tile to tile. Key blocks are walked from the last one, so
  * the masked diagonal blocks of causal tiles come first. */
 template <class Cfg>
 __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, const fa_sm90_tile &t,
                                                      const fa_sm90_smem<Cfg> &sm, int wg, fa_pingpong turn,
-                                                     fa_pipe_state<Cfg::kStages> &kv, uint32_t &q_phase)
+                                                     fa_pipe_state<Cfg::kStages> &kv,
+                                                     fa_pipe_state<Cfg::kQBuffers> &q)
 {
     constexpr int BlockN = Cfg::kBlockN, D = Cfg::kHeadDim;
     const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
@@ -603,10 +612,9 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}, correction[2];
 
     if (fa_sm90_has_keys(t)) {
-        fa_mbar_wait(sm.q_full(), q_phase);
-        q_phase ^= 1;
+        fa_mbar_wait(sm.q_full(q.stage), q.phase);
         /* Q rows of this warpgroup start 64 rows into each slab */
-        const uint32_t q_rows = sm.q() + 64 * wg * 128;
+        const uint32_t q_rows = sm.q(q.stage) + 64 * wg * 128;
         float s[BlockN / 2];
         uint32_t pa[BlockN / 16][4];
         /* the first (last-in-sequence) key block may hold a varlen
@@ -672,7 +680,8 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             fa_pv_step<Cfg>(o, pb, sm, v_prev, turn);
         else
             fa_pv_step<Cfg>(o, pa, sm, v_prev, turn);
-        fa_release(sm.q_empty()); /* the producer may load the next Q */
+        fa_release(sm.q_empty(q.stage)); /* the producer may load a later tile's Q */
+        q.advance();
     }
     fa_store_rows<Cfg>(p, t, sm, wg, row0, o, row_max, row_sum);
 }
@@ -687,8 +696,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
     sm.base = ((uint32_t)__cvta_generic_to_shared(smem_raw) + 1023u) & ~1023u;
 
     if (threadIdx.x == 0) {
-        fa_mbar_init(sm.q_full(), 1);
-        fa_mbar_init(sm.q_empty(), Cfg::kConsumerWarps);
+        for (int b = 0; b < Cfg::kQBuffers; ++b) {
+            fa_mbar_init(sm.q_full(b), 1);
+            fa_mbar_init(sm.q_empty(b), Cfg::kConsumerWarps);
+        }
         for (int s = 0; s < Cfg::kStages; ++s) {
             fa_mbar_init(sm.k_full(s), 1);
             fa_mbar_init(sm.v_full(s), 1);
@@ -711,9 +722,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
         if (turn.wg == 1)
             turn.pass_turn();
         fa_pipe_state<Cfg::kStages> kv = {0, 0};
-        uint32_t q_phase = 0;
+        fa_pipe_state<Cfg::kQBuffers> q = {0, 0};
         for (fa_tile_iter it = fa_tile_iter::first(p); it.valid(p); it.next(p))
-            fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, it.index), sm, wg - 1, turn, kv, q_phase);
+            fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, it.index), sm, wg - 1, turn, kv, q);
         /* ...and warpgroup 0 takes the turn left over after warpgroup 1's
          * last pass, so that both named barriers end balanced */
         if (turn.wg == 0)
