@@ -358,6 +358,33 @@ __device__ __forceinline__ ScoreTransform make_score_transform(const fa_problem 
     return t;
 }
 
+/* As load_tile_fixed_column, with a fast path for the common whole tile
+ * (rows_valid >= ROWS, cols >= COLS, 16-byte aligned rows): its copies need
+ * no row test and no source or size select, only a 64-bit pointer step, so
+ * each cp.async costs about three instructions instead of seven. Partial
+ * tiles take load_tile_fixed_column. */
+template <typename T, int ROWS, int COLS, int THREADS>
+__device__ __forceinline__ void load_tile_whole_fast(T *tile, const T *src, int64_t stride,
+                                                     int64_t rows_valid, int cols, bool vectorized)
+{
+    constexpr int kChunks = COLS / 8; /* 16-byte chunks per row */
+    if constexpr (THREADS % kChunks == 0 && (ROWS * kChunks) % THREADS == 0) {
+        if (vectorized && rows_valid >= ROWS && cols >= COLS) {
+            constexpr int kRowStep = THREADS / kChunks;
+            const int r0 = threadIdx.x / kChunks, col = (threadIdx.x % kChunks) * 8;
+            const T *from = src + r0 * stride + col;
+            T *to = tile + r0 * smem_pitch(COLS) + col;
+            const int64_t step = kRowStep * stride;
+#pragma unroll
+            for (int i = 0; i < ROWS / kRowStep; ++i, from += step)
+                cp_async_16(to + i * kRowStep * smem_pitch(COLS), from, 16);
+            return;
+        }
+    }
+    load_tile_fixed_column<T, ROWS, COLS, THREADS>(tile, src, stride, rows_valid, cols,
+                                                   vectorized);
+}
+
 } // namespace fa
 
 #endif

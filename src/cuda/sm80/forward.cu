@@ -19,17 +19,40 @@ namespace fa {
  * bounds it by registers. BN is as large as the S accumulator's registers
  * allow without spills (255 per thread, two blocks per SM): the per-step
  * work that does not grow with BN (rescaling O, row reductions, barriers,
- * tile classification) is spread over more mma. At d 128 only the lean
- * variant (kAllOptions false: no dropout, softcap, ALiBi or block-sparse
- * code) fits BN 64. */
+ * tile classification) is spread over more mma. Only the lean variant
+ * (kAllOptions false: no dropout, softcap, ALiBi or block-sparse code) fits
+ * BN 64 at d 128 and BN 128 at d 64 (FA2's tile there; 8 bytes of spill in
+ * sm_90 code, 148 in sm_80 code: perf-gpu.md, forward v7).
+ * d > 128 keeps 4 warps of 16 rows: 8 warps sharing 128-query K/V tiles
+ * (one block per SM) measured 5-10% slower at seqlen 512-2048 and no faster
+ * at 8192 on an H100 (perf-gpu.md, forward v7); PyTorch's FA2 also runs
+ * 4 warps x 16 rows at d 256 there. */
 template <int D, bool kAllOptions> struct ForwardTiles {
     static constexpr int kWarps = 4;
     static constexpr int kRowTiles = D <= 128 ? 2 : 1;
     static constexpr int kBlockM = 16 * kRowTiles * kWarps;
-    static constexpr int kBlockN = D == 96 || (D == 128 && kAllOptions) ? 32 : 64;
+    static constexpr int kBlockN = D == 96 || (D == 128 && kAllOptions) ? 32
+                                   : D == 64 && !kAllOptions             ? 128
+                                                                         : 64;
     static constexpr size_t kSmemBytes =
         (size_t)(kBlockM + 2 * kBlockN) * smem_pitch(D) * 2;
 };
+
+/* The tile mask of the tile at key offset n0 from that at key 0 (tm0 =
+ * tile_mask(mask, m0, 0)). Exact while sequences are shorter than 2^29:
+ * a bound clamped to ±2^30 stays beyond every in-tile difference. */
+__device__ __forceinline__ TileMask shift_tile_mask(const TileMask &tm0, int n0)
+{
+    return TileMask{tm0.lo - n0, tm0.hi - n0, tm0.rows, tm0.cols - n0};
+}
+
+/* Whether the window and the sequence tails leave every element of the
+ * BM x BN tile with mask tm visible (classify_tile's FULL for a dense
+ * mask). */
+template <int BM, int BN> __device__ __forceinline__ bool tile_is_full(const TileMask &tm)
+{
+    return tm.rows >= BM && tm.cols >= BN && tm.lo <= -(BM - 1) && tm.hi >= BN - 1;
+}
 
 /* Sets the invisible elements of a partial tile's scores to -inf. Element
  * (mt, nt, e) is tile row row0 + 16mt + 8(e/2), tile column col0 + 8nt + e%2
@@ -37,10 +60,10 @@ template <int D, bool kAllOptions> struct ForwardTiles {
  * is a separate loop behind one uniform branch, so that dense problems pay
  * only the window and tail arithmetic. */
 template <int MT, int BN>
-__device__ __forceinline__ void mask_partial_tile(float (&s)[MT][BN / 8][4], const Mask &mask,
-                                                  int64_t m0, int64_t n0, int row0, int col0)
+__device__ __forceinline__ void mask_partial_tile(float (&s)[MT][BN / 8][4], const TileMask &tmask,
+                                                  const Mask &mask, int64_t m0, int64_t n0,
+                                                  int row0, int col0)
 {
-    const TileMask tmask = tile_mask(mask, m0, n0);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -109,7 +132,9 @@ __device__ __forceinline__ void drop_elements(float (&s)[MT][BN / 8][4], const f
 
 struct ForwardArgs {
     fa_problem p;
-    bool vectorized; /* 16-byte aligned rows: cp.async loads */
+    bool vectorized;     /* 16-byte aligned q/k/v rows: cp.async loads */
+    bool out_vectorized; /* 16-byte aligned out rows, dv % 8 == 0: paired stores */
+    bool heaviest_first; /* lean variant: grid (heads, query blocks, batch), see below */
 };
 
 // q (B, Sq, Hq, d), k (B, Sk, Hkv, d), v (B, Sk, Hkv, dv) -> out (B, Sq, Hq, dv),
@@ -131,7 +156,17 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     T *sK = sQ + BM * P;
     T *sV = sK + BN * P;
 
-    const int64_t b = blockIdx.z, h = blockIdx.y, m0 = (int64_t)blockIdx.x * BM;
+    /* Grid (query blocks, heads, batch): the query blocks of one head run
+     * together and share its K/V in L2. With a right window bound (causal,
+     * local) later query blocks see more keys, and launched last they leave
+     * a tail of the longest blocks; where the K/V of all heads of a batch
+     * entry fit in L2, the lean variant takes the grid as (heads, query
+     * blocks, batch) and runs the last query blocks of all heads first.
+     * (Only the lean variant: the other holds b, h, m0 through the key loop,
+     * where they cost spills unless they are the block index itself.) */
+    const bool heaviest_first = !kAllOptions && args.heaviest_first;
+    const int64_t b = blockIdx.z, h = heaviest_first ? blockIdx.x : blockIdx.y;
+    const int64_t m0 = (int64_t)(heaviest_first ? gridDim.y - 1 - blockIdx.y : blockIdx.x) * BM;
     const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q,
                                  p.seqlen_k, b);
     if (m0 >= seq.sq)
@@ -151,12 +186,14 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     const T *v = (const T *)p.v.data + fa_row_offset(&p.v, p.varlen, b, seq.k0, hk);
 
     /* Keys any row of this block may see: [lo of the first row, hi of the
-     * last row), in BN blocks. */
+     * last row), in BN blocks. Loop state is 32-bit (block indices, tile
+     * offsets, the tile mask): 64-bit values held across the key loop cost
+     * two registers each, next to accumulators that fill the rest. */
     int64_t lo, hi, unused;
     fa_window_range(m0, seq.sq, seq.sk, p.window_left, p.window_right, &lo, &unused);
     fa_window_range(min(m0 + BM, seq.sq) - 1, seq.sq, seq.sk, p.window_left,
                     p.window_right, &unused, &hi);
-    const int64_t n_end = hi > lo ? (hi + BN - 1) / BN : 0;
+    const int n_end = hi > lo ? (int)((hi + BN - 1) / BN) : 0;
     /* The mask of this (sequence, head); the lean variant knows that it is
      * dense. */
     auto tile_mask_of = [&]() {
@@ -165,14 +202,27 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
             m.blocks = nullptr;
         return m;
     };
+    /* The tile mask of key block nb: the lean variant shifts the one of
+     * block 0; the other rebuilds it (and the Mask) from the parameters
+     * where it is needed rather than keeping either in registers. */
+    const TileMask tmask0 = tile_mask(tile_mask_of(), m0, 0);
+    auto tile_mask_at = [&](int nb) {
+        return kAllOptions ? tile_mask(tile_mask_of(), m0, (int64_t)nb * BN)
+                           : shift_tile_mask(tmask0, nb * BN);
+    };
     /* The first block at or after nb that has a visible element, and its
-     * kind. The Mask is rebuilt from the parameters where it is needed
-     * rather than kept: its 64-bit fields held in registers across the key
-     * loop push the accumulators into local memory. */
-    auto next_block = [&](int64_t nb, TileKind *kind) {
-        for (; nb < n_end; ++nb)
-            if ((*kind = classify_tile(tile_mask_of(), m0, BM, nb * BN, BN)) != TILE_SKIP)
-                break;
+     * kind. Dense: the blocks in [lo, hi) all have one (the rows' key
+     * ranges are contiguous), so the kind is arithmetic on the tile mask.
+     * Otherwise classify_tile also scans the block-sparse grid. */
+    auto next_block = [&](int nb, TileKind *kind) {
+        if (kAllOptions) {
+            for (; nb < n_end; ++nb)
+                if ((*kind = classify_tile(tile_mask_of(), m0, BM, (int64_t)nb * BN, BN)) !=
+                    TILE_SKIP)
+                    break;
+        } else {
+            *kind = tile_is_full<BM, BN>(tile_mask_at(nb)) ? TILE_FULL : TILE_PARTIAL;
+        }
         return nb;
     };
 
@@ -191,19 +241,34 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
         row_max[mt][0] = row_max[mt][1] = -INFINITY, row_sum[mt][0] = row_sum[mt][1] = 0.f;
 
     TileKind kind = TILE_SKIP;
-    int64_t nb = next_block(hi > lo ? lo / BN : 0, &kind);
-    load_tile_fixed_column<T, BM, D, kThreads>(sQ, q, p.q.stride_seq, seq.sq - m0, d, args.vectorized);
+    int nb = next_block(hi > lo ? (int)(lo / BN) : 0, &kind);
+    load_tile_whole_fast<T, BM, D, kThreads>(sQ, q, p.q.stride_seq, tmask0.rows, d,
+                                             args.vectorized);
     if (nb < n_end)
-        load_tile_fixed_column<T, BN, D, kThreads>(sK, k + nb * BN * p.k.stride_seq, p.k.stride_seq,
-                                      seq.sk - nb * BN, d, args.vectorized);
+        load_tile_whole_fast<T, BN, D, kThreads>(sK, k + (int64_t)nb * BN * p.k.stride_seq,
+                                                 p.k.stride_seq, tile_mask_at(nb).cols, d,
+                                                 args.vectorized);
+    cp_async_commit();
+    /* The first V loads with Q and K (nothing reads sV before it): its
+     * latency is not exposed after the first S. */
+    if (nb < n_end)
+        load_tile_whole_fast<T, BN, D, kThreads>(sV, v + (int64_t)nb * BN * p.v.stride_seq,
+                                                 p.v.stride_seq, tile_mask_at(nb).cols, dv,
+                                                 args.vectorized);
     cp_async_commit();
 
-    while (nb < n_end) {
-        const int64_t n0 = nb * BN;
-        cp_async_wait<0>();
+    for (bool first = true; nb < n_end; first = false) {
+        const int n0 = nb * BN;
+        const TileMask tmask = tile_mask_at(nb);
+        if (first)
+            cp_async_wait<1>(); /* Q and K; V may still be in flight */
+        else
+            cp_async_wait<0>();
         __syncthreads(); /* K(nb) landed; every warp is done with V */
-        load_tile_fixed_column<T, BN, D, kThreads>(sV, v + n0 * p.v.stride_seq, p.v.stride_seq,
-                                      seq.sk - n0, dv, args.vectorized);
+        if (!first)
+            load_tile_whole_fast<T, BN, D, kThreads>(sV, v + (int64_t)n0 * p.v.stride_seq,
+                                                     p.v.stride_seq, tmask.cols, dv,
+                                                     args.vectorized);
         cp_async_commit();
 
         float s[MT][BN / 8][4];
@@ -211,7 +276,7 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
         warp_gemm<MT, BN / 8, D, false, false>(s, sQ, P, warp_row, 0, sK, P, 0, 0);
 
         TileKind next_kind = TILE_SKIP;
-        const int64_t nb_next = next_block(nb + 1, &next_kind);
+        const int nb_next = next_block(nb + 1, &next_kind);
 
         /* Scores masked to -inf; new row max. Plain scores stay raw q·k (the
          * scale is folded into the exponent's FFMA, as FA2); softcap/ALiBi
@@ -232,7 +297,7 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
                     }
         }
         if (kind == TILE_PARTIAL)
-            mask_partial_tile<MT, BN>(s, tile_mask_of(), m0, n0, warp_row + g, 2 * t);
+            mask_partial_tile<MT, BN>(s, tmask, tile_mask_of(), m0, n0, warp_row + g, 2 * t);
         float tile_max[MT][2];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
@@ -294,9 +359,9 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
         cp_async_wait<0>();
         __syncthreads(); /* V(nb) landed; every warp is done with K */
         if (nb_next < n_end)
-            load_tile_fixed_column<T, BN, D, kThreads>(sK, k + nb_next * BN * p.k.stride_seq,
-                                          p.k.stride_seq, seq.sk - nb_next * BN, d,
-                                          args.vectorized);
+            load_tile_whole_fast<T, BN, D, kThreads>(
+                sK, k + (int64_t)nb_next * BN * p.k.stride_seq, p.k.stride_seq,
+                tile_mask_at(nb_next).cols, d, args.vectorized);
         cp_async_commit();
 
 #pragma unroll
@@ -308,7 +373,8 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     }
     cp_async_wait<0>();
 
-    /* out = O / l (· 1/(1-p) for dropout); lse = max + log(l). */
+    /* out = O / l (· 1/(1-p) for dropout): adjacent column pairs as one
+     * 4-byte store when the rows allow it; lse = max + log(l). */
     T *out = (T *)p.out.data;
     const float keep_scale = drop ? 1.f / (1.f - p.dropout_p) : 1.f;
 #pragma unroll
@@ -324,13 +390,19 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
             const float inv = l > 0.f ? keep_scale / l : 0.f;
             T *row = out + fa_row_offset(&p.out, p.varlen, b, seq.q0 + i, h);
 #pragma unroll
-            for (int dt = 0; dt < D / 8; ++dt)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int c = dt * 8 + 2 * t + e;
+            for (int dt = 0; dt < D / 8; ++dt) {
+                const int c = dt * 8 + 2 * t;
+                const float lo = acc_o[mt][dt][r * 2] * inv, hi = acc_o[mt][dt][r * 2 + 1] * inv;
+                if (args.out_vectorized) {
                     if (c < dv)
-                        row[c] = T(acc_o[mt][dt][r * 2 + e] * inv);
+                        *reinterpret_cast<uint32_t *>(row + c) = pack_pair<T>(lo, hi);
+                } else {
+                    if (c < dv)
+                        row[c] = T(lo);
+                    if (c + 1 < dv)
+                        row[c + 1] = T(hi);
                 }
+            }
             if (p.lse && t == 0)
                 p.lse[fa_lse_index(p.varlen, b, h, seq.q0 + i, p.heads_q, p.seqlen_q, p.total_q)] =
                     l > 0.f ? row_max[mt][r] * exp_scale * kLn2 + logf(l) : -INFINITY;
@@ -344,10 +416,19 @@ static fa_status launch_forward(fa_problem *p, bool vectorized)
     ForwardArgs args;
     args.p = *p;
     args.vectorized = vectorized;
+    const fa_tensor *out[] = {&p->out};
+    args.out_vectorized = rows_are_16b_aligned(out, 1, p->varlen) && p->head_dim_v % 8 == 0;
     dim3 grid((unsigned)((p->seqlen_q + Tiles::kBlockM - 1) / Tiles::kBlockM),
               (unsigned)p->heads_q, (unsigned)p->batch);
     if (grid.x == 0 || grid.y == 0 || grid.z == 0)
         return FA_SUCCESS;
+    /* The K and V that the heads of one batch entry read, against 32 MB of
+     * L2 (the sm90 kernel's and FA3's section size). */
+    const int64_t kv_bytes = 2 * p->seqlen_k * (p->head_dim + p->head_dim_v) * p->heads_kv;
+    args.heaviest_first = !kAllOptions && p->window_right >= 0 && grid.x <= 65535 &&
+                          kv_bytes <= ((int64_t)32 << 20);
+    if (args.heaviest_first)
+        grid = dim3(grid.y, grid.x, grid.z);
     cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, kAllOptions>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)Tiles::kSmemBytes);
@@ -407,6 +488,12 @@ static const char *const kForwardNames[2][5] = {
 
 extern "C" fa_status fa_sm80_forward(fa_problem *p)
 {
+    /* The kernel's tile-local indices are 32-bit (see shift_tile_mask). */
+    if (p->seqlen_q >= (1 << 29) || p->seqlen_k >= (1 << 29))
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "sm80 forward: sequences of 2^29 tokens or more are not supported "
+                       "(seqlen_q %lld, seqlen_k %lld)",
+                       (long long)p->seqlen_q, (long long)p->seqlen_k);
     const int dp = fa::padded_head_dim(p->head_dim, p->head_dim_v);
     const fa_tensor *tensors[] = {&p->q, &p->k, &p->v};
     const bool vec = fa::rows_are_16b_aligned(tensors, 3, p->varlen);
