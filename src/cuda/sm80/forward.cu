@@ -488,12 +488,6 @@ static const char *const kForwardNames[2][5] = {
 
 extern "C" fa_status fa_sm80_forward(fa_problem *p)
 {
-    /* The kernel's tile-local indices are 32-bit (see shift_tile_mask). */
-    if (p->seqlen_q >= (1 << 29) || p->seqlen_k >= (1 << 29))
-        return fa_fail(FA_ERROR_UNSUPPORTED,
-                       "sm80 forward: sequences of 2^29 tokens or more are not supported "
-                       "(seqlen_q %lld, seqlen_k %lld)",
-                       (long long)p->seqlen_q, (long long)p->seqlen_k);
     const int dp = fa::padded_head_dim(p->head_dim, p->head_dim_v);
     const fa_tensor *tensors[] = {&p->q, &p->k, &p->v};
     const bool vec = fa::rows_are_16b_aligned(tensors, 3, p->varlen);
