@@ -11,7 +11,8 @@ Uses the flashattn Python package (PYTHONPATH=python, FLASHATTN_LIB=<lib>);
 where they support the problem). The benchmark times, in one process, our
 library on its native (b, s, h, d) layout and torch SDPA with the
 FLASH_ATTENTION and CUDNN_ATTENTION backends on their native (b, h, s, d)
-layout: CUDA events around `--calls` back-to-back calls, median of `--reps`,
+layout: CUDA events around back-to-back calls (at least `--calls`, as many as
+make a rep last ~2 ms, at most 25), median of `--reps`,
 fresh random inputs per configuration. The backward is timed on its own
 (torch.autograd.grad on one retained forward graph, allocating the gradients
 as a training step does), and forward+backward together. FLOPs: forward 4·b·s²·h·d (half when
@@ -167,10 +168,21 @@ def check(args):
 # ---------------------------------------------------------------------------
 # Benchmark
 
-def time_ms(fn, calls, reps):
-    """Median over reps of the mean time of `calls` back-to-back calls."""
+def time_ms(fn, calls, reps, rep_ms=2.0, max_calls=25):
+    """Median over reps of the mean time of back-to-back calls: at least
+    `calls`, and as many as make a rep last ~rep_ms (at most max_calls), so
+    that the host time of the first call of a rep (the GPU is idle until
+    its kernel is queued) is spread over enough GPU work; every contender
+    is timed this way."""
     fn()
     torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    stop.record()
+    stop.synchronize()
+    once = max(start.elapsed_time(stop), 1e-3)
+    calls = min(max(calls, math.ceil(rep_ms / once)), max(calls, max_calls))
     times = []
     for _ in range(reps):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -242,9 +242,12 @@ def backward_impl(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqle
 
 
 # ---------------------------------------------------------------------------
-# Autograd. The same setup/backward serve torch.library.custom_op (torch >=
-# 2.4, traced by torch.compile without graph breaks) and the
-# autograd.Function of older torch.
+# Autograd. Eager calls go through a torch.autograd.Function: torch's
+# custom-op dispatch costs ~120 us of host time per call on the device
+# machine (torch 2.11), more than the whole kernel at seqlen 512. Under
+# torch.compile (torch >= 2.4) the same forward/backward are registered as
+# torch.library.custom_op, so that the compiler traces them without graph
+# breaks. Both share _setup_context and _backward.
 
 _NUM_INPUTS = 15  # forward_impl's arguments
 
@@ -258,16 +261,30 @@ def _setup_context(ctx, inputs, output):
     ctx.deterministic = deterministic
 
 
-def _backward(ctx, dout, *unused_grads):
+def _backward(ctx, dout, backward_fn):
     q, k, v, out, lse, cu_q, cu_k, alibi, rng_state = ctx.saved_tensors
     max_q, max_k, dropout_p, scale, causal, wl, wr, softcap = ctx.options
-    dq, dk, dv = attention_backward(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k,
-                                    dropout_p, scale, causal, wl, wr, softcap, alibi,
-                                    ctx.deterministic, rng_state)
+    dq, dk, dv = backward_fn(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k,
+                             dropout_p, scale, causal, wl, wr, softcap, alibi,
+                             ctx.deterministic, rng_state)
     return (dq, dk, dv) + (None,) * (_NUM_INPUTS - 3)
 
 
+class _AttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = forward_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.mark_non_differentiable(output[1], output[2])
+        return output
+
+    @staticmethod
+    def backward(ctx, dout, *unused_grads):
+        return _backward(ctx, dout, backward_impl)
+
+
 HAS_CUSTOM_OP = hasattr(torch, "library") and hasattr(torch.library, "custom_op")
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 if HAS_CUSTOM_OP:
     from typing import Optional, Tuple
@@ -275,7 +292,7 @@ if HAS_CUSTOM_OP:
     Tensor = torch.Tensor
 
     @torch.library.custom_op("flashattn::fwd", mutates_args=())
-    def attention_forward(
+    def _compiled_forward(
         q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor],
         cu_seqlens_k: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int,
         dropout_p: float, softmax_scale: float, causal: bool, window_left: int,
@@ -286,7 +303,7 @@ if HAS_CUSTOM_OP:
                             dropout_p, softmax_scale, causal, window_left, window_right,
                             softcap, alibi_slopes, deterministic)
 
-    @attention_forward.register_fake
+    @_compiled_forward.register_fake
     def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
           softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
           deterministic):
@@ -296,7 +313,7 @@ if HAS_CUSTOM_OP:
         return out, lse, torch.empty(2, dtype=torch.int64, device="cpu")
 
     @torch.library.custom_op("flashattn::bwd", mutates_args=())
-    def attention_backward(
+    def _compiled_backward(
         dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
         cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor], max_seqlen_q: int,
         max_seqlen_k: int, dropout_p: float, softmax_scale: float, causal: bool,
@@ -308,29 +325,21 @@ if HAS_CUSTOM_OP:
                              window_left, window_right, softcap, alibi_slopes, deterministic,
                              rng_state)
 
-    @attention_backward.register_fake
+    @_compiled_backward.register_fake
     def _(dout, q, k, v, *rest):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
-    attention_forward.register_autograd(_backward, setup_context=_setup_context)
+    _compiled_forward.register_autograd(
+        lambda ctx, dout, *unused: _backward(ctx, dout, _compiled_backward),
+        setup_context=_setup_context)
 
-else:
-    attention_backward = backward_impl
 
-    class _AttentionFunction(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *inputs):
-            output = forward_impl(*inputs)
-            _setup_context(ctx, inputs, output)
-            ctx.mark_non_differentiable(output[1], output[2])
-            return output
-
-        @staticmethod
-        def backward(ctx, dout, *unused_grads):
-            return _backward(ctx, dout)
-
-    def attention_forward(*inputs):
-        return _AttentionFunction.apply(*inputs)
+def attention_forward(*inputs):
+    """forward_impl with autograd: the custom op while torch.compile traces,
+    the autograd.Function otherwise."""
+    if HAS_CUSTOM_OP and _is_compiling():
+        return _compiled_forward(*inputs)
+    return _AttentionFunction.apply(*inputs)
 
 
 def attention(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
