@@ -222,12 +222,15 @@ def check(status, what):
 # Contexts: one per (thread, device), created on first use
 
 class _Context:
-    __slots__ = ("handle", "_destroy")
+    # settings: the (threads or stream, backend) last given to the library,
+    # so that a call that changes neither costs no ctypes round trips
+    __slots__ = ("handle", "_destroy", "settings")
 
     def __init__(self, device, index):
         handle = ctypes.c_void_p()
         check(fa_context_create(ctypes.byref(handle), device, index), "context")
         self.handle = handle
+        self.settings = None
         # Keep the function alive for __del__ at interpreter shutdown.
         self._destroy = fa_context_destroy
 
@@ -270,11 +273,16 @@ def context_for(device):
         )
     h = ctx.handle
     if key[0] == "cpu":
-        check(fa_context_set_num_threads(h, torch.get_num_threads()), "context")
+        settings = (torch.get_num_threads(), _forced_backend[0])
     else:
-        stream = torch.cuda.current_stream(key[1]).cuda_stream
-        check(fa_context_set_stream(h, ctypes.c_void_p(stream)), "context")
-    check(fa_context_set_backend(h, _forced_backend[0]), "context")
+        settings = (torch.cuda.current_stream(key[1]).cuda_stream, _forced_backend[0])
+    if settings != ctx.settings:
+        if key[0] == "cpu":
+            check(fa_context_set_num_threads(h, settings[0]), "context")
+        else:
+            check(fa_context_set_stream(h, ctypes.c_void_p(settings[0])), "context")
+        check(fa_context_set_backend(h, settings[1]), "context")
+        ctx.settings = settings
     return h
 
 

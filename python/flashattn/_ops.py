@@ -336,10 +336,14 @@ if HAS_CUSTOM_OP:
 
 def attention_forward(*inputs):
     """forward_impl with autograd: the custom op while torch.compile traces,
-    the autograd.Function otherwise."""
+    the autograd.Function when a gradient will be needed, forward_impl alone
+    otherwise (inference: no autograd bookkeeping)."""
     if HAS_CUSTOM_OP and _is_compiling():
         return _compiled_forward(*inputs)
-    return _AttentionFunction.apply(*inputs)
+    q, k, v = inputs[:3]
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _AttentionFunction.apply(*inputs)
+    return forward_impl(*inputs)
 
 
 def attention(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
