@@ -1,14 +1,15 @@
 /*
  * FlashAttention-3 forward kernel for Hopper (sm_90a).
  *
- * A persistent grid (one CTA per SM) walks the tiles of BlockM = 128 query
- * rows of one (batch, head); each CTA has three warpgroups:
+ * A persistent grid (one CTA per SM) walks the tiles of BlockM = 64·W query
+ * rows of one (batch, head); each CTA has 1 + W warpgroups (W = 2, or 3 at
+ * hdim 64 on long sequences):
  *
  *   warpgroup 0   producer: one thread issues TMA loads of Q (once per tile,
  *                 two buffers where shared memory allows) and of K, V blocks
  *                 (BlockN rows each) into a ring of Stages shared-memory
  *                 buffers, guarded by full/empty mbarriers.
- *   warpgroups 1, 2  consumers: each owns 64 of the 128 rows and walks the
+ *   warpgroups 1..W  consumers: each owns 64 of the rows and walks the
  *                 key blocks:  S = Q Kᵀ (wgmma, both from smem)
  *                              online softmax of S in registers
  *                              O += P V (wgmma, P from registers)
@@ -18,8 +19,8 @@
  * Two overlaps keep the tensor cores busy during the softmax (FA3 §3.1-3.2):
  *   intra-warpgroup: the QKᵀ of block j and the PV of block j+1 are issued
  *     together, and the softmax of block j runs while the PV is in flight;
- *   pingpong: the two consumer warpgroups take turns issuing their GEMMs
- *     (named barriers), so one's softmax runs under the other's GEMMs.
+ *   pingpong: the consumer warpgroups take turns issuing their GEMMs (round
+ *     robin on named barriers), so one's softmax runs under the others' GEMMs.
  *
  * Tiles in shared memory are slabs of 64 columns with the 128-byte swizzle
  * that the TMA writes and wgmma reads (see ptx/wgmma.cuh). Head dims that are
@@ -71,14 +72,17 @@ struct fa_sm90_params {
 };
 
 /* Compile-time shape of one kernel instance. */
-template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_> struct fa_sm90_config {
+template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_, int ConsumerWarpgroups_ = 2>
+struct fa_sm90_config {
     typedef Elem_ Elem;
     static constexpr bool kBf16 = !fa_is_half<Elem>::value; /* else fp16 */
     static constexpr int kHeadDim = HeadDimPadded_; /* multiple of 64 */
-    static constexpr int kBlockM = 128;             /* two consumer warpgroups x 64 */
+    /* consumer warpgroups of 64 query rows each: two, or three where the
+     * GEMMs of one key block are short (hdim 64) */
+    static constexpr int kConsumerWarpgroups = ConsumerWarpgroups_;
+    static constexpr int kBlockM = 64 * kConsumerWarpgroups;
     static constexpr int kBlockN = BlockN_;
     static constexpr int kStages = Stages_;
-    static constexpr int kConsumerWarpgroups = 2;
     static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
     static constexpr int kConsumerWarps = 4 * kConsumerWarpgroups;
     static constexpr int kSlabs = kHeadDim / 64;
@@ -102,9 +106,9 @@ template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_> struct f
     static constexpr int kQBuffers = kSmemMinBytes + kOBytes + kQBytes <= kSmemLimit ? 2 : 1;
     static constexpr int kQAllBytes = kQBuffers * kQBytes;
     static constexpr int kSmemBytes = kSmemMinBytes + kOBytes + (kQBuffers - 1) * kQBytes;
-    /* registers after setmaxnreg: (24 + 2*240) * 128 <= 64K */
+    /* registers after setmaxnreg: (24 + W * consumer) * 128 <= 64K */
     static constexpr int kProducerRegs = 24;
-    static constexpr int kConsumerRegs = 240;
+    static constexpr int kConsumerRegs = kConsumerWarpgroups == 2 ? 240 : 160;
     static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0, "tile shape");
     static_assert(kSmemBytes <= kSmemLimit, "shared memory of one CTA");
 };
@@ -121,7 +125,7 @@ template <class Cfg> struct fa_sm90_smem {
     /* consumer warpgroup wg's 64 output rows, slabs of 64 x 64 (kTmaStore) */
     __device__ uint32_t o(int wg) const
     {
-        return base + Cfg::kQAllBytes + 2 * Cfg::kStages * Cfg::kKVBytes + wg * (Cfg::kOBytes / 2);
+        return base + Cfg::kQAllBytes + 2 * Cfg::kStages * Cfg::kKVBytes + wg * (Cfg::kOBytes / Cfg::kConsumerWarpgroups);
     }
     __device__ uint32_t bar(int i) const
     {
@@ -359,14 +363,14 @@ __device__ __forceinline__ void fa_online_softmax(float (&s)[BlockN / 2], float 
 /* ------------------------------------------------------------------------ */
 /* Consumer: one warpgroup, 64 query rows.                                  */
 
-/* Pingpong between the two consumer warpgroups: warpgroup w may issue its
- * GEMMs once the other has issued its own (named barrier kSchedBarrier + w,
- * 256 threads = both warpgroups). */
+/* Pingpong between the consumer warpgroups, round robin: warpgroup w may
+ * issue its GEMMs once warpgroup w - 1 has issued its own (named barrier
+ * kSchedBarrier + w: w's 128 threads wait, w - 1's 128 arrive). */
 struct fa_pingpong {
-    static constexpr uint32_t kSchedBarrier = 1; /* ids 1, 2; 0 is __syncthreads */
-    int wg;
+    static constexpr uint32_t kSchedBarrier = 1; /* ids 1..3; 0 is __syncthreads */
+    int wg, count;
     __device__ void wait_turn() const { fa_named_barrier_sync(kSchedBarrier + wg, 256); }
-    __device__ void pass_turn() const { fa_named_barrier_arrive(kSchedBarrier + (1 - wg), 256); }
+    __device__ void pass_turn() const { fa_named_barrier_arrive(kSchedBarrier + (wg + 1) % count, 256); }
 };
 
 /* Releases a buffer: each consumer warp arrives once it is done reading. */
@@ -382,19 +386,19 @@ __device__ __forceinline__ void fa_release(uint32_t empty_bar)
  * masked (P = 0), but 0 * NaN or 0 * inf in P V would still carry a NaN or
  * inf of the neighbour's V into this sequence: before the first P V of that
  * block the consumers zero those V rows (whole 128-byte rows, so the swizzle
- * does not matter), then wait for each other. Called by both consumer
- * warpgroups for key block n (stage v_tile), once its V has landed. */
-static constexpr uint32_t kClearBarrier = 3; /* 1, 2: pingpong */
+ * does not matter), then wait for each other. Called by every consumer
+ * warpgroup for key block n (stage v_tile), once its V has landed. */
+static constexpr uint32_t kClearBarrier = 4; /* 1..3: pingpong */
 template <class Cfg> __device__ __forceinline__ void fa_clear_foreign_v(const fa_sm90_tile &t, int n, uint32_t v_tile)
 {
     const uint32_t first = (uint32_t)(t.sk - n * Cfg::kBlockN) * 128; /* first foreign row, in bytes */
-    const uint32_t tid = threadIdx.x - 128;                             /* 0..255 over both warpgroups */
+    const uint32_t tid = threadIdx.x - 128; /* over all consumer warpgroups */
 #pragma unroll
     for (int s = 0; s < Cfg::kSlabs; ++s)
-        for (uint32_t off = first + 16 * tid; off < Cfg::kKVSlabBytes; off += 16 * 256)
+        for (uint32_t off = first + 16 * tid; off < Cfg::kKVSlabBytes; off += 16 * 128 * Cfg::kConsumerWarpgroups)
             fa_smem_zero16(v_tile + s * Cfg::kKVSlabBytes + off);
     fa_fence_proxy_async_shared();
-    fa_named_barrier_sync(kClearBarrier, 256);
+    fa_named_barrier_sync(kClearBarrier, 128 * Cfg::kConsumerWarpgroups);
 }
 
 /* Issues S = Q Kᵀ for this warpgroup's 64 rows (one commit group). */
@@ -463,7 +467,7 @@ __device__ __forceinline__ void fa_probs_to_operand(const float (&s)[Cfg::kBlock
             pa[kk][r] = fa_pack2<typename Cfg::Elem>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
 }
 
-static constexpr uint32_t kEpilogueBarrier = 4; /* 4, 5: one per consumer warpgroup */
+static constexpr uint32_t kEpilogueBarrier = 5; /* 5..7: one per consumer warpgroup */
 
 /* This warpgroup's 64 rows of O (already divided by the row sums: inv) into
  * its shared-memory slabs in the 128-byte-swizzled image a TMA store reads
@@ -475,6 +479,7 @@ __device__ __forceinline__ void fa_store_tile_tma(const fa_sm90_params &p, const
                                                   const fa_sm90_smem<Cfg> &sm, int wg,
                                                   const float (&o)[Cfg::kHeadDim / 2], const float (&inv)[2])
 {
+    constexpr uint32_t kOSlabBytes = 64 * 128; /* 64 rows x 64 columns */
     const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
     const bool leader = threadIdx.x % 128 == 0;
     const uint32_t buf = sm.o(wg);
@@ -485,7 +490,7 @@ __device__ __forceinline__ void fa_store_tile_tma(const fa_sm90_params &p, const
     for (int i = 0; i < Cfg::kHeadDim / 2; i += 2) {
         const int r = 16 * warp + lane / 4 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
         const uint32_t chunk = ((col % 64) / 8) ^ (r % 8);
-        const uint32_t addr = buf + (col / 64) * (Cfg::kQSlabBytes / 2) + r * 128 + chunk * 16 + 4 * (lane & 3);
+        const uint32_t addr = buf + (col / 64) * kOSlabBytes + r * 128 + chunk * 16 + 4 * (lane & 3);
         const float sc = inv[(i >> 1) & 1];
         asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr),
                      "r"(fa_pack2<typename Cfg::Elem>(o[i] * sc, o[i + 1] * sc))
@@ -496,7 +501,7 @@ __device__ __forceinline__ void fa_store_tile_tma(const fa_sm90_params &p, const
     if (leader) {
         const int batch = p.varlen ? 0 : t.b;
         for (int s = 0; s < Cfg::kSlabs; ++s)
-            fa_tma_store_4d(&p.map_o, buf + s * (Cfg::kQSlabBytes / 2), s * 64, t.q0 + t.m0 + 64 * wg, t.h, batch);
+            fa_tma_store_4d(&p.map_o, buf + s * kOSlabBytes, s * 64, t.q0 + t.m0 + 64 * wg, t.h, batch);
         fa_bulk_commit();
     }
 }
@@ -717,16 +722,16 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
             fa_sm90_produce<Cfg>(p, sm);
     } else {
         fa_setmaxnreg_inc<Cfg::kConsumerRegs>();
-        fa_pingpong turn = {wg - 1};
-        /* warpgroup 0 goes first: warpgroup 1 opens its turn... */
-        if (turn.wg == 1)
+        fa_pingpong turn = {wg - 1, Cfg::kConsumerWarpgroups};
+        /* warpgroup 0 goes first: the last one opens its turn... */
+        if (turn.wg == turn.count - 1)
             turn.pass_turn();
         fa_pipe_state<Cfg::kStages> kv = {0, 0};
         fa_pipe_state<Cfg::kQBuffers> q = {0, 0};
         for (fa_tile_iter it = fa_tile_iter::first(p); it.valid(p); it.next(p))
             fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, it.index), sm, wg - 1, turn, kv, q);
-        /* ...and warpgroup 0 takes the turn left over after warpgroup 1's
-         * last pass, so that both named barriers end balanced */
+        /* ...and warpgroup 0 takes the turn left over after the last one's
+         * final pass, so that every named barrier ends balanced */
         if (turn.wg == 0)
             turn.wait_turn();
         if (Cfg::kTmaStore && threadIdx.x % 128 == 0)

@@ -88,6 +88,13 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
     const bool bf16 = !fa_is_half<Elem>::value;
     switch (p->head_dim) {
     case 64:
+        /* long sequences: three consumer warpgroups (192 query rows, key
+         * block 96, 160 registers each), since one warpgroup's GEMMs of a key
+         * block are too short to hide another's softmax; short ones keep two
+         * (192-row tiles waste more of a short sequence) */
+        if (p->seqlen_q >= 2048)
+            return launch<fa_sm90_config<Elem, 64, 96, 2, 3>>(p, bf16 ? "sm90.fwd.hdim64.wg3.bf16"
+                                                                     : "sm90.fwd.hdim64.wg3.fp16");
         return launch<fa_sm90_config<Elem, 64, 128, 2>>(p, bf16 ? "sm90.fwd.hdim64.bf16" : "sm90.fwd.hdim64.fp16");
     case 96:
         return launch<fa_sm90_config<Elem, 128, 128, 2>>(p, bf16 ? "sm90.fwd.hdim96.bf16" : "sm90.fwd.hdim96.fp16");
