@@ -182,7 +182,7 @@ def time_ms(fn, calls, reps, rep_ms=2.0, max_calls=25):
     stop.record()
     stop.synchronize()
     once = max(start.elapsed_time(stop), 1e-3)
-    calls = min(max(calls, math.ceil(rep_ms / once)), max(calls, max_calls))
+    calls = max(calls, min(math.ceil(rep_ms / once), max_calls))
     times = []
     for _ in range(reps):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
