@@ -457,6 +457,17 @@ static int build_cases(test_case *cases, int small)
                 c_.cu_q[2] = 130, c_.cu_q[3] = 400, c_.cu_k[1] = 300, c_.cu_k[2] = 301, c_.cu_k[3] = 700);
             ADD("strided heads 200", c_.batch = 2, c_.sq = c_.sk = 200, c_.hq = 2, c_.hkv = 2, c_.head_pad = 8);
             ADD("seqlen 1", c_.batch = 2, c_.sq = c_.sk = 1, c_.hq = 2, c_.hkv = 1);
+            /* more tiles than SMs: each CTA walks several tiles, so the
+             * pipeline runs across tile boundaries (1-2 key blocks each) */
+            ADD("many tiles causal b24 h8 130x190", c_.batch = 24, c_.sq = 130, c_.sk = 190, c_.hq = 8, c_.hkv = 4,
+                c_.causal = 1);
+            /* ... with sequences of no keys (their tiles are written out
+             * while another tile's last P V is pending) and a window */
+            ADD("many tiles varlen window h32", c_.batch = 7, c_.hq = 32, c_.hkv = 8, c_.varlen = 1,
+                c_.window_left = 100, c_.window_right = 20, c_.cu_q[1] = 150, c_.cu_q[2] = 300, c_.cu_q[3] = 301,
+                c_.cu_q[4] = 500, c_.cu_q[5] = 630, c_.cu_q[6] = 700, c_.cu_q[7] = 900, c_.cu_k[1] = 0,
+                c_.cu_k[2] = 260, c_.cu_k[3] = 300, c_.cu_k[4] = 300, c_.cu_k[5] = 450, c_.cu_k[6] = 451,
+                c_.cu_k[7] = 700);
 #undef ADD
         }
     if (!small) {

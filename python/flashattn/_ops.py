@@ -119,9 +119,10 @@ def check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
 
 def _view(t, varlen):
     """fa_tensor of a (b, s, h, d) tensor or a packed (total, h, d) one."""
+    s = t.stride()
     if varlen:
-        return _ffi.FaTensor(t.data_ptr(), 0, t.stride(0), t.stride(1))
-    return _ffi.FaTensor(t.data_ptr(), t.stride(0), t.stride(1), t.stride(2))
+        return _ffi.FaTensor(t.data_ptr(), 0, s[0], s[1])
+    return _ffi.FaTensor(t.data_ptr(), s[0], s[1], s[2])
 
 
 def _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,

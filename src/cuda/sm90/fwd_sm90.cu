@@ -91,9 +91,11 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
         /* long sequences: three consumer warpgroups (192 query rows, key
          * block 96, 160 registers each), since one warpgroup's GEMMs of a key
          * block are too short to hide another's softmax; short ones keep two
-         * (192-row tiles waste more of a short sequence) */
+         * (192-row tiles waste more of a short sequence). Three K/V stages:
+         * the short key blocks of three warpgroups outrun two (+2-6% at
+         * 2k-4k; at 512-1k a third or fourth stage measured no gain) */
         if (p->seqlen_q >= 2048)
-            return launch<fa_sm90_config<Elem, 64, 96, 2, 3>>(p, bf16 ? "sm90.fwd.hdim64.wg3.bf16"
+            return launch<fa_sm90_config<Elem, 64, 96, 3, 3>>(p, bf16 ? "sm90.fwd.hdim64.wg3.bf16"
                                                                      : "sm90.fwd.hdim64.wg3.fp16");
         return launch<fa_sm90_config<Elem, 64, 128, 2>>(p, bf16 ? "sm90.fwd.hdim64.bf16" : "sm90.fwd.hdim64.fp16");
     case 96:
