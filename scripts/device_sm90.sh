@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Hopper forward on the device machine, in one call: build the sm90 kernels
-# and the dev harness (scripts/sm90_dev.cu), fail on a bad compiler report
+# and the dev harness (scripts/sm90_dev.cu), fail on a bad compiler report of
+# either kernel (forward or backward)
 # (spills, serialized wgmma, ignored setmaxnreg) or missing SASS (HGMMA,
 # UTMALDG, SYNCS), run the correctness grid + repeat check, compute-sanitizer
 # memcheck and racecheck on a small grid, then the timing grid and the
@@ -21,15 +22,19 @@ mkdir -p "$BUILD" "$LOGS"
 NVCC=${NVCC:-nvcc}
 ARCH="-gencode=arch=compute_90a,code=sm_90a"
 compile() {
-# the library's flags for src/cuda/sm90 (CMakeLists.txt) plus the report
-"$NVCC" -std=c++17 -O3 --use_fast_math -lineinfo $ARCH -Xptxas=-v,-warn-spills -Iinclude -Isrc \
-    -DFA_HAVE_CUDA -c src/cuda/sm90/fwd_sm90.cu -o "$BUILD/fwd_sm90.o" 2>"$BUILD/ptxas.log" \
-    || { cat "$BUILD/ptxas.log"; exit 1; }
+# the library's flags for src/cuda/sm90 (CMakeLists.txt) plus the report,
+# for both kernels (forward and backward)
+: >"$BUILD/ptxas.log"
+for kernel in fwd bwd; do
+    "$NVCC" -std=c++17 -O3 --use_fast_math -lineinfo $ARCH -Xptxas=-v,-warn-spills -Iinclude -Isrc \
+        -DFA_HAVE_CUDA -c src/cuda/sm90/${kernel}_sm90.cu -o "$BUILD/${kernel}_sm90.o" 2>>"$BUILD/ptxas.log" \
+        || { cat "$BUILD/ptxas.log"; exit 1; }
+done
 # the rest of the sm90 backend (support checks, tensor maps, whatever else
 # sm90.cu links to) without the report
-objs=("$BUILD/fwd_sm90.o")
+objs=("$BUILD/fwd_sm90.o" "$BUILD/bwd_sm90.o")
 for src in src/cuda/sm90/*.cu; do
-    [ "$src" = src/cuda/sm90/fwd_sm90.cu ] && continue
+    [ "$src" = src/cuda/sm90/fwd_sm90.cu ] || [ "$src" = src/cuda/sm90/bwd_sm90.cu ] && continue
     obj="$BUILD/$(basename "$src" .cu).o"
     "$NVCC" -std=c++17 -O2 $ARCH -Iinclude -Isrc -DFA_HAVE_CUDA -c "$src" -o "$obj" || exit 1
     objs+=("$obj")

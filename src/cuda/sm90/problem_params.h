@@ -9,7 +9,7 @@
 #include "fa_internal.h"
 
 /* Sizes (the kernels index in int: sm90.cu declines larger problems), varlen
- * offsets, window, softcap, and the score scale in log2 units: softmax_scale,
+ * offsets, window (clamped), softcap, and the score scale in log2 units: softmax_scale,
  * or 1 when softcap already applied it. */
 template <class Params> static void fa_sm90_fill_problem(Params &prm, const fa_problem *p)
 {
@@ -24,8 +24,10 @@ template <class Params> static void fa_sm90_fill_problem(Params &prm, const fa_p
     prm.heads_per_kv = (int)(p->heads_q / p->heads_kv);
     prm.head_dim = (int)p->head_dim;
     prm.total_q = p->total_q;
-    prm.window_left = (int)p->window_left;
-    prm.window_right = (int)p->window_right;
+    /* a window at least as wide as the sequence hides nothing: unbounded,
+     * so that row + shift ± window stays far inside int (fa_visible_keys) */
+    prm.window_left = p->window_left >= p->seqlen_k ? -1 : (int)p->window_left;
+    prm.window_right = p->window_right >= p->seqlen_q ? -1 : (int)p->window_right;
     prm.softcap = p->softcap;
     prm.softcap_input_scale = p->softcap > 0.0f ? p->softmax_scale / p->softcap : 0.0f;
     prm.score_scale_log2 = (p->softcap > 0.0f ? 1.0f : p->softmax_scale) * 1.4426950408889634f;

@@ -56,11 +56,13 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: ALiBi is not implemented");
     if (p->block_mask != NULL)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: block-sparse masks are not implemented");
-    /* the kernel indexes rows, heads, batches and window edges in int */
-    const int64_t int_max = 0x7fffffff;
-    if (p->total_q > int_max || p->total_k > int_max || p->seqlen_q > int_max || p->seqlen_k > int_max ||
-        p->heads_q > 65535 || p->batch > 65535 || p->window_left > int_max || p->window_right > int_max)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: sizes beyond the kernel's 32-bit indexing");
+    /* the kernel indexes rows, heads, batches and window edges in int; the
+     * mask intervals (common.cuh) need sequences below 2^29 tokens */
+    const int64_t int_max = 0x7fffffff, seq_max = (int64_t)1 << 29;
+    if (p->total_q > int_max || p->total_k > int_max || p->seqlen_q >= seq_max || p->seqlen_k >= seq_max ||
+        p->heads_q > 65535 || p->batch > 65535)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: sizes beyond the kernel's 32-bit indexing "
+                                             "(sequences must be < 2^29 tokens, totals < 2^31)");
     /* A tensor map needs every dimension >= 1: with no keys at all (every
      * row fully masked) the portable path writes the zeros and -inf. */
     if (fa_sm90_rows_of(p, 0) == 0)
