@@ -197,6 +197,43 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T *sa, 
     }
 }
 
+/* As warp_gemm for A row-major and B indexed [n][k] (Q·Kᵀ), with the
+ * fragments of each 16-deep step read one step ahead into a second
+ * register buffer (FA2's gemm order). ptxas schedules the loads itself
+ * either way; what this order changes is its register allocation (fewer
+ * registers in the forward at d >= 128, see forward.cu). NT even. */
+template <int MT, int NT, int K, typename T>
+__device__ __forceinline__ void warp_gemm_prefetched(float (&acc)[MT][NT][4], const T *sa,
+                                                     int a_pitch, int m0, const T *sb,
+                                                     int b_pitch)
+{
+    static_assert(NT % 2 == 0, "B fragments come in pairs of n-tiles");
+    const int l = threadIdx.x % 32;
+    uint32_t a[2][MT][4], b[2][NT / 2][4];
+#pragma unroll
+    for (int kk = 0; kk <= K; kk += 16) {
+        if (kk < K) { /* fragments of step kk into buffer (kk / 16) % 2 */
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+                load_a_fragment<false>(a[(kk / 16) % 2][mt], sa, a_pitch, m0 + 16 * mt, kk);
+#pragma unroll
+            for (int j = 0; j < NT / 2; ++j)
+                ldmatrix_x4(b[(kk / 16) % 2][j],
+                            sb + (16 * j + l % 8 + (l / 16) * 8) * b_pitch + kk + ((l / 8) % 2) * 8);
+        }
+        if (kk > 0) { /* products of step kk - 16 */
+            const int buf = (kk / 16 - 1) % 2;
+#pragma unroll
+            for (int j = 0; j < NT / 2; ++j)
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma_m16n8k16<T>(acc[mt][2 * j], a[buf][mt], b[buf][j]);
+                    mma_m16n8k16<T>(acc[mt][2 * j + 1], a[buf][mt], b[buf][j] + 2);
+                }
+        }
+    }
+}
+
 /* The two 16-bit values of one 32-bit register (pack_pair's layout) as
  * floats: .x the low half, .y the high half. */
 template <typename T> __device__ __forceinline__ float2 unpack_pair(uint32_t v)

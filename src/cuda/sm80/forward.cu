@@ -4,9 +4,11 @@
  * One thread block per (query block, query head, batch); each warp owns 16
  * or 32 query rows. Q stays in smem; K and V tiles stream through smem with
  * cp.async, overlapped as in FA2: V(j) loads while S = Q·K(j)ᵀ is computed,
- * K(j+1) loads while O += P·V(j) is. The online softmax (running row max and
- * row sum) lives in registers; P goes from the S accumulators straight into
- * the A fragments of the P·V product without touching smem.
+ * K(j+1) loads while O += P·V(j) is (d > 128: from before the softmax on).
+ * The online softmax (running row max and row sum) lives in registers; P
+ * goes from the S accumulators straight into the A fragments of the P·V
+ * product without touching smem. O leaves through smem (the warp's own
+ * rows of the Q tile) as 16-byte stores.
  */
 #include "common.cuh"
 
@@ -133,7 +135,7 @@ __device__ __forceinline__ void drop_elements(float (&s)[MT][BN / 8][4], const f
 struct ForwardArgs {
     fa_problem p;
     bool vectorized;     /* 16-byte aligned q/k/v rows: cp.async loads */
-    bool out_vectorized; /* 16-byte aligned out rows, dv % 8 == 0: paired stores */
+    bool out_vectorized; /* 16-byte aligned out rows, dv % 8 == 0: staged 16-byte stores */
     bool heaviest_first; /* lean variant: grid (heads, query blocks, batch), see below */
 };
 
@@ -257,6 +259,22 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
                                                  args.vectorized);
     cp_async_commit();
 
+    /* Once V(nb) has landed and every warp is done with K(nb): K(nb_next)
+     * starts loading. FA2 does this right after S = Q·Kᵀ, so that the
+     * copies into smem overlap the softmax rather than the ldmatrix
+     * stream of P·V; here only where that order costs no spills (the lean
+     * kernels with one row tile per warp, d > 128); the others start it
+     * after the softmax. */
+    constexpr bool kEarlyK = !kAllOptions && MT == 1;
+    auto wait_v_load_next_k = [&](int nb_next) {
+        cp_async_wait<0>();
+        __syncthreads();
+        if (nb_next < n_end)
+            load_tile_whole_fast<T, BN, D, kThreads>(
+                sK, k + (int64_t)nb_next * BN * p.k.stride_seq, p.k.stride_seq,
+                tile_mask_at(nb_next).cols, d, args.vectorized);
+        cp_async_commit();
+    };
     for (bool first = true; nb < n_end; first = false) {
         const int n0 = nb * BN;
         const TileMask tmask = tile_mask_at(nb);
@@ -273,10 +291,21 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
 
         float s[MT][BN / 8][4];
         zero(s);
-        warp_gemm<MT, BN / 8, D, false, false>(s, sQ, P, warp_row, 0, sK, P, 0, 0);
+        /* With the fragments read a step ahead ptxas allocates fewer
+         * registers at d >= 128 (sm_90, lean d 128: 255 -> 251, which
+         * makes room for the staged epilogue; lean d 256 with the early K
+         * load: 249 -> 239); no faster by itself, and ~3% slower at d 64,
+         * so the plain loop stays below 128 (perf-gpu.md, forward v8). */
+        if constexpr (D >= 128)
+            warp_gemm_prefetched<MT, BN / 8, D>(s, sQ, P, warp_row, sK, P);
+        else
+            warp_gemm<MT, BN / 8, D, false, false>(s, sQ, P, warp_row, 0, sK, P, 0, 0);
 
         TileKind next_kind = TILE_SKIP;
         const int nb_next = next_block(nb + 1, &next_kind);
+
+        if (kEarlyK)
+            wait_v_load_next_k(nb_next);
 
         /* Scores masked to -inf; new row max. Plain scores stay raw q·k (the
          * scale is folded into the exponent's FFMA, as FA2); softcap/ALiBi
@@ -356,13 +385,8 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
                 pa[nt / 2][mt][(nt % 2) * 2 + 1] = pack_pair<T>(s[mt][nt][2], s[mt][nt][3]);
             }
 
-        cp_async_wait<0>();
-        __syncthreads(); /* V(nb) landed; every warp is done with K */
-        if (nb_next < n_end)
-            load_tile_whole_fast<T, BN, D, kThreads>(
-                sK, k + (int64_t)nb_next * BN * p.k.stride_seq, p.k.stride_seq,
-                tile_mask_at(nb_next).cols, d, args.vectorized);
-        cp_async_commit();
+        if (!kEarlyK)
+            wait_v_load_next_k(nb_next);
 
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk)
@@ -373,9 +397,17 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     }
     cp_async_wait<0>();
 
-    /* out = O / l (· 1/(1-p) for dropout): adjacent column pairs as one
-     * 4-byte store when the rows allow it; lse = max + log(l). */
+    /* out = O / l (· 1/(1-p) for dropout); lse = max + log(l). With
+     * 16-byte aligned rows (dv % 8 == 0) the warp's rows of O go through
+     * its own rows of sQ and leave as 16-byte stores of whole row
+     * segments: a quarter of the store instructions of the fragment
+     * layout, in full 32-byte sectors (+3-7% at seqlen 512). Otherwise
+     * element by element. */
+    const bool staged = args.out_vectorized;
+    if (staged)
+        __syncthreads(); /* every thread's Q copies have landed (no key block may have run) */
     T *out = (T *)p.out.data;
+    T *so = sQ + warp_row * P;
     const float keep_scale = drop ? 1.f / (1.f - p.dropout_p) : 1.f;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -385,28 +417,43 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
             l += __shfl_xor_sync(0xffffffffu, l, 1);
             l += __shfl_xor_sync(0xffffffffu, l, 2);
             const int64_t i = m0 + warp_row + 16 * mt + g + r * 8;
+            const float inv = l > 0.f ? keep_scale / l : 0.f;
+            if (staged) {
+#pragma unroll
+                for (int dt = 0; dt < D / 8; ++dt)
+                    *reinterpret_cast<uint32_t *>(so + (16 * mt + g + 8 * r) * P + dt * 8 + 2 * t) =
+                        pack_pair<T>(acc_o[mt][dt][2 * r] * inv, acc_o[mt][dt][2 * r + 1] * inv);
+            }
             if (i >= seq.sq)
                 continue;
-            const float inv = l > 0.f ? keep_scale / l : 0.f;
-            T *row = out + fa_row_offset(&p.out, p.varlen, b, seq.q0 + i, h);
+            if (!staged) {
+                T *row = out + fa_row_offset(&p.out, p.varlen, b, seq.q0 + i, h);
 #pragma unroll
-            for (int dt = 0; dt < D / 8; ++dt) {
-                const int c = dt * 8 + 2 * t;
-                const float lo = acc_o[mt][dt][r * 2] * inv, hi = acc_o[mt][dt][r * 2 + 1] * inv;
-                if (args.out_vectorized) {
+                for (int dt = 0; dt < D / 8; ++dt) {
+                    const int c = dt * 8 + 2 * t;
                     if (c < dv)
-                        *reinterpret_cast<uint32_t *>(row + c) = pack_pair<T>(lo, hi);
-                } else {
-                    if (c < dv)
-                        row[c] = T(lo);
+                        row[c] = T(acc_o[mt][dt][r * 2] * inv);
                     if (c + 1 < dv)
-                        row[c + 1] = T(hi);
+                        row[c + 1] = T(acc_o[mt][dt][r * 2 + 1] * inv);
                 }
             }
             if (p.lse && t == 0)
                 p.lse[fa_lse_index(p.varlen, b, h, seq.q0 + i, p.heads_q, p.seqlen_q, p.total_q)] =
                     l > 0.f ? row_max[mt][r] * exp_scale * kLn2 + logf(l) : -INFINITY;
         }
+    if (staged) {
+        __syncwarp();
+        constexpr int kChunks = D / 8, kRows = 16 * MT; /* 16-byte chunks per row */
+        const int lane = threadIdx.x % 32;
+#pragma unroll
+        for (int c = lane; c < kRows * kChunks; c += 32) {
+            const int r = c / kChunks, col = (c % kChunks) * 8;
+            const int64_t i = m0 + warp_row + r;
+            if (i < seq.sq && col < dv)
+                *reinterpret_cast<uint4 *>(out + fa_row_offset(&p.out, p.varlen, b, seq.q0 + i, h) +
+                                           col) = *reinterpret_cast<const uint4 *>(so + r * P + col);
+        }
+    }
 }
 
 template <typename T, int D, bool kAllOptions>
