@@ -50,10 +50,10 @@ fi
 cp "$BUILD/ptxas.log" "$LOGS/"
 
 fail=0
-# One accepted spill: the backward at head dim 64, whose branch-free mask
-# (bwd_kernel.cuh, kBranchFreeMask) was measured faster with it; any other
-# spill, or a larger one there, fails.
-accepted="fa_sm90_bwd11main_kernelINS_6configI[0-9a-z_]+Li64EEEEEvNS_6paramsE', 56 bytes spill stores"
+# Accepted spills: the backward at head dim 64 (56 bytes) and 128 (20
+# bytes), whose branch-free masks (bwd_kernel.cuh, kMaskForm) were measured
+# faster with them; any other spill, or a larger one there, fails.
+accepted="fa_sm90_bwd11main_kernelINS_6configI[0-9a-z_]+Li(64EEEEEvNS_6paramsE', 56|128EEEEEvNS_6paramsE', 20) bytes spill stores"
 if grep -E "Potential Performance Loss|C75[0-9][0-9]|Registers are spilled" "$LOGS/ptxas.log" | grep -v -E "$accepted"; then
     echo "FAIL compiler report: spills or wgmma serialization / setmaxnreg warnings (above)"
     fail=1

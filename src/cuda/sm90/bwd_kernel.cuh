@@ -140,13 +140,19 @@ template <typename Elem_, int HeadDimPadded_> struct config {
     static_assert(128 * kProducerRegs + 128 * kConsumerWarpgroups * kConsumerRegs <= 168 * kThreads,
                   "setmaxnreg.inc would wait forever");
     static constexpr int kTxBytesPerQueryBlock = 2 * kQBytes + 2 * kRowBytes;
-    /* Pass 1's mask (probs): at head dim 64 as query intervals tested with
-     * selects, so that the exponential loop has no branch: +15-30% for the
-     * whole backward (same call, hdim 64, 1k-16k), although ptxas then
-     * spills 56 bytes; at 128 and 256 the same form spills 412 / 624 bytes
-     * and runs no faster (128) or a third slower (256), so those keep the
-     * per-element test under a branch */
-    static constexpr bool kBranchFreeMask = kHeadDim == 64;
+    /* Pass 1's mask (probs). A test per element under the runtime flag
+     * puts each exponential in its own basic block, which ptxas schedules
+     * poorly; without the branch it needs registers it does not have, and
+     * spills. Measured per head dim (same calls, whole backward):
+     *   64:  in the loop with selects, per key the interval of queries that
+     *        see it: +15-30% on every cell (56 bytes of spill);
+     *   128: as a pass of its own, before the exponentials (-inf; after
+     *        them with softcap: 0): +6-12% (20 bytes of spill; as selects
+     *        in the loop 412 bytes and no gain);
+     *   256: under the branch (any other form spilled >600 bytes and ran a
+     *        third slower). */
+    static constexpr int kMaskInLoopSelect = 0, kMaskPass = 1, kMaskInLoopBranch = 2;
+    static constexpr int kMaskForm = kHeadDim == 64 ? kMaskInLoopSelect : kHeadDim == 128 ? kMaskPass : kMaskInLoopBranch;
     static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256, "head dim");
     static_assert(kSmemBytes <= 232448, "shared memory of one CTA");
 };
@@ -349,11 +355,42 @@ __device__ __forceinline__ void visible_queries(int key, int sk, int shift, int 
     hi = key >= sk ? -kUnbounded : window_left < 0 ? kUnbounded : key - shift + window_left;
 }
 
+/* This thread's two keys (key0, key0 + 8) -> the queries that see them,
+ * relative to its first query m0 + 2t. */
+__device__ __forceinline__ void visible_query_offsets(const params &p, const work &w, int key0, int m0, int (&lo)[2],
+                                                      int (&hi)[2])
+{
+    const int first_query = m0 + 2 * (threadIdx.x % 4);
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+        visible_queries(key0 + 8 * k, w.sk, w.sk - w.sq, p.window_left, p.window_right, lo[k], hi[k]);
+        lo[k] -= first_query;
+        hi[k] -= first_query;
+    }
+}
+
+/* Sᵀ elements the tile's mask hides -> `value` (kMaskPass). Layout as in
+ * probs: element 4j + e is key key0 + 8 (e >> 1), query m0 + 8j + 2t + (e & 1). */
+template <class Cfg>
+__device__ __forceinline__ void mask_scores(const params &p, const work &w, int key0, int m0,
+                                            float (&s)[Cfg::kScoreN / 2], float value)
+{
+    int lo[2], hi[2];
+    visible_query_offsets(p, w, key0, m0, lo, hi);
+#pragma unroll
+    for (int i = 0; i < Cfg::kScoreN / 2; ++i) {
+        const int c = 8 * (i >> 2) + (i & 1), k = (i >> 1) & 1;
+        if (c < lo[k] || c > hi[k])
+            s[i] = value;
+    }
+}
+
 /* Pass 1: Sᵀ (64 keys x kScoreN queries) -> Pᵀ in place (fp32), 0 where the
- * tile's mask hides the element (only tested when needs_mask). With softcap,
- * dPᵀ (already complete) becomes (dPᵀ − D)·tanh' here, where tanh is at
- * hand, and pass 2 only multiplies by Pᵀ. key0: this thread's first key (in
- * the sequence), m0: the tile's first query row; lse, dsum from that row. */
+ * tile's mask hides the element (only when needs_mask; how: Cfg::kMaskForm).
+ * With softcap, dPᵀ (already complete) becomes (dPᵀ − D)·tanh' here, where
+ * tanh is at hand, and pass 2 only multiplies by Pᵀ. key0: this thread's
+ * first key (in the sequence), m0: the tile's first query row; lse, dsum
+ * from that row. */
 template <class Cfg, bool Softcap>
 __device__ __forceinline__ void probs(const params &p, const work &w, int key0, int m0, bool needs_mask,
                                       float (&s)[Cfg::kScoreN / 2], float (&dp)[Cfg::kScoreN / 2], const float *lse,
@@ -361,16 +398,13 @@ __device__ __forceinline__ void probs(const params &p, const work &w, int key0, 
 {
     constexpr int BM = Cfg::kScoreN;
     const int t = threadIdx.x % 4, shift = w.sk - w.sq;
-    /* accumulator elements 4j..4j+3: keys key0 + {0, 0, 8, 8}, queries
-     * 8j + 2t + {0, 1, 0, 1}; kBranchFreeMask: the queries that see each of
-     * the two keys, relative to m0 + 2t (empty for a key past the sequence) */
+    if (Cfg::kMaskForm == Cfg::kMaskPass && !Softcap && needs_mask)
+        mask_scores<Cfg>(p, w, key0, m0, s, -INFINITY); /* exp2(-inf) = 0 */
     int lo[2], hi[2];
-#pragma unroll
-    for (int k = 0; k < 2 && Cfg::kBranchFreeMask; ++k) {
-        visible_queries(key0 + 8 * k, w.sk, shift, p.window_left, p.window_right, lo[k], hi[k]);
-        lo[k] -= m0 + 2 * t;
-        hi[k] -= m0 + 2 * t;
-    }
+    if constexpr (Cfg::kMaskForm == Cfg::kMaskInLoopSelect)
+        visible_query_offsets(p, w, key0, m0, lo, hi);
+    /* accumulator elements 4j..4j+3: keys key0 + {0, 0, 8, 8}, queries
+     * 8j + 2t + {0, 1, 0, 1} */
 #pragma unroll
     for (int j = 0; j < BM / 8; ++j) {
         const float2 l = *reinterpret_cast<const float2 *>(lse + 8 * j + 2 * t);
@@ -386,11 +420,11 @@ __device__ __forceinline__ void probs(const params &p, const work &w, int key0, 
             } else {
                 s[i] = exp2f(fmaf(s[i], p.score_scale_log2, -li));
             }
-            if constexpr (Cfg::kBranchFreeMask) {
+            if constexpr (Cfg::kMaskForm == Cfg::kMaskInLoopSelect) {
                 const int c = 8 * j + (e & 1), k = e >> 1;
                 if (needs_mask && (c < lo[k] || c > hi[k]))
                     s[i] = 0.0f;
-            } else if (needs_mask) {
+            } else if (Cfg::kMaskForm == Cfg::kMaskInLoopBranch && needs_mask) {
                 const int key = key0 + 8 * (e >> 1), row = m0 + 8 * j + 2 * t + (e & 1);
                 const bool visible = key < w.sk && (p.window_right < 0 || key <= row + shift + p.window_right) &&
                                      (p.window_left < 0 || key >= row + shift - p.window_left);
@@ -399,6 +433,8 @@ __device__ __forceinline__ void probs(const params &p, const work &w, int key0, 
             }
         }
     }
+    if (Cfg::kMaskForm == Cfg::kMaskPass && Softcap && needs_mask)
+        mask_scores<Cfg>(p, w, key0, m0, s, 0.0f);
 }
 
 /* Pass 2: Pᵀ and dSᵀ = Pᵀ∘(dPᵀ − D[query]) (softcap: Pᵀ∘dp, see pass 1)
