@@ -607,10 +607,16 @@ int main(int argc, char **argv)
         pb.p.deterministic = 1; /* the Hopper backward adds dQ with atomics */
         refused = refused && fa_sm90_supports(&pb.p, FA_BACKWARD, &g_dev) == FA_ERROR_UNSUPPORTED;
         pb.p.deterministic = 0;
+        const int64_t stride_seq = pb.p.q.stride_seq;
         pb.p.q.stride_seq = 68; /* 136 bytes: not a TMA stride */
         refused = refused && fa_sm90_supports(&pb.p, FA_FORWARD, &g_dev) == FA_ERROR_UNSUPPORTED;
+        pb.p.q.stride_seq = stride_seq;
+        refused = refused && fa_sm90_supports(&pb.p, FA_FORWARD, &g_dev) == FA_SUCCESS; /* the base is fine */
+        pb.p.seqlen_k = (int64_t)1 << 29; /* the mask intervals' bound (only the sizes are read) */
+        refused = refused && fa_sm90_supports(&pb.p, FA_FORWARD, &g_dev) == FA_ERROR_UNSUPPORTED;
         free_problem(&pb);
-        printf("%s refusals (hdim 80, dropout, deterministic backward, misaligned stride) -> FA_ERROR_UNSUPPORTED\n",
+        printf("%s refusals (hdim 80, dropout, deterministic backward, misaligned stride, 2^29 keys) -> "
+               "FA_ERROR_UNSUPPORTED\n",
                refused ? "PASS" : "FAIL");
         refused ? ++passed : ++failed;
         printf("%d passed, %d failed\n", passed, failed);
