@@ -57,7 +57,8 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
     if (p->block_mask != NULL)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: block-sparse masks are not implemented");
     /* the kernel indexes rows, heads, batches and window edges in int; the
-     * mask intervals (common.cuh) need sequences below 2^29 tokens */
+     * mask intervals (fwd_kernel.cuh, bwd_kernel.cuh) need sequences below
+     * 2^29 tokens */
     const int64_t int_max = 0x7fffffff, seq_max = (int64_t)1 << 29;
     if (p->total_q > int_max || p->total_k > int_max || p->seqlen_q >= seq_max || p->seqlen_k >= seq_max ||
         p->heads_q > 65535 || p->batch > 65535)
