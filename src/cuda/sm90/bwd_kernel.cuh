@@ -346,13 +346,12 @@ __device__ __forceinline__ void issue_over_queries_ss(float (&acc)[Cfg::kDimsPer
 
 
 /* Queries that see key `key`: [lo, hi], empty when lo > hi (bottom-right
- * aligned window, -1 = unbounded; sequences are < 2^29 tokens, sm90.cu). */
+ * aligned window, -1 = unbounded; the sentinel: common.cuh). */
 __device__ __forceinline__ void visible_queries(int key, int sk, int shift, int window_left, int window_right, int &lo,
                                                 int &hi)
 {
-    constexpr int kUnbounded = 1 << 30;
-    lo = key >= sk ? kUnbounded : window_right < 0 ? -kUnbounded : key - shift - window_right;
-    hi = key >= sk ? -kUnbounded : window_left < 0 ? kUnbounded : key - shift + window_left;
+    lo = key >= sk ? kFaMaskUnbounded : window_right < 0 ? -kFaMaskUnbounded : key - shift - window_right;
+    hi = key >= sk ? -kFaMaskUnbounded : window_left < 0 ? kFaMaskUnbounded : key - shift + window_left;
 }
 
 /* This thread's two keys (key0, key0 + 8) -> the queries that see them,

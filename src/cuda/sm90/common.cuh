@@ -52,4 +52,9 @@ __device__ __forceinline__ float fa_softcap_tanh(float x, float input_scale)
     return 1.0f - __fdividef(2.0f, e + 1.0f);
 }
 
+/* Sentinel for the mask intervals of both kernels (fa_visible_keys,
+ * visible_queries): beyond any row or key offset, since sm90.cu declines
+ * sequences of 2^29 tokens or more. */
+static constexpr int kFaMaskUnbounded = 1 << 30;
+
 #endif
