@@ -65,6 +65,7 @@ typedef struct {
     int cu_q[8], cu_k[8]; /* varlen: batch + 1 entries */
     int head_pad;         /* extra elements between heads (strided layout) */
     int nan_v_begin, nan_v_end; /* V rows (packed, all heads) set to NaN */
+    int no_cluster;             /* FA_SM90_CLUSTER=0: one CTA per cluster */
 } test_case;
 
 /* ---- reference: one block per (row, head, batch) ------------------------- */
@@ -309,6 +310,10 @@ static int check_case(const test_case *c, int repeat_check)
 {
     problem_bufs pb = make_problem(c);
     fa_problem *p = &pb.p;
+    if (c->no_cluster)
+        setenv("FA_SM90_CLUSTER", "0", 1);
+    else
+        unsetenv("FA_SM90_CLUSTER");
     fa_status st = run_sm90(p);
     if (st != FA_SUCCESS) {
         printf("FAIL %-34s sm90 refused: %s\n", c->name, g_error);
@@ -446,6 +451,7 @@ static int build_cases(test_case *cases, int small)
             ADD("varlen NaN in next seq's V", c_.batch = 3, c_.hq = 2, c_.hkv = 1, c_.varlen = 1, c_.cu_q[1] = 17,
                 c_.cu_q[2] = 317, c_.cu_q[3] = 446, c_.cu_k[1] = 0, c_.cu_k[2] = 211, c_.cu_k[3] = 611,
                 c_.nan_v_begin = 212, c_.nan_v_end = 240);
+            ADD("pairs b2 h2 256x300", c_.batch = 2, c_.sq = 256, c_.sk = 300, c_.hq = 2, c_.hkv = 2);
             if (small)
                 continue;
             ADD("window(64,32) 257x513", c_.batch = 2, c_.sq = 257, c_.sk = 513, c_.hq = 3, c_.hkv = 1,
@@ -457,6 +463,12 @@ static int build_cases(test_case *cases, int small)
                 c_.cu_q[2] = 130, c_.cu_q[3] = 400, c_.cu_k[1] = 300, c_.cu_k[2] = 301, c_.cu_k[3] = 700);
             ADD("strided heads 200", c_.batch = 2, c_.sq = c_.sk = 200, c_.hq = 2, c_.hkv = 2, c_.head_pad = 8);
             ADD("seqlen 1", c_.batch = 2, c_.sq = c_.sk = 1, c_.hq = 2, c_.hkv = 1);
+            /* hdim >= 128: clusters of two CTAs share K/V (multicast); more
+             * pairs of tiles than clusters, so the shared ring runs across
+             * tiles; a key tail; and the same without clusters */
+            ADD("pairs gqa b8 h6 512x700", c_.batch = 8, c_.sq = 512, c_.sk = 700, c_.hq = 6, c_.hkv = 2);
+            ADD("pairs off gqa b8 h6 512x700", c_.batch = 8, c_.sq = 512, c_.sk = 700, c_.hq = 6, c_.hkv = 2,
+                c_.no_cluster = 1);
             /* more tiles than SMs: each CTA walks several tiles, so the
              * pipeline runs across tile boundaries (1-2 key blocks each) */
             ADD("many tiles causal b24 h8 130x190", c_.batch = 24, c_.sq = 130, c_.sk = 190, c_.hq = 8, c_.hkv = 4,

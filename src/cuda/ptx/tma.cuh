@@ -32,6 +32,18 @@ __device__ __forceinline__ void fa_tma_load_4d(uint32_t dst, const CUtensorMap *
                  : "memory");
 }
 
+// fa_tma_load_4d for every CTA of the cluster in `cta_mask` (bit i = rank
+// i): the box lands at `dst` and completes its bytes on the barrier at `bar`
+// in each of them.
+__device__ __forceinline__ void fa_tma_load_4d_multicast(uint32_t dst, const CUtensorMap *map, uint32_t bar,
+                                                         int c0, int c1, int c2, int c3, uint16_t cta_mask)
+{
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+                 " [%0], [%1, {%3, %4, %5, %6}], [%2], %7;" ::"r"(dst),
+                 "l"(map), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "h"(cta_mask)
+                 : "memory");
+}
+
 // Stores the box at (c0, c1, c2, c3) of a rank-4 map from shared memory at
 // `src`, as part of this thread's bulk async-group (ptx/bulk_copy.cuh:
 // fa_bulk_commit, then fa_bulk_wait_read before `src` is written again).

@@ -28,6 +28,21 @@ template <int Regs> __device__ __forceinline__ void fa_setmaxnreg_dec()
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Regs));
 }
 
+// True in one lane of the (fully active) warp, the same lane for all.
+// Branching on it keeps the warp's other values uniform, so that the
+// compiler can hold them in uniform registers.
+__device__ __forceinline__ bool fa_elect_one()
+{
+    uint32_t elected;
+    asm volatile("{\n"
+                 ".reg .pred p;\n"
+                 "elect.sync _|p, 0xffffffff;\n"
+                 "selp.u32 %0, 1, 0, p;\n"
+                 "}\n"
+                 : "=r"(elected));
+    return elected != 0;
+}
+
 // Named barrier `id` (1..15; 0 is __syncthreads) over `threads` threads (a
 // multiple of 32): sync waits for all of them, arrive only signals.
 __device__ __forceinline__ void fa_named_barrier_sync(uint32_t id, uint32_t threads)

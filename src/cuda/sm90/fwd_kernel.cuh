@@ -5,10 +5,13 @@
  * rows of one (batch, head); each CTA has 1 + W warpgroups (W = 2, or 3 at
  * hdim 64 on long sequences):
  *
- *   warpgroup 0   producer: one thread issues TMA loads of Q (once per tile,
- *                 two buffers where shared memory allows) and of K, V blocks
- *                 (BlockN rows each) into a ring of Stages shared-memory
- *                 buffers, guarded by full/empty mbarriers.
+ *   warpgroup 0   producer: one lane of warp 0 issues TMA loads of Q (once
+ *                 per tile, two buffers where shared memory allows) and of
+ *                 K, V blocks (BlockN rows each) into a ring of Stages
+ *                 shared-memory buffers, guarded by full/empty mbarriers.
+ *                 At hdim >= 128 without a window, pairs of CTAs (a
+ *                 cluster) on adjacent m blocks of one head load half of
+ *                 each K/V block each and multicast it to both.
  *   warpgroups 1..W  consumers: each owns 64 of the rows and walks the
  *                 key blocks:  S = Q Kᵀ (wgmma, both from smem)
  *                              online softmax of S in registers
@@ -38,6 +41,7 @@
 
 #include "common.cuh"
 #include "../ptx/bulk_copy.cuh"
+#include "../ptx/cluster.cuh"
 #include "../ptx/mbarrier.cuh"
 #include "../ptx/smem_clear.cuh"
 #include "../ptx/tma.cuh"
@@ -69,10 +73,13 @@ struct fa_sm90_params {
     int heads_per_section;       /* heaviest_first: (batch, head) pairs whose
                                     K and V fit in L2 together, see
                                     fa_sm90_tile_of */
+    int num_units, section_units; /* of kClusterSize tiles each: in all, and
+                                     per heads_per_section heads */
 };
 
 /* Compile-time shape of one kernel instance. */
-template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_, int ConsumerWarpgroups_ = 2>
+template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_, int ConsumerWarpgroups_ = 2,
+          int ClusterSize_ = 1>
 struct fa_sm90_config {
     typedef Elem_ Elem;
     static constexpr bool kBf16 = !fa_is_half<Elem>::value; /* else fp16 */
@@ -83,6 +90,9 @@ struct fa_sm90_config {
     static constexpr int kBlockM = 64 * kConsumerWarpgroups;
     static constexpr int kBlockN = BlockN_;
     static constexpr int kStages = Stages_;
+    /* CTAs per cluster (1 or 2): a cluster works on adjacent m blocks of one
+     * head and shares each K/V block (TMA multicast) */
+    static constexpr int kClusterSize = ClusterSize_;
     static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
     static constexpr int kConsumerWarps = 4 * kConsumerWarpgroups;
     static constexpr int kSlabs = kHeadDim / 64;
@@ -110,6 +120,7 @@ struct fa_sm90_config {
     static constexpr int kProducerRegs = 24;
     static constexpr int kConsumerRegs = kConsumerWarpgroups == 2 ? 240 : 160;
     static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0, "tile shape");
+    static_assert(kClusterSize == 1 || kClusterSize == 2, "clusters of one or two CTAs (the producer loads halves)");
     static_assert(kSmemBytes <= kSmemLimit, "shared memory of one CTA");
 };
 
@@ -207,8 +218,11 @@ __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p,
  * r*G + G-1-b when odd: the snake pairs a CTA's heavy tiles with light ones,
  * so every CTA ends up with about the same work (a plain stride gives the
  * first CTAs the heaviest tile of every round), and the rounds restart with
- * each section so that its heavy tiles are spread the same way. */
-struct fa_tile_iter {
+ * each section so that its heavy tiles are spread the same way.
+ * With clusters of C CTAs the same walk runs over units of C adjacent tiles
+ * (G = clusters, b = this cluster), and the CTA of rank r takes tile r of
+ * each unit: the CTAs of a cluster always hold the same head. */
+template <int ClusterSize> struct fa_tile_iter {
     int section, round, index; /* index: the tile, num_tiles when done */
     __device__ static fa_tile_iter first(const fa_sm90_params &p)
     {
@@ -219,11 +233,12 @@ struct fa_tile_iter {
     __device__ bool valid(const fa_sm90_params &p) const { return index < p.num_tiles; }
     __device__ void next(const fa_sm90_params &p)
     {
-        const int g = gridDim.x, b = blockIdx.x, per_section = p.heads_per_section * p.num_m_blocks;
-        for (int first = section * per_section; first < p.num_tiles; first = ++section * per_section) {
+        const int g = ClusterSize > 1 ? (int)fa_cluster_count_x() : gridDim.x;
+        const int b = ClusterSize > 1 ? (int)fa_cluster_id_x() : blockIdx.x;
+        for (int first = section * p.section_units; first < p.num_units; first = ++section * p.section_units) {
             int pos = ++round * g + (((round + section) & 1) ? g - 1 - b : b);
-            if (pos < min(per_section, p.num_tiles - first)) {
-                index = first + pos;
+            if (pos < min(p.section_units, p.num_units - first)) {
+                index = ClusterSize > 1 ? (first + pos) * ClusterSize + (int)fa_cluster_rank() : first + pos;
                 return;
             }
             round = -1; /* this CTA is done with the section */
@@ -238,7 +253,10 @@ struct fa_tile_iter {
 __device__ __forceinline__ bool fa_sm90_has_keys(const fa_sm90_tile &t) { return t.n_end > t.n_begin; }
 
 /* ------------------------------------------------------------------------ */
-/* Producer: one thread streams Q once and K/V block by block.              */
+/* Producer: one warp walks the tiles, one elected lane of it streams Q     */
+/* once and K/V block by block. The warp's loop state is uniform, so it     */
+/* lives in uniform registers: a lone thread's 24 registers spilled once    */
+/* the multicast loads came in.                                             */
 
 template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm90_params &p, const fa_sm90_smem<Cfg> &sm)
 {
@@ -248,7 +266,22 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
     /* every buffer starts free: wait on the empty barriers with parity 1 */
     fa_pipe_state<Cfg::kStages> kv = {0, 1};
     fa_pipe_state<Cfg::kQBuffers> q = {0, 1};
-    for (fa_tile_iter it = fa_tile_iter::first(p); it.valid(p); it.next(p)) {
+    /* in a cluster (of two: fwd_sm90.cu) the CTA of rank r loads rows
+     * [r BlockN / 2, (r + 1) BlockN / 2) of every K/V block for both (the
+     * tensor maps' boxes are that tall); each CTA's full barrier expects the
+     * whole block */
+    const bool leader = fa_elect_one();
+    auto load_kv = [&](uint32_t tile, const CUtensorMap *map, uint32_t full, int row, int kv_head, int batch) {
+        const int part_row = (int)fa_cluster_rank() * (Cfg::kBlockN / 2);
+        for (int s = 0; s < Cfg::kSlabs; ++s) {
+            if constexpr (Cfg::kClusterSize > 1)
+                fa_tma_load_4d_multicast(tile + s * Cfg::kKVSlabBytes + part_row * 128, map, full, s * 64,
+                                         row + part_row, kv_head, batch, 0x3);
+            else
+                fa_tma_load_4d(tile + s * Cfg::kKVSlabBytes, map, full, s * 64, row, kv_head, batch);
+        }
+    };
+    for (fa_tile_iter<Cfg::kClusterSize> it = fa_tile_iter<Cfg::kClusterSize>::first(p); it.valid(p); it.next(p)) {
         fa_sm90_tile t = fa_sm90_tile_of<Cfg>(p, it.index);
         if (!fa_sm90_has_keys(t))
             continue;
@@ -257,24 +290,26 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
         int kv_head = t.h / p.heads_per_kv;
 
         fa_mbar_wait(sm.q_empty(q.stage), q.phase); /* the QKᵀ of the buffer's last tile are done */
-        fa_mbar_arrive_expect_tx(sm.q_full(q.stage), Cfg::kQBytes);
-        for (int s = 0; s < Cfg::kSlabs; ++s)
-            fa_tma_load_4d(sm.q(q.stage) + s * Cfg::kQSlabBytes, &p.map_q, sm.q_full(q.stage), s * 64,
-                           t.q0 + t.m0, t.h, batch);
+        if (leader) {
+            fa_mbar_arrive_expect_tx(sm.q_full(q.stage), Cfg::kQBytes);
+            for (int s = 0; s < Cfg::kSlabs; ++s)
+                fa_tma_load_4d(sm.q(q.stage) + s * Cfg::kQSlabBytes, &p.map_q, sm.q_full(q.stage), s * 64,
+                               t.q0 + t.m0, t.h, batch);
+        }
         q.advance();
 
         for (int n = t.n_end - 1; n >= t.n_begin; --n) {
             int row = t.k0 + n * Cfg::kBlockN;
             fa_mbar_wait(sm.k_empty(kv.stage), kv.phase);
-            fa_mbar_arrive_expect_tx(sm.k_full(kv.stage), Cfg::kKVBytes);
-            for (int s = 0; s < Cfg::kSlabs; ++s)
-                fa_tma_load_4d(sm.k(kv.stage) + s * Cfg::kKVSlabBytes, &p.map_k, sm.k_full(kv.stage), s * 64, row,
-                               kv_head, batch);
+            if (leader) {
+                fa_mbar_arrive_expect_tx(sm.k_full(kv.stage), Cfg::kKVBytes);
+                load_kv(sm.k(kv.stage), &p.map_k, sm.k_full(kv.stage), row, kv_head, batch);
+            }
             fa_mbar_wait(sm.v_empty(kv.stage), kv.phase);
-            fa_mbar_arrive_expect_tx(sm.v_full(kv.stage), Cfg::kKVBytes);
-            for (int s = 0; s < Cfg::kSlabs; ++s)
-                fa_tma_load_4d(sm.v(kv.stage) + s * Cfg::kKVSlabBytes, &p.map_v, sm.v_full(kv.stage), s * 64, row,
-                               kv_head, batch);
+            if (leader) {
+                fa_mbar_arrive_expect_tx(sm.v_full(kv.stage), Cfg::kKVBytes);
+                load_kv(sm.v(kv.stage), &p.map_v, sm.v_full(kv.stage), row, kv_head, batch);
+            }
             kv.advance();
         }
     }
@@ -396,6 +431,21 @@ __device__ __forceinline__ void fa_release(uint32_t empty_bar)
     __syncwarp();
     if (threadIdx.x % 32 == 0)
         fa_mbar_arrive(empty_bar);
+}
+
+/* Releases a K/V stage, which the producers of all ClusterSize CTAs write
+ * (multicast): lane r of each consumer warp arrives on the stage's empty
+ * barrier in CTA r. */
+template <int ClusterSize> __device__ __forceinline__ void fa_release_kv(uint32_t empty_bar)
+{
+    if constexpr (ClusterSize == 1) {
+        fa_release(empty_bar);
+    } else {
+        __syncwarp();
+        const int lane = threadIdx.x % 32;
+        if (lane < ClusterSize)
+            fa_mbar_arrive_in_cta(empty_bar, (uint32_t)lane);
+    }
 }
 
 /* Varlen: the tensor map spans the packed tensor, so the key block that
@@ -588,7 +638,7 @@ __device__ __forceinline__ void fa_pv_step(float (&o)[Cfg::kHeadDim / 2], uint32
 #pragma unroll
     for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk)
         fa_wgmma_fence_regs(pa[kk]);
-    fa_release(sm.v_empty(v.stage));
+    fa_release_kv<Cfg::kClusterSize>(sm.v_empty(v.stage));
 }
 
 /* S = Q Kᵀ for the key block in stage k, as its own turn; releases K. */
@@ -603,7 +653,7 @@ __device__ __forceinline__ void fa_qk_step(float (&s)[Cfg::kBlockN / 2], uint32_
     turn.pass_turn();
     fa_wgmma_wait<0>();
     fa_wgmma_fence_regs(s);
-    fa_release(sm.k_empty(k.stage));
+    fa_release_kv<Cfg::kClusterSize>(sm.k_empty(k.stage));
 }
 
 /* O *= the softmax correction of its row. */
@@ -674,7 +724,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             turn.pass_turn();
             fa_wgmma_wait<1>(); /* S_n is ready, the PV may still run */
             fa_wgmma_fence_regs(s);
-            fa_release(sm.k_empty(kv.stage));
+            fa_release_kv<Cfg::kClusterSize>(sm.k_empty(kv.stage));
             fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
             fa_probs_to_operand<Cfg>(s, p_out);
             fa_wgmma_wait_after(sm.scratch(), row_sum[0] + row_sum[1]);
@@ -683,7 +733,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
 #pragma unroll
             for (int kk = 0; kk < BlockN / 16; ++kk)
                 fa_wgmma_fence_regs(p_in[kk]);
-            fa_release(sm.v_empty(v_prev.stage));
+            fa_release_kv<Cfg::kClusterSize>(sm.v_empty(v_prev.stage));
             fa_rescale(o, correction);
             v_prev = kv;
             kv.advance();
@@ -725,17 +775,22 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
         for (int s = 0; s < Cfg::kStages; ++s) {
             fa_mbar_init(sm.k_full(s), 1);
             fa_mbar_init(sm.v_full(s), 1);
-            fa_mbar_init(sm.k_empty(s), Cfg::kConsumerWarps);
-            fa_mbar_init(sm.v_empty(s), Cfg::kConsumerWarps);
+            /* every consumer warp of every CTA in the cluster */
+            fa_mbar_init(sm.k_empty(s), Cfg::kConsumerWarps * Cfg::kClusterSize);
+            fa_mbar_init(sm.v_empty(s), Cfg::kConsumerWarps * Cfg::kClusterSize);
         }
         fa_mbar_init_fence();
     }
-    __syncthreads();
+    /* a cluster: the other CTAs' loads and arrivals reach these barriers */
+    if constexpr (Cfg::kClusterSize > 1)
+        fa_cluster_sync();
+    else
+        __syncthreads();
 
     int wg = fa_warpgroup_index();
     if (wg == 0) {
         fa_setmaxnreg_dec<Cfg::kProducerRegs>();
-        if (threadIdx.x == 0)
+        if (__shfl_sync(0xffffffffu, threadIdx.x / 32, 0) == 0) /* warp 0, as a uniform branch */
             fa_sm90_produce<Cfg>(p, sm);
     } else {
         fa_setmaxnreg_inc<Cfg::kConsumerRegs>();
@@ -745,7 +800,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
             turn.pass_turn();
         fa_pipe_state<Cfg::kStages> kv = {0, 0};
         fa_pipe_state<Cfg::kQBuffers> q = {0, 0};
-        for (fa_tile_iter it = fa_tile_iter::first(p); it.valid(p); it.next(p))
+        for (fa_tile_iter<Cfg::kClusterSize> it = fa_tile_iter<Cfg::kClusterSize>::first(p); it.valid(p); it.next(p))
             fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, it.index), sm, wg - 1, turn, kv, q);
         /* ...and warpgroup 0 takes the turn left over after the last one's
          * final pass, so that every named barrier ends balanced */
@@ -754,6 +809,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
         if (Cfg::kTmaStore && threadIdx.x % 128 == 0)
             fa_bulk_wait_read<0>(); /* the last O store has read its slabs */
     }
+    /* no CTA leaves while another may still arrive on its barriers */
+    if constexpr (Cfg::kClusterSize > 1)
+        fa_cluster_sync();
 }
 
 #endif

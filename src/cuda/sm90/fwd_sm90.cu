@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fwd_kernel.cuh"
@@ -18,23 +19,39 @@
 /* ------------------------------------------------------------------------ */
 /* Launch                                                                   */
 
+/* Clusters of two CTAs on adjacent m blocks of one head share each K/V
+ * block (each loads half, TMA multicasts it to both), halving the L2 -> SM
+ * traffic per FLOP. Both CTAs must walk the same key blocks: no window, no
+ * varlen, and an even number of m blocks. FA_SM90_CLUSTER=0 in the
+ * environment turns clusters off (to measure one against the other). */
+static bool cluster_fits(const fa_problem *p, int64_t block_m)
+{
+    const char *env = getenv("FA_SM90_CLUSTER");
+    if (env != NULL && strcmp(env, "0") == 0)
+        return false;
+    const bool window = (p->window_left >= 0 && p->window_left < p->seqlen_k) ||
+                        (p->window_right >= 0 && p->window_right < p->seqlen_q);
+    return !p->varlen && !window && ((p->seqlen_q + block_m - 1) / block_m) % 2 == 0;
+}
+
 template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_name)
 {
     fa_sm90_params prm;
     memset(&prm, 0, sizeof prm);
+    fa_sm90_fill_problem(prm, p);
+    prm.num_m_blocks = (int)((p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM);
+    const int kv_box_rows = Cfg::kBlockN / Cfg::kClusterSize;
     fa_status st;
     if ((st = fa_sm90_encode_map(&prm.map_q, p, &p->q, 1, Cfg::kBlockM, "q")) != FA_SUCCESS ||
-        (st = fa_sm90_encode_map(&prm.map_k, p, &p->k, 0, Cfg::kBlockN, "k")) != FA_SUCCESS ||
-        (st = fa_sm90_encode_map(&prm.map_v, p, &p->v, 0, Cfg::kBlockN, "v")) != FA_SUCCESS ||
+        (st = fa_sm90_encode_map(&prm.map_k, p, &p->k, 0, kv_box_rows, "k")) != FA_SUCCESS ||
+        (st = fa_sm90_encode_map(&prm.map_v, p, &p->v, 0, kv_box_rows, "v")) != FA_SUCCESS ||
         (Cfg::kTmaStore && (st = fa_sm90_encode_map(&prm.map_o, p, &p->out, 1, 64, "out")) != FA_SUCCESS))
         return st;
     prm.out = p->out.data;
     prm.out_stride_batch = p->out.stride_batch;
     prm.out_stride_seq = p->out.stride_seq;
     prm.out_stride_head = p->out.stride_head;
-    fa_sm90_fill_problem(prm, p);
     prm.score_scale = p->softcap > 0.0f ? 1.0f : p->softmax_scale;
-    prm.num_m_blocks = (int)((p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM);
     int64_t tiles = (int64_t)prm.num_m_blocks * p->heads_q * p->batch;
     if (tiles > 0x7fffffff)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: %lld tiles exceed the scheduler's int range", (long long)tiles);
@@ -47,6 +64,8 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     int64_t kv_bytes = 4 * p->seqlen_k * p->head_dim / (p->heads_q / p->heads_kv); /* K + V, 2 bytes each */
     int64_t per_section = prm.heaviest_first ? ((int64_t)32 << 20) / (kv_bytes > 0 ? kv_bytes : 1) : head_batches;
     prm.heads_per_section = (int)(per_section < 1 ? 1 : per_section > head_batches ? head_batches : per_section);
+    prm.num_units = prm.num_tiles / Cfg::kClusterSize;
+    prm.section_units = prm.heads_per_section * prm.num_m_blocks / Cfg::kClusterSize;
     if (tiles == 0) {
         p->kernel_name = kernel_name;
         return FA_SUCCESS;
@@ -66,11 +85,40 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     if (err == cudaSuccess)
         err = cudaFuncSetAttribute(fa_sm90_fwd_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    Cfg::kSmemBytes);
+    cudaLaunchConfig_t config;
+    memset(&config, 0, sizeof config);
+    cudaLaunchAttribute cluster_dims;
+    cluster_dims.id = cudaLaunchAttributeClusterDimension;
+    cluster_dims.val.clusterDim.x = (unsigned)Cfg::kClusterSize;
+    cluster_dims.val.clusterDim.y = cluster_dims.val.clusterDim.z = 1;
+    config.blockDim = dim3(Cfg::kThreads);
+    config.dynamicSmemBytes = Cfg::kSmemBytes;
+    config.stream = (cudaStream_t)p->stream;
+    config.attrs = &cluster_dims;
+    config.numAttrs = 1;
+    /* one CTA per SM, or as many clusters as fit at once (a GPC with an odd
+     * number of free SMs leaves one of them out) */
+    int64_t units = tiles / Cfg::kClusterSize, resident = sms;
+    if (err == cudaSuccess && Cfg::kClusterSize > 1) {
+        /* per device, asked once (the query costs about as much as a launch) */
+        static int clusters_of_device[64];
+        int clusters = device < 64 ? clusters_of_device[device] : 0;
+        if (clusters == 0) {
+            config.gridDim = dim3((unsigned)(sms - sms % Cfg::kClusterSize));
+            err = cudaOccupancyMaxActiveClusters(&clusters, fa_sm90_fwd_kernel<Cfg>, &config);
+            if (err == cudaSuccess && clusters < 1)
+                return fa_fail(FA_ERROR_DEVICE, "sm90: no cluster of %d CTAs fits on this device", Cfg::kClusterSize);
+            if (err == cudaSuccess && device < 64)
+                clusters_of_device[device] = clusters;
+        }
+        resident = clusters;
+    }
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm90: launch setup: %s", cudaGetErrorString(err));
-    unsigned grid = (unsigned)(tiles < sms ? tiles : sms);
-    fa_sm90_fwd_kernel<Cfg><<<grid, Cfg::kThreads, Cfg::kSmemBytes, (cudaStream_t)p->stream>>>(prm);
-    err = cudaGetLastError();
+    config.gridDim = dim3((unsigned)((units < resident ? units : resident) * Cfg::kClusterSize));
+    err = cudaLaunchKernelEx(&config, fa_sm90_fwd_kernel<Cfg>, prm);
+    if (err == cudaSuccess)
+        err = cudaGetLastError();
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm90: launch of %s failed: %s", kernel_name, cudaGetErrorString(err));
     p->kernel_name = kernel_name;
@@ -86,6 +134,12 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
 template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
 {
     const bool bf16 = !fa_is_half<Elem>::value;
+    /* the kernel's name in debug/bench output */
+#define FA_LAUNCH(label, ...) launch<__VA_ARGS__>(p, bf16 ? "sm90.fwd." label ".bf16" : "sm90.fwd." label ".fp16")
+    /* hdim >= 128: clusters of two where they fit (".x2") */
+#define FA_LAUNCH_PAIRS(label, hdim, block_n)                                                                \
+    (cluster_fits(p, 128) ? FA_LAUNCH(label ".x2", fa_sm90_config<Elem, hdim, block_n, 2, 2, 2>)             \
+                          : FA_LAUNCH(label, fa_sm90_config<Elem, hdim, block_n, 2>))
     switch (p->head_dim) {
     case 64:
         /* long sequences: three consumer warpgroups (192 query rows, key
@@ -95,21 +149,21 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
          * the short key blocks of three warpgroups outrun two (+2-6% at
          * 2k-4k; at 512-1k a third or fourth stage measured no gain) */
         if (p->seqlen_q >= 2048)
-            return launch<fa_sm90_config<Elem, 64, 96, 3, 3>>(p, bf16 ? "sm90.fwd.hdim64.wg3.bf16"
-                                                                     : "sm90.fwd.hdim64.wg3.fp16");
-        return launch<fa_sm90_config<Elem, 64, 128, 2>>(p, bf16 ? "sm90.fwd.hdim64.bf16" : "sm90.fwd.hdim64.fp16");
+            return FA_LAUNCH("hdim64.wg3", fa_sm90_config<Elem, 64, 96, 3, 3>);
+        return FA_LAUNCH("hdim64", fa_sm90_config<Elem, 64, 128, 2>);
     case 96:
-        return launch<fa_sm90_config<Elem, 128, 128, 2>>(p, bf16 ? "sm90.fwd.hdim96.bf16" : "sm90.fwd.hdim96.fp16");
+        return FA_LAUNCH_PAIRS("hdim96", 128, 128);
     case 128:
-        return launch<fa_sm90_config<Elem, 128, 128, 2>>(p,
-                                                         bf16 ? "sm90.fwd.hdim128.bf16" : "sm90.fwd.hdim128.fp16");
+        return FA_LAUNCH_PAIRS("hdim128", 128, 128);
     case 192:
-        return launch<fa_sm90_config<Elem, 192, 96, 2>>(p, bf16 ? "sm90.fwd.hdim192.bf16" : "sm90.fwd.hdim192.fp16");
+        return FA_LAUNCH_PAIRS("hdim192", 192, 96);
     case 256:
-        return launch<fa_sm90_config<Elem, 256, 80, 2>>(p, bf16 ? "sm90.fwd.hdim256.bf16" : "sm90.fwd.hdim256.fp16");
+        return FA_LAUNCH_PAIRS("hdim256", 256, 80);
     default:
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: head_dim %lld", (long long)p->head_dim);
     }
+#undef FA_LAUNCH_PAIRS
+#undef FA_LAUNCH
 }
 
 extern "C" fa_status fa_sm90_forward(fa_problem *p)
