@@ -8,62 +8,69 @@
  *     in smem, dK and dV accumulate in registers while the block walks the
  *     query blocks of every query head of its GQA group (so dK/dV need no
  *     cross-block reduction). Per query block it recomputes Sᵀ = K·Qᵀ and
- *     dPᵀ = V·dOᵀ, forms Pᵀ and dSᵀ (in registers with the large tile, see
- *     BackwardTiles; dSᵀ also in smem), then dV += Pᵀ·dO,
+ *     dPᵀ = V·dOᵀ, forms Pᵀ and dSᵀ (in registers, and in smem for the
+ *     other warps, see BackwardTiles), then dV += Pᵀ·dO,
  *     dK += dSᵀ·Q, and adds dQ += dS·K into the fp32 accumulator with
  *     atomics. Deterministic mode runs one block per (kv head, batch) that
  *     walks every key block, so each dQ element is added by one thread in a
  *     fixed order.
  *  3. convert: dq = softmax_scale · accumulator, in the output dtype.
- * Warps split dK/dV as (kWarpsN key groups) x (kWarpsD column groups).
+ * Warps split Sᵀ/dPᵀ as (key groups) x (query groups) and dK/dV as
+ * (key groups) x (column groups); see BackwardTiles.
  */
 #include "common.cuh"
 
 namespace fa {
 
-/* Tile shape per padded head dim. Warps split dK/dV as (kWarpsN groups of
- * 16 keys) x (kWarpsD column groups); a warp's Sᵀ/dPᵀ slab is its 16 keys x
- * BM/kWarpsD queries. With kWarpsD == 1 (the large shape for d <= 128) a
- * warp's slab covers every query of the block, so Pᵀ and dSᵀ feed dV and dK
- * straight from registers (no smem round trip, no barrier before them) and
- * BN = 128 keys halves the dQ atomics and per-query-block overhead per FLOP
- * (FA2's 128 x 64 tile). Otherwise Pᵀ and dSᵀ are exchanged through smem.
- * The small shape (BN 64, or 32 for d > 128) is for GPUs whose smem per
- * block cannot hold the large one (sm86/sm89: 99 KB). dQ = dS·K is split
- * as (BM/32 groups of 32 queries) x (column groups). */
+/* Tile shape per padded head dim: BN keys x BM queries per step, 8 warps.
+ * Sᵀ/dPᵀ: warps as kSlabWarpsN groups of kSlabKeys keys x kSlabWarpsQ
+ * groups of kQueryCols queries (a warp's slab). dK/dV: kKvWarpsN groups of
+ * kKvKeys keys x kKvWarpsD groups of kDimCols columns. Pᵀ and dSᵀ go
+ * through smem, since dV += Pᵀ·dO needs a warp's keys x every query of the
+ * block. The large shape (GPUs with the smem: H100, A100) uses 32-key warp
+ * tiles where the accumulators allow (FA2's layout): at d <= 128 32 x 32
+ * slabs and 32 keys x D/2 columns of dK/dV, BN 128 (half the dQ atomics and
+ * per-block overhead per FLOP); at d > 128 16 x 32 slabs (the 64 registers
+ * of a 32 x 32 pair do not fit next to 128 of dK/dV) and 32 keys x D/4
+ * columns, BN 64. 32-key tiles feed each B fragment to two mma: 136
+ * ldmatrix.x4 per warp and block at d 128 instead of 192 with 16-key warps.
+ * With kOwnPtInRegisters a warp's dK/dV keys and columns' query group are
+ * its slab's keys and queries, so its own part of dV/dK runs from the
+ * registers before the barrier and only the other query group's part is
+ * read from smem. The small shape (BN 64, or 32 for d > 128; 16-key warps
+ * everywhere) is for GPUs whose smem per block cannot hold the large one
+ * (sm86/sm89: 99 KB). dQ = dS·K is split as (BM/32 groups of 32 queries) x
+ * (column groups). */
 template <int D, bool kLarge> struct BackwardTiles {
     static constexpr int kWarps = 8;
-    static constexpr int kWarpsD = kLarge ? (D <= 128 ? 1 : 2) : (D <= 128 ? 2 : 4);
-    static constexpr int kWarpsN = kWarps / kWarpsD;
-    static constexpr int kBlockN = 16 * kWarpsN;
+    static constexpr int kSlabWarpsQ = kLarge || D <= 128 ? 2 : 4;
+    static constexpr int kSlabKeys = kLarge && D <= 128 ? 32 : 16;
+    static constexpr int kSlabWarpsN = kWarps / kSlabWarpsQ;
+    static constexpr int kBlockN = kSlabKeys * kSlabWarpsN;
     static constexpr int kBlockM = kLarge || D <= 192 ? 64 : 32;
-    static constexpr int kQueryCols = kBlockM / kWarpsD; /* of Sᵀ, per warp */
-    static constexpr int kDimCols = D / kWarpsD;         /* of dK/dV, per warp */
-    static constexpr bool kPtInRegisters = kWarpsD == 1;
-    /* With Pᵀ in registers and d > 64 a warp computes its slab in parts of
-     * 32 queries, each finished (Pᵀ, dSᵀ, dV, dK) before the next: the
-     * Sᵀ/dPᵀ accumulators of one part (32 registers instead of 64) next to
-     * 128 of dK/dV leave room to keep the next k step's fragments in
-     * flight, for the price of reading the warp's K/V fragments once per
-     * part. d 64 (64 registers of dK/dV) runs the whole slab at once
-     * (measured 7% faster than in parts). */
-    static constexpr int kSlabParts = kPtInRegisters && D > 64 ? kQueryCols / 32 : 1;
-    static constexpr int kPartCols = kQueryCols / kSlabParts;
+    static constexpr int kQueryCols = kBlockM / kSlabWarpsQ; /* of Sᵀ, per warp */
+    static constexpr int kKvKeys = kLarge ? 32 : 16;
+    static constexpr int kKvWarpsN = kBlockN / kKvKeys;
+    static constexpr int kKvWarpsD = kWarps / kKvWarpsN;
+    static constexpr int kDimCols = D / kKvWarpsD; /* of dK/dV, per warp */
+    static constexpr bool kOwnPtInRegisters = kLarge && D <= 128;
     static constexpr int kDqRowGroups = kBlockM / 32;
     static constexpr int kDqColGroups = kWarps / kDqRowGroups;
     static constexpr int kDqCols = D / kDqColGroups; /* of dQ, per warp (32 rows) */
-    /* K, V, dSᵀ, Pᵀ (unless in registers), then per query stage Q, dO, lse, D
-     * (kStageElems 16-bit elements apart). */
+    /* K, V, dSᵀ, Pᵀ, then per query stage Q, dO, lse, D (kStageElems 16-bit
+     * elements apart). */
     static constexpr int kStageElems = 2 * kBlockM * smem_pitch(D) + 2 * kBlockM * 2;
     static constexpr size_t smem_bytes(int query_stages)
     {
-        return (size_t)2 * kBlockN * smem_pitch(D) * 2 +
-               (size_t)(kPtInRegisters ? 1 : 2) * kBlockN * smem_pitch(kBlockM) * 2 +
+        return (size_t)2 * kBlockN * smem_pitch(D) * 2 + (size_t)2 * kBlockN * smem_pitch(kBlockM) * 2 +
                (size_t)query_stages * kStageElems * 2;
     }
-    static_assert(kPartCols % (kPtInRegisters ? 16 : 8) == 0 && kDimCols % 8 == 0 && kDqCols % 8 == 0, "tiles");
+    static_assert(kQueryCols % 8 == 0 && kDimCols % 8 == 0 && kDqCols % 8 == 0, "tiles");
+    static_assert(!kOwnPtInRegisters || (kSlabKeys == kKvKeys && kSlabWarpsQ == 2 && kKvWarpsD == 2 &&
+                                         kQueryCols % 16 == 0),
+                  "a warp's own Pᵀ part is its dK/dV keys' part of one query group");
     static_assert(kWarps % kDqRowGroups == 0, "dQ warp split");
-    static_assert(kQueryCols * 4 / 8 <= 32, "dropout bits per thread");
+    static_assert(kSlabKeys / 16 * kQueryCols / 8 * 4 <= 32, "dropout bits per thread");
 };
 
 /* Starts an asynchronous 4-byte copy global -> smem that reads src_bytes
@@ -161,7 +168,9 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
 {
     using Tiles = BackwardTiles<D, kLarge>;
     constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN, QC = Tiles::kQueryCols;
-    constexpr int QP = Tiles::kPartCols, DC = Tiles::kDimCols, kThreads = Tiles::kWarps * 32;
+    constexpr int DC = Tiles::kDimCols, kThreads = Tiles::kWarps * 32;
+    constexpr int MS = Tiles::kSlabKeys / 16, NS = QC / 8; /* m16/n8 tiles of a slab */
+    constexpr int MK = Tiles::kKvKeys / 16;                /* m16 tiles of dK/dV */
     constexpr int P = smem_pitch(D), PS = smem_pitch(BM);
     const fa_problem &p = a.p;
 
@@ -169,8 +178,8 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     T *sK = reinterpret_cast<T *>(smem);
     T *sV = sK + BN * P;
     T *sdSt = sV + BN * P; /* dSᵀ: keys x queries */
-    T *sPt = sdSt + BN * PS; /* Pᵀ (dropped, scaled), unless in registers */
-    T *sStages = sPt + (Tiles::kPtInRegisters ? 0 : BN * PS); /* per stage: Q, dO, lse, D */
+    T *sPt = sdSt + BN * PS; /* Pᵀ (dropped, scaled) */
+    T *sStages = sPt + BN * PS; /* per stage: Q, dO, lse, D */
     constexpr int kStageElems = Tiles::kStageElems, kLseOffset = 2 * BM * P;
     const int stages = kStages ? kStages : a.query_stages;
 
@@ -180,7 +189,12 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     const int sq = (int)seq.sq, sk = (int)seq.sk;
     const int group = (int)(p.heads_q / p.heads_kv), shift = sk - sq;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
-    const int wn = warp / Tiles::kWarpsD, wd = warp % Tiles::kWarpsD;
+    /* Slab: keys [slab_keys, +kSlabKeys) x queries [q_base, +QC); dK/dV:
+     * keys [kv_keys, +kKvKeys) x columns [kv_cols, +DC). */
+    const int slab_keys = Tiles::kSlabKeys * (warp / Tiles::kSlabWarpsQ);
+    const int q_base = QC * (warp % Tiles::kSlabWarpsQ);
+    const int kv_keys = Tiles::kKvKeys * (warp / Tiles::kKvWarpsD);
+    const int kv_cols = DC * (warp % Tiles::kKvWarpsD);
     const int dq_rows = 32 * (warp % Tiles::kDqRowGroups);
     const int dq_cols = Tiles::kDqCols * (warp / Tiles::kDqRowGroups);
     const int d = (int)p.head_dim, dv = (int)p.head_dim_v;
@@ -194,13 +208,13 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
 
     for (int n0 = blockIdx.x * BN; n0 < sk; n0 += gridDim.x * BN) {
         __syncthreads(); /* the previous key block's reads of sK, sV are done */
-        load_tile_fixed_column<T, BN, D, kThreads>(sK, k + n0 * p.k.stride_seq, p.k.stride_seq,
+        load_tile_whole_fast<T, BN, D, kThreads>(sK, k + n0 * p.k.stride_seq, p.k.stride_seq,
                                                    sk - n0, d, a.vectorized);
-        load_tile_fixed_column<T, BN, D, kThreads>(sV, v + n0 * p.v.stride_seq, p.v.stride_seq,
+        load_tile_whole_fast<T, BN, D, kThreads>(sV, v + n0 * p.v.stride_seq, p.v.stride_seq,
                                                    sk - n0, dv, a.vectorized);
         cp_async_commit();
 
-        float acc_dk[1][DC / 8][4], acc_dv[1][DC / 8][4];
+        float acc_dk[MK][DC / 8][4], acc_dv[MK][DC / 8][4];
         zero(acc_dk);
         zero(acc_dv);
 
@@ -242,9 +256,9 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
             const T *q = (const T *)p.q.data + fa_row_offset(&p.q, p.varlen, b, seq.q0 + m0, h);
             const T *dout = (const T *)p.dout.data + fa_row_offset(&p.dout, p.varlen, b, seq.q0 + m0, h);
             T *stage_base = sStages + st * kStageElems;
-            load_tile_fixed_column<T, BM, D, kThreads>(stage_base, q, p.q.stride_seq, sq - m0, d,
+            load_tile_whole_fast<T, BM, D, kThreads>(stage_base, q, p.q.stride_seq, sq - m0, d,
                                                        a.vectorized);
-            load_tile_fixed_column<T, BM, D, kThreads>(stage_base + BM * P, dout, p.dout.stride_seq,
+            load_tile_whole_fast<T, BM, D, kThreads>(stage_base + BM * P, dout, p.dout.stride_seq,
                                                        sq - m0, dv, a.vectorized);
             /* lse (threads [0, BM)) and D ([BM, 2BM)) join the same async
              * group: a plain load would hold its warps ~1 µs before the
@@ -287,137 +301,139 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
             const float *c_lse = reinterpret_cast<const float *>(cQ + kLseOffset), *c_dsum = c_lse + BM;
             const ScoreTransform score = make_score_transform(p, seq, b, h);
 
-            /* Keep bits of this warp's slab (below), bit 4nt + e: a rolled loop
-             * (see the forward), run before the products so that the Philox
-             * state does not compete with their registers. */
+            /* Keep bits of this warp's slab (below), bit 4(NS mt + nt) + e: a
+             * rolled loop (see the forward), run before the products so that
+             * the Philox state does not compete with their registers. */
             uint32_t keep_bits = 0xffffffffu;
             if (drop) {
                 keep_bits = 0;
 #pragma unroll 1
-                for (int bit = 0; bit < QC / 2; ++bit) {
-                    const int nt = bit / 4, e = bit % 4;
-                    const int i = m0 + wd * QC + nt * 8 + 2 * t + e % 2;
-                    const int j = n0 + 16 * wn + g + (e / 2) * 8;
+                for (int bit = 0; bit < MS * NS * 4; ++bit) {
+                    const int mt = bit / (4 * NS), nt = (bit / 4) % NS, e = bit % 4;
+                    const int i = m0 + q_base + nt * 8 + 2 * t + e % 2;
+                    const int j = n0 + slab_keys + 16 * mt + g + (e / 2) * 8;
                     fa_u32x4 w = fa_dropout_words(p.dropout_seed, p.dropout_offset,
                                                   p.heads_q, b, h, i, j);
                     keep_bits |= (uint32_t)(w.x[j & 3] >= drop_threshold) << bit;
                 }
             }
 
+            /* The slab's Sᵀ and dPᵀ: element (mt, nt, e) is key slab_keys +
+             * 16mt + g + 8(e/2), query q_base + 8nt + 2t + e%2. */
+            float st[MS][NS][4], dpt[MS][NS][4];
+            zero(st);
+            zero(dpt);
+            /* Both products step through D together (two independent mma
+             * chains per k step for the scheduler to interleave). */
 #pragma unroll
-            for (int part = 0; part < Tiles::kSlabParts; ++part) {
-                /* This part's 16 keys x QP queries of Sᵀ and dPᵀ: element
-                 * (nt, e) is key 16wn + g + 8(e/2), query q_base + 8nt + 2t + e%2. */
-                const int q_base = wd * QC + part * QP;
-                float st[1][QP / 8][4], dpt[1][QP / 8][4];
-                zero(st);
-                zero(dpt);
-                /* Both products step through D together (two independent mma
-                 * chains per k step for the scheduler to interleave). */
-#pragma unroll
-                for (int kk = 0; kk < D; kk += 16) {
-                    warp_gemm<1, QP / 8, 16, false, false>(st, sK, P, 16 * wn, kk, cQ, P, kk, q_base);
-                    warp_gemm<1, QP / 8, 16, false, false>(dpt, sV, P, 16 * wn, kk, cdO, P, kk, q_base);
-                }
+            for (int kk = 0; kk < D; kk += 16) {
+                warp_gemm<MS, NS, 16, false, false>(st, sK, P, slab_keys, kk, cQ, P, kk, q_base);
+                warp_gemm<MS, NS, 16, false, false>(dpt, sV, P, slab_keys, kk, cdO, P, kk, q_base);
+            }
 
-                /* st -> Pᵀ (dropped, scaled), dpt -> dSᵀ = Pᵀ ∘ (dPᵀ·keep/(1-p) − D),
-                 * times softcap's derivative. One loop per score kind behind a
-                 * uniform branch (see the forward): the plain one has no
-                 * softcap/ALiBi code and no per-element derivative to keep. */
-                auto p_and_ds = [&](auto transformed, auto dropped) {
+            /* st -> Pᵀ (dropped, scaled), dpt -> dSᵀ = Pᵀ ∘ (dPᵀ·keep/(1-p) − D),
+             * times softcap's derivative. One loop per score kind behind a
+             * uniform branch (see the forward): the plain one has no
+             * softcap/ALiBi code and no per-element derivative to keep. */
+            auto p_and_ds = [&](auto transformed, auto dropped) {
 #pragma unroll
-                    for (int nt = 0; nt < QP / 8; ++nt) {
-                        const int il = q_base + nt * 8 + 2 * t;
-                        const float2 lse = *reinterpret_cast<const float2 *>(c_lse + il);
-                        const float2 dsum = *reinterpret_cast<const float2 *>(c_dsum + il);
+                for (int nt = 0; nt < NS; ++nt) {
+                    const int il = q_base + nt * 8 + 2 * t;
+                    const float2 lse = *reinterpret_cast<const float2 *>(c_lse + il);
+                    const float2 dsum = *reinterpret_cast<const float2 *>(c_dsum + il);
+#pragma unroll
+                    for (int mt = 0; mt < MS; ++mt)
 #pragma unroll
                         for (int e = 0; e < 4; ++e) {
-                            float s = st[0][nt][e], dtanh = 1.f;
+                            float s = st[mt][nt][e], dtanh = 1.f;
                             if constexpr (decltype(transformed)::value)
                                 s = transform_score(score, s, m0 + il + e % 2,
-                                                    n0 + 16 * wn + g + (e / 2) * 8, &dtanh) * kLog2e;
+                                                    n0 + slab_keys + 16 * mt + g + (e / 2) * 8, &dtanh) *
+                                    kLog2e;
                             else
                                 s *= scale_log2;
                             const float pe = exp2f(s - (e % 2 ? lse.y : lse.x));
-                            float dp = dpt[0][nt][e];
-                            st[0][nt][e] = pe;
+                            float dp = dpt[mt][nt][e];
+                            st[mt][nt][e] = pe;
                             if constexpr (decltype(dropped)::value) {
-                                const bool keep = (keep_bits >> (4 * (part * QP / 8 + nt) + e)) & 1;
+                                const bool keep = (keep_bits >> (4 * (NS * mt + nt) + e)) & 1;
                                 dp = keep ? dp * keep_scale : 0.f;
-                                st[0][nt][e] = keep ? pe * keep_scale : 0.f;
+                                st[mt][nt][e] = keep ? pe * keep_scale : 0.f;
                             }
-                            dpt[0][nt][e] = pe * (dp - (e % 2 ? dsum.y : dsum.x)) * dtanh;
+                            dpt[mt][nt][e] = pe * (dp - (e % 2 ? dsum.y : dsum.x)) * dtanh;
                         }
-                    }
-                };
-                /* Dropout as a third copy, so that without it no keep bit is
-                 * tested per element. */
-                if (!kScoreSteps || (score.softcap == 0.f && score.alibi_slope == 0.f)) {
-                    if (drop)
-                        p_and_ds(Flag<false>(), Flag<true>());
-                    else
-                        p_and_ds(Flag<false>(), Flag<false>());
-                } else {
-                    p_and_ds(Flag<true>(), Flag<true>());
                 }
-                /* Masked elements (possibly inf/NaN above) become exact zeros. */
-                if (kind == TILE_PARTIAL) {
-                    const Mask mask = make_mask(p, seq, b, h);
-                    const TileMask tmask = tile_mask(mask, m0, n0);
-                    /* Called with blocks == NULL when dense, so that the
-                     * block-sparse lookup folds away (no per-element branch). */
-                    auto zero_masked = [&](const Mask &m) {
+            };
+            /* Dropout as a third copy, so that without it no keep bit is
+             * tested per element. */
+            if (!kScoreSteps || (score.softcap == 0.f && score.alibi_slope == 0.f)) {
+                if (drop)
+                    p_and_ds(Flag<false>(), Flag<true>());
+                else
+                    p_and_ds(Flag<false>(), Flag<false>());
+            } else {
+                p_and_ds(Flag<true>(), Flag<true>());
+            }
+            /* Masked elements (possibly inf/NaN above) become exact zeros. */
+            if (kind == TILE_PARTIAL) {
+                const Mask mask = make_mask(p, seq, b, h);
+                const TileMask tmask = tile_mask(mask, m0, n0);
+                /* Called with blocks == NULL when dense, so that the
+                 * block-sparse lookup folds away (no per-element branch). */
+                auto zero_masked = [&](const Mask &m) {
 #pragma unroll
-                        for (int nt = 0; nt < QP / 8; ++nt)
+                    for (int mt = 0; mt < MS; ++mt)
+#pragma unroll
+                        for (int nt = 0; nt < NS; ++nt)
 #pragma unroll
                             for (int e = 0; e < 4; ++e)
                                 if (!visible_in_tile(tmask, m, m0, n0, q_base + nt * 8 + 2 * t + e % 2,
-                                                     16 * wn + g + (e / 2) * 8))
-                                    st[0][nt][e] = dpt[0][nt][e] = 0.f;
-                    };
-                    if (mask.blocks) {
-                        zero_masked(mask);
-                    } else {
-                        Mask dense = mask;
-                        dense.blocks = nullptr;
-                        zero_masked(dense);
-                    }
-                }
-
-                /* Pᵀ and dSᵀ as 16-bit pairs in the A-fragment layout: k step kk
-                 * (16 queries) is n-tiles 2kk, 2kk+1 of the accumulators (a slab
-                 * of 8 queries fills half of one). */
-                uint32_t pt_frag[(QP + 15) / 16][1][4], dst_frag[(QP + 15) / 16][1][4];
-#pragma unroll
-                for (int nt = 0; nt < QP / 8; ++nt)
-#pragma unroll
-                    for (int r = 0; r < 2; ++r) {
-                        pt_frag[nt / 2][0][2 * (nt % 2) + r] = pack_pair<T>(st[0][nt][2 * r], st[0][nt][2 * r + 1]);
-                        dst_frag[nt / 2][0][2 * (nt % 2) + r] = pack_pair<T>(dpt[0][nt][2 * r], dpt[0][nt][2 * r + 1]);
-                    }
-                /* dSᵀ (and Pᵀ unless in registers) into smem. */
-#pragma unroll
-                for (int nt = 0; nt < QP / 8; ++nt)
-#pragma unroll
-                    for (int r = 0; r < 2; ++r) {
-                        const int jl = 16 * wn + g + 8 * r, il = q_base + nt * 8 + 2 * t;
-                        *reinterpret_cast<uint32_t *>(sdSt + jl * PS + il) = dst_frag[nt / 2][0][2 * (nt % 2) + r];
-                        if constexpr (!Tiles::kPtInRegisters)
-                            *reinterpret_cast<uint32_t *>(sPt + jl * PS + il) = pt_frag[nt / 2][0][2 * (nt % 2) + r];
-                    }
-                if constexpr (Tiles::kPtInRegisters) {
-                    /* dV += Pᵀ·dO, dK += dSᵀ·Q straight from the fragments. */
-#pragma unroll
-                    for (int kk = 0; kk < QP / 16; ++kk) {
-                        mma_a_times_b<1, DC / 8, true>(acc_dv, pt_frag[kk], cdO, P, q_base + 16 * kk, 0);
-                        mma_a_times_b<1, DC / 8, true>(acc_dk, dst_frag[kk], cQ, P, q_base + 16 * kk, 0);
-                    }
+                                                     slab_keys + 16 * mt + g + (e / 2) * 8))
+                                    st[mt][nt][e] = dpt[mt][nt][e] = 0.f;
+                };
+                if (mask.blocks) {
+                    zero_masked(mask);
+                } else {
+                    Mask dense = mask;
+                    dense.blocks = nullptr;
+                    zero_masked(dense);
                 }
             }
-            __syncthreads(); /* dSᵀ (and Pᵀ) of every warp are visible */
-            if constexpr (!Tiles::kPtInRegisters) {
-                warp_gemm<1, DC / 8, BM, false, true>(acc_dv, sPt, PS, 16 * wn, 0, cdO, P, 0, wd * DC);
-                warp_gemm<1, DC / 8, BM, false, true>(acc_dk, sdSt, PS, 16 * wn, 0, cQ, P, 0, wd * DC);
+
+            /* Pᵀ and dSᵀ as 16-bit pairs in the A-fragment layout: k step kk
+             * (16 queries) is n-tiles 2kk, 2kk+1 of the accumulators (a slab
+             * of 8 queries fills half of one); into smem for the other warps. */
+            uint32_t pt_frag[(NS + 1) / 2][MS][4], dst_frag[(NS + 1) / 2][MS][4];
+#pragma unroll
+            for (int mt = 0; mt < MS; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NS; ++nt)
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        const uint32_t pt = pack_pair<T>(st[mt][nt][2 * r], st[mt][nt][2 * r + 1]);
+                        const uint32_t ds = pack_pair<T>(dpt[mt][nt][2 * r], dpt[mt][nt][2 * r + 1]);
+                        pt_frag[nt / 2][mt][2 * (nt % 2) + r] = pt;
+                        dst_frag[nt / 2][mt][2 * (nt % 2) + r] = ds;
+                        const int jl = slab_keys + 16 * mt + g + 8 * r, il = q_base + nt * 8 + 2 * t;
+                        *reinterpret_cast<uint32_t *>(sdSt + jl * PS + il) = ds;
+                        *reinterpret_cast<uint32_t *>(sPt + jl * PS + il) = pt;
+                    }
+            if constexpr (Tiles::kOwnPtInRegisters) {
+                /* This warp's query group of dV += Pᵀ·dO, dK += dSᵀ·Q
+                 * straight from the fragments, before the barrier. */
+#pragma unroll
+                for (int kk = 0; kk < NS / 2; ++kk) {
+                    mma_a_times_b<MK, DC / 8, true>(acc_dv, pt_frag[kk], cdO, P, q_base + 16 * kk, kv_cols);
+                    mma_a_times_b<MK, DC / 8, true>(acc_dk, dst_frag[kk], cQ, P, q_base + 16 * kk, kv_cols);
+                }
+            }
+            __syncthreads(); /* dSᵀ and Pᵀ of every warp are visible */
+            {
+                /* The rest of dV/dK: the other query group, or all queries. */
+                constexpr int kRest = Tiles::kOwnPtInRegisters ? QC : BM;
+                const int rest = Tiles::kOwnPtInRegisters ? QC - q_base : 0;
+                warp_gemm<MK, DC / 8, kRest, false, true>(acc_dv, sPt, PS, kv_keys, rest, cdO, P, rest, kv_cols);
+                warp_gemm<MK, DC / 8, kRest, false, true>(acc_dk, sdSt, PS, kv_keys, rest, cQ, P, rest, kv_cols);
             }
 
             float dq[2][Tiles::kDqCols / 8][4];
@@ -451,17 +467,18 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
          * 32-bit store when the rows are aligned. */
         T *dk = (T *)p.dk.data, *dvp = (T *)p.dv.data;
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int j = n0 + 16 * wn + g + 8 * r;
+        for (int rr = 0; rr < 2 * MK; ++rr) {
+            const int mt = rr / 2, r = rr % 2;
+            const int j = n0 + kv_keys + 16 * mt + g + 8 * r;
             if (j >= sk)
                 continue;
             T *dk_row = dk + fa_row_offset(&p.dk, p.varlen, b, seq.k0 + j, hk);
             T *dv_row = dvp + fa_row_offset(&p.dv, p.varlen, b, seq.k0 + j, hk);
 #pragma unroll
             for (int nt = 0; nt < DC / 8; ++nt) {
-                const int c = wd * DC + nt * 8 + 2 * t;
-                const float dk0 = acc_dk[0][nt][2 * r] * p.softmax_scale, dk1 = acc_dk[0][nt][2 * r + 1] * p.softmax_scale;
-                const float dv0 = acc_dv[0][nt][2 * r], dv1 = acc_dv[0][nt][2 * r + 1];
+                const int c = kv_cols + nt * 8 + 2 * t;
+                const float dk0 = acc_dk[mt][nt][2 * r] * p.softmax_scale, dk1 = acc_dk[mt][nt][2 * r + 1] * p.softmax_scale;
+                const float dv0 = acc_dv[mt][nt][2 * r], dv1 = acc_dv[mt][nt][2 * r + 1];
                 if (a.grad_pairs && c + 1 < d)
                     *reinterpret_cast<uint32_t *>(dk_row + c) = pack_pair<T>(dk0, dk1);
                 else if (c < d) {
