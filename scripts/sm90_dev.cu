@@ -8,6 +8,8 @@
  *   sm90_dev --test     correctness grid only
  *   sm90_dev --small    a few small cases (for compute-sanitizer)
  *   sm90_dev --bench [hdim [causal [seqlen]]]   timing grid (or some cells)
+ *   sm90_dev --burn hdim causal seqlen seconds  one cell back to back for a
+ *                       while (scripts/clock_probe.sh samples the clocks)
  *
  * Correctness rule (FlashAttention's tests): with ref the fp32 attention of
  * the same rounded inputs and lowp the same computation with the
@@ -576,6 +578,48 @@ static void bench(int only_hdim, int only_causal, int only_seqlen)
             }
 }
 
+/* One cell of the bench grid, launched back to back for `seconds`; prints
+ * the TFLOP/s of each second. */
+static void burn(int hdim, int causal, int seqlen, double seconds)
+{
+    test_case c;
+    memset(&c, 0, sizeof c);
+    c.name = "burn";
+    c.dtype = FA_DTYPE_BF16;
+    c.d = hdim;
+    c.sq = c.sk = seqlen;
+    c.batch = 16384 / seqlen;
+    c.hq = c.hkv = 2048 / hdim;
+    c.causal = causal;
+    c.window_left = c.window_right = -1;
+    problem_bufs pb = make_problem(&c);
+    cudaEvent_t e0, e1;
+    CHECK_CUDA(cudaEventCreate(&e0));
+    CHECK_CUDA(cudaEventCreate(&e1));
+    const double flops = 4.0 * c.batch * (double)c.sq * c.sk * c.hq * c.d / (causal ? 2 : 1);
+    for (double elapsed = 0.0; elapsed < seconds * 1e3;) {
+        int calls = 0;
+        float ms = 0.0f;
+        CHECK_CUDA(cudaEventRecord(e0));
+        do { /* about a second per line */
+            for (int r = 0; r < 20; ++r, ++calls)
+                if (run_sm90(&pb.p) != FA_SUCCESS) {
+                    printf("sm90 refused: %s\n", g_error);
+                    exit(1);
+                }
+            CHECK_CUDA(cudaEventRecord(e1));
+            CHECK_CUDA(cudaEventSynchronize(e1));
+            CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+        } while (ms < 1000.0f);
+        elapsed += ms;
+        printf("burn hdim %d causal %d seqlen %d: %.1f TFLOP/s over %d calls\n", hdim, causal, seqlen,
+               flops * calls / (ms * 1e-3) / 1e12, calls);
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    free_problem(&pb);
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0); /* a timed-out run still shows its lines */
@@ -592,6 +636,14 @@ int main(int argc, char **argv)
     g_dev.sm = 10 * major + minor;
     g_dev.num_sms = sms;
     g_dev.smem_per_block_optin = (size_t)smem;
+    if (strcmp(mode, "--burn") == 0) {
+        if (argc != 6) {
+            fprintf(stderr, "usage: sm90_dev --burn hdim causal seqlen seconds\n");
+            return 2;
+        }
+        burn(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
+        return 0;
+    }
 
     int failed = 0, passed = 0;
     if (!bench_only) {
