@@ -27,20 +27,20 @@ namespace fa {
  * groups of kQueryCols queries (a warp's slab). dK/dV: kKvWarpsN groups of
  * kKvKeys keys x kKvWarpsD groups of kDimCols columns. Pᵀ and dSᵀ go
  * through smem, since dV += Pᵀ·dO needs a warp's keys x every query of the
- * block. The large shape (GPUs with the smem: H100, A100) uses 32-key warp
- * tiles where the accumulators allow (FA2's layout): at d <= 128 32 x 32
- * slabs and 32 keys x D/2 columns of dK/dV, BN 128 (half the dQ atomics and
- * per-block overhead per FLOP); at d > 128 16 x 32 slabs (the 64 registers
- * of a 32 x 32 pair do not fit next to 128 of dK/dV) and 32 keys x D/4
- * columns, BN 64. 32-key tiles feed each B fragment to two mma: 136
- * ldmatrix.x4 per warp and block at d 128 instead of 192 with 16-key warps.
- * With kOwnPtInRegisters a warp's dK/dV keys and columns' query group are
- * its slab's keys and queries, so its own part of dV/dK runs from the
- * registers before the barrier and only the other query group's part is
- * read from smem. The small shape (BN 64, or 32 for d > 128; 16-key warps
- * everywhere) is for GPUs whose smem per block cannot hold the large one
- * (sm86/sm89: 99 KB). dQ = dS·K is split as (BM/32 groups of 32 queries) x
- * (column groups). */
+ * block. The large shape (H100; an A100 holds it with one query stage at
+ * d <= 128, see launch_backward) uses 32-key warp tiles where the
+ * accumulators allow (FA2's layout): at d <= 128 32 x 32 slabs and 32 keys
+ * x D/2 columns of dK/dV, BN 128 (half the dQ atomics and per-block
+ * overhead per FLOP); at d > 128 16 x 32 slabs (the 64 registers of a
+ * 32 x 32 pair do not fit next to 128 of dK/dV) and 32 keys x D/4 columns,
+ * BN 64. 32-key tiles feed each B fragment to two mma: 136 ldmatrix.x4 per
+ * warp and block at d 128 instead of 192 with 16-key warps. With
+ * kOwnPtInRegisters (d <= 128) a warp's dK/dV keys are its slab's keys, so
+ * it multiplies its own query group of Pᵀ/dSᵀ straight from its registers
+ * before the barrier and reads only the other group's from smem. The small
+ * shape (BN 64, or 32 for d > 128; 16-key warps everywhere) is for GPUs
+ * whose smem per block cannot hold the large one (sm86/sm89: 99 KB).
+ * dQ = dS·K is split as (BM/32 groups of 32 queries) x (column groups). */
 template <int D, bool kLarge> struct BackwardTiles {
     static constexpr int kWarps = 8;
     static constexpr int kSlabWarpsQ = kLarge || D <= 128 ? 2 : 4;
