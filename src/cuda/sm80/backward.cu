@@ -19,6 +19,7 @@
  * (key groups) x (column groups); see BackwardTiles.
  */
 #include "common.cuh"
+#include <stdlib.h>
 
 namespace fa {
 
@@ -571,6 +572,15 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
         err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
+    /* FA_SM80_SMEM_LIMIT (bytes) lowers the shared memory the choice below
+     * may assume, so that a GPU with more runs (and tests) the choices of
+     * one with less: 166912 as an A100, 101376 as sm_86 / sm_89. */
+    const char *limit = getenv("FA_SM80_SMEM_LIMIT");
+    if (limit != nullptr) {
+        const long bytes = strtol(limit, nullptr, 10);
+        if (bytes > 0 && bytes < smem_optin)
+            smem_optin = (int)bytes;
+    }
     /* The large tile when it fits (double-buffered if that fits too; then
      * compiled apart for problems without softcap/ALiBi, the kernel with
      * the score steps serves the rest); else the small one. */
