@@ -252,6 +252,11 @@ def set_backend(name):
     _forced_backend[0] = BACKENDS[name]
 
 
+def forced_backend():
+    """The backend set_backend chose (an FA_BACKEND_* value)."""
+    return _forced_backend[0]
+
+
 def context_for(device):
     """The calling thread's fa_context for a torch.device, configured for
     the next call: CPU thread count from torch, CUDA current stream."""

@@ -152,13 +152,41 @@ def _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dr
     return a
 
 
-def _workspace(ctx, attn, size_fn, device, what):
-    """Scratch memory from torch's allocator (stream-ordered on CUDA)."""
+def _workspace_bytes(ctx, attn, size_fn, what):
     nbytes = ctypes.c_size_t(0)
     _ffi.check(size_fn(ctx, ctypes.byref(attn), ctypes.byref(nbytes)), what)
-    if nbytes.value == 0:
+    return nbytes.value
+
+
+def _workspace(ctx, attn, size_fn, device, what):
+    """Scratch memory from torch's allocator (stream-ordered on CUDA)."""
+    nbytes = _workspace_bytes(ctx, attn, size_fn, what)
+    if nbytes == 0:
         return None, 0
-    return torch.empty(nbytes.value, dtype=torch.uint8, device=device), nbytes.value
+    return torch.empty(nbytes, dtype=torch.uint8, device=device), nbytes
+
+
+# The forward's problem descriptor and workspace size for the calls that
+# depend on nothing but shapes and options (fixed length, no ALiBi, no
+# dropout): built once per such key instead of per call (~10 us of a
+# ~100 us call on the H100; the C library only reads the descriptor).
+_forward_plans = {}
+_MAX_FORWARD_PLANS = 64
+
+
+def _forward_plan(ctx, key, problem_args):
+    plan = _forward_plans.get(key)
+    if plan is None:
+        attn = _problem(*problem_args)
+        plan = (attn, _workspace_bytes(ctx, attn, _ffi.fa_forward_workspace_size, "forward"))
+        if len(_forward_plans) >= _MAX_FORWARD_PLANS:
+            _forward_plans.clear()
+        _forward_plans[key] = plan
+    return plan
+
+
+# rng_state of every call without dropout (read, never written)
+_NO_DROPOUT_RNG_STATE = torch.zeros(2, dtype=torch.int64)
 
 
 def _lse_shape(q, k, varlen):
@@ -192,19 +220,27 @@ def forward_impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
     lse = torch.empty(_lse_shape(q, k, varlen), dtype=torch.float32, device=q.device)
     seed = _draw_seed() if dropout_p > 0 else 0
-    rng_state = torch.tensor([seed, 0], dtype=torch.int64)
+    rng_state = torch.tensor([seed, 0], dtype=torch.int64) if dropout_p > 0 else _NO_DROPOUT_RNG_STATE
     if out.numel() == 0:
         return out, lse, rng_state
     if varlen:
         _check_total_tokens(cu_seqlens_q, cu_seqlens_k, q, k)
     if k.shape[-3] == 0:  # no keys at all: every row fully masked
         return out.zero_(), lse.fill_(float("-inf")), rng_state
-    attn = _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+    problem_args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
                     deterministic, seed)
     with _ffi.device_guard(q.device):
         ctx = _ffi.context_for(q.device)
-        ws, ws_size = _workspace(ctx, attn, _ffi.fa_forward_workspace_size, q.device, "forward")
+        if varlen or alibi_slopes is not None or dropout_p > 0:
+            attn = _problem(*problem_args)
+            ws_size = _workspace_bytes(ctx, attn, _ffi.fa_forward_workspace_size, "forward")
+        else:
+            key = (q.shape, k.shape, v.shape[-1], q.dtype, q.device, softmax_scale, causal, window_left,
+                   window_right, softcap, deterministic, _ffi.forced_backend())
+            attn, ws_size = _forward_plan(ctx, key, problem_args)
+        # scratch memory from torch's allocator (stream-ordered on CUDA)
+        ws = torch.empty(ws_size, dtype=torch.uint8, device=q.device) if ws_size else None
         tq, tk, tv, to = (_view(t, varlen) for t in (q, k, v, out))
         _ffi.check(
             _ffi.fa_forward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(),
@@ -263,17 +299,20 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dout, backward_fn):
+    """(dq, dk, dv)."""
     q, k, v, out, lse, cu_q, cu_k, alibi, rng_state = ctx.saved_tensors
     max_q, max_k, dropout_p, scale, causal, wl, wr, softcap = ctx.options
-    dq, dk, dv = backward_fn(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k,
-                             dropout_p, scale, causal, wl, wr, softcap, alibi,
-                             ctx.deterministic, rng_state)
-    return (dq, dk, dv) + (None,) * (_NUM_INPUTS - 3)
+    return backward_fn(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, dropout_p, scale, causal,
+                       wl, wr, softcap, alibi, ctx.deterministic, rng_state)
 
 
 class _AttentionFunction(torch.autograd.Function):
+    """Takes (q, k, v, the other 12 inputs as one tuple): autograd's
+    per-input bookkeeping then sees 4 inputs instead of 15."""
+
     @staticmethod
-    def forward(ctx, *inputs):
+    def forward(ctx, q, k, v, options):
+        inputs = (q, k, v) + options
         output = forward_impl(*inputs)
         _setup_context(ctx, inputs, output)
         ctx.mark_non_differentiable(output[1], output[2])
@@ -281,7 +320,7 @@ class _AttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *unused_grads):
-        return _backward(ctx, dout, backward_impl)
+        return _backward(ctx, dout, backward_impl) + (None,)
 
 
 HAS_CUSTOM_OP = hasattr(torch, "library") and hasattr(torch.library, "custom_op")
@@ -300,9 +339,12 @@ if HAS_CUSTOM_OP:
         window_right: int, softcap: float, alibi_slopes: Optional[Tensor],
         deterministic: bool,
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        return forward_impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                            dropout_p, softmax_scale, causal, window_left, window_right,
-                            softcap, alibi_slopes, deterministic)
+        out, lse, rng_state = forward_impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                           max_seqlen_k, dropout_p, softmax_scale, causal,
+                                           window_left, window_right, softcap, alibi_slopes,
+                                           deterministic)
+        # a custom op's outputs are fresh tensors, never a shared one
+        return out, lse, rng_state.clone() if rng_state is _NO_DROPOUT_RNG_STATE else rng_state
 
     @_compiled_forward.register_fake
     def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
@@ -331,7 +373,7 @@ if HAS_CUSTOM_OP:
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
     _compiled_forward.register_autograd(
-        lambda ctx, dout, *unused: _backward(ctx, dout, _compiled_backward),
+        lambda ctx, dout, *unused: _backward(ctx, dout, _compiled_backward) + (None,) * (_NUM_INPUTS - 3),
         setup_context=_setup_context)
 
 
@@ -343,7 +385,7 @@ def attention_forward(*inputs):
         return _compiled_forward(*inputs)
     q, k, v = inputs[:3]
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return _AttentionFunction.apply(*inputs)
+        return _AttentionFunction.apply(q, k, v, inputs[3:])
     return forward_impl(*inputs)
 
 
