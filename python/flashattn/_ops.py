@@ -158,30 +158,35 @@ def _workspace_bytes(ctx, attn, size_fn, what):
     return nbytes.value
 
 
-def _workspace(ctx, attn, size_fn, device, what):
-    """Scratch memory from torch's allocator (stream-ordered on CUDA)."""
-    nbytes = _workspace_bytes(ctx, attn, size_fn, what)
-    if nbytes == 0:
-        return None, 0
-    return torch.empty(nbytes, dtype=torch.uint8, device=device), nbytes
+def _scratch(nbytes, device):
+    """Workspace from torch's allocator (stream-ordered on CUDA), or None."""
+    return torch.empty(nbytes, dtype=torch.uint8, device=device) if nbytes else None
 
 
-# The forward's problem descriptor and workspace size for the calls that
-# depend on nothing but shapes and options (fixed length, no ALiBi, no
-# dropout): built once per such key instead of per call (~10 us of a
-# ~100 us call on the H100; the C library only reads the descriptor).
-_forward_plans = {}
-_MAX_FORWARD_PLANS = 64
+# The problem descriptor and workspace size of a call that depends on
+# nothing but shapes and options (fixed length, no ALiBi, no dropout):
+# built once per key instead of per call (~10 us of a ~100 us call on the
+# H100; the C library only reads the descriptor).
+_plans = {}
+_MAX_PLANS = 64
 
 
-def _forward_plan(ctx, key, problem_args):
-    plan = _forward_plans.get(key)
+def _plan(ctx, what, size_fn, problem_args):
+    """(fa_attn, workspace bytes) of a forward/backward call, or None when
+    the descriptor depends on more than shapes and options."""
+    (q, k, v, cu_seqlens_q, _, _, _, dropout_p, softmax_scale, causal, window_left, window_right,
+     softcap, alibi_slopes, deterministic, _) = problem_args
+    if cu_seqlens_q is not None or alibi_slopes is not None or dropout_p > 0:
+        return None
+    key = (what, q.shape, k.shape, v.shape[-1], q.dtype, q.device, softmax_scale, causal, window_left,
+           window_right, softcap, deterministic, _ffi.forced_backend())
+    plan = _plans.get(key)
     if plan is None:
         attn = _problem(*problem_args)
-        plan = (attn, _workspace_bytes(ctx, attn, _ffi.fa_forward_workspace_size, "forward"))
-        if len(_forward_plans) >= _MAX_FORWARD_PLANS:
-            _forward_plans.clear()
-        _forward_plans[key] = plan
+        plan = (attn, _workspace_bytes(ctx, attn, size_fn, what))
+        if len(_plans) >= _MAX_PLANS:
+            _plans.clear()
+        _plans[key] = plan
     return plan
 
 
@@ -232,15 +237,12 @@ def forward_impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
                     deterministic, seed)
     with _ffi.device_guard(q.device):
         ctx = _ffi.context_for(q.device)
-        if varlen or alibi_slopes is not None or dropout_p > 0:
+        plan = _plan(ctx, "forward", _ffi.fa_forward_workspace_size, problem_args)
+        if plan is None:
             attn = _problem(*problem_args)
-            ws_size = _workspace_bytes(ctx, attn, _ffi.fa_forward_workspace_size, "forward")
-        else:
-            key = (q.shape, k.shape, v.shape[-1], q.dtype, q.device, softmax_scale, causal, window_left,
-                   window_right, softcap, deterministic, _ffi.forced_backend())
-            attn, ws_size = _forward_plan(ctx, key, problem_args)
-        # scratch memory from torch's allocator (stream-ordered on CUDA)
-        ws = torch.empty(ws_size, dtype=torch.uint8, device=q.device) if ws_size else None
+            plan = (attn, _workspace_bytes(ctx, attn, _ffi.fa_forward_workspace_size, "forward"))
+        attn, ws_size = plan
+        ws = _scratch(ws_size, q.device)
         tq, tk, tv, to = (_view(t, varlen) for t in (q, k, v, out))
         _ffi.check(
             _ffi.fa_forward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(),
@@ -259,17 +261,21 @@ def backward_impl(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqle
     dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
     if dq.numel() == 0 or k.shape[-3] == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    seed = int(rng_state[0])
-    attn = _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+    seed, offset = (int(x) for x in rng_state.tolist()) if dropout_p > 0 else (0, 0)
+    problem_args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                     softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
                     deterministic, seed)
-    attn.dropout_offset = int(rng_state[1])
     views = [_view(t, varlen) for t in (q, k, v, out, dout, dq, dk, dv)]
     tq, tk, tv, to, tdo, tdq, tdk, tdv = views
     with _ffi.device_guard(q.device):
         ctx = _ffi.context_for(q.device)
-        ws, ws_size = _workspace(ctx, attn, _ffi.fa_backward_workspace_size, q.device,
-                                 "backward")
+        plan = _plan(ctx, "backward", _ffi.fa_backward_workspace_size, problem_args)
+        if plan is None:
+            attn = _problem(*problem_args)
+            attn.dropout_offset = offset
+            plan = (attn, _workspace_bytes(ctx, attn, _ffi.fa_backward_workspace_size, "backward"))
+        attn, ws_size = plan
+        ws = _scratch(ws_size, q.device)
         _ffi.check(
             _ffi.fa_backward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(), tdo,
                              tdq, tdk, tdv, ws.data_ptr() if ws is not None else None, ws_size),
