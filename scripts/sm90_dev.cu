@@ -516,8 +516,32 @@ static int cmp_float(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* FA3's grid: 16k tokens per batch, hidden 2048, bf16. Median over 15
- * samples, each of `calls` back-to-back launches lasting >= ~2 ms. */
+/* A cell of FA3's grid: 16k tokens per batch, hidden 2048, bf16. */
+static test_case grid_cell(int hdim, int causal, int seqlen)
+{
+    test_case c;
+    memset(&c, 0, sizeof c);
+    c.name = "grid cell";
+    c.dtype = FA_DTYPE_BF16;
+    c.d = hdim;
+    c.sq = c.sk = seqlen;
+    c.batch = 16384 / seqlen;
+    c.hq = c.hkv = 2048 / hdim;
+    c.causal = causal;
+    c.window_left = c.window_right = -1;
+    return c;
+}
+
+static void run_or_exit(fa_problem *p)
+{
+    if (run_sm90(p) != FA_SUCCESS) {
+        printf("sm90 refused: %s\n", g_error);
+        exit(1);
+    }
+}
+
+/* FA3's grid. Median over 15 samples, each of `calls` back-to-back
+ * launches lasting >= ~2 ms. */
 static void bench(int only_hdim, int only_causal, int only_seqlen)
 {
     static const int seqlens[] = {512, 1024, 2048, 4096, 8192, 16384};
@@ -530,25 +554,13 @@ static void bench(int only_hdim, int only_causal, int only_seqlen)
                 if ((only_hdim && dims[di] != only_hdim) || (only_causal >= 0 && causal != only_causal) ||
                     (only_seqlen && seqlens[si] != only_seqlen))
                     continue;
-                test_case c;
-                memset(&c, 0, sizeof c);
-                c.name = "bench";
-                c.dtype = FA_DTYPE_BF16;
-                c.d = dims[di];
-                c.sq = c.sk = seqlens[si];
-                c.batch = 16384 / c.sq;
-                c.hq = c.hkv = 2048 / c.d;
-                c.causal = causal;
-                c.window_left = c.window_right = -1;
+                test_case c = grid_cell(dims[di], causal, seqlens[si]);
                 problem_bufs pb = make_problem(&c);
                 cudaEvent_t e0, e1;
                 CHECK_CUDA(cudaEventCreate(&e0));
                 CHECK_CUDA(cudaEventCreate(&e1));
                 for (int w = 0; w < 3; ++w)
-                    if (run_sm90(&pb.p) != FA_SUCCESS) {
-                        printf("sm90 refused: %s\n", g_error);
-                        exit(1);
-                    }
+                    run_or_exit(&pb.p);
                 CHECK_CUDA(cudaEventRecord(e0));
                 run_sm90(&pb.p);
                 CHECK_CUDA(cudaEventRecord(e1));
@@ -582,16 +594,7 @@ static void bench(int only_hdim, int only_causal, int only_seqlen)
  * the TFLOP/s of each second. */
 static void burn(int hdim, int causal, int seqlen, double seconds)
 {
-    test_case c;
-    memset(&c, 0, sizeof c);
-    c.name = "burn";
-    c.dtype = FA_DTYPE_BF16;
-    c.d = hdim;
-    c.sq = c.sk = seqlen;
-    c.batch = 16384 / seqlen;
-    c.hq = c.hkv = 2048 / hdim;
-    c.causal = causal;
-    c.window_left = c.window_right = -1;
+    test_case c = grid_cell(hdim, causal, seqlen);
     problem_bufs pb = make_problem(&c);
     cudaEvent_t e0, e1;
     CHECK_CUDA(cudaEventCreate(&e0));
@@ -603,10 +606,7 @@ static void burn(int hdim, int causal, int seqlen, double seconds)
         CHECK_CUDA(cudaEventRecord(e0));
         do { /* about a second per line */
             for (int r = 0; r < 20; ++r, ++calls)
-                if (run_sm90(&pb.p) != FA_SUCCESS) {
-                    printf("sm90 refused: %s\n", g_error);
-                    exit(1);
-                }
+                run_or_exit(&pb.p);
             CHECK_CUDA(cudaEventRecord(e1));
             CHECK_CUDA(cudaEventSynchronize(e1));
             CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
