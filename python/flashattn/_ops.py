@@ -171,19 +171,22 @@ _plans = {}
 _MAX_PLANS = 64
 
 
-def _plan(ctx, what, size_fn, problem_args):
-    """(fa_attn, workspace bytes) of a forward/backward call, or None when
-    the descriptor depends on more than shapes and options."""
+def _plan(ctx, what, size_fn, problem_args, dropout_offset=0):
+    """(fa_attn, workspace bytes) of a forward/backward call; cached when
+    the descriptor depends on nothing but shapes and options."""
     (q, k, v, cu_seqlens_q, _, _, _, dropout_p, softmax_scale, causal, window_left, window_right,
      softcap, alibi_slopes, deterministic, _) = problem_args
-    if cu_seqlens_q is not None or alibi_slopes is not None or dropout_p > 0:
-        return None
-    key = (what, q.shape, k.shape, v.shape[-1], q.dtype, q.device, softmax_scale, causal, window_left,
-           window_right, softcap, deterministic, _ffi.forced_backend())
-    plan = _plans.get(key)
-    if plan is None:
-        attn = _problem(*problem_args)
-        plan = (attn, _workspace_bytes(ctx, attn, size_fn, what))
+    cached = cu_seqlens_q is None and alibi_slopes is None and dropout_p == 0
+    if cached:
+        key = (what, q.shape, k.shape, v.shape[-1], q.dtype, q.device, softmax_scale, causal,
+               window_left, window_right, softcap, deterministic, _ffi.forced_backend())
+        plan = _plans.get(key)
+        if plan is not None:
+            return plan
+    attn = _problem(*problem_args)
+    attn.dropout_offset = dropout_offset
+    plan = (attn, _workspace_bytes(ctx, attn, size_fn, what))
+    if cached:
         if len(_plans) >= _MAX_PLANS:
             _plans.clear()
         _plans[key] = plan
@@ -237,11 +240,7 @@ def forward_impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
                     deterministic, seed)
     with _ffi.device_guard(q.device):
         ctx = _ffi.context_for(q.device)
-        plan = _plan(ctx, "forward", _ffi.fa_forward_workspace_size, problem_args)
-        if plan is None:
-            attn = _problem(*problem_args)
-            plan = (attn, _workspace_bytes(ctx, attn, _ffi.fa_forward_workspace_size, "forward"))
-        attn, ws_size = plan
+        attn, ws_size = _plan(ctx, "forward", _ffi.fa_forward_workspace_size, problem_args)
         ws = _scratch(ws_size, q.device)
         tq, tk, tv, to = (_view(t, varlen) for t in (q, k, v, out))
         _ffi.check(
@@ -269,12 +268,7 @@ def backward_impl(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqle
     tq, tk, tv, to, tdo, tdq, tdk, tdv = views
     with _ffi.device_guard(q.device):
         ctx = _ffi.context_for(q.device)
-        plan = _plan(ctx, "backward", _ffi.fa_backward_workspace_size, problem_args)
-        if plan is None:
-            attn = _problem(*problem_args)
-            attn.dropout_offset = offset
-            plan = (attn, _workspace_bytes(ctx, attn, _ffi.fa_backward_workspace_size, "backward"))
-        attn, ws_size = plan
+        attn, ws_size = _plan(ctx, "backward", _ffi.fa_backward_workspace_size, problem_args, offset)
         ws = _scratch(ws_size, q.device)
         _ffi.check(
             _ffi.fa_backward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(), tdo,
