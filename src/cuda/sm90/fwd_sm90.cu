@@ -29,8 +29,7 @@ static bool cluster_fits(const fa_problem *p, int64_t block_m)
     const char *env = getenv("FA_SM90_CLUSTER");
     if (env != NULL && strcmp(env, "0") == 0)
         return false;
-    const bool window = (p->window_left >= 0 && p->window_left < p->seqlen_k) ||
-                        (p->window_right >= 0 && p->window_right < p->seqlen_q);
+    const bool window = fa_sm90_window(p->window_left, p->seqlen_k) >= 0 || fa_sm90_window(p->window_right, p->seqlen_q) >= 0;
     return !p->varlen && !window && ((p->seqlen_q + block_m - 1) / block_m) % 2 == 0;
 }
 
@@ -98,7 +97,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     config.numAttrs = 1;
     /* one CTA per SM, or as many clusters as fit at once (a GPC with an odd
      * number of free SMs leaves one of them out) */
-    int64_t units = tiles / Cfg::kClusterSize, resident = sms;
+    int64_t resident = sms;
     if (err == cudaSuccess && Cfg::kClusterSize > 1) {
         /* per device, asked once (the query costs about as much as a launch) */
         static int clusters_of_device[64];
@@ -115,7 +114,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     }
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm90: launch setup: %s", cudaGetErrorString(err));
-    config.gridDim = dim3((unsigned)((units < resident ? units : resident) * Cfg::kClusterSize));
+    config.gridDim = dim3((unsigned)((prm.num_units < resident ? prm.num_units : resident) * Cfg::kClusterSize));
     err = cudaLaunchKernelEx(&config, fa_sm90_fwd_kernel<Cfg>, prm);
     if (err == cudaSuccess)
         err = cudaGetLastError();
