@@ -23,6 +23,38 @@ constexpr float kLn2 = 0.6931471805599453f;
  * (the row pitch is 16 bytes off a multiple of 128 for every head dim). */
 __host__ __device__ constexpr int smem_pitch(int cols) { return cols + 8; }
 
+/* A tile whose pitch is a whole number of 128-byte lines (a multiple of 64
+ * 16-bit elements) has no padding and is XOR-swizzled instead (FA2's
+ * Swizzle<3,3,3>): 16-byte chunk c of row r lies at chunk c ^ (r % 8) of its
+ * 128-byte group, so the 8 rows of an ldmatrix still hit distinct banks and
+ * the rows start on 128-byte lines. Padded pitches (smem_pitch) keep the
+ * plain layout; the pitch alone selects it. */
+__host__ __device__ constexpr bool smem_swizzled(int pitch) { return pitch % 64 == 0; }
+
+/* Element (row r, column c + c_lane) of an smem tile of that pitch: every
+ * smem tile access (cp.async, ldmatrix, staged stores) goes through it. The
+ * column comes in two parts only so that the plain layout's address stays
+ * the expression the kernels had before the swizzle (tile + r·pitch + c +
+ * c_lane): as one sum, ptxas spilled 112 -> 256 B in the d-128 backward. */
+template <typename T>
+__device__ __forceinline__ T *smem_at(T *tile, int pitch, int r, int c, int c_lane = 0)
+{
+    if (smem_swizzled(pitch))
+        return tile + r * pitch + ((c + c_lane) ^ ((r & 7) << 3));
+    return tile + r * pitch + c + c_lane;
+}
+
+/* Element (r0 + i·STEP, c) of a tile, given to = smem_at(tile, PITCH, r0, c):
+ * a pointer step where rows STEP apart share the chunk order (plain layout,
+ * or STEP a multiple of 8), else smem_at. */
+template <int PITCH, int STEP, typename T>
+__device__ __forceinline__ T *smem_row_step(T *to, T *tile, int r0, int i, int c)
+{
+    if (smem_swizzled(PITCH) && STEP % 8 != 0)
+        return smem_at(tile, PITCH, r0 + i * STEP, c);
+    return to + i * STEP * PITCH;
+}
+
 /* The head dim the kernels are compiled for: max(d, dv) rounded up to one
  * of 64, 96, 128, 192, 256. Smaller dims run with zero-filled columns. */
 static inline int padded_head_dim(int64_t d, int64_t dv)
@@ -65,11 +97,12 @@ size_t backward_workspace_size(const fa_problem *p);
 /* Tile loads                                                              */
 
 /* Copies rows [0, ROWS) x columns [0, COLS) of a strided matrix into an smem
- * tile of pitch smem_pitch(COLS); rows >= rows_valid and columns >= cols
- * become zeros. `src` points at element (0, 0); rows are `stride` elements
- * apart. With `vectorized` (rows 16-byte aligned) the copy is asynchronous
- * (cp.async; the caller commits and waits), otherwise element-wise. */
-template <typename T, int ROWS, int COLS, int THREADS>
+ * tile of pitch PITCH (layout: smem_at); rows >= rows_valid and columns
+ * >= cols become zeros. `src` points at element (0, 0); rows are `stride`
+ * elements apart. With `vectorized` (rows 16-byte aligned) the copy is
+ * asynchronous (cp.async; the caller commits and waits), otherwise
+ * element-wise. */
+template <typename T, int ROWS, int COLS, int THREADS, int PITCH = smem_pitch(COLS)>
 __device__ __forceinline__ void load_tile(T *tile, const T *src, int64_t stride,
                                           int64_t rows_valid, int cols, bool vectorized)
 {
@@ -81,14 +114,14 @@ __device__ __forceinline__ void load_tile(T *tile, const T *src, int64_t stride,
             int n = r < rows_valid ? min(8, cols - col) : 0;
             n = n < 0 ? 0 : n;
             const T *from = n > 0 ? src + r * stride + col : src;
-            cp_async_16(tile + r * smem_pitch(COLS) + col, from, 2 * n);
+            cp_async_16(smem_at(tile, PITCH, r, col), from, 2 * n);
         }
     } else {
         const unsigned short *from = reinterpret_cast<const unsigned short *>(src);
         unsigned short *to = reinterpret_cast<unsigned short *>(tile);
         for (int e = threadIdx.x; e < ROWS * COLS; e += THREADS) {
             int r = e / COLS, col = e % COLS;
-            to[r * smem_pitch(COLS) + col] =
+            *smem_at(to, PITCH, r, col) =
                 (r < rows_valid && col < cols) ? from[r * stride + col] : 0;
         }
     }
@@ -101,7 +134,7 @@ __device__ __forceinline__ void load_tile(T *tile, const T *src, int64_t stride,
  * two adds instead of a div/mod and a 64-bit multiply (the generic loop's
  * trip count depends on threadIdx.x, so it is not even unrolled). Other
  * shapes, and unaligned rows, take load_tile. */
-template <typename T, int ROWS, int COLS, int THREADS>
+template <typename T, int ROWS, int COLS, int THREADS, int PITCH = smem_pitch(COLS)>
 __device__ __forceinline__ void load_tile_fixed_column(T *tile, const T *src, int64_t stride,
                                                        int64_t rows_valid, int cols,
                                                        bool vectorized)
@@ -114,17 +147,17 @@ __device__ __forceinline__ void load_tile_fixed_column(T *tile, const T *src, in
             const int bytes = 2 * max(0, min(8, cols - col));
             const int valid = (int)min(rows_valid, (int64_t)ROWS);
             const T *from = src + r0 * stride + col;
-            T *to = tile + r0 * smem_pitch(COLS) + col;
+            T *to = smem_at(tile, PITCH, r0, col);
 #pragma unroll
             for (int i = 0; i < ROWS / kRowStep; ++i) {
                 const bool in = r0 + i * kRowStep < valid && bytes > 0;
-                cp_async_16(to + i * kRowStep * smem_pitch(COLS),
+                cp_async_16(smem_row_step<PITCH, kRowStep>(to, tile, r0, i, col),
                             in ? from + i * kRowStep * stride : src, in ? bytes : 0);
             }
             return;
         }
     }
-    load_tile<T, ROWS, COLS, THREADS>(tile, src, stride, rows_valid, cols, vectorized);
+    load_tile<T, ROWS, COLS, THREADS, PITCH>(tile, src, stride, rows_valid, cols, vectorized);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -138,9 +171,10 @@ __device__ __forceinline__ void load_a_fragment(uint32_t a[4], const T *s, int p
 {
     int l = threadIdx.x % 32;
     if (a_transposed)
-        ldmatrix_x4_trans(a, s + (k0 + l % 8 + (l / 16) * 8) * pitch + m0 + ((l / 8) % 2) * 8);
+        ldmatrix_x4_trans(a,
+                          smem_at(s, pitch, k0 + l % 8 + (l / 16) * 8, m0, ((l / 8) % 2) * 8));
     else
-        ldmatrix_x4(a, s + (m0 + l % 16) * pitch + k0 + (l / 16) * 8);
+        ldmatrix_x4(a, smem_at(s, pitch, m0 + l % 16, k0, (l / 16) * 8));
 }
 
 /* acc[mt][nt] += a[mt] · B[k0..k0+16, n0+8nt..+8] for MT row tiles of 16
@@ -158,9 +192,10 @@ __device__ __forceinline__ void mma_a_times_b(float (&acc)[MT][NT][4], const uin
         uint32_t b[4];
         int n = n0 + nt * 8;
         if (b_k_major)
-            ldmatrix_x4_trans(b, s + (k0 + l % 8 + ((l / 8) % 2) * 8) * pitch + n + (l / 16) * 8);
+            ldmatrix_x4_trans(b,
+                              smem_at(s, pitch, k0 + l % 8 + ((l / 8) % 2) * 8, n, (l / 16) * 8));
         else
-            ldmatrix_x4(b, s + (n + l % 8 + (l / 16) * 8) * pitch + k0 + ((l / 8) % 2) * 8);
+            ldmatrix_x4(b, smem_at(s, pitch, n + l % 8 + (l / 16) * 8, k0, ((l / 8) % 2) * 8));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
             mma_m16n8k16<T>(acc[mt][nt], a[mt], b);
@@ -171,9 +206,9 @@ __device__ __forceinline__ void mma_a_times_b(float (&acc)[MT][NT][4], const uin
         uint32_t b[2];
         int n = n0 + (NT - 1) * 8;
         if (b_k_major)
-            ldmatrix_x2_trans(b, s + (k0 + l % 8 + ((l / 8) % 2) * 8) * pitch + n);
+            ldmatrix_x2_trans(b, smem_at(s, pitch, k0 + l % 8 + ((l / 8) % 2) * 8, n));
         else
-            ldmatrix_x2(b, s + (n + l % 8) * pitch + k0 + ((l / 8) % 2) * 8);
+            ldmatrix_x2(b, smem_at(s, pitch, n + l % 8, k0, ((l / 8) % 2) * 8));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
             mma_m16n8k16<T>(acc[mt][NT - 1], a[mt], b);
@@ -219,7 +254,8 @@ __device__ __forceinline__ void warp_gemm_prefetched(float (&acc)[MT][NT][4], co
 #pragma unroll
             for (int j = 0; j < NT / 2; ++j)
                 ldmatrix_x4(b[(kk / 16) % 2][j],
-                            sb + (16 * j + l % 8 + (l / 16) * 8) * b_pitch + kk + ((l / 8) % 2) * 8);
+                            smem_at(sb, b_pitch, 16 * j + l % 8 + (l / 16) * 8, kk,
+                                    ((l / 8) % 2) * 8));
         }
         if (kk > 0) { /* products of step kk - 16 */
             const int buf = (kk / 16 - 1) % 2;
@@ -400,7 +436,7 @@ __device__ __forceinline__ ScoreTransform make_score_transform(const fa_problem 
  * no row test and no source or size select, only a 64-bit pointer step, so
  * each cp.async costs about three instructions instead of seven. Partial
  * tiles take load_tile_fixed_column. */
-template <typename T, int ROWS, int COLS, int THREADS>
+template <typename T, int ROWS, int COLS, int THREADS, int PITCH = smem_pitch(COLS)>
 __device__ __forceinline__ void load_tile_whole_fast(T *tile, const T *src, int64_t stride,
                                                      int64_t rows_valid, int cols, bool vectorized)
 {
@@ -410,16 +446,16 @@ __device__ __forceinline__ void load_tile_whole_fast(T *tile, const T *src, int6
             constexpr int kRowStep = THREADS / kChunks;
             const int r0 = threadIdx.x / kChunks, col = (threadIdx.x % kChunks) * 8;
             const T *from = src + r0 * stride + col;
-            T *to = tile + r0 * smem_pitch(COLS) + col;
+            T *to = smem_at(tile, PITCH, r0, col);
             const int64_t step = kRowStep * stride;
 #pragma unroll
             for (int i = 0; i < ROWS / kRowStep; ++i, from += step)
-                cp_async_16(to + i * kRowStep * smem_pitch(COLS), from, 16);
+                cp_async_16(smem_row_step<PITCH, kRowStep>(to, tile, r0, i, col), from, 16);
             return;
         }
     }
-    load_tile_fixed_column<T, ROWS, COLS, THREADS>(tile, src, stride, rows_valid, cols,
-                                                   vectorized);
+    load_tile_fixed_column<T, ROWS, COLS, THREADS, PITCH>(tile, src, stride, rows_valid, cols,
+                                                          vectorized);
 }
 
 } // namespace fa

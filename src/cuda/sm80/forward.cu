@@ -36,8 +36,12 @@ template <int D, bool kAllOptions> struct ForwardTiles {
     static constexpr int kBlockN = D == 96 || (D == 128 && kAllOptions) ? 32
                                    : D == 64 && !kAllOptions             ? 128
                                                                          : 64;
-    static constexpr size_t kSmemBytes =
-        (size_t)(kBlockM + 2 * kBlockN) * smem_pitch(D) * 2;
+    /* Q/K/V tile pitch: unpadded, XOR-swizzled rows (smem_at) at d 64,
+     * 128 and 256 (H100: d 256 +6-11%, d 64/128 -3 to +6%); padded at
+     * d 96 (rows not whole 128-byte lines) and d 192 (1-25% slower
+     * swizzled; perf-gpu.md, forward v9). */
+    static constexpr int kPitch = D == 64 || D == 128 || D == 256 ? D : smem_pitch(D);
+    static constexpr size_t kSmemBytes = (size_t)(kBlockM + 2 * kBlockN) * kPitch * 2;
 };
 
 /* The tile mask of the tile at key offset n0 from that at key 0 (tm0 =
@@ -150,7 +154,7 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
 {
     using Tiles = ForwardTiles<D, kAllOptions>;
     constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN, MT = Tiles::kRowTiles;
-    constexpr int kThreads = Tiles::kWarps * 32, P = smem_pitch(D);
+    constexpr int kThreads = Tiles::kWarps * 32, P = Tiles::kPitch;
     const fa_problem &p = args.p;
 
     extern __shared__ __align__(16) unsigned char smem[];
@@ -244,19 +248,19 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
 
     TileKind kind = TILE_SKIP;
     int nb = next_block(hi > lo ? (int)(lo / BN) : 0, &kind);
-    load_tile_whole_fast<T, BM, D, kThreads>(sQ, q, p.q.stride_seq, tmask0.rows, d,
-                                             args.vectorized);
+    load_tile_whole_fast<T, BM, D, kThreads, P>(sQ, q, p.q.stride_seq, tmask0.rows, d,
+                                                args.vectorized);
     if (nb < n_end)
-        load_tile_whole_fast<T, BN, D, kThreads>(sK, k + (int64_t)nb * BN * p.k.stride_seq,
-                                                 p.k.stride_seq, tile_mask_at(nb).cols, d,
-                                                 args.vectorized);
+        load_tile_whole_fast<T, BN, D, kThreads, P>(sK, k + (int64_t)nb * BN * p.k.stride_seq,
+                                                    p.k.stride_seq, tile_mask_at(nb).cols, d,
+                                                    args.vectorized);
     cp_async_commit();
     /* The first V loads with Q and K (nothing reads sV before it): its
      * latency is not exposed after the first S. */
     if (nb < n_end)
-        load_tile_whole_fast<T, BN, D, kThreads>(sV, v + (int64_t)nb * BN * p.v.stride_seq,
-                                                 p.v.stride_seq, tile_mask_at(nb).cols, dv,
-                                                 args.vectorized);
+        load_tile_whole_fast<T, BN, D, kThreads, P>(sV, v + (int64_t)nb * BN * p.v.stride_seq,
+                                                    p.v.stride_seq, tile_mask_at(nb).cols, dv,
+                                                    args.vectorized);
     cp_async_commit();
 
     /* Once V(nb) has landed and every warp is done with K(nb): K(nb_next)
@@ -270,7 +274,7 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
         cp_async_wait<0>();
         __syncthreads();
         if (nb_next < n_end)
-            load_tile_whole_fast<T, BN, D, kThreads>(
+            load_tile_whole_fast<T, BN, D, kThreads, P>(
                 sK, k + (int64_t)nb_next * BN * p.k.stride_seq, p.k.stride_seq,
                 tile_mask_at(nb_next).cols, d, args.vectorized);
         cp_async_commit();
@@ -284,9 +288,9 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
             cp_async_wait<0>();
         __syncthreads(); /* K(nb) landed; every warp is done with V */
         if (!first)
-            load_tile_whole_fast<T, BN, D, kThreads>(sV, v + (int64_t)n0 * p.v.stride_seq,
-                                                     p.v.stride_seq, tmask.cols, dv,
-                                                     args.vectorized);
+            load_tile_whole_fast<T, BN, D, kThreads, P>(sV, v + (int64_t)n0 * p.v.stride_seq,
+                                                        p.v.stride_seq, tmask.cols, dv,
+                                                        args.vectorized);
         cp_async_commit();
 
         float s[MT][BN / 8][4];
@@ -421,7 +425,8 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
             if (staged) {
 #pragma unroll
                 for (int dt = 0; dt < D / 8; ++dt)
-                    *reinterpret_cast<uint32_t *>(so + (16 * mt + g + 8 * r) * P + dt * 8 + 2 * t) =
+                    *reinterpret_cast<uint32_t *>(smem_at(so, P, 16 * mt + g + 8 * r, dt * 8,
+                                                          2 * t)) =
                         pack_pair<T>(acc_o[mt][dt][2 * r] * inv, acc_o[mt][dt][2 * r + 1] * inv);
             }
             if (i >= seq.sq)
@@ -451,7 +456,8 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
             const int64_t i = m0 + warp_row + r;
             if (i < seq.sq && col < dv)
                 *reinterpret_cast<uint4 *>(out + fa_row_offset(&p.out, p.varlen, b, seq.q0 + i, h) +
-                                           col) = *reinterpret_cast<const uint4 *>(so + r * P + col);
+                                           col) =
+                    *reinterpret_cast<const uint4 *>(smem_at(so, P, r, col));
         }
     }
 }
