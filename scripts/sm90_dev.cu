@@ -495,6 +495,18 @@ static int build_cases(test_case *cases, int small)
         big.name = "big d64 fp16 4096";
         big.dtype = FA_DTYPE_F16, big.d = 64, big.sq = big.sk = 4096, big.hq = 2, big.hkv = 1, big.causal = 0;
         cases[n++] = big;
+        /* hdim 64's other configs (fwd_sm90.cu): causal 2k-4k (key block
+         * 96, three stages; with a window too) and causal >= 8k */
+        big.name = "big causal d64 bf16 2048";
+        big.dtype = FA_DTYPE_BF16, big.sq = big.sk = 2048, big.hq = 2, big.hkv = 2, big.causal = 1;
+        cases[n++] = big;
+        big.name = "big window(500,100) d64 fp16 3000";
+        big.dtype = FA_DTYPE_F16, big.sq = big.sk = 3000, big.causal = 0, big.window_left = 500, big.window_right = 100;
+        cases[n++] = big;
+        big.name = "big causal d64 bf16 8192";
+        big.dtype = FA_DTYPE_BF16, big.sq = big.sk = 8192, big.hq = big.hkv = 1, big.causal = 1;
+        big.window_left = big.window_right = -1;
+        cases[n++] = big;
         big.name = "big causal d256 bf16 1500x1700";
         big.dtype = FA_DTYPE_BF16, big.d = 256, big.sq = 1500, big.sk = 1700, big.hq = 2, big.hkv = 2;
         big.causal = 1;

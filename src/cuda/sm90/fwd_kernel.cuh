@@ -3,7 +3,7 @@
  *
  * A persistent grid (one CTA per SM) walks the tiles of BlockM = 64·W query
  * rows of one (batch, head); each CTA has 1 + W warpgroups (W = 2, or 3 at
- * hdim 64 on long sequences):
+ * hdim 64 except on short causal sequences):
  *
  *   warpgroup 0   producer: one lane of warp 0 issues TMA loads of Q (once
  *                 per tile, two buffers where shared memory allows) and of
@@ -119,6 +119,12 @@ struct fa_sm90_config {
     /* registers after setmaxnreg: (24 + W * consumer) * 128 <= 64K */
     static constexpr int kProducerRegs = 24;
     static constexpr int kConsumerRegs = kConsumerWarpgroups == 2 ? 240 : 160;
+    /* P buffers of the intra-warpgroup overlap (fa_sm90_consume_tile): two
+     * where S, both P and O leave 32 registers per thread for the rest,
+     * else one (FA3's form: P packed after the PV that read it is done),
+     * which lets larger key blocks fit without spills */
+    static constexpr int kPBuffers =
+        kBlockN / 2 + 2 * (kBlockN / 4) + kHeadDim / 2 <= kConsumerRegs - 32 ? 2 : 1;
     static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0, "tile shape");
     static_assert(kClusterSize == 1 || kClusterSize == 2, "clusters of one or two CTAs (the producer loads halves)");
     static_assert(kSmemBytes <= kSmemLimit, "shared memory of one CTA");
@@ -706,13 +712,14 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
 
         /* steady state (intra-warpgroup overlap): S_n = Q K_nᵀ and
          * O += P_{n+1} V_{n+1} issued together; the softmax of S_n runs
-         * while the PV is still in flight. P is double-buffered (p_in is
-         * read by the PV in flight, p_out receives P_n), so the 16-bit
-         * packing can interleave with the exponentials, and the row sums
-         * are pinned before the wait for the PV (fa_wgmma_wait_after);
-         * without both, ptxas placed that wait before the exponentials
-         * and the softmax no longer overlapped the PV. */
-        uint32_t pb[BlockN / 16][4];
+         * while the PV is still in flight. With two P buffers (p_in is
+         * read by the PV in flight, p_out receives P_n) the 16-bit packing
+         * interleaves with the exponentials; with one (p_in is p_out) it
+         * follows the wait for the PV. Either way the row sums are pinned
+         * before that wait (fa_wgmma_wait_after): without it ptxas placed
+         * the wait before the exponentials and the softmax no longer
+         * overlapped the PV. */
+        uint32_t pb[Cfg::kPBuffers == 2 ? BlockN / 16 : 1][4];
         auto overlapped_step = [&](int n, uint32_t(&p_in)[BlockN / 16][4], uint32_t(&p_out)[BlockN / 16][4]) {
             fa_mbar_wait(sm.k_full(kv.stage), kv.phase);
             fa_mbar_wait(sm.v_full(v_prev.stage), v_prev.phase);
@@ -726,7 +733,8 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             fa_wgmma_fence_regs(s);
             fa_release_kv<Cfg::kClusterSize>(sm.k_empty(kv.stage));
             fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
-            fa_probs_to_operand<Cfg>(s, p_out);
+            if constexpr (Cfg::kPBuffers == 2)
+                fa_probs_to_operand<Cfg>(s, p_out);
             fa_wgmma_wait_after(sm.scratch(), row_sum[0] + row_sum[1]);
             fa_wgmma_wait<0>();
             fa_wgmma_fence_regs(o);
@@ -734,24 +742,32 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             for (int kk = 0; kk < BlockN / 16; ++kk)
                 fa_wgmma_fence_regs(p_in[kk]);
             fa_release_kv<Cfg::kClusterSize>(sm.v_empty(v_prev.stage));
+            if constexpr (Cfg::kPBuffers == 1)
+                fa_probs_to_operand<Cfg>(s, p_out);
             fa_rescale(o, correction);
             v_prev = kv;
             kv.advance();
         };
-        /* two steps per trip, so that the buffers swap without indexing */
-        bool last_p_in_b = false;
-        for (--n; n >= t.n_begin; --n) {
-            overlapped_step(n, pa, pb);
-            if (--n < t.n_begin) {
-                last_p_in_b = true;
-                break;
-            }
-            overlapped_step(n, pb, pa);
-        }
-        if (last_p_in_b) /* the last block's PV */
-            fa_pv_step<Cfg>(o, pb, sm, v_prev, turn);
-        else
+        if constexpr (Cfg::kPBuffers == 1) {
+            for (--n; n >= t.n_begin; --n)
+                overlapped_step(n, pa, pa);
             fa_pv_step<Cfg>(o, pa, sm, v_prev, turn);
+        } else {
+            /* two steps per trip, so that the buffers swap without indexing */
+            bool last_p_in_b = false;
+            for (--n; n >= t.n_begin; --n) {
+                overlapped_step(n, pa, pb);
+                if (--n < t.n_begin) {
+                    last_p_in_b = true;
+                    break;
+                }
+                overlapped_step(n, pb, pa);
+            }
+            if (last_p_in_b) /* the last block's PV */
+                fa_pv_step<Cfg>(o, pb, sm, v_prev, turn);
+            else
+                fa_pv_step<Cfg>(o, pa, sm, v_prev, turn);
+        }
         fa_release(sm.q_empty(q.stage)); /* the producer may load a later tile's Q */
         q.advance();
     }

@@ -140,16 +140,24 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
     (cluster_fits(p, 128) ? FA_LAUNCH(label ".x2", fa_sm90_config<Elem, hdim, block_n, 2, 2, 2>)             \
                           : FA_LAUNCH(label, fa_sm90_config<Elem, hdim, block_n, 2>))
     switch (p->head_dim) {
-    case 64:
-        /* long sequences: three consumer warpgroups (192 query rows, key
-         * block 96, 160 registers each), since one warpgroup's GEMMs of a key
-         * block are too short to hide another's softmax; short ones keep two
-         * (192-row tiles waste more of a short sequence). Three K/V stages:
-         * the short key blocks of three warpgroups outrun two (+2-6% at
-         * 2k-4k; at 512-1k a third or fourth stage measured no gain) */
+    case 64: {
+        /* three consumer warpgroups (192 query rows, 160 registers each),
+         * since one warpgroup's GEMMs of a key block are too short to hide
+         * another's softmax: key block 128 with one P buffer
+         * (fa_sm90_config::kPBuffers; +3-11% over 96 with two, non-causal
+         * at every seqlen and causal at >= 8k), or 96 with three K/V stages
+         * for causal/windowed 2k-4k, where 128 measured 1-5% slower (a
+         * third stage for 128: within the spread); short
+         * causal sequences keep two warpgroups (a 192-row tile wastes more
+         * of the triangle) */
+        const bool masked = fa_sm90_window(p->window_left, p->seqlen_k) >= 0 ||
+                            fa_sm90_window(p->window_right, p->seqlen_q) >= 0;
+        if (!masked || p->seqlen_q >= 8192)
+            return FA_LAUNCH("hdim64.wg3", fa_sm90_config<Elem, 64, 128, 2, 3>);
         if (p->seqlen_q >= 2048)
-            return FA_LAUNCH("hdim64.wg3", fa_sm90_config<Elem, 64, 96, 3, 3>);
+            return FA_LAUNCH("hdim64.wg3n96", fa_sm90_config<Elem, 64, 96, 3, 3>);
         return FA_LAUNCH("hdim64", fa_sm90_config<Elem, 64, 128, 2>);
+    }
     case 96:
         return FA_LAUNCH_PAIRS("hdim96", 128, 128);
     case 128:
