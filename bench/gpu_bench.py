@@ -168,32 +168,46 @@ def check(args):
 # ---------------------------------------------------------------------------
 # Benchmark
 
-def time_ms(fn, calls, reps, rep_ms=2.0, max_calls=25):
-    """Median over reps of the mean time of back-to-back calls: at least
-    `calls`, and as many as make a rep last ~rep_ms (at most max_calls), so
-    that the host time of the first call of a rep (the GPU is idle until
-    its kernel is queued) is spread over enough GPU work; every contender
-    is timed this way."""
-    fn()
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    stop.record()
-    stop.synchronize()
-    once = max(start.elapsed_time(stop), 1e-3)
-    calls = max(calls, min(math.ceil(rep_ms / once), max_calls))
-    times = []
-    for _ in range(reps):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
+def time_interleaved(fns, calls, reps, rep_ms=2.0, max_calls=25):
+    """{name: median over reps of the mean time of back-to-back calls} for
+    callables `fns` ({name: fn}). Each contender gets at least `calls` calls
+    per rep, and as many as make a rep last ~rep_ms (at most max_calls), so
+    that the host time of a rep's first call (the GPU is idle until its
+    kernel is queued) is spread over enough GPU work. The reps of the
+    contenders alternate (rep 1 of each, then rep 2 of each, ...), so that
+    a drift of clock or power state during a cell reaches all of them alike
+    instead of whichever ran last (measured against timing them one after
+    the other: the same within the call-to-call spread, docs/perf.md).
+    A contender that raises is left out and its error returned instead."""
+    times, counts, errors = {}, {}, {}
+    event = lambda: torch.cuda.Event(enable_timing=True)
+    for name, fn in fns.items():
+        try:
             fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop) / calls)
-    times.sort()
-    return times[len(times) // 2]
+            torch.cuda.synchronize()
+            start, stop = event(), event()
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+        except Exception as e:  # an SDPA backend may refuse a shape
+            errors[name] = str(e).splitlines()[0][:200]
+            continue
+        once = max(start.elapsed_time(stop), 1e-3)
+        counts[name] = max(calls, min(math.ceil(rep_ms / once), max_calls))
+        times[name] = []
+    for _ in range(reps):
+        for name, n in counts.items():
+            fn = fns[name]
+            start, stop = event(), event()
+            start.record()
+            for _ in range(n):
+                fn()
+            stop.record()
+            stop.synchronize()
+            times[name].append(start.elapsed_time(stop) / n)
+    medians = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return medians, errors
 
 
 def bench(args):
@@ -230,28 +244,39 @@ def bench(args):
                     def fwd_bwd(fwd=fwd):
                         fwd().backward(dt_)
                     impls[name] = (fwd, fwd_bwd)
-                for name, (fwd, fwd_bwd) in impls.items():
-                    row = dict(impl=name, hdim=d, causal=causal, seqlen=s, batch=b, heads=h)
-                    try:
-                        with torch.no_grad():
-                            t_f = time_ms(fwd, args.calls, args.reps)
-                        if name == OURS:  # the backward runs on autograd's own thread
-                            row.update(fwd_kernel=flashattn.last_kernel(q.device))
-                        t_fb = time_ms(fwd_bwd, args.calls, args.reps)
-                        out = fwd()
-                        inputs = (qa, ka, va) if name == OURS else (qt, kt, vt)
-                        grad = dout if name == OURS else dt_
+                with torch.no_grad():
+                    t_f, errors = time_interleaved({n: f for n, (f, _) in impls.items()},
+                                                   args.calls, args.reps)
+                # before any backward (which runs on autograd's own thread)
+                fwd_kernel = flashattn.last_kernel(q.device)
+                impls = {n: fns for n, fns in impls.items() if n not in errors}
+                t_fb, errors_fb = time_interleaved({n: fb for n, (_, fb) in impls.items()},
+                                                   args.calls, args.reps)
+                errors.update(errors_fb)
+                impls = {n: fns for n, fns in impls.items() if n not in errors}
+                bwd_fns = {}
+                for name, (fwd, _) in impls.items():
+                    out = fwd()
+                    inputs = (qa, ka, va) if name == OURS else (qt, kt, vt)
+                    grad = dout if name == OURS else dt_
 
-                        def bwd(out=out, inputs=inputs, grad=grad):
-                            torch.autograd.grad(out, inputs, grad, retain_graph=True)
-                        t_b = time_ms(bwd, args.calls, args.reps)
-                        del out
-                        row.update(fwd_ms=t_f, bwd_ms=t_b, fwd_bwd_ms=t_fb,
-                                   fwd_tflops=fwd_flops / t_f / 1e9,
-                                   bwd_tflops=2.5 * fwd_flops / t_b / 1e9,
-                                   fwd_bwd_tflops=3.5 * fwd_flops / t_fb / 1e9)
-                    except Exception as e:  # an SDPA backend may refuse a shape
-                        row.update(error=str(e).splitlines()[0][:200])
+                    def bwd(out=out, inputs=inputs, grad=grad):
+                        torch.autograd.grad(out, inputs, grad, retain_graph=True)
+                    bwd_fns[name] = bwd
+                t_b, errors_b = time_interleaved(bwd_fns, args.calls, args.reps)
+                errors.update(errors_b)
+                del bwd_fns
+                for name in (OURS,) + PEERS:
+                    row = dict(impl=name, hdim=d, causal=causal, seqlen=s, batch=b, heads=h)
+                    if name == OURS:
+                        row.update(fwd_kernel=fwd_kernel)
+                    if name in errors:
+                        row.update(error=errors[name])
+                    else:
+                        row.update(fwd_ms=t_f[name], bwd_ms=t_b[name], fwd_bwd_ms=t_fb[name],
+                                   fwd_tflops=fwd_flops / t_f[name] / 1e9,
+                                   bwd_tflops=2.5 * fwd_flops / t_b[name] / 1e9,
+                                   fwd_bwd_tflops=3.5 * fwd_flops / t_fb[name] / 1e9)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 del q, k, v, dout, qa, ka, va, qt, kt, vt, dt_
