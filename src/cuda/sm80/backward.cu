@@ -42,7 +42,7 @@ namespace fa {
  * shape (BN 64, or 32 for d > 128; 16-key warps everywhere) is for GPUs
  * whose smem per block cannot hold the large one (sm86/sm89: 99 KB).
  * dQ = dS·K is split as (BM/32 groups of 32 queries) x (column groups). */
-template <int D, bool kLarge> struct BackwardTiles {
+template <int D, bool kLarge, bool kSwizzle = false> struct BackwardTiles {
     static constexpr int kWarps = 8;
     static constexpr int kSlabWarpsQ = kLarge || D <= 128 ? 2 : 4;
     static constexpr int kSlabKeys = kLarge && D <= 128 ? 32 : 16;
@@ -58,12 +58,22 @@ template <int D, bool kLarge> struct BackwardTiles {
     static constexpr int kDqRowGroups = kBlockM / 32;
     static constexpr int kDqColGroups = kWarps / kDqRowGroups;
     static constexpr int kDqCols = D / kDqColGroups; /* of dQ, per warp (32 rows) */
+    /* Tile pitches of K, V, Q, dO (kPitch) and Pᵀ, dSᵀ (kPtPitch): with
+     * kSwizzle (the plain-score kernel) at d 256, unpadded XOR-swizzled
+     * rows (smem_at; FA2's layout), Pᵀ's too where BM is 64; padded
+     * otherwise. Measured swizzled (perf-gpu.md, backward v9): the plain
+     * d-256 kernel +4% on every cell; d 64 as fast as padded, d 128 1%
+     * slower; the score-step kernel at d 256 1-4% slower (spill 36 -> 112 B).
+     */
+    static constexpr bool kSwizzled = kSwizzle && D == 256;
+    static constexpr int kPitch = kSwizzled ? D : smem_pitch(D);
+    static constexpr int kPtPitch = kSwizzled && kBlockM == 64 ? kBlockM : smem_pitch(kBlockM);
     /* K, V, dSᵀ, Pᵀ, then per query stage Q, dO, lse, D (kStageElems 16-bit
-     * elements apart). */
-    static constexpr int kStageElems = 2 * kBlockM * smem_pitch(D) + 2 * kBlockM * 2;
+     * elements apart). Every part starts on a 128-byte line. */
+    static constexpr int kStageElems = 2 * kBlockM * kPitch + 2 * kBlockM * 2;
     static constexpr size_t smem_bytes(int query_stages)
     {
-        return (size_t)2 * kBlockN * smem_pitch(D) * 2 + (size_t)2 * kBlockN * smem_pitch(kBlockM) * 2 +
+        return (size_t)2 * kBlockN * kPitch * 2 + (size_t)2 * kBlockN * kPtPitch * 2 +
                (size_t)query_stages * kStageElems * 2;
     }
     static_assert(kQueryCols % 8 == 0 && kDimCols % 8 == 0 && kDqCols % 8 == 0, "tiles");
@@ -167,12 +177,12 @@ template <typename T, int D, bool kLarge, bool kScoreSteps, int kStages>
 __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     backward_kernel(const BackwardArgs a)
 {
-    using Tiles = BackwardTiles<D, kLarge>;
+    using Tiles = BackwardTiles<D, kLarge, !kScoreSteps>;
     constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN, QC = Tiles::kQueryCols;
     constexpr int DC = Tiles::kDimCols, kThreads = Tiles::kWarps * 32;
     constexpr int MS = Tiles::kSlabKeys / 16, NS = QC / 8; /* m16/n8 tiles of a slab */
     constexpr int MK = Tiles::kKvKeys / 16;                /* m16 tiles of dK/dV */
-    constexpr int P = smem_pitch(D), PS = smem_pitch(BM);
+    constexpr int P = Tiles::kPitch, PS = Tiles::kPtPitch;
     const fa_problem &p = a.p;
 
     extern __shared__ __align__(16) unsigned char smem[];
@@ -209,10 +219,10 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
 
     for (int n0 = blockIdx.x * BN; n0 < sk; n0 += gridDim.x * BN) {
         __syncthreads(); /* the previous key block's reads of sK, sV are done */
-        load_tile_whole_fast<T, BN, D, kThreads>(sK, k + n0 * p.k.stride_seq, p.k.stride_seq,
-                                                   sk - n0, d, a.vectorized);
-        load_tile_whole_fast<T, BN, D, kThreads>(sV, v + n0 * p.v.stride_seq, p.v.stride_seq,
-                                                   sk - n0, dv, a.vectorized);
+        load_tile_whole_fast<T, BN, D, kThreads, P>(sK, k + n0 * p.k.stride_seq, p.k.stride_seq,
+                                                      sk - n0, d, a.vectorized);
+        load_tile_whole_fast<T, BN, D, kThreads, P>(sV, v + n0 * p.v.stride_seq, p.v.stride_seq,
+                                                      sk - n0, dv, a.vectorized);
         cp_async_commit();
 
         float acc_dk[MK][DC / 8][4], acc_dv[MK][DC / 8][4];
@@ -257,10 +267,10 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
             const T *q = (const T *)p.q.data + fa_row_offset(&p.q, p.varlen, b, seq.q0 + m0, h);
             const T *dout = (const T *)p.dout.data + fa_row_offset(&p.dout, p.varlen, b, seq.q0 + m0, h);
             T *stage_base = sStages + st * kStageElems;
-            load_tile_whole_fast<T, BM, D, kThreads>(stage_base, q, p.q.stride_seq, sq - m0, d,
-                                                       a.vectorized);
-            load_tile_whole_fast<T, BM, D, kThreads>(stage_base + BM * P, dout, p.dout.stride_seq,
-                                                       sq - m0, dv, a.vectorized);
+            load_tile_whole_fast<T, BM, D, kThreads, P>(stage_base, q, p.q.stride_seq, sq - m0, d,
+                                                          a.vectorized);
+            load_tile_whole_fast<T, BM, D, kThreads, P>(stage_base + BM * P, dout, p.dout.stride_seq,
+                                                          sq - m0, dv, a.vectorized);
             /* lse (threads [0, BM)) and D ([BM, 2BM)) join the same async
              * group: a plain load would hold its warps ~1 µs before the
              * store. Rows past the sequence read as 0: such rows lie in a
@@ -416,8 +426,8 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
                         pt_frag[nt / 2][mt][2 * (nt % 2) + r] = pt;
                         dst_frag[nt / 2][mt][2 * (nt % 2) + r] = ds;
                         const int jl = slab_keys + 16 * mt + g + 8 * r, il = q_base + nt * 8 + 2 * t;
-                        *reinterpret_cast<uint32_t *>(sdSt + jl * PS + il) = ds;
-                        *reinterpret_cast<uint32_t *>(sPt + jl * PS + il) = pt;
+                        *reinterpret_cast<uint32_t *>(smem_at(sdSt, PS, jl, il)) = ds;
+                        *reinterpret_cast<uint32_t *>(smem_at(sPt, PS, jl, il)) = pt;
                     }
             if constexpr (Tiles::kOwnPtInRegisters) {
                 /* This warp's query group of dV += Pᵀ·dO, dK += dSᵀ·Q
@@ -534,7 +544,7 @@ template <typename T, int DP> __global__ void __launch_bounds__(256) backward_co
 template <typename T, int D, bool kLarge, bool kScoreSteps, int kStages>
 static fa_status launch_backward_kernel(BackwardArgs &a, int stages)
 {
-    using Tiles = BackwardTiles<D, kLarge>;
+    using Tiles = BackwardTiles<D, kLarge, !kScoreSteps>;
     const fa_problem *p = &a.p;
     const unsigned key_blocks = (unsigned)((p->seqlen_k + Tiles::kBlockN - 1) / Tiles::kBlockN);
     dim3 grid(p->deterministic ? 1u : key_blocks, (unsigned)p->heads_kv, (unsigned)p->batch);
@@ -583,7 +593,8 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
     }
     /* The large tile when it fits (double-buffered if that fits too; then
      * compiled apart for problems without softcap/ALiBi, the kernel with
-     * the score steps serves the rest); else the small one. */
+     * the score steps serves the rest); else the small one. Sizes are the
+     * padded layout's, which bound the plain kernel's swizzled one. */
     using Large = BackwardTiles<D, true>;
     using Small = BackwardTiles<D, false>;
     const size_t optin = (size_t)smem_optin;
