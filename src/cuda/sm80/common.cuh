@@ -44,15 +44,40 @@ __device__ __forceinline__ T *smem_at(T *tile, int pitch, int r, int c, int c_la
     return tile + r * pitch + c + c_lane;
 }
 
-/* Element (r0 + i·STEP, c) of a tile, given to = smem_at(tile, PITCH, r0, c):
- * a pointer step where rows STEP apart share the chunk order (plain layout,
- * or STEP a multiple of 8), else smem_at. */
+/* smem_at for the row address of an ldmatrix lane: rows r with r % 8 the
+ * lane's index % 8 (every ldmatrix row pattern here), c0 + c_lane within
+ * one 64-column group from c0's (c0 % 64 + c_lane <= 56). Swizzled, the
+ * chunk order is then the lane's own and the group of c0 stays outside the
+ * XOR, so an unrolled caller needs one address per chunk phase
+ * (c0 % 64 / 16) plus immediates; with smem_at's r % 8, which ptxas cannot
+ * reduce when r has a run-time part, the XOR was computed per access (the
+ * d 256 forward ran 41% more instructions than FA2's). The plain layout's
+ * address is smem_at's, term for term. */
+template <typename T>
+__device__ __forceinline__ T *smem_frag(T *tile, int pitch, int r, int c0, int c_lane = 0)
+{
+    if (smem_swizzled(pitch))
+        return tile + r * pitch + (c0 & ~63) + (((c0 & 63) + c_lane) ^ ((threadIdx.x % 8) << 3));
+    return smem_at(tile, pitch, r, c0, c_lane);
+}
+
+/* Element (r0 + i·STEP, c) of a tile, given to = smem_at(tile, PITCH, r0, c),
+ * for i a compile-time index of an unrolled loop: rows kPeriod·STEP apart
+ * share the chunk order (kPeriod 1 in the plain layout), so the address is
+ * one of kPeriod per-thread pointers plus an immediate step instead of a
+ * swizzle per row. */
 template <int PITCH, int STEP, typename T>
 __device__ __forceinline__ T *smem_row_step(T *to, T *tile, int r0, int i, int c)
 {
-    if (smem_swizzled(PITCH) && STEP % 8 != 0)
-        return smem_at(tile, PITCH, r0 + i * STEP, c);
-    return to + i * STEP * PITCH;
+    constexpr int kPeriod = !smem_swizzled(PITCH) || STEP % 8 == 0 ? 1
+                            : STEP % 4 == 0                        ? 2
+                            : STEP % 2 == 0                        ? 4
+                                                                   : 8;
+    if (kPeriod == 1)
+        return to + i * STEP * PITCH;
+    const int phase = i % kPeriod;
+    T *first = phase == 0 ? to : smem_at(tile, PITCH, r0 + phase * STEP, c);
+    return first + (i / kPeriod) * kPeriod * STEP * PITCH;
 }
 
 /* The head dim the kernels are compiled for: max(d, dv) rounded up to one
@@ -172,9 +197,9 @@ __device__ __forceinline__ void load_a_fragment(uint32_t a[4], const T *s, int p
     int l = threadIdx.x % 32;
     if (a_transposed)
         ldmatrix_x4_trans(a,
-                          smem_at(s, pitch, k0 + l % 8 + (l / 16) * 8, m0, ((l / 8) % 2) * 8));
+                          smem_frag(s, pitch, k0 + l % 8 + (l / 16) * 8, m0, ((l / 8) % 2) * 8));
     else
-        ldmatrix_x4(a, smem_at(s, pitch, m0 + l % 16, k0, (l / 16) * 8));
+        ldmatrix_x4(a, smem_frag(s, pitch, m0 + l % 16, k0, (l / 16) * 8));
 }
 
 /* acc[mt][nt] += a[mt] · B[k0..k0+16, n0+8nt..+8] for MT row tiles of 16
@@ -193,9 +218,9 @@ __device__ __forceinline__ void mma_a_times_b(float (&acc)[MT][NT][4], const uin
         int n = n0 + nt * 8;
         if (b_k_major)
             ldmatrix_x4_trans(b,
-                              smem_at(s, pitch, k0 + l % 8 + ((l / 8) % 2) * 8, n, (l / 16) * 8));
+                              smem_frag(s, pitch, k0 + l % 8 + ((l / 8) % 2) * 8, n, (l / 16) * 8));
         else
-            ldmatrix_x4(b, smem_at(s, pitch, n + l % 8 + (l / 16) * 8, k0, ((l / 8) % 2) * 8));
+            ldmatrix_x4(b, smem_frag(s, pitch, n + l % 8 + (l / 16) * 8, k0, ((l / 8) % 2) * 8));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
             mma_m16n8k16<T>(acc[mt][nt], a[mt], b);
@@ -206,9 +231,9 @@ __device__ __forceinline__ void mma_a_times_b(float (&acc)[MT][NT][4], const uin
         uint32_t b[2];
         int n = n0 + (NT - 1) * 8;
         if (b_k_major)
-            ldmatrix_x2_trans(b, smem_at(s, pitch, k0 + l % 8 + ((l / 8) % 2) * 8, n));
+            ldmatrix_x2_trans(b, smem_frag(s, pitch, k0 + l % 8 + ((l / 8) % 2) * 8, n));
         else
-            ldmatrix_x2(b, smem_at(s, pitch, n + l % 8, k0, ((l / 8) % 2) * 8));
+            ldmatrix_x2(b, smem_frag(s, pitch, n + l % 8, k0, ((l / 8) % 2) * 8));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
             mma_m16n8k16<T>(acc[mt][NT - 1], a[mt], b);
@@ -254,7 +279,7 @@ __device__ __forceinline__ void warp_gemm_prefetched(float (&acc)[MT][NT][4], co
 #pragma unroll
             for (int j = 0; j < NT / 2; ++j)
                 ldmatrix_x4(b[(kk / 16) % 2][j],
-                            smem_at(sb, b_pitch, 16 * j + l % 8 + (l / 16) * 8, kk,
+                            smem_frag(sb, b_pitch, 16 * j + l % 8 + (l / 16) * 8, kk,
                                     ((l / 8) % 2) * 8));
         }
         if (kk > 0) { /* products of step kk - 16 */
