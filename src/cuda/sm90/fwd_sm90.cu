@@ -19,6 +19,13 @@
 /* ------------------------------------------------------------------------ */
 /* Launch                                                                   */
 
+/* Whether a window (causal included) hides any key, as the kernels see it
+ * (fa_sm90_window). */
+static bool has_window(const fa_problem *p)
+{
+    return fa_sm90_window(p->window_left, p->seqlen_k) >= 0 || fa_sm90_window(p->window_right, p->seqlen_q) >= 0;
+}
+
 /* Clusters of two CTAs on adjacent m blocks of one head share each K/V
  * block (each loads half, TMA multicasts it to both), halving the L2 -> SM
  * traffic per FLOP. Both CTAs must walk the same key blocks: no window, no
@@ -29,8 +36,7 @@ static bool cluster_fits(const fa_problem *p, int64_t block_m)
     const char *env = getenv("FA_SM90_CLUSTER");
     if (env != NULL && strcmp(env, "0") == 0)
         return false;
-    const bool window = fa_sm90_window(p->window_left, p->seqlen_k) >= 0 || fa_sm90_window(p->window_right, p->seqlen_q) >= 0;
-    return !p->varlen && !window && ((p->seqlen_q + block_m - 1) / block_m) % 2 == 0;
+    return !p->varlen && !has_window(p) && ((p->seqlen_q + block_m - 1) / block_m) % 2 == 0;
 }
 
 template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_name)
@@ -140,7 +146,7 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
     (cluster_fits(p, 128) ? FA_LAUNCH(label ".x2", fa_sm90_config<Elem, hdim, block_n, 2, 2, 2>)             \
                           : FA_LAUNCH(label, fa_sm90_config<Elem, hdim, block_n, 2>))
     switch (p->head_dim) {
-    case 64: {
+    case 64:
         /* three consumer warpgroups (192 query rows, 160 registers each),
          * since one warpgroup's GEMMs of a key block are too short to hide
          * another's softmax: key block 128 with one P buffer
@@ -150,14 +156,11 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
          * third stage for 128: within the spread); short
          * causal sequences keep two warpgroups (a 192-row tile wastes more
          * of the triangle) */
-        const bool masked = fa_sm90_window(p->window_left, p->seqlen_k) >= 0 ||
-                            fa_sm90_window(p->window_right, p->seqlen_q) >= 0;
-        if (!masked || p->seqlen_q >= 8192)
+        if (!has_window(p) || p->seqlen_q >= 8192)
             return FA_LAUNCH("hdim64.wg3", fa_sm90_config<Elem, 64, 128, 2, 3>);
         if (p->seqlen_q >= 2048)
             return FA_LAUNCH("hdim64.wg3n96", fa_sm90_config<Elem, 64, 96, 3, 3>);
         return FA_LAUNCH("hdim64", fa_sm90_config<Elem, 64, 128, 2>);
-    }
     case 96:
         return FA_LAUNCH_PAIRS("hdim96", 128, 128);
     case 128:
