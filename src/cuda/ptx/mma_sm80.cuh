@@ -110,17 +110,15 @@ template <int pending> __device__ __forceinline__ void cp_async_wait()
     asm volatile("cp.async.wait_group %0;\n" ::"n"(pending) : "memory");
 }
 
-/* *p += (a, b) for two adjacent floats (8-byte aligned), atomically per
- * element: one vector reduction on sm90+, two scalar atomics before. */
-__device__ __forceinline__ void atomic_add_pair(float *p, float a, float b)
-{
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
-#else
-    atomicAdd(p, a);
-    atomicAdd(p + 1, b);
-#endif
+/* p[0..3] += (a, b, c, d), atomically per element, as one vector reduction
+ * (sm90+; p 16-byte aligned). */
+__device__ __forceinline__ void red_add_v4(float *p, float a, float b, float c, float d)
+{
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(a), "f"(b), "f"(c), "f"(d)
+                 : "memory");
 }
+#endif
 
 /* Two floats rounded to one 32-bit register of two 16-bit values, `lo` in
  * the low half (the element with the smaller column index). */

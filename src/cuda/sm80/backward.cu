@@ -13,7 +13,8 @@
  *     dK += dSᵀ·Q, and adds dQ += dS·K into the fp32 accumulator with
  *     atomics. Deterministic mode runs one block per (kv head, batch) that
  *     walks every key block, so each dQ element is added by one thread in a
- *     fixed order.
+ *     fixed order. The accumulator keeps each query block in the order the
+ *     warps hold it (see dq_accum_row), so that the atomics are coalesced.
  *  3. convert: dq = softmax_scale · accumulator, in the output dtype.
  * Warps split Sᵀ/dPᵀ as (key groups) x (query groups) and dK/dV as
  * (key groups) x (column groups); see BackwardTiles.
@@ -58,6 +59,10 @@ template <int D, bool kLarge, bool kSwizzle = false> struct BackwardTiles {
     static constexpr int kDqRowGroups = kBlockM / 32;
     static constexpr int kDqColGroups = kWarps / kDqRowGroups;
     static constexpr int kDqCols = D / kDqColGroups; /* of dQ, per warp (32 rows) */
+    static constexpr int kDqTiles = kDqCols / 8;      /* n8 tiles of dQ, per warp and m16 tile */
+    /* The first row / column of a warp's dQ tile (32 rows x kDqCols). */
+    static __device__ __forceinline__ int dq_row0(int warp) { return 32 * (warp % kDqRowGroups); }
+    static __device__ __forceinline__ int dq_col0(int warp) { return kDqCols * (warp / kDqRowGroups); }
     /* Tile pitches of K, V, Q, dO (kPitch) and Pᵀ, dSᵀ (kPtPitch): with
      * kSwizzle (the plain-score kernel) at d 256, unpadded XOR-swizzled
      * rows (smem_at; FA2's layout), Pᵀ's too where BM is 64; padded
@@ -81,6 +86,7 @@ template <int D, bool kLarge, bool kSwizzle = false> struct BackwardTiles {
                                          kQueryCols % 16 == 0),
                   "a warp's own Pᵀ part is its dK/dV keys' part of one query group");
     static_assert(kWarps % kDqRowGroups == 0, "dQ warp split");
+    static_assert(kWarps * 2 * kDqTiles * 128 == kBlockM * D, "a query block's dQ fragments tile its chunk");
     static_assert(kSlabKeys / 16 * kQueryCols / 8 * 4 <= 32, "dropout bits per thread");
 };
 
@@ -105,7 +111,7 @@ struct BackwardArgs {
     bool out_vectorized; /* out, dout rows 16-byte aligned and dv % 8 == 0 (preprocess) */
     bool grad_pairs;     /* dq, dk, dv rows 16-byte aligned: paired/16-byte stores */
     int dp;          /* padded head dim: the accumulator's row length */
-    float *dq_accum; /* (Hq, total_q, dp) fp32 */
+    float *dq_accum; /* (Hq, total_q + B·kDqPadRows, dp) fp32, see dq_accum_row */
     float *dsum;     /* (Hq, total_q): rowsum(dO ∘ O) */
     float *lse_log2; /* (Hq, total_q): lse · log2(e), +inf for empty rows */
     int query_stages; /* 2: the next Q/dO block loads during this one (if smem allows) */
@@ -116,6 +122,50 @@ __device__ __forceinline__ int64_t workspace_row(const fa_problem &p, const fa_s
                                                  int64_t b, int64_t i)
 {
     return (p.varlen ? 0 : b * p.seqlen_q) + seq.q0 + i;
+}
+
+/* The dQ accumulator: per query head, the rows of every sequence followed
+ * by kDqPadRows rows, so that a sequence's last query block has BM whole
+ * rows (FA2 pads the same way). A query block's BM x D floats are stored
+ * in the order the warps hold their dQ fragments, not row-major: fragment
+ * (mt, nt) of warp w is 128 floats at 128 (2 kDqTiles w + kDqTiles mt + nt),
+ * value e of lane l at l·kDqLaneStride + e·kDqElemStride. Every atomic
+ * instruction of a warp then covers whole 128-byte lines (sm90: one v4
+ * reduction per fragment, 512 contiguous bytes; before: one scalar atomic
+ * per value, 128 bytes), where row-major rows spread each instruction over
+ * 8 rows' 32-byte pieces. The conversion kernel reads the same order. */
+constexpr int kDqPadRows = 64; /* >= every BM */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr int kDqLaneStride = 4, kDqElemStride = 1;
+#else
+constexpr int kDqLaneStride = 1, kDqElemStride = 32;
+#endif
+
+/* First row of query block m0 of sequence b, head h, in the accumulator. */
+__device__ __forceinline__ int64_t dq_accum_row(const fa_problem &p, const fa_seq &seq, int64_t b,
+                                                int64_t h, int m0)
+{
+    return h * (p.total_q + p.batch * kDqPadRows) + workspace_row(p, seq, b, m0) + b * kDqPadRows;
+}
+
+/* A warp's fragment of a query block in the accumulator, at its lane's
+ * first value (chunk = the block's first float). */
+template <class Tiles>
+__device__ __forceinline__ float *dq_lane_base(float *chunk, int warp, int lane)
+{
+    return chunk + warp * 2 * Tiles::kDqTiles * 128 + lane * kDqLaneStride;
+}
+
+/* f[e·kDqElemStride] += v[e], atomically per value. */
+__device__ __forceinline__ void add_dq_fragment(float *f, const float (&v)[4])
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    red_add_v4(f, v[0], v[1], v[2], v[3]);
+#else
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+        atomicAdd(f + e * kDqElemStride, v[e]);
+#endif
 }
 
 /* Threads that share one row in the preprocess and dQ conversion: one per
@@ -206,8 +256,7 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     const int q_base = QC * (warp % Tiles::kSlabWarpsQ);
     const int kv_keys = Tiles::kKvKeys * (warp / Tiles::kKvWarpsD);
     const int kv_cols = DC * (warp % Tiles::kKvWarpsD);
-    const int dq_rows = 32 * (warp % Tiles::kDqRowGroups);
-    const int dq_cols = Tiles::kDqCols * (warp / Tiles::kDqRowGroups);
+    const int dq_rows = Tiles::dq_row0(warp), dq_cols = Tiles::dq_col0(warp);
     const int d = (int)p.head_dim, dv = (int)p.head_dim_v;
     const bool drop = p.dropout_p > 0.f;
     const uint32_t drop_threshold = fa_dropout_threshold(p.dropout_p);
@@ -447,22 +496,17 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
                 warp_gemm<MK, DC / 8, kRest, false, true>(acc_dk, sdSt, PS, kv_keys, rest, cQ, P, rest, kv_cols);
             }
 
-            float dq[2][Tiles::kDqCols / 8][4];
+            /* Rows past the sequence land in its pad rows (dp == D columns). */
+            float *dq_frag = dq_lane_base<Tiles>(a.dq_accum + dq_accum_row(p, seq, b, h, m0) * D, warp,
+                                                 threadIdx.x % 32);
+            float dq[2][Tiles::kDqTiles][4];
             zero(dq);
-            warp_gemm<2, Tiles::kDqCols / 8, BN, true, true>(dq, sdSt, PS, dq_rows, 0, sK, P, 0, dq_cols);
-            /* Rows of this block in the accumulator (dp == D columns). */
-            float *dq_block = a.dq_accum + (h * p.total_q + workspace_row(p, seq, b, m0)) * D + dq_cols + 2 * t;
+            warp_gemm<2, Tiles::kDqTiles, BN, true, true>(dq, sdSt, PS, dq_rows, 0, sK, P, 0, dq_cols);
 #pragma unroll
             for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const int il = dq_rows + 16 * mt + g + 8 * r;
-                    if (m0 + il >= sq)
-                        continue;
-#pragma unroll
-                    for (int nt = 0; nt < Tiles::kDqCols / 8; ++nt)
-                        atomic_add_pair(dq_block + il * D + nt * 8, dq[mt][nt][2 * r], dq[mt][nt][2 * r + 1]);
-                }
+                for (int nt = 0; nt < Tiles::kDqTiles; ++nt)
+                    add_dq_fragment(dq_frag + (mt * Tiles::kDqTiles + nt) * 128, dq[mt][nt]);
             if (!prefetch && h_next < h_end) {
                 __syncthreads(); /* every warp is done with this stage */
                 load_query_block(h_next, m0_next, 0);
@@ -509,33 +553,53 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     }
 }
 
-// dq_accum (Hq, total_q, DP) -> dq (B, Sq, Hq, d) = softmax_scale · dq_accum.
-// One thread per 8 columns of a row (one 16-byte store when aligned).
-template <typename T, int DP> __global__ void __launch_bounds__(256) backward_convert_dq_kernel(const BackwardArgs a)
+// dq_accum (Hq, total_q + B·kDqPadRows, D), in the order of dq_accum_row ->
+// dq (B, Sq, Hq, d) = softmax_scale · dq_accum. Grid (query blocks of the
+// longest sequence, Hq, B), the backward kernel's threads: each thread reads
+// back the dQ fragments it held there (coalesced, as they were added) into a
+// row-major smem tile, which then leaves in 16-byte row pieces.
+template <typename T, int D, bool kLarge>
+__global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32) backward_convert_dq_kernel(const BackwardArgs a)
 {
-    constexpr int kChunks = DP / 8;
+    using Tiles = BackwardTiles<D, kLarge>;
+    constexpr int BM = Tiles::kBlockM, kPitch = smem_pitch(D), kThreads = Tiles::kWarps * 32;
+    __shared__ __align__(16) T tile[BM * kPitch];
     const fa_problem &p = a.p;
-    const int64_t item = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (item >= p.heads_q * p.total_q * kChunks)
+    const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
+    const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q, p.seqlen_k, b);
+    if (m0 >= seq.sq)
         return;
-    const int64_t ws_row = item / kChunks, h = ws_row / p.total_q, row = ws_row % p.total_q;
-    const int col = (int)(item % kChunks) * 8, d = (int)p.head_dim;
-    if (col >= d)
-        return;
-    const int64_t b = p.varlen ? 0 : row / p.seqlen_q, i = p.varlen ? row : row % p.seqlen_q;
-    const float4 *src = reinterpret_cast<const float4 *>(a.dq_accum + ws_row * DP + col);
-    const float4 x = src[0], y = src[1];
+    const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+    const float *frag = dq_lane_base<Tiles>(a.dq_accum + dq_accum_row(p, seq, b, h, m0) * D, warp, threadIdx.x % 32);
     const float c = p.softmax_scale;
-    T *dq = (T *)p.dq.data + fa_row_offset(&p.dq, p.varlen, b, i, h) + col;
-    if (a.grad_pairs && col + 8 <= d) {
-        *reinterpret_cast<uint4 *>(dq) = make_uint4(pack_pair<T>(x.x * c, x.y * c), pack_pair<T>(x.z * c, x.w * c),
-                                                    pack_pair<T>(y.x * c, y.y * c), pack_pair<T>(y.z * c, y.w * c));
-    } else {
-        const float f[8] = {x.x, x.y, x.z, x.w, y.x, y.y, y.z, y.w};
 #pragma unroll
-        for (int e = 0; e < 8; ++e)
-            if (col + e < d)
-                dq[e] = T(f[e] * c);
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < Tiles::kDqTiles; ++nt) {
+            const float *f = frag + (mt * Tiles::kDqTiles + nt) * 128;
+            const int col = Tiles::dq_col0(warp) + nt * 8 + 2 * t;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int row = Tiles::dq_row0(warp) + 16 * mt + g + 8 * r;
+                *reinterpret_cast<uint32_t *>(&tile[row * kPitch + col]) =
+                    pack_pair<T>(f[2 * r * kDqElemStride] * c, f[(2 * r + 1) * kDqElemStride] * c);
+            }
+        }
+    __syncthreads();
+    const int d = (int)p.head_dim;
+    const int rows = min(BM, (int)seq.sq - m0);
+    for (int item = threadIdx.x; item < rows * (D / 8); item += kThreads) {
+        const int row = item / (D / 8), col = item % (D / 8) * 8;
+        if (col >= d)
+            continue;
+        const T *src = &tile[row * kPitch + col];
+        T *dst = (T *)p.dq.data + fa_row_offset(&p.dq, p.varlen, b, seq.q0 + m0 + row, h) + col;
+        if (a.grad_pairs && col + 8 <= d) {
+            *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
+        } else {
+            for (int e = 0; e < 8 && col + e < d; ++e)
+                dst[e] = src[e];
+        }
     }
 }
 
@@ -566,7 +630,8 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
     cudaStream_t stream = (cudaStream_t)p->stream;
     const int64_t rows = p->total_q * p->heads_q;
     if (rows > 0) {
-        cudaError_t err = cudaMemsetAsync(a.dq_accum, 0, (size_t)rows * D * 4, stream);
+        const size_t accum_rows = (size_t)p->heads_q * (size_t)(p->total_q + p->batch * kDqPadRows);
+        cudaError_t err = cudaMemsetAsync(a.dq_accum, 0, accum_rows * D * 4, stream);
         if (err != cudaSuccess)
             return fa_fail(FA_ERROR_DEVICE, "sm80 backward: clearing the dQ accumulator: %s",
                            cudaGetErrorString(err));
@@ -600,19 +665,21 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
     const size_t optin = (size_t)smem_optin;
     const int large_stages = Large::smem_bytes(2) <= optin ? 2 : 1;
     const bool score_steps = p->softcap != 0.f || p->alibi_slopes != nullptr;
+    const bool large = Large::smem_bytes(1) <= optin;
     fa_status st =
-        Large::smem_bytes(1) > optin
-            ? launch_backward_kernel<T, D, false, true, 0>(a, Small::smem_bytes(2) <= optin ? 2 : 1)
+        !large ? launch_backward_kernel<T, D, false, true, 0>(a, Small::smem_bytes(2) <= optin ? 2 : 1)
         : score_steps || large_stages == 1 ? launch_backward_kernel<T, D, true, true, 0>(a, large_stages)
                                            : launch_backward_kernel<T, D, true, false, 2>(a, 2);
-    if (st != FA_SUCCESS)
+    if (st != FA_SUCCESS || rows == 0 || p->head_dim == 0)
         return st;
-    if (rows > 0 && p->head_dim > 0) {
-        const int64_t items = rows * (D / 8);
-        backward_convert_dq_kernel<T, D><<<(unsigned)((items + 255) / 256), 256, 0, stream>>>(a);
-        return check_launch("sm80 backward dq conversion launch");
-    }
-    return FA_SUCCESS;
+    /* The accumulator's order is the chosen tile's (dq_accum_row). */
+    const int bm = large ? Large::kBlockM : Small::kBlockM;
+    const dim3 grid((unsigned)((p->seqlen_q + bm - 1) / bm), (unsigned)p->heads_q, (unsigned)p->batch);
+    if (large)
+        backward_convert_dq_kernel<T, D, true><<<grid, Large::kWarps * 32, 0, stream>>>(a);
+    else
+        backward_convert_dq_kernel<T, D, false><<<grid, Small::kWarps * 32, 0, stream>>>(a);
+    return check_launch("sm80 backward dq conversion launch");
 }
 
 template <typename T> static fa_status backward_for_dtype(BackwardArgs &a)
@@ -638,12 +705,19 @@ size_t backward_smem_bytes(int dp)
     }
 }
 
+/* Bytes of the dQ accumulator (see dq_accum_row), 256-byte aligned. */
+static size_t dq_accum_bytes(const fa_problem *p, int dp)
+{
+    const size_t rows = (size_t)p->heads_q * (size_t)(p->total_q + p->batch * kDqPadRows);
+    return (rows * dp * 4 + 255) / 256 * 256;
+}
+
 /* dq_accum, then dsum, then lse_log2 (all fp32, 256-byte aligned). */
 size_t backward_workspace_size(const fa_problem *p)
 {
     const size_t rows = (size_t)p->heads_q * (size_t)p->total_q;
     const int dp = padded_head_dim(p->head_dim, p->head_dim_v);
-    const size_t accum = (rows * dp * 4 + 255) / 256 * 256;
+    const size_t accum = dq_accum_bytes(p, dp);
     const size_t vec = (rows * 4 + 255) / 256 * 256;
     return accum + 2 * vec;
 }
@@ -679,7 +753,7 @@ extern "C" fa_status fa_sm80_backward(fa_problem *p)
     const size_t rows = (size_t)p->heads_q * (size_t)p->total_q;
     char *ws = (char *)p->workspace;
     a.dq_accum = (float *)ws;
-    a.dsum = (float *)(ws + (rows * a.dp * 4 + 255) / 256 * 256);
+    a.dsum = (float *)(ws + fa::dq_accum_bytes(p, a.dp));
     a.lse_log2 = (float *)((char *)a.dsum + (rows * 4 + 255) / 256 * 256);
     const int is_bf16 = p->dtype == FA_DTYPE_BF16;
     fa_status st = is_bf16 ? fa::backward_for_dtype<__nv_bfloat16>(a)
