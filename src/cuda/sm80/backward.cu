@@ -42,14 +42,20 @@ namespace fa {
  * before the barrier and reads only the other group's from smem. The small
  * shape (BN 64, or 32 for d > 128; 16-key warps everywhere) is for GPUs
  * whose smem per block cannot hold the large one (sm86/sm89: 99 KB).
- * dQ = dS·K is split as (BM/32 groups of 32 queries) x (column groups). */
-template <int D, bool kLarge, bool kSwizzle = false> struct BackwardTiles {
+ * dQ = dS·K is split as (BM/32 groups of 32 queries) x (column groups).
+ * kPlain: the tiles of the kernel without softcap/ALiBi steps (see
+ * backward_kernel), which may swizzle (kSwizzled) and, at d 64 where the
+ * smem allows (H100: 178 KB), take 128 query rows per block (kTall): twice
+ * the mma per ldmatrix in Sᵀ/dPᵀ and half the per-block steps per FLOP. */
+template <int D, bool kLarge, bool kPlain = false, bool kTall = false> struct BackwardTiles {
+    static constexpr int kHeadDim = D;
+    static constexpr bool kPlainScores = kPlain;
     static constexpr int kWarps = 8;
     static constexpr int kSlabWarpsQ = kLarge || D <= 128 ? 2 : 4;
     static constexpr int kSlabKeys = kLarge && D <= 128 ? 32 : 16;
     static constexpr int kSlabWarpsN = kWarps / kSlabWarpsQ;
     static constexpr int kBlockN = kSlabKeys * kSlabWarpsN;
-    static constexpr int kBlockM = kLarge || D <= 192 ? 64 : 32;
+    static constexpr int kBlockM = kTall ? 128 : kLarge || D <= 192 ? 64 : 32;
     static constexpr int kQueryCols = kBlockM / kSlabWarpsQ; /* of Sᵀ, per warp */
     static constexpr int kKvKeys = kLarge ? 32 : 16;
     static constexpr int kKvWarpsN = kBlockN / kKvKeys;
@@ -63,14 +69,14 @@ template <int D, bool kLarge, bool kSwizzle = false> struct BackwardTiles {
     /* The first row / column of a warp's dQ tile (32 rows x kDqCols). */
     static __device__ __forceinline__ int dq_row0(int warp) { return 32 * (warp % kDqRowGroups); }
     static __device__ __forceinline__ int dq_col0(int warp) { return kDqCols * (warp / kDqRowGroups); }
-    /* Tile pitches of K, V, Q, dO (kPitch) and Pᵀ, dSᵀ (kPtPitch): with
-     * kSwizzle (the plain-score kernel) at d 256, unpadded XOR-swizzled
+    /* Tile pitches of K, V, Q, dO (kPitch) and Pᵀ, dSᵀ (kPtPitch): in the
+     * plain-score kernel at d 256, unpadded XOR-swizzled
      * rows (smem_at; FA2's layout), Pᵀ's too where BM is 64; padded
      * otherwise. Measured swizzled (perf-gpu.md, backward v9): the plain
      * d-256 kernel +4% on every cell; d 64 as fast as padded, d 128 1%
      * slower; the score-step kernel at d 256 1-4% slower (spill 36 -> 112 B).
      */
-    static constexpr bool kSwizzled = kSwizzle && D == 256;
+    static constexpr bool kSwizzled = kPlain && D == 256;
     static constexpr int kPitch = kSwizzled ? D : smem_pitch(D);
     static constexpr int kPtPitch = kSwizzled && kBlockM == 64 ? kBlockM : smem_pitch(kBlockM);
     /* K, V, dSᵀ, Pᵀ, then per query stage Q, dO, lse, D (kStageElems 16-bit
@@ -87,7 +93,8 @@ template <int D, bool kLarge, bool kSwizzle = false> struct BackwardTiles {
                   "a warp's own Pᵀ part is its dK/dV keys' part of one query group");
     static_assert(kWarps % kDqRowGroups == 0, "dQ warp split");
     static_assert(kWarps * 2 * kDqTiles * 128 == kBlockM * D, "a query block's dQ fragments tile its chunk");
-    static_assert(kSlabKeys / 16 * kQueryCols / 8 * 4 <= 32, "dropout bits per thread");
+    static_assert(kSlabKeys / 16 * kQueryCols / 8 * 4 <= 64, "dropout bits per thread");
+    static_assert(!kTall || (kLarge && kPlain && D <= 64), "128 query rows: the plain d-64 kernel");
 };
 
 /* Starts an asynchronous 4-byte copy global -> smem that reads src_bytes
@@ -100,6 +107,14 @@ __device__ __forceinline__ void cp_async_4(void *smem_dst, const void *gmem_src,
                  : "memory");
 }
 
+/* An unsigned word of at least 33 bits if B, else 32. */
+template <bool B> struct KeepWord {
+    typedef uint32_t type;
+};
+template <> struct KeepWord<true> {
+    typedef uint64_t type;
+};
+
 /* A compile-time flag as a value, for generic lambdas. */
 template <bool B> struct Flag {
     static constexpr bool value = B;
@@ -111,7 +126,7 @@ struct BackwardArgs {
     bool out_vectorized; /* out, dout rows 16-byte aligned and dv % 8 == 0 (preprocess) */
     bool grad_pairs;     /* dq, dk, dv rows 16-byte aligned: paired/16-byte stores */
     int dp;          /* padded head dim: the accumulator's row length */
-    float *dq_accum; /* (Hq, total_q + B·kDqPadRows, dp) fp32, see dq_accum_row */
+    float *dq_accum; /* (Hq, total_q + B·BM, dp) fp32, see dq_accum_row */
     float *dsum;     /* (Hq, total_q): rowsum(dO ∘ O) */
     float *lse_log2; /* (Hq, total_q): lse · log2(e), +inf for empty rows */
     int query_stages; /* 2: the next Q/dO block loads during this one (if smem allows) */
@@ -125,7 +140,7 @@ __device__ __forceinline__ int64_t workspace_row(const fa_problem &p, const fa_s
 }
 
 /* The dQ accumulator: per query head, the rows of every sequence followed
- * by kDqPadRows rows, so that a sequence's last query block has BM whole
+ * by BM pad rows (BM of the tiles that ran), so that a sequence's last query block has BM whole
  * rows (FA2 pads the same way). A query block's BM x D floats are stored
  * in the order the warps hold their dQ fragments, not row-major: fragment
  * (mt, nt) of warp w is 128 floats at 128 (2 kDqTiles w + kDqTiles mt + nt),
@@ -134,18 +149,20 @@ __device__ __forceinline__ int64_t workspace_row(const fa_problem &p, const fa_s
  * reduction per fragment, 512 contiguous bytes; before: one scalar atomic
  * per value, 128 bytes), where row-major rows spread each instruction over
  * 8 rows' 32-byte pieces. The conversion kernel reads the same order. */
-constexpr int kDqPadRows = 64; /* >= every BM */
+constexpr int kDqMaxPadRows = 128; /* the largest BM: bounds the workspace */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 constexpr int kDqLaneStride = 4, kDqElemStride = 1;
 #else
 constexpr int kDqLaneStride = 1, kDqElemStride = 32;
 #endif
 
-/* First row of query block m0 of sequence b, head h, in the accumulator. */
+/* First row of query block m0 of sequence b, head h, in the accumulator
+ * of BM x D blocks. */
+template <int BM>
 __device__ __forceinline__ int64_t dq_accum_row(const fa_problem &p, const fa_seq &seq, int64_t b,
                                                 int64_t h, int m0)
 {
-    return h * (p.total_q + p.batch * kDqPadRows) + workspace_row(p, seq, b, m0) + b * kDqPadRows;
+    return h * (p.total_q + p.batch * BM) + workspace_row(p, seq, b, m0) + b * BM;
 }
 
 /* A warp's fragment of a query block in the accumulator, at its lane's
@@ -216,18 +233,18 @@ template <typename T, int DP> __global__ void __launch_bounds__(256) backward_pr
 
 // q (B, Sq, Hq, d), k (B, Sk, Hkv, d), v (B, Sk, Hkv, dv), dout (B, Sq, Hq, dv)
 // -> dk (B, Sk, Hkv, d), dv (B, Sk, Hkv, dv), dq_accum += dS·K.
-// Grid: (key blocks or 1 if deterministic, Hkv, B). kScoreSteps false: the
+// Grid: (key blocks or 1 if deterministic, Hkv, B). Tiles::kPlainScores: the
 // problem has no softcap and no ALiBi (the launcher checks), so the kernel
 // carries only the plain score path (the other one's registers make ptxas
 // spill more around the softmax). kStages 2: two query stages (the hot
 // configuration, so that the stage logic holds no runtime flag); 0: as
 // a.query_stages says. Indices within a sequence and head are 32-bit
 // (sequences are shorter than 2^31); only global offsets are 64-bit.
-template <typename T, int D, bool kLarge, bool kScoreSteps, int kStages>
-__global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
-    backward_kernel(const BackwardArgs a)
+template <typename T, class Tiles, int kStages>
+__global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const BackwardArgs a)
 {
-    using Tiles = BackwardTiles<D, kLarge, !kScoreSteps>;
+    constexpr int D = Tiles::kHeadDim;
+    constexpr bool kScoreSteps = !Tiles::kPlainScores;
     constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN, QC = Tiles::kQueryCols;
     constexpr int DC = Tiles::kDimCols, kThreads = Tiles::kWarps * 32;
     constexpr int MS = Tiles::kSlabKeys / 16, NS = QC / 8; /* m16/n8 tiles of a slab */
@@ -242,6 +259,7 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     T *sPt = sdSt + BN * PS; /* Pᵀ (dropped, scaled) */
     T *sStages = sPt + BN * PS; /* per stage: Q, dO, lse, D */
     constexpr int kStageElems = Tiles::kStageElems, kLseOffset = 2 * BM * P;
+    typedef typename KeepWord<(MS * NS * 4 > 32)>::type KeepBits; /* a bit per slab element */
     const int stages = kStages ? kStages : a.query_stages;
 
     const int b = blockIdx.z, hk = blockIdx.y;
@@ -364,7 +382,7 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
             /* Keep bits of this warp's slab (below), bit 4(NS mt + nt) + e: a
              * rolled loop (see the forward), run before the products so that
              * the Philox state does not compete with their registers. */
-            uint32_t keep_bits = 0xffffffffu;
+            KeepBits keep_bits = ~(KeepBits)0;
             if (drop) {
                 keep_bits = 0;
 #pragma unroll 1
@@ -374,7 +392,7 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
                     const int j = n0 + slab_keys + 16 * mt + g + (e / 2) * 8;
                     fa_u32x4 w = fa_dropout_words(p.dropout_seed, p.dropout_offset,
                                                   p.heads_q, b, h, i, j);
-                    keep_bits |= (uint32_t)(w.x[j & 3] >= drop_threshold) << bit;
+                    keep_bits |= (KeepBits)(w.x[j & 3] >= drop_threshold) << bit;
                 }
             }
 
@@ -497,7 +515,7 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
             }
 
             /* Rows past the sequence land in its pad rows (dp == D columns). */
-            float *dq_frag = dq_lane_base<Tiles>(a.dq_accum + dq_accum_row(p, seq, b, h, m0) * D, warp,
+            float *dq_frag = dq_lane_base<Tiles>(a.dq_accum + dq_accum_row<BM>(p, seq, b, h, m0) * D, warp,
                                                  threadIdx.x % 32);
             float dq[2][Tiles::kDqTiles][4];
             zero(dq);
@@ -553,16 +571,15 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32, 1)
     }
 }
 
-// dq_accum (Hq, total_q + B·kDqPadRows, D), in the order of dq_accum_row ->
+// dq_accum (Hq, total_q + B·BM, D), in the order of dq_accum_row ->
 // dq (B, Sq, Hq, d) = softmax_scale · dq_accum. Grid (query blocks of the
 // longest sequence, Hq, B), the backward kernel's threads: each thread reads
 // back the dQ fragments it held there (coalesced, as they were added) into a
 // row-major smem tile, which then leaves in 16-byte row pieces.
-template <typename T, int D, bool kLarge>
-__global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32) backward_convert_dq_kernel(const BackwardArgs a)
+template <typename T, class Tiles>
+__global__ void __launch_bounds__(Tiles::kWarps * 32) backward_convert_dq_kernel(const BackwardArgs a)
 {
-    using Tiles = BackwardTiles<D, kLarge>;
-    constexpr int BM = Tiles::kBlockM, kPitch = smem_pitch(D), kThreads = Tiles::kWarps * 32;
+    constexpr int D = Tiles::kHeadDim, BM = Tiles::kBlockM, kPitch = smem_pitch(D), kThreads = Tiles::kWarps * 32;
     __shared__ __align__(16) T tile[BM * kPitch];
     const fa_problem &p = a.p;
     const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
@@ -570,7 +587,7 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32) backwar
     if (m0 >= seq.sq)
         return;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
-    const float *frag = dq_lane_base<Tiles>(a.dq_accum + dq_accum_row(p, seq, b, h, m0) * D, warp, threadIdx.x % 32);
+    const float *frag = dq_lane_base<Tiles>(a.dq_accum + dq_accum_row<BM>(p, seq, b, h, m0) * D, warp, threadIdx.x % 32);
     const float c = p.softmax_scale;
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
@@ -603,40 +620,54 @@ __global__ void __launch_bounds__(BackwardTiles<D, kLarge>::kWarps * 32) backwar
     }
 }
 
-/* Sets the kernel's smem limit and launches it with `stages` query stages
- * (kStages: see backward_kernel). */
-template <typename T, int D, bool kLarge, bool kScoreSteps, int kStages>
-static fa_status launch_backward_kernel(BackwardArgs &a, int stages)
+/* Clears the dQ accumulator, runs the main kernel with `stages` query
+ * stages (kStages: see backward_kernel) and the dQ conversion, all with the
+ * accumulator order of Tiles. */
+template <typename T, class Tiles, int kStages> static fa_status run_backward(BackwardArgs &a, int stages)
 {
-    using Tiles = BackwardTiles<D, kLarge, !kScoreSteps>;
+    constexpr int D = Tiles::kHeadDim, BM = Tiles::kBlockM;
     const fa_problem *p = &a.p;
+    cudaStream_t stream = (cudaStream_t)p->stream;
+    const bool queries = p->total_q > 0 && p->head_dim > 0;
+    cudaError_t err = cudaSuccess;
+    if (queries) {
+        const size_t accum_rows = (size_t)p->heads_q * (size_t)(p->total_q + p->batch * BM);
+        err = cudaMemsetAsync(a.dq_accum, 0, accum_rows * D * 4, stream);
+        if (err != cudaSuccess)
+            return fa_fail(FA_ERROR_DEVICE, "sm80 backward: clearing the dQ accumulator: %s",
+                           cudaGetErrorString(err));
+    }
     const unsigned key_blocks = (unsigned)((p->seqlen_k + Tiles::kBlockN - 1) / Tiles::kBlockN);
-    dim3 grid(p->deterministic ? 1u : key_blocks, (unsigned)p->heads_kv, (unsigned)p->batch);
-    if (key_blocks == 0 || grid.y == 0 || grid.z == 0)
+    const dim3 grid(p->deterministic ? 1u : key_blocks, (unsigned)p->heads_kv, (unsigned)p->batch);
+    if (key_blocks > 0) {
+        a.query_stages = stages;
+        const size_t smem = Tiles::smem_bytes(stages);
+        err = cudaFuncSetAttribute(backward_kernel<T, Tiles, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   (int)smem);
+        if (err != cudaSuccess)
+            return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
+        backward_kernel<T, Tiles, kStages><<<grid, Tiles::kWarps * 32, smem, stream>>>(a);
+        fa_status st = check_launch("sm80 backward kernel launch");
+        if (st != FA_SUCCESS)
+            return st;
+    }
+    if (!queries)
         return FA_SUCCESS;
-    a.query_stages = stages;
-    const size_t smem = Tiles::smem_bytes(stages);
-    cudaError_t err = cudaFuncSetAttribute(backward_kernel<T, D, kLarge, kScoreSteps, kStages>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (err != cudaSuccess)
-        return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
-    backward_kernel<T, D, kLarge, kScoreSteps, kStages><<<grid, Tiles::kWarps * 32, smem, (cudaStream_t)p->stream>>>(a);
-    return check_launch("sm80 backward kernel launch");
+    const dim3 blocks((unsigned)((p->seqlen_q + BM - 1) / BM), (unsigned)p->heads_q, (unsigned)p->batch);
+    backward_convert_dq_kernel<T, Tiles><<<blocks, Tiles::kWarps * 32, 0, stream>>>(a);
+    return check_launch("sm80 backward dq conversion launch");
 }
 
 template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
 {
     fa_problem *p = &a.p;
-    cudaStream_t stream = (cudaStream_t)p->stream;
     const int64_t rows = p->total_q * p->heads_q;
+    if (p->batch == 0 || p->heads_kv == 0)
+        return FA_SUCCESS;
     if (rows > 0) {
-        const size_t accum_rows = (size_t)p->heads_q * (size_t)(p->total_q + p->batch * kDqPadRows);
-        cudaError_t err = cudaMemsetAsync(a.dq_accum, 0, accum_rows * D * 4, stream);
-        if (err != cudaSuccess)
-            return fa_fail(FA_ERROR_DEVICE, "sm80 backward: clearing the dQ accumulator: %s",
-                           cudaGetErrorString(err));
         constexpr int kRowsPerBlock = 256 / row_threads(D);
-        backward_preprocess_kernel<T, D><<<(unsigned)((rows + kRowsPerBlock - 1) / kRowsPerBlock), 256, 0, stream>>>(a);
+        backward_preprocess_kernel<T, D><<<(unsigned)((rows + kRowsPerBlock - 1) / kRowsPerBlock), 256, 0,
+                                           (cudaStream_t)p->stream>>>(a);
         fa_status st = check_launch("sm80 backward preprocess launch");
         if (st != FA_SUCCESS)
             return st;
@@ -656,30 +687,23 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
         if (bytes > 0 && bytes < smem_optin)
             smem_optin = (int)bytes;
     }
-    /* The large tile when it fits (double-buffered if that fits too; then
-     * compiled apart for problems without softcap/ALiBi, the kernel with
-     * the score steps serves the rest); else the small one. Sizes are the
-     * padded layout's, which bound the plain kernel's swizzled one. */
+    /* Problems without softcap/ALiBi: the plain kernel, double-buffered,
+     * with 128 query rows at d 64 where that fits. Else the large tile with
+     * the score steps (double-buffered if that fits), else the small one. */
+    using Tall = BackwardTiles<D, true, true, D <= 64>;
+    using Plain = BackwardTiles<D, true, true>;
     using Large = BackwardTiles<D, true>;
     using Small = BackwardTiles<D, false>;
     const size_t optin = (size_t)smem_optin;
-    const int large_stages = Large::smem_bytes(2) <= optin ? 2 : 1;
-    const bool score_steps = p->softcap != 0.f || p->alibi_slopes != nullptr;
-    const bool large = Large::smem_bytes(1) <= optin;
-    fa_status st =
-        !large ? launch_backward_kernel<T, D, false, true, 0>(a, Small::smem_bytes(2) <= optin ? 2 : 1)
-        : score_steps || large_stages == 1 ? launch_backward_kernel<T, D, true, true, 0>(a, large_stages)
-                                           : launch_backward_kernel<T, D, true, false, 2>(a, 2);
-    if (st != FA_SUCCESS || rows == 0 || p->head_dim == 0)
-        return st;
-    /* The accumulator's order is the chosen tile's (dq_accum_row). */
-    const int bm = large ? Large::kBlockM : Small::kBlockM;
-    const dim3 grid((unsigned)((p->seqlen_q + bm - 1) / bm), (unsigned)p->heads_q, (unsigned)p->batch);
-    if (large)
-        backward_convert_dq_kernel<T, D, true><<<grid, Large::kWarps * 32, 0, stream>>>(a);
-    else
-        backward_convert_dq_kernel<T, D, false><<<grid, Small::kWarps * 32, 0, stream>>>(a);
-    return check_launch("sm80 backward dq conversion launch");
+    if (p->softcap == 0.f && p->alibi_slopes == nullptr) {
+        if (Tall::kBlockM == 128 && Tall::smem_bytes(2) <= optin)
+            return run_backward<T, Tall, 2>(a, 2);
+        if (Plain::smem_bytes(2) <= optin)
+            return run_backward<T, Plain, 2>(a, 2);
+    }
+    if (Large::smem_bytes(1) <= optin)
+        return run_backward<T, Large, 0>(a, Large::smem_bytes(2) <= optin ? 2 : 1);
+    return run_backward<T, Small, 0>(a, Small::smem_bytes(2) <= optin ? 2 : 1);
 }
 
 template <typename T> static fa_status backward_for_dtype(BackwardArgs &a)
@@ -708,7 +732,7 @@ size_t backward_smem_bytes(int dp)
 /* Bytes of the dQ accumulator (see dq_accum_row), 256-byte aligned. */
 static size_t dq_accum_bytes(const fa_problem *p, int dp)
 {
-    const size_t rows = (size_t)p->heads_q * (size_t)(p->total_q + p->batch * kDqPadRows);
+    const size_t rows = (size_t)p->heads_q * (size_t)(p->total_q + p->batch * kDqMaxPadRows);
     return (rows * dp * 4 + 255) / 256 * 256;
 }
 
