@@ -140,8 +140,9 @@ __device__ __forceinline__ int64_t workspace_row(const fa_problem &p, const fa_s
 }
 
 /* The dQ accumulator: per query head, the rows of every sequence followed
- * by BM pad rows (BM of the tiles that ran), so that a sequence's last query block has BM whole
- * rows (FA2 pads the same way). A query block's BM x D floats are stored
+ * by BM pad rows (BM of the tiles that ran), so that a sequence's last
+ * query block has BM whole rows (FA2 pads the same way), which the kernel
+ * adds to without a per-row test. A query block's BM x D floats are stored
  * in the order the warps hold their dQ fragments, not row-major: fragment
  * (mt, nt) of warp w is 128 floats at 128 (2 kDqTiles w + kDqTiles mt + nt),
  * value e of lane l at l·kDqLaneStride + e·kDqElemStride. Every atomic
