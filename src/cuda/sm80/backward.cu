@@ -150,7 +150,8 @@ __device__ __forceinline__ int64_t workspace_row(const fa_problem &p, const fa_s
  * reduction per fragment, 512 contiguous bytes; before: one scalar atomic
  * per value, 128 bytes), where row-major rows spread each instruction over
  * 8 rows' 32-byte pieces. The conversion kernel reads the same order. */
-constexpr int kDqMaxPadRows = 128; /* the largest BM: bounds the workspace */
+/* The largest BM (the tall d-64 tiles): bounds the workspace. */
+constexpr int kDqMaxPadRows = BackwardTiles<64, true, true, true>::kBlockM;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 constexpr int kDqLaneStride = 4, kDqElemStride = 1;
 #else
