@@ -14,7 +14,7 @@
  *     atomics. Deterministic mode runs one block per (kv head, batch) that
  *     walks every key block, so each dQ element is added by one thread in a
  *     fixed order. The accumulator keeps each query block in the order the
- *     warps hold it (see dq_accum_row), so that the atomics are coalesced.
+ *     warps hold it (see dq_thread_base), so that the atomics are coalesced.
  *  3. convert: dq = softmax_scale · accumulator, in the output dtype.
  * Warps split Sᵀ/dPᵀ as (key groups) x (query groups) and dK/dV as
  * (key groups) x (column groups); see BackwardTiles.
@@ -126,7 +126,7 @@ struct BackwardArgs {
     bool out_vectorized; /* out, dout rows 16-byte aligned and dv % 8 == 0 (preprocess) */
     bool grad_pairs;     /* dq, dk, dv rows 16-byte aligned: paired/16-byte stores */
     int dp;          /* padded head dim: the accumulator's row length */
-    float *dq_accum; /* (Hq, total_q + B·BM, dp) fp32, see dq_accum_row */
+    float *dq_accum; /* (Hq, total_q + B·BM, dp) fp32, see dq_thread_base */
     float *dsum;     /* (Hq, total_q): rowsum(dO ∘ O) */
     float *lse_log2; /* (Hq, total_q): lse · log2(e), +inf for empty rows */
     int query_stages; /* 2: the next Q/dO block loads during this one (if smem allows) */
@@ -158,20 +158,18 @@ constexpr int kDqLaneStride = 4, kDqElemStride = 1;
 constexpr int kDqLaneStride = 1, kDqElemStride = 32;
 #endif
 
-/* First row of query block m0 of sequence b, head h, in the accumulator
- * of BM x D blocks. */
-template <int BM>
-__device__ __forceinline__ int64_t dq_accum_row(const fa_problem &p, const fa_seq &seq, int64_t b,
-                                                int64_t h, int m0)
-{
-    return h * (p.total_q + p.batch * BM) + workspace_row(p, seq, b, m0) + b * BM;
-}
-
-/* A warp's fragment of a query block in the accumulator, at its lane's
- * first value (chunk = the block's first float). */
+/* This thread's first value of query block m0 of sequence b, head h in the
+ * accumulator of Tiles' BM x D blocks; fragment (mt, nt) is
+ * Tiles::kDqTiles mt + nt 128-float steps further. */
 template <class Tiles>
-__device__ __forceinline__ float *dq_lane_base(float *chunk, int warp, int lane)
+__device__ __forceinline__ float *dq_thread_base(const BackwardArgs &a, const fa_seq &seq, int64_t b, int64_t h,
+                                                 int m0)
 {
+    constexpr int BM = Tiles::kBlockM;
+    const fa_problem &p = a.p;
+    const int64_t row = h * (p.total_q + p.batch * BM) + workspace_row(p, seq, b, m0) + b * BM;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float *chunk = a.dq_accum + row * Tiles::kHeadDim;
     return chunk + warp * 2 * Tiles::kDqTiles * 128 + lane * kDqLaneStride;
 }
 
@@ -517,8 +515,7 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
             }
 
             /* Rows past the sequence land in its pad rows (dp == D columns). */
-            float *dq_frag = dq_lane_base<Tiles>(a.dq_accum + dq_accum_row<BM>(p, seq, b, h, m0) * D, warp,
-                                                 threadIdx.x % 32);
+            float *dq_frag = dq_thread_base<Tiles>(a, seq, b, h, m0);
             float dq[2][Tiles::kDqTiles][4];
             zero(dq);
             warp_gemm<2, Tiles::kDqTiles, BN, true, true>(dq, sdSt, PS, dq_rows, 0, sK, P, 0, dq_cols);
@@ -573,7 +570,7 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
     }
 }
 
-// dq_accum (Hq, total_q + B·BM, D), in the order of dq_accum_row ->
+// dq_accum (Hq, total_q + B·BM, D), in the order of dq_thread_base ->
 // dq (B, Sq, Hq, d) = softmax_scale · dq_accum. Grid (query blocks of the
 // longest sequence, Hq, B), the backward kernel's threads: each thread reads
 // back the dQ fragments it held there (coalesced, as they were added) into a
@@ -589,7 +586,7 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32) backward_convert_dq_kernel
     if (m0 >= seq.sq)
         return;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
-    const float *frag = dq_lane_base<Tiles>(a.dq_accum + dq_accum_row<BM>(p, seq, b, h, m0) * D, warp, threadIdx.x % 32);
+    const float *frag = dq_thread_base<Tiles>(a, seq, b, h, m0);
     const float c = p.softmax_scale;
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
@@ -731,7 +728,7 @@ size_t backward_smem_bytes(int dp)
     }
 }
 
-/* Bytes of the dQ accumulator (see dq_accum_row), 256-byte aligned. */
+/* Bytes of the dQ accumulator (see dq_thread_base), 256-byte aligned. */
 static size_t dq_accum_bytes(const fa_problem *p, int dp)
 {
     const size_t rows = (size_t)p->heads_q * (size_t)(p->total_q + p->batch * kDqMaxPadRows);
