@@ -400,14 +400,38 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
              * 16mt + g + 8(e/2), query q_base + 8nt + 2t + e%2. */
             float st[MS][NS][4], dpt[MS][NS][4];
             zero(st);
-            zero(dpt);
-            /* Both products step through D together (two independent mma
-             * chains per k step for the scheduler to interleave). */
+            warp_gemm<MS, NS, D, false, false>(st, sK, P, slab_keys, 0, cQ, P, 0, q_base);
+            /* Masked scores become -inf, so that P = exp2(-inf) and
+             * dS = P ∘ (dP − D) are exact zeros (rows and keys past the
+             * sequence included: their zero-filled Q, K, dO, V, lse and D
+             * are finite). Here, before dPᵀ exists, the mask's registers
+             * do not compete with it (there, ptxas spilled dK/dV). */
+            if (kind == TILE_PARTIAL) {
+                const Mask mask = make_mask(p, seq, b, h);
+                const TileMask tmask = tile_mask(mask, m0, n0);
+                /* Called with blocks == NULL when dense, so that the
+                 * block-sparse lookup folds away (no per-element branch). */
+                auto mask_scores = [&](const Mask &m) {
 #pragma unroll
-            for (int kk = 0; kk < D; kk += 16) {
-                warp_gemm<MS, NS, 16, false, false>(st, sK, P, slab_keys, kk, cQ, P, kk, q_base);
-                warp_gemm<MS, NS, 16, false, false>(dpt, sV, P, slab_keys, kk, cdO, P, kk, q_base);
+                    for (int mt = 0; mt < MS; ++mt)
+#pragma unroll
+                        for (int nt = 0; nt < NS; ++nt)
+#pragma unroll
+                            for (int e = 0; e < 4; ++e)
+                                if (!visible_in_tile(tmask, m, m0, n0, q_base + nt * 8 + 2 * t + e % 2,
+                                                     slab_keys + 16 * mt + g + (e / 2) * 8))
+                                    st[mt][nt][e] = -INFINITY;
+                };
+                if (mask.blocks) {
+                    mask_scores(mask);
+                } else {
+                    Mask dense = mask;
+                    dense.blocks = nullptr;
+                    mask_scores(dense);
+                }
             }
+            zero(dpt);
+            warp_gemm<MS, NS, D, false, false>(dpt, sV, P, slab_keys, 0, cdO, P, 0, q_base);
 
             /* st -> Pᵀ (dropped, scaled), dpt -> dSᵀ = Pᵀ ∘ (dPᵀ·keep/(1-p) − D),
              * times softcap's derivative. One loop per score kind behind a
@@ -424,10 +448,12 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
 #pragma unroll
                         for (int e = 0; e < 4; ++e) {
                             float s = st[mt][nt][e], dtanh = 1.f;
-                            if constexpr (decltype(transformed)::value)
-                                s = transform_score(score, s, m0 + il + e % 2,
-                                                    n0 + slab_keys + 16 * mt + g + (e / 2) * 8, &dtanh) *
-                                    kLog2e;
+                            if constexpr (decltype(transformed)::value) /* masked: stays -inf */
+                                s = s == -INFINITY ? s
+                                                   : transform_score(score, s, m0 + il + e % 2,
+                                                                     n0 + slab_keys + 16 * mt + g + (e / 2) * 8,
+                                                                     &dtanh) *
+                                                         kLog2e;
                             else
                                 s *= scale_log2;
                             const float pe = exp2f(s - (e % 2 ? lse.y : lse.x));
@@ -452,32 +478,6 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
             } else {
                 p_and_ds(Flag<true>(), Flag<true>());
             }
-            /* Masked elements (possibly inf/NaN above) become exact zeros. */
-            if (kind == TILE_PARTIAL) {
-                const Mask mask = make_mask(p, seq, b, h);
-                const TileMask tmask = tile_mask(mask, m0, n0);
-                /* Called with blocks == NULL when dense, so that the
-                 * block-sparse lookup folds away (no per-element branch). */
-                auto zero_masked = [&](const Mask &m) {
-#pragma unroll
-                    for (int mt = 0; mt < MS; ++mt)
-#pragma unroll
-                        for (int nt = 0; nt < NS; ++nt)
-#pragma unroll
-                            for (int e = 0; e < 4; ++e)
-                                if (!visible_in_tile(tmask, m, m0, n0, q_base + nt * 8 + 2 * t + e % 2,
-                                                     slab_keys + 16 * mt + g + (e / 2) * 8))
-                                    st[mt][nt][e] = dpt[mt][nt][e] = 0.f;
-                };
-                if (mask.blocks) {
-                    zero_masked(mask);
-                } else {
-                    Mask dense = mask;
-                    dense.blocks = nullptr;
-                    zero_masked(dense);
-                }
-            }
-
             /* Pᵀ and dSᵀ as 16-bit pairs in the A-fragment layout: k step kk
              * (16 queries) is n-tiles 2kk, 2kk+1 of the accumulators (a slab
              * of 8 queries fills half of one); into smem for the other warps. */
