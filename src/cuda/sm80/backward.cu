@@ -37,9 +37,11 @@ namespace fa {
  * 32 x 32 pair do not fit next to 128 of dK/dV) and 32 keys x D/4 columns,
  * BN 64. 32-key tiles feed each B fragment to two mma: 136 ldmatrix.x4 per
  * warp and block at d 128 instead of 192 with 16-key warps. With
- * kOwnPtInRegisters (d <= 128) a warp's dK/dV keys are its slab's keys, so
- * it multiplies its own query group of Pᵀ/dSᵀ straight from its registers
- * before the barrier and reads only the other group's from smem. The small
+ * kOwnPtInRegisters (d 64) a warp's dK/dV keys are its slab's keys, so it
+ * multiplies its own query group of Pᵀ/dSᵀ straight from its registers
+ * before the barrier and reads only the other group's from smem (at d 128
+ * the packed fragments' registers next to dK/dV cost more than the smem
+ * reads they save, perf-gpu.md v12). The small
  * shape (BN 64, or 32 for d > 128; 16-key warps everywhere) is for GPUs
  * whose smem per block cannot hold the large one (sm86/sm89: 99 KB).
  * dQ = dS·K is split as (BM/32 groups of 32 queries) x (column groups).
@@ -61,7 +63,7 @@ template <int D, bool kLarge, bool kPlain = false, bool kTall = false> struct Ba
     static constexpr int kKvWarpsN = kBlockN / kKvKeys;
     static constexpr int kKvWarpsD = kWarps / kKvWarpsN;
     static constexpr int kDimCols = D / kKvWarpsD; /* of dK/dV, per warp */
-    static constexpr bool kOwnPtInRegisters = kLarge && D <= 128;
+    static constexpr bool kOwnPtInRegisters = kLarge && D <= 64;
     static constexpr int kDqRowGroups = kBlockM / 32;
     static constexpr int kDqColGroups = kWarps / kDqRowGroups;
     static constexpr int kDqCols = D / kDqColGroups; /* of dQ, per warp (32 rows) */
