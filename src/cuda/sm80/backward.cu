@@ -336,15 +336,11 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
             const T *q = (const T *)p.q.data + fa_row_offset(&p.q, p.varlen, b, seq.q0 + m0, h);
             const T *dout = (const T *)p.dout.data + fa_row_offset(&p.dout, p.varlen, b, seq.q0 + m0, h);
             T *stage_base = sStages + st * kStageElems;
-            load_tile_whole_fast<T, BM, D, kThreads, P>(stage_base, q, p.q.stride_seq, sq - m0, d,
-                                                          a.vectorized);
-            load_tile_whole_fast<T, BM, D, kThreads, P>(stage_base + BM * P, dout, p.dout.stride_seq,
-                                                          sq - m0, dv, a.vectorized);
             /* lse (threads [0, BM)) and D ([BM, 2BM)) join the same async
              * group: a plain load would hold its warps ~1 µs before the
              * store. Rows past the sequence read as 0: such rows lie in a
              * partial tile, whose masking zeroes their P and dS. */
-            if (threadIdx.x < 2 * BM) {
+            if (2 * BM >= kThreads || threadIdx.x < 2 * BM) { /* (every thread at BM 128) */
                 const int r = threadIdx.x % BM;
                 const bool valid = m0 + r < sq;
                 const float *src = threadIdx.x < BM ? a.lse_log2 : a.dsum;
@@ -353,6 +349,10 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
                 cp_async_4(reinterpret_cast<float *>(stage_base + kLseOffset) + threadIdx.x, src,
                            valid ? 4 : 0);
             }
+            load_tile_whole_fast<T, BM, D, kThreads, P>(stage_base, q, p.q.stride_seq, sq - m0, d,
+                                                          a.vectorized);
+            load_tile_whole_fast<T, BM, D, kThreads, P>(stage_base + BM * P, dout, p.dout.stride_seq,
+                                                          sq - m0, dv, a.vectorized);
             cp_async_commit();
         };
 
