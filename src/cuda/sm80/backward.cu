@@ -41,7 +41,7 @@ namespace fa {
  * multiplies its own query group of Pᵀ/dSᵀ straight from its registers
  * before the barrier and reads only the other group's from smem (at d 128
  * the packed fragments' registers next to dK/dV cost more than the smem
- * reads they save, perf-gpu.md v12). The small
+ * reads they save, perf-gpu.md v13). The small
  * shape (BN 64, or 32 for d > 128; 16-key warps everywhere) is for GPUs
  * whose smem per block cannot hold the large one (sm86/sm89: 99 KB).
  * dQ = dS·K is split as (BM/32 groups of 32 queries) x (column groups).
