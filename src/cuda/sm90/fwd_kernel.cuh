@@ -100,19 +100,24 @@ struct fa_sm90_config {
     static constexpr int kKVSlabBytes = kBlockN * 128;
     static constexpr int kQBytes = kSlabs * kQSlabBytes;
     static constexpr int kKVBytes = kSlabs * kKVSlabBytes;
-    /* barriers: q_full[2], q_empty[2], k_full[S], v_full[S], k_empty[S], v_empty[S] */
-    static constexpr int kBarrierBytes = 8 * (4 + 4 * kStages);
+    /* barriers: q_full[2], q_empty[2], k_full[S], v_full[S], k_empty[S], v_empty[S], o_empty */
+    static constexpr int kBarrierBytes = 8 * (5 + 4 * kStages);
     /* one word per consumer thread for fa_wgmma_wait_after */
     static constexpr int kScratchBytes = 4 * 128 * kConsumerWarpgroups;
     static constexpr int kSmemLimit = 232448;
     /* + 1024 so the kernel can align the base to the swizzle atom */
     static constexpr int kSmemMinBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + kBarrierBytes + kScratchBytes;
-    /* where shared memory allows (hdim <= 128): the epilogue stages O for
-     * TMA stores (else it stores from registers), and Q has a second buffer
-     * so that the producer loads the next tile's Q and first K/V while the
-     * consumers finish this one */
-    static constexpr bool kTmaStore = kSmemMinBytes + kQBytes <= kSmemLimit;
-    static constexpr int kOBytes = kTmaStore ? kQBytes : 0; /* 128 rows, like Q */
+    /* The epilogue stages O (BlockM rows, like Q) in shared memory for TMA
+     * stores: in a buffer of its own where one fits (hdim <= 128), else over
+     * the V ring (FA3's layout; hdim 192/256), which the consumers write
+     * once every warpgroup's last PV is done and the producer refills only
+     * after the stores have read it (the o_empty barrier). Where shared
+     * memory allows, Q also has a second buffer so that the producer loads
+     * the next tile's Q and first K/V while the consumers finish this one. */
+    static constexpr bool kOwnOBuffer = kSmemMinBytes + kQBytes <= kSmemLimit;
+    static constexpr bool kOInV = !kOwnOBuffer && kStages * kKVBytes >= kQBytes;
+    static constexpr bool kTmaStore = kOwnOBuffer || kOInV;
+    static constexpr int kOBytes = kOwnOBuffer ? kQBytes : 0;
     static constexpr int kQBuffers = kSmemMinBytes + kOBytes + kQBytes <= kSmemLimit ? 2 : 1;
     static constexpr int kQAllBytes = kQBuffers * kQBytes;
     static constexpr int kSmemBytes = kSmemMinBytes + kOBytes + (kQBuffers - 1) * kQBytes;
@@ -142,20 +147,23 @@ template <class Cfg> struct fa_sm90_smem {
     /* consumer warpgroup wg's 64 output rows, slabs of 64 x 64 (kTmaStore) */
     __device__ uint32_t o(int wg) const
     {
-        return base + Cfg::kQAllBytes + 2 * Cfg::kStages * Cfg::kKVBytes + wg * (Cfg::kOBytes / Cfg::kConsumerWarpgroups);
+        return (Cfg::kOInV ? v(0) : base + Cfg::kQAllBytes + 2 * Cfg::kStages * Cfg::kKVBytes) +
+               wg * (Cfg::kQBytes / Cfg::kConsumerWarpgroups);
     }
     __device__ uint32_t bar(int i) const
     {
         return base + Cfg::kQAllBytes + 2 * Cfg::kStages * Cfg::kKVBytes + Cfg::kOBytes + 8 * i;
     }
     /* this consumer thread's scratch word */
-    __device__ uint32_t scratch() const { return bar(4 + 4 * Cfg::kStages) + 4 * (threadIdx.x - 128); }
+    __device__ uint32_t scratch() const { return bar(5 + 4 * Cfg::kStages) + 4 * (threadIdx.x - 128); }
     __device__ uint32_t q_full(int buf) const { return bar(buf); }
     __device__ uint32_t q_empty(int buf) const { return bar(2 + buf); }
     __device__ uint32_t k_full(int s) const { return bar(4 + s); }
     __device__ uint32_t v_full(int s) const { return bar(4 + Cfg::kStages + s); }
     __device__ uint32_t k_empty(int s) const { return bar(4 + 2 * Cfg::kStages + s); }
     __device__ uint32_t v_empty(int s) const { return bar(4 + 3 * Cfg::kStages + s); }
+    /* kOInV: O of the last tile staged in the V ring has been read by its TMA stores */
+    __device__ uint32_t o_empty() const { return bar(4 + 4 * Cfg::kStages); }
 };
 
 /* The tile a CTA works on, and its key-block range. Shared by producer and
@@ -258,6 +266,17 @@ template <int ClusterSize> struct fa_tile_iter {
  * consumers still write zeros and -inf for the rows that exist. */
 __device__ __forceinline__ bool fa_sm90_has_keys(const fa_sm90_tile &t) { return t.n_end > t.n_begin; }
 
+/* Whether the epilogue of tile t stages O in shared memory for TMA stores
+ * (else it stores from registers): not for varlen tiles that cross their
+ * sequence's end (the box would overwrite the next sequence's rows; fixed
+ * length, TMA skips rows past the tensor), nor for tiles without keys (so
+ * that with O over the V ring, producer and consumers count the same
+ * stores: those of tiles the producer loads). */
+template <class Cfg> __device__ __forceinline__ bool fa_sm90_o_staged(const fa_sm90_params &p, const fa_sm90_tile &t)
+{
+    return Cfg::kTmaStore && fa_sm90_has_keys(t) && (!p.varlen || t.m0 + Cfg::kBlockM <= t.sq);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Producer: one warp walks the tiles, one elected lane of it streams Q     */
 /* once and K/V block by block. The warp's loop state is uniform, so it     */
@@ -287,6 +306,10 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
                 fa_tma_load_4d(tile + s * Cfg::kKVSlabBytes, map, full, s * 64, row, kv_head, batch);
         }
     };
+    /* kOInV: the O of the last tile loaded is (or will be) staged over the
+     * V ring; this tile's first V waits until its stores have read it */
+    bool o_in_v = false;
+    uint32_t o_phase = 0;
     for (fa_tile_iter<Cfg::kClusterSize> it = fa_tile_iter<Cfg::kClusterSize>::first(p); it.valid(p); it.next(p)) {
         fa_sm90_tile t = fa_sm90_tile_of<Cfg>(p, it.index);
         if (!fa_sm90_has_keys(t))
@@ -311,6 +334,11 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
                 fa_mbar_arrive_expect_tx(sm.k_full(kv.stage), Cfg::kKVBytes);
                 load_kv(sm.k(kv.stage), &p.map_k, sm.k_full(kv.stage), row, kv_head, batch);
             }
+            if (Cfg::kOInV && o_in_v) {
+                fa_mbar_wait(sm.o_empty(), o_phase);
+                o_phase ^= 1;
+                o_in_v = false;
+            }
             fa_mbar_wait(sm.v_empty(kv.stage), kv.phase);
             if (leader) {
                 fa_mbar_arrive_expect_tx(sm.v_full(kv.stage), Cfg::kKVBytes);
@@ -318,6 +346,7 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
             }
             kv.advance();
         }
+        o_in_v = Cfg::kOInV && fa_sm90_o_staged<Cfg>(p, t);
     }
 }
 
@@ -541,12 +570,33 @@ __device__ __forceinline__ void fa_probs_to_operand(const float (&s)[Cfg::kBlock
 }
 
 static constexpr uint32_t kEpilogueBarrier = 5; /* 5..7: one per consumer warpgroup */
+static constexpr uint32_t kOFreeBarrier = 8;    /* kOInV: every consumer warpgroup's last PV is done */
+
+/* kOInV: once the TMA stores of the O staged over the V ring have read it,
+ * each consumer warpgroup's leader tells the producer of every CTA in the
+ * cluster (each multicasts V into this CTA's ring) that it may load V again. */
+template <class Cfg> __device__ __forceinline__ void fa_release_o(const fa_sm90_smem<Cfg> &sm, bool &o_in_v)
+{
+    if (!Cfg::kOInV || !o_in_v)
+        return;
+    o_in_v = false;
+    if (threadIdx.x % 128 == 0) {
+        fa_bulk_wait_read<0>();
+        if constexpr (Cfg::kClusterSize == 1)
+            fa_mbar_arrive(sm.o_empty());
+        else
+            for (uint32_t rank = 0; rank < Cfg::kClusterSize; ++rank)
+                fa_mbar_arrive_in_cta(sm.o_empty(), rank);
+    }
+}
 
 /* This warpgroup's 64 rows of O (already divided by the row sums: inv) into
  * its shared-memory slabs in the 128-byte-swizzled image a TMA store reads
  * (16-byte chunk c of row r at chunk c ^ (r % 8)), then one thread stores
  * them. Its previous store must have read the slabs first; the kernel waits
- * for the last one before it exits. */
+ * for the last one before it exits. Over the V ring (kOInV) the slabs are
+ * written once every warpgroup is done with its PVs, and fa_release_o hands
+ * the ring back after the stores have read it. */
 template <class Cfg>
 __device__ __forceinline__ void fa_store_tile_tma(const fa_sm90_params &p, const fa_sm90_tile &t,
                                                   const fa_sm90_smem<Cfg> &sm, int wg,
@@ -558,7 +608,10 @@ __device__ __forceinline__ void fa_store_tile_tma(const fa_sm90_params &p, const
     const uint32_t buf = sm.o(wg);
     if (leader)
         fa_bulk_wait_read<0>();
-    fa_named_barrier_sync(kEpilogueBarrier + wg, 128);
+    if constexpr (Cfg::kOInV)
+        fa_named_barrier_sync(kOFreeBarrier, 128 * Cfg::kConsumerWarpgroups);
+    else
+        fa_named_barrier_sync(kEpilogueBarrier + wg, 128);
 #pragma unroll
     for (int i = 0; i < Cfg::kHeadDim / 2; i += 2) {
         const int r = 16 * warp + lane / 4 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
@@ -581,20 +634,19 @@ __device__ __forceinline__ void fa_store_tile_tma(const fa_sm90_params &p, const
 
 /* O / rowsum (0 for rows with no visible key) and the LSE of this thread's
  * two rows. O goes out through shared memory and TMA stores where it can
- * (fa_store_tile_tma); otherwise straight from the accumulator registers,
- * 4 bytes per store, rows past the sequence skipped. */
+ * (fa_sm90_o_staged, fa_store_tile_tma; o_in_v is set when that was over
+ * the V ring); otherwise straight from the accumulator registers, 4 bytes
+ * per store, rows past the sequence skipped. */
 template <class Cfg>
 __device__ __forceinline__ void fa_store_rows(const fa_sm90_params &p, const fa_sm90_tile &t, const fa_sm90_smem<Cfg> &sm,
                                               int wg, int row0, float (&o)[Cfg::kHeadDim / 2],
-                                              const float (&row_max)[2], const float (&row_sum)[2])
+                                              const float (&row_max)[2], const float (&row_sum)[2], bool &o_in_v)
 {
     typedef typename Cfg::Elem Elem;
     constexpr int D = Cfg::kHeadDim;
     const int lane = threadIdx.x % 32;
     Elem *out = static_cast<Elem *>(p.out);
-    /* varlen: rows past this sequence belong to the next one, which a TMA
-     * box would overwrite; fixed length: TMA skips rows past the tensor */
-    const bool tma = Cfg::kTmaStore && (!p.varlen || t.m0 + Cfg::kBlockM <= t.sq);
+    const bool tma = fa_sm90_o_staged<Cfg>(p, t);
     float inv[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -621,8 +673,10 @@ __device__ __forceinline__ void fa_store_rows(const fa_sm90_params &p, const fa_
         }
     }
     if constexpr (Cfg::kTmaStore) {
-        if (tma)
+        if (tma) {
             fa_store_tile_tma<Cfg>(p, t, sm, wg, o, inv);
+            o_in_v = Cfg::kOInV;
+        }
     }
 }
 
@@ -647,16 +701,18 @@ __device__ __forceinline__ void fa_pv_step(float (&o)[Cfg::kHeadDim / 2], uint32
     fa_release_kv<Cfg::kClusterSize>(sm.v_empty(v.stage));
 }
 
-/* S = Q Kᵀ for the key block in stage k, as its own turn; releases K. */
+/* S = Q Kᵀ for the key block in stage k, as its own turn; releases K.
+ * While it runs, the previous tile's O hands the V ring back (fa_release_o). */
 template <class Cfg>
 __device__ __forceinline__ void fa_qk_step(float (&s)[Cfg::kBlockN / 2], uint32_t q_rows, const fa_sm90_smem<Cfg> &sm,
-                                           const fa_pipe_state<Cfg::kStages> &k, fa_pingpong turn)
+                                           const fa_pipe_state<Cfg::kStages> &k, fa_pingpong turn, bool &o_in_v)
 {
     fa_mbar_wait(sm.k_full(k.stage), k.phase);
     turn.wait_turn();
     fa_wgmma_fence();
     fa_issue_qk<Cfg>(s, q_rows, sm.k(k.stage));
     turn.pass_turn();
+    fa_release_o<Cfg>(sm, o_in_v);
     fa_wgmma_wait<0>();
     fa_wgmma_fence_regs(s);
     fa_release_kv<Cfg::kClusterSize>(sm.k_empty(k.stage));
@@ -671,13 +727,14 @@ template <int N> __device__ __forceinline__ void fa_rescale(float (&o)[N], const
 }
 
 /* One tile for one consumer warpgroup. kv / q carry the pipeline
- * position from tile to tile. Key blocks are walked from the last one, so
- * the masked diagonal blocks of causal tiles come first. */
+ * position from tile to tile, o_in_v whether the last tile's O still sits
+ * over the V ring. Key blocks are walked from the last one, so the masked
+ * diagonal blocks of causal tiles come first. */
 template <class Cfg>
 __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, const fa_sm90_tile &t,
                                                      const fa_sm90_smem<Cfg> &sm, int wg, fa_pingpong turn,
                                                      fa_pipe_state<Cfg::kStages> &kv,
-                                                     fa_pipe_state<Cfg::kQBuffers> &q)
+                                                     fa_pipe_state<Cfg::kQBuffers> &q, bool &o_in_v)
 {
     constexpr int BlockN = Cfg::kBlockN, D = Cfg::kHeadDim;
     const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
@@ -700,7 +757,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         const bool foreign_rows = p.varlen && t.n_end * BlockN > t.sk;
         /* first key block: S, softmax, P */
         int n = t.n_end - 1;
-        fa_qk_step<Cfg>(s, q_rows, sm, kv, turn);
+        fa_qk_step<Cfg>(s, q_rows, sm, kv, turn, o_in_v);
         fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
         fa_probs_to_operand<Cfg>(s, pa);
         if (foreign_rows) {
@@ -771,7 +828,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         fa_release(sm.q_empty(q.stage)); /* the producer may load a later tile's Q */
         q.advance();
     }
-    fa_store_rows<Cfg>(p, t, sm, wg, row0, o, row_max, row_sum);
+    fa_store_rows<Cfg>(p, t, sm, wg, row0, o, row_max, row_sum, o_in_v);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -795,6 +852,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
             fa_mbar_init(sm.k_empty(s), Cfg::kConsumerWarps * Cfg::kClusterSize);
             fa_mbar_init(sm.v_empty(s), Cfg::kConsumerWarps * Cfg::kClusterSize);
         }
+        /* one leader per consumer warpgroup of every CTA in the cluster */
+        fa_mbar_init(sm.o_empty(), Cfg::kConsumerWarpgroups * Cfg::kClusterSize);
         fa_mbar_init_fence();
     }
     /* a cluster: the other CTAs' loads and arrivals reach these barriers */
@@ -816,8 +875,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
             turn.pass_turn();
         fa_pipe_state<Cfg::kStages> kv = {0, 0};
         fa_pipe_state<Cfg::kQBuffers> q = {0, 0};
+        bool o_in_v = false;
         for (fa_tile_iter<Cfg::kClusterSize> it = fa_tile_iter<Cfg::kClusterSize>::first(p); it.valid(p); it.next(p))
-            fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, it.index), sm, wg - 1, turn, kv, q);
+            fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, it.index), sm, wg - 1, turn, kv, q, o_in_v);
         /* ...and warpgroup 0 takes the turn left over after the last one's
          * final pass, so that every named barrier ends balanced */
         if (turn.wg == 0)

@@ -27,7 +27,8 @@ int64_t fa_sm90_rows_of(const fa_problem *p, int is_q)
 
 /* TMA: base 16-byte aligned, every stride a positive multiple of 16 bytes
  * below 2^40 (so no broadcast dims). The forward writes out by TMA stores
- * (hdim <= 128) or 4-byte stores, held to the same rule to keep one check. */
+ * (or 4-byte stores where a tile cannot take them), held to the same rule
+ * to keep one check. */
 fa_status fa_sm90_check_tma_tensor(const fa_problem *p, const fa_tensor *t, const char *name, int is_q)
 {
     int64_t bytes[3];
