@@ -62,12 +62,30 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: %lld tiles exceed the scheduler's int range", (long long)tiles);
     prm.num_tiles = (int)tiles;
     prm.heaviest_first = p->window_right >= 0 || p->window_left >= 0;
+    int device = 0, sms = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm90: device query: %s", cudaGetErrorString(err));
     /* heaviest-first sections (fa_sm90_tile_of): as many (batch, head) pairs
      * as keep their K and V within 32 MB of the 50 MB L2 (FA3's choice), at
-     * least one; without a window one section of all */
+     * least one; without a window one section of all. Where a head has at
+     * most 8 m blocks, fewer: as many as give each CTA at most one tile
+     * (one round of the snake per section, never a fraction more: the
+     * CTAs that take a section's last few tiles hold back the next one).
+     * Measured against 32 MB (perf-sm90.md, v17): hdim 128 causal 512 270
+     * -> 315 TFLOP/s, 1k +2-3%; sections of 1.03 rounds lost 13-17% at 1k,
+     * of 1.45 rounds 11% (hdim 256 causal 512); at 16 m blocks (2k) one
+     * round read -4 to +4%, so longer sequences keep 32 MB. */
     int64_t head_batches = p->heads_q * p->batch;
     int64_t kv_bytes = 4 * p->seqlen_k * p->head_dim / (p->heads_q / p->heads_kv); /* K + V, 2 bytes each */
     int64_t per_section = prm.heaviest_first ? ((int64_t)32 << 20) / (kv_bytes > 0 ? kv_bytes : 1) : head_batches;
+    if (prm.heaviest_first && prm.num_m_blocks >= 1 && prm.num_m_blocks <= 8) {
+        int64_t one_round = sms / prm.num_m_blocks;
+        if (one_round >= 1 && one_round < per_section)
+            per_section = one_round;
+    }
     prm.heads_per_section = (int)(per_section < 1 ? 1 : per_section > head_batches ? head_batches : per_section);
     prm.num_units = prm.num_tiles / Cfg::kClusterSize;
     prm.section_units = prm.heads_per_section * prm.num_m_blocks / Cfg::kClusterSize;
@@ -83,13 +101,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
      * CTAs: hdim128 causal 16k 459 vs 555 TFLOP/s for one CTA per tile; the
      * snake matches one CTA per tile at long seqlens and beats it by 5-15% at
      * seqlen <= 4k). */
-    int device = 0, sms = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess)
-        err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (err == cudaSuccess)
-        err = cudaFuncSetAttribute(fa_sm90_fwd_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   Cfg::kSmemBytes);
+    err = cudaFuncSetAttribute(fa_sm90_fwd_kernel<Cfg>, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
     cudaLaunchConfig_t config;
     memset(&config, 0, sizeof config);
     cudaLaunchAttribute cluster_dims;
