@@ -600,7 +600,7 @@ template <class Cfg> __device__ __forceinline__ void fa_release_o(const fa_sm90_
 template <class Cfg>
 __device__ __forceinline__ void fa_store_tile_tma(const fa_sm90_params &p, const fa_sm90_tile &t,
                                                   const fa_sm90_smem<Cfg> &sm, int wg,
-                                                  const float (&o)[Cfg::kHeadDim / 2], const float (&inv)[2])
+                                                  const uint32_t (&packed)[Cfg::kHeadDim / 4])
 {
     constexpr uint32_t kOSlabBytes = 64 * 128; /* 64 rows x 64 columns */
     const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
@@ -617,10 +617,7 @@ __device__ __forceinline__ void fa_store_tile_tma(const fa_sm90_params &p, const
         const int r = 16 * warp + lane / 4 + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
         const uint32_t chunk = ((col % 64) / 8) ^ (r % 8);
         const uint32_t addr = buf + (col / 64) * kOSlabBytes + r * 128 + chunk * 16 + 4 * (lane & 3);
-        const float sc = inv[(i >> 1) & 1];
-        asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr),
-                     "r"(fa_pack2<typename Cfg::Elem>(o[i] * sc, o[i + 1] * sc))
-                     : "memory");
+        asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(packed[i / 2]) : "memory");
     }
     fa_fence_proxy_async_shared();
     fa_named_barrier_sync(kEpilogueBarrier + wg, 128);
@@ -632,50 +629,71 @@ __device__ __forceinline__ void fa_store_tile_tma(const fa_sm90_params &p, const
     }
 }
 
-/* O / rowsum (0 for rows with no visible key) and the LSE of this thread's
- * two rows. O goes out through shared memory and TMA stores where it can
- * (fa_sm90_o_staged, fa_store_tile_tma; o_in_v is set when that was over
- * the V ring); otherwise straight from the accumulator registers, 4 bytes
- * per store, rows past the sequence skipped. */
+/* A warpgroup's finished tile: O / rowsum (0 for rows with no visible key)
+ * in 16-bit pairs, the accumulator layout; fa_write_rows stores it. */
+template <class Cfg> struct fa_sm90_rows {
+    fa_sm90_tile t;
+    uint32_t packed[Cfg::kHeadDim / 4];
+};
+
+/* The LSE of this thread's two rows, and O / rowsum into rows.packed. */
 template <class Cfg>
-__device__ __forceinline__ void fa_store_rows(const fa_sm90_params &p, const fa_sm90_tile &t, const fa_sm90_smem<Cfg> &sm,
-                                              int wg, int row0, float (&o)[Cfg::kHeadDim / 2],
-                                              const float (&row_max)[2], const float (&row_sum)[2], bool &o_in_v)
+__device__ __forceinline__ void fa_finish_rows(const fa_sm90_params &p, const fa_sm90_tile &t, int row0,
+                                               const float (&o)[Cfg::kHeadDim / 2], const float (&row_max)[2],
+                                               const float (&row_sum)[2], fa_sm90_rows<Cfg> &rows)
 {
-    typedef typename Cfg::Elem Elem;
-    constexpr int D = Cfg::kHeadDim;
     const int lane = threadIdx.x % 32;
-    Elem *out = static_cast<Elem *>(p.out);
-    const bool tma = fa_sm90_o_staged<Cfg>(p, t);
     float inv[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         float sum = fa_quad_sum(row_sum[r]);
         inv[r] = (sum == 0.0f || sum != sum) ? 0.0f : 1.0f / sum;
         int row = row0 + 8 * r;
-        if (row >= t.sq)
-            continue;
-        int64_t packed_row = t.q0 + row;
-        if (p.lse != nullptr && (lane & 3) == 0) {
-            int64_t idx = p.varlen ? (int64_t)t.h * p.total_q + packed_row
+        if (row < t.sq && p.lse != nullptr && (lane & 3) == 0) {
+            int64_t idx = p.varlen ? (int64_t)t.h * p.total_q + t.q0 + row
                                    : ((int64_t)t.b * p.heads_q + t.h) * p.seqlen_q + row;
             p.lse[idx] = sum == 0.0f ? -INFINITY : row_max[r] * p.score_scale + logf(sum);
         }
-        if (tma)
+    }
+    rows.t = t;
+#pragma unroll
+    for (int i = 0; i < Cfg::kHeadDim / 2; i += 2)
+        rows.packed[i / 2] = fa_pack2<typename Cfg::Elem>(o[i] * inv[(i >> 1) & 1], o[i + 1] * inv[(i >> 1) & 1]);
+}
+
+/* Stores a finished tile's O: through shared memory and TMA stores where
+ * it can (fa_sm90_o_staged, fa_store_tile_tma; o_in_v is set when that was
+ * over the V ring); otherwise straight from the registers, 4 bytes per
+ * store, rows past the sequence skipped. */
+template <class Cfg>
+__device__ __forceinline__ void fa_write_rows(const fa_sm90_params &p, const fa_sm90_smem<Cfg> &sm, int wg,
+                                              const fa_sm90_rows<Cfg> &rows, bool &o_in_v)
+{
+    typedef typename Cfg::Elem Elem;
+    constexpr int D = Cfg::kHeadDim;
+    const fa_sm90_tile &t = rows.t;
+    const int lane = threadIdx.x % 32;
+    if (fa_sm90_o_staged<Cfg>(p, t)) {
+        if constexpr (Cfg::kTmaStore) {
+            fa_store_tile_tma<Cfg>(p, t, sm, wg, rows.packed);
+            o_in_v = Cfg::kOInV;
+        }
+        return;
+    }
+    Elem *out = static_cast<Elem *>(p.out);
+    const int row0 = t.m0 + 64 * wg + 16 * ((threadIdx.x / 32) % 4) + lane / 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        int row = row0 + 8 * r;
+        if (row >= t.sq)
             continue;
-        int64_t base = (p.varlen ? 0 : (int64_t)t.b * p.out_stride_batch) + packed_row * p.out_stride_seq +
+        int64_t base = (p.varlen ? 0 : (int64_t)t.b * p.out_stride_batch) + (t.q0 + row) * p.out_stride_seq +
                        (int64_t)t.h * p.out_stride_head;
 #pragma unroll
         for (int i = 2 * r; i < D / 2; i += 4) {
             int col = 8 * (i >> 2) + 2 * (lane & 3);
             if (D == p.head_dim || col < p.head_dim)
-                *reinterpret_cast<uint32_t *>(out + base + col) = fa_pack2<Elem>(o[i] * inv[r], o[i + 1] * inv[r]);
-        }
-    }
-    if constexpr (Cfg::kTmaStore) {
-        if (tma) {
-            fa_store_tile_tma<Cfg>(p, t, sm, wg, o, inv);
-            o_in_v = Cfg::kOInV;
+                *reinterpret_cast<uint32_t *>(out + base + col) = rows.packed[i / 2];
         }
     }
 }
@@ -702,17 +720,18 @@ __device__ __forceinline__ void fa_pv_step(float (&o)[Cfg::kHeadDim / 2], uint32
 }
 
 /* S = Q Kᵀ for the key block in stage k, as its own turn; releases K.
- * While it runs, the previous tile's O hands the V ring back (fa_release_o). */
-template <class Cfg>
+ * while_running() runs while it does (the last tile's output). */
+template <class Cfg, class WhileRunning>
 __device__ __forceinline__ void fa_qk_step(float (&s)[Cfg::kBlockN / 2], uint32_t q_rows, const fa_sm90_smem<Cfg> &sm,
-                                           const fa_pipe_state<Cfg::kStages> &k, fa_pingpong turn, bool &o_in_v)
+                                           const fa_pipe_state<Cfg::kStages> &k, fa_pingpong turn,
+                                           WhileRunning &&while_running)
 {
     fa_mbar_wait(sm.k_full(k.stage), k.phase);
     turn.wait_turn();
     fa_wgmma_fence();
     fa_issue_qk<Cfg>(s, q_rows, sm.k(k.stage));
     turn.pass_turn();
-    fa_release_o<Cfg>(sm, o_in_v);
+    while_running();
     fa_wgmma_wait<0>();
     fa_wgmma_fence_regs(s);
     fa_release_kv<Cfg::kClusterSize>(sm.k_empty(k.stage));
@@ -728,25 +747,49 @@ template <int N> __device__ __forceinline__ void fa_rescale(float (&o)[N], const
 
 /* One tile for one consumer warpgroup. kv / q carry the pipeline
  * position from tile to tile, o_in_v whether the last tile's O still sits
- * over the V ring. Key blocks are walked from the last one, so the masked
- * diagonal blocks of causal tiles come first. */
+ * over the V ring, last / pending the last tile's finished output (LSE
+ * written, O packed) that is still to be stored. With its own O buffer
+ * (kOwnOBuffer) that store runs while the next tile's first QKᵀ does, so
+ * the epilogue no longer delays that GEMM (+1-4% at seqlen 512-1k, v18);
+ * over the V ring it is made at the end of the tile, since the next tile's
+ * first V waits for it. Key blocks are walked from the last one, so the
+ * masked diagonal blocks of causal tiles come first. */
 template <class Cfg>
 __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, const fa_sm90_tile &t,
                                                      const fa_sm90_smem<Cfg> &sm, int wg, fa_pingpong turn,
                                                      fa_pipe_state<Cfg::kStages> &kv,
-                                                     fa_pipe_state<Cfg::kQBuffers> &q, bool &o_in_v)
+                                                     fa_pipe_state<Cfg::kQBuffers> &q, bool &o_in_v,
+                                                     fa_sm90_rows<Cfg> &last, bool &pending)
 {
+    constexpr bool kDeferred = Cfg::kOwnOBuffer;
+    auto write_last = [&]() {
+        if (pending)
+            fa_write_rows<Cfg>(p, sm, wg, last, o_in_v);
+        pending = false;
+    };
     constexpr int BlockN = Cfg::kBlockN, D = Cfg::kHeadDim;
     const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
     const int row0 = t.m0 + 64 * wg + 16 * warp + lane / 4; /* this thread's first row */
 
     float o[D / 2];
+    auto zero_o = [&]() {
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i)
-        o[i] = 0.0f;
+        for (int i = 0; i < D / 2; ++i)
+            o[i] = 0.0f;
+    };
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}, correction[2];
 
-    if (fa_sm90_has_keys(t)) {
+    /* Deferred, O is zeroed under the first QKᵀ too, so that its registers
+     * and the last tile's packed output are not live together; and the last
+     * tile's output is read nowhere after that point of a tile with keys
+     * (a later read on any path kept it live through the whole tile: 68-112
+     * bytes of spills at hdim 64/128). */
+    if (!fa_sm90_has_keys(t)) {
+        write_last(); /* no QKᵀ to write it under */
+        zero_o();
+    } else {
+        if (!kDeferred)
+            zero_o();
         fa_mbar_wait(sm.q_full(q.stage), q.phase);
         /* Q rows of this warpgroup start 64 rows into each slab */
         const uint32_t q_rows = sm.q(q.stage) + 64 * wg * 128;
@@ -757,7 +800,12 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         const bool foreign_rows = p.varlen && t.n_end * BlockN > t.sk;
         /* first key block: S, softmax, P */
         int n = t.n_end - 1;
-        fa_qk_step<Cfg>(s, q_rows, sm, kv, turn, o_in_v);
+        fa_qk_step<Cfg>(s, q_rows, sm, kv, turn, [&]() {
+            fa_release_o<Cfg>(sm, o_in_v);
+            write_last();
+            if (kDeferred)
+                zero_o();
+        });
         fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
         fa_probs_to_operand<Cfg>(s, pa);
         if (foreign_rows) {
@@ -828,7 +876,10 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         fa_release(sm.q_empty(q.stage)); /* the producer may load a later tile's Q */
         q.advance();
     }
-    fa_store_rows<Cfg>(p, t, sm, wg, row0, o, row_max, row_sum, o_in_v);
+    fa_finish_rows<Cfg>(p, t, row0, o, row_max, row_sum, last);
+    pending = true;
+    if (!kDeferred)
+        write_last();
 }
 
 /* ------------------------------------------------------------------------ */
@@ -875,9 +926,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
             turn.pass_turn();
         fa_pipe_state<Cfg::kStages> kv = {0, 0};
         fa_pipe_state<Cfg::kQBuffers> q = {0, 0};
-        bool o_in_v = false;
+        bool o_in_v = false, pending = false;
+        fa_sm90_rows<Cfg> last;
         for (fa_tile_iter<Cfg::kClusterSize> it = fa_tile_iter<Cfg::kClusterSize>::first(p); it.valid(p); it.next(p))
-            fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, it.index), sm, wg - 1, turn, kv, q, o_in_v);
+            fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, it.index), sm, wg - 1, turn, kv, q, o_in_v, last,
+                                      pending);
+        if (pending)
+            fa_write_rows<Cfg>(p, sm, wg - 1, last, o_in_v);
         /* ...and warpgroup 0 takes the turn left over after the last one's
          * final pass, so that every named barrier ends balanced */
         if (turn.wg == 0)
