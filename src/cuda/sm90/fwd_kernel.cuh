@@ -16,8 +16,9 @@
  *                 key blocks:  S = Q Kᵀ (wgmma, both from smem)
  *                              online softmax of S in registers
  *                              O += P V (wgmma, P from registers)
- *                 then writes O / rowsum (TMA stores from shared memory
- *                 where it fits) and the LSE.
+ *                 then writes the LSE and O / rowsum (TMA stores from
+ *                 shared memory; at hdim <= 128 under the next tile's
+ *                 first QKᵀ, see fa_sm90_consume_tile).
  *
  * Two overlaps keep the tensor cores busy during the softmax (FA3 §3.1-3.2):
  *   intra-warpgroup: the QKᵀ of block j and the PV of block j+1 are issued
