@@ -10,8 +10,9 @@
 # `build` compiles only (on the development machine: nvcc needs no GPU); with
 # PREBUILT=1 the other modes skip the compile and use $BUILD as built, so a
 # device call can carry build-sm90 instead of compiling there. `profile`:
-# ncu (full set, SASS-level stall samples) on the hdim-128 16k cells, causal
-# and not, exported as CSV for reading here.
+# ncu (full set, SASS-level stall samples) on the cells of PROFILE_CELLS
+# (hdim:causal:seqlen, default the hdim-128 16k cells, causal and not),
+# exported as CSV for reading here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-all}
@@ -92,10 +93,11 @@ if want bench; then
     timeout 150 "$BUILD/sm90_dev" --bench | tee "$LOGS/bench.log" || fail=1
 fi
 if want profile; then
-    for causal in 0 1; do
-        rep="$LOGS/ncu-h128-c$causal"
+    for cell in ${PROFILE_CELLS:-128:0:16384 128:1:16384}; do
+        IFS=: read -r hdim causal seqlen <<<"$cell"
+        rep="$LOGS/ncu-h$hdim-c$causal-s$seqlen"
         timeout 200 ncu --set full --import-source yes -k regex:fa_sm90_fwd --launch-skip 3 --launch-count 1 \
-            -o "$rep" -f "$BUILD/sm90_dev" --bench 128 $causal 16384 >"$LOGS/ncu-c$causal.log" 2>&1
+            -o "$rep" -f "$BUILD/sm90_dev" --bench "$hdim" "$causal" "$seqlen" >"$rep.log" 2>&1
         ncu --import "$rep.ncu-rep" --page source --csv --print-source sass >"$rep-sass.csv" 2>&1
         ncu --import "$rep.ncu-rep" --page details >"$rep-details.txt" 2>&1
         rm -f "$rep.ncu-rep"

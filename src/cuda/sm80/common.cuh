@@ -202,14 +202,23 @@ __device__ __forceinline__ void load_a_fragment(uint32_t a[4], const T *s, int p
         ldmatrix_x4(a, smem_frag(s, pitch, m0 + l % 16, k0, (l / 16) * 8));
 }
 
+/* What mma_a_times_b runs before the first product into acc[mt][nt]:
+ * nothing by default. */
+struct NoTileHook {
+    __device__ __forceinline__ void operator()(int, int) const {}
+};
+
 /* acc[mt][nt] += a[mt] · B[k0..k0+16, n0+8nt..+8] for MT row tiles of 16
  * and NT column tiles of 8: each B fragment read from smem feeds MT mma.
  * The smem tile holds B row-major indexed [k][n] (b_k_major, e.g. V in
  * P·V), or indexed [n][k] (e.g. K in Q·Kᵀ). Two n-tiles per ldmatrix_x4,
- * an odd last one by x2. */
-template <int MT, int NT, bool b_k_major, typename T>
+ * an odd last one by x2. before(mt, nt) runs just before the product into
+ * acc[mt][nt], so that per-tile work on the accumulator (the forward's O
+ * rescale) issues between the mma instead of as one block ahead of them. */
+template <int MT, int NT, bool b_k_major, typename T, class Before = NoTileHook>
 __device__ __forceinline__ void mma_a_times_b(float (&acc)[MT][NT][4], const uint32_t (&a)[MT][4],
-                                              const T *s, int pitch, int k0, int n0)
+                                              const T *s, int pitch, int k0, int n0,
+                                              Before before = Before())
 {
     int l = threadIdx.x % 32;
 #pragma unroll
@@ -223,7 +232,9 @@ __device__ __forceinline__ void mma_a_times_b(float (&acc)[MT][NT][4], const uin
             ldmatrix_x4(b, smem_frag(s, pitch, n + l % 8 + (l / 16) * 8, k0, ((l / 8) % 2) * 8));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
+            before(mt, nt);
             mma_m16n8k16<T>(acc[mt][nt], a[mt], b);
+            before(mt, nt + 1);
             mma_m16n8k16<T>(acc[mt][nt + 1], a[mt], b + 2);
         }
     }
@@ -235,8 +246,10 @@ __device__ __forceinline__ void mma_a_times_b(float (&acc)[MT][NT][4], const uin
         else
             ldmatrix_x2(b, smem_frag(s, pitch, n + l % 8, k0, ((l / 8) % 2) * 8));
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+        for (int mt = 0; mt < MT; ++mt) {
+            before(mt, NT - 1);
             mma_m16n8k16<T>(acc[mt][NT - 1], a[mt], b);
+        }
     }
 }
 

@@ -357,13 +357,26 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
                 row_max[mt][r] = new_max;
                 row_sum[mt][r] *= rescale[mt][r];
             }
+
+        /* O *= rescale, one 16 x 8 tile at a time: in the lean d-128 kernel
+         * just before the tile's first product of this block (in P·V
+         * below), so that the FMULs issue between the mma (FA2's schedule)
+         * rather than as a block ahead of a long mma run (H100: d 128 +2-5%
+         * at 1k-16k; d 64 -1 to -3% and d 256 mixed, so those keep it
+         * here, as does the all-options kernel, where it spilled at d 128;
+         * perf-gpu.md, forward v11). */
+        constexpr bool kRescaleInPv = !kAllOptions && D == 128;
+        auto rescale_o_tile = [&](int mt, int dt) {
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+            for (int e = 0; e < 4; ++e)
+                acc_o[mt][dt][e] *= rescale[mt][e / 2];
+        };
+        if (!kRescaleInPv)
 #pragma unroll
-            for (int dt = 0; dt < D / 8; ++dt)
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    acc_o[mt][dt][e] *= rescale[mt][e / 2];
+                for (int dt = 0; dt < D / 8; ++dt)
+                    rescale_o_tile(mt, dt);
 
         /* P = exp2(s·exp_scale - base), one FFMA and one ex2 per score; the
          * row sum is of the undropped P. */
@@ -394,7 +407,10 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
 
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk)
-            mma_a_times_b<MT, D / 8, true>(acc_o, pa[kk], sV, P, kk * 16, 0);
+            mma_a_times_b<MT, D / 8, true>(acc_o, pa[kk], sV, P, kk * 16, 0, [&](int mt, int dt) {
+                if (kRescaleInPv && kk == 0)
+                    rescale_o_tile(mt, dt);
+            });
 
         nb = nb_next;
         kind = next_kind;

@@ -17,6 +17,11 @@ template <> struct fa_is_half<__half> {
     static constexpr bool value = true;
 };
 
+/* A compile-time flag as a value, for generic lambdas. */
+template <bool B> struct fa_flag {
+    static constexpr bool value = B;
+};
+
 /* Position in the ring: which buffer, and the parity of its barrier phase.
  * The parity flips each time the stage index wraps around. */
 template <int Stages> struct fa_pipe_state {

@@ -395,12 +395,21 @@ __device__ __forceinline__ void fa_mask_scores(float (&s)[BlockN / 2], int row0,
         lo[half] -= col_base;
         hi[half] -= col_base;
     }
+    /* Without a left window bound (causal, sequence ends) only the right
+     * bound can hide a key: one compare per element instead of two (a
+     * compile-time flag, so that the test is not per element). */
+    auto mask = [&](auto has_left) {
 #pragma unroll
-    for (int i = 0; i < BlockN / 2; ++i) {
-        const int c = 8 * (i >> 2) + (i & 1), half = (i >> 1) & 1;
-        if (c < lo[half] || c > hi[half])
-            s[i] = -INFINITY;
-    }
+        for (int i = 0; i < BlockN / 2; ++i) {
+            const int c = 8 * (i >> 2) + (i & 1), half = (i >> 1) & 1;
+            if (c > hi[half] || (decltype(has_left)::value && c < lo[half]))
+                s[i] = -INFINITY;
+        }
+    };
+    if (window_left < 0)
+        mask(fa_flag<false>());
+    else
+        mask(fa_flag<true>());
 }
 
 /* Online softmax over one score tile, in place: s becomes the unnormalised
