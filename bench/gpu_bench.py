@@ -12,7 +12,9 @@ where they support the problem). The benchmark times, in one process, our
 library on its native (b, s, h, d) layout and torch SDPA with the
 FLASH_ATTENTION and CUDNN_ATTENTION backends on their native (b, h, s, d)
 layout: CUDA events around back-to-back calls (at least `--calls`, as many as
-make a rep last ~2 ms, at most 25), median of `--reps`,
+make a rep last ~2 ms, at most 25), median of `--reps`, each contender's
+reps back to back after ~150 ms of its own untimed calls (see
+time_contenders),
 fresh random inputs per configuration. The backward is timed on its own
 (torch.autograd.grad on one retained forward graph, allocating the gradients
 as a training step does), and forward+backward together. FLOPs: forward 4·b·s²·h·d (half when
@@ -168,18 +170,21 @@ def check(args):
 # ---------------------------------------------------------------------------
 # Benchmark
 
-def time_interleaved(fns, calls, reps, rep_ms=2.0, max_calls=25):
+def time_contenders(fns, calls, reps, rep_ms=2.0, max_calls=25, settle_ms=150.0):
     """{name: median over reps of the mean time of back-to-back calls} for
     callables `fns` ({name: fn}). Each contender gets at least `calls` calls
     per rep, and as many as make a rep last ~rep_ms (at most max_calls), so
     that the host time of a rep's first call (the GPU is idle until its
-    kernel is queued) is spread over enough GPU work. The reps of the
-    contenders alternate (rep 1 of each, then rep 2 of each, ...), so that
-    a drift of clock or power state during a cell reaches all of them alike
-    instead of whichever ran last (measured against timing them one after
-    the other: the same within the call-to-call spread, docs/perf.md).
+    kernel is queued) is spread over enough GPU work. The contenders run one
+    after the other, each first calling itself untimed for ~settle_ms and
+    then timing its reps back to back, so that each is measured in the
+    clock and power state its own work leads to, not in the one its
+    predecessor left: right after cuDNN's backward at seqlen 16k, the next
+    contender's first ~100 ms ran 8-15% slower, whichever it was (FA2's
+    kernel or ours; docs/perf.md). The reps of the contenders used to
+    alternate, which handed that penalty to whoever followed cuDNN.
     A contender that raises is left out and its error returned instead."""
-    times, counts, errors = {}, {}, {}
+    times, errors = {}, {}
     event = lambda: torch.cuda.Event(enable_timing=True)
     for name, fn in fns.items():
         try:
@@ -190,22 +195,22 @@ def time_interleaved(fns, calls, reps, rep_ms=2.0, max_calls=25):
             fn()
             stop.record()
             stop.synchronize()
+            once = max(start.elapsed_time(stop), 1e-3)
+            for _ in range(max(1, math.ceil(settle_ms / once))):
+                fn()
+            n = max(calls, min(math.ceil(rep_ms / once), max_calls))
+            times[name] = []
+            for _ in range(reps):
+                start, stop = event(), event()
+                start.record()
+                for _ in range(n):
+                    fn()
+                stop.record()
+                stop.synchronize()
+                times[name].append(start.elapsed_time(stop) / n)
         except Exception as e:  # an SDPA backend may refuse a shape
             errors[name] = str(e).splitlines()[0][:200]
-            continue
-        once = max(start.elapsed_time(stop), 1e-3)
-        counts[name] = max(calls, min(math.ceil(rep_ms / once), max_calls))
-        times[name] = []
-    for _ in range(reps):
-        for name, n in counts.items():
-            fn = fns[name]
-            start, stop = event(), event()
-            start.record()
-            for _ in range(n):
-                fn()
-            stop.record()
-            stop.synchronize()
-            times[name].append(start.elapsed_time(stop) / n)
+            times.pop(name, None)
     medians = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     return medians, errors
 
@@ -245,12 +250,12 @@ def bench(args):
                         fwd().backward(dt_)
                     impls[name] = (fwd, fwd_bwd)
                 with torch.no_grad():
-                    t_f, errors = time_interleaved({n: f for n, (f, _) in impls.items()},
+                    t_f, errors = time_contenders({n: f for n, (f, _) in impls.items()},
                                                    args.calls, args.reps)
                 # before any backward (which runs on autograd's own thread)
                 fwd_kernel = flashattn.last_kernel(q.device)
                 impls = {n: fns for n, fns in impls.items() if n not in errors}
-                t_fb, errors_fb = time_interleaved({n: fb for n, (_, fb) in impls.items()},
+                t_fb, errors_fb = time_contenders({n: fb for n, (_, fb) in impls.items()},
                                                    args.calls, args.reps)
                 errors.update(errors_fb)
                 impls = {n: fns for n, fns in impls.items() if n not in errors}
@@ -263,7 +268,7 @@ def bench(args):
                     def bwd(out=out, inputs=inputs, grad=grad):
                         torch.autograd.grad(out, inputs, grad, retain_graph=True)
                     bwd_fns[name] = bwd
-                t_b, errors_b = time_interleaved(bwd_fns, args.calls, args.reps)
+                t_b, errors_b = time_contenders(bwd_fns, args.calls, args.reps)
                 errors.update(errors_b)
                 del bwd_fns
                 for name in (OURS,) + PEERS:
