@@ -12,8 +12,8 @@ where they support the problem). The benchmark times, in one process, our
 library on its native (b, s, h, d) layout and torch SDPA with the
 FLASH_ATTENTION and CUDNN_ATTENTION backends on their native (b, h, s, d)
 layout: CUDA events around back-to-back calls (at least `--calls`, as many as
-make a rep last ~2 ms, at most 25), median of `--reps`, each contender's
-reps back to back after ~150 ms of its own untimed calls (see
+make a rep last ~2 ms, at most 25), median of `--reps`, the contenders'
+reps alternating, each after an untimed rep of its own (see
 time_contenders),
 fresh random inputs per configuration. The backward is timed on its own
 (torch.autograd.grad on one retained forward graph, allocating the gradients
@@ -170,21 +170,22 @@ def check(args):
 # ---------------------------------------------------------------------------
 # Benchmark
 
-def time_contenders(fns, calls, reps, rep_ms=2.0, max_calls=25, settle_ms=150.0):
+def time_contenders(fns, calls, reps, rep_ms=2.0, max_calls=25):
     """{name: median over reps of the mean time of back-to-back calls} for
     callables `fns` ({name: fn}). Each contender gets at least `calls` calls
     per rep, and as many as make a rep last ~rep_ms (at most max_calls), so
     that the host time of a rep's first call (the GPU is idle until its
-    kernel is queued) is spread over enough GPU work. The contenders run one
-    after the other, each first calling itself untimed for ~settle_ms and
-    then timing its reps back to back, so that each is measured in the
-    clock and power state its own work leads to, not in the one its
+    kernel is queued) is spread over enough GPU work. The reps of the
+    contenders alternate (rep 1 of each, then rep 2 of each, ...), so that
+    a drift of clock or power state during a cell reaches all of them alike,
+    and each timed rep follows an untimed rep of the same contender, so
+    that it runs in the state its own work leads to rather than the one its
     predecessor left: right after cuDNN's backward at seqlen 16k, the next
-    contender's first ~100 ms ran 8-15% slower, whichever it was (FA2's
-    kernel or ours; docs/perf.md). The reps of the contenders used to
-    alternate, which handed that penalty to whoever followed cuDNN.
+    contender's first ~100 ms ran 8-20% slower, whichever it was (FA2's
+    kernel or ours; docs/perf.md), and without the untimed rep the
+    alternation handed that to whoever followed cuDNN in every rep.
     A contender that raises is left out and its error returned instead."""
-    times, errors = {}, {}
+    times, counts, errors = {}, {}, {}
     event = lambda: torch.cuda.Event(enable_timing=True)
     for name, fn in fns.items():
         try:
@@ -195,101 +196,125 @@ def time_contenders(fns, calls, reps, rep_ms=2.0, max_calls=25, settle_ms=150.0)
             fn()
             stop.record()
             stop.synchronize()
-            once = max(start.elapsed_time(stop), 1e-3)
-            for _ in range(max(1, math.ceil(settle_ms / once))):
-                fn()
-            n = max(calls, min(math.ceil(rep_ms / once), max_calls))
-            times[name] = []
-            for _ in range(reps):
-                start, stop = event(), event()
-                start.record()
-                for _ in range(n):
-                    fn()
-                stop.record()
-                stop.synchronize()
-                times[name].append(start.elapsed_time(stop) / n)
         except Exception as e:  # an SDPA backend may refuse a shape
             errors[name] = str(e).splitlines()[0][:200]
-            times.pop(name, None)
+            continue
+        once = max(start.elapsed_time(stop), 1e-3)
+        counts[name] = max(calls, min(math.ceil(rep_ms / once), max_calls))
+        times[name] = []
+    for _ in range(reps):
+        for name, n in counts.items():
+            fn = fns[name]
+            for _ in range(n):  # the untimed rep
+                fn()
+            start, stop = event(), event()
+            start.record()
+            for _ in range(n):
+                fn()
+            stop.record()
+            stop.synchronize()
+            times[name].append(start.elapsed_time(stop) / n)
     medians = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     return medians, errors
 
 
-def bench(args):
+def measure_cell(args, d, causal, s):
+    """{contender: (fwd_ms, fwd_bwd_ms, bwd_ms) or error string}, and our
+    forward kernel's name, for one cell with fresh random inputs."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
 
-    flashattn.set_backend(args.backend)
     dt = torch.bfloat16
+    b, h = args.tokens // s, args.hidden // d
+    q, k, v, dout = (torch.randn(b, s, h, d, device="cuda", dtype=dt) for _ in range(4))
+    impls = {}
+    qa, ka, va = (t.clone().requires_grad_() for t in (q, k, v))
+
+    def ours_fwd():
+        return flash_attn_func(qa, ka, va, causal=causal)
+
+    def ours_fwd_bwd():
+        ours_fwd().backward(dout)
+    impls[OURS] = (ours_fwd, ours_fwd_bwd)
+    qt, kt, vt, dt_ = (t.transpose(1, 2).contiguous() for t in (q, k, v, dout))
+    qt, kt, vt = (t.requires_grad_() for t in (qt, kt, vt))
+    for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
+                          ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
+        def fwd(backend=backend):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+
+        def fwd_bwd(fwd=fwd):
+            fwd().backward(dt_)
+        impls[name] = (fwd, fwd_bwd)
+    with torch.no_grad():
+        t_f, errors = time_contenders({n: f for n, (f, _) in impls.items()}, args.calls, args.reps)
+    # before any backward (which runs on autograd's own thread)
+    fwd_kernel = flashattn.last_kernel(q.device)
+    impls = {n: fns for n, fns in impls.items() if n not in errors}
+    t_fb, errors_fb = time_contenders({n: fb for n, (_, fb) in impls.items()}, args.calls, args.reps)
+    errors.update(errors_fb)
+    impls = {n: fns for n, fns in impls.items() if n not in errors}
+    bwd_fns = {}
+    for name, (fwd, _) in impls.items():
+        out = fwd()
+        inputs = (qa, ka, va) if name == OURS else (qt, kt, vt)
+        grad = dout if name == OURS else dt_
+
+        def bwd(out=out, inputs=inputs, grad=grad):
+            torch.autograd.grad(out, inputs, grad, retain_graph=True)
+        bwd_fns[name] = bwd
+    t_b, errors_b = time_contenders(bwd_fns, args.calls, args.reps)
+    errors.update(errors_b)
+    del bwd_fns, q, k, v, dout, qa, ka, va, qt, kt, vt, dt_
+    torch.cuda.empty_cache()
+    return {n: errors[n] if n in errors else (t_f[n], t_fb[n], t_b[n]) for n in (OURS,) + PEERS}, fwd_kernel
+
+
+def bench(args):
+    """The grid, `--passes` times (every other pass in reverse cell order, as
+    the FA3 anchor was measured), each cell with fresh inputs; a row's times
+    are the per-contender medians over the passes (the mean of two), and
+    the passes' own times are kept in the row (`passes`)."""
+    flashattn.set_backend(args.backend)
+    cells = [(d, causal, s) for d in args.dims for causal in (False, True) for s in args.seqlens]
+    results = {cell: [] for cell in cells}
+    kernels = {}
+    for p in range(args.passes):
+        for cell in (cells if p % 2 == 0 else cells[::-1]):
+            res, kernels[cell] = measure_cell(args, *cell)
+            results[cell].append(res)
+            print(json.dumps(dict(hdim=cell[0], causal=cell[1], seqlen=cell[2], pass_=p,
+                                  ms={n: r for n, r in res.items()})), flush=True)
+
+    def median(xs):
+        xs = sorted(xs)
+        return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
     rows = []
-    for d in args.dims:
-        for causal in (False, True):
-            for s in args.seqlens:
-                b, h = args.tokens // s, args.hidden // d
-                fwd_flops = 4 * b * s * s * h * d / (2 if causal else 1)
-                q, k, v, dout = (torch.randn(b, s, h, d, device="cuda", dtype=dt)
-                                 for _ in range(4))
-                impls = {}
-                qa, ka, va = (t.clone().requires_grad_() for t in (q, k, v))
-
-                def ours_fwd():
-                    return flash_attn_func(qa, ka, va, causal=causal)
-
-                def ours_fwd_bwd():
-                    ours_fwd().backward(dout)
-                impls[OURS] = (ours_fwd, ours_fwd_bwd)
-                qt, kt, vt, dt_ = (t.transpose(1, 2).contiguous() for t in (q, k, v, dout))
-                qt, kt, vt = (t.requires_grad_() for t in (qt, kt, vt))
-                for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
-                                      ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
-                    def fwd(backend=backend):
-                        with sdpa_kernel(backend):
-                            return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
-
-                    def fwd_bwd(fwd=fwd):
-                        fwd().backward(dt_)
-                    impls[name] = (fwd, fwd_bwd)
-                with torch.no_grad():
-                    t_f, errors = time_contenders({n: f for n, (f, _) in impls.items()},
-                                                   args.calls, args.reps)
-                # before any backward (which runs on autograd's own thread)
-                fwd_kernel = flashattn.last_kernel(q.device)
-                impls = {n: fns for n, fns in impls.items() if n not in errors}
-                t_fb, errors_fb = time_contenders({n: fb for n, (_, fb) in impls.items()},
-                                                   args.calls, args.reps)
-                errors.update(errors_fb)
-                impls = {n: fns for n, fns in impls.items() if n not in errors}
-                bwd_fns = {}
-                for name, (fwd, _) in impls.items():
-                    out = fwd()
-                    inputs = (qa, ka, va) if name == OURS else (qt, kt, vt)
-                    grad = dout if name == OURS else dt_
-
-                    def bwd(out=out, inputs=inputs, grad=grad):
-                        torch.autograd.grad(out, inputs, grad, retain_graph=True)
-                    bwd_fns[name] = bwd
-                t_b, errors_b = time_contenders(bwd_fns, args.calls, args.reps)
-                errors.update(errors_b)
-                del bwd_fns
-                for name in (OURS,) + PEERS:
-                    row = dict(impl=name, hdim=d, causal=causal, seqlen=s, batch=b, heads=h)
-                    if name == OURS:
-                        row.update(fwd_kernel=fwd_kernel)
-                    if name in errors:
-                        row.update(error=errors[name])
-                    else:
-                        row.update(fwd_ms=t_f[name], bwd_ms=t_b[name], fwd_bwd_ms=t_fb[name],
-                                   fwd_tflops=fwd_flops / t_f[name] / 1e9,
-                                   bwd_tflops=2.5 * fwd_flops / t_b[name] / 1e9,
-                                   fwd_bwd_tflops=3.5 * fwd_flops / t_fb[name] / 1e9)
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                del q, k, v, dout, qa, ka, va, qt, kt, vt, dt_
-                torch.cuda.empty_cache()
+    for (d, causal, s) in cells:
+        b, h = args.tokens // s, args.hidden // d
+        fwd_flops = 4 * b * s * s * h * d / (2 if causal else 1)
+        for name in (OURS,) + PEERS:
+            row = dict(impl=name, hdim=d, causal=causal, seqlen=s, batch=b, heads=h)
+            if name == OURS:
+                row.update(fwd_kernel=kernels[(d, causal, s)])
+            got = [r[name] for r in results[(d, causal, s)]]
+            errors = [g for g in got if isinstance(g, str)]
+            if errors:
+                row.update(error=errors[0])
+            else:
+                t_f, t_fb, t_b = (median([g[i] for g in got]) for i in range(3))
+                row.update(fwd_ms=t_f, bwd_ms=t_b, fwd_bwd_ms=t_fb,
+                           fwd_tflops=fwd_flops / t_f / 1e9,
+                           bwd_tflops=2.5 * fwd_flops / t_b / 1e9,
+                           fwd_bwd_tflops=3.5 * fwd_flops / t_fb / 1e9,
+                           passes=[dict(fwd_ms=g[0], fwd_bwd_ms=g[1], bwd_ms=g[2]) for g in got])
+            rows.append(row)
     result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                   device=torch.cuda.get_device_name(), torch=torch.__version__,
                   cudnn=torch.backends.cudnn.version(), tokens=args.tokens,
-                  hidden=args.hidden, dtype="bf16", rows=rows)
+                  hidden=args.hidden, dtype="bf16", passes=args.passes, rows=rows)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print_table(rows)
@@ -409,6 +434,8 @@ def main():
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--passes", type=int, default=1,
+                    help="bench: times over the grid (median per cell and contender)")
     ap.add_argument("--out", default="gpu-bench.json")
     ap.add_argument("--backend", default="auto", choices=("auto", "cuda_sm80", "cuda_sm90"),
                     help="bench: the library backend to time")
