@@ -14,11 +14,12 @@ FLASH_ATTENTION and CUDNN_ATTENTION backends on their native (b, h, s, d)
 layout: CUDA events around back-to-back calls (at least `--calls`, as many as
 make a rep last ~2 ms, at most 25), median of `--reps`, the contenders'
 reps alternating, each after an untimed rep of its own (see
-time_contenders),
-fresh random inputs per configuration. The backward is timed on its own
-(torch.autograd.grad on one retained forward graph, allocating the gradients
-as a training step does), and forward+backward together. FLOPs: forward 4·b·s²·h·d (half when
-causal), backward 2.5x the forward.
+time_contenders), fresh random inputs per configuration; `--passes N`
+repeats the grid (every other pass in reverse order) and reports the
+per-cell median. The backward is timed on its own (torch.autograd.grad on
+one retained forward graph, allocating the gradients as a training step
+does), and forward+backward together. FLOPs: forward 4·b·s²·h·d (half
+when causal), backward 2.5x the forward.
 """
 
 import argparse
