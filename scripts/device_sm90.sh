@@ -51,10 +51,12 @@ fi
 cp "$BUILD/ptxas.log" "$LOGS/"
 
 fail=0
-# Accepted spills: the backward at head dim 64 (56 bytes) and 128 (20
+# Accepted spills: the backward at head dim 64 (68 bytes) and 128 (24
 # bytes), whose branch-free masks (bwd_kernel.cuh, kMaskForm) were measured
-# faster with them; any other spill, or a larger one there, fails.
-accepted="fa_sm90_bwd11main_kernelINS_6configI[0-9a-z_]+Li(64EEEEEvNS_6paramsE', 56|128EEEEEvNS_6paramsE', 20) bytes spill stores"
+# faster with them (56 / 20 bytes then; +12 / +4 since the key block comes
+# from either grid order, kv_order.cuh, measured no slower); any other
+# spill, or a larger one there, fails.
+accepted="fa_sm90_bwd11main_kernelINS_6configI[0-9a-z_]+Li(64EEEEEvNS_6paramsE', 68|128EEEEEvNS_6paramsE', 24) bytes spill stores"
 if grep -E "Potential Performance Loss|C75[0-9][0-9]|Registers are spilled" "$LOGS/ptxas.log" | grep -v -E "$accepted"; then
     echo "FAIL compiler report: spills or wgmma serialization / setmaxnreg warnings (above)"
     fail=1

@@ -20,6 +20,7 @@
  * (key groups) x (column groups); see BackwardTiles.
  */
 #include "common.cuh"
+#include "../kv_order.cuh"
 #include <stdlib.h>
 
 namespace fa {
@@ -68,6 +69,11 @@ template <int D, bool kLarge, bool kPlain = false, bool kTall = false> struct Ba
     static constexpr int kDqColGroups = kWarps / kDqRowGroups;
     static constexpr int kDqCols = D / kDqColGroups; /* of dQ, per warp (32 rows) */
     static constexpr int kDqTiles = kDqCols / 8;      /* n8 tiles of dQ, per warp and m16 tile */
+    /* The heads-first grid for causal (kv_order.cuh). Not for the tall d-64
+     * tiles: at 255 registers with spills, their code lost 2-5% on every
+     * cell, causal or not, to the order's few extra instructions
+     * (perf-gpu.md); they keep the plain grid and its code. */
+    static constexpr bool kHeadsFirstGrid = !kTall;
     /* The first row / column of a warp's dQ tile (32 rows x kDqCols). */
     static __device__ __forceinline__ int dq_row0(int warp) { return 32 * (warp % kDqRowGroups); }
     static __device__ __forceinline__ int dq_col0(int warp) { return kDqCols * (warp / kDqRowGroups); }
@@ -132,6 +138,9 @@ struct BackwardArgs {
     float *dsum;     /* (Hq, total_q): rowsum(dO ∘ O) */
     float *lse_log2; /* (Hq, total_q): lse · log2(e), +inf for empty rows */
     int query_stages; /* 2: the next Q/dO block loads during this one (if smem allows) */
+    int sms;           /* the device's SM count */
+    bool heads_first;   /* the grid's order (kv_order.cuh) */
+    int key_block_step; /* 1: a CTA walks every key block (deterministic); else one each */
 };
 
 /* Row of the workspace arrays for row i of sequence b. */
@@ -235,7 +244,8 @@ template <typename T, int DP> __global__ void __launch_bounds__(256) backward_pr
 
 // q (B, Sq, Hq, d), k (B, Sk, Hkv, d), v (B, Sk, Hkv, dv), dout (B, Sq, Hq, dv)
 // -> dk (B, Sk, Hkv, d), dv (B, Sk, Hkv, dv), dq_accum += dS·K.
-// Grid: (key blocks or 1 if deterministic, Hkv, B). Tiles::kPlainScores: the
+// Grid: (key blocks or 1 if deterministic) x Hkv x B, in the order that
+// a.heads_first says (kv_order.cuh). Tiles::kPlainScores: the
 // problem has no softcap and no ALiBi (the launcher checks), so the kernel
 // carries only the plain score path (the other one's registers make ptxas
 // spill more around the softmax). kStages 2: two query stages (the hot
@@ -264,7 +274,10 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
     typedef typename KeepWord<(MS * NS * 4 > 32)>::type KeepBits; /* a bit per slab element */
     const int stages = kStages ? kStages : a.query_stages;
 
-    const int b = blockIdx.z, hk = blockIdx.y;
+    const int b = blockIdx.z;
+    int hk = blockIdx.y, key_block = blockIdx.x;
+    if constexpr (Tiles::kHeadsFirstGrid)
+        fa_kv_block_of(a.heads_first, hk, key_block);
     const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q,
                                  p.seqlen_k, b);
     const int sq = (int)seq.sq, sk = (int)seq.sk;
@@ -286,7 +299,8 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
     const T *k = (const T *)p.k.data + fa_row_offset(&p.k, p.varlen, b, seq.k0, hk);
     const T *v = (const T *)p.v.data + fa_row_offset(&p.v, p.varlen, b, seq.k0, hk);
 
-    for (int n0 = blockIdx.x * BN; n0 < sk; n0 += gridDim.x * BN) {
+    const int key_block_step = Tiles::kHeadsFirstGrid ? a.key_block_step : gridDim.x;
+    for (int n0 = key_block * BN; n0 < sk; n0 += key_block_step * BN) {
         __syncthreads(); /* the previous key block's reads of sK, sV are done */
         load_tile_whole_fast<T, BN, D, kThreads, P>(sK, k + n0 * p.k.stride_seq, p.k.stride_seq,
                                                       sk - n0, d, a.vectorized);
@@ -639,9 +653,13 @@ template <typename T, class Tiles, int kStages> static fa_status run_backward(Ba
                            cudaGetErrorString(err));
     }
     const unsigned key_blocks = (unsigned)((p->seqlen_k + Tiles::kBlockN - 1) / Tiles::kBlockN);
-    const dim3 grid(p->deterministic ? 1u : key_blocks, (unsigned)p->heads_kv, (unsigned)p->batch);
+    /* Deterministic: one CTA per pair walks every key block, in order. */
+    const dim3 grid = fa_kv_order_grid(&a.heads_first, p->deterministic ? 1u : key_blocks, (int)p->heads_kv,
+                                       (int)p->batch, a.sms,
+                                       Tiles::kHeadsFirstGrid && !p->deterministic && p->window_right >= 0);
     if (key_blocks > 0) {
         a.query_stages = stages;
+        a.key_block_step = p->deterministic ? 1 : (int)key_blocks;
         const size_t smem = Tiles::smem_bytes(stages);
         err = cudaFuncSetAttribute(backward_kernel<T, Tiles, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    (int)smem);
@@ -677,6 +695,8 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
     cudaError_t err = cudaGetDevice(&device);
     if (err == cudaSuccess)
         err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&a.sms, cudaDevAttrMultiProcessorCount, device);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
     /* FA_SM80_SMEM_LIMIT (bytes) lowers the shared memory the choice below

@@ -51,6 +51,7 @@
 #include <stdint.h>
 
 #include "common.cuh"
+#include "../kv_order.cuh"
 #include "../ptx/bulk_copy.cuh"
 #include "../ptx/mbarrier.cuh"
 #include "../ptx/tma.cuh"
@@ -84,6 +85,7 @@ struct params {
     float *dq_accum; /* x padded head dim */
     float *lse_log2; /* lse·log2(e), +inf for empty and padding rows */
     float *dsum;     /* D = rowsum(dO∘O), 0 in the padding */
+    bool heads_first;  /* the grid's order (kv_order.cuh) */
 };
 
 /* Compile-time shape of one kernel instance. */
@@ -186,9 +188,10 @@ struct work {
 template <class Cfg> __device__ __forceinline__ work work_of(const params &p)
 {
     work w;
+    int key_block;
     w.b = blockIdx.z;
-    w.hk = blockIdx.y;
-    w.n0 = blockIdx.x * Cfg::kBlockN;
+    fa_kv_block_of(p.heads_first, w.hk, key_block);
+    w.n0 = key_block * Cfg::kBlockN;
     if (p.varlen) {
         w.q0 = p.cu_seqlens_q[w.b];
         w.sq = p.cu_seqlens_q[w.b + 1] - w.q0;
@@ -639,7 +642,7 @@ __device__ __forceinline__ void consume(const params &p, const work &w, const sm
 /* Kernels                                                                  */
 
 /* q, k, v, dout (via maps), lse_log2 / dsum (workspace) -> dk, dv, and
- * dq_accum += dS K. Grid (key blocks, kv heads, batch). */
+ * dq_accum += dS K. Grid: key blocks x kv heads x batch, in the order of p.heads_first. */
 template <class Cfg> __global__ void __launch_bounds__(Cfg::kThreads, 1) main_kernel(const __grid_constant__ params p)
 {
     extern __shared__ uint8_t smem_raw[];

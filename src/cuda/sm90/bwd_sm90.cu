@@ -92,8 +92,14 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
                                            Cfg::kSmemBytes);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm90 backward: launch setup: %s", cudaGetErrorString(err));
-    dim3 grid((unsigned)((p->seqlen_k + Cfg::kBlockN - 1) / Cfg::kBlockN), (unsigned)p->heads_kv,
-              (unsigned)p->batch);
+    int device = 0, sms = 0;
+    err = cudaGetDevice(&device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm90 backward: device query: %s", cudaGetErrorString(err));
+    const dim3 grid = fa_kv_order_grid(&prm.heads_first, (unsigned)((p->seqlen_k + Cfg::kBlockN - 1) / Cfg::kBlockN),
+                                       (int)p->heads_kv, (int)p->batch, sms, p->window_right >= 0);
     main_kernel<Cfg><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(prm);
     if ((st = check_launch("main kernel launch")) != FA_SUCCESS)
         return st;
