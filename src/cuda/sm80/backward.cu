@@ -20,6 +20,7 @@
  * (key groups) x (column groups); see BackwardTiles.
  */
 #include "common.cuh"
+#include "../flag.cuh"
 #include "../kv_order.cuh"
 #include <stdlib.h>
 
@@ -121,11 +122,6 @@ template <bool B> struct KeepWord {
 };
 template <> struct KeepWord<true> {
     typedef uint64_t type;
-};
-
-/* A compile-time flag as a value, for generic lambdas. */
-template <bool B> struct Flag {
-    static constexpr bool value = B;
 };
 
 struct BackwardArgs {
@@ -488,11 +484,11 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
              * tested per element. */
             if (!kScoreSteps || (score.softcap == 0.f && score.alibi_slope == 0.f)) {
                 if (drop)
-                    p_and_ds(Flag<false>(), Flag<true>());
+                    p_and_ds(fa_flag<false>(), fa_flag<true>());
                 else
-                    p_and_ds(Flag<false>(), Flag<false>());
+                    p_and_ds(fa_flag<false>(), fa_flag<false>());
             } else {
-                p_and_ds(Flag<true>(), Flag<true>());
+                p_and_ds(fa_flag<true>(), fa_flag<true>());
             }
             /* Pᵀ and dSᵀ as 16-bit pairs in the A-fragment layout: k step kk
              * (16 queries) is n-tiles 2kk, 2kk+1 of the accumulators (a slab

@@ -10,16 +10,13 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "../flag.cuh"
+
 template <typename T> struct fa_is_half {
     static constexpr bool value = false;
 };
 template <> struct fa_is_half<__half> {
     static constexpr bool value = true;
-};
-
-/* A compile-time flag as a value, for generic lambdas. */
-template <bool B> struct fa_flag {
-    static constexpr bool value = B;
 };
 
 /* Position in the ring: which buffer, and the parity of its barrier phase.
