@@ -13,8 +13,9 @@ library on its native (b, s, h, d) layout and torch SDPA with the
 FLASH_ATTENTION and CUDNN_ATTENTION backends on their native (b, h, s, d)
 layout: CUDA events around back-to-back calls (at least `--calls`, as many as
 make a rep last ~2 ms, at most 25), median of `--reps`, the contenders'
-reps alternating, each after an untimed rep of its own (see
-time_contenders), fresh random inputs per configuration; `--passes N`
+reps alternating in every order in turn (`--order balanced`), each after
+at least `--warmup-ms` of untimed calls of its own (see time_contenders),
+fresh random inputs per configuration; `--passes N`
 repeats the grid (every other pass in reverse order) and reports the
 per-cell median. The backward is timed on its own (torch.autograd.grad on
 one retained forward graph, allocating the gradients as a training step
@@ -24,6 +25,7 @@ when causal), backward 2.5x the forward.
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -171,22 +173,28 @@ def check(args):
 # ---------------------------------------------------------------------------
 # Benchmark
 
-def time_contenders(fns, calls, reps, rep_ms=2.0, max_calls=25):
+def time_contenders(fns, calls, reps, rep_ms=2.0, max_calls=25, order="balanced", warmup_ms=150.0):
     """{name: median over reps of the mean time of back-to-back calls} for
     callables `fns` ({name: fn}). Each contender gets at least `calls` calls
     per rep, and as many as make a rep last ~rep_ms (at most max_calls), so
     that the host time of a rep's first call (the GPU is idle until its
     kernel is queued) is spread over enough GPU work. The reps of the
     contenders alternate (rep 1 of each, then rep 2 of each, ...), so that
-    a drift of clock or power state during a cell reaches all of them alike,
-    and each timed rep follows an untimed rep of the same contender, so
-    that it runs in the state its own work leads to rather than the one its
-    predecessor left: right after cuDNN's backward at seqlen 16k, the next
-    contender's first ~100 ms ran 8-20% slower, whichever it was (FA2's
-    kernel or ours; docs/perf.md), and without the untimed rep the
-    alternation handed that to whoever followed cuDNN in every rep.
+    a drift of clock or power state during a cell reaches all of them alike.
+    Before each timed rep the contender runs untimed for at least
+    `warmup_ms` (and at least one rep's worth), so that the timed rep runs
+    in the clock and power state its own work leads to rather than the one
+    its predecessor left. `order`: "balanced" (the default) cycles through
+    every permutation of the contenders, rep by rep, so that each follows
+    each other one equally often; "fixed" runs them in the order of `fns`
+    in every rep, "reverse" in the opposite order.
+    Why (docs/perf.md, twelfth session): at the power cap a rep's speed
+    depends on what ran before it. With one untimed rep and a fixed order
+    (ours, FA2, cuDNN: ours always after cuDNN) the same binaries read
+    0.96x cuDNN at hdim 128 non-causal 16k, and 1.11x with the order
+    reversed; sm80 backward hdim 128 non-causal 4k 0.98x / 1.07x FA2.
     A contender that raises is left out and its error returned instead."""
-    times, counts, errors = {}, {}, {}
+    times, counts, errors, once_ms = {}, {}, {}, {}
     event = lambda: torch.cuda.Event(enable_timing=True)
     for name, fn in fns.items():
         try:
@@ -201,12 +209,18 @@ def time_contenders(fns, calls, reps, rep_ms=2.0, max_calls=25):
             errors[name] = str(e).splitlines()[0][:200]
             continue
         once = max(start.elapsed_time(stop), 1e-3)
+        once_ms[name] = once
         counts[name] = max(calls, min(math.ceil(rep_ms / once), max_calls))
         times[name] = []
-    for _ in range(reps):
-        for name, n in counts.items():
-            fn = fns[name]
-            for _ in range(n):  # the untimed rep
+    names = list(counts)
+    if order == "reverse":
+        names.reverse()
+    orders = list(itertools.permutations(names)) if order == "balanced" else [names]
+    warm_calls = {name: max(n, math.ceil(warmup_ms / once_ms[name])) for name, n in counts.items()}
+    for rep in range(reps):
+        for name in orders[rep % len(orders)]:
+            fn, n = fns[name], counts[name]
+            for _ in range(warm_calls[name]):  # the untimed calls
                 fn()
             start, stop = event(), event()
             start.record()
@@ -248,12 +262,15 @@ def measure_cell(args, d, causal, s):
         def fwd_bwd(fwd=fwd):
             fwd().backward(dt_)
         impls[name] = (fwd, fwd_bwd)
+    timing = dict(order=args.order, warmup_ms=args.warmup_ms)
     with torch.no_grad():
-        t_f, errors = time_contenders({n: f for n, (f, _) in impls.items()}, args.calls, args.reps)
+        t_f, errors = time_contenders({n: f for n, (f, _) in impls.items()}, args.calls, args.reps,
+                                      **timing)
     # before any backward (which runs on autograd's own thread)
     fwd_kernel = flashattn.last_kernel(q.device)
     impls = {n: fns for n, fns in impls.items() if n not in errors}
-    t_fb, errors_fb = time_contenders({n: fb for n, (_, fb) in impls.items()}, args.calls, args.reps)
+    t_fb, errors_fb = time_contenders({n: fb for n, (_, fb) in impls.items()}, args.calls, args.reps,
+                                      **timing)
     errors.update(errors_fb)
     impls = {n: fns for n, fns in impls.items() if n not in errors}
     bwd_fns = {}
@@ -265,7 +282,7 @@ def measure_cell(args, d, causal, s):
         def bwd(out=out, inputs=inputs, grad=grad):
             torch.autograd.grad(out, inputs, grad, retain_graph=True)
         bwd_fns[name] = bwd
-    t_b, errors_b = time_contenders(bwd_fns, args.calls, args.reps)
+    t_b, errors_b = time_contenders(bwd_fns, args.calls, args.reps, **timing)
     errors.update(errors_b)
     del bwd_fns, q, k, v, dout, qa, ka, va, qt, kt, vt, dt_
     torch.cuda.empty_cache()
@@ -315,7 +332,8 @@ def bench(args):
     result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                   device=torch.cuda.get_device_name(), torch=torch.__version__,
                   cudnn=torch.backends.cudnn.version(), tokens=args.tokens,
-                  hidden=args.hidden, dtype="bf16", passes=args.passes, rows=rows)
+                  hidden=args.hidden, dtype="bf16", passes=args.passes, order=args.order,
+                  warmup_ms=args.warmup_ms, rows=rows)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print_table(rows)
@@ -434,9 +452,14 @@ def main():
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--calls", type=int, default=5)
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=6,
+                    help="timed reps per contender (6: each order of three contenders once)")
     ap.add_argument("--passes", type=int, default=1,
                     help="bench: times over the grid (median per cell and contender)")
+    ap.add_argument("--order", default="balanced", choices=("balanced", "fixed", "reverse"),
+                    help="bench: the contenders' order within a rep (time_contenders)")
+    ap.add_argument("--warmup-ms", type=float, default=150.0,
+                    help="bench: untimed calls of a contender before each timed rep, in ms")
     ap.add_argument("--out", default="gpu-bench.json")
     ap.add_argument("--backend", default="auto", choices=("auto", "cuda_sm80", "cuda_sm90"),
                     help="bench: the library backend to time")
