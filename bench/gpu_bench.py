@@ -28,7 +28,6 @@ import datetime
 import itertools
 import json
 import math
-import os
 import sys
 
 import torch
@@ -233,12 +232,22 @@ def time_contenders(fns, calls, reps, rep_ms=2.0, max_calls=25, order="balanced"
     return medians, errors
 
 
+def sdpa_forward(name, q, k, v, causal):
+    """A callable running the SDPA backend of PEERS entry `name` on q, k, v
+    shaped (b, h, s, d) (any strides SDPA takes)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
+    backend = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}[name]
+
+    def fwd():
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return fwd
+
+
 def measure_cell(args, d, causal, s):
     """{contender: (fwd_ms, fwd_bwd_ms, bwd_ms) or error string}, and our
     forward kernel's name, for one cell with fresh random inputs."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    import torch.nn.functional as F
-
     dt = torch.bfloat16
     b, h = args.tokens // s, args.hidden // d
     q, k, v, dout = (torch.randn(b, s, h, d, device="cuda", dtype=dt) for _ in range(4))
@@ -253,11 +262,8 @@ def measure_cell(args, d, causal, s):
     impls[OURS] = (ours_fwd, ours_fwd_bwd)
     qt, kt, vt, dt_ = (t.transpose(1, 2).contiguous() for t in (q, k, v, dout))
     qt, kt, vt = (t.requires_grad_() for t in (qt, kt, vt))
-    for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
-                          ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
-        def fwd(backend=backend):
-            with sdpa_kernel(backend):
-                return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+    for name in PEERS:
+        fwd = sdpa_forward(name, qt, kt, vt, causal)
 
         def fwd_bwd(fwd=fwd):
             fwd().backward(dt_)
@@ -344,6 +350,7 @@ def bench(args):
 
 OURS = "flashattn"
 PEERS = ("sdpa-flash", "sdpa-cudnn")
+BACKENDS = ("auto", "cuda_sm80", "cuda_sm90")  # the library backends a benchmark can force
 
 
 def print_table(rows):
@@ -461,7 +468,7 @@ def main():
     ap.add_argument("--warmup-ms", type=float, default=150.0,
                     help="bench: untimed calls of a contender before each timed rep, in ms")
     ap.add_argument("--out", default="gpu-bench.json")
-    ap.add_argument("--backend", default="auto", choices=("auto", "cuda_sm80", "cuda_sm90"),
+    ap.add_argument("--backend", default="auto", choices=BACKENDS,
                     help="bench: the library backend to time")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--quick", action="store_true", help="check: a few small cases")

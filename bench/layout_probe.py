@@ -27,13 +27,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flashattn  # noqa: E402
 from flashattn import flash_attn_func  # noqa: E402
-from gpu_bench import time_contenders  # noqa: E402
+from gpu_bench import BACKENDS, PEERS, sdpa_forward, time_contenders  # noqa: E402
 
 
 def measure(args, d, causal, s):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    import torch.nn.functional as F
-
     b, h = args.tokens // s, args.hidden // d
     bshd = [torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
     bhsd = [t.transpose(1, 2).contiguous() for t in bshd]
@@ -43,12 +40,8 @@ def measure(args, d, causal, s):
     fns = {}
     for layout, (ours_in, sdpa_in) in views.items():
         fns["flashattn-" + layout] = lambda x=ours_in: flash_attn_func(*x, causal=causal)
-        for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
-                              ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
-            def fwd(x=sdpa_in, backend=backend):
-                with sdpa_kernel(backend):
-                    return F.scaled_dot_product_attention(*x, is_causal=causal)
-            fns[name + "-" + layout] = fwd
+        for name in PEERS:
+            fns[name + "-" + layout] = sdpa_forward(name, *sdpa_in, causal)
     with torch.no_grad():
         times, errors = time_contenders(fns, args.calls, args.reps, order="fixed", warmup_ms=0.0)
     flops = 4 * b * s * s * h * d / (2 if causal else 1)
@@ -64,7 +57,7 @@ def main():
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--backend", default="auto", choices=("auto", "cuda_sm80", "cuda_sm90"))
+    ap.add_argument("--backend", default="auto", choices=BACKENDS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():

@@ -23,8 +23,10 @@ import time
 
 import torch
 
-import flashattn
-from flashattn import flash_attn_func
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flashattn  # noqa: E402
+from flashattn import flash_attn_func  # noqa: E402
+from gpu_bench import BACKENDS, sdpa_forward  # noqa: E402
 
 
 class Sampler:
@@ -78,7 +80,7 @@ def burn(fn, secs, flops):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("cells", nargs="+", help="hdim:causal:seqlen")
-    ap.add_argument("--backend", default="auto", choices=("auto", "cuda_sm80", "cuda_sm90"))
+    ap.add_argument("--backend", default="auto", choices=BACKENDS)
     ap.add_argument("--peers", default="sdpa-flash,sdpa-cudnn")
     ap.add_argument("--secs", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=2)
@@ -87,8 +89,6 @@ def main():
     if not torch.cuda.is_available():
         print("no CUDA device")
         return 77
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    import torch.nn.functional as F
     flashattn.set_backend(args.backend)
     sampler = Sampler()
     time.sleep(1.0)
@@ -99,12 +99,8 @@ def main():
         q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
         fns = {"flashattn": lambda: flash_attn_func(q, k, v, causal=bool(causal))}
-        backends = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}
         for name in args.peers.split(","):
-            def fwd(backend=backends[name]):
-                with sdpa_kernel(backend):
-                    return F.scaled_dot_product_attention(qt, kt, vt, is_causal=bool(causal))
-            fns[name] = fwd
+            fns[name] = sdpa_forward(name, qt, kt, vt, bool(causal))
         flops = 4.0 * b * s * s * h * d / (2 if causal else 1)
         with torch.no_grad():
             for rnd in range(args.rounds):
