@@ -14,7 +14,11 @@
 # folder holding libflashattn.so and tests/test_grid built elsewhere, e.g. on
 # the development machine with FA_CUDA_ARCHS=90-real and carried to the
 # device: skips the build there).
-# Writes logs and JSON under $OUT; prints a short summary last.
+# Writes logs and JSON under $OUT; prints a short summary last. Time on an
+# H100: the tests and sanitizers ~3-4 min, the benchmark ~5.5 min per
+# backend and pass (gpu_bench's balanced order with 150 ms warm-ups), so
+# `all` nears the device tool's 10-minute call limit: `test` and `bench`
+# in separate calls, or the grid in parts (BENCH_ARGS="--dims 64 128").
 set -u
 MODE=${1:-all}
 OUT=${OUT:-$PWD/device-out}
