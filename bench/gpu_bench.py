@@ -348,6 +348,16 @@ def bench(args):
     return 0
 
 
+def cuda_ready(backend):
+    """Whether a CUDA device is there (says so when not); selects the
+    library backend to time if it is."""
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return False
+    flashattn.set_backend(backend)
+    return True
+
+
 OURS = "flashattn"
 PEERS = ("sdpa-flash", "sdpa-cudnn")
 BACKENDS = ("auto", "cuda_sm80", "cuda_sm90")  # the library backends a benchmark can force

@@ -25,9 +25,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import flashattn  # noqa: E402
 from flashattn import flash_attn_func  # noqa: E402
-from gpu_bench import BACKENDS, PEERS, sdpa_forward, time_contenders  # noqa: E402
+from gpu_bench import BACKENDS, PEERS, cuda_ready, sdpa_forward, time_contenders  # noqa: E402
 
 
 def measure(args, d, causal, s):
@@ -60,10 +59,8 @@ def main():
     ap.add_argument("--backend", default="auto", choices=BACKENDS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("no CUDA device")
+    if not cuda_ready(args.backend):
         return 77
-    flashattn.set_backend(args.backend)
     rows = []
     for d in args.dims:
         for causal in args.causal:

@@ -8,8 +8,8 @@ back for a few seconds while nvidia-smi samples every 100 ms.
 Why: a kernel that is faster than a peer at a locked clock (ncu) can be
 slower free-running when it draws more power per FLOP and the board's
 power cap lowers its clock. Each contender's span is its launch loop alone;
-the samples inside a span (the first 0.5 s dropped, while the clock
-settles) give its mean clock and power. The contenders alternate, `--rounds`
+the samples inside a span (the first 0.5 s, or a quarter of a shorter
+span, dropped while the clock settles) give its mean clock and power. The contenders alternate, `--rounds`
 times. Same inputs and layouts as gpu_bench (ours (b, s, h, d), SDPA's
 (b, h, s, d)); bf16, 16k tokens, hidden 2048."""
 
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flashattn  # noqa: E402
 from flashattn import flash_attn_func  # noqa: E402
-from gpu_bench import BACKENDS, sdpa_forward  # noqa: E402
+from gpu_bench import BACKENDS, cuda_ready, sdpa_forward  # noqa: E402
 
 
 class Sampler:
@@ -86,10 +86,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("no CUDA device")
+    if not cuda_ready(args.backend):
         return 77
-    flashattn.set_backend(args.backend)
     sampler = Sampler()
     time.sleep(1.0)
     rows = []
@@ -107,7 +105,7 @@ def main():
                 for name, fn in fns.items():
                     t0, t1, tflops = burn(fn, args.secs, flops)
                     time.sleep(0.3)  # the last samples of the span arrive
-                    clock, power = sampler.between(t0 + 0.5, t1)
+                    clock, power = sampler.between(t0 + min(0.5, args.secs / 4), t1)
                     row = dict(cell=cell, round=rnd, impl=name, tflops=tflops, clock_mhz=clock,
                                power_w=power, kernel=flashattn.last_kernel(q.device)
                                if name == "flashattn" else None)
