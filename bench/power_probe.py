@@ -9,8 +9,8 @@ Why: a kernel that is faster than a peer at a locked clock (ncu) can be
 slower free-running when it draws more power per FLOP and the board's
 power cap lowers its clock. Each contender's span is its launch loop alone;
 the samples inside a span (the first 0.5 s, or a quarter of a shorter
-span, dropped while the clock settles) give its mean clock and power. The contenders alternate, `--rounds`
-times. Same inputs and layouts as gpu_bench (ours (b, s, h, d), SDPA's
+span, dropped while the clock settles) give its mean clock and power.
+The contenders alternate, `--rounds` times. Same inputs and layouts as gpu_bench (ours (b, s, h, d), SDPA's
 (b, h, s, d)); bf16, 16k tokens, hidden 2048."""
 
 import argparse
