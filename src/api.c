@@ -564,7 +564,7 @@ static fa_status run(fa_context *ctx, fa_problem *p, fa_direction dir,
                      fa_backend backend)
 {
     p->kernel_name = fa_backend_name(backend);
-    fa_status st = fa_dispatch_run(backend, p, dir);
+    fa_status st = fa_dispatch_run(ctx, backend, p, dir);
     if (st == FA_SUCCESS) {
         ctx->last_kernel = p->kernel_name;
         fa_clear_error();

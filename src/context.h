@@ -36,6 +36,7 @@ fa_status fa_dispatch_select(const fa_context *ctx, const fa_problem *p,
                              fa_direction dir, fa_backend *chosen);
 size_t fa_dispatch_workspace_size(const fa_context *ctx, fa_backend backend,
                                   const fa_problem *p, fa_direction dir);
-fa_status fa_dispatch_run(fa_backend backend, fa_problem *p, fa_direction dir);
+fa_status fa_dispatch_run(const fa_context *ctx, fa_backend backend, fa_problem *p,
+                          fa_direction dir);
 
 #endif /* FA_CONTEXT_H */

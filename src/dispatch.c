@@ -118,18 +118,19 @@ size_t fa_dispatch_workspace_size(const fa_context *ctx, fa_backend backend,
     }
 }
 
-fa_status fa_dispatch_run(fa_backend backend, fa_problem *p, fa_direction dir)
+fa_status fa_dispatch_run(const fa_context *ctx, fa_backend backend, fa_problem *p,
+                          fa_direction dir)
 {
     switch (backend) {
     case FA_BACKEND_CPU:
         return dir == FA_FORWARD ? fa_cpu_forward(p) : fa_cpu_backward(p);
 #ifdef FA_HAVE_SM80
     case FA_BACKEND_CUDA_SM80:
-        return dir == FA_FORWARD ? fa_sm80_forward(p) : fa_sm80_backward(p);
+        return dir == FA_FORWARD ? fa_sm80_forward(p) : fa_sm80_backward(p, &ctx->cuda);
 #endif
 #ifdef FA_HAVE_SM90
     case FA_BACKEND_CUDA_SM90:
-        return dir == FA_FORWARD ? fa_sm90_forward(p) : fa_sm90_backward(p);
+        return dir == FA_FORWARD ? fa_sm90_forward(p) : fa_sm90_backward(p, &ctx->cuda);
 #endif
     default:
         break;

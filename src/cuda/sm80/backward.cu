@@ -134,7 +134,6 @@ struct BackwardArgs {
     float *dsum;     /* (Hq, total_q): rowsum(dO ∘ O) */
     float *lse_log2; /* (Hq, total_q): lse · log2(e), +inf for empty rows */
     int query_stages; /* 2: the next Q/dO block loads during this one (if smem allows) */
-    int sms;           /* the device's SM count */
     bool heads_first;   /* the grid's order (kv_order.cuh) */
     int key_block_step; /* 1: a CTA walks every key block (deterministic); else one each */
 };
@@ -634,7 +633,8 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32) backward_convert_dq_kernel
 /* Clears the dQ accumulator, runs the main kernel with `stages` query
  * stages (kStages: see backward_kernel) and the dQ conversion, all with the
  * accumulator order of Tiles. */
-template <typename T, class Tiles, int kStages> static fa_status run_backward(BackwardArgs &a, int stages)
+template <typename T, class Tiles, int kStages>
+static fa_status run_backward(BackwardArgs &a, int stages, const fa_cuda_device_info &dev)
 {
     constexpr int D = Tiles::kHeadDim, BM = Tiles::kBlockM;
     const fa_problem *p = &a.p;
@@ -651,7 +651,7 @@ template <typename T, class Tiles, int kStages> static fa_status run_backward(Ba
     const unsigned key_blocks = (unsigned)((p->seqlen_k + Tiles::kBlockN - 1) / Tiles::kBlockN);
     /* Deterministic: one CTA per pair walks every key block, in order. */
     const dim3 grid = fa_kv_order_grid(&a.heads_first, p->deterministic ? 1u : key_blocks, (int)p->heads_kv,
-                                       (int)p->batch, a.sms,
+                                       (int)p->batch, dev.num_sms,
                                        Tiles::kHeadsFirstGrid && !p->deterministic && p->window_right >= 0);
     if (key_blocks > 0) {
         a.query_stages = stages;
@@ -673,7 +673,7 @@ template <typename T, class Tiles, int kStages> static fa_status run_backward(Ba
     return check_launch("sm80 backward dq conversion launch");
 }
 
-template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
+template <typename T, int D> static fa_status launch_backward(BackwardArgs &a, const fa_cuda_device_info &dev)
 {
     fa_problem *p = &a.p;
     const int64_t rows = p->total_q * p->heads_q;
@@ -687,22 +687,15 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
         if (st != FA_SUCCESS)
             return st;
     }
-    int device = 0, smem_optin = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess)
-        err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    if (err == cudaSuccess)
-        err = cudaDeviceGetAttribute(&a.sms, cudaDevAttrMultiProcessorCount, device);
-    if (err != cudaSuccess)
-        return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
+    size_t optin = dev.smem_per_block_optin;
     /* FA_SM80_SMEM_LIMIT (bytes) lowers the shared memory the choice below
      * may assume, so that a GPU with more runs (and tests) the choices of
      * one with less: 166912 as an A100, 101376 as sm_86 / sm_89. */
     const char *limit = getenv("FA_SM80_SMEM_LIMIT");
     if (limit != nullptr) {
         const long bytes = strtol(limit, nullptr, 10);
-        if (bytes > 0 && bytes < smem_optin)
-            smem_optin = (int)bytes;
+        if (bytes > 0 && (size_t)bytes < optin)
+            optin = (size_t)bytes;
     }
     /* Problems without softcap/ALiBi: the plain kernel, double-buffered,
      * with 128 query rows at d 64 where that fits. Else the large tile with
@@ -711,26 +704,25 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a)
     using Plain = BackwardTiles<D, true, true>;
     using Large = BackwardTiles<D, true>;
     using Small = BackwardTiles<D, false>;
-    const size_t optin = (size_t)smem_optin;
     if (p->softcap == 0.f && p->alibi_slopes == nullptr) {
         if (Tall::kBlockM == 128 && Tall::smem_bytes(2) <= optin)
-            return run_backward<T, Tall, 2>(a, 2);
+            return run_backward<T, Tall, 2>(a, 2, dev);
         if (Plain::smem_bytes(2) <= optin)
-            return run_backward<T, Plain, 2>(a, 2);
+            return run_backward<T, Plain, 2>(a, 2, dev);
     }
     if (Large::smem_bytes(1) <= optin)
-        return run_backward<T, Large, 0>(a, Large::smem_bytes(2) <= optin ? 2 : 1);
-    return run_backward<T, Small, 0>(a, Small::smem_bytes(2) <= optin ? 2 : 1);
+        return run_backward<T, Large, 0>(a, Large::smem_bytes(2) <= optin ? 2 : 1, dev);
+    return run_backward<T, Small, 0>(a, Small::smem_bytes(2) <= optin ? 2 : 1, dev);
 }
 
-template <typename T> static fa_status backward_for_dtype(BackwardArgs &a)
+template <typename T> static fa_status backward_for_dtype(BackwardArgs &a, const fa_cuda_device_info &dev)
 {
     switch (a.dp) {
-    case 64: return launch_backward<T, 64>(a);
-    case 96: return launch_backward<T, 96>(a);
-    case 128: return launch_backward<T, 128>(a);
-    case 192: return launch_backward<T, 192>(a);
-    default: return launch_backward<T, 256>(a);
+    case 64: return launch_backward<T, 64>(a, dev);
+    case 96: return launch_backward<T, 96>(a, dev);
+    case 128: return launch_backward<T, 128>(a, dev);
+    case 192: return launch_backward<T, 192>(a, dev);
+    default: return launch_backward<T, 256>(a, dev);
     }
 }
 
@@ -777,7 +769,7 @@ static const char *const kBackwardNames[2][2][5] = {
       "sm80.bwd.hdim128.bf16.deterministic", "sm80.bwd.hdim192.bf16.deterministic",
       "sm80.bwd.hdim256.bf16.deterministic"}}};
 
-extern "C" fa_status fa_sm80_backward(fa_problem *p)
+extern "C" fa_status fa_sm80_backward(fa_problem *p, const fa_cuda_device_info *dev)
 {
     if (p->workspace_size < fa::backward_workspace_size(p))
         return fa_fail(FA_ERROR_INTERNAL, "sm80 backward: workspace of %zu bytes, %zu needed",
@@ -797,8 +789,8 @@ extern "C" fa_status fa_sm80_backward(fa_problem *p)
     a.dsum = (float *)(ws + fa::dq_accum_bytes(p, a.dp));
     a.lse_log2 = (float *)((char *)a.dsum + (rows * 4 + 255) / 256 * 256);
     const int is_bf16 = p->dtype == FA_DTYPE_BF16;
-    fa_status st = is_bf16 ? fa::backward_for_dtype<__nv_bfloat16>(a)
-                           : fa::backward_for_dtype<__half>(a);
+    fa_status st = is_bf16 ? fa::backward_for_dtype<__nv_bfloat16>(a, *dev)
+                           : fa::backward_for_dtype<__half>(a, *dev);
     const int dp = a.dp;
     const int dim_index = dp == 64 ? 0 : dp == 96 ? 1 : dp == 128 ? 2 : dp == 192 ? 3 : 4;
     if (st == FA_SUCCESS)

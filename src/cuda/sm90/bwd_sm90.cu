@@ -44,7 +44,7 @@ static fa_status check_launch(const char *what)
     return FA_SUCCESS;
 }
 
-template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_name)
+template <class Cfg> static fa_status launch(fa_problem *p, const fa_cuda_device_info *dev, const char *kernel_name)
 {
     typedef typename Cfg::Elem Elem;
     constexpr int Dp = Cfg::kHeadDim;
@@ -92,14 +92,8 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
                                            Cfg::kSmemBytes);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm90 backward: launch setup: %s", cudaGetErrorString(err));
-    int device = 0, sms = 0;
-    err = cudaGetDevice(&device);
-    if (err == cudaSuccess)
-        err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (err != cudaSuccess)
-        return fa_fail(FA_ERROR_DEVICE, "sm90 backward: device query: %s", cudaGetErrorString(err));
     const dim3 grid = fa_kv_order_grid(&prm.heads_first, (unsigned)((p->seqlen_k + Cfg::kBlockN - 1) / Cfg::kBlockN),
-                                       (int)p->heads_kv, (int)p->batch, sms, p->window_right >= 0);
+                                       (int)p->heads_kv, (int)p->batch, dev->num_sms, p->window_right >= 0);
     main_kernel<Cfg><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(prm);
     if ((st = check_launch("main kernel launch")) != FA_SUCCESS)
         return st;
@@ -109,33 +103,33 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     return check_launch("dq conversion launch");
 }
 
-template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
+template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p, const fa_cuda_device_info *dev)
 {
     const bool bf16 = !fa_is_half<Elem>::value;
     switch (p->head_dim) {
     case 64:
-        return launch<config<Elem, 64>>(p, bf16 ? "sm90.bwd.hdim64.bf16" : "sm90.bwd.hdim64.fp16");
+        return launch<config<Elem, 64>>(p, dev, bf16 ? "sm90.bwd.hdim64.bf16" : "sm90.bwd.hdim64.fp16");
     case 96:
-        return launch<config<Elem, 128>>(p, bf16 ? "sm90.bwd.hdim96.bf16" : "sm90.bwd.hdim96.fp16");
+        return launch<config<Elem, 128>>(p, dev, bf16 ? "sm90.bwd.hdim96.bf16" : "sm90.bwd.hdim96.fp16");
     case 128:
-        return launch<config<Elem, 128>>(p, bf16 ? "sm90.bwd.hdim128.bf16" : "sm90.bwd.hdim128.fp16");
+        return launch<config<Elem, 128>>(p, dev, bf16 ? "sm90.bwd.hdim128.bf16" : "sm90.bwd.hdim128.fp16");
     case 192:
-        return launch<config<Elem, 256>>(p, bf16 ? "sm90.bwd.hdim192.bf16" : "sm90.bwd.hdim192.fp16");
+        return launch<config<Elem, 256>>(p, dev, bf16 ? "sm90.bwd.hdim192.bf16" : "sm90.bwd.hdim192.fp16");
     case 256:
-        return launch<config<Elem, 256>>(p, bf16 ? "sm90.bwd.hdim256.bf16" : "sm90.bwd.hdim256.fp16");
+        return launch<config<Elem, 256>>(p, dev, bf16 ? "sm90.bwd.hdim256.bf16" : "sm90.bwd.hdim256.fp16");
     default:
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90 backward: head_dim %lld", (long long)p->head_dim);
     }
 }
 
-extern "C" fa_status fa_sm90_backward(fa_problem *p)
+extern "C" fa_status fa_sm90_backward(fa_problem *p, const fa_cuda_device_info *dev)
 {
     if (p->workspace_size < fa_sm90_backward_workspace_size(p))
         return fa_fail(FA_ERROR_INTERNAL, "sm90 backward: workspace of %zu bytes, %zu needed", p->workspace_size,
                        fa_sm90_backward_workspace_size(p));
     if (p->dtype == FA_DTYPE_BF16)
-        return launch_for_head_dim<__nv_bfloat16>(p);
+        return launch_for_head_dim<__nv_bfloat16>(p, dev);
     if (p->dtype == FA_DTYPE_F16)
-        return launch_for_head_dim<__half>(p);
+        return launch_for_head_dim<__half>(p, dev);
     return fa_fail(FA_ERROR_UNSUPPORTED, "sm90 backward: dtype %s", fa_dtype_name(p->dtype));
 }
