@@ -5,8 +5,10 @@
 # optional test grid per variant. Compare with bench/ab_compare.py.
 #
 # Here (development machine): build each variant's library, then
-#   scripts/device_ab.sh pack PACK name=build-dir ...   e.g. base=build-a new=build-b
-# which copies each libflashattn.so* into PACK/name, test_grid (and the
+#   scripts/device_ab.sh pack PACK name=build-dir[,VAR=value...] ...   e.g. base=build-a new=build-b
+# which copies each libflashattn.so* into PACK/name (and the VAR=value
+# settings, if any, into PACK/name/env: the variant's grid and bench run
+# with them in the environment, so one build can stand for several), test_grid (and the
 # CUDA runtime it links) from the first build that has one into
 # PACK/tests, and writes PACK/bins.tar.xz. PACK goes inside the checkout, in an ignored folder
 # (build-ab, say): carry PACK/bins.tar.xz, and run from the checkout there.
@@ -32,8 +34,11 @@ if [ "$MODE" = pack ]; then
     names=()
     for spec in "$@"; do
         name=${spec%%=*} dir=${spec#*=}
+        settings=""
+        if [[ $dir == *,* ]]; then settings=${dir#*,} dir=${dir%%,*}; fi
         [ -f "$dir/libflashattn.so" ] || { echo "pack: no $dir/libflashattn.so"; exit 1; }
         mkdir -p "$PACK/$name" && cp -P "$dir"/libflashattn.so* "$PACK/$name/"
+        [ -n "$settings" ] && echo "$settings" | tr ',' '\n' > "$PACK/$name/env"
         if [ ! -f "$PACK/tests/test_grid" ] && [ -f "$dir/tests/test_grid" ]; then
             cp "$dir/tests/test_grid" "$PACK/tests/"
             # the CUDA runtime test_grid links, in case the device's toolkit differs
@@ -60,7 +65,7 @@ work=$(mktemp -d)
 nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader || true
 for v in ${GRID:-}; do for be in ${GRID_BACKENDS:-sm80}; do for lim in ${LIMS:-0}; do
     log=$work/grid-$v-$be-$lim.log
-    FA_SM80_SMEM_LIMIT=$lim LD_LIBRARY_PATH=$B/$v:$B/tests timeout 200 "$B/tests/test_grid" --device cuda --backend "$be" > "$log" 2>&1
+    env $(cat "$B/$v/env" 2>/dev/null) FA_SM80_SMEM_LIMIT=$lim LD_LIBRARY_PATH=$B/$v:$B/tests timeout 200 "$B/tests/test_grid" --device cuda --backend "$be" > "$log" 2>&1
     echo "grid $v $be smem $lim rc=$? $(tail -1 "$log")"
     grep -E "FAIL" "$log" | head -3
 done; done; done
@@ -69,7 +74,7 @@ for r in 1 2; do
     [ $r = 2 ] && order=$(echo $V | tr ' ' '\n' | tac | tr '\n' ' ')
     for v in $order; do
         t0=$(date +%s)
-        PYTHONPATH=python FLASHATTN_LIB=$B/$v/libflashattn.so timeout 300 python3 bench/gpu_bench.py bench \
+        env $(cat "$B/$v/env" 2>/dev/null) PYTHONPATH=python FLASHATTN_LIB=$B/$v/libflashattn.so timeout 300 python3 bench/gpu_bench.py bench \
             --backend "${BACKEND:-cuda_sm80}" --dims ${DIMS:-64 128 256} --seqlens ${SEQS:-1024 4096 16384} \
             --out "$work/ab-$v-$r.json" > "$work/bench-$v-$r.log" 2>&1
         echo "bench $v round $r rc=$? $(( $(date +%s) - t0 )) s"
