@@ -62,10 +62,12 @@ B=$(cd "$PACK" && pwd)
 V=${VARIANTS:-$(cat "$B/variants")}
 TAG=${TAG:-}
 work=$(mktemp -d)
+# the VAR=value settings a variant was packed with (none: nothing)
+settings_of() { cat "$B/$1/env" 2>/dev/null; }
 nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader || true
 for v in ${GRID:-}; do for be in ${GRID_BACKENDS:-sm80}; do for lim in ${LIMS:-0}; do
     log=$work/grid-$v-$be-$lim.log
-    env $(cat "$B/$v/env" 2>/dev/null) FA_SM80_SMEM_LIMIT=$lim LD_LIBRARY_PATH=$B/$v:$B/tests timeout 200 "$B/tests/test_grid" --device cuda --backend "$be" > "$log" 2>&1
+    env $(settings_of "$v") FA_SM80_SMEM_LIMIT=$lim LD_LIBRARY_PATH=$B/$v:$B/tests timeout 200 "$B/tests/test_grid" --device cuda --backend "$be" > "$log" 2>&1
     echo "grid $v $be smem $lim rc=$? $(tail -1 "$log")"
     grep -E "FAIL" "$log" | head -3
 done; done; done
@@ -74,7 +76,7 @@ for r in 1 2; do
     [ $r = 2 ] && order=$(echo $V | tr ' ' '\n' | tac | tr '\n' ' ')
     for v in $order; do
         t0=$(date +%s)
-        env $(cat "$B/$v/env" 2>/dev/null) PYTHONPATH=python FLASHATTN_LIB=$B/$v/libflashattn.so timeout 300 python3 bench/gpu_bench.py bench \
+        env $(settings_of "$v") PYTHONPATH=python FLASHATTN_LIB=$B/$v/libflashattn.so timeout 300 python3 bench/gpu_bench.py bench \
             --backend "${BACKEND:-cuda_sm80}" --dims ${DIMS:-64 128 256} --seqlens ${SEQS:-1024 4096 16384} \
             --out "$work/ab-$v-$r.json" > "$work/bench-$v-$r.log" 2>&1
         echo "bench $v round $r rc=$? $(( $(date +%s) - t0 )) s"
