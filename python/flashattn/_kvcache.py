@@ -81,6 +81,14 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
         if not 0 <= starts[b] <= lengths[b] + seqlen_new:
             raise ValueError(f"cache_leftpad[{b}] = {starts[b]} is outside 0..cache_seqlens[{b}]")
 
+    # Everything the attention call checks, before the cache is written: the
+    # cache as a (batch, ...) view stands for each sequence's keys.
+    def as_batch(t):
+        return t[:1].expand(batch, *t.shape[1:]) if t.shape[0] else t
+
+    _ops.check_attention_args(q, as_batch(k_cache), as_batch(v_cache), None, None, None, None, 0.0,
+                              window_size, alibi_slopes, softmax_scale, softcap)
+
     if k is not None:
         # Append in place: cache[rows[b], lengths[b] + t] = k[b, t].
         row_idx = torch.tensor(rows, device=q.device).view(-1, 1)

@@ -8,6 +8,7 @@ problems, packed or not (packed inputs arrive here as strided views).
 """
 
 import ctypes
+import math
 import operator
 
 import torch
@@ -46,14 +47,30 @@ def check_tensor(name, t, dims, dtype=None, device=None):
         raise ValueError(f"{name} is on {t.device} but q is on {device}: all tensors must be on one device")
 
 
+def _fits_library_view(t):
+    """Whether the library takes t's strides as they are: a contiguous last
+    dimension, and every other dimension of size > 1 clear of the ones
+    inside it (the C library's rule; a broadcast, stride-0 dimension such as
+    expand() or autograd's gradient of a sum gives is not)."""
+    if t.stride(-1) != 1:
+        return False
+    span = t.shape[-1]
+    for stride, size in sorted((st, n) for st, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1):
+        if stride < span:
+            return False
+        span += stride * (size - 1)
+    return True
+
+
 def last_dim_contiguous(t):
-    """FlashAttention's maybe_contiguous: copy only when the last dimension
-    is strided; other strides are passed to the library as they are."""
-    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+    """FlashAttention's maybe_contiguous: copy only when the library cannot
+    take the view (a strided last dimension, broadcast or overlapping
+    dimensions); other strides are passed to the library as they are."""
+    return t if t is None or _fits_library_view(t) else t.contiguous()
 
 
 def check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                         dropout_p, window_size, alibi_slopes):
+                         dropout_p, window_size, alibi_slopes, softmax_scale=None, softcap=0.0):
     """Validate the arguments of an attention call; names the argument at
     fault. q/k/v are (b, s, h, d) or, with cu_seqlens, (total, h, d)."""
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
@@ -101,9 +118,20 @@ def check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_
             )
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    # The kernels take the row max of the raw scores, so the scale must be
+    # positive; the C API's 0 means 1/sqrt(d), which would make 0.0 silently
+    # the default here.
+    if softmax_scale is not None and not 0.0 < float(softmax_scale) < math.inf:
+        raise ValueError(
+            f"softmax_scale must be a finite number > 0 (None: 1/sqrt(headdim)), got {softmax_scale}"
+        )
+    if not 0.0 <= float(softcap) < math.inf:
+        raise ValueError(f"softcap must be a finite number >= 0 (0: off), got {softcap}")
     if not (isinstance(window_size, (tuple, list)) and len(window_size) == 2):
         raise ValueError(f"window_size must be a pair (left, right), got {window_size!r}")
     if alibi_slopes is not None:
+        if not isinstance(alibi_slopes, torch.Tensor):
+            raise TypeError(f"alibi_slopes must be a torch.Tensor, got {type(alibi_slopes).__name__}")
         check_tensor("alibi_slopes", alibi_slopes, alibi_slopes.dim(), torch.float32, q.device)
         batch = cu_seqlens_q.shape[0] - 1 if varlen else q.shape[0]
         if tuple(alibi_slopes.shape) not in ((hq,), (batch, hq)):
@@ -178,8 +206,10 @@ def _plan(ctx, what, size_fn, problem_args, dropout_offset=0):
      softcap, alibi_slopes, deterministic, _) = problem_args
     cached = cu_seqlens_q is None and alibi_slopes is None and dropout_p == 0
     if cached:
+        # the CPU workspace grows with the thread count
+        threads = torch.get_num_threads() if q.device.type == "cpu" else 0
         key = (what, q.shape, k.shape, v.shape[-1], q.dtype, q.device, softmax_scale, causal,
-               window_left, window_right, softcap, deterministic, _ffi.forced_backend())
+               window_left, window_right, softcap, deterministic, _ffi.forced_backend(), threads)
         plan = _plans.get(key)
         if plan is not None:
             return plan
@@ -394,7 +424,7 @@ def attention(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
               window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False):
     """Validated, differentiable attention: returns (out, lse, rng_state)."""
     check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                         dropout_p, window_size, alibi_slopes)
+                         dropout_p, window_size, alibi_slopes, softmax_scale, softcap)
     q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     if softmax_scale is None:
         softmax_scale = q.shape[-1] ** -0.5

@@ -140,6 +140,30 @@ def test_strided_last_dim_is_copied(device):
     assert_close("out", out, ref)
 
 
+def test_broadcast_inputs_and_gradients(device):
+    """Stride-0 views (expand(), and the gradient autograd passes back
+    through a sum over a dimension) are copied for the library, which takes
+    no overlapping dimensions, and give the reference's results."""
+    b, s, h, d = 2, 19, 4, 16
+    gen = torch.Generator().manual_seed(9)
+    q = randn(device, gen, 1, s, h, d).expand(b, s, h, d)  # broadcast over the batch
+    kv = randn(device, gen, b, s, 1, d)
+    k, v = kv.expand(b, s, h, d), kv.expand(b, s, h, d)  # MQA through expand()
+    for t in (q, k):
+        assert 0 in t.stride() and _ops.last_dim_contiguous(t) is not t
+    out = flashattn.flash_attn_func(q, k, v, causal=True)
+    ref, _ = attention_ref(q, k, v, causal=True)
+    assert_close("out", out, ref)
+
+    leaf = q.detach().clone().requires_grad_()
+    out = flashattn.flash_attn_func(leaf, k, v)
+    (dq,) = torch.autograd.grad(out.sum(dim=1).pow(2).sum(), (leaf,))  # dout has stride 0 over s
+    q64 = leaf.detach().double().requires_grad_()
+    ref, _ = attention_ref(q64, k, v)
+    (rdq,) = torch.autograd.grad(ref.sum(dim=1).pow(2).sum(), (q64,))
+    assert_close("dq", dq, rdq, kind="grad")
+
+
 def test_qkvpacked(device):
     b, s, h, d = 2, 37, 4, 32
     qkv = randn(device, torch.Generator().manual_seed(7), b, s, 3, h, d)

@@ -34,9 +34,16 @@ FIXED_CASES = [
      ValueError, "alibi_slopes must be"),
     ("alibi dtype", lambda q, k, v: (q, k, v, dict(alibi_slopes=torch.ones(4, device=q.device).double())),
      TypeError, "alibi_slopes must be float32"),
-    ("softcap (library)", lambda q, k, v: (q, k, v, dict(softcap=-1.0)), ValueError, "softcap"),
-    ("scale (library)", lambda q, k, v: (q, k, v, dict(softmax_scale=float("nan"))), ValueError,
-     "softmax_scale"),
+    ("alibi list", lambda q, k, v: (q, k, v, dict(alibi_slopes=[0.5] * 4)), TypeError,
+     "alibi_slopes must be a torch.Tensor"),
+    ("softcap", lambda q, k, v: (q, k, v, dict(softcap=-1.0)), ValueError, "softcap must be"),
+    ("scale nan", lambda q, k, v: (q, k, v, dict(softmax_scale=float("nan"))), ValueError,
+     "softmax_scale must be"),
+    # 0 would otherwise reach the C API, where it means 1/sqrt(d)
+    ("scale zero", lambda q, k, v: (q, k, v, dict(softmax_scale=0.0)), ValueError,
+     "softmax_scale must be a finite number > 0"),
+    ("scale negative", lambda q, k, v: (q, k, v, dict(softmax_scale=-0.25)), ValueError,
+     "softmax_scale must be"),
 ]
 
 

@@ -27,6 +27,24 @@ def test_threads_share_nothing(device):
         assert torch.equal(out, expected[i % len(problems)])
 
 
+def test_cpu_thread_count_change():
+    """The CPU workspace grows with torch's thread count: a call after
+    set_num_threads raised it must not reuse the smaller size of an earlier
+    call of the same shape."""
+    q, k, v = random_qkv(2, 256, 256, 8, 8, 64, device="cpu", requires_grad=True)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 4):
+            torch.set_num_threads(n)
+            out = flashattn.flash_attn_func(q, k, v, causal=True, deterministic=True)
+            results.append((out,) + torch.autograd.grad(out, (q, k, v), torch.ones_like(out)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, four in zip(*results):
+        torch.testing.assert_close(one, four, rtol=0, atol=1e-5)
+
+
 def test_cuda_current_stream():
     if not (torch.cuda.is_available() and (flashattn.backend_compiled("cuda_sm80")
                                            or flashattn.backend_compiled("cuda_sm90"))):

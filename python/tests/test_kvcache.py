@@ -104,6 +104,31 @@ def test_kvcache_unsupported_options_raise(device):
         fa3.flash_attn_with_kvcache(q, cache, cache, qv=q)
 
 
+def test_kvcache_bad_arguments_leave_the_cache_alone(device):
+    """Every argument is checked before k and v are written into the cache."""
+    q = torch.randn(2, 1, 4, 16, device=device)
+    k_cache, v_cache = torch.randn(2, 8, 2, 16, device=device), torch.randn(2, 8, 2, 16, device=device)
+    new = torch.randn(2, 3, 2, 16, device=device)
+    lens = torch.tensor([2, 4], dtype=torch.int32, device=device)  # uneven: one call per sequence
+    before = (k_cache.clone(), v_cache.clone())
+    bad = [
+        (dict(q=q[..., :8]), ValueError, "head dim"),
+        (dict(q=q[:, :, :3]), ValueError, "heads in q"),
+        (dict(alibi_slopes=torch.ones(7, device=device)), ValueError,
+         r"\(batch, nheads\) = \(2, 4\)"),
+        (dict(window_size=3), ValueError, "window_size"),
+        (dict(softcap=-1.0), ValueError, "softcap"),
+        (dict(softmax_scale=0.0), ValueError, "softmax_scale"),
+    ]
+    for change, exc, message in bad:
+        args = dict(q=q, alibi_slopes=None, window_size=(-1, -1), softcap=0.0, softmax_scale=None)
+        args.update(change)
+        with pytest.raises(exc, match=message):
+            flashattn.flash_attn_with_kvcache(args.pop("q"), k_cache, v_cache, new, new,
+                                              cache_seqlens=lens, **args)
+        assert torch.equal(k_cache, before[0]) and torch.equal(v_cache, before[1])
+
+
 def test_kvcache_bad_arguments(device):
     q = torch.randn(2, 1, 2, 16, device=device)
     cache = torch.randn(2, 8, 2, 16, device=device)
