@@ -182,11 +182,12 @@ typedef struct fa_attn {
     const int32_t *cu_seqlens_k;
 
     /* options */
-    float softmax_scale;     /* 0 means 1/sqrt(head_dim) */
+    float softmax_scale;     /* 0 means 1/sqrt(head_dim); at most 1e30 */
     int causal;              /* bottom-right aligned */
     int64_t window_left;     /* -1 = unbounded */
     int64_t window_right;    /* -1 = unbounded */
-    float softcap;           /* 0 = off */
+    float softcap;           /* 0 = off; at most 1e4 (the score's error is
+                                ~1e-7·softcap) */
 
     const float *alibi_slopes;   /* NULL = off; fp32 (batch?, heads_q) */
     int64_t alibi_stride_batch;  /* 0: one slope per head; heads_q: per
@@ -236,7 +237,8 @@ FA_API void fa_context_destroy(fa_context *ctx);
 
 /* The CUDA stream (a cudaStream_t; NULL = the default stream). */
 FA_API fa_status fa_context_set_stream(fa_context *ctx, void *stream);
-/* CPU worker threads; 0 = all cores (the default). */
+/* CPU worker threads, 0..FA_MAX_THREADS; 0 = all cores (the default). */
+#define FA_MAX_THREADS 1024
 FA_API fa_status fa_context_set_num_threads(fa_context *ctx, int threads);
 /* Force a backend, or FA_BACKEND_AUTO (the default). A forced backend that
  * cannot run the call returns FA_ERROR_UNSUPPORTED. */

@@ -117,9 +117,11 @@ fa_tensor fa_tensor_contiguous(void *data, int64_t seqlen, int64_t heads,
 {
     fa_tensor t;
     t.data = data;
+    /* unsigned: sizes too large for 64 bits wrap (the problem's own
+     * size check rejects them) instead of overflowing */
     t.stride_head = dim;
-    t.stride_seq = heads * dim;
-    t.stride_batch = seqlen * heads * dim;
+    t.stride_seq = (int64_t)((uint64_t)heads * (uint64_t)dim);
+    t.stride_batch = (int64_t)((uint64_t)seqlen * (uint64_t)heads * (uint64_t)dim);
     return t;
 }
 
@@ -217,10 +219,10 @@ fa_status fa_context_set_num_threads(fa_context *ctx, int threads)
 {
     if (!ctx)
         return fa_fail(FA_ERROR_INVALID_ARGUMENT, "ctx is NULL");
-    if (threads < 0)
+    if (threads < 0 || threads > FA_MAX_THREADS)
         return fa_fail(FA_ERROR_INVALID_ARGUMENT,
-                       "threads (%d) is negative (0 means all cores)",
-                       threads);
+                       "threads (%d) must be in 0..%d (0 means all cores)",
+                       threads, FA_MAX_THREADS);
     ctx->num_threads = threads;
     return FA_SUCCESS;
 }
@@ -260,6 +262,9 @@ const char *fa_context_last_kernel(const fa_context *ctx)
 #define INVALID(...) fa_fail(FA_ERROR_INVALID_ARGUMENT, __VA_ARGS__)
 /* Each dimension's extent must fit the kernels' 32-bit coordinates. */
 #define FA_MAX_EXTENT ((int64_t)INT32_MAX)
+#define FA_MAX_ELEMENTS_LOG2 48
+#define FA_MAX_SOFTMAX_SCALE 1e30f
+#define FA_MAX_SOFTCAP 1e4f
 
 /* The element offset range a view touches must have no two elements at one
  * address (outputs would race, inputs would be ambiguous): sort the
@@ -274,6 +279,8 @@ static fa_status check_view(const char *name, const fa_tensor *t,
     int64_t rows_total = rows * (varlen ? 1 : outer);
     if (rows_total > 0 && !t->data)
         return INVALID("%s->data is NULL", name);
+    if (rows_total == 0)
+        return FA_SUCCESS; /* touches no element, whatever its strides */
     int64_t size[3] = {varlen ? 1 : outer, rows, heads};
     int64_t stride[3] = {t->stride_batch, t->stride_seq, t->stride_head};
     static const char *const dim_name[3] = {"stride_batch", "stride_seq",
@@ -320,6 +327,29 @@ static fa_status check_extent(const char *name, int64_t value, int64_t lo)
 }
 
 static int is_finite(float x) { return x == x && x - x == 0.0f; }
+
+/* Whether a·sa + b·sb + count - 1 (a, b, count >= 0) fits int64: the
+ * largest offset into an array indexed with strides sa, sb. */
+static int index_fits(int64_t a, int64_t sa, int64_t b, int64_t sb,
+                      int64_t count)
+{
+    int64_t x, y;
+    return !__builtin_mul_overflow(a, sa, &x) &&
+           !__builtin_mul_overflow(b, sb, &y) &&
+           !__builtin_add_overflow(x, y, &x) &&
+           !__builtin_add_overflow(x, count, &x);
+}
+
+/* Whether rows·heads·dim elements stay below 2^FA_MAX_ELEMENTS_LOG2, a
+ * bound far beyond any memory that leaves the backends' size arithmetic
+ * (workspaces: a few such arrays of floats) room in 64 bits. */
+static int elements_fit(int64_t rows, int64_t heads, int64_t dim)
+{
+    int64_t n;
+    return !__builtin_mul_overflow(rows, heads, &n) &&
+           !__builtin_mul_overflow(n, dim, &n) &&
+           n <= ((int64_t)1 << FA_MAX_ELEMENTS_LOG2);
+}
 
 /* Reads cu_seqlens (copying device arrays to the context's host buffer)
  * and checks: cu[0] == 0, non-decreasing, each length <= max_seqlen. */
@@ -392,12 +422,20 @@ static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
     if (a->head_dim_v < 0 || a->head_dim_v > 256)
         return INVALID("head_dim_v (%lld) must be in 1..256 (0 = head_dim)",
                        (long long)a->head_dim_v);
-    if (!is_finite(a->softmax_scale) || a->softmax_scale < 0.0f)
-        return INVALID("softmax_scale (%g) must be finite and >= 0 (0 = "
-                       "1/sqrt(head_dim))", (double)a->softmax_scale);
-    if (!is_finite(a->softcap) || a->softcap < 0.0f)
-        return INVALID("softcap (%g) must be finite and >= 0 (0 = off)",
-                       (double)a->softcap);
+    /* The kernels scale by softmax_scale·log2(e) (and by it over softcap):
+     * bounded so that these stay finite. */
+    if (!is_finite(a->softmax_scale) || a->softmax_scale < 0.0f ||
+        a->softmax_scale > FA_MAX_SOFTMAX_SCALE)
+        return INVALID("softmax_scale (%g) must be in [0, %g] (0 = "
+                       "1/sqrt(head_dim))", (double)a->softmax_scale,
+                       (double)FA_MAX_SOFTMAX_SCALE);
+    /* cap·tanh(s/cap) is computed to an absolute error of ~1e-7·cap in
+     * the score: beyond FA_MAX_SOFTCAP that error would exceed what a
+     * float score resolves, where the cap changes nothing anyway. */
+    if (!is_finite(a->softcap) || a->softcap < 0.0f ||
+        a->softcap > FA_MAX_SOFTCAP)
+        return INVALID("softcap (%g) must be in [0, %g] (0 = off)",
+                       (double)a->softcap, (double)FA_MAX_SOFTCAP);
     if (a->window_left < -1)
         return INVALID("window_left (%lld) must be >= -1 (-1 = unbounded)",
                        (long long)a->window_left);
@@ -407,9 +445,11 @@ static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
     if (!(a->dropout_p >= 0.0f && a->dropout_p < 1.0f))
         return INVALID("dropout_p (%g) must be in [0, 1)",
                        (double)a->dropout_p);
-    if (a->alibi_slopes && a->alibi_stride_batch < 0)
-        return INVALID("alibi_stride_batch (%lld) is negative",
-                       (long long)a->alibi_stride_batch);
+    if (a->alibi_slopes &&
+        (a->alibi_stride_batch < 0 ||
+         !index_fits(a->batch - 1, a->alibi_stride_batch, 0, 0, a->heads_q)))
+        return INVALID("alibi_stride_batch (%lld) is negative or overflows "
+                       "64-bit offsets", (long long)a->alibi_stride_batch);
 
     memset(p, 0, sizeof *p);
     p->batch = a->batch;
@@ -424,8 +464,13 @@ static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
                            ? a->softmax_scale
                            : (float)(1.0 / sqrt((double)a->head_dim));
     p->causal = a->causal != 0;
-    p->window_left = a->window_left;
-    p->window_right = a->causal ? 0 : a->window_right;
+    /* A window at least as long as the sequence hides nothing (the
+     * longest, for varlen): unbounded, so that no backend's index
+     * arithmetic meets its size. */
+    p->window_left = a->window_left >= a->seqlen_k ? -1 : a->window_left;
+    p->window_right = a->causal                        ? 0
+                      : a->window_right >= a->seqlen_q ? -1
+                                                       : a->window_right;
     p->softcap = a->softcap;
     p->alibi_slopes = a->alibi_slopes;
     p->alibi_stride_batch = a->alibi_stride_batch;
@@ -440,8 +485,10 @@ static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
                            "must be >= 1 with a block_mask",
                            (long long)a->block_size_q,
                            (long long)a->block_size_k);
-        int64_t nq = (a->seqlen_q + a->block_size_q - 1) / a->block_size_q;
-        int64_t nk = (a->seqlen_k + a->block_size_k - 1) / a->block_size_k;
+        int64_t nq = a->seqlen_q / a->block_size_q +
+                     (a->seqlen_q % a->block_size_q != 0);
+        int64_t nk = a->seqlen_k / a->block_size_k +
+                     (a->seqlen_k % a->block_size_k != 0);
         if (a->block_mask_blocks_q != nq || a->block_mask_blocks_k != nk)
             return INVALID("block_mask is %lld x %lld blocks; "
                            "ceil(seqlen_q/block_size_q) x "
@@ -449,8 +496,11 @@ static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
                            (long long)a->block_mask_blocks_q,
                            (long long)a->block_mask_blocks_k, (long long)nq,
                            (long long)nk);
-        if (a->block_mask_stride_batch < 0 || a->block_mask_stride_head < 0)
-            return INVALID("block_mask strides (%lld, %lld) are negative",
+        if (a->block_mask_stride_batch < 0 || a->block_mask_stride_head < 0 ||
+            !index_fits(a->batch - 1, a->block_mask_stride_batch,
+                        a->heads_q - 1, a->block_mask_stride_head, nq * nk))
+            return INVALID("block_mask strides (%lld, %lld) are negative or "
+                           "overflow 64-bit offsets",
                            (long long)a->block_mask_stride_batch,
                            (long long)a->block_mask_stride_head);
         p->block_mask = a->block_mask;
@@ -482,6 +532,11 @@ static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
         p->total_q = a->batch * a->seqlen_q;
         p->total_k = a->batch * a->seqlen_k;
     }
+    int64_t dim = p->head_dim > p->head_dim_v ? p->head_dim : p->head_dim_v;
+    if (!elements_fit(p->total_q, p->heads_q, dim) ||
+        !elements_fit(p->total_k, p->heads_kv, dim))
+        return INVALID("the tensors of this problem hold more than 2^%d "
+                       "elements", FA_MAX_ELEMENTS_LOG2);
     return FA_SUCCESS;
 }
 
@@ -629,6 +684,82 @@ static fa_status validate_backward(fa_context *ctx, const fa_attn *attn,
     return FA_SUCCESS;
 }
 
+/* The bytes [lo, hi) a validated view of (rows, heads, dim) per batch
+ * entry touches; lo == hi when it touches none. */
+typedef struct byte_span {
+    const char *name;
+    uintptr_t lo, hi;
+} byte_span;
+
+static byte_span view_span(const fa_problem *p, const char *name,
+                           const fa_tensor *t, int64_t rows, int64_t heads,
+                           int64_t dim)
+{
+    byte_span sp = {name, (uintptr_t)t->data, (uintptr_t)t->data};
+    int64_t size[3] = {p->varlen ? 1 : p->batch, rows, heads};
+    int64_t stride[3] = {t->stride_batch, t->stride_seq, t->stride_head};
+    int64_t last = dim - 1; /* fits: check_view bounded the offsets */
+    for (int a = 0; a < 3; ++a) {
+        if (size[a] == 0)
+            return sp;
+        if (size[a] > 1)
+            last += (size[a] - 1) * stride[a];
+    }
+    sp.hi = sp.lo + (uintptr_t)(last + 1) * fa_dtype_size(p->dtype);
+    return sp;
+}
+
+static int spans_overlap(const byte_span *a, const byte_span *b)
+{
+    return a->lo < a->hi && b->lo < b->hi && a->lo < b->hi && b->lo < a->hi;
+}
+
+/* No output may share memory with an input: the kernels read inputs while
+ * they write outputs (in any order, from many threads), so aliasing would
+ * give wrong results without a sign. By address range: views interleaved
+ * in one buffer are rejected too. */
+static fa_status check_outputs_disjoint(const fa_problem *p,
+                                        fa_direction dir)
+{
+    uintptr_t lse_lo = (uintptr_t)p->lse;
+    byte_span lse = {"lse", lse_lo,
+                     p->lse ? lse_lo + (uintptr_t)(p->heads_q * p->total_q) *
+                                           sizeof(float)
+                            : lse_lo};
+    byte_span in[6] = {
+        view_span(p, "q", &p->q, q_rows(p), p->heads_q, p->head_dim),
+        view_span(p, "k", &p->k, k_rows(p), p->heads_kv, p->head_dim),
+        view_span(p, "v", &p->v, k_rows(p), p->heads_kv, p->head_dim_v)};
+    byte_span out[3];
+    int n_in = 3, n_out = 0;
+    byte_span o = view_span(p, "out", &p->out, q_rows(p), p->heads_q,
+                            p->head_dim_v);
+    if (dir == FA_FORWARD) {
+        out[n_out++] = o;
+        out[n_out++] = lse;
+    } else {
+        in[n_in++] = o;
+        in[n_in++] = lse;
+        in[n_in++] = view_span(p, "dout", &p->dout, q_rows(p), p->heads_q,
+                               p->head_dim_v);
+        out[n_out++] = view_span(p, "dq", &p->dq, q_rows(p), p->heads_q,
+                                 p->head_dim);
+        out[n_out++] = view_span(p, "dk", &p->dk, k_rows(p), p->heads_kv,
+                                 p->head_dim);
+        out[n_out++] = view_span(p, "dv", &p->dv, k_rows(p), p->heads_kv,
+                                 p->head_dim_v);
+    }
+    for (int i = 0; i < n_out; ++i)
+        for (int j = 0; j < n_in; ++j)
+            if (spans_overlap(&out[i], &in[j]))
+                return INVALID("%s overlaps %s in memory: outputs must not "
+                               "share memory with inputs",
+                               out[i].name, in[j].name);
+    if (dir == FA_FORWARD && spans_overlap(&out[0], &out[1]))
+        return INVALID("out overlaps lse in memory");
+    return FA_SUCCESS;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Entry points                                                            */
 
@@ -675,6 +806,8 @@ fa_status fa_forward(fa_context *ctx, const fa_attn *attn,
     if (st)
         return st;
     p.lse = lse;
+    if ((st = check_outputs_disjoint(&p, FA_FORWARD)))
+        return st;
     if (p.total_q == 0) { /* nothing to compute, nothing to write */
         ctx->last_kernel = "empty";
         fa_clear_error();
@@ -697,7 +830,7 @@ fa_status fa_backward(fa_context *ctx, const fa_attn *attn,
     fa_backend backend;
     fa_status st = validate_backward(ctx, attn, q, k, v, out, lse, dout, dq,
                                      dk, dv, &p);
-    if (st)
+    if (st || (st = check_outputs_disjoint(&p, FA_BACKWARD)))
         return st;
     if ((st = prepare_run(ctx, &p, FA_BACKWARD, workspace, workspace_size,
                           &backend)))

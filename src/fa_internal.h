@@ -180,6 +180,8 @@ FA_HOSTDEV fa_u32x4 fa_philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2,
 FA_HOSTDEV uint32_t fa_dropout_threshold(float p)
 {
     double t = (double)p * 4294967296.0;
+    if (!(t > 0.0)) /* p <= 0 or NaN: keep everything */
+        return 0;
     return t >= 4294967295.0 ? 0xffffffffu : (uint32_t)t;
 }
 
@@ -189,7 +191,8 @@ FA_HOSTDEV fa_u32x4 fa_dropout_words(uint64_t seed, uint64_t offset,
                                      int64_t heads_q, int64_t b, int64_t h,
                                      int64_t i, int64_t j)
 {
-    uint64_t sub = offset + (uint64_t)(b * heads_q + h);
+    /* unsigned: wraps modulo 2^64 as the definition does, never overflows */
+    uint64_t sub = offset + (uint64_t)b * (uint64_t)heads_q + (uint64_t)h;
     return fa_philox4x32_10((uint32_t)((uint64_t)j >> 2), (uint32_t)i,
                             (uint32_t)sub, (uint32_t)(sub >> 32),
                             (uint32_t)seed, (uint32_t)(seed >> 32));

@@ -308,11 +308,31 @@ static void test_invalid_arguments(fa_context *ctx)
     BAD(K_ALL, INVALID, "softcap", f->attn.softcap = INFINITY);
     BAD(K_ALL, INVALID, "softmax_scale", f->attn.softmax_scale = -0.5f);
     BAD(K_ALL, INVALID, "softmax_scale", f->attn.softmax_scale = NAN);
+    /* bounds that keep scale·log2(e), softcap·log2(e) finite */
+    BAD(K_ALL, INVALID, "softmax_scale", f->attn.softmax_scale = 3e38f);
+    BAD(K_ALL, INVALID, "softcap", f->attn.softcap = 3e38f);
+    BAD(K_ALL, INVALID, "softcap", f->attn.softcap = 2e4f);
     BAD(K_ALL, INVALID, "window_left", f->attn.window_left = -2);
     BAD(K_ALL, INVALID, "window_right", f->attn.window_right = -7);
     static const float slopes[B * HQ] = {0.5f};
     BAD(K_ALL, INVALID, "alibi_stride_batch",
         f->attn.alibi_slopes = slopes; f->attn.alibi_stride_batch = -1);
+    BAD(K_ALL, INVALID, "alibi_stride_batch",
+        f->attn.alibi_slopes = slopes; f->attn.alibi_stride_batch = INT64_MAX);
+    /* more elements than any size arithmetic may meet (each extent valid) */
+    BAD(K_SIZES, INVALID, "elements",
+        f->attn.batch = f->attn.seqlen_q = f->attn.seqlen_k = f->attn.heads_q = INT32_MAX;
+        f->attn.heads_kv = 1; f->attn.head_dim = 256);
+
+    /* outputs that share memory with inputs */
+    BAD(K_FWD, INVALID, "out|v|overlaps", f->out.data = f->v_mem);
+    BAD(K_FWD, INVALID, "out|k|overlaps", f->out.data = f->k_mem + D);
+    BAD(K_FWD, INVALID, "lse|q|overlaps", f->lse_arg = f->q_mem);
+    BAD(K_FWD, INVALID, "out|lse|overlaps", f->lse_arg = f->out_mem + 3);
+    BAD(K_BWD, INVALID, "dq|q|overlaps", f->dq.data = f->q_mem);
+    BAD(K_BWD, INVALID, "dk|dout|overlaps", f->dk.data = f->dout_mem);
+    BAD(K_BWD, INVALID, "dv|lse|overlaps", f->dv.data = f->lse_mem);
+    BAD(K_BWD, INVALID, "dv|out|overlaps", f->dv.data = f->out_mem + 5);
 
     /* block mask: 5 query rows / blocks of 4 = 2 blocks, 6 keys / 3 = 2 */
 #define WITH_BLOCKS                                                            \
@@ -328,6 +348,7 @@ static void test_invalid_arguments(fa_context *ctx)
     BAD(K_ALL, INVALID, "block_size_q", WITH_BLOCKS; f->attn.block_size_q = 0);
     BAD(K_ALL, INVALID, "block_size_k", WITH_BLOCKS; f->attn.block_size_k = -3);
     BAD(K_ALL, INVALID, "block_mask", WITH_BLOCKS; f->attn.block_mask_stride_head = -4);
+    BAD(K_ALL, INVALID, "block_mask", WITH_BLOCKS; f->attn.block_mask_stride_batch = INT64_MAX);
 
     /* workspace smaller than the queried size */
     for (int dir = 0; dir < 2; ++dir) {
@@ -386,6 +407,12 @@ static void test_context(void)
     CHECK(fa_context_set_num_threads(NULL, 1) == FA_ERROR_INVALID_ARGUMENT,
           "set_num_threads(NULL)");
     CHECK(fa_context_set_num_threads(ctx, 0) == FA_SUCCESS, "set_num_threads(0)");
+    CHECK(fa_context_set_num_threads(ctx, FA_MAX_THREADS + 1) == FA_ERROR_INVALID_ARGUMENT &&
+              names_word(fa_last_error(), "threads"),
+          "set_num_threads(FA_MAX_THREADS + 1): \"%s\"", fa_last_error());
+    CHECK(fa_context_set_num_threads(ctx, FA_MAX_THREADS) == FA_SUCCESS &&
+              fa_context_set_num_threads(ctx, 0) == FA_SUCCESS,
+          "set_num_threads(FA_MAX_THREADS): %s", fa_last_error());
     CHECK(fa_context_set_backend(ctx, (fa_backend)9) == FA_ERROR_INVALID_ARGUMENT &&
               names_word(fa_last_error(), "backend"),
           "set_backend(9): \"%s\"", fa_last_error());
@@ -467,6 +494,24 @@ static void test_empty_sequences(fa_context *ctx)
     for (int e = 0; e < B * SQ * HQ * D; ++e)
         ok &= f->dq_mem[e] == 0.0f;
     CHECK(ok, "backward with seqlen_k = 0: dq must be 0");
+
+    /* Empty views built by fa_tensor_contiguous (stride_batch 0) touch
+     * nothing and are valid, for seqlen_k = 0 and seqlen_q = 0. */
+    fixture_reset(f, ctx);
+    f->attn.seqlen_k = 0;
+    f->k = fa_tensor_contiguous(f->k_mem, 0, HKV, D);
+    f->v = fa_tensor_contiguous(f->v_mem, 0, HKV, DV);
+    st = call(f, CALL_FORWARD);
+    CHECK(st == FA_SUCCESS && f->out_mem[0] == 0.0f && isinf(f->lse_mem[0]),
+          "forward with seqlen_k = 0 and contiguous empty views: %s", fa_last_error());
+    fixture_reset(f, ctx);
+    f->attn.seqlen_q = 0;
+    f->q = fa_tensor_contiguous(f->q_mem, 0, HQ, D);
+    f->out = fa_tensor_contiguous(f->out_mem, 0, HQ, DV);
+    f->dout = fa_tensor_contiguous(f->dout_mem, 0, HQ, DV);
+    f->dq = fa_tensor_contiguous(f->dq_mem, 0, HQ, D);
+    CHECK(call(f, CALL_FORWARD) == FA_SUCCESS && call(f, CALL_BACKWARD) == FA_SUCCESS,
+          "seqlen_q = 0 with contiguous empty views: %s", fa_last_error());
 
     /* lse = NULL is allowed when no backward follows: same out. */
     fixture_reset(f, ctx);
@@ -575,7 +620,7 @@ static void philox4x32_10(uint32_t ctr[4], uint32_t key0, uint32_t key1)
 static int keep_spec(uint64_t seed, uint64_t offset, int64_t heads_q, int64_t b, int64_t h,
                      int64_t i, int64_t j, float p)
 {
-    uint64_t sub = offset + (uint64_t)(b * heads_q + h);
+    uint64_t sub = offset + (uint64_t)b * (uint64_t)heads_q + (uint64_t)h; /* mod 2^64 */
     uint32_t ctr[4] = {(uint32_t)((uint64_t)j >> 2), (uint32_t)i, (uint32_t)sub,
                        (uint32_t)(sub >> 32)};
     philox4x32_10(ctr, (uint32_t)seed, (uint32_t)(seed >> 32));
@@ -627,6 +672,14 @@ static void test_dropout_stream(void)
     failures += mismatches > 0;
     double rate = (double)kept / (double)total;
     CHECK(fabs(rate - 0.5) < 0.03, "keep rate at p = 0.5 is %.3f", rate);
+    /* outside [0, 1) the helper is still defined: p <= 0 or NaN keeps all,
+     * and indices whose b·heads_q passes 2^63 wrap as the definition does */
+    CHECK(fa_dropout_keep(1, 2, 4, 1, 2, 3, 4, NAN) == 1 &&
+              fa_dropout_keep(1, 2, 4, 1, 2, 3, 4, -0.5f) == 1,
+          "fa_dropout_keep with p NaN / negative must keep");
+    CHECK(fa_dropout_keep(5, 6, INT64_MAX, 2, 1, 3, 4, 0.5f) ==
+              keep_spec(5, 6, INT64_MAX, 2, 1, 3, 4, 0.5f),
+          "fa_dropout_keep with b·heads_q beyond 2^63");
 }
 
 /* ---------------------------------------------------------------------- */
@@ -781,6 +834,61 @@ static void test_thread_count_invariance(void)
     free(got);
 }
 
+/* ---------------------------------------------------------------------- */
+/* Option values at their limits                                           */
+
+/* Forward + backward of f into (out, lse, dq): the results of one setting. */
+typedef struct results {
+    float out[B * SQ * HQ * DV], lse[B * HQ * SQ], dq[B * SQ * HQ * D];
+} results;
+
+static int run_results(fixture *f, results *r)
+{
+    int ok = call(f, CALL_FORWARD) == FA_SUCCESS && call(f, CALL_BACKWARD) == FA_SUCCESS;
+    memcpy(r->out, f->out_mem, sizeof r->out);
+    memcpy(r->lse, f->lse_mem, sizeof r->lse);
+    memcpy(r->dq, f->dq_mem, sizeof r->dq);
+    return ok;
+}
+
+/* Windows as long as the sequence or longer (INT64_MAX included) hide
+ * nothing, and a block size beyond the sequence is one block: each gives
+ * the results of the setting it equals. */
+static void test_option_limits(fa_context *ctx)
+{
+    static fixture storage;
+    static results want, got;
+    fixture *f = &storage;
+    static const struct {
+        int causal;
+        int64_t left, right;
+        const char *what;
+    } windows[] = {{0, INT64_MAX, INT64_MAX, "window (INT64_MAX, INT64_MAX)"},
+                   {0, SK, SQ, "window (seqlen_k, seqlen_q)"},
+                   {1, INT64_MAX, -1, "causal, window_left INT64_MAX"}};
+    for (int n = 0; n < 3; ++n) {
+        fixture_reset(f, ctx);
+        f->attn.causal = windows[n].causal;
+        int ok = run_results(f, &want);
+        fixture_reset(f, ctx);
+        f->attn.causal = windows[n].causal;
+        f->attn.window_left = windows[n].left;
+        f->attn.window_right = windows[n].right;
+        ok &= run_results(f, &got);
+        CHECK(ok && !memcmp(&want, &got, sizeof want), "%s: %s, results %s", windows[n].what,
+              fa_last_error(), memcmp(&want, &got, sizeof want) ? "differ" : "equal");
+    }
+    fixture_reset(f, ctx);
+    int ok = run_results(f, &want);
+    fixture_reset(f, ctx);
+    f->attn.block_mask = f->block_mask;
+    f->attn.block_size_q = f->attn.block_size_k = INT64_MAX;
+    f->attn.block_mask_blocks_q = f->attn.block_mask_blocks_k = 1;
+    ok &= run_results(f, &got);
+    CHECK(ok && !memcmp(&want, &got, sizeof want), "block sizes INT64_MAX (one block): %s, %s",
+          fa_last_error(), memcmp(&want, &got, sizeof want) ? "results differ" : "");
+}
+
 int main(void)
 {
     fa_context *ctx = NULL;
@@ -793,6 +901,7 @@ int main(void)
     test_dropout_stream();
     test_invalid_arguments(ctx);
     test_empty_sequences(ctx);
+    test_option_limits(ctx);
     test_threads();
     test_thread_count_invariance();
     fa_context_destroy(ctx);

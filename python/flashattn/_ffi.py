@@ -257,6 +257,17 @@ def forced_backend():
     return _forced_backend[0]
 
 
+FA_MAX_THREADS = 1024  # flashattn.h
+
+
+def cpu_threads():
+    """The CPU thread count of the next call: torch's, within the library's
+    bound."""
+    import torch
+
+    return min(torch.get_num_threads(), FA_MAX_THREADS)
+
+
 def context_for(device):
     """The calling thread's fa_context for a torch.device, configured for
     the next call: CPU thread count from torch, CUDA current stream."""
@@ -279,7 +290,7 @@ def context_for(device):
         )
     h = ctx.handle
     if key[0] == "cpu":
-        settings = (torch.get_num_threads(), _forced_backend[0])
+        settings = (cpu_threads(), _forced_backend[0])
     else:
         # the raw stream handle without a torch.cuda.Stream object (~5 us
         # less per call on torch 2.x; older torch has only the object)

@@ -207,7 +207,7 @@ def _plan(ctx, what, size_fn, problem_args, dropout_offset=0):
     cached = cu_seqlens_q is None and alibi_slopes is None and dropout_p == 0
     if cached:
         # the CPU workspace grows with the thread count
-        threads = torch.get_num_threads() if q.device.type == "cpu" else 0
+        threads = _ffi.cpu_threads() if q.device.type == "cpu" else 0
         key = (what, q.shape, k.shape, v.shape[-1], q.dtype, q.device, softmax_scale, causal,
                window_left, window_right, softcap, deterministic, _ffi.forced_backend(), threads)
         plan = _plans.get(key)
