@@ -755,8 +755,17 @@ static fa_status check_outputs_disjoint(const fa_problem *p,
                 return INVALID("%s overlaps %s in memory: outputs must not "
                                "share memory with inputs",
                                out[i].name, in[j].name);
+    /* Outputs may interleave in one buffer (dq, dk, dv of a packed qkv
+     * gradient), so among them only the same start is caught; out and lse
+     * never interleave. */
     if (dir == FA_FORWARD && spans_overlap(&out[0], &out[1]))
         return INVALID("out overlaps lse in memory");
+    for (int i = 0; i < n_out; ++i)
+        for (int j = i + 1; j < n_out; ++j)
+            if (out[i].lo < out[i].hi && out[j].lo < out[j].hi &&
+                out[i].lo == out[j].lo)
+                return INVALID("%s and %s start at the same address",
+                               out[i].name, out[j].name);
     return FA_SUCCESS;
 }
 

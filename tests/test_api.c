@@ -333,6 +333,8 @@ static void test_invalid_arguments(fa_context *ctx)
     BAD(K_BWD, INVALID, "dk|dout|overlaps", f->dk.data = f->dout_mem);
     BAD(K_BWD, INVALID, "dv|lse|overlaps", f->dv.data = f->lse_mem);
     BAD(K_BWD, INVALID, "dv|out|overlaps", f->dv.data = f->out_mem + 5);
+    BAD(K_BWD, INVALID, "dq|dk|same", f->dk.data = f->dq_mem);
+    BAD(K_BWD, INVALID, "dk|dv|same", f->dv.data = f->dk_mem);
 
     /* block mask: 5 query rows / blocks of 4 = 2 blocks, 6 keys / 3 = 2 */
 #define WITH_BLOCKS                                                            \
