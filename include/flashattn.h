@@ -23,6 +23,10 @@
  *    exits or asserts on user input.
  *  - Sizes are int64_t; strides are in elements (not bytes); the last
  *    (head_dim) dimension of every tensor is contiguous.
+ *  - Outputs (out, lse; dq, dk, dv) must not share memory with the inputs
+ *    (checked by address range, so a buffer interleaving an output with an
+ *    input is refused too); dq, dk and dv may interleave in one buffer but
+ *    not start at the same address.
  *  - Layouts follow FlashAttention (flash_attn_func):
  *      q   (batch, seqlen_q, heads_q,  head_dim)
  *      k   (batch, seqlen_k, heads_kv, head_dim)
