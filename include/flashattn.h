@@ -256,8 +256,10 @@ FA_API const char *fa_context_last_kernel(const fa_context *ctx);
 
 /*
  * Workspace: scratch memory on the context's device. Query the size, then
- * pass at least that much to the call; or pass workspace = NULL and the
- * library allocates (and caches in the context) what it needs.
+ * pass at least that much to the call (256-byte aligned on a CUDA context,
+ * as cudaMalloc returns it); or pass workspace = NULL and the library
+ * allocates (and caches in the context, stream-ordered on its stream; a
+ * new stream gets a new one) what it needs.
  */
 FA_API fa_status fa_forward_workspace_size(const fa_context *ctx,
                                            const fa_attn *attn,

@@ -211,6 +211,10 @@ fa_status fa_context_set_stream(fa_context *ctx, void *stream)
     if (ctx->device != FA_DEVICE_CUDA && stream)
         return fa_fail(FA_ERROR_INVALID_ARGUMENT,
                        "stream: a CPU context has no CUDA stream");
+    /* The cached workspace may still be in use by work queued on the old
+     * stream: freed there (stream-ordered), a new one comes from the new. */
+    if (stream != ctx->stream)
+        release_workspace(ctx);
     ctx->stream = stream;
     return FA_SUCCESS;
 }
@@ -585,6 +589,11 @@ static fa_status prepare_run(fa_context *ctx, fa_problem *p, fa_direction dir,
         if (workspace_size < need)
             return INVALID("workspace_size (%zu) is smaller than the "
                            "required %zu bytes", workspace_size, need);
+        /* the GPU kernels read and reduce into it with vector accesses
+         * (cudaMalloc's alignment; the CPU backend aligns its own part) */
+        if (ctx->device == FA_DEVICE_CUDA && (uintptr_t)workspace % 256 != 0)
+            return INVALID("workspace (%p) must be 256-byte aligned on a "
+                           "CUDA context", workspace);
         p->workspace = workspace;
         p->workspace_size = workspace_size;
         return FA_SUCCESS;

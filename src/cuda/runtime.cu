@@ -53,6 +53,10 @@ extern "C" fa_status fa_cuda_device_query(int device_index,
 
 extern "C" fa_status fa_cuda_set_device(int device_index)
 {
+    /* An error an earlier, unrelated runtime call left behind would
+     * otherwise be read as this call's launch failing (cudaGetLastError
+     * after each launch); a sticky one still fails cudaSetDevice. */
+    (void)cudaGetLastError();
     cudaError_t err = cudaSetDevice(device_index);
     return err == cudaSuccess ? FA_SUCCESS : fail_cuda(err, "cudaSetDevice");
 }

@@ -21,11 +21,11 @@ extern "C" fa_status fa_sm80_supports(const fa_problem *p, fa_direction dir,
     if (p->heads_q > 65535 || p->heads_kv > 65535 || p->batch > 65535)
         return fa_fail(FA_ERROR_UNSUPPORTED,
                        "backend sm80 supports at most 65535 heads and batch entries");
-    /* The forward kernel's tile-local indices are 32-bit (see shift_tile_mask
-     * in forward.cu). */
-    if (dir == FA_FORWARD && (p->seqlen_q >= (1 << 29) || p->seqlen_k >= (1 << 29)))
+    /* The kernels' tile-local indices and key-block loops are 32-bit (see
+     * shift_tile_mask in forward.cu, the key loop in backward.cu). */
+    if (p->seqlen_q >= (1 << 29) || p->seqlen_k >= (1 << 29))
         return fa_fail(FA_ERROR_UNSUPPORTED,
-                       "backend sm80 forward: sequences of 2^29 tokens or more are not supported "
+                       "backend sm80: sequences of 2^29 tokens or more are not supported "
                        "(seqlen_q %lld, seqlen_k %lld)",
                        (long long)p->seqlen_q, (long long)p->seqlen_k);
     const int dp = fa::padded_head_dim(p->head_dim, p->head_dim_v);

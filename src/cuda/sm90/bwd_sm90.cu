@@ -29,11 +29,17 @@ static int64_t rows_per_head(const fa_problem *p)
 static size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 /* dq_accum (rows x padded head dim), then lse_log2 and dsum (rows each), all
- * fp32, rows = batch x heads_q x rows_per_head. */
+ * fp32, rows = batch x heads_q x rows_per_head; 0 past 2^62 bytes (varlen
+ * sizes it by the longest sequence, which may be far from the total). */
 extern "C" size_t fa_sm90_backward_workspace_size(const fa_problem *p)
 {
-    size_t rows = (size_t)p->batch * (size_t)p->heads_q * (size_t)rows_per_head(p);
-    return align256(rows * padded_head_dim(p->head_dim) * 4) + 2 * align256(rows * 4);
+    int64_t rows, floats;
+    if (__builtin_mul_overflow(p->batch, p->heads_q, &rows) ||
+        __builtin_mul_overflow(rows, rows_per_head(p), &rows) ||
+        __builtin_mul_overflow(rows, (int64_t)padded_head_dim(p->head_dim) + 2, &floats) ||
+        floats > ((int64_t)1 << 60))
+        return 0;
+    return align256((size_t)rows * padded_head_dim(p->head_dim) * 4) + 2 * align256((size_t)rows * 4);
 }
 
 static fa_status check_launch(const char *what)

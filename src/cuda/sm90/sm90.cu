@@ -31,6 +31,13 @@ static fa_status backward_supports(const fa_problem *p)
 {
     if (p->deterministic)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: the backward adds dQ with atomics (deterministic runs on sm80)");
+    /* no query rows: a tensor map needs every dimension >= 1; the portable
+     * path writes the zero dK and dV */
+    if (fa_sm90_rows_of(p, 1) == 0)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: no queries (seqlen_q or total_q is 0)");
+    /* its workspace is sized by the longest sequence of every (batch, head) */
+    if (fa_sm90_backward_workspace_size(p) == 0)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: the backward's workspace would pass 2^62 bytes");
     /* dq is written 16 bytes at a time, dk / dv 4 bytes: same rule as TMA */
     fa_status st;
     if ((st = check_tensor(p, &p->dout, "dout", 1)) != FA_SUCCESS ||
@@ -64,6 +71,9 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
         p->heads_q > 65535 || p->batch > 65535)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: sizes beyond the kernel's 32-bit indexing "
                                              "(sequences must be < 2^29 tokens, totals < 2^31)");
+    /* the persistent scheduler counts tiles (of at least 128 query rows) in int */
+    if ((p->seqlen_q + 127) / 128 * p->heads_q * p->batch > int_max)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: more than 2^31 query tiles");
     /* A tensor map needs every dimension >= 1: with no keys at all (every
      * row fully masked) the portable path writes the zeros and -inf. */
     if (fa_sm90_rows_of(p, 0) == 0)
