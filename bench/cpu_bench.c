@@ -83,16 +83,30 @@ static void usage(FILE *out)
 "  --std-max-mib N     skip standard attention when P and its scratch would\n"
 "                      exceed N MiB (default 2048: standard runs to 4k)\n"
 "  --quick             small sizes to validate the setup (seqlens 256,512,\n"
-"                      memory sweep 512..2048, 3 reps)\n"
+"                      memory sweep 512..2048, 3 reps; options given override it)\n"
 "  --json FILE         also write every number to FILE\n"
 "  --help              this text\n");
+}
+
+/* text into copy (size bytes) for strtok: refused when it does not fit or
+ * has an empty item (strtok would skip it). */
+static int copy_list(const char *option, const char *text, char *copy, size_t size)
+{
+    size_t len = strlen(text);
+    if (len >= size)
+        return h_bad_input("%s: list longer than %zu characters", option, size - 1);
+    if (len == 0 || text[0] == ',' || text[len - 1] == ',' || strstr(text, ",,"))
+        return h_bad_input("%s: empty item in '%s'", option, text);
+    memcpy(copy, text, len + 1);
+    return 0;
 }
 
 static int parse_list(const char *option, const char *text, int64_t min, int64_t max,
                       int_list *list)
 {
     char copy[512];
-    snprintf(copy, sizeof copy, "%s", text);
+    if (copy_list(option, text, copy, sizeof copy))
+        return 2;
     list->count = 0;
     for (char *save = NULL, *item = strtok_r(copy, ",", &save); item;
          item = strtok_r(NULL, ",", &save)) {
@@ -108,7 +122,8 @@ static int parse_list(const char *option, const char *text, int64_t min, int64_t
 static int parse_dtypes(const char *text, bench_options *o)
 {
     char copy[64];
-    snprintf(copy, sizeof copy, "%s", text);
+    if (copy_list("--dtypes", text, copy, sizeof copy))
+        return 2;
     o->num_dtypes = 0;
     for (char *save = NULL, *item = strtok_r(copy, ",", &save); item;
          item = strtok_r(NULL, ",", &save)) {
@@ -162,6 +177,15 @@ static int parse_options(int argc, char **argv, bench_options *o)
     o->std_max_mib = 2048;
     o->fma_iterations = 20000000;
     o->json_path = NULL;
+    /* --quick sets defaults, so it takes effect before every other option
+     * wherever it stands (they override it) */
+    for (int i = 1; i < argc; ++i)
+        if (!strcmp(argv[i], "--quick")) {
+            parse_list("--seqlens", "256,512", 1, big, &o->seqlens);
+            parse_list("--mem-seqlens", "512,1024,2048", 1, big, &o->mem_seqlens);
+            o->reps = 3;
+            o->fma_iterations = 5000000;
+        }
 
     opterr = 0;
     int c, rc = 0, index = 0;
@@ -182,16 +206,11 @@ static int parse_options(int argc, char **argv, bench_options *o)
             o->reps = (int)value;
             break;
         case THREADS:
-            rc = h_parse_int(name, optarg, 0, 4096, &value);
+            rc = h_parse_int(name, optarg, 0, FA_MAX_THREADS, &value);
             o->threads = (int)value;
             break;
         case STD_MAX: rc = h_parse_int(name, optarg, 0, big, &o->std_max_mib); break;
-        case QUICK:
-            parse_list("--seqlens", "256,512", 1, big, &o->seqlens);
-            parse_list("--mem-seqlens", "512,1024,2048", 1, big, &o->mem_seqlens);
-            o->reps = 3;
-            o->fma_iterations = 5000000;
-            break;
+        case QUICK: break; /* applied above */
         case JSON: o->json_path = optarg; break;
         case HELP:
         case 'h': usage(stdout); exit(0);
@@ -416,8 +435,19 @@ static void measure_pair(const bench_options *o, const fa_attn *a, int warmup, i
 {
     memset(r, 0, sizeof *r);
     r->attn = *a;
-    r->standard_bytes = standard_extra_bytes(a);
     r->max_rel_diff = r->lse_rel_diff = NAN;
+    /* the library validates the sizes (and the buffers' size arithmetic
+     * below stays in range) before anything is mapped */
+    size_t unused_bytes;
+    fa_context *probe = NULL;
+    if (fa_context_create(&probe, FA_DEVICE_CPU, 0) != FA_SUCCESS ||
+        fa_backward_workspace_size(probe, a, &unused_bytes) != FA_SUCCESS) {
+        snprintf(r->flash.message, sizeof r->flash.message, "%s", fa_last_error());
+        fa_context_destroy(probe);
+        return;
+    }
+    fa_context_destroy(probe);
+    r->standard_bytes = standard_extra_bytes(a);
     size_t es = fa_dtype_size(a->dtype);
     int64_t n[9];
     h_tensor_numel(a, n);
@@ -559,15 +589,6 @@ static void print_memory_row(const pair_result *r)
     fflush(stdout);
 }
 
-/* A JSON number, or null for NaN/inf. */
-static void json_number(FILE *f, double x)
-{
-    if (isfinite(x))
-        fprintf(f, "%.6g", x);
-    else
-        fprintf(f, "null");
-}
-
 static void json_job(FILE *f, const char *name, const h_job_result *r, double fwd_flops,
                      double peak)
 {
@@ -579,13 +600,13 @@ static void json_job(FILE *f, const char *name, const h_job_result *r, double fw
         for (int phase = 0; phase < 2; ++phase) {
             double g = gflops_of(r, phase, fwd_flops);
             fprintf(f, ", \"%s\": {\"median_ms\": ", phase == 0 ? "forward" : "backward");
-            json_number(f, 1e3 * r->phase[phase].median_s);
+            h_json_number(f, 1e3 * r->phase[phase].median_s);
             fprintf(f, ", \"min_ms\": ");
-            json_number(f, 1e3 * r->phase[phase].min_s);
+            h_json_number(f, 1e3 * r->phase[phase].min_s);
             fprintf(f, ", \"gflops\": ");
-            json_number(f, g);
+            h_json_number(f, g);
             fprintf(f, ", \"fraction_of_peak\": ");
-            json_number(f, g / peak);
+            h_json_number(f, g / peak);
             fprintf(f, ", \"peak_extra_bytes_measured\": %lld}",
                     (long long)r->phase[phase].peak_extra_bytes);
         }
@@ -613,9 +634,9 @@ static void json_pair(FILE *f, const pair_result *r, double peak)
     else
         fprintf(f, "\"standard\": {\"ok\": false, \"skipped\": \"over --std-max-mib\"}");
     fprintf(f, ",\n     \"max_rel_diff\": ");
-    json_number(f, r->max_rel_diff);
+    h_json_number(f, r->max_rel_diff);
     fprintf(f, ", \"lse_rel_diff\": ");
-    json_number(f, r->lse_rel_diff);
+    h_json_number(f, r->lse_rel_diff);
     fprintf(f, "}");
 }
 
@@ -669,10 +690,10 @@ int main(int argc, char **argv)
         fprintf(json, "},\n  \"fma_peak_gflops\": {");
         for (int i = 0; i < num_peaks; ++i) {
             fprintf(json, "%s\"%s\": ", i ? ", " : "", peaks[i].isa);
-            json_number(json, peaks[i].gflops);
+            h_json_number(json, peaks[i].gflops);
         }
         fprintf(json, "},\n  \"peak_gflops\": ");
-        json_number(json, peak);
+        h_json_number(json, peak);
         fprintf(json, ",\n  \"method\": {\"reps\": %d, \"warmup\": 1, \"statistic\": \"median\", "
                       "\"batch\": 1, \"width\": %lld, \"standard\": \"cblas_sgemm -> row "
                       "softmax -> cblas_sgemm, fp32; bf16/f16 converted to fp32 inside the "
@@ -747,7 +768,12 @@ int main(int argc, char **argv)
         fprintf(json, "\n  ],\n  \"mismatches\": %d,\n  \"failed_runs\": %d,\n"
                       "  \"total_seconds\": %.1f\n}\n",
                 mismatches, failed_runs, h_now_seconds() - start_time);
-        fclose(json);
+        int write_failed = ferror(json);
+        write_failed |= fclose(json) != 0;
+        if (write_failed) {
+            fprintf(stderr, "flashattn-bench-cpu: writing %s failed\n", o.json_path);
+            failed_runs++;
+        }
     }
     if (mismatches)
         printf("\n%d problem(s) where flash and standard attention disagree beyond the "

@@ -17,6 +17,7 @@
 #include "standard_attention.h"
 
 #include <errno.h>
+#include <float.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
@@ -174,19 +175,32 @@ static int parse_options(int argc, char **argv, options *o)
             break;
         case OPT_CAUSAL: a->causal = 1; break;
         case OPT_WINDOW: {
-            long long left, right;
-            char tail;
-            if (sscanf(optarg, "%lld,%lld%c", &left, &right, &tail) != 2 || left < -1 ||
-                right < -1)
+            /* L,R: each part through the checked integer parser */
+            char left[32], right[32];
+            const char *comma = strchr(optarg, ',');
+            size_t n = comma ? (size_t)(comma - optarg) : 0;
+            if (!comma || n >= sizeof left || strlen(comma + 1) >= sizeof right) {
                 rc = h_bad_input("%s: bad value '%s' (expected L,R with L, R >= -1)", name,
-                               optarg);
-            a->window_left = left;
-            a->window_right = right;
+                                 optarg);
+                break;
+            }
+            memcpy(left, optarg, n);
+            left[n] = '\0';
+            strcpy(right, comma + 1);
+            int64_t l = 0, r = 0;
+            rc = h_parse_int(name, left, -1, INT64_MAX, &l);
+            if (!rc)
+                rc = h_parse_int(name, right, -1, INT64_MAX, &r);
+            a->window_left = l;
+            a->window_right = r;
             break;
         }
         case OPT_SOFTCAP:
             rc = h_parse_double(name, optarg, 0.0, INFINITY, &real);
             a->softcap = (float)real;
+            if (!rc && real > 0.0 && !(a->softcap >= FLT_MIN))
+                rc = h_bad_input("%s: %s is below the smallest normal float (0 is off)",
+                                 name, optarg);
             break;
         case OPT_DROPOUT:
             rc = h_parse_double(name, optarg, 0.0, 1.0, &real);
@@ -197,7 +211,7 @@ static int parse_options(int argc, char **argv, options *o)
             o->seed = (uint64_t)value;
             break;
         case OPT_THREADS:
-            rc = h_parse_int(name, optarg, 0, 4096, &value);
+            rc = h_parse_int(name, optarg, 0, FA_MAX_THREADS, &value);
             o->threads = (int)value;
             break;
         case OPT_DEVICE:
@@ -377,6 +391,17 @@ static check_report check_results(const char *what, const char *reference,
                 free(ref);
             }
         }
+    }
+    /* A gradient whose reference is ~0 (dq and dk with one visible key per
+     * row) holds only rounding noise: its error is measured against 1% of
+     * the largest of out, dq, dk, dv rather than against that noise. */
+    double scale = 0.0;
+    for (int t = 0; t < 5; ++t)
+        if (t != 1 && c.err[t].max_abs_ref > scale)
+            scale = c.err[t].max_abs_ref;
+    for (int t = 0; t < 5; ++t) {
+        if (t != 1 && c.err[t].max_abs_ref < 0.01 * scale)
+            c.err[t].rel_err = c.err[t].max_abs_err / (0.01 * scale);
         if (!(c.err[t].rel_err <= c.tol[t]))
             c.passed = 0;
     }
@@ -428,8 +453,12 @@ static void print_json(const options *o, double flops_fwd, const variant_report 
                 continue;
             }
             double flops = phase == 0 ? flops_fwd : 2.5 * flops_fwd;
-            printf(", \"median_ms\": %.6g, \"min_ms\": %.6g, \"gflops\": %.6g",
-                   1e3 * p->median_s, 1e3 * p->min_s, flops / p->median_s * 1e-9);
+            printf(", \"median_ms\": ");
+            h_json_number(stdout, 1e3 * p->median_s);
+            printf(", \"min_ms\": ");
+            h_json_number(stdout, 1e3 * p->min_s);
+            printf(", \"gflops\": ");
+            h_json_number(stdout, flops / p->median_s * 1e-9);
             if (p->peak_extra_bytes >= 0)
                 printf(", \"peak_extra_bytes_measured\": %lld", (long long)p->peak_extra_bytes);
             if (v[i].info) {
@@ -445,11 +474,15 @@ static void print_json(const options *o, double flops_fwd, const variant_report 
         printf("%s\n    {\"result\": \"%s\", \"reference\": \"%s\", \"passed\": %s, "
                "\"tensors\": {",
                i ? "," : "", c[i].what, c[i].reference, c[i].passed ? "true" : "false");
-        for (int t = 0; t < 5; ++t)
-            printf("%s\"%s\": {\"max_abs_err\": %.6g, \"max_abs_ref\": %.6g, "
-                   "\"rel_err\": %.6g, \"tolerance\": %g}",
-                   t ? ", " : "", result_names[t], c[i].err[t].max_abs_err,
-                   c[i].err[t].max_abs_ref, c[i].err[t].rel_err, c[i].tol[t]);
+        for (int t = 0; t < 5; ++t) {
+            printf("%s\"%s\": {\"max_abs_err\": ", t ? ", " : "", result_names[t]);
+            h_json_number(stdout, c[i].err[t].max_abs_err);
+            printf(", \"max_abs_ref\": ");
+            h_json_number(stdout, c[i].err[t].max_abs_ref);
+            printf(", \"rel_err\": ");
+            h_json_number(stdout, c[i].err[t].rel_err);
+            printf(", \"tolerance\": %g}", c[i].tol[t]);
+        }
         printf("}}");
     }
     printf("\n  ],\n  \"passed\": %s\n}\n", passed ? "true" : "false");
@@ -666,5 +699,9 @@ int main(int argc, char **argv)
     else
         print_text(&opt, flops_fwd, variants, 3, checks, nc, passed);
     h_shared_free(shared, shared_bytes);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "flashattn-run: writing the report failed\n");
+        return 1;
+    }
     return passed ? 0 : EXIT_CHECK_FAILED;
 }

@@ -637,6 +637,14 @@ int h_parse_double(const char *option, const char *text, double min, double max_
     return 0;
 }
 
+void h_json_number(FILE *f, double x)
+{
+    if (isfinite(x))
+        fprintf(f, "%.6g", x);
+    else
+        fprintf(f, "null");
+}
+
 void h_json_string(FILE *f, const char *s)
 {
     fputc('"', f);

@@ -214,5 +214,7 @@ int h_parse_double(const char *option, const char *text, double min, double max_
                    double *value);
 /* s as a quoted, escaped JSON string. */
 void h_json_string(FILE *f, const char *s);
+/* x as a JSON number (%.6g), or null for NaN / inf, which JSON lacks. */
+void h_json_number(FILE *f, double x);
 
 #endif /* FA_HARNESS_H */
