@@ -214,7 +214,7 @@ static int parse_options(int argc, char **argv, bench_options *o)
         case JSON: o->json_path = optarg; break;
         case HELP:
         case 'h': usage(stdout); exit(0);
-        default: rc = h_bad_input("%s: unknown option or missing value", argv[optind - 1]);
+        default: rc = h_bad_option(argv);
         }
     }
     if (rc)

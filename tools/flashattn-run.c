@@ -236,7 +236,7 @@ static int parse_options(int argc, char **argv, options *o)
         case OPT_HELP:
         case 'h': usage(stdout); exit(0);
         default:
-            rc = h_bad_input("%s: unknown option or missing value", argv[optind - 1]);
+            rc = h_bad_option(argv);
             break;
         }
     }

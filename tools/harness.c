@@ -2,7 +2,9 @@
 #define _GNU_SOURCE
 #include "harness.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <malloc.h>
 #include <math.h>
@@ -635,6 +637,14 @@ int h_parse_double(const char *option, const char *text, double min, double max_
                            max_excl);
     *value = v;
     return 0;
+}
+
+int h_bad_option(char *const *argv)
+{
+    const char *arg = argv[optind - 1];
+    if (strncmp(arg, "--", 2) != 0 && optopt > 0 && optopt < 128 && isprint(optopt))
+        return h_bad_input("-%c: unknown option or missing value", optopt);
+    return h_bad_input("%s: unknown option or missing value", arg);
 }
 
 void h_json_number(FILE *f, double x)

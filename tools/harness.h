@@ -212,6 +212,9 @@ int h_parse_int(const char *option, const char *text, int64_t min, int64_t max,
 /* Whole-string number in [min, max_excl); 0, or h_bad_input's 2. */
 int h_parse_double(const char *option, const char *text, double min, double max_excl,
                    double *value);
+/* h_bad_input for the option getopt_long just refused: a long option by
+ * its argument, a short one (also inside a group such as -xy) by optopt. */
+int h_bad_option(char *const *argv);
 /* s as a quoted, escaped JSON string. */
 void h_json_string(FILE *f, const char *s);
 /* x as a JSON number (%.6g), or null for NaN / inf, which JSON lacks. */
