@@ -332,7 +332,7 @@ static fa_status check_extent(const char *name, int64_t value, int64_t lo)
 
 static int is_finite(float x) { return x == x && x - x == 0.0f; }
 
-/* Whether a·sa + b·sb + count - 1 (a, b, count >= 0) fits int64: the
+/* Whether a·sa + b·sb + count (a, b, count >= 0) fits int64: one past the
  * largest offset into an array indexed with strides sa, sb. */
 static int index_fits(int64_t a, int64_t sa, int64_t b, int64_t sb,
                       int64_t count)
