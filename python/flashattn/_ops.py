@@ -52,6 +52,8 @@ def _fits_library_view(t):
     dimension, and every other dimension of size > 1 clear of the ones
     inside it (the C library's rule; a broadcast, stride-0 dimension such as
     expand() or autograd's gradient of a sum gives is not)."""
+    if t.is_contiguous():  # the common case, without the Python loop
+        return True
     if t.stride(-1) != 1:
         return False
     span = t.shape[-1]
