@@ -57,8 +57,9 @@ typedef struct fa_problem {
 
     /* resolved options */
     float softmax_scale;          /* > 0 */
-    int64_t window_left;          /* -1 = unbounded */
-    int64_t window_right;         /* -1 = unbounded; 0 when causal */
+    int64_t window_left;          /* -1 = unbounded; else < seqlen_k */
+    int64_t window_right;         /* -1 = unbounded; else < seqlen_q; 0
+                                     when causal */
     int causal;                   /* informational: window_right == 0 came
                                      from causal */
     float softcap;                /* 0 = off */
@@ -185,14 +186,21 @@ FA_HOSTDEV uint32_t fa_dropout_threshold(float p)
     return t >= 4294967295.0 ? 0xffffffffu : (uint32_t)t;
 }
 
+/* The Philox subsequence of (b, h): offset + b·heads_q + h, modulo 2^64
+ * as the definition says (unsigned: never an overflow). */
+FA_HOSTDEV uint64_t fa_dropout_subsequence(uint64_t offset, int64_t heads_q,
+                                           int64_t b, int64_t h)
+{
+    return offset + (uint64_t)b * (uint64_t)heads_q + (uint64_t)h;
+}
+
 /* The four random words for columns 4*(j>>2) .. 4*(j>>2)+3 of row i of
  * (b, h): see fa_dropout_keep() in flashattn.h. */
 FA_HOSTDEV fa_u32x4 fa_dropout_words(uint64_t seed, uint64_t offset,
                                      int64_t heads_q, int64_t b, int64_t h,
                                      int64_t i, int64_t j)
 {
-    /* unsigned: wraps modulo 2^64 as the definition does, never overflows */
-    uint64_t sub = offset + (uint64_t)b * (uint64_t)heads_q + (uint64_t)h;
+    uint64_t sub = fa_dropout_subsequence(offset, heads_q, b, h);
     return fa_philox4x32_10((uint32_t)((uint64_t)j >> 2), (uint32_t)i,
                             (uint32_t)sub, (uint32_t)(sub >> 32),
                             (uint32_t)seed, (uint32_t)(seed >> 32));

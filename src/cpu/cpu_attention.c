@@ -286,7 +286,7 @@ static head_ctx head_context(const fa_problem *p, int64_t b, int64_t h)
                                         b * p->block_mask_stride_batch +
                                         h * p->block_mask_stride_head
                                   : NULL;
-    uint64_t sub = p->dropout_offset + (uint64_t)(b * p->heads_q + h);
+    uint64_t sub = fa_dropout_subsequence(p->dropout_offset, p->heads_q, b, h);
     hc.dropout.key[0] = (uint32_t)p->dropout_seed;
     hc.dropout.key[1] = (uint32_t)(p->dropout_seed >> 32);
     hc.dropout.sub[0] = (uint32_t)sub;

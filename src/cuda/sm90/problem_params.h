@@ -8,14 +8,11 @@
 
 #include "fa_internal.h"
 
-/* A window size as the kernels take it: one at least as wide as the
- * sequence hides nothing, so it becomes unbounded (-1), which also keeps
- * row + shift ± window far inside int (fa_visible_keys). */
-static inline int fa_sm90_window(int64_t window, int64_t seqlen) { return window >= seqlen ? -1 : (int)window; }
-
 /* Sizes (the kernels index in int: sm90.cu declines larger problems), varlen
- * offsets, window (clamped), softcap, and the score scale in log2 units: softmax_scale,
- * or 1 when softcap already applied it. */
+ * offsets, window (shorter than the sequence or -1 since validation, so
+ * row + shift ± window stays far inside int: fa_visible_keys), softcap, and
+ * the score scale in log2 units: softmax_scale, or 1 when softcap already
+ * applied it. */
 template <class Params> static void fa_sm90_fill_problem(Params &prm, const fa_problem *p)
 {
     prm.lse = p->lse;
@@ -29,8 +26,8 @@ template <class Params> static void fa_sm90_fill_problem(Params &prm, const fa_p
     prm.heads_per_kv = (int)(p->heads_q / p->heads_kv);
     prm.head_dim = (int)p->head_dim;
     prm.total_q = p->total_q;
-    prm.window_left = fa_sm90_window(p->window_left, p->seqlen_k);
-    prm.window_right = fa_sm90_window(p->window_right, p->seqlen_q);
+    prm.window_left = (int)p->window_left;
+    prm.window_right = (int)p->window_right;
     prm.softcap = p->softcap;
     prm.softcap_input_scale = p->softcap > 0.0f ? p->softmax_scale / p->softcap : 0.0f;
     prm.score_scale_log2 = (p->softcap > 0.0f ? 1.0f : p->softmax_scale) * 1.4426950408889634f;
