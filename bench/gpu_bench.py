@@ -247,7 +247,8 @@ def sdpa_forward(name, q, k, v, causal):
 
 def measure_cell(args, d, causal, s):
     """{contender: (fwd_ms, fwd_bwd_ms, bwd_ms) or error string}, and our
-    forward kernel's name, for one cell with fresh random inputs."""
+    forward kernel's name, for one cell with fresh random inputs
+    (`--forward-only`: the backward times are None)."""
     dt = torch.bfloat16
     b, h = args.tokens // s, args.hidden // d
     q, k, v, dout = (torch.randn(b, s, h, d, device="cuda", dtype=dt) for _ in range(4))
@@ -274,6 +275,8 @@ def measure_cell(args, d, causal, s):
                                       **timing)
     # before any backward (which runs on autograd's own thread)
     fwd_kernel = flashattn.last_kernel(q.device)
+    if args.forward_only:
+        return {n: errors[n] if n in errors else (t_f[n], None, None) for n in (OURS,) + PEERS}, fwd_kernel
     impls = {n: fns for n, fns in impls.items() if n not in errors}
     t_fb, errors_fb = time_contenders({n: fb for n, (_, fb) in impls.items()}, args.calls, args.reps,
                                       **timing)
@@ -328,12 +331,14 @@ def bench(args):
             if errors:
                 row.update(error=errors[0])
             else:
-                t_f, t_fb, t_b = (median([g[i] for g in got]) for i in range(3))
-                row.update(fwd_ms=t_f, bwd_ms=t_b, fwd_bwd_ms=t_fb,
-                           fwd_tflops=fwd_flops / t_f / 1e9,
-                           bwd_tflops=2.5 * fwd_flops / t_b / 1e9,
-                           fwd_bwd_tflops=3.5 * fwd_flops / t_fb / 1e9,
+                t_f = median([g[0] for g in got])
+                row.update(fwd_ms=t_f, fwd_tflops=fwd_flops / t_f / 1e9,
                            passes=[dict(fwd_ms=g[0], fwd_bwd_ms=g[1], bwd_ms=g[2]) for g in got])
+                if not args.forward_only:
+                    t_fb, t_b = (median([g[i] for g in got]) for i in (1, 2))
+                    row.update(bwd_ms=t_b, fwd_bwd_ms=t_fb,
+                               bwd_tflops=2.5 * fwd_flops / t_b / 1e9,
+                               fwd_bwd_tflops=3.5 * fwd_flops / t_fb / 1e9)
             rows.append(row)
     result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
                   device=torch.cuda.get_device_name(), torch=torch.__version__,
@@ -477,6 +482,8 @@ def main():
                     help="bench: the contenders' order within a rep (time_contenders)")
     ap.add_argument("--warmup-ms", type=float, default=150.0,
                     help="bench: untimed calls of a contender before each timed rep, in ms")
+    ap.add_argument("--forward-only", action="store_true",
+                    help="bench: time the forward alone (an A/B of forward kernels)")
     ap.add_argument("--out", default="gpu-bench.json")
     ap.add_argument("--backend", default="auto", choices=BACKENDS,
                     help="bench: the library backend to time")

@@ -18,7 +18,8 @@
 # (gpu_bench backend, default cuda_sm80), DIMS, SEQS (default 64 128 256 /
 # 1024 4096 16384), GRID (variants to test_grid first), GRID_BACKENDS
 # (default sm80), LIMS (FA_SM80_SMEM_LIMIT values for the grid, default 0 =
-# none), TAG (prefix of the output names). Output: $OUT/TAGab.tgz with
+# none), TAG (prefix of the output names), BENCH_ARGS (more gpu_bench
+# arguments, e.g. --forward-only), BENCH_TIMEOUT (seconds per bench run, default 300). Output: $OUT/TAGab.tgz with
 # ab-<variant>-<round>.json and the logs (one file: the device tool brings
 # back only a few).
 set -uo pipefail
@@ -76,9 +77,9 @@ for r in 1 2; do
     [ $r = 2 ] && order=$(echo $V | tr ' ' '\n' | tac | tr '\n' ' ')
     for v in $order; do
         t0=$(date +%s)
-        env $(settings_of "$v") PYTHONPATH=python FLASHATTN_LIB=$B/$v/libflashattn.so timeout 300 python3 bench/gpu_bench.py bench \
+        env $(settings_of "$v") PYTHONPATH=python FLASHATTN_LIB=$B/$v/libflashattn.so timeout ${BENCH_TIMEOUT:-300} python3 bench/gpu_bench.py bench \
             --backend "${BACKEND:-cuda_sm80}" --dims ${DIMS:-64 128 256} --seqlens ${SEQS:-1024 4096 16384} \
-            --out "$work/ab-$v-$r.json" > "$work/bench-$v-$r.log" 2>&1
+            ${BENCH_ARGS:-} --out "$work/ab-$v-$r.json" > "$work/bench-$v-$r.log" 2>&1
         echo "bench $v round $r rc=$? $(( $(date +%s) - t0 )) s"
     done
 done

@@ -352,6 +352,24 @@ static void build_grid(case_list *list, uint64_t seed, int quick)
         push_case(list, &c);
     }
 
+    /* More tiles than two rounds of a persistent grid (132 SMs on an H100,
+     * clusters of two at hdim >= 128): a CTA's later tiles start from the
+     * state its earlier ones left (pipeline phases, O staged over the V
+     * ring, the pingpong's turns). Causal, so that the first rows of a tile
+     * see fewer key blocks than its last. Over the budget on purpose: the
+     * shape is what is tested, so not in --quick. */
+    static const int64_t persistent_dims[] = {256, 64, 128};
+    for (int n = 0; n < (quick ? 0 : 3); ++n) {
+        c = base_case(&r, "persistent", DTYPES[1 + n % 2]);
+        c.batch = 4;
+        c.heads_q = 35;
+        c.heads_kv = n == 1 ? 7 : 35;
+        c.seqlen_q = c.seqlen_k = rng_int(&r, 129, 150);
+        c.head_dim = c.head_dim_v = persistent_dims[n];
+        c.causal = 1;
+        push_case(list, &c);
+    }
+
     /* Dropout mask probes: dv >= seqlen_k and V = identity. The probes use
      * sk = 250 (not a multiple of 4: the last Philox word group is partial). */
     for (int n = 0; n < 9; ++n) {
