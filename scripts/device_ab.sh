@@ -81,8 +81,9 @@ for r in 1 2; do
             --backend "${BACKEND:-cuda_sm80}" --dims ${DIMS:-64 128 256} --seqlens ${SEQS:-1024 4096 16384} \
             ${BENCH_ARGS:-} --out "$work/ab-$v-$r.json" > "$work/bench-$v-$r.log" 2>&1
         echo "bench $v round $r rc=$? $(( $(date +%s) - t0 )) s"
+        # packed after every run, so that a call cut short keeps what it measured
+        (cd "$work" && tar czf "$OUT/${TAG}ab.tgz" ./*.log $(ls ./*.json 2>/dev/null))
     done
 done
-(cd "$work" && tar czf "$OUT/${TAG}ab.tgz" ./*.json ./*.log)
 rm -rf "$work"
 echo "results: $OUT/${TAG}ab.tgz (bench/ab_compare.py DIR after unpacking)"
