@@ -353,8 +353,8 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
         push_case(list, &c);
     }
 
-    /* More tiles than two rounds of a persistent grid (132 SMs on an H100,
-     * clusters of two at hdim >= 128): a CTA's later tiles start from the
+    /* More tiles than two rounds of a persistent grid (132 SMs on an H100;
+     * causal, so no clusters): a CTA's later tiles start from the
      * state its earlier ones left (pipeline phases, O staged over the V
      * ring, the pingpong's turns). Causal, so that the first rows of a tile
      * see fewer key blocks than its last. Over the budget on purpose: the
