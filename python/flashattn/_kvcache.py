@@ -8,6 +8,12 @@ given, are first written in place at [cache_seqlens[b], + seqlen_new).
 Each sequence's keys are a strided view of the cache, so the call needs no
 copy: when every sequence sees the same key range of consecutive cache rows
 it is one library call, otherwise one call per sequence.
+
+Rotary embedding (rotary_cos/rotary_sin, FlashAttention's semantics): the
+new keys are rotated at their cache positions cache_seqlens[b] + t before
+they are written; the queries at cache_seqlens[b] + i when causal or local,
+else all at cache_seqlens[b]. Computed in float32 and rounded to the dtype,
+as FlashAttention's kernel does.
 """
 
 import torch
@@ -24,12 +30,58 @@ def _check_index(name, t, batch, device):
     return t.tolist()
 
 
+def _rotate(x, cos, sin, positions, interleaved):
+    """x (b, s, h, d) with its first rotary_dim = 2 * cos.shape[1] channels
+    rotated by the angles of rows positions (b, s) of cos/sin (seqlen_ro,
+    rotary_dim / 2): pairs (2j, 2j + 1) when interleaved, else (j, j +
+    rotary_dim / 2) (GPT-NeoX). Returns a new tensor in x's dtype."""
+    half = cos.shape[1]
+    c = cos.float()[positions].unsqueeze(2)  # (b, s, 1, half)
+    s = sin.float()[positions].unsqueeze(2)
+    part = x[..., :2 * half].float()
+    if interleaved:
+        x1, x2 = part[..., 0::2], part[..., 1::2]
+        rotated = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+    else:
+        x1, x2 = part[..., :half], part[..., half:]
+        rotated = torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+    return torch.cat((rotated.to(x.dtype), x[..., 2 * half:]), dim=-1)
+
+
+def _check_rotary(cos, sin, q, k, lengths, seqlen_new, positions_of_q):
+    """Raise unless cos/sin are a rotary table that covers every position
+    the call rotates (positions_of_q: how many query positions follow each
+    cache length: seqlen_q when causal or local, else 1)."""
+    if (cos is None) != (sin is None):
+        raise ValueError("rotary_cos and rotary_sin must be given together (or neither)")
+    if k is None:
+        raise ValueError("rotary_cos/rotary_sin rotate the new keys: k and v must be given too")
+    _ops.check_tensor("rotary_cos", cos, 2, q.dtype, q.device)
+    _ops.check_tensor("rotary_sin", sin, 2, q.dtype, q.device)
+    if cos.shape != sin.shape:
+        raise ValueError(f"rotary_cos {tuple(cos.shape)} and rotary_sin {tuple(sin.shape)} must have one shape")
+    rotary_dim, head_dim = 2 * cos.shape[1], q.shape[-1]
+    if not 0 < rotary_dim <= head_dim:
+        raise ValueError(
+            f"rotary_cos/rotary_sin must be (seqlen_ro, rotary_dim / 2) with 0 < rotary_dim <= headdim "
+            f"= {head_dim}, got rotary_dim {rotary_dim}"
+        )
+    needed = max((n + max(seqlen_new, positions_of_q) for n in lengths), default=0)
+    if cos.shape[0] < needed:
+        raise ValueError(
+            f"rotary_cos/rotary_sin have {cos.shape[0]} positions but the call rotates positions up "
+            f"to {needed - 1} (cache_seqlens + seqlen_new, or + seqlen_q when causal or local)"
+        )
+
+
 def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
                       cache_batch_idx=None, cache_leftpad=None, softmax_scale=None,
-                      causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None):
+                      causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                      rotary_cos=None, rotary_sin=None, rotary_interleaved=True):
     """(out (b, sq, hq, dv), lse (b, hq, sq)). q (b, sq, hq, d);
     k_cache (b_cache, s_cache, hkv, d), v_cache (b_cache, s_cache, hkv, dv);
-    k, v (b, s_new, hkv, d/dv) or None."""
+    k, v (b, s_new, hkv, d/dv) or None; rotary_cos/rotary_sin (seqlen_ro,
+    rotary_dim / 2) or None."""
     _ops.check_tensor("q", q, 4)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         _ops.check_tensor(name, t, 4, q.dtype, q.device)
@@ -88,6 +140,18 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
 
     _ops.check_attention_args(q, as_batch(k_cache), as_batch(v_cache), None, None, None, None, 0.0,
                               window_size, alibi_slopes, softmax_scale, softcap)
+    if rotary_cos is not None or rotary_sin is not None:
+        # local as FlashAttention decides it: a window edge inside the cache
+        local = any(0 <= w < cache_len for w in window_size)
+        per_position = causal or local
+        _check_rotary(rotary_cos, rotary_sin, q, k, lengths, seqlen_new,
+                      seqlen_q if per_position else 1)
+        starts_of = torch.tensor(lengths, device=q.device).view(-1, 1)
+        k = _rotate(k, rotary_cos, rotary_sin, starts_of + torch.arange(seqlen_new, device=q.device),
+                    rotary_interleaved)
+        q_offsets = torch.arange(seqlen_q, device=q.device) if per_position else \
+            torch.zeros(seqlen_q, dtype=torch.long, device=q.device)
+        q = _rotate(q, rotary_cos, rotary_sin, starts_of + q_offsets, rotary_interleaved)
 
     if k is not None:
         # Append in place: cache[rows[b], lengths[b] + t] = k[b, t].

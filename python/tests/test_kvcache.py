@@ -93,11 +93,10 @@ def test_kvcache_unsupported_options_raise(device):
     q = torch.randn(1, 1, 2, 16, device=device)
     cache = torch.randn(1, 8, 2, 16, device=device)
     table = torch.zeros(1, 1, dtype=torch.int32, device=device)
-    cos = torch.ones(8, 8, device=device)
     with pytest.raises(NotImplementedError, match="block_table"):
         flashattn.flash_attn_with_kvcache(q, cache, cache, block_table=table)
-    with pytest.raises(NotImplementedError, match="rotary_cos"):
-        flashattn.flash_attn_with_kvcache(q, cache, cache, rotary_cos=cos, rotary_sin=cos)
+    with pytest.raises(NotImplementedError, match="rotary_seqlens"):
+        fa3.flash_attn_with_kvcache(q, cache, cache, rotary_seqlens=table[0])
     with pytest.raises(NotImplementedError, match="page_table"):
         fa3.flash_attn_with_kvcache(q, cache, cache, page_table=table)
     with pytest.raises(NotImplementedError, match="qv"):
@@ -147,3 +146,94 @@ def test_kvcache_bad_arguments(device):
         flashattn.flash_attn_with_kvcache(q, cache, cache, cache_seqlens=lens,
                                           cache_batch_idx=torch.tensor([0, 5], dtype=torch.int32,
                                                                        device=device))
+
+
+def rotary_table(device, dtype, positions, rotary_dim):
+    """cos, sin (positions, rotary_dim / 2) of the usual inverse-frequency
+    angles, rounded to dtype as a caller would pass them."""
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
+    angles = torch.arange(positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    return angles.cos().to(device, dtype), angles.sin().to(device, dtype)
+
+
+def rotate_ref(x, cos, sin, positions, interleaved):
+    """x (b, s, h, d) rotated in float64 at positions[b][t], element by
+    element (independent of the library's vectorized version)."""
+    out = x.double().cpu().clone()
+    cos64, sin64 = cos.double().cpu(), sin.double().cpu()
+    half = cos.shape[1]
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            p = positions[b][t]
+            for j in range(half):
+                i1, i2 = (2 * j, 2 * j + 1) if interleaved else (j, j + half)
+                x1, x2 = out[b, t, :, i1].clone(), out[b, t, :, i2].clone()
+                out[b, t, :, i1] = x1 * cos64[p, j] - x2 * sin64[p, j]
+                out[b, t, :, i2] = x1 * sin64[p, j] + x2 * cos64[p, j]
+    return out
+
+
+ROTARY = [(interleaved, mode, api) for interleaved in (True, False)
+          for mode in ("causal", "local", "plain") for api in ("fa2", "fa3")]
+
+
+@pytest.mark.parametrize("interleaved,mode,api", ROTARY,
+                         ids=[f"{'interleaved' if i else 'neox'}-{m}-{a}" for i, m, a in ROTARY])
+def test_kvcache_rotary(device, interleaved, mode, api):
+    """New keys rotated at cache_seqlens + t; queries at cache_seqlens + i
+    when causal or local, else all at cache_seqlens (FlashAttention's rule);
+    rotary_dim < headdim leaves the other channels as they are."""
+    batch, cache_batch, cache_len, hq, hkv, d, rotary_dim, seqlen_q, new = 3, 4, 40, 4, 2, 32, 16, 3, 2
+    gen = torch.Generator().manual_seed(33)
+    q = randn(device, gen, batch, seqlen_q, hq, d)
+    k_cache = randn(device, gen, cache_batch, cache_len, hkv, d)
+    v_cache = randn(device, gen, cache_batch, cache_len, hkv, d)
+    k = randn(device, gen, batch, new, hkv, d)
+    v = randn(device, gen, batch, new, hkv, d)
+    lengths, rows = [10, 33, 6], [2, 0, 3]
+    cos, sin = rotary_table(device, q.dtype, cache_len, rotary_dim)
+    options = dict(causal=mode == "causal", window_size=(8, 0) if mode == "local" else (-1, -1))
+    per_position = mode != "plain"
+    k_ref = rotate_ref(k, cos, sin, [[n + t for t in range(new)] for n in lengths], interleaved)
+    q_ref = rotate_ref(q, cos, sin, [[n + (i if per_position else 0) for i in range(seqlen_q)]
+                                     for n in lengths], interleaved)
+    ref, ref_k_cache, _ = kvcache_reference(q_ref, k_cache.double().cpu(), v_cache.double().cpu(),
+                                            k_ref, v.double().cpu(), lengths, rows, [0] * batch,
+                                            **options)
+    k_before, v_before = k.clone(), v.clone()
+    to_int32 = lambda xs: torch.tensor(xs, dtype=torch.int32, device=device)  # noqa: E731
+    fn = flashattn.flash_attn_with_kvcache if api == "fa2" else fa3.flash_attn_with_kvcache
+    out = fn(q, k_cache, v_cache, k, v, rotary_cos=cos, rotary_sin=sin,
+             cache_seqlens=to_int32(lengths), cache_batch_idx=to_int32(rows),
+             rotary_interleaved=interleaved, **options)
+    assert_close("out", out, ref, dtype=q.dtype)
+    assert_close("k_cache", k_cache, ref_k_cache, dtype=q.dtype)
+    assert torch.equal(k, k_before) and torch.equal(v, v_before), "k and v must not change"
+    # the rotation is not a no-op: the unrotated keys would differ
+    assert not torch.allclose(k_cache[rows[0], lengths[0]:lengths[0] + new].double().cpu(),
+                              k.double().cpu()[0])
+
+
+def test_kvcache_rotary_bad_arguments_leave_the_cache_alone(device):
+    q = randn(device, torch.Generator().manual_seed(34), 2, 1, 2, 32)
+    k_cache, v_cache = torch.zeros_like(q).repeat(1, 8, 1, 1), torch.zeros_like(q).repeat(1, 8, 1, 1)
+    new = torch.ones_like(q)
+    lens = torch.tensor([2, 4], dtype=torch.int32, device=device)
+    cos, sin = rotary_table(device, q.dtype, 8, 16)
+    other = torch.float64 if q.dtype != torch.float64 else torch.float32
+    bad = [
+        (dict(rotary_cos=cos), ValueError, "together"),
+        (dict(rotary_cos=cos, rotary_sin=sin[:, :4]), ValueError, "one shape"),
+        (dict(rotary_cos=cos.to(other), rotary_sin=sin.to(other)), TypeError, "rotary_cos must be"),
+        (dict(rotary_cos=cos[:4], rotary_sin=sin[:4]), ValueError, "positions up to 4"),
+        (dict(rotary_cos=torch.cat([cos] * 3, 1), rotary_sin=torch.cat([sin] * 3, 1)), ValueError,
+         "rotary_dim <= headdim"),
+        (dict(rotary_cos=cos[0], rotary_sin=sin[0]), ValueError, "2 dimensions"),
+    ]
+    for args, exc, message in bad:
+        with pytest.raises(exc, match=message):
+            flashattn.flash_attn_with_kvcache(q, k_cache, v_cache, new, new, cache_seqlens=lens, **args)
+        assert not k_cache.any() and not v_cache.any(), "the cache changed before an error"
+    with pytest.raises(ValueError, match="k and v must be given"):
+        flashattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, rotary_cos=cos,
+                                          rotary_sin=sin)
