@@ -5,6 +5,13 @@ batch reads cache row cache_batch_idx[b] (default b), keys
 [cache_leftpad[b], cache_seqlens[b] + seqlen_new). New keys/values, when
 given, are first written in place at [cache_seqlens[b], + seqlen_new).
 
+Paged (block_table (batch, max_blocks) int32): the cache is (num_blocks,
+page_size, heads_kv, dim), and position p of sequence b lives in block
+block_table[b, p // page_size] at row p % page_size. The pages a sequence
+reads are gathered into a contiguous copy for the attention call (the
+library has no paged layout), so a paged call costs a copy of the keys and
+values it reads.
+
 Each sequence's keys are a strided view of the cache, so the call needs no
 copy: when every sequence sees the same key range of consecutive cache rows
 it is one library call, otherwise one call per sequence.
@@ -77,11 +84,12 @@ def _check_rotary(cos, sin, q, k, lengths, seqlen_new, positions_of_q):
 def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
                       cache_batch_idx=None, cache_leftpad=None, softmax_scale=None,
                       causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                      rotary_cos=None, rotary_sin=None, rotary_interleaved=True):
+                      rotary_cos=None, rotary_sin=None, rotary_interleaved=True, block_table=None):
     """(out (b, sq, hq, dv), lse (b, hq, sq)). q (b, sq, hq, d);
     k_cache (b_cache, s_cache, hkv, d), v_cache (b_cache, s_cache, hkv, dv);
     k, v (b, s_new, hkv, d/dv) or None; rotary_cos/rotary_sin (seqlen_ro,
-    rotary_dim / 2) or None."""
+    rotary_dim / 2) or None; block_table (b, max_blocks) int32 or None (then
+    k_cache/v_cache are (num_blocks, page_size, hkv, d/dv))."""
     _ops.check_tensor("q", q, 4)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         _ops.check_tensor(name, t, 4, q.dtype, q.device)
@@ -108,6 +116,16 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
                 f"k and v must be {want_k} and {want_v} (batch, seqlen_new, nheads_k, headdim), "
                 f"got {tuple(k.shape)} and {tuple(v.shape)}"
             )
+    paged = block_table is not None
+    if paged:
+        if cache_batch_idx is not None:
+            raise ValueError("cache_batch_idx cannot be combined with block_table: a paged cache "
+                             "maps sequences to pages through the table")
+        _ops.check_tensor("block_table", block_table, 2, torch.int32, q.device)
+        if block_table.shape[0] != batch:
+            raise ValueError(f"block_table must have batch_size = {batch} rows, got {block_table.shape[0]}")
+        page_size = cache_len
+        cache_len = block_table.shape[1] * page_size  # positions per sequence
     if isinstance(cache_seqlens, int):
         lengths = [cache_seqlens] * batch
     elif cache_seqlens is None:
@@ -117,13 +135,15 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
     else:
         lengths = _check_index("cache_seqlens", cache_seqlens, batch, q.device)
     rows = _check_index("cache_batch_idx", cache_batch_idx, batch, q.device)
-    if rows is None:
+    if paged:
+        rows = list(range(batch))  # sequence b is table row b
+    elif rows is None:
         if batch > cache_batch:
             raise ValueError(f"k_cache has {cache_batch} sequences but q has batch {batch}")
         rows = list(range(batch))
     starts = _check_index("cache_leftpad", cache_leftpad, batch, q.device) or [0] * batch
     for b in range(batch):
-        if not 0 <= rows[b] < cache_batch:
+        if not paged and not 0 <= rows[b] < cache_batch:
             raise ValueError(f"cache_batch_idx[{b}] = {rows[b]} is outside 0..{cache_batch - 1}")
         if not 0 <= lengths[b] or lengths[b] + seqlen_new > cache_len:
             raise ValueError(
@@ -132,6 +152,15 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
             )
         if not 0 <= starts[b] <= lengths[b] + seqlen_new:
             raise ValueError(f"cache_leftpad[{b}] = {starts[b]} is outside 0..cache_seqlens[{b}]")
+    if paged and batch and page_size:
+        # the pages each sequence touches must exist
+        used = max(-(-(n + seqlen_new) // page_size) for n in lengths)
+        pages = block_table[:, :used]
+        for b in range(batch):
+            need = -(-(lengths[b] + seqlen_new) // page_size)
+            bad = [p for p in pages[b, :need].tolist() if not 0 <= p < cache_batch]
+            if bad:
+                raise ValueError(f"block_table[{b}] names block {bad[0]}, outside 0..{cache_batch - 1}")
 
     # Everything the attention call checks, before the cache is written: the
     # cache as a (batch, ...) view stands for each sequence's keys.
@@ -154,18 +183,31 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
         q = _rotate(q, rotary_cos, rotary_sin, starts_of + q_offsets, rotary_interleaved)
 
     if k is not None:
-        # Append in place: cache[rows[b], lengths[b] + t] = k[b, t].
-        row_idx = torch.tensor(rows, device=q.device).view(-1, 1)
+        # Append in place: cache[rows[b], lengths[b] + t] = k[b, t]
+        # (paged: the block and row that hold position lengths[b] + t).
         pos_idx = (torch.tensor(lengths, device=q.device).view(-1, 1)
                    + torch.arange(seqlen_new, device=q.device).view(1, -1))
+        if paged:
+            row_idx = block_table.long().gather(1, pos_idx // page_size)
+            pos_idx = pos_idx % page_size
+        else:
+            row_idx = torch.tensor(rows, device=q.device).view(-1, 1)
         k_cache[row_idx, pos_idx] = k
         v_cache[row_idx, pos_idx] = v
 
     ends = [n + seqlen_new for n in lengths]
+
+    def keys_of(cache, b, lo, hi):
+        """(1, hi - lo, hkv, dim): sequence b's positions [lo, hi)."""
+        if not paged:
+            return cache[rows[b]:rows[b] + 1, lo:hi]
+        pages = block_table[b, :-(-hi // page_size)].long()
+        return cache[pages].flatten(0, 1)[lo:hi].unsqueeze(0)
+
     options = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size,
                    softcap=softcap)
     with torch.no_grad():
-        uniform = (len(set(starts)) == 1 and len(set(ends)) == 1
+        uniform = (not paged and len(set(starts)) == 1 and len(set(ends)) == 1
                    and rows == list(range(rows[0], rows[0] + batch)))
         if batch == 0 or uniform:
             lo, hi, r0 = (starts[0], ends[0], rows[0]) if batch else (0, 0, 0)
@@ -178,9 +220,9 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
             slopes = alibi_slopes
             if slopes is not None and slopes.dim() == 2:
                 slopes = slopes[b:b + 1]
-            r, lo, hi = rows[b], starts[b], ends[b]
+            lo, hi = starts[b], ends[b]
             out, lse, _ = _ops.attention(
-                q[b:b + 1], k_cache[r:r + 1, lo:hi], v_cache[r:r + 1, lo:hi],
+                q[b:b + 1], keys_of(k_cache, b, lo, hi), keys_of(v_cache, b, lo, hi),
                 alibi_slopes=slopes, **options)
             outs.append(out)
             lses.append(lse)

@@ -133,19 +133,18 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     q (batch, seqlen_q, nheads, headdim); k_cache/v_cache (batch_cache,
     seqlen_cache, nheads_k, headdim[_v]) -> out (batch, seqlen_q, nheads,
     headdim_v), and softmax_lse (batch, nheads, seqlen_q) if
-    return_softmax_lse. rotary_cos/rotary_sin (seqlen_ro, rotary_dim / 2):
+    return_softmax_lse. block_table (batch, max_num_blocks) int32: a paged
+    cache, k_cache/v_cache (num_blocks, page_block_size, nheads_k,
+    headdim[_v]); the pages read are gathered into a copy for the call.
+    rotary_cos/rotary_sin (seqlen_ro, rotary_dim / 2):
     the new keys are rotated at positions cache_seqlens, cache_seqlens + 1,
     ...; the queries at the same positions when causal or local, else all at
     cache_seqlens (rotary_interleaved: pairs (0, 1), (2, 3), ...; else GPT-NeoX
     pairs (i, i + rotary_dim / 2)). num_splits only tunes FlashAttention's
     CUDA kernel and does not change results; it is accepted and has no effect
     here."""
-    if block_table is not None:
-        raise NotImplementedError(
-            "flashattn: block_table is not supported by flash_attn_with_kvcache yet"
-        )
     out, lse = _kvcache.kvcache_attention(q, k_cache, v_cache, k, v, cache_seqlens,
                                           cache_batch_idx, cache_leftpad, softmax_scale, causal,
                                           window_size, softcap, alibi_slopes, rotary_cos,
-                                          rotary_sin, rotary_interleaved)
+                                          rotary_sin, rotary_interleaved, block_table)
     return (out, lse) if return_softmax_lse else out

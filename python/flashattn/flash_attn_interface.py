@@ -8,8 +8,7 @@ with return_attn_probs=True (softmax_lse (batch, nheads, seqlen_q), or
 
 Options that change results but have no backend support yet raise
 NotImplementedError naming the option: qv, q/k/v_descale (FP8),
-attention_chunk != 0, seqused_q/seqused_k, paged KV (page_table),
-rotary_seqlens. Options that only tune FA3's CUDA scheduling (num_splits,
+attention_chunk != 0, seqused_q/seqused_k, rotary_seqlens. Options that only tune FA3's CUDA scheduling (num_splits,
 pack_gqa, sm_margin, scheduler_metadata) cannot change results and are
 accepted without effect.
 """
@@ -140,11 +139,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, qv=None, rotary
     (batch, seqlen_q, nheads, headdim_v), or (out, softmax_lse (batch,
     nheads, seqlen_q)) with return_softmax_lse."""
     _check_common(qv, q_descale, k_descale, v_descale, attention_chunk)
-    _unsupported(page_table=(page_table, None), cu_seqlens_q=(cu_seqlens_q, None),
+    _unsupported(cu_seqlens_q=(cu_seqlens_q, None),
                  cu_seqlens_k_new=(cu_seqlens_k_new, None), max_seqlen_q=(max_seqlen_q, None),
                  rotary_seqlens=(rotary_seqlens, None))
     out, lse = _kvcache.kvcache_attention(q, k_cache, v_cache, k, v, cache_seqlens,
                                           cache_batch_idx, cache_leftpad, softmax_scale, causal,
                                           window_size, softcap, None, rotary_cos, rotary_sin,
-                                          rotary_interleaved)
+                                          rotary_interleaved, page_table)
     return (out, lse) if return_softmax_lse else out

@@ -93,12 +93,8 @@ def test_kvcache_unsupported_options_raise(device):
     q = torch.randn(1, 1, 2, 16, device=device)
     cache = torch.randn(1, 8, 2, 16, device=device)
     table = torch.zeros(1, 1, dtype=torch.int32, device=device)
-    with pytest.raises(NotImplementedError, match="block_table"):
-        flashattn.flash_attn_with_kvcache(q, cache, cache, block_table=table)
     with pytest.raises(NotImplementedError, match="rotary_seqlens"):
         fa3.flash_attn_with_kvcache(q, cache, cache, rotary_seqlens=table[0])
-    with pytest.raises(NotImplementedError, match="page_table"):
-        fa3.flash_attn_with_kvcache(q, cache, cache, page_table=table)
     with pytest.raises(NotImplementedError, match="qv"):
         fa3.flash_attn_with_kvcache(q, cache, cache, qv=q)
 
@@ -237,3 +233,65 @@ def test_kvcache_rotary_bad_arguments_leave_the_cache_alone(device):
     with pytest.raises(ValueError, match="k and v must be given"):
         flashattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, rotary_cos=cos,
                                           rotary_sin=sin)
+
+
+PAGED = [(page, extra, api) for page, extra in ((4, "plain"), (16, "rotary_causal"), (8, "leftpad"))
+         for api in ("fa2", "fa3")]
+
+
+@pytest.mark.parametrize("page,extra,api", PAGED, ids=[f"page{p}-{e}-{a}" for p, e, a in PAGED])
+def test_kvcache_paged(device, page, extra, api):
+    """A paged cache (blocks in a shuffled order) gives what the same
+    cache laid out densely gives, and the new keys land in the right pages."""
+    batch, max_len, hq, hkv, d, seqlen_q, new = 3, 48, 4, 2, 32, 2, 2
+    gen = torch.Generator().manual_seed(35)
+    dense_k = randn(device, gen, batch, max_len, hkv, d)
+    dense_v = randn(device, gen, batch, max_len, hkv, d)
+    q = randn(device, gen, batch, seqlen_q, hq, d)
+    k = randn(device, gen, batch, new, hkv, d)
+    v = randn(device, gen, batch, new, hkv, d)
+    blocks_per_seq = max_len // page
+    num_blocks = batch * blocks_per_seq + 3  # a few spare blocks
+    order = torch.randperm(num_blocks, generator=gen)[:batch * blocks_per_seq]
+    table = order.view(batch, blocks_per_seq).to(torch.int32)
+    paged_k = torch.zeros(num_blocks, page, hkv, d, dtype=q.dtype, device=device)
+    paged_v = torch.zeros_like(paged_k)
+    paged_k[table.long()] = dense_k.view(batch, blocks_per_seq, page, hkv, d)
+    paged_v[table.long()] = dense_v.view(batch, blocks_per_seq, page, hkv, d)
+    lengths = [10, 33, 6]
+    to_int32 = lambda xs: torch.tensor(xs, dtype=torch.int32, device=device)  # noqa: E731
+    options = dict(cache_seqlens=to_int32(lengths))
+    if extra == "rotary_causal":
+        cos, sin = rotary_table(device, q.dtype, max_len, 16)
+        options.update(rotary_cos=cos, rotary_sin=sin, causal=True)
+    if extra == "leftpad":
+        options.update(cache_leftpad=to_int32([3, 0, 5]))
+    fn = flashattn.flash_attn_with_kvcache if api == "fa2" else fa3.flash_attn_with_kvcache
+    paged_arg = dict(block_table=table.to(device)) if api == "fa2" else dict(page_table=table.to(device))
+    ref = fn(q, dense_k, dense_v, k, v, **options)
+    out = fn(q, paged_k, paged_v, k, v, **paged_arg, **options)
+    assert_close("out", out, ref.double(), dtype=q.dtype)
+    as_dense = lambda c: c[table.long()].view(batch, max_len, hkv, -1)  # noqa: E731
+    assert torch.equal(as_dense(paged_k), dense_k) and torch.equal(as_dense(paged_v), dense_v)
+
+
+def test_kvcache_paged_bad_arguments_leave_the_cache_alone(device):
+    q = torch.randn(2, 1, 2, 16, device=device)
+    k_cache, v_cache = torch.zeros(5, 4, 2, 16, device=device), torch.zeros(5, 4, 2, 16, device=device)
+    new = torch.ones(2, 1, 2, 16, device=device)
+    lens = torch.tensor([2, 4], dtype=torch.int32, device=device)
+    table = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32, device=device)
+    bad = [
+        (dict(block_table=table.long()), TypeError, "block_table must be int32"),
+        (dict(block_table=table[:1]), ValueError, "batch_size = 2 rows"),
+        (dict(block_table=torch.tensor([[0, 1], [2, 9]], dtype=torch.int32, device=device)),
+         ValueError, "names block 9"),
+        (dict(block_table=table, cache_batch_idx=torch.tensor([0, 1], dtype=torch.int32,
+                                                             device=device)),
+         ValueError, "cache_batch_idx cannot be combined"),
+        (dict(block_table=table[:, :1]), ValueError, "does not fit"),
+    ]
+    for args, exc, message in bad:
+        with pytest.raises(exc, match=message):
+            flashattn.flash_attn_with_kvcache(q, k_cache, v_cache, new, new, cache_seqlens=lens, **args)
+        assert not k_cache.any() and not v_cache.any(), "the cache changed before an error"
