@@ -155,10 +155,10 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
     if paged and batch and page_size:
         # the pages each sequence touches must exist
         used = max(-(-(n + seqlen_new) // page_size) for n in lengths)
-        pages = block_table[:, :used]
+        pages = block_table[:, :used].tolist()  # one copy to the host
         for b in range(batch):
             need = -(-(lengths[b] + seqlen_new) // page_size)
-            bad = [p for p in pages[b, :need].tolist() if not 0 <= p < cache_batch]
+            bad = [p for p in pages[b][:need] if not 0 <= p < cache_batch]
             if bad:
                 raise ValueError(f"block_table[{b}] names block {bad[0]}, outside 0..{cache_batch - 1}")
 
