@@ -30,6 +30,18 @@ def kvcache_reference(q, k_cache, v_cache, k, v, lengths, rows, starts, **option
     return torch.cat(outs), k_cache, v_cache
 
 
+def kvcache_inputs(device, gen, batch, seqlen_q, cache_batch, cache_len, hq, hkv, d, new):
+    """q, k_cache, v_cache, and k, v (None when new == 0), random."""
+    q = randn(device, gen, batch, seqlen_q, hq, d)
+    k_cache = randn(device, gen, cache_batch, cache_len, hkv, d)
+    v_cache = randn(device, gen, cache_batch, cache_len, hkv, d)
+    k = v = None
+    if new:
+        k = randn(device, gen, batch, new, hkv, d)
+        v = randn(device, gen, batch, new, hkv, d)
+    return q, k_cache, v_cache, k, v
+
+
 CASES = {
     "decode_append": dict(seqlen_q=1, new=1, rows=None, starts=None, options=dict()),
     "prefill_causal": dict(seqlen_q=5, new=5, rows=None, starts=None, options=dict(causal=True)),
@@ -52,13 +64,8 @@ def test_kvcache(device, case, api):
     c = CASES[case]
     batch, cache_batch, cache_len, hq, hkv, d = 3, 4, 48, 4, 2, 32
     gen = torch.Generator().manual_seed(31)
-    q = randn(device, gen, batch, c["seqlen_q"], hq, d)
-    k_cache = randn(device, gen, cache_batch, cache_len, hkv, d)
-    v_cache = randn(device, gen, cache_batch, cache_len, hkv, d)
-    k = v = None
-    if c["new"]:
-        k = randn(device, gen, batch, c["new"], hkv, d)
-        v = randn(device, gen, batch, c["new"], hkv, d)
+    q, k_cache, v_cache, k, v = kvcache_inputs(device, gen, batch, c["seqlen_q"], cache_batch, cache_len,
+                                               hq, hkv, d, c["new"])
     lengths = [10, 33, 6]
     rows = c["rows"] or list(range(batch))
     starts = c["starts"] or [0] * batch
@@ -181,11 +188,8 @@ def test_kvcache_rotary(device, interleaved, mode, api):
     rotary_dim < headdim leaves the other channels as they are."""
     batch, cache_batch, cache_len, hq, hkv, d, rotary_dim, seqlen_q, new = 3, 4, 40, 4, 2, 32, 16, 3, 2
     gen = torch.Generator().manual_seed(33)
-    q = randn(device, gen, batch, seqlen_q, hq, d)
-    k_cache = randn(device, gen, cache_batch, cache_len, hkv, d)
-    v_cache = randn(device, gen, cache_batch, cache_len, hkv, d)
-    k = randn(device, gen, batch, new, hkv, d)
-    v = randn(device, gen, batch, new, hkv, d)
+    q, k_cache, v_cache, k, v = kvcache_inputs(device, gen, batch, seqlen_q, cache_batch, cache_len, hq,
+                                               hkv, d, new)
     lengths, rows = [10, 33, 6], [2, 0, 3]
     cos, sin = rotary_table(device, q.dtype, cache_len, rotary_dim)
     options = dict(causal=mode == "causal", window_size=(8, 0) if mode == "local" else (-1, -1))
@@ -245,11 +249,8 @@ def test_kvcache_paged(device, page, extra, api):
     cache laid out densely gives, and the new keys land in the right pages."""
     batch, max_len, hq, hkv, d, seqlen_q, new = 3, 48, 4, 2, 32, 2, 2
     gen = torch.Generator().manual_seed(35)
-    dense_k = randn(device, gen, batch, max_len, hkv, d)
-    dense_v = randn(device, gen, batch, max_len, hkv, d)
-    q = randn(device, gen, batch, seqlen_q, hq, d)
-    k = randn(device, gen, batch, new, hkv, d)
-    v = randn(device, gen, batch, new, hkv, d)
+    q, dense_k, dense_v, k, v = kvcache_inputs(device, gen, batch, seqlen_q, batch, max_len, hq, hkv, d,
+                                               new)
     blocks_per_seq = max_len // page
     num_blocks = batch * blocks_per_seq + 3  # a few spare blocks
     order = torch.randperm(num_blocks, generator=gen)[:batch * blocks_per_seq]
