@@ -81,6 +81,56 @@ def _check_rotary(cos, sin, q, k, lengths, seqlen_new, positions_of_q):
         )
 
 
+def check_pages(block_table, ends, page_size, num_blocks):
+    """Raise unless row b of block_table names existing blocks for the
+    pages that positions [0, ends[b]) occupy (the caller has checked that
+    they fit the table)."""
+    if not ends or not page_size:
+        return
+    used = max(-(-e // page_size) for e in ends)
+    pages = block_table[:, :used].tolist()  # one copy to the host
+    for b, e in enumerate(ends):
+        bad = [p for p in pages[b][:-(-e // page_size)] if not 0 <= p < num_blocks]
+        if bad:
+            raise ValueError(f"block_table[{b}] names block {bad[0]}, outside 0..{num_blocks - 1}")
+
+
+def paged_rows(cache, block_table, b, lo, hi):
+    """(hi - lo, heads, dim): positions [lo, hi) of sequence b of a paged
+    cache (num_blocks, page_size, heads, dim), gathered into a copy."""
+    pages = block_table[b, :-(-hi // cache.shape[1])].long()
+    return cache[pages].flatten(0, 1)[lo:hi]
+
+
+def gather_varlen_pages(k, v, block_table, cu_seqlens_k):
+    """Packed k, v (total_k, heads, dim) of a varlen call whose keys and
+    values live in a paged cache: k/v (num_blocks, page_size, heads, dim),
+    block_table (batch, max_blocks) int32, sequence b's keys at positions
+    [0, cu_seqlens_k[b + 1] - cu_seqlens_k[b]). A copy, differentiable."""
+    for name, t in (("k", k), ("v", v)):
+        _ops.check_tensor(name, t, 4)
+    _ops.check_tensor("block_table", block_table, 2, torch.int32, k.device)
+    _ops.check_tensor("cu_seqlens_k", cu_seqlens_k, 1, torch.int32, k.device)
+    if k.shape[:2] != v.shape[:2]:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same blocks and page size")
+    batch = cu_seqlens_k.shape[0] - 1
+    if batch < 0:
+        raise ValueError("cu_seqlens_k must have batch_size + 1 entries, got none")
+    if block_table.shape[0] != batch:
+        raise ValueError(f"block_table must have batch_size = {batch} rows, got {block_table.shape[0]}")
+    bounds = cu_seqlens_k.tolist()
+    lengths = [bounds[b + 1] - bounds[b] for b in range(batch)]
+    capacity = block_table.shape[1] * k.shape[1]
+    for b, n in enumerate(lengths):
+        if not 0 <= n <= capacity:
+            raise ValueError(f"sequence {b} has {n} keys; its block_table row holds 0..{capacity}")
+    check_pages(block_table, lengths, k.shape[1], k.shape[0])
+    if not batch:
+        return k.flatten(0, 1)[:0], v.flatten(0, 1)[:0]
+    return (torch.cat([paged_rows(k, block_table, b, 0, n) for b, n in enumerate(lengths)]),
+            torch.cat([paged_rows(v, block_table, b, 0, n) for b, n in enumerate(lengths)]))
+
+
 def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
                       cache_batch_idx=None, cache_leftpad=None, softmax_scale=None,
                       causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
@@ -152,15 +202,8 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
             )
         if not 0 <= starts[b] <= lengths[b] + seqlen_new:
             raise ValueError(f"cache_leftpad[{b}] = {starts[b]} is outside 0..cache_seqlens[{b}]")
-    if paged and batch and page_size:
-        # the pages each sequence touches must exist
-        used = max(-(-(n + seqlen_new) // page_size) for n in lengths)
-        pages = block_table[:, :used].tolist()  # one copy to the host
-        for b in range(batch):
-            need = -(-(lengths[b] + seqlen_new) // page_size)
-            bad = [p for p in pages[b][:need] if not 0 <= p < cache_batch]
-            if bad:
-                raise ValueError(f"block_table[{b}] names block {bad[0]}, outside 0..{cache_batch - 1}")
+    if paged:
+        check_pages(block_table, [n + seqlen_new for n in lengths], page_size, cache_batch)
 
     # Everything the attention call checks, before the cache is written: the
     # cache as a (batch, ...) view stands for each sequence's keys.
@@ -201,8 +244,7 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
         """(1, hi - lo, hkv, dim): sequence b's positions [lo, hi)."""
         if not paged:
             return cache[rows[b]:rows[b] + 1, lo:hi]
-        pages = block_table[b, :-(-hi // page_size)].long()
-        return cache[pages].flatten(0, 1)[lo:hi].unsqueeze(0)
+        return paged_rows(cache, block_table, b, lo, hi).unsqueeze(0)
 
     options = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size,
                    softcap=softcap)

@@ -83,13 +83,16 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None):
     """q (total_q, nheads, headdim), k/v (total_k, nheads_k, headdim[_v]),
-    cu_seqlens_q/k int32 (batch + 1) -> out (total_q, nheads, headdim_v)."""
-    if block_table is not None:
-        raise NotImplementedError(
-            "flashattn: block_table (paged KV cache) is not supported by the C library yet"
-        )
+    cu_seqlens_q/k int32 (batch + 1) -> out (total_q, nheads, headdim_v).
+    With block_table (batch, max_num_blocks) int32, k/v are a paged cache
+    (num_blocks, page_block_size, nheads_k, headdim[_v]) holding sequence b's
+    keys at positions [0, cu_seqlens_k[b + 1] - cu_seqlens_k[b]); they are
+    gathered into packed copies for the call (gradients flow back to the
+    pages)."""
     if cu_seqlens_q is None or cu_seqlens_k is None:
         raise ValueError("cu_seqlens_q and cu_seqlens_k are required")
+    if block_table is not None:
+        k, v = _kvcache.gather_varlen_pages(k, v, block_table, cu_seqlens_k)
     out, lse, rng = _ops.attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                    max_seqlen_k, dropout_p, softmax_scale, causal, window_size,
                                    softcap, alibi_slopes, deterministic)

@@ -86,13 +86,6 @@ def test_varlen_errors(device, case):
         flashattn.flash_attn_varlen_func(*_varlen(device, **kwargs))
 
 
-def test_varlen_block_table_unsupported(device):
-    args = _varlen(device)
-    table = torch.zeros(2, 1, dtype=torch.int32, device=device)
-    with pytest.raises(NotImplementedError, match="block_table"):
-        flashattn.flash_attn_varlen_func(*args, block_table=table)
-
-
 def test_packed_shape_errors(device):
     with pytest.raises(ValueError, match="qkv must have size 3 in dimension 2"):
         flashattn.flash_attn_qkvpacked_func(torch.randn(1, 4, 2, 2, 8, device=device))

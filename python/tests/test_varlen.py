@@ -113,6 +113,66 @@ def test_varlen_kvpacked_gqa(device):
         assert_close(f"dkv[{b}]", gkv[ks], rkv, kind="grad")
 
 
+@pytest.mark.parametrize("page", [4, 16])
+def test_varlen_paged_kv(device, page):
+    """flash_attn_varlen_func with block_table: the same out and gradients
+    as the packed keys the pages hold (blocks in a shuffled order, an empty
+    sequence, a sequence that ends mid-page)."""
+    gen = torch.Generator().manual_seed(41)
+    lengths_q, lengths_k, hq, hkv, d, max_blocks = [3, 0, 9], [13, 0, 32], 4, 2, 32, 8
+    total_k = sum(lengths_k)
+    q = randn(device, gen, sum(lengths_q), hq, d).requires_grad_()
+    k = randn(device, gen, total_k, hkv, d)
+    v = randn(device, gen, total_k, hkv, d)
+    num_blocks = len(lengths_k) * max_blocks + 2
+    table = torch.randperm(num_blocks, generator=gen)[:len(lengths_k) * max_blocks]
+    table = table.view(len(lengths_k), max_blocks).to(torch.int32)
+    paged_k = torch.zeros(num_blocks, page, hkv, d, dtype=q.dtype, device=device)
+    paged_v = torch.zeros_like(paged_k)
+    start = 0
+    for b, n in enumerate(lengths_k):  # sequence b's keys into its pages
+        for p in range(0, n, page):
+            rows = min(page, n - p)
+            paged_k[table[b, p // page], :rows] = k[start + p:start + p + rows]
+            paged_v[table[b, p // page], :rows] = v[start + p:start + p + rows]
+        start += n
+    paged_k.requires_grad_()
+    cu = lambda xs: torch.tensor([0] + list(torch.tensor(xs).cumsum(0)), dtype=torch.int32, device=device)  # noqa: E731
+    args = (cu(lengths_q), cu(lengths_k), max(lengths_q), max(lengths_k))
+    dout = randn(device, gen, sum(lengths_q), hq, d)
+    out = flashattn.flash_attn_varlen_func(q, paged_k, paged_v, *args, causal=True,
+                                           block_table=table.to(device))
+    (dq_paged,) = torch.autograd.grad(out, q, dout, retain_graph=True)
+    (dk_pages,) = torch.autograd.grad(out, paged_k, dout)
+    k_dense = k.clone().requires_grad_()
+    ref = flashattn.flash_attn_varlen_func(q, k_dense, v, *args, causal=True)
+    dq_ref, dk_ref = torch.autograd.grad(ref, (q, k_dense), dout)
+    assert torch.equal(out, ref) and torch.equal(dq_paged, dq_ref)
+    start = 0
+    for b, n in enumerate(lengths_k):  # the pages' gradients are the keys' gradients
+        rows = dk_pages[table[b].long()].flatten(0, 1)[:n]
+        assert torch.equal(rows, dk_ref[start:start + n])
+        start += n
+
+
+def test_varlen_paged_kv_errors(device):
+    q = torch.randn(5, 2, 16, device=device)
+    cache = torch.randn(6, 4, 2, 16, device=device)
+    cu_q = torch.tensor([0, 2, 5], dtype=torch.int32, device=device)
+    cu_k = torch.tensor([0, 3, 9], dtype=torch.int32, device=device)
+    table = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32, device=device)
+    bad = [
+        (dict(block_table=table.long()), TypeError, "block_table must be int32"),
+        (dict(block_table=table[:1]), ValueError, "batch_size = 2 rows"),
+        (dict(block_table=torch.tensor([[0, 1], [2, 7]], dtype=torch.int32, device=device)),
+         ValueError, "names block 7"),
+        (dict(block_table=table[:, :1]), ValueError, "sequence 1 has 6 keys"),
+    ]
+    for args, exc, message in bad:
+        with pytest.raises(exc, match=message):
+            flashattn.flash_attn_varlen_func(q, cache, cache, cu_q, cu_k, 3, 6, **args)
+
+
 def test_unpad_pad_roundtrip_and_conventions():
     x = torch.randn(3, 6, 2, 4)
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]])
