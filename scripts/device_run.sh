@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: build, GPU test grid, sanitizers, quick check, benchmark.
+# One device call: build, GPU test grid, Python tests, sanitizers, quick check, benchmark.
 #
 #   scripts/device_run.sh [all|test|bench|quick]   (default all; quick: the
 #   gpu_bench check and the benchmark, no test grid, no sanitizers; profile:
@@ -55,6 +55,15 @@ if [ "$MODE" != bench ] && [ "$MODE" != profile ] && [ "${CHECK:-1}" != 0 ]; the
     note "gpu_bench check rc=${PIPESTATUS[0]}: $(tail -1 "$OUT/check.log")"
 fi
 if [ "$MODE" = all ] || [ "$MODE" = test ]; then
+    # the binding's suite on CPU and CUDA (kvcache rotary / paged, autograd,
+    # dropout, varlen ...), where the device's Python has pytest
+    if python3 -c "import pytest" 2>/dev/null; then
+        PYTHONPATH=$PWD/python:$PWD/python/tests PYTHONDONTWRITEBYTECODE=1 timeout 300 \
+            python3 -m pytest -p no:cacheprovider -q python/tests > "$OUT/pytest.log" 2>&1
+        note "python tests (cpu, cuda) rc=$?: $(tail -1 "$OUT/pytest.log")"
+    else
+        note "python tests not run: no pytest in the device's Python"
+    fi
     if [ -n "$GRID" ]; then
         for backend in ${GRID_BACKENDS:-sm80 auto}; do
             timeout 240 "$GRID" --device cuda --backend $backend > "$OUT/grid-$backend.log" 2>&1
