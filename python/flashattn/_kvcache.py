@@ -81,6 +81,13 @@ def _check_rotary(cos, sin, q, k, lengths, seqlen_new, positions_of_q):
         )
 
 
+def check_table(block_table, batch, device):
+    """Raise unless block_table is an int32 (batch, max_blocks) tensor on device."""
+    _ops.check_tensor("block_table", block_table, 2, torch.int32, device)
+    if block_table.shape[0] != batch:
+        raise ValueError(f"block_table must have batch_size = {batch} rows, got {block_table.shape[0]}")
+
+
 def check_pages(block_table, ends, page_size, num_blocks):
     """Raise unless row b of block_table names existing blocks for the
     pages that positions [0, ends[b]) occupy (the caller has checked that
@@ -109,15 +116,13 @@ def gather_varlen_pages(k, v, block_table, cu_seqlens_k):
     [0, cu_seqlens_k[b + 1] - cu_seqlens_k[b]). A copy, differentiable."""
     for name, t in (("k", k), ("v", v)):
         _ops.check_tensor(name, t, 4)
-    _ops.check_tensor("block_table", block_table, 2, torch.int32, k.device)
     _ops.check_tensor("cu_seqlens_k", cu_seqlens_k, 1, torch.int32, k.device)
     if k.shape[:2] != v.shape[:2]:
         raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same blocks and page size")
     batch = cu_seqlens_k.shape[0] - 1
     if batch < 0:
         raise ValueError("cu_seqlens_k must have batch_size + 1 entries, got none")
-    if block_table.shape[0] != batch:
-        raise ValueError(f"block_table must have batch_size = {batch} rows, got {block_table.shape[0]}")
+    check_table(block_table, batch, k.device)
     bounds = cu_seqlens_k.tolist()
     lengths = [bounds[b + 1] - bounds[b] for b in range(batch)]
     capacity = block_table.shape[1] * k.shape[1]
@@ -125,10 +130,9 @@ def gather_varlen_pages(k, v, block_table, cu_seqlens_k):
         if not 0 <= n <= capacity:
             raise ValueError(f"sequence {b} has {n} keys; its block_table row holds 0..{capacity}")
     check_pages(block_table, lengths, k.shape[1], k.shape[0])
-    if not batch:
-        return k.flatten(0, 1)[:0], v.flatten(0, 1)[:0]
-    return (torch.cat([paged_rows(k, block_table, b, 0, n) for b, n in enumerate(lengths)]),
-            torch.cat([paged_rows(v, block_table, b, 0, n) for b, n in enumerate(lengths)]))
+    return tuple(torch.cat([cache.flatten(0, 1)[:0]] +
+                           [paged_rows(cache, block_table, b, 0, n) for b, n in enumerate(lengths)])
+                 for cache in (k, v))
 
 
 def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
@@ -171,9 +175,7 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
         if cache_batch_idx is not None:
             raise ValueError("cache_batch_idx cannot be combined with block_table: a paged cache "
                              "maps sequences to pages through the table")
-        _ops.check_tensor("block_table", block_table, 2, torch.int32, q.device)
-        if block_table.shape[0] != batch:
-            raise ValueError(f"block_table must have batch_size = {batch} rows, got {block_table.shape[0]}")
+        check_table(block_table, batch, q.device)
         page_size = cache_len
         cache_len = block_table.shape[1] * page_size  # positions per sequence
     if isinstance(cache_seqlens, int):
