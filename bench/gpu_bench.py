@@ -245,6 +245,32 @@ def sdpa_forward(name, q, k, v, causal):
     return fwd
 
 
+def fa3_forward(lib, q, k, v, causal):
+    """A callable running FlashAttention-3's Hopper forward on q, k, v shaped
+    (b, s, h, d), through the C entry point of a peer library built outside
+    this project (`--fa3-lib`; bf16, hdim 64/128/256, forward only). As FA3's
+    own interface it allocates out and lse per call and zeroes the causal
+    scheduler's tile counter before the kernel."""
+    import ctypes
+    b, s_q, h, d = q.shape
+    s_k, h_k = k.shape[1], k.shape[2]
+    sem = torch.zeros(1, dtype=torch.int32, device=q.device)
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    ptr = ctypes.c_void_p
+
+    def fwd():
+        out = torch.empty_like(q)
+        lse = torch.empty(b, h, s_q, dtype=torch.float32, device=q.device)
+        rc = lib.fa3_peer_fwd(ptr(q.data_ptr()), ptr(k.data_ptr()), ptr(v.data_ptr()), ptr(out.data_ptr()),
+                              ptr(lse.data_ptr()), b, s_q, s_k, h, h_k, d, int(causal),
+                              ctypes.c_float(d ** -0.5), ptr(sem.data_ptr()), sms,
+                              ptr(torch.cuda.current_stream().cuda_stream))
+        if rc != 0:
+            raise RuntimeError(f"fa3 peer: status {rc} (hdim {d})")
+        return out
+    return fwd
+
+
 def measure_cell(args, d, causal, s):
     """{contender: (fwd_ms, fwd_bwd_ms, bwd_ms) or error string}, and our
     forward kernel's name, for one cell with fresh random inputs
@@ -264,6 +290,14 @@ def measure_cell(args, d, causal, s):
     qt, kt, vt, dt_ = (t.transpose(1, 2).contiguous() for t in (q, k, v, dout))
     qt, kt, vt = (t.requires_grad_() for t in (qt, kt, vt))
     for name in PEERS:
+        if name == "fa3":  # forward only (main() allows it with --forward-only alone)
+            fa3 = fa3_forward(args.fa3, q, k, v, causal)
+            with torch.no_grad():  # a peer built elsewhere: its output is checked against ours
+                diff = (fa3().float() - ours_fwd().float()).abs().max().item()
+            if not diff < 0.05:
+                raise RuntimeError(f"fa3 peer differs from ours by {diff} at hdim {d} causal {causal} seqlen {s}")
+            impls[name] = (fa3, None)
+            continue
         fwd = sdpa_forward(name, qt, kt, vt, causal)
 
         def fwd_bwd(fwd=fwd):
@@ -364,7 +398,8 @@ def cuda_ready(backend):
 
 
 OURS = "flashattn"
-PEERS = ("sdpa-flash", "sdpa-cudnn")
+PEERS = ("sdpa-flash", "sdpa-cudnn")  # `--peers` may change it
+PEER_LABELS = {"sdpa-flash": "FA2", "sdpa-cudnn": "cuDNN", "fa3": "FA3"}
 BACKENDS = ("auto", "cuda_sm80", "cuda_sm90")  # the library backends a benchmark can force
 
 
@@ -376,13 +411,14 @@ def print_table(rows):
     for direction in ("fwd", "bwd"):
         field = f"{direction}_tflops"
         print(f"\n{direction} TFLOP/s (bf16)")
-        print(f"{'hdim':>4} {'causal':>6} {'seqlen':>6} | {'ours':>5} {'FA2':>5} {'cuDNN':>5}"
-              f" | {'/FA2':>5} {'/cuDNN':>6}")
+        names = [PEER_LABELS[n] for n in PEERS]
+        print(f"{'hdim':>4} {'causal':>6} {'seqlen':>6} | {'ours':>5} " + " ".join(f"{n:>5}" for n in names)
+              + " | " + " ".join(f"{'/' + n:>6}" for n in names))
         for (d, causal, s), impls in by.items():
             vals = [impls.get(n, {}).get(field) for n in (OURS,) + PEERS]
             cells = [f"{v:5.0f}" if v else "    -" for v in vals]
-            ratios = [f"{vals[0] / v:5.2f}" if vals[0] and v else "    -" for v in vals[1:]]
-            print(f"{d:>4} {str(causal):>6} {s:>6} | {' '.join(cells)} | {ratios[0]:>5} {ratios[1]:>6}")
+            ratios = [f"{vals[0] / v:6.2f}" if vals[0] and v else "     -" for v in vals[1:]]
+            print(f"{d:>4} {str(causal):>6} {s:>6} | {' '.join(cells)} | {' '.join(ratios)}")
 
 
 def plot(rows, path):
@@ -466,6 +502,7 @@ def markdown(args):
 
 
 def main():
+    global PEERS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=("check", "bench", "profile", "table"))
     ap.add_argument("--causal", action="store_true", help="profile: causal")
@@ -491,7 +528,20 @@ def main():
     ap.add_argument("--quick", action="store_true", help="check: a few small cases")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                     help="check: cpu runs the CPU backend (tests this script without a GPU)")
+    ap.add_argument("--peers", nargs="+", default=list(PEERS), choices=tuple(PEER_LABELS),
+                    help="bench: the contenders besides ours (fa3 needs --fa3-lib and --forward-only)")
+    ap.add_argument("--fa3-lib", default=None,
+                    help="bench: a library exporting fa3_peer_fwd (FlashAttention-3's Hopper "
+                         "forward, built outside this project) for the fa3 peer")
     args = ap.parse_args()
+    PEERS = tuple(args.peers)
+    args.fa3 = None
+    if "fa3" in PEERS:
+        if not args.fa3_lib or not args.forward_only:
+            ap.error("the fa3 peer needs --fa3-lib and --forward-only")
+        import ctypes
+        args.fa3 = ctypes.CDLL(args.fa3_lib)
+        args.fa3.fa3_peer_fwd.restype = ctypes.c_int
     if args.mode == "table":
         return markdown(args)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -29,6 +29,20 @@ __device__ __forceinline__ uint64_t fa_wgmma_desc(uint32_t addr, uint32_t lbo, u
            ((uint64_t)(sbo >> 4) << 32) | (1ull << 62);
 }
 
+// The descriptor of the operand `bytes` further on (a k step, a pipeline
+// stage): one 32-bit add to the low word, which holds the start address
+// (bits 0-13, addr >> 4). Shared-memory offsets stay below 2^18 bytes, so
+// the field never carries into the leading-byte-offset bits above it, and
+// the high word (stride, swizzle) is untouched; a 64-bit add costs three
+// uniform instructions per wgmma instead of one.
+__device__ __forceinline__ uint64_t fa_wgmma_desc_advance(uint64_t desc, uint32_t bytes)
+{
+    const uint32_t lo = (uint32_t)desc + (bytes >> 4), hi = (uint32_t)(desc >> 32);
+    uint64_t out;
+    asm("mov.b64 %0, {%1, %2};" : "=l"(out) : "r"(lo), "r"(hi));
+    return out;
+}
+
 __device__ __forceinline__ void fa_wgmma_fence()
 {
     asm volatile("wgmma.fence.sync.aligned;" ::: "memory");

@@ -174,6 +174,9 @@ struct fa_sm90_tile {
     int q0, k0;        /* packed row offset of the sequence (varlen), else 0 */
     int sq, sk;        /* this sequence's lengths */
     int n_begin, n_end; /* key blocks [n_begin, n_end); empty when n_end <= n_begin */
+    /* the blocks of [n_full_begin, n_full_end) show every key to every row
+     * of the tile (no sequence end, no window edge): no per-element mask */
+    int n_full_begin, n_full_end;
 };
 
 /* Tile `index` of the persistent loop. Without a window the m blocks of one
@@ -223,6 +226,15 @@ __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p,
     t.n_end = col_end <= col_begin ? t.n_begin : (col_end + Cfg::kBlockN - 1) / Cfg::kBlockN;
     if (t.m0 >= t.sq) /* varlen: this sequence is shorter than the longest */
         t.n_end = t.n_begin;
+    /* block n is full when (n + 1) BlockN <= sk, its last key is within the
+     * right window of the tile's first row, and its first key within the
+     * left window of the tile's last row (row m0 + BlockM - 1, as the mask
+     * of rows past sq does not matter) */
+    t.n_full_end = t.sk / Cfg::kBlockN;
+    if (p.window_right >= 0)
+        t.n_full_end = min(t.n_full_end, max(t.m0 + shift + p.window_right + 1, 0) / Cfg::kBlockN);
+    const int first_key = t.m0 + Cfg::kBlockM - 1 + shift - p.window_left;
+    t.n_full_begin = p.window_left >= 0 && first_key > 0 ? (first_key + Cfg::kBlockN - 1) / Cfg::kBlockN : 0;
     return t;
 }
 
@@ -421,40 +433,47 @@ __device__ __forceinline__ void fa_online_softmax(float (&s)[BlockN / 2], float 
 {
     /* Row max and row sum over 4 independent chains per row (element i goes
      * to chain (i & 1) + 2 * ((i >> 2) & 1)), so the reductions are not one
-     * dependent chain of BlockN/4 instructions each. */
-    float chain_max[2][4];
+     * dependent chain of BlockN/4 instructions each. Each chain starts from
+     * its first element rather than from -inf or 0, which ptxas cannot fold
+     * (NaN, -0): then the chains cost no instruction over a single one. */
+    constexpr int kChains = 4, kPerRow = BlockN / 4; /* elements of a row in this thread */
+    static_assert(kPerRow % kChains == 0, "key block");
+    auto elem = [](int r, int j) { return 4 * (j >> 1) + 2 * r + (j & 1); }; /* j-th element of row r */
+    float chain[2][kChains];
 #pragma unroll
-    for (int r = 0; r < 2; ++r)
+    for (int r = 0; r < 2; ++r) {
 #pragma unroll
-        for (int c = 0; c < 4; ++c)
-            chain_max[r][c] = c == 0 ? row_max[r] : -INFINITY;
+        for (int c = 0; c < kChains; ++c)
+            chain[r][c] = s[elem(r, c)];
 #pragma unroll
-    for (int i = 0; i < BlockN / 2; ++i) {
-        float &m = chain_max[(i >> 1) & 1][(i & 1) + 2 * ((i >> 2) & 1)];
-        m = fmaxf(m, s[i]);
+        for (int j = kChains; j < kPerRow; ++j)
+            chain[r][j % kChains] = fmaxf(chain[r][j % kChains], s[elem(r, j)]);
     }
     float max_scaled[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        float m = fa_quad_max(fmaxf(fmaxf(chain_max[r][0], chain_max[r][1]), fmaxf(chain_max[r][2], chain_max[r][3])));
+        float m = fmaxf(fmaxf(chain[r][0], chain[r][1]), fmaxf(chain[r][2], chain[r][3]));
+        m = fa_quad_max(fmaxf(m, row_max[r]));
         /* a row with no visible key yet keeps m = -inf; use 0 so that
          * exp2(-inf - 0) = 0 instead of NaN */
         max_scaled[r] = (m == -INFINITY ? 0.0f : m) * scale_log2;
         correction[r] = exp2f(row_max[r] * scale_log2 - max_scaled[r]);
         row_max[r] = m;
     }
-    float chain_sum[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
-    for (int i = 0; i < BlockN / 2; ++i) {
-        int r = (i >> 1) & 1;
-        s[i] = exp2f(fmaf(s[i], scale_log2, -max_scaled[r]));
-        chain_sum[r][(i & 1) + 2 * ((i >> 2) & 1)] += s[i];
-    }
+    for (int i = 0; i < BlockN / 2; ++i)
+        s[i] = exp2f(fmaf(s[i], scale_log2, -max_scaled[(i >> 1) & 1]));
     /* per-thread partial sums; the quad adds them up at the end */
 #pragma unroll
-    for (int r = 0; r < 2; ++r)
-        row_sum[r] = row_sum[r] * correction[r] +
-                     ((chain_sum[r][0] + chain_sum[r][1]) + (chain_sum[r][2] + chain_sum[r][3]));
+    for (int r = 0; r < 2; ++r) {
+#pragma unroll
+        for (int c = 0; c < kChains; ++c)
+            chain[r][c] = s[elem(r, c)];
+#pragma unroll
+        for (int j = kChains; j < kPerRow; ++j)
+            chain[r][j % kChains] += s[elem(r, j)];
+        row_sum[r] = row_sum[r] * correction[r] + ((chain[r][0] + chain[r][1]) + (chain[r][2] + chain[r][3]));
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -513,33 +532,45 @@ template <class Cfg> __device__ __forceinline__ void fa_clear_foreign_v(const fa
     fa_named_barrier_sync(kClearBarrier, 128 * Cfg::kConsumerWarpgroups);
 }
 
-/* Issues S = Q Kᵀ for this warpgroup's 64 rows (one commit group). */
-template <class Cfg>
-__device__ __forceinline__ void fa_issue_qk(float (&s)[Cfg::kBlockN / 2], uint32_t q_rows, uint32_t k_tile)
+/* Operand descriptors of the consumer's GEMMs: Q (this warpgroup's rows of
+ * Q buffer 0), K and V of stage 0; a later buffer or stage is an offset
+ * (fa_wgmma_desc_advance), so that the loop does not rebuild them. */
+struct fa_sm90_descs {
+    uint64_t q, k, v;
+};
+template <class Cfg> __device__ __forceinline__ fa_sm90_descs fa_sm90_descs_of(const fa_sm90_smem<Cfg> &sm, int wg)
 {
-    /* one descriptor per operand; each k step adds a constant byte offset
-     * (>> 4, the descriptor's unit) instead of keeping D/16 descriptors live */
-    const uint64_t a0 = fa_wgmma_desc(q_rows, 16, 1024), b0 = fa_wgmma_desc(k_tile, 16, 1024);
+    /* Q rows of this warpgroup start 64 rows into each slab */
+    return {fa_wgmma_desc(sm.q(0) + 64 * wg * 128, 16, 1024), fa_wgmma_desc(sm.k(0), 16, 1024),
+            fa_wgmma_desc(sm.v(0), Cfg::kKVSlabBytes, 1024)};
+}
+
+/* Issues S = Q Kᵀ for this warpgroup's 64 rows (one commit group); q, k:
+ * the descriptors of its Q rows and of the K tile. */
+template <class Cfg>
+__device__ __forceinline__ void fa_issue_qk(float (&s)[Cfg::kBlockN / 2], uint64_t q, uint64_t k)
+{
+    /* each k step is a constant byte offset from both */
 #pragma unroll
     for (int kk = 0; kk < Cfg::kHeadDim / 16; ++kk) {
         uint32_t slab = kk / 4, in_slab = (kk % 4) * 32; /* 16 columns = 32 bytes of a 128-byte row */
-        uint64_t a = a0 + ((slab * Cfg::kQSlabBytes + in_slab) >> 4);
-        uint64_t b = b0 + ((slab * Cfg::kKVSlabBytes + in_slab) >> 4);
-        fa_wgmma<Cfg::kBlockN>::template ss<Cfg::kBf16, 0>(s, a, b, kk > 0);
+        fa_wgmma<Cfg::kBlockN>::template ss<Cfg::kBf16, 0>(
+            s, fa_wgmma_desc_advance(q, slab * Cfg::kQSlabBytes + in_slab),
+            fa_wgmma_desc_advance(k, slab * Cfg::kKVSlabBytes + in_slab), kk > 0);
     }
     fa_wgmma_commit();
 }
 
 /* Issues O += P V (one commit group); V is [key][dim], dim contiguous, i.e.
- * the MN-major B operand, 16 keys (16 rows of 128 bytes) per wgmma. */
+ * the MN-major B operand, 16 keys (16 rows of 128 bytes) per wgmma; v: the
+ * descriptor of the V tile. */
 template <class Cfg>
 __device__ __forceinline__ void fa_issue_pv(float (&o)[Cfg::kHeadDim / 2], const uint32_t (&pa)[Cfg::kBlockN / 16][4],
-                                            uint32_t v_tile)
+                                            uint64_t v)
 {
-    const uint64_t b0 = fa_wgmma_desc(v_tile, Cfg::kKVSlabBytes, 1024);
 #pragma unroll
     for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk)
-        fa_wgmma<Cfg::kHeadDim>::template rs<Cfg::kBf16, 1>(o, pa[kk], b0 + ((kk * 16 * 128) >> 4), 1);
+        fa_wgmma<Cfg::kHeadDim>::template rs<Cfg::kBf16, 1>(o, pa[kk], fa_wgmma_desc_advance(v, kk * 16 * 128), 1);
     fa_wgmma_commit();
 }
 
@@ -559,10 +590,7 @@ __device__ __forceinline__ void fa_scores_to_probs(const fa_sm90_params &p, cons
     }
     /* only blocks that cross the sequence end or a window edge need the
      * per-element test (a uniform branch) */
-    bool needs_mask = col0 + BlockN > t.sk ||
-                      (p.window_right >= 0 && col0 + BlockN - 1 > t.m0 + shift + p.window_right) ||
-                      (p.window_left >= 0 && col0 < t.m0 + Cfg::kBlockM - 1 + shift - p.window_left);
-    if (needs_mask)
+    if (n < t.n_full_begin || n >= t.n_full_end)
         fa_mask_scores<BlockN>(s, row0, col0, t.sk, shift, p.window_left, p.window_right);
     fa_online_softmax<BlockN>(s, row_max, row_sum, correction, p.score_scale_log2);
 }
@@ -712,14 +740,14 @@ __device__ __forceinline__ void fa_write_rows(const fa_sm90_params &p, const fa_
  * releases V when done. */
 template <class Cfg>
 __device__ __forceinline__ void fa_pv_step(float (&o)[Cfg::kHeadDim / 2], uint32_t (&pa)[Cfg::kBlockN / 16][4],
-                                           const fa_sm90_smem<Cfg> &sm, const fa_pipe_state<Cfg::kStages> &v,
-                                           fa_pingpong turn)
+                                           const fa_sm90_smem<Cfg> &sm, const fa_sm90_descs &d,
+                                           const fa_pipe_state<Cfg::kStages> &v, fa_pingpong turn)
 {
     fa_mbar_wait(sm.v_full(v.stage), v.phase);
     turn.wait_turn();
     fa_wgmma_fence_regs(o);
     fa_wgmma_fence();
-    fa_issue_pv<Cfg>(o, pa, sm.v(v.stage));
+    fa_issue_pv<Cfg>(o, pa, fa_wgmma_desc_advance(d.v, v.stage * Cfg::kKVBytes));
     turn.pass_turn();
     fa_wgmma_wait<0>();
     fa_wgmma_fence_regs(o);
@@ -732,14 +760,14 @@ __device__ __forceinline__ void fa_pv_step(float (&o)[Cfg::kHeadDim / 2], uint32
 /* S = Q Kᵀ for the key block in stage k, as its own turn; releases K.
  * while_running() runs while it does (the last tile's output). */
 template <class Cfg, class WhileRunning>
-__device__ __forceinline__ void fa_qk_step(float (&s)[Cfg::kBlockN / 2], uint32_t q_rows, const fa_sm90_smem<Cfg> &sm,
-                                           const fa_pipe_state<Cfg::kStages> &k, fa_pingpong turn,
-                                           WhileRunning &&while_running)
+__device__ __forceinline__ void fa_qk_step(float (&s)[Cfg::kBlockN / 2], uint64_t q, const fa_sm90_smem<Cfg> &sm,
+                                           const fa_sm90_descs &d, const fa_pipe_state<Cfg::kStages> &k,
+                                           fa_pingpong turn, WhileRunning &&while_running)
 {
     fa_mbar_wait(sm.k_full(k.stage), k.phase);
     turn.wait_turn();
     fa_wgmma_fence();
-    fa_issue_qk<Cfg>(s, q_rows, sm.k(k.stage));
+    fa_issue_qk<Cfg>(s, q, fa_wgmma_desc_advance(d.k, k.stage * Cfg::kKVBytes));
     turn.pass_turn();
     while_running();
     fa_wgmma_wait<0>();
@@ -766,7 +794,8 @@ template <int N> __device__ __forceinline__ void fa_rescale(float (&o)[N], const
  * masked diagonal blocks of causal tiles come first. */
 template <class Cfg>
 __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, const fa_sm90_tile &t,
-                                                     const fa_sm90_smem<Cfg> &sm, int wg, fa_pingpong turn,
+                                                     const fa_sm90_smem<Cfg> &sm, const fa_sm90_descs &d, int wg,
+                                                     fa_pingpong turn,
                                                      fa_pipe_state<Cfg::kStages> &kv,
                                                      fa_pipe_state<Cfg::kQBuffers> &q, bool &o_in_v,
                                                      fa_sm90_rows<Cfg> &last, bool &pending)
@@ -801,8 +830,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         if (!kDeferred)
             zero_o();
         fa_mbar_wait(sm.q_full(q.stage), q.phase);
-        /* Q rows of this warpgroup start 64 rows into each slab */
-        const uint32_t q_rows = sm.q(q.stage) + 64 * wg * 128;
+        const uint64_t q_desc = fa_wgmma_desc_advance(d.q, q.stage * Cfg::kQBytes);
         float s[BlockN / 2];
         uint32_t pa[BlockN / 16][4];
         /* the first (last-in-sequence) key block may hold a varlen
@@ -810,7 +838,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         const bool foreign_rows = p.varlen && t.n_end * BlockN > t.sk;
         /* first key block: S, softmax, P */
         int n = t.n_end - 1;
-        fa_qk_step<Cfg>(s, q_rows, sm, kv, turn, [&]() {
+        fa_qk_step<Cfg>(s, q_desc, sm, d, kv, turn, [&]() {
             fa_release_o<Cfg>(sm, o_in_v);
             write_last();
             if (kDeferred)
@@ -841,8 +869,8 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             turn.wait_turn();
             fa_wgmma_fence_regs(o);
             fa_wgmma_fence();
-            fa_issue_qk<Cfg>(s, q_rows, sm.k(kv.stage));
-            fa_issue_pv<Cfg>(o, p_in, sm.v(v_prev.stage));
+            fa_issue_qk<Cfg>(s, q_desc, fa_wgmma_desc_advance(d.k, kv.stage * Cfg::kKVBytes));
+            fa_issue_pv<Cfg>(o, p_in, fa_wgmma_desc_advance(d.v, v_prev.stage * Cfg::kKVBytes));
             turn.pass_turn();
             fa_wgmma_wait<1>(); /* S_n is ready, the PV may still run */
             fa_wgmma_fence_regs(s);
@@ -866,7 +894,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         if constexpr (Cfg::kPBuffers == 1) {
             for (--n; n >= t.n_begin; --n)
                 overlapped_step(n, pa, pa);
-            fa_pv_step<Cfg>(o, pa, sm, v_prev, turn);
+            fa_pv_step<Cfg>(o, pa, sm, d, v_prev, turn);
         } else {
             /* two steps per trip, so that the buffers swap without indexing */
             bool last_p_in_b = false;
@@ -879,9 +907,9 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
                 overlapped_step(n, pb, pa);
             }
             if (last_p_in_b) /* the last block's PV */
-                fa_pv_step<Cfg>(o, pb, sm, v_prev, turn);
+                fa_pv_step<Cfg>(o, pb, sm, d, v_prev, turn);
             else
-                fa_pv_step<Cfg>(o, pa, sm, v_prev, turn);
+                fa_pv_step<Cfg>(o, pa, sm, d, v_prev, turn);
         }
         fa_release(sm.q_empty(q.stage)); /* the producer may load a later tile's Q */
         q.advance();
@@ -938,9 +966,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
         fa_pipe_state<Cfg::kQBuffers> q = {0, 0};
         bool o_in_v = false, pending = false;
         fa_sm90_rows<Cfg> last;
+        const fa_sm90_descs d = fa_sm90_descs_of<Cfg>(sm, wg - 1);
         for (fa_tile_iter<Cfg::kClusterSize> it = fa_tile_iter<Cfg::kClusterSize>::first(p); it.valid(p); it.next(p))
-            fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, it.index), sm, wg - 1, turn, kv, q, o_in_v, last,
-                                      pending);
+            fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, it.index), sm, d, wg - 1, turn, kv, q, o_in_v,
+                                      last, pending);
         if (pending)
             fa_write_rows<Cfg>(p, sm, wg - 1, last, o_in_v);
         /* ...and warpgroup 0 takes the turn left over after the last one's
