@@ -424,6 +424,28 @@ __device__ __forceinline__ void fa_mask_scores(float (&s)[BlockN / 2], int row0,
         mask(fa_flag<true>());
 }
 
+/* Row r's reduction by `op` over this thread's BlockN/4 elements of it in
+ * s (element j of the row is s[4 (j >> 1) + 2 r + (j & 1)]), in four
+ * independent chains, so that it is not one dependent chain of BlockN/4
+ * instructions. Each chain starts from its first element rather than from
+ * -inf or 0, which ptxas cannot fold (NaN, -0): then the chains cost no
+ * instruction over a single one. */
+template <int BlockN, class Op>
+__device__ __forceinline__ float fa_row_reduce(const float (&s)[BlockN / 2], int r, Op op)
+{
+    constexpr int kChains = 4, kPerRow = BlockN / 4;
+    static_assert(kPerRow % kChains == 0, "key block");
+    auto elem = [r](int j) { return 4 * (j >> 1) + 2 * r + (j & 1); };
+    float chain[kChains];
+#pragma unroll
+    for (int c = 0; c < kChains; ++c)
+        chain[c] = s[elem(c)];
+#pragma unroll
+    for (int j = kChains; j < kPerRow; ++j)
+        chain[j % kChains] = op(chain[j % kChains], s[elem(j)]);
+    return op(op(chain[0], chain[1]), op(chain[2], chain[3]));
+}
+
 /* Online softmax over one score tile, in place: s becomes the unnormalised
  * probabilities exp2(s·c - m·c) with the running row max m; returns through
  * `correction` the factor by which O and the row sums must be rescaled. */
@@ -431,29 +453,13 @@ template <int BlockN>
 __device__ __forceinline__ void fa_online_softmax(float (&s)[BlockN / 2], float (&row_max)[2], float (&row_sum)[2],
                                                   float (&correction)[2], float scale_log2)
 {
-    /* Row max and row sum over 4 independent chains per row (element i goes
-     * to chain (i & 1) + 2 * ((i >> 2) & 1)), so the reductions are not one
-     * dependent chain of BlockN/4 instructions each. Each chain starts from
-     * its first element rather than from -inf or 0, which ptxas cannot fold
-     * (NaN, -0): then the chains cost no instruction over a single one. */
-    constexpr int kChains = 4, kPerRow = BlockN / 4; /* elements of a row in this thread */
-    static_assert(kPerRow % kChains == 0, "key block");
-    auto elem = [](int r, int j) { return 4 * (j >> 1) + 2 * r + (j & 1); }; /* j-th element of row r */
-    float chain[2][kChains];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-#pragma unroll
-        for (int c = 0; c < kChains; ++c)
-            chain[r][c] = s[elem(r, c)];
-#pragma unroll
-        for (int j = kChains; j < kPerRow; ++j)
-            chain[r][j % kChains] = fmaxf(chain[r][j % kChains], s[elem(r, j)]);
-    }
+    auto max = [](float a, float b) { return fmaxf(a, b); };
+    auto add = [](float a, float b) { return a + b; };
+    const float thread_max[2] = {fa_row_reduce<BlockN>(s, 0, max), fa_row_reduce<BlockN>(s, 1, max)};
     float max_scaled[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        float m = fmaxf(fmaxf(chain[r][0], chain[r][1]), fmaxf(chain[r][2], chain[r][3]));
-        m = fa_quad_max(fmaxf(m, row_max[r]));
+        float m = fa_quad_max(fmaxf(thread_max[r], row_max[r]));
         /* a row with no visible key yet keeps m = -inf; use 0 so that
          * exp2(-inf - 0) = 0 instead of NaN */
         max_scaled[r] = (m == -INFINITY ? 0.0f : m) * scale_log2;
@@ -465,15 +471,8 @@ __device__ __forceinline__ void fa_online_softmax(float (&s)[BlockN / 2], float 
         s[i] = exp2f(fmaf(s[i], scale_log2, -max_scaled[(i >> 1) & 1]));
     /* per-thread partial sums; the quad adds them up at the end */
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-#pragma unroll
-        for (int c = 0; c < kChains; ++c)
-            chain[r][c] = s[elem(r, c)];
-#pragma unroll
-        for (int j = kChains; j < kPerRow; ++j)
-            chain[r][j % kChains] += s[elem(r, j)];
-        row_sum[r] = row_sum[r] * correction[r] + ((chain[r][0] + chain[r][1]) + (chain[r][2] + chain[r][3]));
-    }
+    for (int r = 0; r < 2; ++r)
+        row_sum[r] = row_sum[r] * correction[r] + fa_row_reduce<BlockN>(s, r, add);
 }
 
 /* ------------------------------------------------------------------------ */
