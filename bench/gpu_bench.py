@@ -17,7 +17,9 @@ reps alternating in every order in turn (`--order balanced`), each after
 at least `--warmup-ms` of untimed calls of its own (see time_contenders),
 fresh random inputs per configuration; `--passes N`
 repeats the grid (every other pass in reverse order) and reports the
-per-cell median. The backward is timed on its own (torch.autograd.grad on
+per-cell median. `--peers` picks the contenders besides ours; `fa3` is
+FlashAttention-3's Hopper forward built outside this project
+(bench/fa3_peer/build.sh), loaded from `--fa3-lib`, forward only. The backward is timed on its own (torch.autograd.grad on
 one retained forward graph, allocating the gradients as a training step
 does), and forward+backward together. FLOPs: forward 4·b·s²·h·d (half
 when causal), backward 2.5x the forward.
@@ -477,7 +479,7 @@ def markdown(args):
     label = lambda s: f"{s // 1024}k" if s >= 1024 else str(s)
     print(f"{result['device']}, torch {result['torch']}, cuDNN {result['cudnn']}, {result['date']}")
     for direction in ("fwd", "bwd"):
-        print(f"\n**{direction} TFLOP/s** (ours (ratio to FA2 / to cuDNN))\n")
+        print(f"\n**{direction} TFLOP/s** (ours (ratio to " + " / to ".join(PEER_LABELS[p] for p in PEERS) + "))\n")
         print("| hdim | causal | " + " | ".join(map(label, seqlens)) + " |")
         print("|---|---|" + "---|" * len(seqlens))
         ratios = {peer: [] for peer in PEERS}
@@ -492,7 +494,7 @@ def markdown(args):
                         continue
                     for p, v in zip(PEERS, peers):
                         ratios[p].append(ours / v)
-                    out.append(f"{ours:.0f} ({ours / peers[0]:.2f}× / {ours / peers[1]:.2f}×)")
+                    out.append(f"{ours:.0f} (" + " / ".join(f"{ours / v:.2f}×" for v in peers) + ")")
                 print(f"| {d} | {'yes' if causal else 'no'} | " + " | ".join(out) + " |")
         for p, r in ratios.items():
             if r:
@@ -536,7 +538,7 @@ def main():
     args = ap.parse_args()
     PEERS = tuple(args.peers)
     args.fa3 = None
-    if "fa3" in PEERS:
+    if "fa3" in PEERS and args.mode == "bench":
         if not args.fa3_lib or not args.forward_only:
             ap.error("the fa3 peer needs --fa3-lib and --forward-only")
         import ctypes
