@@ -534,10 +534,14 @@ template <class Cfg> __device__ __forceinline__ void fa_clear_foreign_v(const fa
 /* Operand descriptors of the consumer's GEMMs: Q (this warpgroup's rows of
  * Q buffer 0), K and V of stage 0; a later buffer or stage is an offset
  * (fa_wgmma_desc_advance), so that the loop does not rebuild them. */
-struct fa_sm90_descs {
+template <class Cfg> struct fa_sm90_descs {
     uint64_t q, k, v;
+    __device__ uint64_t q_at(int buf) const { return fa_wgmma_desc_advance(q, buf * Cfg::kQBytes); }
+    __device__ uint64_t k_at(int stage) const { return fa_wgmma_desc_advance(k, stage * Cfg::kKVBytes); }
+    __device__ uint64_t v_at(int stage) const { return fa_wgmma_desc_advance(v, stage * Cfg::kKVBytes); }
 };
-template <class Cfg> __device__ __forceinline__ fa_sm90_descs fa_sm90_descs_of(const fa_sm90_smem<Cfg> &sm, int wg)
+template <class Cfg>
+__device__ __forceinline__ fa_sm90_descs<Cfg> fa_sm90_descs_of(const fa_sm90_smem<Cfg> &sm, int wg)
 {
     /* Q rows of this warpgroup start 64 rows into each slab */
     return {fa_wgmma_desc(sm.q(0) + 64 * wg * 128, 16, 1024), fa_wgmma_desc(sm.k(0), 16, 1024),
@@ -739,14 +743,14 @@ __device__ __forceinline__ void fa_write_rows(const fa_sm90_params &p, const fa_
  * releases V when done. */
 template <class Cfg>
 __device__ __forceinline__ void fa_pv_step(float (&o)[Cfg::kHeadDim / 2], uint32_t (&pa)[Cfg::kBlockN / 16][4],
-                                           const fa_sm90_smem<Cfg> &sm, const fa_sm90_descs &d,
+                                           const fa_sm90_smem<Cfg> &sm, const fa_sm90_descs<Cfg> &d,
                                            const fa_pipe_state<Cfg::kStages> &v, fa_pingpong turn)
 {
     fa_mbar_wait(sm.v_full(v.stage), v.phase);
     turn.wait_turn();
     fa_wgmma_fence_regs(o);
     fa_wgmma_fence();
-    fa_issue_pv<Cfg>(o, pa, fa_wgmma_desc_advance(d.v, v.stage * Cfg::kKVBytes));
+    fa_issue_pv<Cfg>(o, pa, d.v_at(v.stage));
     turn.pass_turn();
     fa_wgmma_wait<0>();
     fa_wgmma_fence_regs(o);
@@ -760,13 +764,13 @@ __device__ __forceinline__ void fa_pv_step(float (&o)[Cfg::kHeadDim / 2], uint32
  * while_running() runs while it does (the last tile's output). */
 template <class Cfg, class WhileRunning>
 __device__ __forceinline__ void fa_qk_step(float (&s)[Cfg::kBlockN / 2], uint64_t q, const fa_sm90_smem<Cfg> &sm,
-                                           const fa_sm90_descs &d, const fa_pipe_state<Cfg::kStages> &k,
+                                           const fa_sm90_descs<Cfg> &d, const fa_pipe_state<Cfg::kStages> &k,
                                            fa_pingpong turn, WhileRunning &&while_running)
 {
     fa_mbar_wait(sm.k_full(k.stage), k.phase);
     turn.wait_turn();
     fa_wgmma_fence();
-    fa_issue_qk<Cfg>(s, q, fa_wgmma_desc_advance(d.k, k.stage * Cfg::kKVBytes));
+    fa_issue_qk<Cfg>(s, q, d.k_at(k.stage));
     turn.pass_turn();
     while_running();
     fa_wgmma_wait<0>();
@@ -793,7 +797,7 @@ template <int N> __device__ __forceinline__ void fa_rescale(float (&o)[N], const
  * masked diagonal blocks of causal tiles come first. */
 template <class Cfg>
 __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, const fa_sm90_tile &t,
-                                                     const fa_sm90_smem<Cfg> &sm, const fa_sm90_descs &d, int wg,
+                                                     const fa_sm90_smem<Cfg> &sm, const fa_sm90_descs<Cfg> &d, int wg,
                                                      fa_pingpong turn,
                                                      fa_pipe_state<Cfg::kStages> &kv,
                                                      fa_pipe_state<Cfg::kQBuffers> &q, bool &o_in_v,
@@ -829,7 +833,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         if (!kDeferred)
             zero_o();
         fa_mbar_wait(sm.q_full(q.stage), q.phase);
-        const uint64_t q_desc = fa_wgmma_desc_advance(d.q, q.stage * Cfg::kQBytes);
+        const uint64_t q_desc = d.q_at(q.stage);
         float s[BlockN / 2];
         uint32_t pa[BlockN / 16][4];
         /* the first (last-in-sequence) key block may hold a varlen
@@ -868,8 +872,8 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             turn.wait_turn();
             fa_wgmma_fence_regs(o);
             fa_wgmma_fence();
-            fa_issue_qk<Cfg>(s, q_desc, fa_wgmma_desc_advance(d.k, kv.stage * Cfg::kKVBytes));
-            fa_issue_pv<Cfg>(o, p_in, fa_wgmma_desc_advance(d.v, v_prev.stage * Cfg::kKVBytes));
+            fa_issue_qk<Cfg>(s, q_desc, d.k_at(kv.stage));
+            fa_issue_pv<Cfg>(o, p_in, d.v_at(v_prev.stage));
             turn.pass_turn();
             fa_wgmma_wait<1>(); /* S_n is ready, the PV may still run */
             fa_wgmma_fence_regs(s);
@@ -965,7 +969,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
         fa_pipe_state<Cfg::kQBuffers> q = {0, 0};
         bool o_in_v = false, pending = false;
         fa_sm90_rows<Cfg> last;
-        const fa_sm90_descs d = fa_sm90_descs_of<Cfg>(sm, wg - 1);
+        const fa_sm90_descs<Cfg> d = fa_sm90_descs_of<Cfg>(sm, wg - 1);
         for (fa_tile_iter<Cfg::kClusterSize> it = fa_tile_iter<Cfg::kClusterSize>::first(p); it.valid(p); it.next(p))
             fa_sm90_consume_tile<Cfg>(p, fa_sm90_tile_of<Cfg>(p, it.index), sm, d, wg - 1, turn, kv, q, o_in_v,
                                       last, pending);
