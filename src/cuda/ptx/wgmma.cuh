@@ -18,7 +18,6 @@
 #ifndef FA_PTX_WGMMA_CUH
 #define FA_PTX_WGMMA_CUH
 
-#include <float.h>
 #include <stdint.h>
 
 // Descriptor of a 128B-swizzled operand at shared address `addr`:
@@ -67,16 +66,6 @@ template <int Pending> __device__ __forceinline__ void fa_wgmma_wait()
 __device__ __forceinline__ void fa_wgmma_wait_after(uint32_t scratch_addr, float value)
 {
     asm volatile("st.shared.f32 [%0], %1;" ::"r"(scratch_addr), "f"(value) : "memory");
-}
-
-// The converse: `value` (> -FLT_MAX) unchanged, but computed from an
-// accumulator register of the GEMMs the last fa_wgmma_wait waited for, so
-// that work using it is not hoisted above that wait. max(value, min(acc,
-// -FLT_MAX)) is value for any acc, NaN and inf included, and ptxas cannot
-// fold it (one FMNMX for the min, one per value).
-__device__ __forceinline__ float fa_wgmma_order_after(float value, float accumulator)
-{
-    return fmaxf(value, fminf(accumulator, -FLT_MAX));
 }
 
 // Compiler-level fence on registers that an in-flight wgmma reads or writes:

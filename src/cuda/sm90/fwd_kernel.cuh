@@ -131,13 +131,6 @@ struct fa_sm90_config {
      * which lets larger key blocks fit without spills */
     static constexpr int kPBuffers =
         kBlockN / 2 + 2 * (kBlockN / 4) + kHeadDim / 2 <= kConsumerRegs - 32 ? 2 : 1;
-    /* Exponentials per thread (of its kBlockN / 2 scores) computed while the
-     * PV is in flight; the rest follow the wait for it, interleaved with the
-     * O rescale, whose multiplies then fill the exponential unit's gaps
-     * (fa_sm90_consume_tile). With two P buffers half of them, in whole P
-     * fragments (docs/perf-sm90.md, v21); with one all, since P can only be
-     * packed after the wait anyway. */
-    static constexpr int kExpsUnderPV = kPBuffers == 2 ? kBlockN / 4 / 8 * 8 : kBlockN / 2;
     static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0, "tile shape");
     static_assert(kClusterSize == 1 || kClusterSize == 2, "clusters of one or two CTAs (the producer loads halves)");
     static_assert(kSmemBytes <= kSmemLimit, "shared memory of one CTA");
@@ -431,37 +424,39 @@ __device__ __forceinline__ void fa_mask_scores(float (&s)[BlockN / 2], int row0,
         mask(fa_flag<true>());
 }
 
-/* Row r's reduction by `op` over this thread's elements of it in s[Begin,
- * End) (element j of the row is s[4 (j >> 1) + 2 r + (j & 1)]), in four
- * independent chains, so that it is not one dependent chain of
- * (End - Begin)/2 instructions. Each chain starts from its first element
- * rather than from -inf or 0, which ptxas cannot fold (NaN, -0): then the
- * chains cost no instruction over a single one. */
-template <int BlockN, int Begin = 0, int End = BlockN / 2, class Op>
+/* Row r's reduction by `op` over this thread's BlockN/4 elements of it in
+ * s (element j of the row is s[4 (j >> 1) + 2 r + (j & 1)]), in four
+ * independent chains, so that it is not one dependent chain of BlockN/4
+ * instructions. Each chain starts from its first element rather than from
+ * -inf or 0, which ptxas cannot fold (NaN, -0): then the chains cost no
+ * instruction over a single one. */
+template <int BlockN, class Op>
 __device__ __forceinline__ float fa_row_reduce(const float (&s)[BlockN / 2], int r, Op op)
 {
-    constexpr int kChains = 4, kFirst = Begin / 2, kLast = End / 2;
-    static_assert(Begin % 4 == 0 && (kLast - kFirst) % kChains == 0 && End <= BlockN / 2, "row range");
+    constexpr int kChains = 4, kPerRow = BlockN / 4;
+    static_assert(kPerRow % kChains == 0, "key block");
     auto elem = [r](int j) { return 4 * (j >> 1) + 2 * r + (j & 1); };
     float chain[kChains];
 #pragma unroll
     for (int c = 0; c < kChains; ++c)
-        chain[c] = s[elem(kFirst + c)];
+        chain[c] = s[elem(c)];
 #pragma unroll
-    for (int j = kFirst + kChains; j < kLast; ++j)
+    for (int j = kChains; j < kPerRow; ++j)
         chain[j % kChains] = op(chain[j % kChains], s[elem(j)]);
     return op(op(chain[0], chain[1]), op(chain[2], chain[3]));
 }
 
-/* Online softmax, first half: the running row max m over one score tile;
- * returns m·c (max_scaled, the exponentials' offset) and through
+/* Online softmax over one score tile, in place: s becomes the unnormalised
+ * probabilities exp2(s·c - m·c) with the running row max m; returns through
  * `correction` the factor by which O and the row sums must be rescaled. */
 template <int BlockN>
-__device__ __forceinline__ void fa_softmax_max(const float (&s)[BlockN / 2], float (&row_max)[2],
-                                               float (&correction)[2], float (&max_scaled)[2], float scale_log2)
+__device__ __forceinline__ void fa_online_softmax(float (&s)[BlockN / 2], float (&row_max)[2], float (&row_sum)[2],
+                                                  float (&correction)[2], float scale_log2)
 {
     auto max = [](float a, float b) { return fmaxf(a, b); };
+    auto add = [](float a, float b) { return a + b; };
     const float thread_max[2] = {fa_row_reduce<BlockN>(s, 0, max), fa_row_reduce<BlockN>(s, 1, max)};
+    float max_scaled[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         float m = fa_quad_max(fmaxf(thread_max[r], row_max[r]));
@@ -471,22 +466,13 @@ __device__ __forceinline__ void fa_softmax_max(const float (&s)[BlockN / 2], flo
         correction[r] = exp2f(row_max[r] * scale_log2 - max_scaled[r]);
         row_max[r] = m;
     }
-}
-
-/* Online softmax, second half, on elements [Begin, End) of s in place: the
- * unnormalised probabilities exp2(s·c - m·c); `sum` receives this thread's
- * partial row sums of them (the quad adds them up at the end). */
-template <int BlockN, int Begin = 0, int End = BlockN / 2>
-__device__ __forceinline__ void fa_softmax_exp(float (&s)[BlockN / 2], const float (&max_scaled)[2], float scale_log2,
-                                               float (&sum)[2])
-{
-    auto add = [](float a, float b) { return a + b; };
 #pragma unroll
-    for (int i = Begin; i < End; ++i)
+    for (int i = 0; i < BlockN / 2; ++i)
         s[i] = exp2f(fmaf(s[i], scale_log2, -max_scaled[(i >> 1) & 1]));
+    /* per-thread partial sums; the quad adds them up at the end */
 #pragma unroll
     for (int r = 0; r < 2; ++r)
-        sum[r] = fa_row_reduce<BlockN, Begin, End>(s, r, add);
+        row_sum[r] = row_sum[r] * correction[r] + fa_row_reduce<BlockN>(s, r, add);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -591,13 +577,12 @@ __device__ __forceinline__ void fa_issue_pv(float (&o)[Cfg::kHeadDim / 2], const
     fa_wgmma_commit();
 }
 
-/* Score tile of key block n -> softcapped and masked scores (in s), the
- * running row max, the exponentials' offset and the correction factor for
- * what O and the row sums held before (fa_softmax_max). */
+/* Score tile of key block n -> probabilities (in s) and the correction
+ * factor for what O and the row sums held before. */
 template <class Cfg>
-__device__ __forceinline__ void fa_scores_to_max(const fa_sm90_params &p, const fa_sm90_tile &t, int n, int row0,
-                                                 float (&s)[Cfg::kBlockN / 2], float (&row_max)[2],
-                                                 float (&correction)[2], float (&max_scaled)[2])
+__device__ __forceinline__ void fa_scores_to_probs(const fa_sm90_params &p, const fa_sm90_tile &t, int n, int row0,
+                                                   float (&s)[Cfg::kBlockN / 2], float (&row_max)[2],
+                                                   float (&row_sum)[2], float (&correction)[2])
 {
     constexpr int BlockN = Cfg::kBlockN;
     const int col0 = n * BlockN, shift = t.sk - t.sq;
@@ -610,32 +595,16 @@ __device__ __forceinline__ void fa_scores_to_max(const fa_sm90_params &p, const 
      * per-element test (a uniform branch) */
     if (n < t.n_full_begin || n >= t.n_full_end)
         fa_mask_scores<BlockN>(s, row0, col0, t.sk, shift, p.window_left, p.window_right);
-    fa_softmax_max<BlockN>(s, row_max, correction, max_scaled, p.score_scale_log2);
+    fa_online_softmax<BlockN>(s, row_max, row_sum, correction, p.score_scale_log2);
 }
 
-/* Score tile of key block n -> probabilities (in s); the row sums take the
- * correction and this tile's terms. */
+/* P as the wgmma A operand: k-block kk is accumulator columns 16kk..16kk+15. */
 template <class Cfg>
-__device__ __forceinline__ void fa_scores_to_probs(const fa_sm90_params &p, const fa_sm90_tile &t, int n, int row0,
-                                                   float (&s)[Cfg::kBlockN / 2], float (&row_max)[2],
-                                                   float (&row_sum)[2], float (&correction)[2])
-{
-    float max_scaled[2], sum[2];
-    fa_scores_to_max<Cfg>(p, t, n, row0, s, row_max, correction, max_scaled);
-    fa_softmax_exp<Cfg::kBlockN>(s, max_scaled, p.score_scale_log2, sum);
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-        row_sum[r] = row_sum[r] * correction[r] + sum[r];
-}
-
-/* P (elements [8 Begin, 8 End) of s) as the wgmma A operand: k-block kk is
- * accumulator columns 16kk..16kk+15. */
-template <class Cfg, int Begin = 0, int End = Cfg::kBlockN / 16>
 __device__ __forceinline__ void fa_probs_to_operand(const float (&s)[Cfg::kBlockN / 2],
                                                     uint32_t (&pa)[Cfg::kBlockN / 16][4])
 {
 #pragma unroll
-    for (int kk = Begin; kk < End; ++kk)
+    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk)
 #pragma unroll
         for (int r = 0; r < 4; ++r)
             pa[kk][r] = fa_pack2<typename Cfg::Elem>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
@@ -889,15 +858,13 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
 
         /* steady state (intra-warpgroup overlap): S_n = Q K_nᵀ and
          * O += P_{n+1} V_{n+1} issued together; the softmax of S_n runs
-         * while the PV is still in flight: the row max and the first
-         * kExpsUnderPV exponentials, whose row sums are pinned before the
-         * wait for the PV (fa_wgmma_wait_after: without it ptxas placed the
-         * wait before the exponentials and the softmax no longer overlapped
-         * the PV). The other exponentials follow the wait, interleaved with
-         * the O rescale (fa_wgmma_order_after keeps them there). With two P
-         * buffers (p_in is read by the PV in flight, p_out receives P_n)
-         * the 16-bit packing interleaves with the exponentials; with one
-         * (p_in is p_out) it follows the wait. */
+         * while the PV is still in flight. With two P buffers (p_in is
+         * read by the PV in flight, p_out receives P_n) the 16-bit packing
+         * interleaves with the exponentials; with one (p_in is p_out) it
+         * follows the wait for the PV. Either way the row sums are pinned
+         * before that wait (fa_wgmma_wait_after): without it ptxas placed
+         * the wait before the exponentials and the softmax no longer
+         * overlapped the PV. */
         uint32_t pb[Cfg::kPBuffers == 2 ? BlockN / 16 : 1][4];
         auto overlapped_step = [&](int n, uint32_t(&p_in)[BlockN / 16][4], uint32_t(&p_out)[BlockN / 16][4]) {
             fa_mbar_wait(sm.k_full(kv.stage), kv.phase);
@@ -911,35 +878,19 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             fa_wgmma_wait<1>(); /* S_n is ready, the PV may still run */
             fa_wgmma_fence_regs(s);
             fa_release_kv<Cfg::kClusterSize>(sm.k_empty(kv.stage));
-            constexpr int kEarly = Cfg::kExpsUnderPV, kPackedEarly = Cfg::kPBuffers == 2 ? kEarly / 8 : 0;
-            float max_scaled[2], sum[2];
-            fa_scores_to_max<Cfg>(p, t, n, row0, s, row_max, correction, max_scaled);
-            fa_softmax_exp<BlockN, 0, kEarly>(s, max_scaled, p.score_scale_log2, sum);
-            fa_probs_to_operand<Cfg, 0, kPackedEarly>(s, p_out);
-            fa_wgmma_wait_after(sm.scratch(), sum[0] + sum[1]);
+            fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
+            if constexpr (Cfg::kPBuffers == 2)
+                fa_probs_to_operand<Cfg>(s, p_out);
+            fa_wgmma_wait_after(sm.scratch(), row_sum[0] + row_sum[1]);
             fa_wgmma_wait<0>();
             fa_wgmma_fence_regs(o);
 #pragma unroll
             for (int kk = 0; kk < BlockN / 16; ++kk)
                 fa_wgmma_fence_regs(p_in[kk]);
             fa_release_kv<Cfg::kClusterSize>(sm.v_empty(v_prev.stage));
-            if constexpr (kEarly < BlockN / 2) {
-                float late_sum[2];
-#pragma unroll
-                for (int r = 0; r < 2; ++r)
-                    max_scaled[r] = fa_wgmma_order_after(max_scaled[r], o[0]);
-                fa_rescale(o, correction);
-                fa_softmax_exp<BlockN, kEarly, BlockN / 2>(s, max_scaled, p.score_scale_log2, late_sum);
-#pragma unroll
-                for (int r = 0; r < 2; ++r)
-                    sum[r] += late_sum[r];
-            } else {
-                fa_rescale(o, correction);
-            }
-            fa_probs_to_operand<Cfg, kPackedEarly>(s, p_out);
-#pragma unroll
-            for (int r = 0; r < 2; ++r)
-                row_sum[r] = row_sum[r] * correction[r] + sum[r];
+            if constexpr (Cfg::kPBuffers == 1)
+                fa_probs_to_operand<Cfg>(s, p_out);
+            fa_rescale(o, correction);
             v_prev = kv;
             kv.advance();
         };
