@@ -14,7 +14,16 @@ moved ptxas's output) rather than kernels with each other.
 
 What it answers without a GPU, in seconds: e.g. how many uniform
 instructions (UMOV, UIADD3, ...) the sm90 forward spends on wgmma
-descriptors per key block (perf-sm90.md, seventeenth session)."""
+descriptors per key block (perf-sm90.md, seventeenth session).
+
+--mufu: how the loop's exponentials are spaced. The special-function unit
+takes a warp's MUFU every 8 cycles, so a softmax stretch issues one MUFU
+per 8 cycles and whatever ptxas places between them is free; the report
+counts the instructions between consecutive MUFU.EX2 (gaps of at most 30),
+the fixed stall cycles ptxas encodes there (the control word's 4-bit
+stall count, bits 41-44 of each instruction's second 64-bit word), and the
+opcodes that fill the gaps (perf-sm90.md, eighteenth session: FA3's
+forward places ~4 instructions per MUFU there, ours ~2)."""
 import argparse
 import collections
 import re
@@ -24,10 +33,11 @@ ap.add_argument("sass", help="cuobjdump -sass output")
 ap.add_argument("--fun", default=".", help="regex on the mangled function name")
 ap.add_argument("--top", type=int, default=25, help="opcodes listed per function")
 ap.add_argument("--outer", action="store_true", help="the loop with the most MMA, not the innermost")
+ap.add_argument("--mufu", action="store_true", help="the spacing of the loop's MUFU.EX2 (see above)")
 args = ap.parse_args()
 
-# function -> [(address, instruction text)]
-funcs, cur = {}, None
+# function -> [(address, instruction text)]; stall cycles per address
+funcs, stalls, cur, last = {}, {}, None, None
 with open(args.sass) as f:
     for line in f:
         m = re.search(r"Function : (\S+)", line)
@@ -37,7 +47,13 @@ with open(args.sass) as f:
             continue
         m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
         if m and cur:
-            funcs[cur].append((int(m.group(1), 16), m.group(2).strip()))
+            last = (cur, int(m.group(1), 16))
+            funcs[cur].append((last[1], m.group(2).strip()))
+            continue
+        m = re.match(r"\s*/\* (0x[0-9a-f]{16}) \*/\s*$", line)
+        if m and last:  # the instruction's second word: control bits on top
+            stalls[last] = (int(m.group(1), 16) >> 41) & 15
+            last = None
 
 
 def opcode(text):
@@ -81,3 +97,12 @@ for name, ins in funcs.items():
     print(f"  loop 0x{body[0][0]:x}-0x{body[-1][0]:x}: {len(body)} instructions, "
           f"{sum(is_mma(t) for _, t in body)} MMA, {uniform} uniform")
     print("  " + ", ".join(f"{op} {c}" for op, c in mix.most_common(args.top)))
+    if args.mufu:
+        where = [i for i, (_, t) in enumerate(body) if opcode(t).startswith("MUFU.EX2")]
+        gaps = [(a, b) for a, b in zip(where, where[1:]) if b - a <= 30]
+        fill = collections.Counter(opcode(t) for a, b in gaps for _, t in body[a + 1:b])
+        cycles = collections.Counter(sum(stalls.get((name, body[k][0]), 0) for k in range(a, b)) for a, b in gaps)
+        per = sum(fill.values()) / len(gaps) if gaps else 0.0
+        print(f"  MUFU.EX2 {len(where)}, {per:.1f} instructions between consecutive ones; "
+              f"stall cycles between them: {dict(sorted(cycles.items()))}")
+        print("  between them: " + ", ".join(f"{op} {c}" for op, c in fill.most_common(args.top)))
