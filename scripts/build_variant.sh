@@ -4,8 +4,8 @@
 # applied there, the library and test_grid built for the device's GPU in
 # build-wt-NAME/build.
 #   scripts/build_variant.sh NAME [PATCH [CUDA flags...]]
-# e.g. scripts/build_variant.sh e3 bench/variants/sm90-fwd-fma-exp.patch -DFA_SM90_FMA_EXP16=3
-# then scripts/device_ab.sh pack build-ab base=build-wt-base/build e3=build-wt-e3/build
+# e.g. scripts/build_variant.sh e8 bench/variants/sm90-fwd-exp2-on-fma.patch -DFA_SM90_EXP_ON_FMA=8
+# then scripts/device_ab.sh pack build-ab base=build-wt-base/build e8=build-wt-e8/build
 # (NAME without a patch builds HEAD itself: the base). Env: FA_ARCHS (default 90-real).
 set -euo pipefail
 cd "$(dirname "$0")/.."
