@@ -1,0 +1,76 @@
+"""Our forward's kernel cycles at locked clocks, for comparing kernel
+variants without the power cap in the way. Free-running, the H100 sits at
+its power cap: a variant that does the same work in fewer cycles draws more
+power per cycle, gets a lower clock, and its gain shrinks into the A/B's
+noise (docs/perf-sm90.md, nineteenth session). ncu locks the clocks and
+counts the cycles of each launch exactly, so a 1% per-cycle difference
+shows.
+
+Runs `--reps` forwards of each cell (bf16, 16k tokens, hidden 2048, the
+FA3 grid's shapes) under ncu, which records one metric per launch:
+
+    FLASHATTN_LIB=... ncu --kernel-name regex:fa_sm90_fwd \\
+        --metrics gpc__cycles_elapsed.max --csv --log-file LOG \\
+        python3 bench/locked_cycles.py [--reps 3] hdim:causal:seqlen ...
+    python3 bench/locked_cycles.py [--reps 3] hdim:causal:seqlen ... --summarize LOG [LOG ...]
+
+The summary prints, per cell, the median cycles of each log (one log per
+library variant) and its ratio to the first log's.
+"""
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+
+
+def run(cells, reps):
+    import torch
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    from flashattn import flash_attn_func
+
+    with torch.no_grad():
+        for cell in cells:
+            d, causal, s = (int(x) for x in cell.split(":"))
+            b, h = 16384 // s, 2048 // d
+            q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+            for _ in range(reps):
+                flash_attn_func(q, k, v, causal=bool(causal))
+            torch.cuda.synchronize()
+            print(cell, file=sys.stderr)
+
+
+def cycles_of(log, cells, reps):
+    """The launches' cycles from an ncu --csv log, in launch order."""
+    with open(log) as f:
+        rows = [r for r in csv.reader(line for line in f if line.startswith('"'))]
+    header, rows = rows[0], rows[1:]
+    value = header.index("Metric Value")
+    got = [float(r[value].replace(",", "")) for r in rows]
+    if len(got) != len(cells) * reps:
+        raise SystemExit(f"{log}: {len(got)} launches, expected {len(cells) * reps}")
+    return {c: statistics.median(got[i * reps:(i + 1) * reps]) for i, c in enumerate(cells)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cells", nargs="*", help="hdim:causal:seqlen")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--summarize", nargs="+", metavar="LOG", help="ncu logs, one per variant (same cells, same reps)")
+    args = ap.parse_args()
+    if not args.cells:
+        raise SystemExit("no cells")
+    if not args.summarize:
+        run(args.cells, args.reps)
+        return
+    base = None
+    for log in args.summarize:
+        cyc = cycles_of(log, args.cells, args.reps)
+        base = base or cyc
+        print(os.path.basename(log), " ".join(f"{c} {cyc[c]:.0f} ({cyc[c] / base[c]:.3f})" for c in args.cells))
+
+
+if __name__ == "__main__":
+    main()
