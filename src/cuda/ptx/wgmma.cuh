@@ -68,6 +68,15 @@ __device__ __forceinline__ void fa_wgmma_wait_after(uint32_t scratch_addr, float
     asm volatile("st.shared.f32 [%0], %1;" ::"r"(scratch_addr), "f"(value) : "memory");
 }
 
+// The converse: `value` (finite) unchanged, but computed from an accumulator
+// register of the GEMMs the last fa_wgmma_wait waited for, so that work using
+// it is not hoisted above that wait. max(value, min(acc, -FLT_MAX)) is value
+// for any acc, NaN and inf included, and ptxas cannot fold it.
+__device__ __forceinline__ float fa_wgmma_order_after(float value, float accumulator)
+{
+    return fmaxf(value, fminf(accumulator, -3.402823466e38f));
+}
+
 // Compiler-level fence on registers that an in-flight wgmma reads or writes:
 // keeps nvcc from moving their uses into the asynchronous window.
 template <int Count> __device__ __forceinline__ void fa_wgmma_fence_regs(float (&r)[Count])
