@@ -880,12 +880,13 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         /* steady state (intra-warpgroup overlap): S_n = Q K_nᵀ and
          * O += P_{n+1} V_{n+1} issued together; the softmax of S_n runs
          * while the PV is still in flight. With two P buffers (p_in is
-         * read by the PV in flight, p_out receives P_n) the 16-bit packing
-         * interleaves with the exponentials; with one (p_in is p_out) it
-         * follows the wait for the PV. Either way the row sums are pinned
-         * before that wait (fa_wgmma_wait_after): without it ptxas placed
+         * read by the PV in flight, p_out receives P_n) the whole softmax
+         * and the 16-bit packing run before the wait for the PV, the row
+         * sums pinned there (fa_wgmma_wait_after: without it ptxas placed
          * the wait before the exponentials and the softmax no longer
-         * overlapped the PV. */
+         * overlapped the PV). With one (p_in is p_out) only the row max
+         * runs under the PV; the exponentials and the packing follow the
+         * wait, together with the O rescale (FA3's order, v21). */
         uint32_t pb[Cfg::kPBuffers == 2 ? BlockN / 16 : 1][4];
         auto overlapped_step = [&](int n, uint32_t(&p_in)[BlockN / 16][4], uint32_t(&p_out)[BlockN / 16][4]) {
             fa_mbar_wait(sm.k_full(kv.stage), kv.phase);
