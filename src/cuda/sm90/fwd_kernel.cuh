@@ -131,6 +131,13 @@ struct fa_sm90_config {
      * which lets larger key blocks fit without spills */
     static constexpr int kPBuffers =
         kBlockN / 2 + 2 * (kBlockN / 4) + kHeadDim / 2 <= kConsumerRegs - 32 ? 2 : 1;
+    /* Where the softmax's exponentials run (fa_sm90_consume_tile): with two
+     * P buffers at hdim >= 128, under the PV, with the packing (FA3's order
+     * measured 0.5-6% more cycles there); with one P buffer, or at hdim 64,
+     * whose short GEMMs leave the softmax chain critical, after the PV wait
+     * with the O rescale between them (FA3's order: 5% / 1.8% / 0.3% fewer
+     * cycles on the 192 x 128 / 128 x 128 / 192 x 96 tiles) */
+    static constexpr bool kExpsUnderPV = kPBuffers == 2 && kHeadDim > 64;
     static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0, "tile shape");
     static_assert(kClusterSize == 1 || kClusterSize == 2, "clusters of one or two CTAs (the producer loads halves)");
     static_assert(kSmemBytes <= kSmemLimit, "shared memory of one CTA");
@@ -880,13 +887,14 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         /* steady state (intra-warpgroup overlap): S_n = Q K_nᵀ and
          * O += P_{n+1} V_{n+1} issued together; the softmax of S_n runs
          * while the PV is still in flight. With two P buffers (p_in is
-         * read by the PV in flight, p_out receives P_n) the whole softmax
-         * and the 16-bit packing run before the wait for the PV, the row
-         * sums pinned there (fa_wgmma_wait_after: without it ptxas placed
-         * the wait before the exponentials and the softmax no longer
-         * overlapped the PV). With one (p_in is p_out) only the row max
-         * runs under the PV; the exponentials and the packing follow the
-         * wait, together with the O rescale (FA3's order, v21). */
+         * read by the PV in flight, p_out receives P_n) at hdim >= 128 the
+         * whole softmax and the 16-bit packing run before the wait for the
+         * PV, the row sums pinned there (fa_wgmma_wait_after: without it
+         * ptxas placed the wait before the exponentials and the softmax no
+         * longer overlapped the PV). With one (p_in is p_out), and at
+         * hdim 64, only the row max runs under the PV; the exponentials and
+         * the packing follow the wait, together with the O rescale (FA3's
+         * order, Cfg::kExpsUnderPV). */
         uint32_t pb[Cfg::kPBuffers == 2 ? BlockN / 16 : 1][4];
         auto overlapped_step = [&](int n, uint32_t(&p_in)[BlockN / 16][4], uint32_t(&p_out)[BlockN / 16][4]) {
             fa_mbar_wait(sm.k_full(kv.stage), kv.phase);
@@ -902,7 +910,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             fa_release_kv<Cfg::kClusterSize>(sm.k_empty(kv.stage));
             float max_scaled[2];
             fa_scores_to_max<Cfg>(p, t, n, row0, s, row_max, correction, max_scaled);
-            if constexpr (Cfg::kPBuffers == 2) {
+            if constexpr (Cfg::kExpsUnderPV) {
                 fa_softmax_exp<BlockN>(s, row_sum, correction, max_scaled, p.score_scale_log2);
                 fa_probs_to_operand<Cfg>(s, p_out);
                 fa_wgmma_wait_after(sm.scratch(), row_sum[0] + row_sum[1]);
@@ -916,11 +924,10 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
                 fa_wgmma_fence_regs(p_in[kk]);
             fa_release_kv<Cfg::kClusterSize>(sm.v_empty(v_prev.stage));
             fa_rescale(o, correction);
-            if constexpr (Cfg::kPBuffers == 1) {
-                /* one P buffer (FA3's order): the exponentials follow the
-                 * wait, kept there by a dependency on O, and ptxas spreads the
-                 * rescale's multiplies between them (3.4% fewer cycles on the
-                 * 192 x 128 hdim-64 tile than exponentials, wait, rescale) */
+            if constexpr (!Cfg::kExpsUnderPV) {
+                /* FA3's order: the exponentials follow the wait, kept there
+                 * by a dependency on O, and ptxas spreads the rescale's
+                 * multiplies between them */
 #pragma unroll
                 for (int r = 0; r < 2; ++r)
                     max_scaled[r] = fa_wgmma_order_after(max_scaled[r], o[0]);
