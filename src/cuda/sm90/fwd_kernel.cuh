@@ -135,7 +135,7 @@ struct fa_sm90_config {
      * P buffers at hdim >= 128, under the PV, with the packing (FA3's order
      * measured 0.5-6% more cycles there); with one P buffer, or at hdim 64,
      * whose short GEMMs leave the softmax chain critical, after the PV wait
-     * with the O rescale between them (FA3's order: 5% / 1.8% / 0.3% fewer
+     * with the O rescale between them (FA3's order: 5% / 1.8% / 0.3-1% fewer
      * cycles on the 192 x 128 / 128 x 128 / 192 x 96 tiles) */
     static constexpr bool kExpsUnderPV = kPBuffers == 2 && kHeadDim > 64;
     static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0, "tile shape");
