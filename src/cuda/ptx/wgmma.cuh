@@ -18,6 +18,7 @@
 #ifndef FA_PTX_WGMMA_CUH
 #define FA_PTX_WGMMA_CUH
 
+#include <float.h>
 #include <stdint.h>
 
 // Descriptor of a 128B-swizzled operand at shared address `addr`:
@@ -74,7 +75,7 @@ __device__ __forceinline__ void fa_wgmma_wait_after(uint32_t scratch_addr, float
 // for any acc, NaN and inf included, and ptxas cannot fold it.
 __device__ __forceinline__ float fa_wgmma_order_after(float value, float accumulator)
 {
-    return fmaxf(value, fminf(accumulator, -3.402823466e38f));
+    return fmaxf(value, fminf(accumulator, -FLT_MAX));
 }
 
 // Compiler-level fence on registers that an in-flight wgmma reads or writes:
