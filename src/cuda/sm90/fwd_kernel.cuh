@@ -131,13 +131,18 @@ struct fa_sm90_config {
      * which lets larger key blocks fit without spills */
     static constexpr int kPBuffers =
         kBlockN / 2 + 2 * (kBlockN / 4) + kHeadDim / 2 <= kConsumerRegs - 32 ? 2 : 1;
-    /* Where the softmax's exponentials run (fa_sm90_consume_tile): with two
-     * P buffers at hdim >= 128, under the PV, with the packing (FA3's order
-     * measured 0.5-6% more cycles there); with one P buffer, or at hdim 64,
-     * whose short GEMMs leave the softmax chain critical, after the PV wait
-     * with the O rescale between them (FA3's order: 5% / 1.8% / 0.3-1% fewer
-     * cycles on the 192 x 128 / 128 x 128 / 192 x 96 tiles) */
-    static constexpr bool kExpsUnderPV = kPBuffers == 2 && kHeadDim > 64;
+    /* How many of a thread's kBlockN / 2 exponentials per key block run
+     * under the PV (fa_sm90_consume_tile); the rest follow the wait for it,
+     * among the O rescale's multiplies, which ptxas spreads between them
+     * (FA3's order). Chosen per tile by locked-clock cycles (perf-sm90.md,
+     * v21-v23): none at hdim 64, whose short GEMMs leave the softmax chain
+     * critical (5% / 1.8% / 0.3-1% fewer cycles on the 192 x 128 / 128 x 128
+     * / 192 x 96 tiles); half, in whole P fragments, on the 128 x 128 tile
+     * of hdim 96 / 128 (~1% fewer); all with the packing at hdim 192 / 256
+     * (FA3's order measured 0.5-6% more cycles there). With one P buffer
+     * none, since P can only be packed after the PV that reads it. */
+    static constexpr int kExpsUnderPV =
+        kPBuffers == 1 || kHeadDim == 64 ? 0 : kHeadDim == 128 ? kBlockN / 4 / 8 * 8 : kBlockN / 2;
     static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0, "tile shape");
     static_assert(kClusterSize == 1 || kClusterSize == 2, "clusters of one or two CTAs (the producer loads halves)");
     static_assert(kSmemBytes <= kSmemLimit, "shared memory of one CTA");
@@ -431,24 +436,24 @@ __device__ __forceinline__ void fa_mask_scores(float (&s)[BlockN / 2], int row0,
         mask(fa_flag<true>());
 }
 
-/* Row r's reduction by `op` over this thread's BlockN/4 elements of it in
- * s (element j of the row is s[4 (j >> 1) + 2 r + (j & 1)]), in four
- * independent chains, so that it is not one dependent chain of BlockN/4
- * instructions. Each chain starts from its first element rather than from
- * -inf or 0, which ptxas cannot fold (NaN, -0): then the chains cost no
- * instruction over a single one. */
-template <int BlockN, class Op>
+/* Row r's reduction by `op` over this thread's elements of it in s[Begin,
+ * End) (element j of the row is s[4 (j >> 1) + 2 r + (j & 1)]), in four
+ * independent chains, so that it is not one dependent chain of
+ * (End - Begin) / 2 instructions. Each chain starts from its first element
+ * rather than from -inf or 0, which ptxas cannot fold (NaN, -0): then the
+ * chains cost no instruction over a single one. */
+template <int BlockN, int Begin = 0, int End = BlockN / 2, class Op>
 __device__ __forceinline__ float fa_row_reduce(const float (&s)[BlockN / 2], int r, Op op)
 {
-    constexpr int kChains = 4, kPerRow = BlockN / 4;
-    static_assert(kPerRow % kChains == 0, "key block");
+    constexpr int kChains = 4, kFirst = Begin / 2, kLast = End / 2;
+    static_assert(Begin % 4 == 0 && (kLast - kFirst) % kChains == 0 && End <= BlockN / 2, "row range");
     auto elem = [r](int j) { return 4 * (j >> 1) + 2 * r + (j & 1); };
     float chain[kChains];
 #pragma unroll
     for (int c = 0; c < kChains; ++c)
-        chain[c] = s[elem(c)];
+        chain[c] = s[elem(kFirst + c)];
 #pragma unroll
-    for (int j = kChains; j < kPerRow; ++j)
+    for (int j = kFirst + kChains; j < kLast; ++j)
         chain[j % kChains] = op(chain[j % kChains], s[elem(j)]);
     return op(op(chain[0], chain[1]), op(chain[2], chain[3]));
 }
@@ -473,21 +478,29 @@ __device__ __forceinline__ void fa_softmax_max(const float (&s)[BlockN / 2], flo
     }
 }
 
-/* Then, in place, the unnormalised probabilities exp2(s·c - m·c), and the
- * row sums rescaled and given this tile's terms (per thread; the quad adds
- * them up at the end). */
-template <int BlockN>
-__device__ __forceinline__ void fa_softmax_exp(float (&s)[BlockN / 2], float (&row_sum)[2],
-                                               const float (&correction)[2], const float (&max_scaled)[2],
-                                               float scale_log2)
+/* Then, in place on elements [Begin, End) of s, the unnormalised
+ * probabilities exp2(s·c - m·c); `sum` receives this thread's part of
+ * their row sums (the quad adds them up at the end). */
+template <int BlockN, int Begin = 0, int End = BlockN / 2>
+__device__ __forceinline__ void fa_softmax_exp(float (&s)[BlockN / 2], const float (&max_scaled)[2],
+                                               float scale_log2, float (&sum)[2])
 {
     auto add = [](float a, float b) { return a + b; };
 #pragma unroll
-    for (int i = 0; i < BlockN / 2; ++i)
+    for (int i = Begin; i < End; ++i)
         s[i] = exp2f(fmaf(s[i], scale_log2, -max_scaled[(i >> 1) & 1]));
 #pragma unroll
     for (int r = 0; r < 2; ++r)
-        row_sum[r] = row_sum[r] * correction[r] + fa_row_reduce<BlockN>(s, r, add);
+        sum[r] = fa_row_reduce<BlockN, Begin, End>(s, r, add);
+}
+
+/* The row sums after a tile: rescaled by the correction, plus its terms. */
+__device__ __forceinline__ void fa_add_row_sums(float (&row_sum)[2], const float (&correction)[2],
+                                                const float (&sum)[2])
+{
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+        row_sum[r] = row_sum[r] * correction[r] + sum[r];
 }
 
 /* ------------------------------------------------------------------------ */
@@ -621,18 +634,20 @@ __device__ __forceinline__ void fa_scores_to_probs(const fa_sm90_params &p, cons
                                                    float (&s)[Cfg::kBlockN / 2], float (&row_max)[2],
                                                    float (&row_sum)[2], float (&correction)[2])
 {
-    float max_scaled[2];
+    float max_scaled[2], sum[2];
     fa_scores_to_max<Cfg>(p, t, n, row0, s, row_max, correction, max_scaled);
-    fa_softmax_exp<Cfg::kBlockN>(s, row_sum, correction, max_scaled, p.score_scale_log2);
+    fa_softmax_exp<Cfg::kBlockN>(s, max_scaled, p.score_scale_log2, sum);
+    fa_add_row_sums(row_sum, correction, sum);
 }
 
-/* P as the wgmma A operand: k-block kk is accumulator columns 16kk..16kk+15. */
-template <class Cfg>
+/* P (elements [8 Begin, 8 End) of s) as the wgmma A operand: k-block kk
+ * is accumulator columns 16kk..16kk+15. */
+template <class Cfg, int Begin = 0, int End = Cfg::kBlockN / 16>
 __device__ __forceinline__ void fa_probs_to_operand(const float (&s)[Cfg::kBlockN / 2],
                                                     uint32_t (&pa)[Cfg::kBlockN / 16][4])
 {
 #pragma unroll
-    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk)
+    for (int kk = Begin; kk < End; ++kk)
 #pragma unroll
         for (int r = 0; r < 4; ++r)
             pa[kk][r] = fa_pack2<typename Cfg::Elem>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
@@ -867,6 +882,15 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         /* the first (last-in-sequence) key block may hold a varlen
          * neighbour's rows */
         const bool foreign_rows = p.varlen && t.n_end * BlockN > t.sk;
+        /* With one Q buffer (hdim 192 / 256) Q is released as soon as the
+         * tile's last QKᵀ is done, so that the producer loads the next
+         * tile's Q, and the first K queued behind it, under the last PV and
+         * the epilogue; with two it runs a tile ahead anyway. */
+        constexpr bool kQFreedByLastQK = Cfg::kQBuffers == 1;
+        auto free_q_after_qk = [&](int n) {
+            if (kQFreedByLastQK && n == t.n_begin)
+                fa_release(sm.q_empty(q.stage));
+        };
         /* first key block: S, softmax, P */
         int n = t.n_end - 1;
         fa_qk_step<Cfg>(s, q_desc, sm, d, kv, turn, [&]() {
@@ -875,6 +899,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             if (kDeferred)
                 zero_o();
         });
+        free_q_after_qk(n);
         fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
         fa_probs_to_operand<Cfg>(s, pa);
         if (foreign_rows) {
@@ -886,17 +911,18 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
 
         /* steady state (intra-warpgroup overlap): S_n = Q K_nᵀ and
          * O += P_{n+1} V_{n+1} issued together; the softmax of S_n runs
-         * while the PV is still in flight. With two P buffers (p_in is
-         * read by the PV in flight, p_out receives P_n) at hdim >= 128 the
-         * whole softmax and the 16-bit packing run before the wait for the
-         * PV, the row sums pinned there (fa_wgmma_wait_after: without it
-         * ptxas placed the wait before the exponentials and the softmax no
-         * longer overlapped the PV). With one (p_in is p_out), and at
-         * hdim 64, only the row max runs under the PV; the exponentials and
-         * the packing follow the wait, together with the O rescale (FA3's
-         * order, Cfg::kExpsUnderPV). */
+         * while the PV is still in flight: its row max and the first
+         * kExpsUnderPV exponentials, packed into p_out where there are two
+         * P buffers (p_in is read by the PV in flight). What was computed
+         * is pinned before the wait for the PV (fa_wgmma_wait_after:
+         * without it ptxas placed the wait before the exponentials and the
+         * softmax no longer overlapped the PV). The other exponentials and
+         * their packing follow the wait, with the O rescale; a NaN-safe
+         * dependency on O keeps them there (fa_wgmma_order_after). */
         uint32_t pb[Cfg::kPBuffers == 2 ? BlockN / 16 : 1][4];
         auto overlapped_step = [&](int n, uint32_t(&p_in)[BlockN / 16][4], uint32_t(&p_out)[BlockN / 16][4]) {
+            constexpr int kEarly = Cfg::kExpsUnderPV, kAll = BlockN / 2;
+            static_assert(kEarly % 8 == 0 && (kEarly == 0 || Cfg::kPBuffers == 2), "P fragments under the PV");
             fa_mbar_wait(sm.k_full(kv.stage), kv.phase);
             fa_mbar_wait(sm.v_full(v_prev.stage), v_prev.phase);
             turn.wait_turn();
@@ -908,12 +934,18 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             fa_wgmma_wait<1>(); /* S_n is ready, the PV may still run */
             fa_wgmma_fence_regs(s);
             fa_release_kv<Cfg::kClusterSize>(sm.k_empty(kv.stage));
-            float max_scaled[2];
+            free_q_after_qk(n);
+            float max_scaled[2], sum[2];
             fa_scores_to_max<Cfg>(p, t, n, row0, s, row_max, correction, max_scaled);
-            if constexpr (Cfg::kExpsUnderPV) {
-                fa_softmax_exp<BlockN>(s, row_sum, correction, max_scaled, p.score_scale_log2);
+            if constexpr (kEarly == kAll) {
+                fa_softmax_exp<BlockN>(s, max_scaled, p.score_scale_log2, sum);
+                fa_add_row_sums(row_sum, correction, sum);
                 fa_probs_to_operand<Cfg>(s, p_out);
                 fa_wgmma_wait_after(sm.scratch(), row_sum[0] + row_sum[1]);
+            } else if constexpr (kEarly > 0) {
+                fa_softmax_exp<BlockN, 0, kEarly>(s, max_scaled, p.score_scale_log2, sum);
+                fa_probs_to_operand<Cfg, 0, kEarly / 8>(s, p_out);
+                fa_wgmma_wait_after(sm.scratch(), sum[0] + sum[1]);
             } else {
                 fa_wgmma_wait_after(sm.scratch(), max_scaled[0] + max_scaled[1]);
             }
@@ -924,15 +956,17 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
                 fa_wgmma_fence_regs(p_in[kk]);
             fa_release_kv<Cfg::kClusterSize>(sm.v_empty(v_prev.stage));
             fa_rescale(o, correction);
-            if constexpr (!Cfg::kExpsUnderPV) {
-                /* FA3's order: the exponentials follow the wait, kept there
-                 * by a dependency on O, and ptxas spreads the rescale's
-                 * multiplies between them */
+            if constexpr (kEarly < kAll) {
+                float late_sum[2];
 #pragma unroll
                 for (int r = 0; r < 2; ++r)
                     max_scaled[r] = fa_wgmma_order_after(max_scaled[r], o[0]);
-                fa_softmax_exp<BlockN>(s, row_sum, correction, max_scaled, p.score_scale_log2);
-                fa_probs_to_operand<Cfg>(s, p_out);
+                fa_softmax_exp<BlockN, kEarly, kAll>(s, max_scaled, p.score_scale_log2, late_sum);
+#pragma unroll
+                for (int r = 0; r < 2; ++r)
+                    sum[r] = kEarly > 0 ? sum[r] + late_sum[r] : late_sum[r];
+                fa_add_row_sums(row_sum, correction, sum);
+                fa_probs_to_operand<Cfg, kEarly / 8>(s, p_out);
             }
             v_prev = kv;
             kv.advance();
@@ -957,7 +991,8 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             else
                 fa_pv_step<Cfg>(o, pa, sm, d, v_prev, turn);
         }
-        fa_release(sm.q_empty(q.stage)); /* the producer may load a later tile's Q */
+        if (!kQFreedByLastQK)
+            fa_release(sm.q_empty(q.stage)); /* the producer may load a later tile's Q */
         q.advance();
     }
     fa_finish_rows<Cfg>(p, t, row0, o, row_max, row_sum, last);
