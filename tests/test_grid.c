@@ -270,7 +270,7 @@ static void apply_option(test_rng *r, grid_case *c, const char *option)
 
 /* The grid. Cost is bounded per case (fit_budget); --quick shortens the
  * longest sequences and the budget for sanitizer builds; gpu: the run is on
- * a CUDA device (adds the persistent family). */
+ * a CUDA device (adds the persistent and longmask families). */
 static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
 {
     test_rng r;
@@ -369,6 +369,28 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
         c.seqlen_q = c.seqlen_k = rng_int(&r, 129, 150);
         c.head_dim = c.head_dim_v = persistent_dims[n];
         c.causal = 1;
+        push_case(list, &c);
+    }
+
+    /* Masked tiles of the long-sequence kernels: the dispatchers choose
+     * tiles by seqlen (sm90 hdim 64: 192-row tiles from 2048 queries on
+     * with a mask), which the short shapes above never reach. Causal with
+     * sq != sk (bottom-right), and a sliding window. GPU only, over the
+     * budget on purpose, not in --quick. */
+    for (int n = 0; n < (quick || !gpu ? 0 : 2); ++n) {
+        c = base_case(&r, "longmask", DTYPES[1 + n % 2]);
+        c.batch = 1;
+        c.heads_q = 2;
+        c.heads_kv = n == 0 ? 1 : 2;
+        c.seqlen_q = rng_int(&r, 2049, 2200);
+        c.seqlen_k = c.seqlen_q + rng_int(&r, 0, 150);
+        c.head_dim = c.head_dim_v = 64;
+        if (n == 0) {
+            c.causal = 1;
+        } else {
+            c.window_left = rng_int(&r, 200, 700);
+            c.window_right = rng_int(&r, 0, 100);
+        }
         push_case(list, &c);
     }
 

@@ -136,8 +136,8 @@ struct fa_sm90_config {
      * among the O rescale's multiplies, which ptxas spreads between them
      * (FA3's order). Chosen per tile by locked-clock cycles (perf-sm90.md,
      * v21-v23): none at hdim 64, whose short GEMMs leave the softmax chain
-     * critical (5% / 1.8% / 0.3-1% fewer cycles on the 192 x 128 / 128 x 128
-     * / 192 x 96 tiles); half, in whole P fragments, on the 128 x 128 tile
+     * critical (5% / 1.8% fewer cycles on the 192 x 128 / 128 x 128
+     * tiles); half, in whole P fragments, on the 128 x 128 tile
      * of hdim 96 / 128 (~1% fewer); all with the packing at hdim 192 / 256
      * (FA3's order measured 0.5-6% more cycles there). With one P buffer
      * none, since P can only be packed after the PV that reads it. */
