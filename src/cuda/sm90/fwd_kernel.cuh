@@ -143,6 +143,15 @@ struct fa_sm90_config {
      * none, since P can only be packed after the PV that reads it. */
     static constexpr int kExpsUnderPV =
         kPBuffers == 1 || kHeadDim == 64 ? 0 : kHeadDim == 128 ? kBlockN / 4 / 8 * 8 : kBlockN / 2;
+    /* How many key blocks the producer's K loads run ahead of its V loads
+     * (fa_sm90_produce). A K stage is freed after the QKᵀ, half a step
+     * before the V stage of the same block, so with one block of lead K no
+     * longer waits behind V: 1-1.6% fewer cycles at hdim 128 / 256 on short
+     * sequences, level on long ones. On the three-warpgroup hdim-64 tile
+     * the K stage is freed later (after the third warpgroup's QKᵀ), and V
+     * then waits behind K: +2-5% there, +1% on the 128 x 128 hdim-64 tile
+     * (perf-sm90.md, v26). */
+    static constexpr int kKLead = kHeadDim >= 128 ? 1 : 0;
     static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0, "tile shape");
     static_assert(kClusterSize == 1 || kClusterSize == 2, "clusters of one or two CTAs (the producer loads halves)");
     static_assert(kSmemBytes <= kSmemLimit, "shared memory of one CTA");
@@ -314,7 +323,7 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
     fa_tma_prefetch_map(&p.map_k);
     fa_tma_prefetch_map(&p.map_v);
     /* every buffer starts free: wait on the empty barriers with parity 1 */
-    fa_pipe_state<Cfg::kStages> kv = {0, 1};
+    fa_pipe_state<Cfg::kStages> k = {0, 1}, v = {0, 1};
     fa_pipe_state<Cfg::kQBuffers> q = {0, 1};
     /* in a cluster (of two: fwd_sm90.cu) the CTA of rank r loads rows
      * [r BlockN / 2, (r + 1) BlockN / 2) of every K/V block for both (the
@@ -352,24 +361,33 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
         }
         q.advance();
 
-        for (int n = t.n_end - 1; n >= t.n_begin; --n) {
-            int row = t.k0 + n * Cfg::kBlockN;
-            fa_mbar_wait(sm.k_empty(kv.stage), kv.phase);
+        /* K runs kKLead key blocks ahead of V (step n's QKᵀ and the PV of
+         * block n + 1 use K(n) and V(n + 1)); K(n) and V(n) still share a
+         * stage index */
+        auto load_k = [&](int n) {
+            fa_mbar_wait(sm.k_empty(k.stage), k.phase);
             if (leader) {
-                fa_mbar_arrive_expect_tx(sm.k_full(kv.stage), Cfg::kKVBytes);
-                load_kv(sm.k(kv.stage), &p.map_k, sm.k_full(kv.stage), row, kv_head, batch);
+                fa_mbar_arrive_expect_tx(sm.k_full(k.stage), Cfg::kKVBytes);
+                load_kv(sm.k(k.stage), &p.map_k, sm.k_full(k.stage), t.k0 + n * Cfg::kBlockN, kv_head, batch);
             }
+            k.advance();
+        };
+        for (int n = t.n_end - 1; n > t.n_end - 1 - Cfg::kKLead && n >= t.n_begin; --n)
+            load_k(n);
+        for (int n = t.n_end - 1; n >= t.n_begin; --n) {
+            if (n - Cfg::kKLead >= t.n_begin)
+                load_k(n - Cfg::kKLead);
             if (Cfg::kOInV && o_in_v) {
                 fa_mbar_wait(sm.o_empty(), o_phase);
                 o_phase ^= 1;
                 o_in_v = false;
             }
-            fa_mbar_wait(sm.v_empty(kv.stage), kv.phase);
+            fa_mbar_wait(sm.v_empty(v.stage), v.phase);
             if (leader) {
-                fa_mbar_arrive_expect_tx(sm.v_full(kv.stage), Cfg::kKVBytes);
-                load_kv(sm.v(kv.stage), &p.map_v, sm.v_full(kv.stage), row, kv_head, batch);
+                fa_mbar_arrive_expect_tx(sm.v_full(v.stage), Cfg::kKVBytes);
+                load_kv(sm.v(v.stage), &p.map_v, sm.v_full(v.stage), t.k0 + n * Cfg::kBlockN, kv_head, batch);
             }
-            kv.advance();
+            v.advance();
         }
         o_in_v = Cfg::kOInV && fa_sm90_o_staged<Cfg>(p, t);
     }
