@@ -147,10 +147,10 @@ struct fa_sm90_config {
      * (fa_sm90_produce). A K stage is freed after the QKᵀ, half a step
      * before the V stage of the same block, so with one block of lead K no
      * longer waits behind V: 1-1.6% fewer cycles at hdim 128 / 256 on short
-     * sequences, level on long ones. On the three-warpgroup hdim-64 tile
-     * the K stage is freed later (after the third warpgroup's QKᵀ), and V
-     * then waits behind K: +2-5% there, +1% on the 128 x 128 hdim-64 tile
-     * (perf-sm90.md, v26). */
+     * sequences, level on long ones. On the hdim-64 tiles it cost 2-5%
+     * (three warpgroups) and 1% (two), probably because a K stage is
+     * freed only after the last warpgroup's QKᵀ there, and V then waits
+     * behind K (perf-sm90.md, v26). */
     static constexpr int kKLead = kHeadDim >= 128 ? 1 : 0;
     static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0, "tile shape");
     static_assert(kClusterSize == 1 || kClusterSize == 2, "clusters of one or two CTAs (the producer loads halves)");

@@ -160,10 +160,11 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
          * since one warpgroup's GEMMs of a key block are too short to hide
          * another's softmax: key block 128 with one P buffer
          * (fa_sm90_config::kPBuffers; +3-11% over 96 with two, non-causal
-         * at every seqlen and causal at >= 8k; since v22 also 4% fewer
-         * cycles than 96 with three K/V stages at causal 2k-4k, which it
-         * replaced, perf-sm90.md); short causal sequences keep two
-         * warpgroups (a 192-row tile wastes more of the triangle) */
+         * at every seqlen and causal at >= 8k; and, since v21 / v22
+         * shortened its step, 4% fewer cycles than 96 with three K/V stages
+         * at causal 2k-4k, which it replaced: perf-sm90.md, v25); short
+         * causal sequences keep two warpgroups (a 192-row tile wastes more
+         * of the triangle) */
         if (!has_window(p) || p->seqlen_q >= 2048)
             return FA_LAUNCH("hdim64.wg3", fa_sm90_config<Elem, 64, 128, 2, 3>);
         return FA_LAUNCH("hdim64", fa_sm90_config<Elem, 64, 128, 2>);
