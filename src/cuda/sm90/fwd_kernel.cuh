@@ -955,15 +955,12 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             free_q_after_qk(n);
             float max_scaled[2], sum[2];
             fa_scores_to_max<Cfg>(p, t, n, row0, s, row_max, correction, max_scaled);
-            if constexpr (kEarly == kAll) {
-                fa_softmax_exp<BlockN>(s, max_scaled, p.score_scale_log2, sum);
-                fa_add_row_sums(row_sum, correction, sum);
-                fa_probs_to_operand<Cfg>(s, p_out);
-                fa_wgmma_wait_after(sm.scratch(), row_sum[0] + row_sum[1]);
-            } else if constexpr (kEarly > 0) {
+            if constexpr (kEarly > 0) {
                 fa_softmax_exp<BlockN, 0, kEarly>(s, max_scaled, p.score_scale_log2, sum);
+                if constexpr (kEarly == kAll)
+                    fa_add_row_sums(row_sum, correction, sum);
                 fa_probs_to_operand<Cfg, 0, kEarly / 8>(s, p_out);
-                fa_wgmma_wait_after(sm.scratch(), sum[0] + sum[1]);
+                fa_wgmma_wait_after(sm.scratch(), kEarly == kAll ? row_sum[0] + row_sum[1] : sum[0] + sum[1]);
             } else {
                 fa_wgmma_wait_after(sm.scratch(), max_scaled[0] + max_scaled[1]);
             }
