@@ -431,7 +431,9 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     dims = sorted({r["hdim"] for r in rows})
-    panels = [(dirn, causal) for dirn in ("fwd", "bwd") for causal in (False, True)]
+    # a direction no row measured (--forward-only: bwd) gets no panels
+    dirns = [dirn for dirn in ("fwd", "bwd") if any(r.get(f"{dirn}_tflops") for r in rows)]
+    panels = [(dirn, causal) for dirn in dirns for causal in (False, True)]
     fig, axes = plt.subplots(len(panels), len(dims), figsize=(5 * len(dims), 3.2 * len(panels)),
                              squeeze=False)
     impls = (OURS,) + PEERS
