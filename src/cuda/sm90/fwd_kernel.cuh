@@ -364,30 +364,27 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
         /* K runs kKLead key blocks ahead of V (step n's QKᵀ and the PV of
          * block n + 1 use K(n) and V(n + 1)); K(n) and V(n) still share a
          * stage index */
-        auto load_k = [&](int n) {
-            fa_mbar_wait(sm.k_empty(k.stage), k.phase);
+        auto load_block = [&](fa_pipe_state<Cfg::kStages> &ring, bool is_v, int n) {
+            const uint32_t full = is_v ? sm.v_full(ring.stage) : sm.k_full(ring.stage);
+            fa_mbar_wait(is_v ? sm.v_empty(ring.stage) : sm.k_empty(ring.stage), ring.phase);
             if (leader) {
-                fa_mbar_arrive_expect_tx(sm.k_full(k.stage), Cfg::kKVBytes);
-                load_kv(sm.k(k.stage), &p.map_k, sm.k_full(k.stage), t.k0 + n * Cfg::kBlockN, kv_head, batch);
+                fa_mbar_arrive_expect_tx(full, Cfg::kKVBytes);
+                load_kv(is_v ? sm.v(ring.stage) : sm.k(ring.stage), is_v ? &p.map_v : &p.map_k, full,
+                        t.k0 + n * Cfg::kBlockN, kv_head, batch);
             }
-            k.advance();
+            ring.advance();
         };
         for (int n = t.n_end - 1; n > t.n_end - 1 - Cfg::kKLead && n >= t.n_begin; --n)
-            load_k(n);
+            load_block(k, false, n);
         for (int n = t.n_end - 1; n >= t.n_begin; --n) {
             if (n - Cfg::kKLead >= t.n_begin)
-                load_k(n - Cfg::kKLead);
+                load_block(k, false, n - Cfg::kKLead);
             if (Cfg::kOInV && o_in_v) {
                 fa_mbar_wait(sm.o_empty(), o_phase);
                 o_phase ^= 1;
                 o_in_v = false;
             }
-            fa_mbar_wait(sm.v_empty(v.stage), v.phase);
-            if (leader) {
-                fa_mbar_arrive_expect_tx(sm.v_full(v.stage), Cfg::kKVBytes);
-                load_kv(sm.v(v.stage), &p.map_v, sm.v_full(v.stage), t.k0 + n * Cfg::kBlockN, kv_head, batch);
-            }
-            v.advance();
+            load_block(v, true, n);
         }
         o_in_v = Cfg::kOInV && fa_sm90_o_staged<Cfg>(p, t);
     }
