@@ -2,7 +2,10 @@
 
     python3 bench/ab_compare.py DIR [--pass fwd|bwd] [--peer sdpa-flash|sdpa-cudnn] [--variants a,b]
 
-DIR holds ab-<variant>-<round>.json (gpu_bench.py bench output). For each
+DIR holds ab-<variant>-<round>.json (gpu_bench.py bench output), or for a
+round cut short by its time limit, bench-<variant>-<round>.log (the
+per-cell lines gpu_bench prints as it goes; default tokens and hidden
+assumed). For each
 cell (hdim, causal, seqlen): each variant's TFLOP/s and its ratio to the
 peer measured in the same run, both the mean over the rounds; last, the
 geometric mean of the ratios over the cells every variant has. Ratios to
@@ -21,11 +24,35 @@ def load_rows(path):
     return data["rows"] if isinstance(data, dict) else data
 
 
+def log_rows(path, tokens=16384, hidden=2048):
+    """Rows as in the JSON from the cell lines of a bench log."""
+    rows = []
+    for line in open(path):
+        if not line.startswith('{"hdim"'):
+            continue
+        cell = json.loads(line)
+        d, s, causal = cell["hdim"], cell["seqlen"], cell["causal"]
+        fwd_flops = 4 * (tokens // s) * s * s * (hidden // d) * d / (2 if causal else 1)
+        for impl, ms in cell["ms"].items():
+            if not isinstance(ms, list):
+                continue
+            row = dict(impl=impl, hdim=d, causal=causal, seqlen=s)
+            for i, (name, flops) in enumerate((("fwd", fwd_flops), ("bwd", 2.5 * fwd_flops))):
+                t = ms[2 * i] if len(ms) > 2 * i else None
+                row[name + "_tflops"] = flops / t / 1e9 if t else None
+            rows.append(row)
+    return rows
+
+
 def variant_ratios(directory, variant, key, peer):
     """{cell: [(tflops, ratio to peer), ...]} over the variant's rounds."""
     out = {}
-    for path in sorted(glob.glob(os.path.join(directory, f"ab-{variant}-*.json"))):
-        rows = load_rows(path)
+    paths = sorted(glob.glob(os.path.join(directory, f"ab-{variant}-*.json")))
+    done = {re.search(r"-(\d+)\.json$", p).group(1) for p in paths}
+    paths += [p for p in sorted(glob.glob(os.path.join(directory, f"bench-{variant}-*.log")))
+              if re.search(r"-(\d+)\.log$", p).group(1) not in done]
+    for path in paths:
+        rows = load_rows(path) if path.endswith(".json") else log_rows(path)
         ours = {(r["hdim"], r["causal"], r["seqlen"]): r for r in rows if r["impl"] == "flashattn"}
         theirs = {(r["hdim"], r["causal"], r["seqlen"]): r for r in rows if r["impl"] == peer}
         for cell, r in ours.items():
@@ -45,8 +72,9 @@ def main():
     if args.variants:
         variants = args.variants.split(",")
     else:
-        names = {re.match(r"ab-(.+)-\d+\.json$", os.path.basename(p)).group(1)
-                 for p in glob.glob(os.path.join(args.dir, "ab-*-*.json"))}
+        names = {re.match(r"(?:ab-(.+)-\d+\.json|bench-(.+)-\d+\.log)$", os.path.basename(p)).group(1, 2)
+                 for p in glob.glob(os.path.join(args.dir, "ab-*-*.json")) + glob.glob(os.path.join(args.dir, "bench-*-*.log"))}
+        names = {a or b for a, b in names}
         variants = sorted(names)
     if not variants:
         raise SystemExit(f"no ab-<variant>-<round>.json in {args.dir}")

@@ -75,6 +75,12 @@ template <int D, bool kLarge, bool kPlain = false, bool kTall = false> struct Ba
      * cell, causal or not, to the order's few extra instructions
      * (perf-gpu.md); they keep the plain grid and its code. */
     static constexpr bool kHeadsFirstGrid = !kTall;
+    /* dQ's product and reds between dV's and dK's (FA2's order), so that
+     * the reds drain under the dK product instead of holding their
+     * registers into the next query block's first product (H100, d 128:
+     * +1.5% at 4k-16k; the d-64 tall tiles level, d 256 -1% with more
+     * spills; perf-gpu.md, backward v16). */
+    static constexpr bool kDqBeforeDk = kPlain && D > 64 && D < 256;
     /* The first row / column of a warp's dQ tile (32 rows x kDqCols). */
     static __device__ __forceinline__ int dq_row0(int warp) { return 32 * (warp % kDqRowGroups); }
     static __device__ __forceinline__ int dq_col0(int warp) { return kDqCols * (warp / kDqRowGroups); }
@@ -521,20 +527,26 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
                 /* The rest of dV/dK: the other query group, or all queries. */
                 constexpr int kRest = Tiles::kOwnPtInRegisters ? QC : BM;
                 const int rest = Tiles::kOwnPtInRegisters ? QC - q_base : 0;
+                /* dQ += dS·K: rows past the sequence land in its pad rows
+                 * (dp == D columns). */
+                auto add_dq = [&]() {
+                    float *dq_frag = dq_thread_base<Tiles>(a, seq, b, h, m0);
+                    float dq[2][Tiles::kDqTiles][4];
+                    zero(dq);
+                    warp_gemm<2, Tiles::kDqTiles, BN, true, true>(dq, sdSt, PS, dq_rows, 0, sK, P, 0, dq_cols);
+#pragma unroll
+                    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                        for (int nt = 0; nt < Tiles::kDqTiles; ++nt)
+                            add_dq_fragment(dq_frag + (mt * Tiles::kDqTiles + nt) * 128, dq[mt][nt]);
+                };
                 warp_gemm<MK, DC / 8, kRest, false, true>(acc_dv, sPt, PS, kv_keys, rest, cdO, P, rest, kv_cols);
+                if (Tiles::kDqBeforeDk)
+                    add_dq();
                 warp_gemm<MK, DC / 8, kRest, false, true>(acc_dk, sdSt, PS, kv_keys, rest, cQ, P, rest, kv_cols);
+                if (!Tiles::kDqBeforeDk)
+                    add_dq();
             }
-
-            /* Rows past the sequence land in its pad rows (dp == D columns). */
-            float *dq_frag = dq_thread_base<Tiles>(a, seq, b, h, m0);
-            float dq[2][Tiles::kDqTiles][4];
-            zero(dq);
-            warp_gemm<2, Tiles::kDqTiles, BN, true, true>(dq, sdSt, PS, dq_rows, 0, sK, P, 0, dq_cols);
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < Tiles::kDqTiles; ++nt)
-                    add_dq_fragment(dq_frag + (mt * Tiles::kDqTiles + nt) * 128, dq[mt][nt]);
             if (!prefetch && h_next < h_end) {
                 __syncthreads(); /* every warp is done with this stage */
                 load_query_block(h_next, m0_next, 0);
