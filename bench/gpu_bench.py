@@ -19,7 +19,10 @@ fresh random inputs per configuration; `--passes N`
 repeats the grid (every other pass in reverse order) and reports the
 per-cell median. `--peers` picks the contenders besides ours; `fa3` is
 FlashAttention-3's Hopper forward built outside this project
-(bench/fa3_peer/build.sh), loaded from `--fa3-lib`, forward only. The
+(bench/fa3_peer/build.sh), loaded from `--fa3-lib`, forward only;
+`cublas` is the GEMM ceiling: per cell and direction a square bf16 GEMM
+(torch.matmul, i.e. cuBLAS) of about the cell's FLOP count, timed with the
+others (see gemm_ceiling). The
 backward is timed on its own (torch.autograd.grad on one retained forward
 graph, allocating the gradients as a training step does), and
 forward+backward together. FLOPs: forward 4·b·s²·h·d (half
@@ -274,6 +277,18 @@ def fa3_forward(lib, q, k, v, causal):
     return fwd
 
 
+def gemm_ceiling(flops):
+    """The GEMM ceiling's side for a cell's `flops`: a square bf16 GEMM of
+    n = (flops / 2)^(1/3), rounded to a multiple of 256, so that it runs about
+    as long as the attention kernels it is timed with (and in the same clock
+    and power state). Returns (callable, scale): its times are multiplied by
+    scale = flops / 2n³, so that the row's TFLOP/s, computed with the cell's
+    FLOPs, are the GEMM's own rate."""
+    n = max(256, round((flops / 2) ** (1 / 3) / 256) * 256)
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    return (lambda: torch.matmul(a, b)), flops / (2 * n ** 3)
+
+
 def measure_cell(args, d, causal, s):
     """{contender: (fwd_ms, fwd_bwd_ms, bwd_ms) or error string}, and our
     forward kernel's name, for one cell with fresh random inputs
@@ -292,7 +307,13 @@ def measure_cell(args, d, causal, s):
     impls[OURS] = (ours_fwd, ours_fwd_bwd)
     qt, kt, vt, dt_ = (t.transpose(1, 2).contiguous() for t in (q, k, v, dout))
     qt, kt, vt = (t.requires_grad_() for t in (qt, kt, vt))
+    fwd_flops = 4 * b * s * s * h * d / (2 if causal else 1)
+    gemms = {}  # the ceiling's GEMM per direction: (callable, time scale)
     for name in PEERS:
+        if name == "cublas":
+            gemms = {dirn: gemm_ceiling(f * fwd_flops) for dirn, f in (("fwd", 1), ("fwd_bwd", 3.5), ("bwd", 2.5))}
+            impls[name] = (gemms["fwd"][0], gemms["fwd_bwd"][0])
+            continue
         if name == "fa3":  # forward only (main() allows it with --forward-only alone)
             fa3 = fa3_forward(args.fa3, q, k, v, causal)
             with torch.no_grad():  # a peer built elsewhere: its output is checked against ours
@@ -313,15 +334,25 @@ def measure_cell(args, d, causal, s):
                                       **timing)
     # before any backward (which runs on autograd's own thread)
     fwd_kernel = flashattn.last_kernel(q.device)
+
+    def scaled(times, dirn):  # the ceiling's times at the cell's FLOPs
+        if "cublas" in times:
+            times["cublas"] *= gemms[dirn][1]
+        return times
+    scaled(t_f, "fwd")
     if args.forward_only:
         return {n: errors[n] if n in errors else (t_f[n], None, None) for n in (OURS,) + PEERS}, fwd_kernel
     impls = {n: fns for n, fns in impls.items() if n not in errors}
     t_fb, errors_fb = time_contenders({n: fb for n, (_, fb) in impls.items()}, args.calls, args.reps,
                                       **timing)
+    scaled(t_fb, "fwd_bwd")
     errors.update(errors_fb)
     impls = {n: fns for n, fns in impls.items() if n not in errors}
     bwd_fns = {}
     for name, (fwd, _) in impls.items():
+        if name == "cublas":
+            bwd_fns[name] = gemms["bwd"][0]
+            continue
         out = fwd()
         inputs = (qa, ka, va) if name == OURS else (qt, kt, vt)
         grad = dout if name == OURS else dt_
@@ -330,8 +361,9 @@ def measure_cell(args, d, causal, s):
             torch.autograd.grad(out, inputs, grad, retain_graph=True)
         bwd_fns[name] = bwd
     t_b, errors_b = time_contenders(bwd_fns, args.calls, args.reps, **timing)
+    scaled(t_b, "bwd")
     errors.update(errors_b)
-    del bwd_fns, q, k, v, dout, qa, ka, va, qt, kt, vt, dt_
+    del bwd_fns, gemms, q, k, v, dout, qa, ka, va, qt, kt, vt, dt_
     torch.cuda.empty_cache()
     return {n: errors[n] if n in errors else (t_f[n], t_fb[n], t_b[n]) for n in (OURS,) + PEERS}, fwd_kernel
 
@@ -403,7 +435,7 @@ def cuda_ready(backend):
 
 OURS = "flashattn"
 PEERS = ("sdpa-flash", "sdpa-cudnn")  # `--peers` may change it
-PEER_LABELS = {"sdpa-flash": "FA2", "sdpa-cudnn": "cuDNN", "fa3": "FA3"}
+PEER_LABELS = {"sdpa-flash": "FA2", "sdpa-cudnn": "cuDNN", "fa3": "FA3", "cublas": "GEMM"}
 BACKENDS = ("auto", "cuda_sm80", "cuda_sm90")  # the library backends a benchmark can force
 
 
@@ -474,9 +506,11 @@ def profile(args):
 
 def markdown(args):
     """Markdown tables (TFLOP/s and same-run ratios) and geometric means of a
-    `bench` result file."""
+    `bench` result file, against the peers it holds."""
+    global PEERS
     with open(args.out) as f:
         result = json.load(f)
+    PEERS = tuple(p for p in PEER_LABELS if any(r["impl"] == p for r in result["rows"]))
     cell = {(r["impl"], r["hdim"], r["causal"], r["seqlen"]): r for r in result["rows"]}
     seqlens = sorted({r["seqlen"] for r in result["rows"]})
     dims = sorted({r["hdim"] for r in result["rows"]})
