@@ -17,7 +17,8 @@ reps alternating in every order in turn (`--order balanced`), each after
 at least `--warmup-ms` of untimed calls of its own (see time_contenders),
 fresh random inputs per configuration; `--passes N`
 repeats the grid (every other pass in reverse order) and reports the
-per-cell median. `--peers` picks the contenders besides ours; `fa3` is
+per-cell median. `--peers` picks the contenders besides ours (default:
+sdpa-flash, sdpa-cudnn and cublas); `fa3` is
 FlashAttention-3's Hopper forward built outside this project
 (bench/fa3_peer/build.sh), loaded from `--fa3-lib`, forward only;
 `cublas` is the GEMM ceiling: per cell and direction a square bf16 GEMM
@@ -434,7 +435,7 @@ def cuda_ready(backend):
 
 
 OURS = "flashattn"
-PEERS = ("sdpa-flash", "sdpa-cudnn")  # `--peers` may change it
+PEERS = ("sdpa-flash", "sdpa-cudnn", "cublas")  # `--peers` may change it
 PEER_LABELS = {"sdpa-flash": "FA2", "sdpa-cudnn": "cuDNN", "fa3": "FA3", "cublas": "GEMM"}
 BACKENDS = ("auto", "cuda_sm80", "cuda_sm90")  # the library backends a benchmark can force
 
