@@ -15,8 +15,9 @@
 # the development machine with FA_CUDA_ARCHS=90-real and carried to the
 # device: skips the build there).
 # Writes logs and JSON under $OUT; prints a short summary last. Time on an
-# H100: the tests and sanitizers ~3-4 min, the benchmark ~5.5 min per
-# backend and pass (gpu_bench's balanced order with 150 ms warm-ups), so
+# H100: the tests and sanitizers ~3-4 min, the benchmark ~7 min per
+# backend and pass with the default peers (FA2, cuDNN, the GEMM ceiling;
+# gpu_bench's balanced order with 150 ms warm-ups), so
 # `all` nears the device tool's 10-minute call limit: `test` and `bench`
 # in separate calls, or the grid in parts (BENCH_ARGS="--dims 64 128").
 set -u
