@@ -37,6 +37,7 @@ def log_rows(path, tokens=16384, hidden=2048):
             if not isinstance(ms, list):
                 continue
             row = dict(impl=impl, hdim=d, causal=causal, seqlen=s)
+            # ms: [fwd, fwd+bwd, bwd] (gpu_bench's measure_cell)
             for i, (name, flops) in enumerate((("fwd", fwd_flops), ("bwd", 2.5 * fwd_flops))):
                 t = ms[2 * i] if len(ms) > 2 * i else None
                 row[name + "_tflops"] = flops / t / 1e9 if t else None
@@ -77,7 +78,7 @@ def main():
         names = {a or b for a, b in names}
         variants = sorted(names)
     if not variants:
-        raise SystemExit(f"no ab-<variant>-<round>.json in {args.dir}")
+        raise SystemExit(f"no ab-<variant>-<round>.json or bench-<variant>-<round>.log in {args.dir}")
     key = args.which + "_tflops"
     data = {v: variant_ratios(args.dir, v, key, args.peer) for v in variants}
     cells = sorted(set.intersection(*(set(d) for d in data.values())))

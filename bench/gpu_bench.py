@@ -279,7 +279,7 @@ def fa3_forward(lib, q, k, v, causal):
 
 
 def gemm_ceiling(flops):
-    """The GEMM ceiling's side for a cell's `flops`: a square bf16 GEMM of
+    """The GEMM ceiling for a cell of `flops`: a square bf16 GEMM of side
     n = (flops / 2)^(1/3), rounded to a multiple of 256, so that it runs about
     as long as the attention kernels it is timed with (and in the same clock
     and power state). Returns (callable, scale): its times are multiplied by
@@ -339,7 +339,6 @@ def measure_cell(args, d, causal, s):
     def scaled(times, dirn):  # the ceiling's times at the cell's FLOPs
         if "cublas" in times:
             times["cublas"] *= gemms[dirn][1]
-        return times
     scaled(t_f, "fwd")
     if args.forward_only:
         return {n: errors[n] if n in errors else (t_f[n], None, None) for n in (OURS,) + PEERS}, fwd_kernel

@@ -78,8 +78,8 @@ template <int D, bool kLarge, bool kPlain = false, bool kTall = false> struct Ba
     /* dQ's product and reds between dV's and dK's (FA2's order), so that
      * the reds drain under the dK product instead of holding their
      * registers into the next query block's first product (H100, d 128:
-     * +1.5% at 4k-16k; the d-64 tall tiles level, d 256 -1% with more
-     * spills; perf-gpu.md, backward v16). */
+     * +1.2-2.4% on every cell; the d-64 tall tiles level, d 256 -1% with
+     * more spills; perf-gpu.md, backward v16). */
     static constexpr bool kDqBeforeDk = kPlain && D > 64 && D < 256;
     /* The first row / column of a warp's dQ tile (32 rows x kDqCols). */
     static __device__ __forceinline__ int dq_row0(int warp) { return 32 * (warp % kDqRowGroups); }
