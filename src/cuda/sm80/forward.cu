@@ -428,6 +428,18 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
         __syncthreads(); /* every thread's Q copies have landed (no key block may have run) */
     T *out = (T *)p.out.data;
     T *so = sQ + warp_row * P;
+    /* Staged: columns 8j + 2t (j < 8) of this thread's row g of so. Every
+     * row it writes is g + 8k, and smem_at's swizzle moves a 16-byte chunk
+     * only within its 64-column group (by the row % 8 = g), so column
+     * 8dt + 2t of row g + 8k lies at stage_chunk[dt % 8] + 8k·P + 64(dt / 8)
+     * in either layout: one address per j, immediates for the rest. (With
+     * the swizzle per store and the row offset per 16-byte global store,
+     * the epilogue took 8% of the d-256 kernel's samples at seqlen 512,
+     * FA2's 4%; perf-gpu.md, forward v12.) */
+    T *stage_chunk[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+        stage_chunk[j] = smem_at(so, P, g, 8 * j, 2 * t);
     const float keep_scale = drop ? 1.f / (1.f - p.dropout_p) : 1.f;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -441,8 +453,8 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
             if (staged) {
 #pragma unroll
                 for (int dt = 0; dt < D / 8; ++dt)
-                    *reinterpret_cast<uint32_t *>(smem_at(so, P, 16 * mt + g + 8 * r, dt * 8,
-                                                          2 * t)) =
+                    *reinterpret_cast<uint32_t *>(stage_chunk[dt % 8] + (16 * mt + 8 * r) * P +
+                                                  64 * (dt / 8)) =
                         pack_pair<T>(acc_o[mt][dt][2 * r] * inv, acc_o[mt][dt][2 * r + 1] * inv);
             }
             if (i >= seq.sq)
@@ -464,16 +476,32 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
         }
     if (staged) {
         __syncwarp();
+        /* The warp's rows as 16-byte chunks, from one row address: rows
+         * are stride_seq apart in every layout (fa_row_offset). Where a
+         * row is a whole number of chunks per 32 lanes, each lane keeps one
+         * column and steps its pointer down the rows. */
         constexpr int kChunks = D / 8, kRows = 16 * MT; /* 16-byte chunks per row */
         const int lane = threadIdx.x % 32;
+        const int64_t stride = p.out.stride_seq;
+        const int rows = (int)min((int64_t)kRows, seq.sq - (m0 + warp_row));
+        T *const out_rows = out + fa_row_offset(&p.out, p.varlen, b, seq.q0 + m0 + warp_row, h);
+        if constexpr (32 % kChunks == 0) {
+            constexpr int kRowStep = 32 / kChunks;
+            const int r0 = lane / kChunks, col = lane % kChunks * 8;
+            T *dst = out_rows + r0 * stride + col;
 #pragma unroll
-        for (int c = lane; c < kRows * kChunks; c += 32) {
-            const int r = c / kChunks, col = (c % kChunks) * 8;
-            const int64_t i = m0 + warp_row + r;
-            if (i < seq.sq && col < dv)
-                *reinterpret_cast<uint4 *>(out + fa_row_offset(&p.out, p.varlen, b, seq.q0 + i, h) +
-                                           col) =
-                    *reinterpret_cast<const uint4 *>(smem_at(so, P, r, col));
+            for (int k = 0; k < kRows / kRowStep; ++k, dst += kRowStep * stride)
+                if (r0 + k * kRowStep < rows && col < dv)
+                    *reinterpret_cast<uint4 *>(dst) =
+                        *reinterpret_cast<const uint4 *>(smem_at(so, P, r0 + k * kRowStep, col));
+        } else {
+#pragma unroll
+            for (int c = lane; c < kRows * kChunks; c += 32) {
+                const int r = c / kChunks, col = (c % kChunks) * 8;
+                if (r < rows && col < dv)
+                    *reinterpret_cast<uint4 *>(out_rows + r * stride + col) =
+                        *reinterpret_cast<const uint4 *>(smem_at(so, P, r, col));
+            }
         }
     }
 }
