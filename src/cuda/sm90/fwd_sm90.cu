@@ -175,6 +175,13 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
     case 192:
         return FA_LAUNCH_PAIRS("hdim192", 192, 96);
     case 256:
+        /* short causal / windowed sequences: 64-key blocks, whose edges
+         * meet the 128-row tiles' diagonal (80-key blocks cross it, 11%
+         * more key columns at seqlen 512); 2.7% / 1% fewer cycles at
+         * causal 512 / 1k, but 4-5% more from 1k non-causal and 2k causal
+         * on (perf-sm90.md, v27). No clusters apply there (a window). */
+        if (has_window(p) && p->seqlen_k <= 1024)
+            return FA_LAUNCH("hdim256.n64", fa_sm90_config<Elem, 256, 64, 2>);
         return FA_LAUNCH_PAIRS("hdim256", 256, 80);
     default:
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: head_dim %lld", (long long)p->head_dim);
