@@ -175,12 +175,14 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
     case 192:
         return FA_LAUNCH_PAIRS("hdim192", 192, 96);
     case 256:
-        /* short causal / windowed sequences: 64-key blocks, whose edges
-         * meet the 128-row tiles' diagonal (80-key blocks cross it, 11%
-         * more key columns at seqlen 512); 2.7% / 1% fewer cycles at
-         * causal 512 / 1k, but 4-5% more from 1k non-causal and 2k causal
-         * on (perf-sm90.md, v27). No clusters apply there (a window). */
-        if (has_window(p) && p->seqlen_k <= 1024)
+        /* short sequences: 64-key blocks, whose edges meet the 128-row
+         * tiles' causal diagonal (80-key blocks cross it, 11% more key
+         * columns at seqlen 512): 2.7% / 1% fewer cycles at causal 512 /
+         * 1k, and 2% at non-causal 512 (one CTA against 80-key pairs); but
+         * 4-5% more from 1k non-causal and 2k causal on (perf-sm90.md,
+         * v27, v28). One instance: without clusters, which a window rules
+         * out anyway. */
+        if (p->seqlen_k <= 512 || (has_window(p) && p->seqlen_k <= 1024))
             return FA_LAUNCH("hdim256.n64", fa_sm90_config<Elem, 256, 64, 2>);
         return FA_LAUNCH_PAIRS("hdim256", 256, 80);
     default:
