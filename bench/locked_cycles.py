@@ -16,6 +16,11 @@ FA3 grid's shapes) under ncu, which records one metric per launch:
 
 The summary prints, per cell, the median cycles of each log (one log per
 library variant) and its ratio to the first log's.
+
+`--backward` runs a forward and a backward per rep (time the backward's
+main kernel with the matching ncu filter, e.g. `regex:backward_kernel`
+for the portable one), `--backend` forces a library backend (e.g.
+cuda_sm80).
 """
 
 import argparse
@@ -25,21 +30,28 @@ import statistics
 import sys
 
 
-def run(cells, reps):
+def run(cells, reps, backward=False, backend=None):
     import torch
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    import flashattn
     from flashattn import flash_attn_func
 
-    with torch.no_grad():
-        for cell in cells:
-            d, causal, s = (int(x) for x in cell.split(":"))
-            b, h = 16384 // s, 2048 // d
-            q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-            for _ in range(reps):
-                flash_attn_func(q, k, v, causal=bool(causal))
-            torch.cuda.synchronize()
-            print(cell, file=sys.stderr)
+    if backend:
+        flashattn.set_backend(backend)
+    for cell in cells:
+        d, causal, s = (int(x) for x in cell.split(":"))
+        b, h = 16384 // s, 2048 // d
+        q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16, requires_grad=backward)
+                   for _ in range(3))
+        dout = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16)
+        for _ in range(reps):
+            with torch.set_grad_enabled(backward):
+                out = flash_attn_func(q, k, v, causal=bool(causal))
+                if backward:
+                    torch.autograd.grad(out, (q, k, v), dout)
+        torch.cuda.synchronize()
+        print(cell, file=sys.stderr)
 
 
 def cycles_of(log, cells, reps):
@@ -58,12 +70,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cells", nargs="*", help="hdim:causal:seqlen")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--backward", action="store_true", help="a forward and a backward per rep")
+    ap.add_argument("--backend", default=None, help="force a library backend, e.g. cuda_sm80")
     ap.add_argument("--summarize", nargs="+", metavar="LOG", help="ncu logs, one per variant (same cells, same reps)")
     args = ap.parse_args()
     if not args.cells:
         raise SystemExit("no cells")
     if not args.summarize:
-        run(args.cells, args.reps)
+        run(args.cells, args.reps, args.backward, args.backend)
         return
     base = None
     for log in args.summarize:
