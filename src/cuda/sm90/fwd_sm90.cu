@@ -179,7 +179,7 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
          * tiles' causal diagonal (80-key blocks cross it, 11% more key
          * columns at seqlen 512): 2.7% / 1% fewer cycles at causal 512 /
          * 1k, and 2% at non-causal 512 (one CTA against 80-key pairs); but
-         * 4-5% more from 1k non-causal and 2k causal on (perf-sm90.md,
+         * 2.5-5% more at non-causal 1k-2k and causal 2k (perf-sm90.md,
          * v27, v28). One instance: without clusters, which a window rules
          * out anyway. */
         if (p->seqlen_k <= 512 || (has_window(p) && p->seqlen_k <= 1024))
