@@ -44,7 +44,7 @@ def run(cells, reps, backward=False, backend=None):
         b, h = 16384 // s, 2048 // d
         q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16, requires_grad=backward)
                    for _ in range(3))
-        dout = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16)
+        dout = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) if backward else None
         for _ in range(reps):
             with torch.set_grad_enabled(backward):
                 out = flash_attn_func(q, k, v, causal=bool(causal))
