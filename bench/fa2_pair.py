@@ -1,7 +1,7 @@
 """One forward + backward of ours (sm80 backend) and of PyTorch SDPA's
 FLASH_ATTENTION (FlashAttention-2) on the same inputs, for a profiler to
 capture both (scripts/ncu_vs_fa2.sh). Env: D (head dim), S (seqlen),
-CAUSAL (0/1); bf16, 16k tokens, hidden 2048."""
+CAUSAL (0/1), H (heads; default 2048 / D); bf16, 16k tokens per batch."""
 import os
 
 import torch
@@ -14,7 +14,7 @@ from flashattn import flash_attn_func
 flashattn.set_backend("cuda_sm80")
 d, s = int(os.environ.get("D", 128)), int(os.environ.get("S", 8192))
 causal = os.environ.get("CAUSAL", "0") == "1"
-b, h = 16384 // s, 2048 // d
+b, h = 16384 // s, int(os.environ.get("H", 2048 // d))
 q, k, v, do = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(4))
 qa, ka, va = (t.clone().requires_grad_() for t in (q, k, v))
 flash_attn_func(qa, ka, va, causal=causal).backward(do)

@@ -80,6 +80,9 @@ if [ "$MODE" = all ] || [ "$MODE" = test ]; then
                     > "$OUT/grid-sm80-smem$limit.log" 2>&1
                 note "test_grid sm80 with FA_SM80_SMEM_LIMIT=$limit rc=$?: $(tail -1 "$OUT/grid-sm80-smem$limit.log")"
             done
+            # the backward's last-wave split on every case that can take it
+            FA_SM80_BWD_SPLIT=3 timeout 240 "$GRID" --device cuda --backend sm80 > "$OUT/grid-sm80-split3.log" 2>&1
+            note "test_grid sm80 with FA_SM80_BWD_SPLIT=3 rc=$?: $(tail -1 "$OUT/grid-sm80-split3.log")"
         fi
         for tool in memcheck racecheck; do
             timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$GRID" --device cuda \

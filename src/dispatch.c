@@ -101,17 +101,17 @@ fa_status fa_dispatch_select(const fa_context *ctx, const fa_problem *p,
 size_t fa_dispatch_workspace_size(const fa_context *ctx, fa_backend backend,
                                   const fa_problem *p, fa_direction dir)
 {
-    (void)ctx;
+    (void)ctx; /* (used by the CUDA backends only) */
     switch (backend) {
     case FA_BACKEND_CPU:
         return fa_cpu_workspace_size(p, dir);
 #ifdef FA_HAVE_SM80
     case FA_BACKEND_CUDA_SM80:
-        return fa_sm80_workspace_size(p, dir);
+        return fa_sm80_workspace_size(p, dir, &ctx->cuda);
 #endif
 #ifdef FA_HAVE_SM90
     case FA_BACKEND_CUDA_SM90:
-        return fa_sm90_workspace_size(p, dir);
+        return fa_sm90_workspace_size(p, dir, &ctx->cuda);
 #endif
     default:
         return 0;

@@ -236,7 +236,7 @@ fa_status fa_cuda_copy_to_host(void *dst, const void *src, size_t bytes,
  * FA_SUCCESS or FA_ERROR_UNSUPPORTED with a message saying why. */
 fa_status fa_sm80_supports(const fa_problem *p, fa_direction dir,
                            const fa_cuda_device_info *dev);
-size_t fa_sm80_workspace_size(const fa_problem *p, fa_direction dir);
+size_t fa_sm80_workspace_size(const fa_problem *p, fa_direction dir, const fa_cuda_device_info *dev);
 fa_status fa_sm80_forward(fa_problem *p);
 /* dev: the context's device (its shared memory per block picks the tiles,
  * its SM count orders the grid) */
@@ -245,7 +245,7 @@ fa_status fa_sm80_backward(fa_problem *p, const fa_cuda_device_info *dev);
 /* Hopper kernels (src/cuda/sm90/). */
 fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir,
                            const fa_cuda_device_info *dev);
-size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir);
+size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir, const fa_cuda_device_info *dev);
 fa_status fa_sm90_forward(fa_problem *p);
 /* dev: the context's device (its SM count orders the grid) */
 fa_status fa_sm90_backward(fa_problem *p, const fa_cuda_device_info *dev);

@@ -75,6 +75,12 @@ template <int D, bool kLarge, bool kPlain = false, bool kTall = false> struct Ba
      * cell, causal or not, to the order's few extra instructions
      * (perf-gpu.md); they keep the plain grid and its code. */
     static constexpr bool kHeadsFirstGrid = !kTall;
+    /* The last-wave split (plan_backward_split) on the plain-score tiles.
+     * Not on the tall d-64 tiles: their kernel, at 255 registers with
+     * spills, read 1-2% more cycles with the split than without at 2k-8k
+     * (parts included; its spills moved with the split's few prologue
+     * instructions; perf-gpu.md, backward v18). */
+    static constexpr bool kSplits = kPlain && !kTall;
     /* dQ's product and reds between dV's and dK's (FA2's order), so that
      * the reds drain under the dK product instead of holding their
      * registers into the next query block's first product (H100, d 128:
@@ -142,6 +148,15 @@ struct BackwardArgs {
     int query_stages; /* 2: the next Q/dO block loads during this one (if smem allows) */
     bool heads_first;   /* the grid's order (kv_order.cuh) */
     int key_block_step; /* 1: a CTA walks every key block (deterministic); else one each */
+    /* The last-wave split (plan_backward_split): split_parts > 1 runs the
+     * last batch entry's tasks (key block + kv head · key blocks) from
+     * split_first on as split_parts CTAs each, in a launch of their own
+     * (backward_kernel's kSplitPart instance, CTA i: task split_first +
+     * i / split_parts), part p over blocks [p·n / split_parts, (p+1)·n /
+     * split_parts) of the n query blocks of each head of its group; the
+     * whole tasks' launch skips them. */
+    int split_first, split_parts;
+    float *dkv_accum; /* the split tasks' dK, dV partial sums (dkv_thread_base) */
 };
 
 /* Row of the workspace arrays for row i of sequence b. */
@@ -157,7 +172,7 @@ __device__ __forceinline__ int64_t workspace_row(const fa_problem &p, const fa_s
  * adds to without a per-row test. A query block's BM x D floats are stored
  * in the order the warps hold their dQ fragments, not row-major: fragment
  * (mt, nt) of warp w is 128 floats at 128 (2 kDqTiles w + kDqTiles mt + nt),
- * value e of lane l at l·kDqLaneStride + e·kDqElemStride. Every atomic
+ * value e of lane l at l·kAccumLaneStride + e·kAccumElemStride. Every atomic
  * instruction of a warp then covers whole 128-byte lines (sm90: one v4
  * reduction per fragment, 512 contiguous bytes; before: one scalar atomic
  * per value, 128 bytes), where row-major rows spread each instruction over
@@ -165,9 +180,9 @@ __device__ __forceinline__ int64_t workspace_row(const fa_problem &p, const fa_s
 /* The largest BM (the tall d-64 tiles): bounds the workspace. */
 constexpr int kDqMaxPadRows = BackwardTiles<64, true, true, true>::kBlockM;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-constexpr int kDqLaneStride = 4, kDqElemStride = 1;
+constexpr int kAccumLaneStride = 4, kAccumElemStride = 1;
 #else
-constexpr int kDqLaneStride = 1, kDqElemStride = 32;
+constexpr int kAccumLaneStride = 1, kAccumElemStride = 32;
 #endif
 
 /* This thread's first value of query block m0 of sequence b, head h in the
@@ -182,19 +197,82 @@ __device__ __forceinline__ float *dq_thread_base(const BackwardArgs &a, const fa
     const int64_t row = h * (p.total_q + p.batch * BM) + workspace_row(p, seq, b, m0) + b * BM;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float *chunk = a.dq_accum + row * Tiles::kHeadDim;
-    return chunk + warp * 2 * Tiles::kDqTiles * 128 + lane * kDqLaneStride;
+    return chunk + warp * 2 * Tiles::kDqTiles * 128 + lane * kAccumLaneStride;
 }
 
-/* f[e·kDqElemStride] += v[e], atomically per value. */
-__device__ __forceinline__ void add_dq_fragment(float *f, const float (&v)[4])
+/* f[e·kAccumElemStride] += v[e], atomically per value (a fragment of the dQ
+ * accumulator, or of the split tasks' dK / dV sums). */
+__device__ __forceinline__ void add_fragment(float *f, const float (&v)[4])
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     red_add_v4(f, v[0], v[1], v[2], v[3]);
 #else
 #pragma unroll
     for (int e = 0; e < 4; ++e)
-        atomicAdd(f + e * kDqElemStride, v[e]);
+        atomicAdd(f + e * kAccumElemStride, v[e]);
 #endif
+}
+
+/* The split tasks' dK / dV partial sums: slot s (task split_first + s) holds
+ * BN x D floats of dK, then BN x D of dV, each in the order in which the
+ * warps hold their fragments (as the dQ accumulator): fragment (mt, nt) of
+ * warp w is 128 floats at 128 (kFrags w + (DC / 8) mt + nt). This thread's
+ * first dK value of slot s. */
+template <class Tiles> __device__ __forceinline__ float *dkv_thread_base(const BackwardArgs &a, int slot)
+{
+    constexpr int kFrags = Tiles::kKvKeys / 16 * (Tiles::kDimCols / 8);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    return a.dkv_accum + (int64_t)slot * 2 * Tiles::kBlockN * Tiles::kHeadDim + warp * kFrags * 128 +
+           lane * kAccumLaneStride;
+}
+
+/* The first key and column of warp's dK / dV fragments. */
+template <class Tiles> __device__ __forceinline__ int kv_key0(int warp) { return Tiles::kKvKeys * (warp / Tiles::kKvWarpsD); }
+template <class Tiles> __device__ __forceinline__ int kv_col0(int warp) { return Tiles::kDimCols * (warp % Tiles::kKvWarpsD); }
+
+/* dK = scale · acc_dk, dV = acc_dv of the key block at n0 (this thread's
+ * fragments: key kv_keys + 16 mt + g + 8 r, column kv_cols + 8 nt + 2t + e%2)
+ * out to dk, dv; column pairs (c, c+1) as one 32-bit store when the rows are
+ * aligned. */
+template <typename T, class Tiles>
+__device__ __forceinline__ void store_dk_dv(const BackwardArgs &a, const fa_seq &seq, int b, int hk, int n0,
+                                            int kv_keys, int kv_cols, int g, int t,
+                                            const float (&acc_dk)[Tiles::kKvKeys / 16][Tiles::kDimCols / 8][4],
+                                            const float (&acc_dv)[Tiles::kKvKeys / 16][Tiles::kDimCols / 8][4])
+{
+    constexpr int MK = Tiles::kKvKeys / 16, DC = Tiles::kDimCols;
+    const fa_problem &p = a.p;
+    const int sk = (int)seq.sk, d = (int)p.head_dim, dv = (int)p.head_dim_v;
+    T *dk = (T *)p.dk.data, *dvp = (T *)p.dv.data;
+#pragma unroll
+    for (int rr = 0; rr < 2 * MK; ++rr) {
+        const int mt = rr / 2, r = rr % 2;
+        const int j = n0 + kv_keys + 16 * mt + g + 8 * r;
+        if (j >= sk)
+            continue;
+        T *dk_row = dk + fa_row_offset(&p.dk, p.varlen, b, seq.k0 + j, hk);
+        T *dv_row = dvp + fa_row_offset(&p.dv, p.varlen, b, seq.k0 + j, hk);
+#pragma unroll
+        for (int nt = 0; nt < DC / 8; ++nt) {
+            const int c = kv_cols + nt * 8 + 2 * t;
+            const float dk0 = acc_dk[mt][nt][2 * r] * p.softmax_scale, dk1 = acc_dk[mt][nt][2 * r + 1] * p.softmax_scale;
+            const float dv0 = acc_dv[mt][nt][2 * r], dv1 = acc_dv[mt][nt][2 * r + 1];
+            if (a.grad_pairs && c + 1 < d)
+                *reinterpret_cast<uint32_t *>(dk_row + c) = pack_pair<T>(dk0, dk1);
+            else if (c < d) {
+                dk_row[c] = T(dk0);
+                if (c + 1 < d)
+                    dk_row[c + 1] = T(dk1);
+            }
+            if (a.grad_pairs && c + 1 < dv)
+                *reinterpret_cast<uint32_t *>(dv_row + c) = pack_pair<T>(dv0, dv1);
+            else if (c < dv) {
+                dv_row[c] = T(dv0);
+                if (c + 1 < dv)
+                    dv_row[c + 1] = T(dv1);
+            }
+        }
+    }
 }
 
 /* Threads that share one row in the preprocess and dQ conversion: one per
@@ -253,7 +331,7 @@ template <typename T, int DP> __global__ void __launch_bounds__(256) backward_pr
 // configuration, so that the stage logic holds no runtime flag); 0: as
 // a.query_stages says. Indices within a sequence and head are 32-bit
 // (sequences are shorter than 2^31); only global offsets are 64-bit.
-template <typename T, class Tiles, int kStages>
+template <typename T, class Tiles, int kStages, bool kSplitPart>
 __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const BackwardArgs a)
 {
     constexpr int D = Tiles::kHeadDim;
@@ -275,10 +353,26 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
     typedef typename KeepWord<(MS * NS * 4 > 32)>::type KeepBits; /* a bit per slab element */
     const int stages = kStages ? kStages : a.query_stages;
 
-    const int b = blockIdx.z;
-    int hk = blockIdx.y, key_block = blockIdx.x;
-    if constexpr (Tiles::kHeadsFirstGrid)
-        fa_kv_block_of(a.heads_first, hk, key_block);
+    /* This CTA's task (key block, kv head, batch entry). kSplitPart: one
+     * part of a split task (see BackwardArgs), in the last batch entry,
+     * over query rows [part_lo, part_hi) of each head of its group. */
+    int b = blockIdx.z, hk = blockIdx.y, key_block = blockIdx.x;
+    [[maybe_unused]] int part_lo = 0, part_hi = 0;
+    if constexpr (kSplitPart) {
+        const int task = a.split_first + (int)blockIdx.x / a.split_parts, part = (int)blockIdx.x % a.split_parts;
+        const int blocks = (int)((p.seqlen_q + BM - 1) / BM); /* (fixed lengths) */
+        b = (int)p.batch - 1;
+        hk = task / a.key_block_step;
+        key_block = task % a.key_block_step;
+        part_lo = part * blocks / a.split_parts * BM;
+        part_hi = (part + 1) * blocks / a.split_parts * BM;
+    } else {
+        if constexpr (Tiles::kHeadsFirstGrid)
+            fa_kv_block_of(a.heads_first, hk, key_block);
+        if constexpr (Tiles::kSplits)
+            if (a.split_parts > 1 && b == (int)p.batch - 1 && key_block + hk * (int)gridDim.x >= a.split_first)
+                return; /* a split task: its parts ran in the kSplitPart launch */
+    }
     const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q,
                                  p.seqlen_k, b);
     const int sq = (int)seq.sq, sk = (int)seq.sk;
@@ -288,8 +382,7 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
      * keys [kv_keys, +kKvKeys) x columns [kv_cols, +DC). */
     const int slab_keys = Tiles::kSlabKeys * (warp / Tiles::kSlabWarpsQ);
     const int q_base = QC * (warp % Tiles::kSlabWarpsQ);
-    const int kv_keys = Tiles::kKvKeys * (warp / Tiles::kKvWarpsD);
-    const int kv_cols = DC * (warp % Tiles::kKvWarpsD);
+    const int kv_keys = kv_key0<Tiles>(warp), kv_cols = kv_col0<Tiles>(warp);
     const int dq_rows = Tiles::dq_row0(warp), dq_cols = Tiles::dq_col0(warp);
     const int d = (int)p.head_dim, dv = (int)p.head_dim_v;
     const bool drop = p.dropout_p > 0.f;
@@ -316,8 +409,13 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
         /* Query rows that can see a key of this block. */
         const int n_last = min(n0 + BN, sk) - 1;
         const int m_begin = p.window_right >= 0 ? (int)max((int64_t)0, n0 - shift - p.window_right) : 0;
-        const int m_end = p.window_left >= 0 ? (int)min((int64_t)sq, n_last - shift + p.window_left + 1) : sq;
-        const int h_end = (hk + 1) * group, m_first = (m_begin / BM) * BM;
+        int m_end = p.window_left >= 0 ? (int)min((int64_t)sq, n_last - shift + p.window_left + 1) : sq;
+        const int h_end = (hk + 1) * group;
+        int m_first = (m_begin / BM) * BM;
+        if constexpr (kSplitPart) { /* (no window: m_first is 0) */
+            m_first = part_lo;
+            m_end = min(m_end, part_hi);
+        }
 
         /* The work list: (query head h, query block m0) pairs of the group
          * with a visible element, in order. `advance` moves to the next one
@@ -538,7 +636,7 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
                     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
                         for (int nt = 0; nt < Tiles::kDqTiles; ++nt)
-                            add_dq_fragment(dq_frag + (mt * Tiles::kDqTiles + nt) * 128, dq[mt][nt]);
+                            add_fragment(dq_frag + (mt * Tiles::kDqTiles + nt) * 128, dq[mt][nt]);
                 };
                 warp_gemm<MK, DC / 8, kRest, false, true>(acc_dv, sPt, PS, kv_keys, rest, cdO, P, rest, kv_cols);
                 if (Tiles::kDqBeforeDk)
@@ -557,38 +655,18 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
             kind = kind_next;
         }
         cp_async_wait<0>(); /* K/V of a block no query block touched */
-
-        /* dK = scale · Σ dSᵀ·Q, dV = Σ Pᵀ·dO; column pairs (c, c+1) as one
-         * 32-bit store when the rows are aligned. */
-        T *dk = (T *)p.dk.data, *dvp = (T *)p.dv.data;
+        if constexpr (kSplitPart) { /* its share of dK, dV into the task's partial sums */
+            constexpr int NT = DC / 8;
+            float *frag = dkv_thread_base<Tiles>(a, (int)blockIdx.x / a.split_parts);
 #pragma unroll
-        for (int rr = 0; rr < 2 * MK; ++rr) {
-            const int mt = rr / 2, r = rr % 2;
-            const int j = n0 + kv_keys + 16 * mt + g + 8 * r;
-            if (j >= sk)
-                continue;
-            T *dk_row = dk + fa_row_offset(&p.dk, p.varlen, b, seq.k0 + j, hk);
-            T *dv_row = dvp + fa_row_offset(&p.dv, p.varlen, b, seq.k0 + j, hk);
+            for (int mt = 0; mt < MK; ++mt)
 #pragma unroll
-            for (int nt = 0; nt < DC / 8; ++nt) {
-                const int c = kv_cols + nt * 8 + 2 * t;
-                const float dk0 = acc_dk[mt][nt][2 * r] * p.softmax_scale, dk1 = acc_dk[mt][nt][2 * r + 1] * p.softmax_scale;
-                const float dv0 = acc_dv[mt][nt][2 * r], dv1 = acc_dv[mt][nt][2 * r + 1];
-                if (a.grad_pairs && c + 1 < d)
-                    *reinterpret_cast<uint32_t *>(dk_row + c) = pack_pair<T>(dk0, dk1);
-                else if (c < d) {
-                    dk_row[c] = T(dk0);
-                    if (c + 1 < d)
-                        dk_row[c + 1] = T(dk1);
+                for (int nt = 0; nt < NT; ++nt) {
+                    add_fragment(frag + (mt * NT + nt) * 128, acc_dk[mt][nt]);
+                    add_fragment(frag + BN * D + (mt * NT + nt) * 128, acc_dv[mt][nt]);
                 }
-                if (a.grad_pairs && c + 1 < dv)
-                    *reinterpret_cast<uint32_t *>(dv_row + c) = pack_pair<T>(dv0, dv1);
-                else if (c < dv) {
-                    dv_row[c] = T(dv0);
-                    if (c + 1 < dv)
-                        dv_row[c + 1] = T(dv1);
-                }
-            }
+        } else {
+            store_dk_dv<T, Tiles>(a, seq, b, hk, n0, kv_keys, kv_cols, g, t, acc_dk, acc_dv);
         }
     }
 }
@@ -621,7 +699,7 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32) backward_convert_dq_kernel
             for (int r = 0; r < 2; ++r) {
                 const int row = Tiles::dq_row0(warp) + 16 * mt + g + 8 * r;
                 *reinterpret_cast<uint32_t *>(&tile[row * kPitch + col]) =
-                    pack_pair<T>(f[2 * r * kDqElemStride] * c, f[(2 * r + 1) * kDqElemStride] * c);
+                    pack_pair<T>(f[2 * r * kAccumElemStride] * c, f[(2 * r + 1) * kAccumElemStride] * c);
             }
         }
     __syncthreads();
@@ -642,38 +720,177 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32) backward_convert_dq_kernel
     }
 }
 
-/* Clears the dQ accumulator, runs the main kernel with `stages` query
- * stages (kStages: see backward_kernel) and the dQ conversion, all with the
+// dkv_accum (split slots, dkv_thread_base) -> dk = softmax_scale · dK, dv of
+// the split tasks. Grid: one CTA per slot, the backward kernel's threads,
+// each reading back the fragments it added there.
+template <typename T, class Tiles>
+__global__ void __launch_bounds__(Tiles::kWarps * 32) backward_convert_dkv_kernel(const BackwardArgs a)
+{
+    constexpr int MK = Tiles::kKvKeys / 16, NT = Tiles::kDimCols / 8;
+    constexpr int kDvOffset = Tiles::kBlockN * Tiles::kHeadDim;
+    const fa_problem &p = a.p;
+    const int task = a.split_first + (int)blockIdx.x, b = (int)p.batch - 1; /* see BackwardArgs */
+    const int key_block = task % a.key_block_step, hk = task / a.key_block_step;
+    const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q, p.seqlen_k, b);
+    const float *frag = dkv_thread_base<Tiles>(a, (int)blockIdx.x);
+    float acc_dk[MK][NT][4], acc_dv[MK][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MK; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                acc_dk[mt][nt][e] = frag[(mt * NT + nt) * 128 + e * kAccumElemStride];
+                acc_dv[mt][nt][e] = frag[kDvOffset + (mt * NT + nt) * 128 + e * kAccumElemStride];
+            }
+    const int warp = threadIdx.x / 32;
+    store_dk_dv<T, Tiles>(a, seq, b, hk, key_block * Tiles::kBlockN, kv_key0<Tiles>(warp), kv_col0<Tiles>(warp),
+                          (threadIdx.x % 32) / 4, threadIdx.x % 4, acc_dk, acc_dv);
+}
+
+/* The last-wave split. The main kernel's CTAs are tasks of equal work where
+ * the problem has no window, no block mask and fixed lengths: key blocks,
+ * each over all query blocks of its kv head's group. With G CTAs resident
+ * at once, the last (tasks mod G) tasks run alone in a final wave while the
+ * other SMs idle: 3% of the kernel on the FA3 grid's non-causal cells
+ * (2048 or 4096 tasks on 132 SMs), for FA2's kernel as for ours (measured at
+ * 33 heads, whose 4224 tasks fill 32 waves: the same cycles as 32 heads'
+ * 4096; perf-gpu.md, backward v18). Those tasks run instead as `parts` CTAs
+ * each over a share of their query blocks, adding dK, dV into fp32 partial
+ * sums that backward_convert_dkv_kernel writes out. The model, in query
+ * blocks: a task costs items + 1 (K / V load and epilogue), a part
+ * items / parts + kSplitPartExtra (the same, its atomic adds and its share
+ * of the conversion). The parts run in ceil(rem · parts / G) rounds; the
+ * count with the shortest last waves wins if it shortens the whole kernel
+ * by 1%. FA_SM80_BWD_SPLIT=k forces k parts (tests: small problems then
+ * split every task). */
+constexpr double kSplitPartExtra = 2.0;
+
+/* The largest key block of any sm80 backward tile at padded head dim dp. */
+constexpr int max_block_n(int dp) { return dp <= 128 ? 128 : 64; }
+
+static bool split_possible(const fa_problem *p)
+{
+    return !p->deterministic && !p->varlen && p->window_left < 0 && p->window_right < 0 && !p->block_mask &&
+           p->softcap == 0.f && p->alibi_slopes == nullptr && p->total_q > 0 && p->head_dim > 0;
+}
+
+/* Split slots the workspace holds: the plan splits fewer than G tasks, G at
+ * most two CTAs per SM (the backward kernels run one, at ~255 registers). */
+static int64_t split_slots(const fa_problem *p, const fa_cuda_device_info *dev)
+{
+    if (!split_possible(p))
+        return 0;
+    const int64_t tasks = (p->seqlen_k + 31) / 32 * p->heads_kv * p->batch; /* bounds every tile's count */
+    const int64_t slots = 2 * (int64_t)dev->num_sms;
+    return tasks < slots ? tasks : slots;
+}
+
+/* Sets a.split_first / split_parts (see BackwardArgs) for `batch` batch
+ * entries of per_batch tasks of `items` query blocks, `blocks` of them per
+ * head, on `ctas` resident CTAs with `slots` split slots. */
+static void plan_backward_split(BackwardArgs &a, int64_t per_batch, int64_t batch, int items, int blocks, int ctas,
+                                int64_t slots)
+{
+    const int64_t tasks = per_batch * batch;
+    const int64_t rem = ctas > 0 ? tasks % ctas : 0;
+    const char *force = getenv("FA_SM80_BWD_SPLIT");
+    /* the split tasks: the last `rem` (forced: as many as the last batch
+     * entry has, up to rem) */
+    const int64_t split = force != nullptr && rem > per_batch ? per_batch : rem;
+    if (split == 0 || split > per_batch || split > slots || blocks < 2)
+        return;
+    int parts = 1;
+    if (force != nullptr) {
+        parts = (int)strtol(force, nullptr, 10);
+        parts = parts < 1 ? 1 : parts > blocks ? blocks : parts;
+    } else {
+        const double whole = items + 1.0, waves = (double)(tasks / ctas) * whole;
+        double best = whole;
+        for (int k = 2; k <= blocks && k <= 64; ++k) {
+            const double rounds = (double)((split * k + ctas - 1) / ctas);
+            const double last = rounds * ((double)items / k + kSplitPartExtra);
+            if (last < best) {
+                best = last;
+                parts = k;
+            }
+        }
+        if (waves + best > 0.99 * (waves + whole))
+            parts = 1;
+    }
+    if (parts > 1) {
+        a.split_first = (int)(per_batch - split);
+        a.split_parts = parts;
+    }
+}
+
+/* Clears the dQ accumulator (and the split tasks' dK / dV sums), runs the
+ * main kernel with `stages` query stages (kStages: see backward_kernel), the
+ * dQ conversion and, with a split, the dK / dV conversion, all with the
  * accumulator order of Tiles. */
 template <typename T, class Tiles, int kStages>
 static fa_status run_backward(BackwardArgs &a, int stages, const fa_cuda_device_info &dev)
 {
-    constexpr int D = Tiles::kHeadDim, BM = Tiles::kBlockM;
+    constexpr int D = Tiles::kHeadDim, BM = Tiles::kBlockM, kThreads = Tiles::kWarps * 32;
+    static_assert(Tiles::kBlockN <= max_block_n(D) && Tiles::kBlockN >= 32, "split slots (split_slots)");
     const fa_problem *p = &a.p;
     cudaStream_t stream = (cudaStream_t)p->stream;
     const bool queries = p->total_q > 0 && p->head_dim > 0;
-    cudaError_t err = cudaSuccess;
+    const unsigned key_blocks = (unsigned)((p->seqlen_k + Tiles::kBlockN - 1) / Tiles::kBlockN);
+    const size_t smem = Tiles::smem_bytes(stages);
+    cudaError_t err = cudaFuncSetAttribute(backward_kernel<T, Tiles, kStages, false>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
+    a.query_stages = stages;
+    a.key_block_step = p->deterministic ? 1 : (int)key_blocks;
+    const int64_t per_batch = (int64_t)key_blocks * p->heads_kv;
+    a.split_first = (int)per_batch; /* no split unless planned */
+    a.split_parts = 1;
+    const int64_t slots = Tiles::kSplits ? split_slots(p, &dev) : 0;
+    if (slots > 0 && key_blocks > 0) {
+        int per_sm = 0;
+        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, backward_kernel<T, Tiles, kStages, false>,
+                                                            kThreads, smem);
+        if (err != cudaSuccess)
+            return fa_fail(FA_ERROR_DEVICE, "sm80 backward: occupancy: %s", cudaGetErrorString(err));
+        const int blocks = (int)((p->seqlen_q + BM - 1) / BM);
+        plan_backward_split(a, per_batch, p->batch, blocks * (int)(p->heads_q / p->heads_kv), blocks,
+                            per_sm * dev.num_sms, slots);
+    }
+    const int64_t split_tasks = per_batch - a.split_first;
     if (queries) {
+        /* the dQ accumulator's rows, then (a split) the dK / dV sums */
         const size_t accum_rows = (size_t)p->heads_q * (size_t)(p->total_q + p->batch * BM);
-        err = cudaMemsetAsync(a.dq_accum, 0, accum_rows * D * 4, stream);
+        const size_t bytes = split_tasks > 0 ? (size_t)((char *)a.dkv_accum - (char *)a.dq_accum) +
+                                                   (size_t)split_tasks * 2 * Tiles::kBlockN * D * 4
+                                             : accum_rows * D * 4;
+        err = cudaMemsetAsync(a.dq_accum, 0, bytes, stream);
         if (err != cudaSuccess)
             return fa_fail(FA_ERROR_DEVICE, "sm80 backward: clearing the dQ accumulator: %s",
                            cudaGetErrorString(err));
     }
-    const unsigned key_blocks = (unsigned)((p->seqlen_k + Tiles::kBlockN - 1) / Tiles::kBlockN);
+    if constexpr (Tiles::kSplits) {
+        /* The split tasks' parts first: then the whole tasks fill whole
+         * waves, and no SM waits for a last one. */
+        if (split_tasks > 0) {
+            err = cudaFuncSetAttribute(backward_kernel<T, Tiles, kStages, true>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            if (err != cudaSuccess)
+                return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
+            backward_kernel<T, Tiles, kStages, true>
+                <<<(unsigned)(split_tasks * a.split_parts), kThreads, smem, stream>>>(a);
+            fa_status st = check_launch("sm80 backward kernel launch (split parts)");
+            if (st != FA_SUCCESS)
+                return st;
+        }
+    }
     /* Deterministic: one CTA per pair walks every key block, in order. */
     const dim3 grid = fa_kv_order_grid(&a.heads_first, p->deterministic ? 1u : key_blocks, (int)p->heads_kv,
                                        (int)p->batch, dev.num_sms,
                                        Tiles::kHeadsFirstGrid && !p->deterministic && p->window_right >= 0);
     if (key_blocks > 0) {
-        a.query_stages = stages;
-        a.key_block_step = p->deterministic ? 1 : (int)key_blocks;
-        const size_t smem = Tiles::smem_bytes(stages);
-        err = cudaFuncSetAttribute(backward_kernel<T, Tiles, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   (int)smem);
-        if (err != cudaSuccess)
-            return fa_fail(FA_ERROR_DEVICE, "sm80 backward: %s", cudaGetErrorString(err));
-        backward_kernel<T, Tiles, kStages><<<grid, Tiles::kWarps * 32, smem, stream>>>(a);
+        backward_kernel<T, Tiles, kStages, false><<<grid, kThreads, smem, stream>>>(a);
         fa_status st = check_launch("sm80 backward kernel launch");
         if (st != FA_SUCCESS)
             return st;
@@ -681,8 +898,12 @@ static fa_status run_backward(BackwardArgs &a, int stages, const fa_cuda_device_
     if (!queries)
         return FA_SUCCESS;
     const dim3 blocks((unsigned)((p->seqlen_q + BM - 1) / BM), (unsigned)p->heads_q, (unsigned)p->batch);
-    backward_convert_dq_kernel<T, Tiles><<<blocks, Tiles::kWarps * 32, 0, stream>>>(a);
-    return check_launch("sm80 backward dq conversion launch");
+    backward_convert_dq_kernel<T, Tiles><<<blocks, kThreads, 0, stream>>>(a);
+    fa_status st = check_launch("sm80 backward dq conversion launch");
+    if (st != FA_SUCCESS || split_tasks == 0)
+        return st;
+    backward_convert_dkv_kernel<T, Tiles><<<(unsigned)split_tasks, kThreads, 0, stream>>>(a);
+    return check_launch("sm80 backward dk/dv conversion launch");
 }
 
 template <typename T, int D> static fa_status launch_backward(BackwardArgs &a, const fa_cuda_device_info &dev)
@@ -757,35 +978,41 @@ static size_t dq_accum_bytes(const fa_problem *p, int dp)
     return (rows * dp * 4 + 255) / 256 * 256;
 }
 
-/* dq_accum, then dsum, then lse_log2 (all fp32, 256-byte aligned). */
-size_t backward_workspace_size(const fa_problem *p)
+/* Bytes of the split tasks' dK / dV sums (split_slots slots of the largest
+ * tile), 256-byte aligned. */
+static size_t dkv_accum_bytes(const fa_problem *p, const fa_cuda_device_info *dev, int dp)
+{
+    const size_t slots = (size_t)split_slots(p, dev);
+    return (slots * 2 * max_block_n(dp) * dp * 4 + 255) / 256 * 256;
+}
+
+/* dq_accum, dkv_accum, then dsum, then lse_log2 (all fp32, 256-byte aligned). */
+size_t backward_workspace_size(const fa_problem *p, const fa_cuda_device_info *dev)
 {
     const size_t rows = (size_t)p->heads_q * (size_t)p->total_q;
     const int dp = padded_head_dim(p->head_dim, p->head_dim_v);
-    const size_t accum = dq_accum_bytes(p, dp);
     const size_t vec = (rows * 4 + 255) / 256 * 256;
-    return accum + 2 * vec;
+    return dq_accum_bytes(p, dp) + dkv_accum_bytes(p, dev, dp) + 2 * vec;
 }
 
 } // namespace fa
 
-static const char *const kBackwardNames[2][2][5] = {
-    {{"sm80.bwd.hdim64.fp16", "sm80.bwd.hdim96.fp16", "sm80.bwd.hdim128.fp16",
-      "sm80.bwd.hdim192.fp16", "sm80.bwd.hdim256.fp16"},
-     {"sm80.bwd.hdim64.bf16", "sm80.bwd.hdim96.bf16", "sm80.bwd.hdim128.bf16",
-      "sm80.bwd.hdim192.bf16", "sm80.bwd.hdim256.bf16"}},
-    {{"sm80.bwd.hdim64.fp16.deterministic", "sm80.bwd.hdim96.fp16.deterministic",
-      "sm80.bwd.hdim128.fp16.deterministic", "sm80.bwd.hdim192.fp16.deterministic",
-      "sm80.bwd.hdim256.fp16.deterministic"},
-     {"sm80.bwd.hdim64.bf16.deterministic", "sm80.bwd.hdim96.bf16.deterministic",
-      "sm80.bwd.hdim128.bf16.deterministic", "sm80.bwd.hdim192.bf16.deterministic",
-      "sm80.bwd.hdim256.bf16.deterministic"}}};
+/* [plain, deterministic, last-wave split (dK / dV of the split tasks summed
+ * in arrival order)][fp16, bf16][head dim] */
+#define FA_BWD_NAMES(suffix)                                                                                   \
+    {{"sm80.bwd.hdim64.fp16" suffix, "sm80.bwd.hdim96.fp16" suffix, "sm80.bwd.hdim128.fp16" suffix,             \
+      "sm80.bwd.hdim192.fp16" suffix, "sm80.bwd.hdim256.fp16" suffix},                                          \
+     {"sm80.bwd.hdim64.bf16" suffix, "sm80.bwd.hdim96.bf16" suffix, "sm80.bwd.hdim128.bf16" suffix,             \
+      "sm80.bwd.hdim192.bf16" suffix, "sm80.bwd.hdim256.bf16" suffix}}
+static const char *const kBackwardNames[3][2][5] = {FA_BWD_NAMES(""), FA_BWD_NAMES(".deterministic"),
+                                                    FA_BWD_NAMES(".split")};
+#undef FA_BWD_NAMES
 
 extern "C" fa_status fa_sm80_backward(fa_problem *p, const fa_cuda_device_info *dev)
 {
-    if (p->workspace_size < fa::backward_workspace_size(p))
+    if (p->workspace_size < fa::backward_workspace_size(p, dev))
         return fa_fail(FA_ERROR_INTERNAL, "sm80 backward: workspace of %zu bytes, %zu needed",
-                       p->workspace_size, fa::backward_workspace_size(p));
+                       p->workspace_size, fa::backward_workspace_size(p, dev));
     fa::BackwardArgs a;
     a.p = *p;
     a.dp = fa::padded_head_dim(p->head_dim, p->head_dim_v);
@@ -798,7 +1025,8 @@ extern "C" fa_status fa_sm80_backward(fa_problem *p, const fa_cuda_device_info *
     const size_t rows = (size_t)p->heads_q * (size_t)p->total_q;
     char *ws = (char *)p->workspace;
     a.dq_accum = (float *)ws;
-    a.dsum = (float *)(ws + fa::dq_accum_bytes(p, a.dp));
+    a.dkv_accum = (float *)(ws + fa::dq_accum_bytes(p, a.dp));
+    a.dsum = (float *)((char *)a.dkv_accum + fa::dkv_accum_bytes(p, dev, a.dp));
     a.lse_log2 = (float *)((char *)a.dsum + (rows * 4 + 255) / 256 * 256);
     const int is_bf16 = p->dtype == FA_DTYPE_BF16;
     fa_status st = is_bf16 ? fa::backward_for_dtype<__nv_bfloat16>(a, *dev)
@@ -806,6 +1034,6 @@ extern "C" fa_status fa_sm80_backward(fa_problem *p, const fa_cuda_device_info *
     const int dp = a.dp;
     const int dim_index = dp == 64 ? 0 : dp == 96 ? 1 : dp == 128 ? 2 : dp == 192 ? 3 : 4;
     if (st == FA_SUCCESS)
-        p->kernel_name = kBackwardNames[p->deterministic ? 1 : 0][is_bf16][dim_index];
+        p->kernel_name = kBackwardNames[p->deterministic ? 1 : a.split_parts > 1 ? 2 : 0][is_bf16][dim_index];
     return st;
 }

@@ -116,7 +116,7 @@ static inline fa_status check_launch(const char *what)
  * (forward.cu, backward.cu). */
 size_t forward_smem_bytes(int padded_dim);
 size_t backward_smem_bytes(int padded_dim);
-size_t backward_workspace_size(const fa_problem *p);
+size_t backward_workspace_size(const fa_problem *p, const fa_cuda_device_info *dev);
 
 /* ---------------------------------------------------------------------- */
 /* Tile loads                                                              */
