@@ -775,15 +775,33 @@ static bool split_possible(const fa_problem *p)
            p->softcap == 0.f && p->alibi_slopes == nullptr && p->total_q > 0 && p->head_dim > 0;
 }
 
-/* Split slots the workspace holds: the plan splits fewer than G tasks, G at
- * most two CTAs per SM (the backward kernels run one, at ~255 registers). */
+/* The shared memory per block that the tile choice (launch_backward) may
+ * assume. FA_SM80_SMEM_LIMIT (bytes) lowers it, so that a GPU with more runs
+ * (and tests) the choices of one with less: 166912 as an A100, 101376 as
+ * sm_86 / sm_89. */
+static size_t smem_limit(const fa_cuda_device_info *dev)
+{
+    size_t optin = dev->smem_per_block_optin;
+    const char *limit = getenv("FA_SM80_SMEM_LIMIT");
+    if (limit != nullptr) {
+        const long bytes = strtol(limit, nullptr, 10);
+        if (bytes > 0 && (size_t)bytes < optin)
+            optin = (size_t)bytes;
+    }
+    return optin;
+}
+
+/* Split slots the workspace holds: the plan splits fewer tasks than there
+ * are SMs (the backward kernels run one CTA per SM, at ~255 registers; the
+ * plan splits none where more would be needed), none where the tall d-64
+ * tiles will run. */
 static int64_t split_slots(const fa_problem *p, const fa_cuda_device_info *dev)
 {
-    if (!split_possible(p))
+    const int dp = padded_head_dim(p->head_dim, p->head_dim_v);
+    if (!split_possible(p) || (dp == 64 && BackwardTiles<64, true, true, true>::smem_bytes(2) <= smem_limit(dev)))
         return 0;
     const int64_t tasks = (p->seqlen_k + 31) / 32 * p->heads_kv * p->batch; /* bounds every tile's count */
-    const int64_t slots = 2 * (int64_t)dev->num_sms;
-    return tasks < slots ? tasks : slots;
+    return tasks < dev->num_sms ? tasks : dev->num_sms;
 }
 
 /* Sets a.split_first / split_parts (see BackwardArgs) for `batch` batch
@@ -920,16 +938,7 @@ template <typename T, int D> static fa_status launch_backward(BackwardArgs &a, c
         if (st != FA_SUCCESS)
             return st;
     }
-    size_t optin = dev.smem_per_block_optin;
-    /* FA_SM80_SMEM_LIMIT (bytes) lowers the shared memory the choice below
-     * may assume, so that a GPU with more runs (and tests) the choices of
-     * one with less: 166912 as an A100, 101376 as sm_86 / sm_89. */
-    const char *limit = getenv("FA_SM80_SMEM_LIMIT");
-    if (limit != nullptr) {
-        const long bytes = strtol(limit, nullptr, 10);
-        if (bytes > 0 && (size_t)bytes < optin)
-            optin = (size_t)bytes;
-    }
+    const size_t optin = smem_limit(&dev);
     /* Problems without softcap/ALiBi: the plain kernel, double-buffered,
      * with 128 query rows at d 64 where that fits. Else the large tile with
      * the score steps (double-buffered if that fits), else the small one. */
