@@ -53,6 +53,8 @@
  * summation order for D and dP cancels exactly) but no kernel can. */
 #define ACCUM_FLOOR 4.0
 static double worst_accum_ratio = 0.0; /* calibration: (err - rule) / (u32 mag) */
+/* Backward calls that ran sm80's last-wave split (kernel name ".split"). */
+static int split_backwards;
 #define SKIP_EXIT 77
 
 /* ---------------------------------------------------------------------- */
@@ -1372,6 +1374,7 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
              * after sm80's last-wave split (".split"), which sums the dk / dv
              * of the last tasks' parts in arrival order too. */
             const int dkv_summed = strstr(fa_context_last_kernel(cfg->ctx), ".split") != NULL;
+            split_backwards += dkv_summed;
             poison_role(&cd, ROLE_BACKWARD_OUTPUT);
             upload_all(&cd);
             st = call_library(cfg->ctx, c, &cd, &attn, 1, tm);
@@ -1616,9 +1619,9 @@ int main(int argc, char **argv)
     printf("test_grid: %d passed, %d passed the forward (backward unsupported by the forced "
            "backend), %d failed, %d skipped (unsupported: forced backend, or f32 on CUDA); "
            "kernel %s; %.1f s (reference %.1f s, library %.1f s); largest error beyond "
-           "the FA rule: %.2f u32 x magnitude (floor %.0f)\n",
+           "the FA rule: %.2f u32 x magnitude (floor %.0f); %d backward(s) with the last-wave split\n",
            passed, passed_forward_only, failed, skipped, first_kernel ? first_kernel : "-",
-           now_seconds() - t_start, total_ref, total_lib, worst_accum_ratio, ACCUM_FLOOR);
+           now_seconds() - t_start, total_ref, total_lib, worst_accum_ratio, ACCUM_FLOOR, split_backwards);
     fa_context_destroy(cfg.ctx);
     fa_context_destroy(cfg.cpu_ctx);
     free(cases.items);
