@@ -77,9 +77,9 @@ template <int D, bool kLarge, bool kPlain = false, bool kTall = false> struct Ba
     static constexpr bool kHeadsFirstGrid = !kTall;
     /* The last-wave split (plan_backward_split) on the plain-score tiles.
      * Not on the tall d-64 tiles: their kernel, at 255 registers with
-     * spills, read 1-2% more cycles with the split than without at 2k-8k
-     * (parts included; its spills moved with the split's few prologue
-     * instructions; perf-gpu.md, backward v18). */
+     * spills, took 1-2% more cycles with the split (parts included) than
+     * HEAD's without it at 2k-8k; its spills moved with the split's few
+     * prologue instructions (perf-gpu.md, backward v18). */
     static constexpr bool kSplits = kPlain && !kTall;
     /* dQ's product and reds between dV's and dK's (FA2's order), so that
      * the reds drain under the dK product instead of holding their
@@ -227,8 +227,14 @@ template <class Tiles> __device__ __forceinline__ float *dkv_thread_base(const B
 }
 
 /* The first key and column of warp's dK / dV fragments. */
-template <class Tiles> __device__ __forceinline__ int kv_key0(int warp) { return Tiles::kKvKeys * (warp / Tiles::kKvWarpsD); }
-template <class Tiles> __device__ __forceinline__ int kv_col0(int warp) { return Tiles::kDimCols * (warp % Tiles::kKvWarpsD); }
+template <class Tiles> __device__ __forceinline__ int kv_key0(int warp)
+{
+    return Tiles::kKvKeys * (warp / Tiles::kKvWarpsD);
+}
+template <class Tiles> __device__ __forceinline__ int kv_col0(int warp)
+{
+    return Tiles::kDimCols * (warp % Tiles::kKvWarpsD);
+}
 
 /* dK = scale · acc_dk, dV = acc_dv of the key block at n0 (this thread's
  * fragments: key kv_keys + 16 mt + g + 8 r, column kv_cols + 8 nt + 2t + e%2)
