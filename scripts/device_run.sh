@@ -5,7 +5,8 @@
 #   gpu_bench check and the benchmark, no test grid, no sanitizers; profile:
 #   ncu on one benchmark point, SASS of the hdim-128 forward)
 #
-# Env: GRID_BACKENDS (default "sm80 auto"; with sm80 the grid runs again as
+# Env: GRID_BACKENDS (default "sm80 sm90 auto": auto runs sm80's key split on
+# the smallest grids; with sm80 the grid runs again as
 # an A100 and as sm_86/89 would choose the backward's tiles), SANITIZE_BACKEND (default auto:
 # the sm90 kernels on an H100 where they apply), CHECK=0 skips the gpu_bench
 # check, BENCH_ARGS extra benchmark arguments, FA_ARCHS (default 90-real: the device is an H100; the committed
@@ -66,7 +67,7 @@ if [ "$MODE" = all ] || [ "$MODE" = test ]; then
         note "python tests not run: no pytest in the device's Python"
     fi
     if [ -n "$GRID" ]; then
-        for backend in ${GRID_BACKENDS:-sm80 auto}; do
+        for backend in ${GRID_BACKENDS:-sm80 sm90 auto}; do
             timeout 240 "$GRID" --device cuda --backend $backend > "$OUT/grid-$backend.log" 2>&1
             rc=$?
             grep -E "FAIL|fail" "$OUT/grid-$backend.log" | head -15
@@ -74,15 +75,16 @@ if [ "$MODE" = all ] || [ "$MODE" = test ]; then
         done
         # the sm80 backward's tile choices of GPUs with less shared memory
         # (A100, sm_86/89), on this one
-        if [[ " ${GRID_BACKENDS:-sm80 auto} " == *" sm80 "* ]]; then
+        if [[ " ${GRID_BACKENDS:-sm80 sm90 auto} " == *" sm80 "* ]]; then
             for limit in 166912 101376; do
                 FA_SM80_SMEM_LIMIT=$limit timeout 240 "$GRID" --device cuda --backend sm80 \
                     > "$OUT/grid-sm80-smem$limit.log" 2>&1
                 note "test_grid sm80 with FA_SM80_SMEM_LIMIT=$limit rc=$?: $(tail -1 "$OUT/grid-sm80-smem$limit.log")"
             done
-            # the backward's last-wave split on every case that can take it
-            FA_SM80_BWD_SPLIT=3 timeout 240 "$GRID" --device cuda --backend sm80 > "$OUT/grid-sm80-split3.log" 2>&1
-            note "test_grid sm80 with FA_SM80_BWD_SPLIT=3 rc=$?: $(tail -1 "$OUT/grid-sm80-split3.log")"
+            # the last-wave split on every case that can take it
+            FA_SM80_FWD_SPLIT=3 FA_SM80_BWD_SPLIT=3 timeout 240 "$GRID" --device cuda --backend sm80 \
+                > "$OUT/grid-sm80-split3.log" 2>&1
+            note "test_grid sm80 with FA_SM80_FWD_SPLIT=3 FA_SM80_BWD_SPLIT=3 rc=$?: $(tail -1 "$OUT/grid-sm80-split3.log")"
         fi
         for tool in memcheck racecheck; do
             timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 "$GRID" --device cuda \

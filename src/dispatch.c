@@ -6,7 +6,9 @@
  *   CUDA context: on sm_90, the Hopper kernels if they support the problem
  *                 (forward and backward; not deterministic, dropout,
  *                 ALiBi, block-sparse: see sm90.cu), else the portable
- *                 sm80 kernels.
+ *                 sm80 kernels; but a forward whose grid is much smaller
+ *                 than the GPU (decoding: few query rows over long keys)
+ *                 runs sm80's key split, which is faster there.
  * A forced backend that cannot run the problem is FA_ERROR_UNSUPPORTED, with
  * the backend's own reason.
  */
@@ -76,6 +78,14 @@ fa_status fa_dispatch_select(const fa_context *ctx, const fa_problem *p,
             *chosen = FA_BACKEND_CPU;
         return st;
     }
+#ifdef FA_HAVE_SM80
+    if (dir == FA_FORWARD && fa_sm80_forward_prefers_split(p, &ctx->cuda) &&
+        backend_supports(ctx, FA_BACKEND_CUDA_SM80, p, dir) == FA_SUCCESS) {
+        fa_clear_error();
+        *chosen = FA_BACKEND_CUDA_SM80;
+        return FA_SUCCESS;
+    }
+#endif
     /* CUDA, fastest first; keep each refusal for the final message. */
     static const fa_backend order[] = {FA_BACKEND_CUDA_SM90,
                                        FA_BACKEND_CUDA_SM80};
@@ -126,7 +136,7 @@ fa_status fa_dispatch_run(const fa_context *ctx, fa_backend backend, fa_problem 
         return dir == FA_FORWARD ? fa_cpu_forward(p) : fa_cpu_backward(p);
 #ifdef FA_HAVE_SM80
     case FA_BACKEND_CUDA_SM80:
-        return dir == FA_FORWARD ? fa_sm80_forward(p) : fa_sm80_backward(p, &ctx->cuda);
+        return dir == FA_FORWARD ? fa_sm80_forward(p, &ctx->cuda) : fa_sm80_backward(p, &ctx->cuda);
 #endif
 #ifdef FA_HAVE_SM90
     case FA_BACKEND_CUDA_SM90:

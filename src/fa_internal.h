@@ -237,9 +237,13 @@ fa_status fa_cuda_copy_to_host(void *dst, const void *src, size_t bytes,
 fa_status fa_sm80_supports(const fa_problem *p, fa_direction dir,
                            const fa_cuda_device_info *dev);
 size_t fa_sm80_workspace_size(const fa_problem *p, fa_direction dir, const fa_cuda_device_info *dev);
-fa_status fa_sm80_forward(fa_problem *p);
 /* dev: the context's device (its shared memory per block picks the tiles,
- * its SM count orders the grid) */
+ * its SM count orders the grid and plans the forward's key split and the
+ * backward's last-wave split) */
+fa_status fa_sm80_forward(fa_problem *p, const fa_cuda_device_info *dev);
+/* Nonzero where the sm80 forward's key split runs p on a grid much smaller
+ * than the GPU (decoding): the dispatcher then prefers it to sm90's. */
+int fa_sm80_forward_prefers_split(const fa_problem *p, const fa_cuda_device_info *dev);
 fa_status fa_sm80_backward(fa_problem *p, const fa_cuda_device_info *dev);
 
 /* Hopper kernels (src/cuda/sm90/). */

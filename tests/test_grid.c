@@ -53,8 +53,9 @@
  * summation order for D and dP cancels exactly) but no kernel can. */
 #define ACCUM_FLOOR 4.0
 static double worst_accum_ratio = 0.0; /* calibration: (err - rule) / (u32 mag) */
-/* Backward calls that ran sm80's last-wave split (kernel name ".split"). */
-static int split_backwards;
+/* Forward and backward calls that ran sm80's last-wave split (kernel name
+ * ".split"). */
+static int split_forwards, split_backwards;
 #define SKIP_EXIT 77
 
 /* ---------------------------------------------------------------------- */
@@ -1306,6 +1307,7 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
     if (!accept_status(rep, cfg, st, "fa_forward", &rep->skipped_forward))
         goto done;
     check_kernel_isa(rep, cfg, fa_context_last_kernel(cfg->ctx));
+    split_forwards += strstr(fa_context_last_kernel(cfg->ctx), ".split") != NULL;
     check_coverage(rep, &cd, ROLE_FORWARD_OUTPUT);
     snapshot_compare(rep, &inputs, &cd, "fa_forward changed an input");
     double *out = gather(&cd.out), *lse = gather_lse(c, &cd);
@@ -1619,9 +1621,9 @@ int main(int argc, char **argv)
     printf("test_grid: %d passed, %d passed the forward (backward unsupported by the forced "
            "backend), %d failed, %d skipped (unsupported: forced backend, or f32 on CUDA); "
            "kernel %s; %.1f s (reference %.1f s, library %.1f s); largest error beyond "
-           "the FA rule: %.2f u32 x magnitude (floor %.0f); %d backward(s) with the last-wave split\n",
+           "the FA rule: %.2f u32 x magnitude (floor %.0f); last-wave split: %d forward(s), %d backward(s)\n",
            passed, passed_forward_only, failed, skipped, first_kernel ? first_kernel : "-",
-           now_seconds() - t_start, total_ref, total_lib, worst_accum_ratio, ACCUM_FLOOR, split_backwards);
+           now_seconds() - t_start, total_ref, total_lib, worst_accum_ratio, ACCUM_FLOOR, split_forwards, split_backwards);
     fa_context_destroy(cfg.ctx);
     fa_context_destroy(cfg.cpu_ctx);
     free(cases.items);

@@ -763,13 +763,11 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32) backward_convert_dkv_kerne
  * 33 heads, whose 4224 tasks fill 32 waves: the same cycles as 32 heads'
  * 4096; perf-gpu.md, backward v18). Those tasks run instead as `parts` CTAs
  * each over a share of their query blocks, adding dK, dV into fp32 partial
- * sums that backward_convert_dkv_kernel writes out. The model, in query
- * blocks: a task costs items + 1 (K / V load and epilogue), a part
- * items / parts + kSplitPartExtra (the same, its atomic adds and its share
- * of the conversion). The parts run in ceil(rem · parts / G) rounds; the
- * count with the shortest last waves wins if it shortens the whole kernel
- * by 1%. FA_SM80_BWD_SPLIT=k forces k parts (tests: small problems then
- * split every task). */
+ * sums that backward_convert_dkv_kernel writes out. The model
+ * (last_wave_parts), in query blocks: a part's extra cost is its K / V load
+ * and epilogue, its atomic adds and its share of the conversion.
+ * FA_SM80_BWD_SPLIT=k forces k parts (tests: small problems then split
+ * every task). */
 constexpr double kSplitPartExtra = 2.0;
 
 /* The largest key block of any sm80 backward tile at padded head dim dp. */
@@ -824,24 +822,7 @@ static void plan_backward_split(BackwardArgs &a, int64_t per_batch, int64_t batc
     const int64_t split = force != nullptr && rem > per_batch ? per_batch : rem;
     if (split == 0 || split > per_batch || split > slots || blocks < 2)
         return;
-    int parts = 1;
-    if (force != nullptr) {
-        parts = (int)strtol(force, nullptr, 10);
-        parts = parts < 1 ? 1 : parts > blocks ? blocks : parts;
-    } else {
-        const double whole = items + 1.0, waves = (double)(tasks / ctas) * whole;
-        double best = whole;
-        for (int k = 2; k <= blocks && k <= 64; ++k) {
-            const double rounds = (double)((split * k + ctas - 1) / ctas);
-            const double last = rounds * ((double)items / k + kSplitPartExtra);
-            if (last < best) {
-                best = last;
-                parts = k;
-            }
-        }
-        if (waves + best > 0.99 * (waves + whole))
-            parts = 1;
-    }
+    const int parts = last_wave_parts(tasks, split, ctas, items, kSplitPartExtra, blocks < 64 ? blocks : 64, force);
     if (parts > 1) {
         a.split_first = (int)(per_batch - split);
         a.split_parts = parts;

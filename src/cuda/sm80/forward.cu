@@ -141,6 +141,14 @@ struct ForwardArgs {
     bool vectorized;     /* 16-byte aligned q/k/v rows: cp.async loads */
     bool out_vectorized; /* 16-byte aligned out rows, dv % 8 == 0: staged 16-byte stores */
     bool heaviest_first; /* lean variant: grid (heads, query blocks, batch), see below */
+    /* The key split (plan_forward_split): every tile (query block, head,
+     * batch entry) runs as split_parts parts over its key blocks in
+     * forward_kernel<..., true>, which writes each part's O / l and LSE
+     * (part_o, part_lse; slot = the part's block index, tile-major), and
+     * forward_combine_kernel merges them. */
+    int split_parts;
+    float *part_o;   /* [slot][kBlockM][D] */
+    float *part_lse; /* [slot][kBlockM], natural log */
 };
 
 // q (B, Sq, Hq, d), k (B, Sk, Hkv, d), v (B, Sk, Hkv, dv) -> out (B, Sq, Hq, dv),
@@ -148,10 +156,13 @@ struct ForwardArgs {
 // Grid: (ceil(max Sq / BM), Hq, B).
 // kAllOptions false: the problem has no dropout, softcap, ALiBi or
 // block-sparse mask, and the kernel has no code for them.
-template <typename T, int D, bool kAllOptions>
+// kSplitPart: the key split's parts (lean only); grid: tiles x split_parts,
+// part_o / part_lse instead of out / lse.
+template <typename T, int D, bool kAllOptions, bool kSplitPart = false>
 __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     forward_kernel(const ForwardArgs args)
 {
+    static_assert(!(kSplitPart && kAllOptions), "the split runs lean problems only");
     using Tiles = ForwardTiles<D, kAllOptions>;
     constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN, MT = Tiles::kRowTiles;
     constexpr int kThreads = Tiles::kWarps * 32, P = Tiles::kPitch;
@@ -171,8 +182,16 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
      * (Only the lean variant: the other holds b, h, m0 through the key loop,
      * where they cost spills unless they are the block index itself.) */
     const bool heaviest_first = !kAllOptions && args.heaviest_first;
-    const int64_t b = blockIdx.z, h = heaviest_first ? blockIdx.x : blockIdx.y;
-    const int64_t m0 = (int64_t)(heaviest_first ? gridDim.y - 1 - blockIdx.y : blockIdx.x) * BM;
+    int64_t b = blockIdx.z, h = heaviest_first ? blockIdx.x : blockIdx.y;
+    int64_t m0 = (int64_t)(heaviest_first ? gridDim.y - 1 - blockIdx.y : blockIdx.x) * BM;
+    int part = 0;
+    if constexpr (kSplitPart) {
+        const int64_t tile = blockIdx.x / args.split_parts, blocks_m = (p.seqlen_q + BM - 1) / BM;
+        part = (int)(blockIdx.x % args.split_parts);
+        m0 = tile % blocks_m * BM;
+        h = tile / blocks_m % p.heads_q;
+        b = tile / blocks_m / p.heads_q;
+    }
     const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q,
                                  p.seqlen_k, b);
     if (m0 >= seq.sq)
@@ -199,7 +218,10 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     fa_window_range(m0, seq.sq, seq.sk, p.window_left, p.window_right, &lo, &unused);
     fa_window_range(min(m0 + BM, seq.sq) - 1, seq.sq, seq.sk, p.window_left,
                     p.window_right, &unused, &hi);
-    const int n_end = hi > lo ? (int)((hi + BN - 1) / BN) : 0;
+    const int nb_lo = hi > lo ? (int)(lo / BN) : 0, nb_hi = hi > lo ? (int)((hi + BN - 1) / BN) : 0;
+    /* a part: its share of the tile's key blocks (at least one each) */
+    const int n_begin = kSplitPart ? nb_lo + (nb_hi - nb_lo) * part / args.split_parts : nb_lo;
+    const int n_end = kSplitPart ? nb_lo + (nb_hi - nb_lo) * (part + 1) / args.split_parts : nb_hi;
     /* The mask of this (sequence, head); the lean variant knows that it is
      * dense. */
     auto tile_mask_of = [&]() {
@@ -247,7 +269,7 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
         row_max[mt][0] = row_max[mt][1] = -INFINITY, row_sum[mt][0] = row_sum[mt][1] = 0.f;
 
     TileKind kind = TILE_SKIP;
-    int nb = next_block(hi > lo ? (int)(lo / BN) : 0, &kind);
+    int nb = next_block(n_begin, &kind);
     load_tile_whole_fast<T, BM, D, kThreads, P>(sQ, q, p.q.stride_seq, tmask0.rows, d,
                                                 args.vectorized);
     if (nb < n_end)
@@ -423,7 +445,7 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
      * segments: a quarter of the store instructions of the fragment
      * layout, in full 32-byte sectors (+3-7% at seqlen 512). Otherwise
      * element by element. */
-    const bool staged = args.out_vectorized;
+    const bool staged = !kSplitPart && args.out_vectorized;
     if (staged)
         __syncthreads(); /* every thread's Q copies have landed (no key block may have run) */
     T *out = (T *)p.out.data;
@@ -450,6 +472,21 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
             l += __shfl_xor_sync(0xffffffffu, l, 2);
             const int64_t i = m0 + warp_row + 16 * mt + g + r * 8;
             const float inv = l > 0.f ? keep_scale / l : 0.f;
+            /* natural log; a row with nothing visible gets -inf */
+            auto row_lse = [&]() { return l > 0.f ? row_max[mt][r] * exp_scale * kLn2 + logf(l) : -INFINITY; };
+            if constexpr (kSplitPart) {
+                /* This part's O / l and LSE, whole rows of the slot (the
+                 * combine reads only the sequence's rows). */
+                const int64_t slot_row = (int64_t)blockIdx.x * BM + warp_row + 16 * mt + g + r * 8;
+                float *o = args.part_o + slot_row * D + 2 * t;
+#pragma unroll
+                for (int dt = 0; dt < D / 8; ++dt)
+                    *reinterpret_cast<float2 *>(o + 8 * dt) =
+                        make_float2(acc_o[mt][dt][2 * r] * inv, acc_o[mt][dt][2 * r + 1] * inv);
+                if (t == 0)
+                    args.part_lse[slot_row] = row_lse();
+                continue;
+            }
             if (staged) {
 #pragma unroll
                 for (int dt = 0; dt < D / 8; ++dt)
@@ -471,8 +508,7 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
                 }
             }
             if (p.lse && t == 0)
-                p.lse[fa_lse_index(p.varlen, b, h, seq.q0 + i, p.heads_q, p.seqlen_q, p.total_q)] =
-                    l > 0.f ? row_max[mt][r] * exp_scale * kLn2 + logf(l) : -INFINITY;
+                p.lse[fa_lse_index(p.varlen, b, h, seq.q0 + i, p.heads_q, p.seqlen_q, p.total_q)] = row_lse();
         }
     if (staged) {
         __syncwarp();
@@ -506,10 +542,174 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     }
 }
 
+/* Rows per 128-thread block of forward_combine_kernel: a power of two. */
+__host__ __device__ constexpr int combine_rows(int d)
+{
+    return 128 / (d / 4) >= 8 ? 8 : 128 / (d / 4) >= 4 ? 4 : 128 / (d / 4) >= 2 ? 2 : 1;
+}
+
+/* Blocks of forward_combine_kernel per tile: its rows that exist. */
+__host__ __device__ inline int combine_blocks_per_tile(int64_t seqlen_q, int block_m, int rows)
+{
+    return (int)(((seqlen_q < block_m ? seqlen_q : block_m) + rows - 1) / rows);
+}
+
+/* Merges the parts of each tile (forward_kernel<..., true>) into out
+ * and lse, per row: lse = log Σ_j exp(lse_j), out = Σ_j exp(lse_j - lse)·O_j
+ * (O_j = the part's O / l), the parts in order, so the result does not
+ * depend on their timing. One thread per row and 4 columns: the k float4
+ * loads of a thread are independent, and each row's threads read its k
+ * LSEs from L1 and compute the weights themselves (no smem, no barrier;
+ * one 128-thread block per row tile was 10x slower than the bandwidth:
+ * perf-gpu.md, forward v13).
+ * part_o [slot][BM][D], part_lse [slot][BM] (split_parts slots per tile) ->
+ * out (B, Sq, Hq, dv), lse (B, Hq, Sq).
+ * Grid: tiles x combine_blocks_per_tile; 128 threads. */
+template <typename T, int D, int BM>
+__global__ void __launch_bounds__(128) forward_combine_kernel(const ForwardArgs args)
+{
+    constexpr int kChunks = D / 4, kRows = combine_rows(D); /* float4 chunks per row, rows per block */
+    static_assert(BM % kRows == 0, "rows per block");
+    if (threadIdx.x >= kRows * kChunks)
+        return;
+    const fa_problem &p = args.p;
+    const int parts = args.split_parts;
+    const int per_tile = combine_blocks_per_tile(p.seqlen_q, BM, kRows);
+    const int64_t tile = blockIdx.x / per_tile;
+    const int row = (int)(blockIdx.x % per_tile) * kRows + (int)threadIdx.x / kChunks;
+    const int col = (int)(threadIdx.x % kChunks) * 4;
+    const int64_t blocks_m = (p.seqlen_q + BM - 1) / BM;
+    const int64_t m0 = tile % blocks_m * BM, h = tile / blocks_m % p.heads_q, b = tile / blocks_m / p.heads_q;
+    if (m0 + row >= p.seqlen_q)
+        return;
+    const int64_t slot_row = tile * parts * BM + row; /* part j's row: slot_row + j·BM */
+    const float *lse = args.part_lse + slot_row;
+    float top = -INFINITY;
+    for (int j = 0; j < parts; ++j)
+        top = fmaxf(top, lse[j * BM]);
+    float sum = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    const float4 *o = reinterpret_cast<const float4 *>(args.part_o + slot_row * D + col);
+#pragma unroll 4
+    for (int j = 0; j < parts; ++j) {
+        const float w = top == -INFINITY ? 0.f : expf(lse[j * BM] - top);
+        const float4 oj = o[(int64_t)j * BM * D / 4];
+        sum += w;
+        acc.x += w * oj.x, acc.y += w * oj.y, acc.z += w * oj.z, acc.w += w * oj.w;
+    }
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    const int dv = (int)p.head_dim_v;
+    T *out = (T *)p.out.data + fa_row_offset(&p.out, 0, b, m0 + row, h) + col;
+    const float vals[4] = {acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv};
+    if (args.out_vectorized && col + 4 <= dv) { /* 16-byte aligned rows */
+        uint2 packed = make_uint2(pack_pair<T>(vals[0], vals[1]), pack_pair<T>(vals[2], vals[3]));
+        *reinterpret_cast<uint2 *>(out) = packed;
+    } else {
+        for (int c = 0; c < 4 && col + c < dv; ++c)
+            out[c] = T(vals[c]);
+    }
+    if (p.lse && col == 0)
+        p.lse[fa_lse_index(0, b, h, m0 + row, p.heads_q, p.seqlen_q, p.total_q)] =
+            sum > 0.f ? top + logf(sum) : -INFINITY;
+}
+
+/* The key split of the lean forward (forward v13; flash-decoding's form).
+ * A grid of fewer tiles than the GPU holds at once (few query rows over
+ * long keys: KV-cache decoding, chunked prefill) leaves most SMs idle, and
+ * each of its CTAs walks every key. Without a window, block mask or varlen
+ * every tile has the same key blocks; the tiles then run as parts over a
+ * share of them each, every part writing its O / l and LSE in fp32, and
+ * forward_combine_kernel merges them. The model is last_wave_parts with
+ * the whole grid as its last wave, in key blocks: a part's extra cost is
+ * its Q load, its fp32 store and its share of the combine. (The same split
+ * of a grid's last wave only, with the whole tiles' kernel a programmatic
+ * dependent of the parts', gained 1.3-2.2% of the cycles at non-causal
+ * 8k-16k but nothing free-running at the power cap; perf-gpu.md, forward
+ * v13.) FA_SM80_FWD_SPLIT=k forces k parts where the split can run. */
+constexpr double kForwardSplitPartExtra = 3.0;
+/* At most this many parts, and partial results of at most this size. */
+constexpr int kForwardSplitMaxParts = 32;
+constexpr size_t kForwardSplitMaxBytes = (size_t)128 << 20;
+
+struct ForwardSplit {
+    int64_t tiles; /* the grid's tiles */
+    int parts;     /* parts per tile (1: no split) */
+    size_t bytes;  /* workspace: part_o, then part_lse */
+};
+
+/* Lean (no dropout, softcap, ALiBi, block mask), dense, fixed lengths, and
+ * a grid that may be smaller than one wave (the exact test needs the
+ * occupancy: plan_forward_split). */
+static bool forward_split_possible(const fa_problem *p, int block_m, const fa_cuda_device_info *dev)
+{
+    const int64_t tiles = (p->seqlen_q + block_m - 1) / block_m * p->heads_q * p->batch;
+    return p->dropout_p == 0.f && p->softcap == 0.f && p->alibi_slopes == nullptr && !p->block_mask &&
+           !p->varlen && p->window_left < 0 && p->window_right < 0 && p->seqlen_k > 0 && tiles > 0 &&
+           tiles < 4 * dev->num_sms;
+}
+
+template <typename T, int D> static fa_status plan_forward_split(const fa_problem *p, const fa_cuda_device_info *dev,
+                                                                 ForwardSplit *plan)
+{
+    using Tiles = ForwardTiles<D, false>;
+    constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN;
+    const int64_t tiles = (p->seqlen_q + BM - 1) / BM * p->heads_q * p->batch;
+    *plan = ForwardSplit{tiles, 1, 0};
+    if (!forward_split_possible(p, BM, dev))
+        return FA_SUCCESS;
+    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)Tiles::kSmemBytes);
+    int per_sm = 0;
+    if (err == cudaSuccess)
+        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, forward_kernel<T, D, false>, Tiles::kWarps * 32,
+                                                            Tiles::kSmemBytes);
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm80 forward: occupancy: %s", cudaGetErrorString(err));
+    const int64_t ctas = (int64_t)per_sm * dev->num_sms;
+    if (tiles >= ctas)
+        return FA_SUCCESS;
+    const int key_blocks = (int)((p->seqlen_k + BN - 1) / BN);
+    const size_t part_bytes = (size_t)BM * (D + 1) * 4;
+    int64_t max_parts = (int64_t)(kForwardSplitMaxBytes / part_bytes) / tiles;
+    max_parts = max_parts < key_blocks ? max_parts : key_blocks;
+    max_parts = max_parts < kForwardSplitMaxParts ? max_parts : kForwardSplitMaxParts;
+    const int parts = last_wave_parts(tiles, tiles, ctas, key_blocks, kForwardSplitPartExtra, (int)max_parts,
+                                      getenv("FA_SM80_FWD_SPLIT"));
+    if (parts > 1)
+        *plan = ForwardSplit{tiles, parts, (size_t)(tiles * parts) * part_bytes};
+    return FA_SUCCESS;
+}
+
+/* The key split's two kernels: the parts, then the combine. */
+template <typename T, int D> static fa_status run_forward_split(ForwardArgs &args, const ForwardSplit &split)
+{
+    using Tiles = ForwardTiles<D, false>;
+    constexpr int BM = Tiles::kBlockM;
+    cudaStream_t stream = (cudaStream_t)args.p.stream;
+    args.heaviest_first = false;
+    args.split_parts = split.parts;
+    args.part_o = (float *)args.p.workspace;
+    args.part_lse = args.part_o + split.tiles * split.parts * BM * D;
+    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, false, true>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Tiles::kSmemBytes);
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm80 forward: cudaFuncSetAttribute: %s", cudaGetErrorString(err));
+    forward_kernel<T, D, false, true>
+        <<<(unsigned)(split.tiles * split.parts), Tiles::kWarps * 32, Tiles::kSmemBytes, stream>>>(args);
+    fa_status st = check_launch("sm80 forward kernel launch (key split)");
+    if (st != FA_SUCCESS)
+        return st;
+    const int per_tile = combine_blocks_per_tile(args.p.seqlen_q, BM, combine_rows(D));
+    forward_combine_kernel<T, D, BM><<<(unsigned)(split.tiles * per_tile), 128, 0, stream>>>(args);
+    return check_launch("sm80 forward combine launch");
+}
+
 template <typename T, int D, bool kAllOptions>
-static fa_status launch_forward(fa_problem *p, bool vectorized)
+static fa_status launch_forward(fa_problem *p, bool vectorized, const fa_cuda_device_info *dev, bool *split_ran)
 {
     using Tiles = ForwardTiles<D, kAllOptions>;
+    constexpr int kThreads = Tiles::kWarps * 32;
+    cudaStream_t stream = (cudaStream_t)p->stream;
     ForwardArgs args;
     args.p = *p;
     args.vectorized = vectorized;
@@ -519,6 +719,18 @@ static fa_status launch_forward(fa_problem *p, bool vectorized)
               (unsigned)p->heads_q, (unsigned)p->batch);
     if (grid.x == 0 || grid.y == 0 || grid.z == 0)
         return FA_SUCCESS;
+    if constexpr (!kAllOptions) {
+        ForwardSplit split;
+        fa_status st = plan_forward_split<T, D>(p, dev, &split);
+        /* a workspace sized for another backend (sm90's query) has no room:
+         * no split */
+        if (st != FA_SUCCESS || (split.parts > 1 && p->workspace_size >= split.bytes)) {
+            if (st == FA_SUCCESS)
+                st = run_forward_split<T, D>(args, split);
+            *split_ran = st == FA_SUCCESS;
+            return st;
+        }
+    }
     /* The K and V that the heads of one batch entry read, against 32 MB of
      * L2 (the sm90 kernel's and FA3's section size). */
     const int64_t kv_bytes = 2 * p->seqlen_k * (p->head_dim + p->head_dim_v) * p->heads_kv;
@@ -526,34 +738,66 @@ static fa_status launch_forward(fa_problem *p, bool vectorized)
                           kv_bytes <= ((int64_t)32 << 20);
     if (args.heaviest_first)
         grid = dim3(grid.y, grid.x, grid.z);
+    args.split_parts = 1;
     cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, kAllOptions>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)Tiles::kSmemBytes);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm80 forward: cudaFuncSetAttribute: %s",
                        cudaGetErrorString(err));
-    forward_kernel<T, D, kAllOptions><<<grid, Tiles::kWarps * 32, Tiles::kSmemBytes,
-                                        (cudaStream_t)p->stream>>>(args);
+    forward_kernel<T, D, kAllOptions><<<grid, kThreads, Tiles::kSmemBytes, stream>>>(args);
     return check_launch("sm80 forward kernel launch");
 }
 
-template <typename T, int D> static fa_status launch_forward(fa_problem *p, bool vectorized)
+template <typename T, int D>
+static fa_status launch_forward(fa_problem *p, bool vectorized, const fa_cuda_device_info *dev, bool *split_ran)
 {
     const bool all_options = p->dropout_p > 0.f || p->softcap > 0.f || p->alibi_slopes ||
                              p->block_mask;
-    return all_options ? launch_forward<T, D, true>(p, vectorized)
-                       : launch_forward<T, D, false>(p, vectorized);
+    return all_options ? launch_forward<T, D, true>(p, vectorized, dev, split_ran)
+                       : launch_forward<T, D, false>(p, vectorized, dev, split_ran);
 }
 
-template <typename T> static fa_status forward_for_dtype(fa_problem *p, int dp, bool vec)
+template <typename T>
+static fa_status forward_for_dtype(fa_problem *p, int dp, bool vec, const fa_cuda_device_info *dev, bool *split_ran)
 {
     switch (dp) {
-    case 64: return launch_forward<T, 64>(p, vec);
-    case 96: return launch_forward<T, 96>(p, vec);
-    case 128: return launch_forward<T, 128>(p, vec);
-    case 192: return launch_forward<T, 192>(p, vec);
-    default: return launch_forward<T, 256>(p, vec);
+    case 64: return launch_forward<T, 64>(p, vec, dev, split_ran);
+    case 96: return launch_forward<T, 96>(p, vec, dev, split_ran);
+    case 128: return launch_forward<T, 128>(p, vec, dev, split_ran);
+    case 192: return launch_forward<T, 192>(p, vec, dev, split_ran);
+    default: return launch_forward<T, 256>(p, vec, dev, split_ran);
     }
+}
+
+template <typename T>
+static fa_status plan_for_head_dim(const fa_problem *p, const fa_cuda_device_info *dev, int dp, ForwardSplit *plan)
+{
+    switch (dp) {
+    case 64: return plan_forward_split<T, 64>(p, dev, plan);
+    case 96: return plan_forward_split<T, 96>(p, dev, plan);
+    case 128: return plan_forward_split<T, 128>(p, dev, plan);
+    case 192: return plan_forward_split<T, 192>(p, dev, plan);
+    default: return plan_forward_split<T, 256>(p, dev, plan);
+    }
+}
+
+/* plan_forward_split for p's dtype and head dim. */
+static fa_status plan_for(const fa_problem *p, const fa_cuda_device_info *dev, ForwardSplit *plan)
+{
+    *plan = ForwardSplit{0, 1, 0};
+    if (p->dtype != FA_DTYPE_F16 && p->dtype != FA_DTYPE_BF16)
+        return FA_SUCCESS;
+    const int dp = padded_head_dim(p->head_dim, p->head_dim_v);
+    return p->dtype == FA_DTYPE_BF16 ? plan_for_head_dim<__nv_bfloat16>(p, dev, dp, plan)
+                                     : plan_for_head_dim<__half>(p, dev, dp, plan);
+}
+
+/* The key split's partial results (plan_forward_split), 256-byte aligned. */
+size_t forward_workspace_size(const fa_problem *p, const fa_cuda_device_info *dev)
+{
+    ForwardSplit plan;
+    return plan_for(p, dev, &plan) == FA_SUCCESS ? (plan.bytes + 255) / 256 * 256 : 0;
 }
 
 /* The larger of the two variants' smem (what fa_sm80_supports checks). */
@@ -577,22 +821,38 @@ size_t forward_smem_bytes(int dp)
 
 } // namespace fa
 
-static const char *const kForwardNames[2][5] = {
-    {"sm80.fwd.hdim64.fp16", "sm80.fwd.hdim96.fp16", "sm80.fwd.hdim128.fp16",
-     "sm80.fwd.hdim192.fp16", "sm80.fwd.hdim256.fp16"},
-    {"sm80.fwd.hdim64.bf16", "sm80.fwd.hdim96.bf16", "sm80.fwd.hdim128.bf16",
-     "sm80.fwd.hdim192.bf16", "sm80.fwd.hdim256.bf16"}};
+/* [whole tiles, key split][fp16, bf16][head dim] */
+#define FA_FWD_NAMES(suffix)                                                                                   \
+    {{"sm80.fwd.hdim64.fp16" suffix, "sm80.fwd.hdim96.fp16" suffix, "sm80.fwd.hdim128.fp16" suffix,             \
+      "sm80.fwd.hdim192.fp16" suffix, "sm80.fwd.hdim256.fp16" suffix},                                          \
+     {"sm80.fwd.hdim64.bf16" suffix, "sm80.fwd.hdim96.bf16" suffix, "sm80.fwd.hdim128.bf16" suffix,             \
+      "sm80.fwd.hdim192.bf16" suffix, "sm80.fwd.hdim256.bf16" suffix}}
+static const char *const kForwardNames[2][2][5] = {FA_FWD_NAMES(""), FA_FWD_NAMES(".split")};
+#undef FA_FWD_NAMES
 
-extern "C" fa_status fa_sm80_forward(fa_problem *p)
+extern "C" fa_status fa_sm80_forward(fa_problem *p, const fa_cuda_device_info *dev)
 {
     const int dp = fa::padded_head_dim(p->head_dim, p->head_dim_v);
     const fa_tensor *tensors[] = {&p->q, &p->k, &p->v};
     const bool vec = fa::rows_are_16b_aligned(tensors, 3, p->varlen);
     const int is_bf16 = p->dtype == FA_DTYPE_BF16;
     const int dim_index = dp == 64 ? 0 : dp == 96 ? 1 : dp == 128 ? 2 : dp == 192 ? 3 : 4;
-    fa_status st = is_bf16 ? fa::forward_for_dtype<__nv_bfloat16>(p, dp, vec)
-                           : fa::forward_for_dtype<__half>(p, dp, vec);
+    bool split_ran = false;
+    fa_status st = is_bf16 ? fa::forward_for_dtype<__nv_bfloat16>(p, dp, vec, dev, &split_ran)
+                           : fa::forward_for_dtype<__half>(p, dp, vec, dev, &split_ran);
     if (st == FA_SUCCESS)
-        p->kernel_name = kForwardNames[is_bf16][dim_index];
+        p->kernel_name = kForwardNames[split_ran][is_bf16][dim_index];
     return st;
+}
+
+/* Whether the key split runs p on a grid of at most a quarter as many tiles
+ * as the GPU has SMs. There it beat the Hopper forward, whose persistent
+ * CTAs each walk every key of a tile (H100, bf16, hdim 128: 1 x 32 heads,
+ * 1 query row over 16k keys 124 µs against 169; 1 x 16 over 32k 129
+ * against 335; at 64 tiles of 256 rows over 8k keys 117 against 94:
+ * perf-gpu.md, forward v13). */
+extern "C" int fa_sm80_forward_prefers_split(const fa_problem *p, const fa_cuda_device_info *dev)
+{
+    fa::ForwardSplit plan;
+    return fa::plan_for(p, dev, &plan) == FA_SUCCESS && plan.parts > 1 && plan.tiles * 4 <= dev->num_sms;
 }

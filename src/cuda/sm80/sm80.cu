@@ -41,5 +41,5 @@ extern "C" fa_status fa_sm80_supports(const fa_problem *p, fa_direction dir,
 
 extern "C" size_t fa_sm80_workspace_size(const fa_problem *p, fa_direction dir, const fa_cuda_device_info *dev)
 {
-    return dir == FA_FORWARD ? 0 : fa::backward_workspace_size(p, dev);
+    return dir == FA_FORWARD ? fa::forward_workspace_size(p, dev) : fa::backward_workspace_size(p, dev);
 }
