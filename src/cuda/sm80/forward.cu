@@ -28,10 +28,14 @@ namespace fa {
  * d > 128 keeps 4 warps of 16 rows: 8 warps sharing 128-query K/V tiles
  * (one block per SM) measured 5-10% slower at seqlen 512-2048 and no faster
  * at 8192 on an H100 (perf-gpu.md, forward v7); PyTorch's FA2 also runs
- * 4 warps x 16 rows at d 256 there. */
-template <int D, bool kAllOptions> struct ForwardTiles {
+ * 4 warps x 16 rows at d 256 there. The key split's parts choose their
+ * row tiles per warp (kSplitRowTiles): one for up to 64 query rows (one
+ * when decoding, where the mma work of a 128-row tile per key block is
+ * about as long as the block's loads: -16% time at one row), two for more
+ * (+18% time with one at 128-256 rows; perf-gpu.md, forward v13). */
+template <int D, bool kAllOptions, int kSplitRowTiles = 0> struct ForwardTiles {
     static constexpr int kWarps = 4;
-    static constexpr int kRowTiles = D <= 128 ? 2 : 1;
+    static constexpr int kRowTiles = kSplitRowTiles > 0 ? kSplitRowTiles : D <= 128 ? 2 : 1;
     static constexpr int kBlockM = 16 * kRowTiles * kWarps;
     static constexpr int kBlockN = D == 96 || (D == 128 && kAllOptions) ? 32
                                    : D == 64 && !kAllOptions             ? 128
@@ -156,14 +160,16 @@ struct ForwardArgs {
 // Grid: (ceil(max Sq / BM), Hq, B).
 // kAllOptions false: the problem has no dropout, softcap, ALiBi or
 // block-sparse mask, and the kernel has no code for them.
-// kSplitPart: the key split's parts (lean only); grid: tiles x split_parts,
-// part_o / part_lse instead of out / lse.
-template <typename T, int D, bool kAllOptions, bool kSplitPart = false>
+// kSplitRowTiles > 0: the key split's parts (lean only) with that many row
+// tiles per warp; grid: tiles x split_parts, part_o / part_lse instead of
+// out / lse.
+template <typename T, int D, bool kAllOptions, int kSplitRowTiles = 0>
 __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     forward_kernel(const ForwardArgs args)
 {
+    constexpr bool kSplitPart = kSplitRowTiles > 0;
     static_assert(!(kSplitPart && kAllOptions), "the split runs lean problems only");
-    using Tiles = ForwardTiles<D, kAllOptions>;
+    using Tiles = ForwardTiles<D, kAllOptions, kSplitRowTiles>;
     constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN, MT = Tiles::kRowTiles;
     constexpr int kThreads = Tiles::kWarps * 32, P = Tiles::kPitch;
     const fa_problem &p = args.p;
@@ -634,6 +640,7 @@ constexpr size_t kForwardSplitMaxBytes = (size_t)128 << 20;
 struct ForwardSplit {
     int64_t tiles; /* the grid's tiles */
     int parts;     /* parts per tile (1: no split) */
+    int row_tiles; /* per warp (kSplitRowTiles) */
     size_t bytes;  /* workspace: part_o, then part_lse */
 };
 
@@ -648,21 +655,21 @@ static bool forward_split_possible(const fa_problem *p, int block_m, const fa_cu
            tiles < 4 * dev->num_sms;
 }
 
-template <typename T, int D> static fa_status plan_forward_split(const fa_problem *p, const fa_cuda_device_info *dev,
-                                                                 ForwardSplit *plan)
+template <typename T, int D, int RT>
+static fa_status plan_forward_split(const fa_problem *p, const fa_cuda_device_info *dev, ForwardSplit *plan)
 {
-    using Tiles = ForwardTiles<D, false>;
+    using Tiles = ForwardTiles<D, false, RT>;
     constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN;
     const int64_t tiles = (p->seqlen_q + BM - 1) / BM * p->heads_q * p->batch;
-    *plan = ForwardSplit{tiles, 1, 0};
+    *plan = ForwardSplit{tiles, 1, RT, 0};
     if (!forward_split_possible(p, BM, dev))
         return FA_SUCCESS;
-    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)Tiles::kSmemBytes);
+    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, false, RT>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Tiles::kSmemBytes);
     int per_sm = 0;
     if (err == cudaSuccess)
-        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, forward_kernel<T, D, false>, Tiles::kWarps * 32,
-                                                            Tiles::kSmemBytes);
+        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, forward_kernel<T, D, false, RT>,
+                                                            Tiles::kWarps * 32, Tiles::kSmemBytes);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm80 forward: occupancy: %s", cudaGetErrorString(err));
     const int64_t ctas = (int64_t)per_sm * dev->num_sms;
@@ -676,25 +683,35 @@ template <typename T, int D> static fa_status plan_forward_split(const fa_proble
     const int parts = last_wave_parts(tiles, tiles, ctas, key_blocks, kForwardSplitPartExtra, (int)max_parts,
                                       getenv("FA_SM80_FWD_SPLIT"));
     if (parts > 1)
-        *plan = ForwardSplit{tiles, parts, (size_t)(tiles * parts) * part_bytes};
+        *plan = ForwardSplit{tiles, parts, RT, (size_t)(tiles * parts) * part_bytes};
     return FA_SUCCESS;
 }
 
-/* The key split's two kernels: the parts, then the combine. */
-template <typename T, int D> static fa_status run_forward_split(ForwardArgs &args, const ForwardSplit &split)
+/* The plan with the parts' row tiles for p's query rows. */
+template <typename T, int D>
+static fa_status plan_forward_split(const fa_problem *p, const fa_cuda_device_info *dev, ForwardSplit *plan)
 {
-    using Tiles = ForwardTiles<D, false>;
+    if constexpr (D <= 128)
+        if (p->seqlen_q > 64)
+            return plan_forward_split<T, D, 2>(p, dev, plan);
+    return plan_forward_split<T, D, 1>(p, dev, plan);
+}
+
+/* The key split's two kernels: the parts, then the combine. */
+template <typename T, int D, int RT> static fa_status run_forward_split(ForwardArgs &args, const ForwardSplit &split)
+{
+    using Tiles = ForwardTiles<D, false, RT>;
     constexpr int BM = Tiles::kBlockM;
     cudaStream_t stream = (cudaStream_t)args.p.stream;
     args.heaviest_first = false;
     args.split_parts = split.parts;
     args.part_o = (float *)args.p.workspace;
     args.part_lse = args.part_o + split.tiles * split.parts * BM * D;
-    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, false, true>,
+    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, false, RT>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Tiles::kSmemBytes);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm80 forward: cudaFuncSetAttribute: %s", cudaGetErrorString(err));
-    forward_kernel<T, D, false, true>
+    forward_kernel<T, D, false, RT>
         <<<(unsigned)(split.tiles * split.parts), Tiles::kWarps * 32, Tiles::kSmemBytes, stream>>>(args);
     fa_status st = check_launch("sm80 forward kernel launch (key split)");
     if (st != FA_SUCCESS)
@@ -725,8 +742,13 @@ static fa_status launch_forward(fa_problem *p, bool vectorized, const fa_cuda_de
         /* a workspace sized for another backend (sm90's query) has no room:
          * no split */
         if (st != FA_SUCCESS || (split.parts > 1 && p->workspace_size >= split.bytes)) {
-            if (st == FA_SUCCESS)
-                st = run_forward_split<T, D>(args, split);
+            if (st == FA_SUCCESS) {
+                if constexpr (D <= 128)
+                    if (split.row_tiles == 2)
+                        st = run_forward_split<T, D, 2>(args, split);
+                if (split.row_tiles == 1)
+                    st = run_forward_split<T, D, 1>(args, split);
+            }
             *split_ran = st == FA_SUCCESS;
             return st;
         }
@@ -785,7 +807,7 @@ static fa_status plan_for_head_dim(const fa_problem *p, const fa_cuda_device_inf
 /* plan_forward_split for p's dtype and head dim. */
 static fa_status plan_for(const fa_problem *p, const fa_cuda_device_info *dev, ForwardSplit *plan)
 {
-    *plan = ForwardSplit{0, 1, 0};
+    *plan = ForwardSplit{0, 1, 1, 0};
     if (p->dtype != FA_DTYPE_F16 && p->dtype != FA_DTYPE_BF16)
         return FA_SUCCESS;
     const int dp = padded_head_dim(p->head_dim, p->head_dim_v);
@@ -848,7 +870,7 @@ extern "C" fa_status fa_sm80_forward(fa_problem *p, const fa_cuda_device_info *d
 /* Whether the key split runs p on a grid of at most a quarter as many tiles
  * as the GPU has SMs. There it beat the Hopper forward, whose persistent
  * CTAs each walk every key of a tile (H100, bf16, hdim 128: 1 x 32 heads,
- * 1 query row over 16k keys 124 µs against 169; 1 x 16 over 32k 129
+ * 1 query row over 16k keys 104 µs against 169; 1 x 16 over 32k 105
  * against 335; at 64 tiles of 256 rows over 8k keys 117 against 94:
  * perf-gpu.md, forward v13). */
 extern "C" int fa_sm80_forward_prefers_split(const fa_problem *p, const fa_cuda_device_info *dev)
