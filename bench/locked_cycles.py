@@ -54,13 +54,22 @@ def run(cells, reps, backward=False, backend=None):
         print(cell, file=sys.stderr)
 
 
-def cycles_of(log, cells, reps):
-    """The launches' cycles from an ncu --csv log, in launch order."""
+def ncu_launches(log):
+    """Each launch's (or range's) {metric: value} from an ncu --csv log, in
+    launch order."""
     with open(log) as f:
         rows = [r for r in csv.reader(line for line in f if line.startswith('"'))]
     header, rows = rows[0], rows[1:]
-    value = header.index("Metric Value")
-    got = [float(r[value].replace(",", "")) for r in rows]
+    ids, names, values = header.index("ID"), header.index("Metric Name"), header.index("Metric Value")
+    launches = {}
+    for r in rows:
+        launches.setdefault(int(r[ids]), {})[r[names]] = float(r[values].replace(",", ""))
+    return [launches[i] for i in sorted(launches)]
+
+
+def cycles_of(log, cells, reps):
+    """The launches' cycles from an ncu --csv log, in launch order."""
+    got = [m["gpc__cycles_elapsed.max"] for m in ncu_launches(log)]
     if len(got) != len(cells) * reps:
         raise SystemExit(f"{log}: {len(got)} launches, expected {len(cells) * reps}")
     return {c: statistics.median(got[i * reps:(i + 1) * reps]) for i, c in enumerate(cells)}

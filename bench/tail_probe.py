@@ -9,9 +9,11 @@ their cycles at locked clocks:
     python3 bench/tail_probe.py --reps 3 SHAPES... --summarize LOG
 
 With `--ranges` each forward is a profiler range (cudaProfilerStart /
-Stop, after a warm-up call outside any range): `ncu --replay-mode range
---profile-from-start off` then counts a whole call, its kernels (the
-last-wave split's parts, the whole tiles, the combine) as they overlap.
+Stop, after a warm-up call outside any range), for `ncu --replay-mode
+app-range`: a whole call, its kernels as they overlap, but also the
+host's gaps between them (SMs active 0.2-0.9 of the range on the FA3
+grid), so compare kernels per launch. (`--replay-mode range` refuses the
+library's cudaFuncSetAttribute inside a range.)
 
 Two shapes that differ only in seqlen_q have tiles of the same work (the
 key range is seqlen_k); where the larger one fills whole rounds of the
@@ -22,7 +24,6 @@ cycles per unit of work relative to the first shape.
 """
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -62,14 +63,10 @@ def run(shapes, reps, ranges=False):
 
 
 def summarize(shapes, reps, log):
-    with open(log) as f:
-        rows = [r for r in csv.reader(line for line in f if line.startswith('"'))]
-    head, rows = rows[0], rows[1:]
-    ids, names, values = head.index("ID"), head.index("Metric Name"), head.index("Metric Value")
-    launches = {}
-    for r in rows:
-        launches.setdefault(int(r[ids]), {})[r[names]] = float(r[values].replace(",", ""))
-    order = [launches[i] for i in sorted(launches)]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from locked_cycles import ncu_launches
+
+    order = ncu_launches(log)
     if len(order) != len(shapes) * reps:
         sys.exit(f"{log}: {len(order)} launches, expected {len(shapes) * reps}")
     base = None
