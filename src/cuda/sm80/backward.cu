@@ -854,9 +854,10 @@ static fa_status run_backward(BackwardArgs &a, int stages, const fa_cuda_device_
     a.split_parts = 1;
     const int64_t slots = Tiles::kSplits ? split_slots(p, &dev) : 0;
     if (slots > 0 && key_blocks > 0) {
+        static int per_sm_of_device[kCachedDevices]; /* (split tiles: always `stages` 2) */
         int per_sm = 0;
-        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, backward_kernel<T, Tiles, kStages, false>,
-                                                            kThreads, smem);
+        err = resident_per_sm((const void *)backward_kernel<T, Tiles, kStages, false>, kThreads, smem,
+                              per_sm_of_device, &per_sm);
         if (err != cudaSuccess)
             return fa_fail(FA_ERROR_DEVICE, "sm80 backward: occupancy: %s", cudaGetErrorString(err));
         const int blocks = (int)((p->seqlen_q + BM - 1) / BM);

@@ -120,6 +120,30 @@ size_t backward_smem_bytes(int padded_dim);
 size_t forward_workspace_size(const fa_problem *p, const fa_cuda_device_info *dev);
 size_t backward_workspace_size(const fa_problem *p, const fa_cuda_device_info *dev);
 
+/* Resident CTAs per SM of `kernel` (`threads` per CTA, `smem` bytes of
+ * dynamic smem), asked once per device: `cache` is the caller's, one per
+ * kernel instance and smem size. The split plans need it on every call
+ * (the forward's up to three times: dispatch, workspace, launch), and the
+ * query with the attribute it needs costs about as much as a launch. */
+constexpr int kCachedDevices = 16;
+static inline cudaError_t resident_per_sm(const void *kernel, int threads, size_t smem,
+                                          int (&cache)[kCachedDevices], int *per_sm)
+{
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess && device < kCachedDevices && cache[device] > 0) {
+        *per_sm = cache[device];
+        return cudaSuccess;
+    }
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err == cudaSuccess)
+        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, kernel, threads, smem);
+    if (err == cudaSuccess && device < kCachedDevices)
+        cache[device] = *per_sm;
+    return err;
+}
+
 /* The last-wave split's model (backward v18, forward v13). `tasks` equal
  * tasks of `items` work units (query or key blocks) run on `ctas` resident
  * CTAs; the last `split` of them (tasks mod ctas: the last wave, which runs

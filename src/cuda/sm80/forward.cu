@@ -664,12 +664,10 @@ static fa_status plan_forward_split(const fa_problem *p, const fa_cuda_device_in
     *plan = ForwardSplit{tiles, 1, RT, 0};
     if (!forward_split_possible(p, BM, dev))
         return FA_SUCCESS;
-    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, false, RT>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Tiles::kSmemBytes);
+    static int per_sm_of_device[kCachedDevices];
     int per_sm = 0;
-    if (err == cudaSuccess)
-        err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, forward_kernel<T, D, false, RT>,
-                                                            Tiles::kWarps * 32, Tiles::kSmemBytes);
+    cudaError_t err = resident_per_sm((const void *)forward_kernel<T, D, false, RT>, Tiles::kWarps * 32,
+                                      Tiles::kSmemBytes, per_sm_of_device, &per_sm);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm80 forward: occupancy: %s", cudaGetErrorString(err));
     const int64_t ctas = (int64_t)per_sm * dev->num_sms;
