@@ -1,5 +1,6 @@
 """How calls run: per-thread contexts (concurrent threads give the same
-results as one thread) and, on CUDA, torch's current stream."""
+results as one thread) and, on CUDA, torch's current stream and the
+dispatcher's choice for decoding."""
 
 import concurrent.futures
 
@@ -9,7 +10,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed: flashattn's
 
 import flashattn  # noqa: E402
 
-from attention_reference import random_qkv  # noqa: E402
+from attention_reference import assert_close, attention_ref, random_qkv  # noqa: E402
 
 
 def _problems(device):
@@ -60,3 +61,30 @@ def test_cuda_current_stream():
         (dq,) = torch.autograd.grad(out, (q_side,), torch.ones_like(out))
     torch.cuda.current_stream().wait_stream(side)
     assert torch.equal(out, expected) and torch.equal(dq, expected_dq)
+
+
+@pytest.mark.parametrize("head_dim, seqlen_q", [(128, 1), (64, 3), (256, 1), (128, 100)])
+def test_cuda_decoding_runs_the_key_split(head_dim, seqlen_q, monkeypatch):
+    """A grid much smaller than the GPU (few query rows over many keys)
+    runs the sm80 forward's key split, chosen by the automatic dispatch on
+    every GPU the sm80 kernels run on; it matches the reference, its out and
+    lse, and the whole-tile kernel (FA_SM80_FWD_SPLIT=1)."""
+    if not (torch.cuda.is_available() and flashattn.backend_compiled("cuda_sm80")):
+        pytest.skip("needs a GPU and a library built with the sm80 backend")
+    if torch.cuda.get_device_properties(0).multi_processor_count < 8:
+        pytest.skip("the dispatcher prefers the split at most at SMs / 4 tiles: 2 tiles need 8 SMs")
+    q, k, v = random_qkv(1, seqlen_q, 3000, 2, 1, head_dim, device="cuda", requires_grad=False, seed=3)
+    flashattn.set_backend("auto")
+    out, lse, _ = flashattn.flash_attn_func(q, k, v, return_attn_probs=True)
+    assert flashattn.last_kernel("cuda").endswith(".split"), flashattn.last_kernel("cuda")
+    ref_out, ref_lse = attention_ref(q, k, v)
+    assert_close("out", out, ref_out)
+    assert_close("lse", lse, ref_lse, q.dtype)
+    monkeypatch.setenv("FA_SM80_FWD_SPLIT", "1")
+    flashattn.set_backend("cuda_sm80")
+    try:
+        whole = flashattn.flash_attn_func(q, k, v)
+        assert not flashattn.last_kernel("cuda").endswith(".split")
+    finally:
+        flashattn.set_backend("auto")
+    assert_close("out (whole tiles)", out, whole.double())
