@@ -155,6 +155,19 @@ struct ForwardArgs {
     float *part_lse; /* [slot][kBlockM], natural log */
 };
 
+/* Batch entry, head and first query row of the key split's tile `tile`
+ * (tiles numbered as the grid (query blocks, heads, batch) orders them),
+ * for its parts and its combine alike. */
+template <int BM>
+__device__ __forceinline__ void split_tile_origin(const fa_problem &p, int64_t tile, int64_t *b, int64_t *h,
+                                                  int64_t *m0)
+{
+    const int64_t blocks_m = (p.seqlen_q + BM - 1) / BM;
+    *m0 = tile % blocks_m * BM;
+    *h = tile / blocks_m % p.heads_q;
+    *b = tile / blocks_m / p.heads_q;
+}
+
 // q (B, Sq, Hq, d), k (B, Sk, Hkv, d), v (B, Sk, Hkv, dv) -> out (B, Sq, Hq, dv),
 // lse (B, Hq, Sq); packed (total, H, dim) with cu_seqlens for varlen.
 // Grid: (ceil(max Sq / BM), Hq, B).
@@ -192,11 +205,8 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     int64_t m0 = (int64_t)(heaviest_first ? gridDim.y - 1 - blockIdx.y : blockIdx.x) * BM;
     int part = 0;
     if constexpr (kSplitPart) {
-        const int64_t tile = blockIdx.x / args.split_parts, blocks_m = (p.seqlen_q + BM - 1) / BM;
         part = (int)(blockIdx.x % args.split_parts);
-        m0 = tile % blocks_m * BM;
-        h = tile / blocks_m % p.heads_q;
-        b = tile / blocks_m / p.heads_q;
+        split_tile_origin<BM>(p, blockIdx.x / args.split_parts, &b, &h, &m0);
     }
     const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q,
                                  p.seqlen_k, b);
@@ -584,8 +594,8 @@ __global__ void __launch_bounds__(128) forward_combine_kernel(const ForwardArgs 
     const int64_t tile = blockIdx.x / per_tile;
     const int row = (int)(blockIdx.x % per_tile) * kRows + (int)threadIdx.x / kChunks;
     const int col = (int)(threadIdx.x % kChunks) * 4;
-    const int64_t blocks_m = (p.seqlen_q + BM - 1) / BM;
-    const int64_t m0 = tile % blocks_m * BM, h = tile / blocks_m % p.heads_q, b = tile / blocks_m / p.heads_q;
+    int64_t b, h, m0;
+    split_tile_origin<BM>(p, tile, &b, &h, &m0);
     if (m0 + row >= p.seqlen_q)
         return;
     const int64_t slot_row = tile * parts * BM + row; /* part j's row: slot_row + j·BM */
