@@ -215,6 +215,32 @@ typedef struct fa_attn {
     int64_t block_mask_stride_head;
 
     int deterministic;       /* backward: bit-identical results run to run */
+
+    /* KV-cache inference (forward only: fa_backward refuses both).
+     *
+     * seqused_k: NULL, or int32 (batch) on the context's device: sequence b
+     * attends to its first seqused_k[b] keys only (0 <= seqused_k[b] <= its
+     * key length: seqlen_k, or its cu_seqlens_k range for varlen), as
+     * FlashAttention's seqused_k. The mask's bottom-right alignment uses
+     * the used length: shift = seqused_k[b] - seqlen_q. Keys past it are
+     * never read.
+     *
+     * kv_block_table: NULL for k and v as described above; else the K/V
+     * cache is paged (vLLM's layout, flash_attn_with_kvcache's block_table):
+     * k is (kv_num_pages, kv_page_size, heads_kv, head_dim) and v
+     * (kv_num_pages, kv_page_size, heads_kv, head_dim_v), stride_batch
+     * stepping between pages, and key position j of sequence b lives in
+     * page kv_block_table[b * kv_block_table_stride + j / kv_page_size] at
+     * row j % kv_page_size. int32 on the context's device; entries for the
+     * positions a sequence uses must be in [0, kv_num_pages) (pages may be
+     * shared between sequences). Fixed-length q only (no cu_seqlens);
+     * every sequence has seqlen_k keys, or seqused_k[b]. Any page size
+     * >= 1. */
+    const int32_t *seqused_k;
+    const int32_t *kv_block_table;
+    int64_t kv_block_table_stride; /* entries; >= ceil(seqlen_k / page) */
+    int64_t kv_page_size;          /* rows per page, >= 1 */
+    int64_t kv_num_pages;          /* pages in k and v, >= 1 */
 } fa_attn;
 
 /* Defaults: no options, window (-1, -1), softmax_scale 0, dtype f32,

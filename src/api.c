@@ -200,7 +200,7 @@ void fa_context_destroy(fa_context *ctx)
     if (!ctx)
         return;
     release_workspace(ctx);
-    free(ctx->host_cu_seqlens);
+    free(ctx->host_ints);
     free(ctx);
 }
 
@@ -355,38 +355,55 @@ static int elements_fit(int64_t rows, int64_t heads, int64_t dim)
            n <= ((int64_t)1 << FA_MAX_ELEMENTS_LOG2);
 }
 
-/* Reads cu_seqlens (copying device arrays to the context's host buffer)
- * and checks: cu[0] == 0, non-decreasing, each length <= max_seqlen. */
-static fa_status check_cu_seqlens(fa_context *ctx, const char *name,
-                                  const int32_t *cu, int64_t batch,
-                                  int64_t max_seqlen, int slot,
-                                  const int32_t **host_out)
+/* Room for `count` int32 in the context's host buffer (device contexts),
+ * before host_ints fills it: a later growth would move earlier copies. */
+static fa_status reserve_host_ints(fa_context *ctx, size_t count)
 {
-    const int32_t *host = cu;
 #ifdef FA_HAVE_CUDA
-    if (ctx->device == FA_DEVICE_CUDA) {
-        size_t need = 2 * (size_t)(batch + 1);
-        if (ctx->host_cu_seqlens_count < need) {
-            int32_t *grown = realloc(ctx->host_cu_seqlens,
-                                     need * sizeof *grown);
-            if (!grown)
-                return fa_fail(FA_ERROR_OUT_OF_MEMORY,
-                               "cannot allocate %zu host bytes for %s",
-                               need * sizeof *grown, name);
-            ctx->host_cu_seqlens = grown;
-            ctx->host_cu_seqlens_count = need;
-        }
-        int32_t *dst = ctx->host_cu_seqlens + slot * (batch + 1);
-        fa_status st = fa_cuda_copy_to_host(
-            dst, cu, (size_t)(batch + 1) * sizeof *dst, ctx->stream);
-        if (st != FA_SUCCESS)
-            return st;
-        host = dst;
+    if (ctx->device == FA_DEVICE_CUDA && ctx->host_ints_count < count) {
+        int32_t *grown = realloc(ctx->host_ints, count * sizeof *grown);
+        if (!grown)
+            return fa_fail(FA_ERROR_OUT_OF_MEMORY,
+                           "cannot allocate %zu host bytes for the index "
+                           "arrays", count * sizeof *grown);
+        ctx->host_ints = grown;
+        ctx->host_ints_count = count;
     }
 #else
     (void)ctx;
-    (void)slot;
+    (void)count;
 #endif
+    return FA_SUCCESS;
+}
+
+/* *host = the host view of `count` int32 at src: src itself on a CPU
+ * context, else a copy at element `at` of the reserved host buffer. */
+static fa_status host_ints(fa_context *ctx, const int32_t *src, size_t count,
+                           size_t at, const int32_t **host)
+{
+    *host = src;
+#ifdef FA_HAVE_CUDA
+    if (ctx->device == FA_DEVICE_CUDA) {
+        fa_status st = fa_cuda_copy_to_host(ctx->host_ints + at, src,
+                                            count * sizeof(int32_t),
+                                            ctx->stream);
+        if (st != FA_SUCCESS)
+            return st;
+        *host = ctx->host_ints + at;
+    }
+#else
+    (void)ctx;
+    (void)count;
+    (void)at;
+#endif
+    return FA_SUCCESS;
+}
+
+/* Checks the host view of cu_seqlens: cu[0] == 0, non-decreasing, each
+ * length <= max_seqlen. */
+static fa_status check_cu_seqlens(const char *name, const int32_t *host,
+                                  int64_t batch, int64_t max_seqlen)
+{
     if (host[0] != 0)
         return INVALID("%s[0] (%d) must be 0", name, host[0]);
     for (int64_t b = 0; b < batch; ++b) {
@@ -400,7 +417,79 @@ static fa_status check_cu_seqlens(fa_context *ctx, const char *name,
                            "seqlen (%lld)", name, (long long)b,
                            (long long)len, (long long)max_seqlen);
     }
-    *host_out = host;
+    return FA_SUCCESS;
+}
+
+/* Pages of kv_page_size rows that hold `keys` positions. */
+static int64_t pages_for(int64_t keys, int64_t page_size)
+{
+    return keys / page_size + (keys % page_size != 0);
+}
+
+/* The KV-cache options of attn -> p (after the varlen fields): seqused_k
+ * within each sequence's keys; a paged cache's geometry, and the table
+ * entries of every position a sequence uses within its pages. at: where
+ * the host copies go in the context's buffer. */
+static fa_status resolve_kv_cache(fa_context *ctx, const fa_attn *a,
+                                  fa_problem *p, size_t at)
+{
+    fa_status st;
+    if (a->seqused_k) {
+        if ((st = host_ints(ctx, a->seqused_k, (size_t)a->batch, at,
+                            &p->seqused_k_host)))
+            return st;
+        at += (size_t)a->batch;
+        for (int64_t b = 0; b < a->batch; ++b) {
+            int64_t keys = p->varlen ? (int64_t)p->cu_seqlens_k_host[b + 1] -
+                                           p->cu_seqlens_k_host[b]
+                                     : a->seqlen_k;
+            if (p->seqused_k_host[b] < 0 || p->seqused_k_host[b] > keys)
+                return INVALID("seqused_k[%lld] (%d) must be in [0, %lld], "
+                               "the sequence's keys", (long long)b,
+                               p->seqused_k_host[b], (long long)keys);
+        }
+        p->seqused_k = a->seqused_k;
+    }
+    if (!a->kv_block_table)
+        return FA_SUCCESS;
+    if (p->varlen)
+        return INVALID("kv_block_table (a paged K/V cache) needs fixed-length "
+                       "q: cu_seqlens must be NULL (give each sequence's "
+                       "keys with seqused_k)");
+    if (a->kv_page_size < 1 || a->kv_page_size > FA_MAX_EXTENT)
+        return INVALID("kv_page_size (%lld) must be in [1, %lld] with a "
+                       "kv_block_table", (long long)a->kv_page_size,
+                       (long long)FA_MAX_EXTENT);
+    if (a->kv_num_pages < 1 || a->kv_num_pages > FA_MAX_EXTENT)
+        return INVALID("kv_num_pages (%lld) must be in [1, %lld] with a "
+                       "kv_block_table", (long long)a->kv_num_pages,
+                       (long long)FA_MAX_EXTENT);
+    int64_t per_seq = pages_for(a->seqlen_k, a->kv_page_size);
+    if (a->kv_block_table_stride < per_seq ||
+        !index_fits(a->batch - 1, a->kv_block_table_stride, 0, 0, per_seq))
+        return INVALID("kv_block_table_stride (%lld) must be >= "
+                       "ceil(seqlen_k / kv_page_size) = %lld (and the table "
+                       "within 64-bit offsets)",
+                       (long long)a->kv_block_table_stride, (long long)per_seq);
+    const int32_t *table;
+    size_t entries = (size_t)((a->batch - 1) * a->kv_block_table_stride + per_seq);
+    if ((st = host_ints(ctx, a->kv_block_table, entries, at, &table)))
+        return st;
+    for (int64_t b = 0; b < a->batch; ++b) {
+        int64_t used = p->seqused_k_host ? p->seqused_k_host[b] : a->seqlen_k;
+        for (int64_t n = 0; n < pages_for(used, a->kv_page_size); ++n) {
+            int32_t page = table[b * a->kv_block_table_stride + n];
+            if (page < 0 || page >= a->kv_num_pages)
+                return INVALID("kv_block_table[%lld][%lld] (%d) is not a "
+                               "page: must be in [0, kv_num_pages = %lld)",
+                               (long long)b, (long long)n, page,
+                               (long long)a->kv_num_pages);
+        }
+    }
+    p->kv_block_table = a->kv_block_table;
+    p->kv_block_table_stride = a->kv_block_table_stride;
+    p->kv_page_size = a->kv_page_size;
+    p->kv_num_pages = a->kv_num_pages;
     return FA_SUCCESS;
 }
 
@@ -519,16 +608,30 @@ static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
     if ((a->cu_seqlens_q == NULL) != (a->cu_seqlens_k == NULL))
         return INVALID("cu_seqlens_q and cu_seqlens_k must both be set "
                        "(varlen) or both NULL");
+    /* Host copies: cu_seqlens_q, cu_seqlens_k, seqused_k, kv_block_table
+     * (its size checked in resolve_kv_cache, reserved here when valid). */
+    size_t batch1 = (size_t)a->batch + 1, table_entries = 0;
+    if (a->kv_block_table && a->kv_page_size >= 1 &&
+        a->kv_page_size <= FA_MAX_EXTENT &&
+        a->kv_block_table_stride >= 0 &&
+        index_fits(a->batch - 1, a->kv_block_table_stride, 0, 0,
+                   pages_for(a->seqlen_k, a->kv_page_size)))
+        table_entries = (size_t)((a->batch - 1) * a->kv_block_table_stride +
+                                 pages_for(a->seqlen_k, a->kv_page_size));
+    if ((st = reserve_host_ints(ctx, 3 * batch1 + table_entries)))
+        return st;
     if (a->cu_seqlens_q) {
         p->varlen = 1;
         p->cu_seqlens_q = a->cu_seqlens_q;
         p->cu_seqlens_k = a->cu_seqlens_k;
-        if ((st = check_cu_seqlens(ctx, "cu_seqlens_q", a->cu_seqlens_q,
-                                   a->batch, a->seqlen_q, 0,
-                                   &p->cu_seqlens_q_host)) ||
-            (st = check_cu_seqlens(ctx, "cu_seqlens_k", a->cu_seqlens_k,
-                                   a->batch, a->seqlen_k, 1,
-                                   &p->cu_seqlens_k_host)))
+        if ((st = host_ints(ctx, a->cu_seqlens_q, batch1, 0,
+                            &p->cu_seqlens_q_host)) ||
+            (st = check_cu_seqlens("cu_seqlens_q", p->cu_seqlens_q_host,
+                                   a->batch, a->seqlen_q)) ||
+            (st = host_ints(ctx, a->cu_seqlens_k, batch1, batch1,
+                            &p->cu_seqlens_k_host)) ||
+            (st = check_cu_seqlens("cu_seqlens_k", p->cu_seqlens_k_host,
+                                   a->batch, a->seqlen_k)))
             return st;
         p->total_q = p->cu_seqlens_q_host[a->batch];
         p->total_k = p->cu_seqlens_k_host[a->batch];
@@ -536,6 +639,10 @@ static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
         p->total_q = a->batch * a->seqlen_q;
         p->total_k = a->batch * a->seqlen_k;
     }
+    if ((st = resolve_kv_cache(ctx, a, p, 2 * batch1)))
+        return st;
+    if (p->kv_block_table) /* k / v hold the pages */
+        p->total_k = p->kv_num_pages * p->kv_page_size;
     int64_t dim = p->head_dim > p->head_dim_v ? p->head_dim : p->head_dim_v;
     if (!elements_fit(p->total_q, p->heads_q, dim) ||
         !elements_fit(p->total_k, p->heads_kv, dim))
@@ -552,7 +659,14 @@ static int64_t q_rows(const fa_problem *p)
 }
 static int64_t k_rows(const fa_problem *p)
 {
-    return p->varlen ? p->total_k : p->seqlen_k;
+    return p->varlen ? p->total_k : p->kv_block_table ? p->kv_page_size : p->seqlen_k;
+}
+
+/* The outer dimension of a k-like tensor: batch, or the pages of a paged
+ * cache. */
+static int64_t k_outer(const fa_problem *p)
+{
+    return p->kv_block_table ? p->kv_num_pages : p->batch;
 }
 
 static fa_status check_q_like(const fa_problem *p, const char *name,
@@ -564,7 +678,7 @@ static fa_status check_q_like(const fa_problem *p, const char *name,
 static fa_status check_k_like(const fa_problem *p, const char *name,
                               const fa_tensor *t, int64_t dim)
 {
-    return check_view(name, t, p->batch, k_rows(p), p->heads_kv, dim,
+    return check_view(name, t, k_outer(p), k_rows(p), p->heads_kv, dim,
                       p->varlen);
 }
 
@@ -669,6 +783,17 @@ static fa_status validate_forward(fa_context *ctx, const fa_attn *attn,
     return FA_SUCCESS;
 }
 
+/* The KV-cache options are the forward's alone (as FlashAttention's
+ * seqused_k and block_table): a backward would have to define gradients of
+ * keys it never read and of shared pages. */
+static fa_status check_backward_options(const fa_attn *attn)
+{
+    if (attn->seqused_k || attn->kv_block_table)
+        return INVALID("seqused_k and kv_block_table are forward-only "
+                       "(KV-cache inference): the backward takes neither");
+    return FA_SUCCESS;
+}
+
 static fa_status validate_backward(fa_context *ctx, const fa_attn *attn,
                                    const fa_tensor *q, const fa_tensor *k,
                                    const fa_tensor *v, const fa_tensor *out,
@@ -677,7 +802,8 @@ static fa_status validate_backward(fa_context *ctx, const fa_attn *attn,
                                    const fa_tensor *dv, fa_problem *p)
 {
     fa_status st;
-    if ((st = validate_forward(ctx, attn, q, k, v, out, p)) ||
+    if ((st = check_call(ctx, attn)) || (st = check_backward_options(attn)) ||
+        (st = validate_forward(ctx, attn, q, k, v, out, p)) ||
         (st = check_q_like(p, "dout", dout, p->head_dim_v)) ||
         (st = check_q_like(p, "dq", dq, p->head_dim)) ||
         (st = check_k_like(p, "dk", dk, p->head_dim)) ||
@@ -701,11 +827,11 @@ typedef struct byte_span {
 } byte_span;
 
 static byte_span view_span(const fa_problem *p, const char *name,
-                           const fa_tensor *t, int64_t rows, int64_t heads,
-                           int64_t dim)
+                           const fa_tensor *t, int64_t outer, int64_t rows,
+                           int64_t heads, int64_t dim)
 {
     byte_span sp = {name, (uintptr_t)t->data, (uintptr_t)t->data};
-    int64_t size[3] = {p->varlen ? 1 : p->batch, rows, heads};
+    int64_t size[3] = {p->varlen ? 1 : outer, rows, heads};
     int64_t stride[3] = {t->stride_batch, t->stride_seq, t->stride_head};
     int64_t last = dim - 1; /* fits: check_view bounded the offsets */
     for (int a = 0; a < 3; ++a) {
@@ -736,12 +862,12 @@ static fa_status check_outputs_disjoint(const fa_problem *p,
                                            sizeof(float)
                             : lse_lo};
     byte_span in[6] = {
-        view_span(p, "q", &p->q, q_rows(p), p->heads_q, p->head_dim),
-        view_span(p, "k", &p->k, k_rows(p), p->heads_kv, p->head_dim),
-        view_span(p, "v", &p->v, k_rows(p), p->heads_kv, p->head_dim_v)};
+        view_span(p, "q", &p->q, p->batch, q_rows(p), p->heads_q, p->head_dim),
+        view_span(p, "k", &p->k, k_outer(p), k_rows(p), p->heads_kv, p->head_dim),
+        view_span(p, "v", &p->v, k_outer(p), k_rows(p), p->heads_kv, p->head_dim_v)};
     byte_span out[3];
     int n_in = 3, n_out = 0;
-    byte_span o = view_span(p, "out", &p->out, q_rows(p), p->heads_q,
+    byte_span o = view_span(p, "out", &p->out, p->batch, q_rows(p), p->heads_q,
                             p->head_dim_v);
     if (dir == FA_FORWARD) {
         out[n_out++] = o;
@@ -749,13 +875,13 @@ static fa_status check_outputs_disjoint(const fa_problem *p,
     } else {
         in[n_in++] = o;
         in[n_in++] = lse;
-        in[n_in++] = view_span(p, "dout", &p->dout, q_rows(p), p->heads_q,
+        in[n_in++] = view_span(p, "dout", &p->dout, p->batch, q_rows(p), p->heads_q,
                                p->head_dim_v);
-        out[n_out++] = view_span(p, "dq", &p->dq, q_rows(p), p->heads_q,
+        out[n_out++] = view_span(p, "dq", &p->dq, p->batch, q_rows(p), p->heads_q,
                                  p->head_dim);
-        out[n_out++] = view_span(p, "dk", &p->dk, k_rows(p), p->heads_kv,
+        out[n_out++] = view_span(p, "dk", &p->dk, k_outer(p), k_rows(p), p->heads_kv,
                                  p->head_dim);
-        out[n_out++] = view_span(p, "dv", &p->dv, k_rows(p), p->heads_kv,
+        out[n_out++] = view_span(p, "dv", &p->dv, k_outer(p), k_rows(p), p->heads_kv,
                                  p->head_dim_v);
     }
     for (int i = 0; i < n_out; ++i)
@@ -792,6 +918,8 @@ static fa_status workspace_size(const fa_context *ctx, const fa_attn *attn,
         return st;
     if (!bytes)
         return INVALID("bytes is NULL");
+    if (dir == FA_BACKWARD && (st = check_backward_options(attn)))
+        return st;
     /* cu_seqlens are read through the context's host buffer. */
     if ((st = resolve_attn((fa_context *)ctx, attn, &p)) ||
         (st = fa_dispatch_select(ctx, &p, dir, &backend)))

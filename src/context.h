@@ -20,9 +20,11 @@ struct fa_context {
     void *workspace;
     size_t workspace_size;
 
-    /* Host copies of cu_seqlens for validation (device contexts). */
-    int32_t *host_cu_seqlens;
-    size_t host_cu_seqlens_count;
+    /* Host copies of the int32 arrays a call passes on the device
+     * (cu_seqlens, seqused_k, kv_block_table), for validation and for the
+     * backends that need them on the host. */
+    int32_t *host_ints;
+    size_t host_ints_count;
 
 #ifdef FA_HAVE_CUDA
     fa_cuda_device_info cuda;

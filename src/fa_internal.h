@@ -83,6 +83,15 @@ typedef struct fa_problem {
     int num_threads;              /* CPU: resolved, >= 1 */
     void *stream;                 /* CUDA stream */
     const char *kernel_name;      /* set by the backend: what ran */
+
+    /* KV cache (forward only; last, so that the fields before keep their
+     * offsets in the kernels' parameter blocks). seqused_k: NULL, or each
+     * sequence's used key count (device; the host copy is always valid).
+     * Paged K/V (kv_block_table != NULL, on the context's device): k and v
+     * are (pages, kv_page_size, heads_kv, dim), see fa_attn. */
+    const int32_t *seqused_k, *seqused_k_host;
+    const int32_t *kv_block_table;
+    int64_t kv_block_table_stride, kv_page_size, kv_num_pages;
 } fa_problem;
 
 /* ---------------------------------------------------------------------- */
@@ -95,7 +104,8 @@ typedef struct fa_seq {
 } fa_seq;
 
 FA_HOSTDEV fa_seq fa_seq_of(int varlen, const int32_t *cu_q, const int32_t *cu_k,
-                            int64_t seqlen_q, int64_t seqlen_k, int64_t b)
+                            const int32_t *seqused_k, int64_t seqlen_q, int64_t seqlen_k,
+                            int64_t b)
 {
     fa_seq s;
     if (varlen) {
@@ -109,6 +119,8 @@ FA_HOSTDEV fa_seq fa_seq_of(int varlen, const int32_t *cu_q, const int32_t *cu_k
         s.k0 = 0;
         s.sk = seqlen_k;
     }
+    if (seqused_k)
+        s.sk = seqused_k[b];
     return s;
 }
 
@@ -119,6 +131,20 @@ FA_HOSTDEV int64_t fa_row_offset(const fa_tensor *t, int varlen, int64_t b,
 {
     return (varlen ? 0 : b * t->stride_batch) + row * t->stride_seq +
            h * t->stride_head;
+}
+
+/* Element offset of key position j of sequence b (j counted from the
+ * sequence's first key k0) in K/V head h: through the page table when the
+ * cache is paged (then k0 is 0), else as fa_row_offset. */
+FA_HOSTDEV int64_t fa_kv_row_offset(const fa_tensor *t, int varlen, const int32_t *block_table,
+                                    int64_t table_stride, int64_t page_size, int64_t b,
+                                    int64_t k0, int64_t j, int64_t h)
+{
+    if (block_table) {
+        int64_t page = block_table[b * table_stride + j / page_size];
+        return page * t->stride_batch + (j % page_size) * t->stride_seq + h * t->stride_head;
+    }
+    return fa_row_offset(t, varlen, b, k0 + j, h);
 }
 
 /* Index into lse: (batch, heads_q, seqlen_q) fixed, (heads_q, total_q)

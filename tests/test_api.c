@@ -62,6 +62,8 @@ static int names_all(const char *msg, const char *needles)
 /* A small valid problem whose arguments each test breaks one at a time.  */
 
 enum { B = 2, SQ = 5, SK = 6, HQ = 4, HKV = 2, D = 8, DV = 8 };
+/* The paged fixture: pages of 2 keys, 3 per sequence. */
+enum { PAGE = 2, PAGES_PER_SEQ = SK / PAGE, TABLE_STRIDE = PAGES_PER_SEQ + 1 };
 
 typedef struct fixture {
     fa_context *ctx;
@@ -79,6 +81,9 @@ typedef struct fixture {
     float dq_mem[B * SQ * HQ * D], dk_mem[B * SK * HKV * D], dv_mem[B * SK * HKV * DV];
     int32_t cu_q[B + 1], cu_k[B + 1];
     uint8_t block_mask[B * HQ * 4];
+    int32_t seqused_k[B];
+    int32_t block_table[B * (PAGES_PER_SEQ + 1)];
+    float k_pages[B * SK * HKV * D], v_pages[B * SK * HKV * DV];
 } fixture;
 
 static void poison_floats(float *p, size_t n)
@@ -139,6 +144,33 @@ static void fixture_reset(fixture *f, fa_context *ctx)
     f->cu_k[1] = 4;
     f->cu_k[2] = 10;
     memset(f->block_mask, 1, sizeof f->block_mask);
+    f->seqused_k[0] = 4;
+    f->seqused_k[1] = SK;
+}
+
+/* k and v of f as a paged cache with the same keys: page n of sequence b
+ * is page (B·PAGES_PER_SEQ - 1 - (b·PAGES_PER_SEQ + n)) (reversed), the
+ * table's padding entry out of range. */
+static void fixture_paged(fixture *f)
+{
+    for (int b = 0; b < B; ++b) {
+        for (int n = 0; n < PAGES_PER_SEQ; ++n) {
+            int page = B * PAGES_PER_SEQ - 1 - (b * PAGES_PER_SEQ + n);
+            f->block_table[b * TABLE_STRIDE + n] = page;
+            int rows = PAGE * HKV; /* values of a page, per head dim */
+            memcpy(f->k_pages + page * rows * D, f->k_mem + (b * SK + n * PAGE) * HKV * D,
+                   sizeof(float) * (size_t)(rows * D));
+            memcpy(f->v_pages + page * rows * DV, f->v_mem + (b * SK + n * PAGE) * HKV * DV,
+                   sizeof(float) * (size_t)(rows * DV));
+        }
+        f->block_table[b * TABLE_STRIDE + PAGES_PER_SEQ] = -1;
+    }
+    f->attn.kv_block_table = f->block_table;
+    f->attn.kv_block_table_stride = TABLE_STRIDE;
+    f->attn.kv_page_size = PAGE;
+    f->attn.kv_num_pages = B * PAGES_PER_SEQ;
+    f->k = fa_tensor_contiguous(f->k_pages, PAGE, HKV, D);
+    f->v = fa_tensor_contiguous(f->v_pages, PAGE, HKV, DV);
 }
 
 /* Packed varlen tensors for f: (total, heads, dim). */
@@ -298,6 +330,31 @@ static void test_invalid_arguments(fa_context *ctx)
     BAD(K_ALL, INVALID, "cu_seqlens_q", fixture_varlen(f); f->attn.seqlen_q = 2);
     BAD(K_ALL, INVALID, "cu_seqlens_q|cu_seqlens_k", f->attn.cu_seqlens_q = f->cu_q);
     BAD(K_ALL, INVALID, "cu_seqlens_q|cu_seqlens_k", f->attn.cu_seqlens_k = f->cu_k);
+
+    /* KV cache: forward-only; seqused_k within each sequence's keys; the
+     * paged geometry and every used table entry */
+    BAD(K_BWD | (1 << CALL_BACKWARD_SIZE), INVALID, "seqused_k|backward",
+        f->attn.seqused_k = f->seqused_k);
+    BAD(K_BWD | (1 << CALL_BACKWARD_SIZE), INVALID, "kv_block_table|backward", fixture_paged(f));
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "seqused_k",
+        f->attn.seqused_k = f->seqused_k; f->seqused_k[1] = SK + 1);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "seqused_k",
+        f->attn.seqused_k = f->seqused_k; f->seqused_k[0] = -1);
+    BAD(K_FWD, INVALID, "seqused_k",
+        fixture_varlen(f); f->attn.seqused_k = f->seqused_k; f->seqused_k[0] = 5);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "kv_page_size", fixture_paged(f);
+        f->attn.kv_page_size = 0);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "kv_num_pages", fixture_paged(f);
+        f->attn.kv_num_pages = 0);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "kv_block_table_stride", fixture_paged(f);
+        f->attn.kv_block_table_stride = PAGES_PER_SEQ - 1);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "kv_block_table|kv_num_pages",
+        fixture_paged(f); f->block_table[TABLE_STRIDE + 2] = B * PAGES_PER_SEQ);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "kv_block_table", fixture_paged(f);
+        f->block_table[1] = -3);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "kv_block_table|cu_seqlens", fixture_paged(f);
+        f->attn.cu_seqlens_q = f->cu_q; f->attn.cu_seqlens_k = f->cu_k);
+    BAD(K_FWD, INVALID, "k|stride_batch", fixture_paged(f); f->k.stride_batch = PAGE * HKV * D - 1);
 
     /* options */
     BAD(K_ALL, INVALID, "dropout_p", f->attn.dropout_p = 1.0f);
@@ -891,6 +948,64 @@ static void test_option_limits(fa_context *ctx)
           fa_last_error(), memcmp(&want, &got, sizeof want) ? "results differ" : "");
 }
 
+/* The KV-cache options against what they stand for, bit for bit on the
+ * CPU backend: a paged cache against the same keys in place; seqused_k
+ * against varlen keys of those lengths (each row's keys, mask alignment
+ * and sums are the same); a page table entry past the used pages is never
+ * read. */
+static void test_kv_cache(fa_context *ctx)
+{
+    static fixture storage;
+    static float want[B * SQ * HQ * DV], want_lse[B * HQ * SQ];
+    fixture *f = &storage;
+    for (int causal = 0; causal < 2; ++causal) {
+        fixture_reset(f, ctx);
+        f->attn.causal = causal;
+        fa_status st = call(f, CALL_FORWARD);
+        memcpy(want, f->out_mem, sizeof want);
+        memcpy(want_lse, f->lse_mem, sizeof want_lse);
+        fixture_reset(f, ctx);
+        f->attn.causal = causal;
+        fixture_paged(f);
+        st |= call(f, CALL_FORWARD);
+        CHECK(st == FA_SUCCESS && !memcmp(want, f->out_mem, sizeof want) &&
+                  !memcmp(want_lse, f->lse_mem, sizeof want_lse),
+              "paged forward (causal %d) differs from the contiguous one: %s", causal,
+              fa_last_error());
+
+        /* seqused_k (4, 6) against varlen keys: sequence 0's first 4 of
+         * its 6, sequence 1's 6 (k_mem rows 0-3 and 6-11 repacked) */
+        fixture_reset(f, ctx);
+        f->attn.causal = causal;
+        static float k_packed[B * SK * HKV * D], v_packed[B * SK * HKV * DV];
+        memcpy(k_packed, f->k_mem, sizeof(float) * 4 * HKV * D);
+        memcpy(k_packed + 4 * HKV * D, f->k_mem + SK * HKV * D, sizeof(float) * SK * HKV * D);
+        memcpy(v_packed, f->v_mem, sizeof(float) * 4 * HKV * DV);
+        memcpy(v_packed + 4 * HKV * DV, f->v_mem + SK * HKV * DV, sizeof(float) * SK * HKV * DV);
+        f->cu_q[1] = SQ;
+        f->cu_q[2] = 2 * SQ;
+        f->cu_k[1] = 4;
+        f->cu_k[2] = 4 + SK;
+        f->attn.cu_seqlens_q = f->cu_q;
+        f->attn.cu_seqlens_k = f->cu_k;
+        f->k = fa_tensor_contiguous(k_packed, f->cu_k[B], HKV, D);
+        f->v = fa_tensor_contiguous(v_packed, f->cu_k[B], HKV, DV);
+        f->q = fa_tensor_contiguous(f->q_mem, f->cu_q[B], HQ, D);
+        f->out = fa_tensor_contiguous(f->out_mem, f->cu_q[B], HQ, DV);
+        st = call(f, CALL_FORWARD);
+        memcpy(want, f->out_mem, sizeof want);
+        fixture_reset(f, ctx);
+        f->attn.causal = causal;
+        f->attn.seqused_k = f->seqused_k;
+        fixture_paged(f);
+        f->block_table[PAGES_PER_SEQ - 1] = 99; /* page 2 of sequence 0: unused */
+        st |= call(f, CALL_FORWARD);
+        CHECK(st == FA_SUCCESS && !memcmp(want, f->out_mem, sizeof want),
+              "seqused_k + paged forward (causal %d) differs from varlen: %s", causal,
+              fa_last_error());
+    }
+}
+
 int main(void)
 {
     fa_context *ctx = NULL;
@@ -904,6 +1019,7 @@ int main(void)
     test_invalid_arguments(ctx);
     test_empty_sequences(ctx);
     test_option_limits(ctx);
+    test_kv_cache(ctx);
     test_threads();
     test_thread_count_invariance();
     fa_context_destroy(ctx);

@@ -98,6 +98,8 @@ typedef struct grid_case {
     int explicit_workspace;
     int dropout_probe;      /* V = identity: out shows the dropout mask */
     double logit_scale;     /* std of q and k (0: 1); large -> huge scores */
+    int seqused;            /* seqused_k drawn per sequence (forward only) */
+    int64_t page_size;      /* > 0: k / v in a paged cache (forward only) */
     uint64_t data_seed;
 } grid_case;
 
@@ -265,6 +267,21 @@ static void apply_option(test_rng *r, grid_case *c, const char *option)
         c->deterministic = 1;
     else if (!strcmp(option, "workspace"))
         c->explicit_workspace = 1;
+    else if (!strcmp(option, "seqused")) {
+        c->seqused = 1;
+        if (rng_int(r, 0, 1))
+            set_varlen(r, c);
+        c->causal = rng_int(r, 0, 2) == 0;
+    } else if (!strcmp(option, "paged")) {
+        static const int64_t pages[] = {1, 3, 16, 64, 128, 256};
+        c->page_size = pick(r, pages, 6);
+        c->seqused = rng_int(r, 0, 1);
+        c->causal = rng_int(r, 0, 2) == 0;
+        if (!c->causal && rng_int(r, 0, 3) == 0)
+            apply_option(r, c, "window");
+        if (rng_int(r, 0, 1))
+            c->layout = (layout_kind)rng_int(r, 0, LAYOUT_COUNT - 1);
+    }
     else {
         fprintf(stderr, "unknown option %s\n", option);
         exit(2);
@@ -328,7 +345,7 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
     static const char *const options[] = {
         "causal", "window", "softcap", "alibi", "alibi_bh", "dropout",
         "blocks", "varlen", "gqa", "mqa", "manyheads", "bhsd", "pad8", "padodd", "packed",
-        "scale", "bigscores", "deterministic", "workspace"};
+        "scale", "bigscores", "deterministic", "workspace", "seqused", "paged"};
     for (size_t o = 0; o < sizeof options / sizeof options[0]; ++o)
         for (int t = 0; t < 3; ++t)
             for (int rep = 0; rep < (quick ? 2 : 3); ++rep) {
@@ -397,6 +414,26 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
         push_case(list, &c);
     }
 
+    /* KV-cache decoding: few query rows (causal: speculative decoding)
+     * over long, per-sequence used keys, GQA, paged half the time; on a
+     * GPU a grid small enough for the sm80 forward's key split. */
+    for (int n = 0; n < (quick ? 4 : 8); ++n) {
+        c = base_case(&r, "decode", DTYPES[1 + n % 2]);
+        c.batch = rng_int(&r, 2, 3);
+        c.heads_q = 8;
+        c.heads_kv = n % 4 == 3 ? 1 : 2;
+        c.seqlen_q = rng_int(&r, 1, 4);
+        c.seqlen_k = quick ? rng_int(&r, 200, 300) : rng_int(&r, 700, 1500);
+        c.head_dim = c.head_dim_v = n % 3 == 0 ? 64 : n % 3 == 1 ? 128 : 256;
+        c.seqused = 1;
+        c.causal = n % 2;
+        if (n / 2 % 2) {
+            static const int64_t pages[] = {16, 64, 256};
+            c.page_size = pick(&r, pages, 3);
+        }
+        push_case(list, &c);
+    }
+
     /* Dropout mask probes: dv >= seqlen_k and V = identity. The probes use
      * sk = 250 (not a multiple of 4: the last Philox word group is partial). */
     for (int n = 0; n < 9; ++n) {
@@ -456,6 +493,10 @@ static void describe(const grid_case *c, char *buf, size_t size)
         APPEND(" det");
     if (c->explicit_workspace)
         APPEND(" ws");
+    if (c->seqused)
+        APPEND(" seqused");
+    if (c->page_size)
+        APPEND(" paged%lld", (long long)c->page_size);
 #undef APPEND
 }
 
@@ -517,15 +558,23 @@ typedef struct case_data {
     int role[MAX_BUFFERS];
     int nbufs;
     test_view q, k, v, out, dout, dq, dk, dv;
+    test_view kp, vp; /* paged cases: the pages the library reads (k, v:
+                         the same keys in sequence order, for the
+                         reference) */
     int lse_buf;
     int64_t lse_count;
 
     /* sequence geometry (dense reference rows) */
     int64_t *q_start, *q_len, *k_start, *k_len;
     int64_t total_q, total_k;
-    aux_array cu_q, cu_k, slopes, block_mask;
+    int64_t table_stride; /* paged: entries per sequence */
+    aux_array cu_q, cu_k, slopes, block_mask, seqused_k, block_table;
     int on_device;
 } case_data;
+
+#define AUX_ARRAYS(cd) \
+    {&(cd)->cu_q, &(cd)->cu_k, &(cd)->slopes, &(cd)->block_mask, &(cd)->seqused_k, &(cd)->block_table}
+#define NUM_AUX 6
 
 static int add_buffer(case_data *cd, fa_dtype dtype, int64_t count, int role)
 {
@@ -649,8 +698,8 @@ static void upload_all(case_data *cd)
             CUDA_CHECK(cudaMalloc(&b->device, buffer_bytes(b)));
         CUDA_CHECK(cudaMemcpy(b->device, b->host, buffer_bytes(b), cudaMemcpyHostToDevice));
     }
-    aux_array *aux[4] = {&cd->cu_q, &cd->cu_k, &cd->slopes, &cd->block_mask};
-    for (int n = 0; n < 4; ++n)
+    aux_array *aux[NUM_AUX] = AUX_ARRAYS(cd);
+    for (int n = 0; n < NUM_AUX; ++n)
         if (aux[n]->host && !aux[n]->device) {
             CUDA_CHECK(cudaMalloc(&aux[n]->device, aux[n]->bytes));
             CUDA_CHECK(cudaMemcpy(aux[n]->device, aux[n]->host, aux[n]->bytes,
@@ -714,8 +763,8 @@ static void case_data_free(case_data *cd)
 #endif
         buffer_free(&cd->bufs[n]);
     }
-    aux_array *aux[4] = {&cd->cu_q, &cd->cu_k, &cd->slopes, &cd->block_mask};
-    for (int n = 0; n < 4; ++n) {
+    aux_array *aux[NUM_AUX] = AUX_ARRAYS(cd);
+    for (int n = 0; n < NUM_AUX; ++n) {
 #ifdef FA_HAVE_CUDA
         if (aux[n]->device)
             CUDA_CHECK(cudaFree(aux[n]->device));
@@ -730,6 +779,53 @@ static void case_data_free(case_data *cd)
 
 /* ---------------------------------------------------------------------- */
 /* Setting up one case                                                     */
+
+/* A paged copy of k and v (fixed-length): each sequence's pages in a
+ * random order among spare ones, so that a page table the library ignored
+ * could not pass; table entries past a sequence's used pages and the
+ * padding between its rows are out of range (the library must not read
+ * them). Spare pages and rows past seqlen_k hold random values. */
+static void setup_pages(const grid_case *c, case_data *cd, test_rng *r)
+{
+    int64_t B = c->batch, ps = c->page_size;
+    int64_t per_seq = (c->seqlen_k + ps - 1) / ps;
+    int64_t num_pages = B * per_seq + rng_int(r, 1, 3);
+    cd->table_stride = per_seq + rng_int(r, 0, 2);
+    int64_t *order = xcalloc((size_t)num_pages, sizeof(int64_t));
+    for (int64_t n = 0; n < num_pages; ++n)
+        order[n] = n;
+    for (int64_t n = num_pages - 1; n > 0; --n) { /* Fisher-Yates */
+        int64_t m = rng_int(r, 0, n), t = order[n];
+        order[n] = order[m];
+        order[m] = t;
+    }
+    aux_alloc(&cd->block_table, (size_t)(B * cd->table_stride) * sizeof(int32_t));
+    int32_t *table = cd->block_table.host;
+    for (int64_t e = 0; e < B * cd->table_stride; ++e)
+        table[e] = e % 2 ? INT32_MAX : -7;
+    int64_t hkv[1] = {c->heads_kv};
+    test_view *vk[1] = {&cd->kp}, *vv[1] = {&cd->vp};
+    layout_group(cd, ROLE_INPUT, c->layout, c->dtype, 0, num_pages, ps, 1, hkv, c->head_dim, vk);
+    layout_group(cd, ROLE_INPUT, c->layout, c->dtype, 0, num_pages, ps, 1, hkv, c->head_dim_v, vv);
+    fill_normal(&cd->kp, r, 1.0);
+    fill_normal(&cd->vp, r, 1.0);
+    for (int64_t b = 0; b < B; ++b) {
+        int64_t used = (cd->k_len[b] + ps - 1) / ps;
+        for (int64_t n = 0; n < per_seq; ++n) {
+            int64_t page = order[b * per_seq + n];
+            if (n < used)
+                table[b * cd->table_stride + n] = (int32_t)page;
+            for (int64_t row = 0; row < ps && n * ps + row < c->seqlen_k; ++row)
+                for (int64_t h = 0; h < c->heads_kv; ++h) {
+                    for (int64_t x = 0; x < c->head_dim; ++x)
+                        view_set(&cd->kp, page, row, h, x, view_get(&cd->k, b, n * ps + row, h, x));
+                    for (int64_t x = 0; x < c->head_dim_v; ++x)
+                        view_set(&cd->vp, page, row, h, x, view_get(&cd->v, b, n * ps + row, h, x));
+                }
+        }
+    }
+    free(order);
+}
 
 /* Sequence lengths, tensors, options; fills attn (host or device
  * pointers per cd->on_device, after upload). */
@@ -774,6 +870,16 @@ static void setup_case(const grid_case *c, case_data *cd, fa_attn *attn,
         cd->k_start[b] = cd->total_k;
         cd->total_q += cd->q_len[b];
         cd->total_k += cd->k_len[b];
+    }
+    if (c->seqused) {
+        /* the keys each sequence uses of its k_len: all (first), none
+         * (last), else any number */
+        aux_alloc(&cd->seqused_k, (size_t)B * sizeof(int32_t));
+        for (int64_t b = 0; b < B; ++b) {
+            int64_t used = b == 0 ? cd->k_len[b] : b == B - 1 ? 0 : rng_int(r, 0, cd->k_len[b]);
+            ((int32_t *)cd->seqused_k.host)[b] = (int32_t)used;
+            cd->k_len[b] = used;
+        }
     }
     int64_t rows_q = c->varlen ? cd->total_q : c->seqlen_q;
     int64_t rows_k = c->varlen ? cd->total_k : c->seqlen_k;
@@ -831,6 +937,8 @@ static void setup_case(const grid_case *c, case_data *cd, fa_attn *attn,
             }
     } else
         fill_normal(&cd->v, r, 1.0);
+    if (c->page_size)
+        setup_pages(c, cd, r);
 
     fa_attn_init(attn);
     attn->batch = B;
@@ -887,6 +995,14 @@ static void setup_case(const grid_case *c, case_data *cd, fa_attn *attn,
         attn->block_mask_stride_head = sh;
     }
     upload_all(cd);
+    if (c->seqused)
+        attn->seqused_k = aux_ptr(cd, &cd->seqused_k);
+    if (c->page_size) {
+        attn->kv_block_table = aux_ptr(cd, &cd->block_table);
+        attn->kv_block_table_stride = cd->table_stride;
+        attn->kv_page_size = c->page_size;
+        attn->kv_num_pages = cd->kp.batch;
+    }
     if (c->varlen) {
         attn->cu_seqlens_q = aux_ptr(cd, &cd->cu_q);
         attn->cu_seqlens_k = aux_ptr(cd, &cd->cu_k);
@@ -1198,8 +1314,9 @@ static fa_status call_library(fa_context *ctx, const grid_case *c, case_data *cd
                               const fa_attn *attn, int backward, case_timing *tm)
 {
     int dev = cd->on_device;
-    fa_tensor q = view_tensor(&cd->q, dev), k = view_tensor(&cd->k, dev),
-              v = view_tensor(&cd->v, dev), out = view_tensor(&cd->out, dev),
+    fa_tensor q = view_tensor(&cd->q, dev),
+              k = view_tensor(c->page_size ? &cd->kp : &cd->k, dev),
+              v = view_tensor(c->page_size ? &cd->vp : &cd->v, dev), out = view_tensor(&cd->out, dev),
               dout = view_tensor(&cd->dout, dev), dq = view_tensor(&cd->dq, dev),
               dk = view_tensor(&cd->dk, dev), dv = view_tensor(&cd->dv, dev);
     test_buffer *lse_buf = &cd->bufs[cd->lse_buf];
@@ -1286,10 +1403,13 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
         grads_naive[g] = xcalloc((size_t)grad_count[g], sizeof(double));
         grads_mag[g] = xcalloc((size_t)grad_count[g], sizeof(double));
     }
-    ref_backward(&exact, q, k, v, out_exact, dout, grads_exact[0], grads_exact[1],
-                 grads_exact[2], grads_mag);
-    ref_backward(&naive, q, k, v, out_naive, dout, grads_naive[0], grads_naive[1],
-                 grads_naive[2], NULL);
+    const int forward_only = c->seqused || c->page_size; /* the KV-cache options */
+    if (!forward_only) {
+        ref_backward(&exact, q, k, v, out_exact, dout, grads_exact[0], grads_exact[1],
+                     grads_exact[2], grads_mag);
+        ref_backward(&naive, q, k, v, out_naive, dout, grads_naive[0], grads_naive[1],
+                     grads_naive[2], NULL);
+    }
     tm->reference += now_seconds() - t0;
 
     index_decoder dec_out = {&cd, SIDE_Q, c->batch, c->heads_q, dv};
@@ -1353,6 +1473,17 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
     download_all(&cd);
     if (accept_status(rep, cfg, st, "fa_forward (repeat)", &rep->skipped_forward))
         snapshot_compare(rep, &first, &cd, "a repeated fa_forward gave different bits");
+
+    if (forward_only) { /* the backward must refuse the KV-cache options */
+        st = call_library(cfg->ctx, c, &cd, &attn, 1, tm);
+        if (st != FA_ERROR_INVALID_ARGUMENT)
+            report_failure(rep, "fa_backward with seqused_k / kv_block_table returned %s, "
+                           "not invalid argument", fa_status_string(st));
+        snapshot_free(&first, &cd);
+        free(out);
+        free(lse);
+        goto done;
+    }
 
     /* Backward, from the library's own out and lse. */
     poison_role(&cd, ROLE_BACKWARD_OUTPUT);

@@ -113,6 +113,11 @@ class FaAttn(ctypes.Structure):
         ("block_mask_stride_batch", ctypes.c_int64),
         ("block_mask_stride_head", ctypes.c_int64),
         ("deterministic", ctypes.c_int),
+        ("seqused_k", ctypes.c_void_p),
+        ("kv_block_table", ctypes.c_void_p),
+        ("kv_block_table_stride", ctypes.c_int64),
+        ("kv_page_size", ctypes.c_int64),
+        ("kv_num_pages", ctypes.c_int64),
     ]
 
 
@@ -184,6 +189,7 @@ def _check_struct_layout():
         a.window_left == -1 and a.window_right == -1 and a.dtype == FA_DTYPE_F32
         and a.batch == 0 and a.softmax_scale == 0.0 and a.dropout_p == 0.0
         and a.cu_seqlens_q is None and a.block_mask is None and a.deterministic == 0
+        and a.seqused_k is None and a.kv_block_table is None and a.kv_num_pages == 0
         and all(b == 0x5A for b in g.pad)
     )
     if not ok:

@@ -7,14 +7,16 @@ given, are first written in place at [cache_seqlens[b], + seqlen_new).
 
 Paged (block_table (batch, max_blocks) int32): the cache is (num_blocks,
 page_size, heads_kv, dim), and position p of sequence b lives in block
-block_table[b, p // page_size] at row p % page_size. The pages a sequence
-reads are gathered into a contiguous copy for the attention call (the
-library has no paged layout), so a paged call costs a copy of the keys and
-values it reads.
+block_table[b, p // page_size] at row p % page_size.
 
-Each sequence's keys are a strided view of the cache, so the call needs no
-copy: when every sequence sees the same key range of consecutive cache rows
-it is one library call, otherwise one call per sequence.
+One library call without copies: when every sequence sees the same key
+range of consecutive cache rows, a plain call over that range; otherwise,
+with keys starting at position 0, a call with the library's KV-cache
+options (seqused_k: each sequence's key count; kv_block_table: the pages,
+or for cache_batch_idx one page per sequence, the cache row it reads). Only
+cache_leftpad (keys starting later), or an option the GPU's KV-cache kernels
+lack (softcap, ALiBi on sm80), takes one call per sequence (paged: over a
+gathered copy of its pages).
 
 Rotary embedding (rotary_cos/rotary_sin, FlashAttention's semantics): the
 new keys are rotated at their cache positions cache_seqlens[b] + t before
@@ -259,6 +261,21 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
                 q, k_cache[r0:r0 + batch, lo:hi], v_cache[r0:r0 + batch, lo:hi],
                 alibi_slopes=alibi_slopes, **options)
             return out, lse
+        if not any(starts):
+            # one call: each sequence's first `ends[b]` positions
+            used = torch.tensor(ends, dtype=torch.int32, device=q.device)
+            if paged:
+                kc, vc, table = k_cache, v_cache, block_table
+            elif rows == list(range(batch)):
+                kc, vc, table = k_cache[:batch], v_cache[:batch], None
+            else:  # cache_batch_idx: sequence b's one page is cache row rows[b]
+                kc, vc = k_cache, v_cache
+                table = torch.tensor(rows, dtype=torch.int32, device=q.device).view(batch, 1)
+            try:
+                return _ops.kv_cache_forward(q, kc, vc, used, table, alibi_slopes=alibi_slopes,
+                                             **options)
+            except NotImplementedError:
+                pass  # no kernel of this device takes the options with a KV cache
         outs, lses = [], []
         for b in range(batch):
             slopes = alibi_slopes

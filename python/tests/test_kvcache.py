@@ -84,6 +84,38 @@ def test_kvcache(device, case, api):
     assert torch.equal(k_cache, ref_k_cache) and torch.equal(v_cache, ref_v_cache)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "batch_idx", "paged"])
+def test_kvcache_varied_lengths_take_one_call(device, layout, monkeypatch):
+    """Sequences of different lengths (one of them empty), through a cache
+    row map or pages, run as one library call with seqused_k (and a block
+    table): never one call per sequence."""
+    batch, hq, hkv, d, page = 3, 4, 2, 32, 8
+    gen = torch.Generator().manual_seed(36)
+    q, k_cache, v_cache, _, _ = kvcache_inputs(device, gen, batch, 2, 4, 48, hq, hkv, d, 0)
+    lengths, rows = [17, 0, 48], [2, 0, 3] if layout == "batch_idx" else [0, 1, 2]
+    ref, _, _ = kvcache_reference(q, k_cache, v_cache, None, None, lengths, rows, [0] * batch,
+                                  causal=True)
+    args = dict(cache_seqlens=torch.tensor(lengths, dtype=torch.int32, device=device), causal=True)
+    if layout == "batch_idx":
+        args["cache_batch_idx"] = torch.tensor(rows, dtype=torch.int32, device=device)
+    if layout == "paged":
+        pages = 4 * 48 // page  # the sequences' pages in a shuffled order, spare ones too
+        table = torch.randperm(pages, generator=gen)[:batch * 48 // page].view(batch, -1).to(device)
+        dense_k, dense_v = k_cache[:batch], v_cache[:batch]
+        k_cache = torch.zeros(pages, page, hkv, d, dtype=q.dtype, device=device)
+        v_cache = torch.zeros_like(k_cache)
+        k_cache[table] = dense_k.reshape(batch, -1, page, hkv, d)
+        v_cache[table] = dense_v.reshape(batch, -1, page, hkv, d)
+        args["block_table"] = table.to(torch.int32)
+
+    def per_sequence_call(*unused, **unused_kw):
+        raise AssertionError("one attention call per sequence")
+
+    monkeypatch.setattr(flashattn._kvcache._ops, "attention", per_sequence_call)
+    out = flashattn.flash_attn_with_kvcache(q, k_cache, v_cache, **args)
+    assert_close("out", out, ref)
+
+
 def test_kvcache_int_seqlens_single_call(device):
     gen = torch.Generator().manual_seed(32)
     q = randn(device, gen, 2, 1, 4, 16)

@@ -278,7 +278,7 @@ static head_ctx head_context(const fa_problem *p, int64_t b, int64_t h)
     hc.b = b;
     hc.h = h;
     hc.seq = fa_seq_of(p->varlen, p->cu_seqlens_q_host, p->cu_seqlens_k_host,
-                       p->seqlen_q, p->seqlen_k, b);
+                       p->seqused_k_host, p->seqlen_q, p->seqlen_k, b);
     hc.alibi_slope = p->alibi_slopes
                          ? p->alibi_slopes[b * p->alibi_stride_batch + h]
                          : 0.0f;
@@ -481,6 +481,25 @@ static void load_rows(const fa_cpu_kernels *kern, const fa_problem *p,
                        p->dtype, cols, cols_pad, scale);
 }
 
+/* dst (rows × cols_pad) = keys [j0, j0 + rows) of k or v (t) of hc's
+ * sequence in K/V head `head`: strided rows, or a paged cache's (the
+ * forward's loads; a backward has no pages). */
+static void load_kv_rows(const fa_cpu_kernels *kern, const head_ctx *hc,
+                         float *dst, const fa_tensor *t, int64_t j0,
+                         int64_t rows, int64_t head, int64_t cols,
+                         int64_t cols_pad)
+{
+    const fa_problem *p = hc->p;
+    for (int64_t r = 0; r < rows; ++r) {
+        int64_t at = fa_kv_row_offset(t, p->varlen, p->kv_block_table,
+                                      p->kv_block_table_stride, p->kv_page_size,
+                                      hc->b, hc->seq.k0, j0 + r, head);
+        kern->load_row(dst + r * cols_pad,
+                       (const char *)t->data + at * (int64_t)fa_dtype_size(p->dtype),
+                       p->dtype, cols, cols_pad, 1.0f);
+    }
+}
+
 /* dst (cols × ld) = the transpose of scale · t[b, row0.., head, :cols], with
  * columns rows..rows_pad zero. row is cols floats of scratch. */
 static void load_rows_transposed(const fa_cpu_kernels *kern,
@@ -547,8 +566,8 @@ static void forward_tile(const fa_problem *p, const fa_cpu_kernels *kern,
         int vis = tile_visibility(&hc, i0, i0 + m, j0, j0 + n);
         if (vis == TILE_EMPTY)
             continue;
-        load_rows(kern, p, sc->k, &p->k, b, hc.seq.k0 + j0, n, hk, d, dp, 1.0f);
-        load_rows(kern, p, sc->v, &p->v, b, hc.seq.k0 + j0, n, hk, dv, dvp, 1.0f);
+        load_kv_rows(kern, &hc, sc->k, &p->k, j0, n, hk, d, dp);
+        load_kv_rows(kern, &hc, sc->v, &p->v, j0, n, hk, dv, dvp);
         /* Sᵀ (n × cols) = K (n × d) · Qᵀ (d × cols) */
         kern->gemm(n, cols, d, sc->k, dp, 1, sc->q_t, TILE_Q, sc->s, TILE_Q, 0);
         tile_geom g = tile_geometry(i0, m, j0, n, 1, TILE_Q, kern->vec_width);

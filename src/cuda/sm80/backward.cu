@@ -379,8 +379,8 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32, 1) backward_kernel(const B
             if (a.split_parts > 1 && b == (int)p.batch - 1 && key_block + hk * (int)gridDim.x >= a.split_first)
                 return; /* a split task: its parts ran in the kSplitPart launch */
     }
-    const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q,
-                                 p.seqlen_k, b);
+    const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, nullptr, p.seqlen_q,
+                                 p.seqlen_k, b); /* (no seqused_k in a backward) */
     const int sq = (int)seq.sq, sk = (int)seq.sk;
     const int group = (int)(p.heads_q / p.heads_kv), shift = sk - sq;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
@@ -689,7 +689,7 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32) backward_convert_dq_kernel
     __shared__ __align__(16) T tile[BM * kPitch];
     const fa_problem &p = a.p;
     const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
-    const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q, p.seqlen_k, b);
+    const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, nullptr, p.seqlen_q, p.seqlen_k, b);
     if (m0 >= seq.sq)
         return;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
@@ -737,7 +737,7 @@ __global__ void __launch_bounds__(Tiles::kWarps * 32) backward_convert_dkv_kerne
     const fa_problem &p = a.p;
     const int task = a.split_first + (int)blockIdx.x, b = (int)p.batch - 1; /* see BackwardArgs */
     const int key_block = task % a.key_block_step, hk = task / a.key_block_step;
-    const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q, p.seqlen_k, b);
+    const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, nullptr, p.seqlen_q, p.seqlen_k, b);
     const float *frag = dkv_thread_base<Tiles>(a, (int)blockIdx.x);
     float acc_dk[MK][NT][4], acc_dv[MK][NT][4];
 #pragma unroll

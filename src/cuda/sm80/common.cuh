@@ -180,12 +180,40 @@ static inline int last_wave_parts(int64_t tasks, int64_t split, int64_t ctas, in
 /* ---------------------------------------------------------------------- */
 /* Tile loads                                                              */
 
-/* Copies rows [0, ROWS) x columns [0, COLS) of a strided matrix into an smem
- * tile of pitch PITCH (layout: smem_at); rows >= rows_valid and columns
- * >= cols become zeros. `src` points at element (0, 0); rows are `stride`
- * elements apart. With `vectorized` (rows 16-byte aligned) the copy is
- * asynchronous (cp.async; the caller commits and waits), otherwise
- * element-wise. */
+/* Copies rows [0, ROWS) x columns [0, COLS) of a matrix into an smem tile
+ * of pitch PITCH (layout: smem_at); rows >= rows_valid and columns >= cols
+ * become zeros. row_at(r) points at element (r, 0) of a valid row r; `any`
+ * is some readable address (the source of the zero fills). With
+ * `vectorized` (rows 16-byte aligned) the copy is asynchronous (cp.async;
+ * the caller commits and waits), otherwise element-wise. */
+template <typename T, int ROWS, int COLS, int THREADS, int PITCH, class RowAt>
+__device__ __forceinline__ void load_tile_rows(T *tile, RowAt row_at, const T *any,
+                                               int64_t rows_valid, int cols, bool vectorized)
+{
+    constexpr int kChunks = COLS / 8; /* 16-byte chunks per row */
+    if (vectorized) {
+#pragma unroll
+        for (int c = threadIdx.x; c < ROWS * kChunks; c += THREADS) {
+            int r = c / kChunks, col = (c % kChunks) * 8;
+            int n = r < rows_valid ? min(8, cols - col) : 0;
+            n = n < 0 ? 0 : n;
+            const T *from = n > 0 ? row_at(r) + col : any;
+            cp_async_16(smem_at(tile, PITCH, r, col), from, 2 * n);
+        }
+    } else {
+        unsigned short *to = reinterpret_cast<unsigned short *>(tile);
+        for (int e = threadIdx.x; e < ROWS * COLS; e += THREADS) {
+            int r = e / COLS, col = e % COLS;
+            *smem_at(to, PITCH, r, col) =
+                (r < rows_valid && col < cols)
+                    ? reinterpret_cast<const unsigned short *>(row_at(r))[col]
+                    : 0;
+        }
+    }
+}
+
+/* load_tile_rows of a strided matrix: `src` points at element (0, 0), rows
+ * are `stride` elements apart. */
 template <typename T, int ROWS, int COLS, int THREADS, int PITCH = smem_pitch(COLS)>
 __device__ __forceinline__ void load_tile(T *tile, const T *src, int64_t stride,
                                           int64_t rows_valid, int cols, bool vectorized)
@@ -553,6 +581,46 @@ __device__ __forceinline__ void load_tile_whole_fast(T *tile, const T *src, int6
     }
     load_tile_fixed_column<T, ROWS, COLS, THREADS, PITCH>(tile, src, stride, rows_valid, cols,
                                                           vectorized);
+}
+
+/* load_tile_rows of key positions [pos0, pos0 + ROWS) of a paged K/V cache
+ * (fa_attn.kv_block_table): position j is row j % page_size of page
+ * pages[j / page_size]; head_base points at row 0 of page 0 in the head.
+ * Where the shape allows, every thread copies one fixed 16-byte column (as
+ * load_tile_fixed_column) and looks up the page of each of its rows. The
+ * table is read only for rows < rows_valid (its other entries may be
+ * anything). */
+template <typename T, int ROWS, int COLS, int THREADS, int PITCH>
+__device__ __forceinline__ void load_tile_paged(T *tile, const T *head_base, const int32_t *pages,
+                                                int64_t page_stride, int64_t row_stride, int page_size,
+                                                int pos0, int64_t rows_valid, int cols, bool vectorized)
+{
+    auto row_at = [=](int r) {
+        const int j = pos0 + r;
+        return head_base + (int64_t)pages[j / page_size] * page_stride + (int64_t)(j % page_size) * row_stride;
+    };
+    constexpr int kChunks = COLS / 8; /* 16-byte chunks per row */
+    if constexpr (THREADS % kChunks == 0 && (ROWS * kChunks) % THREADS == 0) {
+        if (vectorized) {
+            constexpr int kRowStep = THREADS / kChunks;
+            const int r0 = threadIdx.x / kChunks, col = (threadIdx.x % kChunks) * 8;
+            const int bytes = 2 * max(0, min(8, cols - col));
+            T *to = smem_at(tile, PITCH, r0, col);
+#pragma unroll
+            for (int i = 0; i < ROWS / kRowStep; ++i) {
+                const int r = r0 + i * kRowStep;
+                const T *from = head_base;
+                int n = 0;
+                if (r < rows_valid && bytes > 0) {
+                    from = row_at(r) + col;
+                    n = bytes;
+                }
+                cp_async_16(smem_row_step<PITCH, kRowStep>(to, tile, r0, i, col), from, n);
+            }
+            return;
+        }
+    }
+    load_tile_rows<T, ROWS, COLS, THREADS, PITCH>(tile, row_at, head_base, rows_valid, cols, vectorized);
 }
 
 } // namespace fa

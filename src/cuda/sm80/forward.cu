@@ -176,12 +176,17 @@ __device__ __forceinline__ void split_tile_origin(const fa_problem &p, int64_t t
 // kSplitRowTiles > 0: the key split's parts (lean only) with that many row
 // tiles per warp; grid: tiles x split_parts, part_o / part_lse instead of
 // out / lse.
-template <typename T, int D, bool kAllOptions, int kSplitRowTiles = 0>
+// kKvCache (lean only): the KV-cache options, seqused_k and the paged
+// layout (fa_attn.kv_block_table). A template flag, not a runtime branch of
+// every kernel: their code moved the other kernels' register allocation
+// even where it never ran (sm_90, lean d 64: 48 / 72 bytes of spills; the
+// all-options kernels 72-200).
+template <typename T, int D, bool kAllOptions, int kSplitRowTiles = 0, bool kKvCache = false>
 __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     forward_kernel(const ForwardArgs args)
 {
     constexpr bool kSplitPart = kSplitRowTiles > 0;
-    static_assert(!(kSplitPart && kAllOptions), "the split runs lean problems only");
+    static_assert(!((kSplitPart || kKvCache) && kAllOptions), "the split and the KV cache run lean problems only");
     using Tiles = ForwardTiles<D, kAllOptions, kSplitRowTiles>;
     constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN, MT = Tiles::kRowTiles;
     constexpr int kThreads = Tiles::kWarps * 32, P = Tiles::kPitch;
@@ -208,8 +213,8 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
         part = (int)(blockIdx.x % args.split_parts);
         split_tile_origin<BM>(p, blockIdx.x / args.split_parts, &b, &h, &m0);
     }
-    const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q,
-                                 p.seqlen_k, b);
+    const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k,
+                                 kKvCache ? p.seqused_k : nullptr, p.seqlen_q, p.seqlen_k, b);
     if (m0 >= seq.sq)
         return;
     const int64_t hk = h / (p.heads_q / p.heads_kv);
@@ -270,6 +275,19 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
         return nb;
     };
 
+    /* Key block nb of K or V (t: p.k or p.v) into tile: the strided rows
+     * from src (load_tile_whole_fast's arguments), or those of the page
+     * table (src unused). */
+    auto load_kv_block = [&](T *tile, const T *src, int64_t stride, int64_t rows_valid, int cols,
+                             const fa_tensor &t, int nb) {
+        if (!kKvCache || p.kv_block_table == nullptr)
+            load_tile_whole_fast<T, BN, D, kThreads, P>(tile, src, stride, rows_valid, cols, args.vectorized);
+        else
+            load_tile_paged<T, BN, D, kThreads, P>(
+                tile, (const T *)t.data + hk * t.stride_head, p.kv_block_table + b * p.kv_block_table_stride,
+                t.stride_batch, t.stride_seq, (int)p.kv_page_size, nb * BN, rows_valid, cols, args.vectorized);
+    };
+
     const bool drop = kAllOptions && p.dropout_p > 0.f;
     const uint32_t drop_threshold = fa_dropout_threshold(p.dropout_p);
 
@@ -289,16 +307,14 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     load_tile_whole_fast<T, BM, D, kThreads, P>(sQ, q, p.q.stride_seq, tmask0.rows, d,
                                                 args.vectorized);
     if (nb < n_end)
-        load_tile_whole_fast<T, BN, D, kThreads, P>(sK, k + (int64_t)nb * BN * p.k.stride_seq,
-                                                    p.k.stride_seq, tile_mask_at(nb).cols, d,
-                                                    args.vectorized);
+        load_kv_block(sK, k + (int64_t)nb * BN * p.k.stride_seq, p.k.stride_seq, tile_mask_at(nb).cols, d,
+                      p.k, nb);
     cp_async_commit();
     /* The first V loads with Q and K (nothing reads sV before it): its
      * latency is not exposed after the first S. */
     if (nb < n_end)
-        load_tile_whole_fast<T, BN, D, kThreads, P>(sV, v + (int64_t)nb * BN * p.v.stride_seq,
-                                                    p.v.stride_seq, tile_mask_at(nb).cols, dv,
-                                                    args.vectorized);
+        load_kv_block(sV, v + (int64_t)nb * BN * p.v.stride_seq, p.v.stride_seq, tile_mask_at(nb).cols, dv,
+                      p.v, nb);
     cp_async_commit();
 
     /* Once V(nb) has landed and every warp is done with K(nb): K(nb_next)
@@ -312,9 +328,8 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
         cp_async_wait<0>();
         __syncthreads();
         if (nb_next < n_end)
-            load_tile_whole_fast<T, BN, D, kThreads, P>(
-                sK, k + (int64_t)nb_next * BN * p.k.stride_seq, p.k.stride_seq,
-                tile_mask_at(nb_next).cols, d, args.vectorized);
+            load_kv_block(sK, k + (int64_t)nb_next * BN * p.k.stride_seq, p.k.stride_seq,
+                          tile_mask_at(nb_next).cols, d, p.k, nb_next);
         cp_async_commit();
     };
     for (bool first = true; nb < n_end; first = false) {
@@ -326,9 +341,7 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
             cp_async_wait<0>();
         __syncthreads(); /* K(nb) landed; every warp is done with V */
         if (!first)
-            load_tile_whole_fast<T, BN, D, kThreads, P>(sV, v + (int64_t)n0 * p.v.stride_seq,
-                                                        p.v.stride_seq, tmask.cols, dv,
-                                                        args.vectorized);
+            load_kv_block(sV, v + (int64_t)n0 * p.v.stride_seq, p.v.stride_seq, tmask.cols, dv, p.v, nb);
         cp_async_commit();
 
         float s[MT][BN / 8][4];
@@ -706,7 +719,8 @@ static fa_status plan_forward_split(const fa_problem *p, const fa_cuda_device_in
 }
 
 /* The key split's two kernels: the parts, then the combine. */
-template <typename T, int D, int RT> static fa_status run_forward_split(ForwardArgs &args, const ForwardSplit &split)
+template <typename T, int D, int RT, bool kKvCache>
+static fa_status run_forward_split(ForwardArgs &args, const ForwardSplit &split)
 {
     using Tiles = ForwardTiles<D, false, RT>;
     constexpr int BM = Tiles::kBlockM;
@@ -715,11 +729,11 @@ template <typename T, int D, int RT> static fa_status run_forward_split(ForwardA
     args.split_parts = split.parts;
     args.part_o = (float *)args.p.workspace;
     args.part_lse = args.part_o + split.tiles * split.parts * BM * D;
-    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, false, RT>,
+    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, false, RT, kKvCache>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Tiles::kSmemBytes);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm80 forward: cudaFuncSetAttribute: %s", cudaGetErrorString(err));
-    forward_kernel<T, D, false, RT>
+    forward_kernel<T, D, false, RT, kKvCache>
         <<<(unsigned)(split.tiles * split.parts), Tiles::kWarps * 32, Tiles::kSmemBytes, stream>>>(args);
     fa_status st = check_launch("sm80 forward kernel launch (key split)");
     if (st != FA_SUCCESS)
@@ -729,7 +743,7 @@ template <typename T, int D, int RT> static fa_status run_forward_split(ForwardA
     return check_launch("sm80 forward combine launch");
 }
 
-template <typename T, int D, bool kAllOptions>
+template <typename T, int D, bool kAllOptions, bool kKvCache>
 static fa_status launch_forward(fa_problem *p, bool vectorized, const fa_cuda_device_info *dev, bool *split_ran)
 {
     using Tiles = ForwardTiles<D, kAllOptions>;
@@ -753,9 +767,9 @@ static fa_status launch_forward(fa_problem *p, bool vectorized, const fa_cuda_de
             if (st == FA_SUCCESS) {
                 if constexpr (D <= 128)
                     if (split.row_tiles == 2)
-                        st = run_forward_split<T, D, 2>(args, split);
+                        st = run_forward_split<T, D, 2, kKvCache>(args, split);
                 if (split.row_tiles == 1)
-                    st = run_forward_split<T, D, 1>(args, split);
+                    st = run_forward_split<T, D, 1, kKvCache>(args, split);
             }
             *split_ran = st == FA_SUCCESS;
             return st;
@@ -769,13 +783,13 @@ static fa_status launch_forward(fa_problem *p, bool vectorized, const fa_cuda_de
     if (args.heaviest_first)
         grid = dim3(grid.y, grid.x, grid.z);
     args.split_parts = 1;
-    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, kAllOptions>,
+    cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, kAllOptions, 0, kKvCache>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)Tiles::kSmemBytes);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm80 forward: cudaFuncSetAttribute: %s",
                        cudaGetErrorString(err));
-    forward_kernel<T, D, kAllOptions><<<grid, kThreads, Tiles::kSmemBytes, stream>>>(args);
+    forward_kernel<T, D, kAllOptions, 0, kKvCache><<<grid, kThreads, Tiles::kSmemBytes, stream>>>(args);
     return check_launch("sm80 forward kernel launch");
 }
 
@@ -784,8 +798,11 @@ static fa_status launch_forward(fa_problem *p, bool vectorized, const fa_cuda_de
 {
     const bool all_options = p->dropout_p > 0.f || p->softcap > 0.f || p->alibi_slopes ||
                              p->block_mask;
-    return all_options ? launch_forward<T, D, true>(p, vectorized, dev, split_ran)
-                       : launch_forward<T, D, false>(p, vectorized, dev, split_ran);
+    /* (KV-cache problems are lean: fa_sm80_supports) */
+    const bool kv_cache = p->seqused_k || p->kv_block_table;
+    return all_options ? launch_forward<T, D, true, false>(p, vectorized, dev, split_ran)
+           : kv_cache  ? launch_forward<T, D, false, true>(p, vectorized, dev, split_ran)
+                       : launch_forward<T, D, false, false>(p, vectorized, dev, split_ran);
 }
 
 template <typename T>

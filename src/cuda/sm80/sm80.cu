@@ -28,6 +28,14 @@ extern "C" fa_status fa_sm80_supports(const fa_problem *p, fa_direction dir,
                        "backend sm80: sequences of 2^29 tokens or more are not supported "
                        "(seqlen_q %lld, seqlen_k %lld)",
                        (long long)p->seqlen_q, (long long)p->seqlen_k);
+    if ((p->seqused_k || p->kv_block_table) &&
+        (p->dropout_p > 0.f || p->softcap > 0.f || p->alibi_slopes || p->block_mask))
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "backend sm80: seqused_k and a paged K/V cache (kv_block_table) run "
+                       "without dropout, softcap, ALiBi and block masks");
+    if (p->kv_page_size > 0x7fffffff)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "backend sm80: kv_page_size %lld does not fit 32 bits",
+                       (long long)p->kv_page_size);
     const int dp = fa::padded_head_dim(p->head_dim, p->head_dim_v);
     const size_t smem = dir == FA_FORWARD ? fa::forward_smem_bytes(dp) : fa::backward_smem_bytes(dp);
     if (smem > dev->smem_per_block_optin)

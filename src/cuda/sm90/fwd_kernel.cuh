@@ -58,6 +58,7 @@ struct fa_sm90_params {
     int64_t out_stride_batch, out_stride_seq, out_stride_head; /* elements */
     float *lse;                                                 /* may be NULL */
     const int32_t *cu_seqlens_q, *cu_seqlens_k;                 /* varlen */
+    const int32_t *seqused_k;                                   /* NULL, or keys used per sequence */
     int varlen;
     int batch, seqlen_q, seqlen_k, heads_q, heads_per_kv, head_dim;
     int64_t total_q;
@@ -238,6 +239,8 @@ __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p,
         t.sq = p.seqlen_q;
         t.sk = p.seqlen_k;
     }
+    if (p.seqused_k)
+        t.sk = p.seqused_k[b];
     /* keys visible to some row of [m0, m_last]: bottom-right aligned window */
     int shift = t.sk - t.sq;
     int m_last = min(t.m0 + Cfg::kBlockM, t.sq) - 1;

@@ -41,6 +41,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     fa_sm90_params prm;
     memset(&prm, 0, sizeof prm);
     fa_sm90_fill_problem(prm, p);
+    prm.seqused_k = p->seqused_k;
     prm.num_m_blocks = (int)((p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM);
     const int kv_box_rows = Cfg::kBlockN / Cfg::kClusterSize;
     fa_status st;

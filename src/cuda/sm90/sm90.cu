@@ -63,6 +63,8 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: ALiBi is not implemented");
     if (p->block_mask != NULL)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: block-sparse masks are not implemented");
+    if (p->kv_block_table != NULL)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: a paged K/V cache (kv_block_table) runs on sm80");
     /* the kernel indexes rows, heads, batches and window edges in int; the
      * mask intervals (fwd_kernel.cuh, bwd_kernel.cuh) need sequences below
      * 2^29 tokens */
