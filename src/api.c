@@ -255,6 +255,14 @@ fa_status fa_context_set_backend(fa_context *ctx, fa_backend backend)
     return FA_SUCCESS;
 }
 
+fa_status fa_context_set_kv_cache_checks(fa_context *ctx, int check)
+{
+    if (!ctx)
+        return fa_fail(FA_ERROR_INVALID_ARGUMENT, "ctx is NULL");
+    ctx->skip_kv_cache_checks = !check;
+    return FA_SUCCESS;
+}
+
 const char *fa_context_last_kernel(const fa_context *ctx)
 {
     return ctx ? ctx->last_kernel : "";
@@ -434,7 +442,11 @@ static fa_status resolve_kv_cache(fa_context *ctx, const fa_attn *a,
                                   fa_problem *p, size_t at)
 {
     fa_status st;
-    if (a->seqused_k) {
+    /* trusted (CUDA contexts only): no host copy, no check */
+    int check = !ctx->skip_kv_cache_checks || ctx->device == FA_DEVICE_CPU;
+    if (a->seqused_k && !check)
+        p->seqused_k = a->seqused_k;
+    if (a->seqused_k && check) {
         if ((st = host_ints(ctx, a->seqused_k, (size_t)a->batch, at,
                             &p->seqused_k_host)))
             return st;
@@ -471,11 +483,11 @@ static fa_status resolve_kv_cache(fa_context *ctx, const fa_attn *a,
                        "ceil(seqlen_k / kv_page_size) = %lld (and the table "
                        "within 64-bit offsets)",
                        (long long)a->kv_block_table_stride, (long long)per_seq);
-    const int32_t *table;
+    const int32_t *table = NULL;
     size_t entries = (size_t)((a->batch - 1) * a->kv_block_table_stride + per_seq);
-    if ((st = host_ints(ctx, a->kv_block_table, entries, at, &table)))
+    if (check && (st = host_ints(ctx, a->kv_block_table, entries, at, &table)))
         return st;
-    for (int64_t b = 0; b < a->batch; ++b) {
+    for (int64_t b = 0; check && b < a->batch; ++b) {
         int64_t used = p->seqused_k_host ? p->seqused_k_host[b] : a->seqlen_k;
         for (int64_t n = 0; n < pages_for(used, a->kv_page_size); ++n) {
             int32_t page = table[b * a->kv_block_table_stride + n];

@@ -14,6 +14,7 @@ struct fa_context {
     int num_threads;       /* 0 = all cores */
     fa_backend backend;    /* FA_BACKEND_AUTO or forced */
     const char *last_kernel;
+    int skip_kv_cache_checks; /* fa_context_set_kv_cache_checks(ctx, 0) */
 
     /* Workspace the library allocated for callers that passed none;
      * grows, never shrinks, freed with the context. */

@@ -355,6 +355,12 @@ static void test_invalid_arguments(fa_context *ctx)
     BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "kv_block_table|cu_seqlens", fixture_paged(f);
         f->attn.cu_seqlens_q = f->cu_q; f->attn.cu_seqlens_k = f->cu_k);
     BAD(K_FWD, INVALID, "k|stride_batch", fixture_paged(f); f->k.stride_batch = PAGE * HKV * D - 1);
+    /* a CPU context checks them even when told not to */
+    CHECK(fa_context_set_kv_cache_checks(NULL, 0) == FA_ERROR_INVALID_ARGUMENT, "set_kv_cache_checks(NULL)");
+    CHECK(fa_context_set_kv_cache_checks(ctx, 0) == FA_SUCCESS, "set_kv_cache_checks: %s", fa_last_error());
+    BAD(K_FWD, INVALID, "seqused_k", f->attn.seqused_k = f->seqused_k; f->seqused_k[1] = SK + 1);
+    BAD(K_FWD, INVALID, "kv_block_table", fixture_paged(f); f->block_table[1] = -3);
+    fa_context_set_kv_cache_checks(ctx, 1);
 
     /* options */
     BAD(K_ALL, INVALID, "dropout_p", f->attn.dropout_p = 1.0f);

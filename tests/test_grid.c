@@ -428,7 +428,7 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
         c.seqused = 1;
         c.causal = n % 2;
         if (n / 2 % 2) {
-            static const int64_t pages[] = {16, 64, 256};
+            static const int64_t pages[] = {16, 128, 256};
             c.page_size = pick(&r, pages, 3);
         }
         push_case(list, &c);
@@ -780,11 +780,30 @@ static void case_data_free(case_data *cd)
 /* ---------------------------------------------------------------------- */
 /* Setting up one case                                                     */
 
+/* NaN in the keys and values a sequence does not use (past seqused_k, up
+ * to its length): a kernel that let them into a product (even as 0 · NaN)
+ * would show it. */
+static void poison_unused_keys(const grid_case *c, case_data *cd)
+{
+    for (int64_t b = 0; b < c->batch; ++b) {
+        int64_t first = c->varlen ? cd->k_start[b] + cd->k_len[b] : cd->k_len[b];
+        int64_t end = !c->varlen ? c->seqlen_k : b + 1 < c->batch ? cd->k_start[b + 1] : cd->total_k;
+        int64_t vb = c->varlen ? 0 : b;
+        for (int64_t s = first; s < end; ++s)
+            for (int64_t h = 0; h < c->heads_kv; ++h) {
+                for (int64_t x = 0; x < c->head_dim; ++x)
+                    view_set(&cd->k, vb, s, h, x, NAN);
+                for (int64_t x = 0; x < c->head_dim_v; ++x)
+                    view_set(&cd->v, vb, s, h, x, NAN);
+            }
+    }
+}
+
 /* A paged copy of k and v (fixed-length): each sequence's pages in a
  * random order among spare ones, so that a page table the library ignored
  * could not pass; table entries past a sequence's used pages and the
  * padding between its rows are out of range (the library must not read
- * them). Spare pages and rows past seqlen_k hold random values. */
+ * them). Spare pages, rows past seqlen_k and keys past seqused_k hold NaN. */
 static void setup_pages(const grid_case *c, case_data *cd, test_rng *r)
 {
     int64_t B = c->batch, ps = c->page_size;
@@ -807,8 +826,14 @@ static void setup_pages(const grid_case *c, case_data *cd, test_rng *r)
     test_view *vk[1] = {&cd->kp}, *vv[1] = {&cd->vp};
     layout_group(cd, ROLE_INPUT, c->layout, c->dtype, 0, num_pages, ps, 1, hkv, c->head_dim, vk);
     layout_group(cd, ROLE_INPUT, c->layout, c->dtype, 0, num_pages, ps, 1, hkv, c->head_dim_v, vv);
-    fill_normal(&cd->kp, r, 1.0);
-    fill_normal(&cd->vp, r, 1.0);
+    for (int64_t page = 0; page < num_pages; ++page) /* NaN, then the used rows */
+        for (int64_t row = 0; row < ps; ++row)
+            for (int64_t h = 0; h < c->heads_kv; ++h) {
+                for (int64_t x = 0; x < c->head_dim; ++x)
+                    view_set(&cd->kp, page, row, h, x, NAN);
+                for (int64_t x = 0; x < c->head_dim_v; ++x)
+                    view_set(&cd->vp, page, row, h, x, NAN);
+            }
     for (int64_t b = 0; b < B; ++b) {
         int64_t used = (cd->k_len[b] + ps - 1) / ps;
         for (int64_t n = 0; n < per_seq; ++n) {
@@ -937,6 +962,8 @@ static void setup_case(const grid_case *c, case_data *cd, fa_attn *attn,
             }
     } else
         fill_normal(&cd->v, r, 1.0);
+    if (c->seqused)
+        poison_unused_keys(c, cd);
     if (c->page_size)
         setup_pages(c, cd, r);
 
@@ -1474,6 +1501,16 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
     if (accept_status(rep, cfg, st, "fa_forward (repeat)", &rep->skipped_forward))
         snapshot_compare(rep, &first, &cd, "a repeated fa_forward gave different bits");
 
+    if (forward_only && cd.on_device) { /* trusted KV-cache arrays: the same bits */
+        fa_context_set_kv_cache_checks(cfg->ctx, 0);
+        poison_role(&cd, ROLE_FORWARD_OUTPUT);
+        upload_all(&cd);
+        st = call_library(cfg->ctx, c, &cd, &attn, 0, tm);
+        download_all(&cd);
+        fa_context_set_kv_cache_checks(cfg->ctx, 1);
+        if (accept_status(rep, cfg, st, "fa_forward (KV-cache checks off)", &rep->skipped_forward))
+            snapshot_compare(rep, &first, &cd, "fa_forward without the KV-cache checks gave different bits");
+    }
     if (forward_only) { /* the backward must refuse the KV-cache options */
         st = call_library(cfg->ctx, c, &cd, &attn, 1, tm);
         if (st != FA_ERROR_INVALID_ARGUMENT)

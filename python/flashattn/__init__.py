@@ -11,7 +11,7 @@ installed torch has torch.library.custom_op.
 """
 
 from . import _ffi
-from ._ffi import last_kernel, set_backend
+from ._ffi import last_kernel, set_backend, set_kv_cache_checks
 from .fa2 import (
     flash_attn_func,
     flash_attn_kvpacked_func,
@@ -46,4 +46,5 @@ __all__ = [
     "backend_compiled",
     "last_kernel",
     "set_backend",
+    "set_kv_cache_checks",
 ]

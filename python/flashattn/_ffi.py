@@ -148,6 +148,8 @@ fa_context_set_num_threads = _declare(
     "fa_context_set_num_threads", ctypes.c_int, _ctx_p, ctypes.c_int
 )
 fa_context_set_backend = _declare("fa_context_set_backend", ctypes.c_int, _ctx_p, ctypes.c_int)
+fa_context_set_kv_cache_checks = _declare("fa_context_set_kv_cache_checks", ctypes.c_int, _ctx_p,
+                                          ctypes.c_int)
 fa_context_last_kernel = _declare("fa_context_last_kernel", ctypes.c_char_p, _ctx_p)
 fa_forward_workspace_size = _declare(
     "fa_forward_workspace_size", ctypes.c_int, _ctx_p, _p(FaAttn), _p(ctypes.c_size_t)
@@ -247,6 +249,16 @@ class _Context:
 
 _local = threading.local()
 _forced_backend = [BACKENDS["auto"]]
+_kv_cache_checks = [True]
+
+
+def set_kv_cache_checks(enabled):
+    """Whether the library checks seqused_k and block tables on the host
+    before a CUDA forward (the default; it waits for the stream). False
+    trusts them (no wait, no copy: a decoding step can be captured in a CUDA
+    graph); a length or page out of range is then undefined behavior, as in
+    FlashAttention. For every later call on every thread."""
+    _kv_cache_checks[0] = bool(enabled)
 
 
 def set_backend(name):
@@ -302,13 +314,15 @@ def context_for(device):
         # less per call on torch 2.x; older torch has only the object)
         raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
         stream = raw_stream(key[1]) if raw_stream else torch.cuda.current_stream(key[1]).cuda_stream
-        settings = (stream, _forced_backend[0])
+        settings = (stream, _forced_backend[0], _kv_cache_checks[0])
     if settings != ctx.settings:
         if key[0] == "cpu":
             check(fa_context_set_num_threads(h, settings[0]), "context")
         else:
             check(fa_context_set_stream(h, ctypes.c_void_p(settings[0])), "context")
         check(fa_context_set_backend(h, settings[1]), "context")
+        if key[0] == "cuda":
+            check(fa_context_set_kv_cache_checks(h, int(settings[2])), "context")
         ctx.settings = settings
     return h
 

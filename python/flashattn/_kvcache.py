@@ -27,7 +27,7 @@ as FlashAttention's kernel does.
 
 import torch
 
-from . import _ops
+from . import _ffi, _ops
 
 
 def _check_index(name, t, batch, device):
@@ -137,6 +137,57 @@ def gather_varlen_pages(k, v, block_table, cu_seqlens_k):
                  for cache in (k, v))
 
 
+def _kvcache_unchecked(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table,
+                       alibi_slopes, **options):
+    """kvcache_attention with flashattn.set_kv_cache_checks(False), on a GPU,
+    without leftpad or rotary: the append and the attention call from the
+    index tensors as they are, no host read (a decoding step that a CUDA
+    graph can capture). Shapes were checked; values are trusted."""
+    batch, seqlen_new = q.shape[0], 0 if k is None else k.shape[1]
+    paged = block_table is not None
+    capacity = block_table.shape[1] * k_cache.shape[1] if paged else k_cache.shape[1]
+    if cache_seqlens is None or isinstance(cache_seqlens, int):
+        if cache_seqlens is None and k is not None:
+            raise ValueError("cache_seqlens is required to append k and v to the cache")
+        n = capacity if cache_seqlens is None else cache_seqlens
+        lengths = torch.full((batch,), n, dtype=torch.int32, device=q.device)
+    else:
+        lengths = cache_seqlens
+    for name, t in (("cache_seqlens", lengths), ("cache_batch_idx", cache_batch_idx)):
+        if t is not None:
+            _ops.check_tensor(name, t, 1, torch.int32, q.device)
+            if t.shape[0] != batch:
+                raise ValueError(f"{name} must have batch_size = {batch} entries, got {t.shape[0]}")
+    if cache_batch_idx is not None and paged:
+        raise ValueError("cache_batch_idx cannot be combined with block_table: a paged cache "
+                         "maps sequences to pages through the table")
+    if not paged and cache_batch_idx is None and batch > k_cache.shape[0]:
+        raise ValueError(f"k_cache has {k_cache.shape[0]} sequences but q has batch {batch}")
+    if paged:
+        check_table(block_table, batch, q.device)
+    if k is not None:
+        pos = lengths.long().view(-1, 1) + torch.arange(seqlen_new, device=q.device).view(1, -1)
+        if paged:
+            rows = block_table.long().gather(1, pos // k_cache.shape[1])
+            pos = pos % k_cache.shape[1]
+        elif cache_batch_idx is not None:
+            rows = cache_batch_idx.long().view(-1, 1)
+        else:
+            rows = torch.arange(batch, device=q.device).view(-1, 1)
+        k_cache[rows, pos] = k
+        v_cache[rows, pos] = v
+    used = lengths + seqlen_new if seqlen_new else lengths
+    if paged:
+        kc, vc, table = k_cache, v_cache, block_table
+    elif cache_batch_idx is not None:  # one page per sequence: its cache row
+        kc, vc, table = k_cache, v_cache, cache_batch_idx.view(batch, 1)
+    else:
+        kc, vc, table = k_cache[:batch], v_cache[:batch], None
+    with torch.no_grad():
+        return _ops.kv_cache_forward(q, kc, vc, used.to(torch.int32), table, alibi_slopes=alibi_slopes,
+                                     **options)
+
+
 def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
                       cache_batch_idx=None, cache_leftpad=None, softmax_scale=None,
                       causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
@@ -180,6 +231,11 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
         check_table(block_table, batch, q.device)
         page_size = cache_len
         cache_len = block_table.shape[1] * page_size  # positions per sequence
+    if (not _ffi._kv_cache_checks[0] and q.is_cuda and cache_leftpad is None and rotary_cos is None
+            and rotary_sin is None):
+        return _kvcache_unchecked(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table,
+                                  alibi_slopes, softmax_scale=softmax_scale, causal=causal,
+                                  window_size=window_size, softcap=softcap)
     if isinstance(cache_seqlens, int):
         lengths = [cache_seqlens] * batch
     elif cache_seqlens is None:

@@ -116,6 +116,35 @@ def test_kvcache_varied_lengths_take_one_call(device, layout, monkeypatch):
     assert_close("out", out, ref)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "batch_idx", "paged"])
+def test_kvcache_unchecked_matches_checked(device, layout):
+    """set_kv_cache_checks(False) (GPU only: the step without host reads)
+    appends and attends exactly as the checked call."""
+    if device != "cuda":
+        pytest.skip("the unchecked KV-cache path is the GPU's (a CPU context always checks)")
+    batch, hq, hkv, d, page, new = 3, 4, 2, 64, 128, 2
+    gen = torch.Generator().manual_seed(37)
+    q, k_cache, v_cache, k, v = kvcache_inputs(device, gen, batch, 2, 4, 256, hq, hkv, d, new)
+    args = dict(cache_seqlens=torch.tensor([17, 0, 250], dtype=torch.int32, device=device), causal=True)
+    if layout == "batch_idx":
+        args["cache_batch_idx"] = torch.tensor([2, 0, 3], dtype=torch.int32, device=device)
+    if layout == "paged":
+        table = torch.randperm(8, generator=gen)[:batch * 2].view(batch, 2).to(device)
+        k_cache, v_cache = (c.reshape(8, page, hkv, d) for c in (k_cache, v_cache))
+        args["block_table"] = table.to(torch.int32)
+    results = []
+    for checked in (True, False):
+        kc, vc = k_cache.clone(), v_cache.clone()
+        flashattn.set_kv_cache_checks(checked)
+        try:
+            out = flashattn.flash_attn_with_kvcache(q, kc, vc, k, v, **args)
+        finally:
+            flashattn.set_kv_cache_checks(True)
+        results.append((out, kc, vc))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_kvcache_int_seqlens_single_call(device):
     gen = torch.Generator().manual_seed(32)
     q = randn(device, gen, 2, 1, 4, 16)

@@ -59,6 +59,11 @@ struct fa_sm90_params {
     float *lse;                                                 /* may be NULL */
     const int32_t *cu_seqlens_q, *cu_seqlens_k;                 /* varlen */
     const int32_t *seqused_k;                                   /* NULL, or keys used per sequence */
+    const int32_t *kv_block_table; /* NULL, or a paged K/V cache: map_k / map_v span its pages */
+    int kv_block_table_stride, kv_page_size; /* page_size: a multiple of kBlockN (sm90.cu) */
+    int tail_rows_readable; /* varlen, seqused_k, pages: the rows past a sequence's last key
+                               that its last key block reads are another's (or stale), not
+                               TMA's zeros */
     int varlen;
     int batch, seqlen_q, seqlen_k, heads_q, heads_per_kv, head_dim;
     int64_t total_q;
@@ -372,8 +377,14 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
             fa_mbar_wait(is_v ? sm.v_empty(ring.stage) : sm.k_empty(ring.stage), ring.phase);
             if (leader) {
                 fa_mbar_arrive_expect_tx(full, Cfg::kKVBytes);
-                load_kv(is_v ? sm.v(ring.stage) : sm.k(ring.stage), is_v ? &p.map_v : &p.map_k, full,
-                        t.k0 + n * Cfg::kBlockN, kv_head, batch);
+                /* a paged cache: the block lies in one page (its row there, the page for batch) */
+                int row = t.k0 + n * Cfg::kBlockN, kv_batch = batch;
+                if (p.kv_block_table) {
+                    kv_batch = p.kv_block_table[(int64_t)t.b * p.kv_block_table_stride + row / p.kv_page_size];
+                    row %= p.kv_page_size;
+                }
+                load_kv(is_v ? sm.v(ring.stage) : sm.k(ring.stage), is_v ? &p.map_v : &p.map_k, full, row,
+                        kv_head, kv_batch);
             }
             ring.advance();
         };
@@ -898,8 +909,8 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         float s[BlockN / 2];
         uint32_t pa[BlockN / 16][4];
         /* the first (last-in-sequence) key block may hold a varlen
-         * neighbour's rows */
-        const bool foreign_rows = p.varlen && t.n_end * BlockN > t.sk;
+         * neighbour's rows, or cache rows past the used ones */
+        const bool foreign_rows = p.tail_rows_readable && t.n_end * BlockN > t.sk;
         /* With one Q buffer (hdim 192 / 256) Q is released as soon as the
          * tile's last QKᵀ is done, so that the producer loads the next
          * tile's Q, and the first K queued behind it, under the last PV and

@@ -42,6 +42,10 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     memset(&prm, 0, sizeof prm);
     fa_sm90_fill_problem(prm, p);
     prm.seqused_k = p->seqused_k;
+    prm.kv_block_table = p->kv_block_table;
+    prm.kv_block_table_stride = (int)p->kv_block_table_stride;
+    prm.kv_page_size = (int)p->kv_page_size;
+    prm.tail_rows_readable = p->varlen || p->seqused_k || p->kv_block_table;
     prm.num_m_blocks = (int)((p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM);
     const int kv_box_rows = Cfg::kBlockN / Cfg::kClusterSize;
     fa_status st;

@@ -63,8 +63,17 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: ALiBi is not implemented");
     if (p->block_mask != NULL)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: block-sparse masks are not implemented");
-    if (p->kv_block_table != NULL)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: a paged K/V cache (kv_block_table) runs on sm80");
+    /* A paged cache: each key block must lie in one page (TMA loads it
+     * whole), so pages are a multiple of the widest block of the head dims
+     * that take it (128 keys); hdim 192 / 256 (96 / 80-key blocks) run on
+     * sm80. */
+    if (p->kv_block_table != NULL &&
+        (p->head_dim > 128 || p->kv_page_size % 128 != 0 || p->kv_page_size > 0x7fffffff ||
+         p->kv_block_table_stride > 0x7fffffff))
+        return fa_fail(FA_ERROR_UNSUPPORTED,
+                       "sm90: a paged K/V cache needs head_dim <= 128 and kv_page_size a multiple of 128 "
+                       "(got %lld, %lld): sm80 runs the others",
+                       (long long)p->head_dim, (long long)p->kv_page_size);
     /* the kernel indexes rows, heads, batches and window edges in int; the
      * mask intervals (fwd_kernel.cuh, bwd_kernel.cuh) need sequences below
      * 2^29 tokens */

@@ -4,24 +4,34 @@
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
+/* The outer ("batch") dim of q (is_q) or k / v as TMA sees it: 1 for packed
+ * (varlen) tensors, the pages of a paged K/V cache, else the batch. */
+static int64_t outer_of(const fa_problem *p, int is_q)
+{
+    return p->varlen ? 1 : !is_q && p->kv_block_table ? p->kv_num_pages : p->batch;
+}
+
 /* A (seq, head, dim) tensor seen by TMA as the rank-4 tensor (dim, rows,
  * heads, batches), innermost first; packed (varlen) tensors are one batch of
  * total rows. Byte strides of the three outer dims; a dim of size 1 may have
  * any stride (a broadcast one is 0), so it gets a valid placeholder. */
-static void tma_strides(const fa_problem *p, const fa_tensor *t, int64_t rows, int64_t heads, int64_t bytes[3])
+static void tma_strides(const fa_problem *p, const fa_tensor *t, int is_q, int64_t heads, int64_t bytes[3])
 {
     int64_t elem = (int64_t)fa_dtype_size(p->dtype);
-    int64_t sizes[3] = {rows, heads, p->varlen ? 1 : p->batch};
+    int64_t sizes[3] = {fa_sm90_rows_of(p, is_q), heads, outer_of(p, is_q)};
     int64_t strides[3] = {t->stride_seq, t->stride_head, p->varlen ? 0 : t->stride_batch};
     for (int i = 0; i < 3; ++i)
         bytes[i] = sizes[i] == 1 ? 16 : strides[i] * elem;
 }
 
-/* Rows of q (is_q) or k / v as TMA sees them: per batch, or all packed ones. */
+/* Rows of q (is_q) or k / v as TMA sees them: per batch, all packed ones,
+ * or a page's. */
 int64_t fa_sm90_rows_of(const fa_problem *p, int is_q)
 {
     if (p->varlen)
         return is_q ? p->total_q : p->total_k;
+    if (!is_q && p->kv_block_table)
+        return p->kv_page_size;
     return is_q ? p->seqlen_q : p->seqlen_k;
 }
 
@@ -32,7 +42,7 @@ int64_t fa_sm90_rows_of(const fa_problem *p, int is_q)
 fa_status fa_sm90_check_tma_tensor(const fa_problem *p, const fa_tensor *t, const char *name, int is_q)
 {
     int64_t bytes[3];
-    tma_strides(p, t, fa_sm90_rows_of(p, is_q), is_q ? p->heads_q : p->heads_kv, bytes);
+    tma_strides(p, t, is_q, is_q ? p->heads_q : p->heads_kv, bytes);
     if ((uintptr_t)t->data % 16 != 0)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: %s is not 16-byte aligned (TMA needs it)", name);
     for (int i = 0; i < 3; ++i)
@@ -68,9 +78,9 @@ fa_status fa_sm90_encode_map(CUtensorMap *map, const fa_problem *p, const fa_ten
     if (encode == NULL)
         return fa_fail(FA_ERROR_DEVICE, "sm90: the driver has no cuTensorMapEncodeTiled");
     int64_t rows = fa_sm90_rows_of(p, is_q), heads = is_q ? p->heads_q : p->heads_kv, bytes[3];
-    tma_strides(p, t, rows, heads, bytes);
+    tma_strides(p, t, is_q, heads, bytes);
     cuuint64_t dims[4] = {(cuuint64_t)p->head_dim, (cuuint64_t)rows, (cuuint64_t)heads,
-                          (cuuint64_t)(p->varlen ? 1 : p->batch)};
+                          (cuuint64_t)outer_of(p, is_q)};
     cuuint64_t strides[3] = {(cuuint64_t)bytes[0], (cuuint64_t)bytes[1], (cuuint64_t)bytes[2]};
     cuuint32_t box[4] = {64, (cuuint32_t)box_rows, 1, 1};
     cuuint32_t elem_strides[4] = {1, 1, 1, 1};
