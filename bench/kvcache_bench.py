@@ -14,6 +14,9 @@ in [cache_len / 4, cache_len] (seeded). Contenders:
                 shuffled order (one call)
   kvcache       flash_attn_with_kvcache(cache_seqlens=...): the binding's
                 checks (a host read of the lengths) + the seqused call
+  *-trust       the same with flashattn.set_kv_cache_checks(False): no host
+                copy of the lengths / table, no wait for the stream
+  sm80-trust    seqused-trust on the sm80 backend (forced)
   per-seq       one flash_attn_func per sequence over its keys (the
                 binding's path before the KV-cache options)
   full          flash_attn_func over all cache_len keys of every sequence
@@ -21,7 +24,7 @@ in [cache_len / 4, cache_len] (seeded). Contenders:
   sdpa-flash    PyTorch SDPA FLASH_ATTENTION over all cache_len keys
                 (heads_q == heads_kv only)
 Prints µs per call and the ratio to `full`; the key bytes read by the
-seqused call over its time as GB/s.
+seqused-trust call over its time as GB/s.
 """
 
 import argparse
@@ -58,8 +61,9 @@ def main():
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     rows = []
-    names = ("seqused", "paged16", "paged256", "kvcache", "per-seq", "full", "sdpa-flash")
-    print(f"{'b:hq:hkv:d:L':22} " + " ".join(f"{n:>20}" for n in names) + "   seqused GB/s")
+    names = ("seqused", "seqused-trust", "sm80-trust", "paged16", "paged256", "paged256-trust", "kvcache", "kvcache-trust",
+             "per-seq", "full", "sdpa-flash")
+    print(f"{'b:hq:hkv:d:L':22} " + " ".join(f"{n:>20}" for n in names) + "   seqused-trust GB/s")
     for shape in a.shapes:
         b, hq, hkv, d, length = (int(x) for x in shape.split(":"))
         gen = torch.Generator().manual_seed(b * 7919 + length)
@@ -69,6 +73,16 @@ def main():
         k, v = (torch.randn(b, length, hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         pages = {p: paged_copy(k, v, p, gen) for p in (16, 256)}
         flashattn.set_backend("auto")
+
+        def trusted(fn):
+            def run():
+                flashattn.set_kv_cache_checks(False)
+                try:
+                    return fn()
+                finally:
+                    flashattn.set_kv_cache_checks(True)
+            return run
+
         fns = {
             "seqused": lambda: _ops.kv_cache_forward(q, k, v, used)[0],
             "paged16": lambda: _ops.kv_cache_forward(q, pages[16][0], pages[16][1], used, pages[16][2])[0],
@@ -78,12 +92,26 @@ def main():
                                           for i, n in enumerate(lengths)]),
             "full": lambda: flash_attn_func(q, k, v),
         }
+        for name in ("seqused", "paged256", "kvcache"):
+            fns[name + "-trust"] = trusted(fns[name])
+
+        def on_sm80(fn):
+            def run():
+                flashattn.set_backend("cuda_sm80")
+                try:
+                    return fn()
+                finally:
+                    flashattn.set_backend("auto")
+            return run
+
+        fns["sm80-trust"] = on_sm80(fns["seqused-trust"])
         if hq == hkv:
             fns["sdpa-flash"] = sdpa_forward("sdpa-flash", *(t.transpose(1, 2) for t in (q, k, v)), False)
         # every one-call contender against the per-sequence calls
         ref = fns["per-seq"]().float()
         kernels = {}
-        for name in ("seqused", "paged16", "paged256", "kvcache"):
+        for name in ("seqused", "paged16", "paged256", "kvcache", "seqused-trust", "paged256-trust",
+                     "kvcache-trust", "sm80-trust"):
             err = (fns[name]().float() - ref).abs().max().item()
             assert err < 2e-2, f"{shape} {name}: max difference {err} from per-seq"
             kernels[name] = flashattn.last_kernel(q.device)
@@ -94,7 +122,7 @@ def main():
             t = times.get(name)
             cells.append(f"{t * 1e3:8.1f} us ({t / base:5.2f}x)" if t and base else f"{'-':>20}")
         key_bytes = 2 * sum(lengths) * hkv * d * 2  # K and V, bf16
-        gbs = key_bytes / (times["seqused"] * 1e-3) / 1e9 if times.get("seqused") else 0.0
+        gbs = key_bytes / (times["seqused-trust"] * 1e-3) / 1e9 if times.get("seqused-trust") else 0.0
         print(f"{shape:22} " + " ".join(f"{c:>20}" for c in cells) + f"   {gbs:8.0f}"
               + (f"  {errors}" if errors else ""), flush=True)
         print(f"  kernels: {kernels}", flush=True)

@@ -916,6 +916,34 @@ static fa_status check_outputs_disjoint(const fa_problem *p,
     return FA_SUCCESS;
 }
 
+/* Decoding with grouped heads (one query row, heads_q = G·heads_kv): the G
+ * query heads that share a K/V head become G query rows of one head, so
+ * that a tile reads each K/V block once for all of them and holds G rows
+ * instead of one (FlashAttention-2 swaps them the same way). Head h = G·hk
+ * + i of q / out is row i of head hk: stride_seq takes q's head stride,
+ * stride_head G of them; lse (batch, heads_q, 1) is (batch, heads_kv, G) in
+ * the same memory. Only where every row sees the same keys as before and
+ * nothing depends on the head: one row sees all keys under any right
+ * window bound (causal included), so no left bound, ALiBi, dropout or
+ * block mask; fixed-length. Forward only (inference). */
+static void fold_query_groups(fa_problem *p)
+{
+    int64_t group = p->heads_q / p->heads_kv;
+    if (p->seqlen_q != 1 || group == 1 || p->varlen || p->window_left >= 0 ||
+        p->alibi_slopes || p->dropout_p > 0.0f || p->block_mask)
+        return;
+    p->seqlen_q = group;
+    p->total_q = p->batch * group;
+    p->heads_q = p->heads_kv;
+    p->window_right = -1;
+    p->causal = 0;
+    fa_tensor *views[2] = {&p->q, &p->out};
+    for (int n = 0; n < 2; ++n) {
+        views[n]->stride_seq = views[n]->stride_head;
+        views[n]->stride_head *= group;
+    }
+}
+
 /* ---------------------------------------------------------------------- */
 /* Entry points                                                            */
 
@@ -933,8 +961,11 @@ static fa_status workspace_size(const fa_context *ctx, const fa_attn *attn,
     if (dir == FA_BACKWARD && (st = check_backward_options(attn)))
         return st;
     /* cu_seqlens are read through the context's host buffer. */
-    if ((st = resolve_attn((fa_context *)ctx, attn, &p)) ||
-        (st = fa_dispatch_select(ctx, &p, dir, &backend)))
+    if ((st = resolve_attn((fa_context *)ctx, attn, &p)))
+        return st;
+    if (dir == FA_FORWARD)
+        fold_query_groups(&p); /* as fa_forward runs it */
+    if ((st = fa_dispatch_select(ctx, &p, dir, &backend)))
         return st;
     p.num_threads = resolved_threads(ctx);
     *bytes = fa_dispatch_workspace_size(ctx, backend, &p, dir);
@@ -971,6 +1002,7 @@ fa_status fa_forward(fa_context *ctx, const fa_attn *attn,
         fa_clear_error();
         return FA_SUCCESS;
     }
+    fold_query_groups(&p);
     if ((st = prepare_run(ctx, &p, FA_FORWARD, workspace, workspace_size,
                           &backend)))
         return st;
