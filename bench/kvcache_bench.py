@@ -61,8 +61,8 @@ def main():
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     rows = []
-    names = ("seqused", "seqused-trust", "sm80-trust", "paged16", "paged256", "paged256-trust", "kvcache", "kvcache-trust",
-             "per-seq", "full", "sdpa-flash")
+    names = ("seqused", "seqused-trust", "sm80-trust", "paged16", "paged16-trust", "paged256", "paged256-trust",
+             "kvcache", "kvcache-trust", "per-seq", "full", "sdpa-flash")
     print(f"{'b:hq:hkv:d:L':22} " + " ".join(f"{n:>20}" for n in names) + "   seqused-trust GB/s")
     for shape in a.shapes:
         b, hq, hkv, d, length = (int(x) for x in shape.split(":"))
@@ -92,7 +92,7 @@ def main():
                                           for i, n in enumerate(lengths)]),
             "full": lambda: flash_attn_func(q, k, v),
         }
-        for name in ("seqused", "paged256", "kvcache"):
+        for name in ("seqused", "paged16", "paged256", "kvcache"):
             fns[name + "-trust"] = trusted(fns[name])
 
         def on_sm80(fn):
@@ -110,8 +110,8 @@ def main():
         # every one-call contender against the per-sequence calls
         ref = fns["per-seq"]().float()
         kernels = {}
-        for name in ("seqused", "paged16", "paged256", "kvcache", "seqused-trust", "paged256-trust",
-                     "kvcache-trust", "sm80-trust"):
+        for name in ("seqused", "paged16", "paged256", "kvcache", "seqused-trust", "paged16-trust",
+                     "paged256-trust", "kvcache-trust", "sm80-trust"):
             err = (fns[name]().float() - ref).abs().max().item()
             assert err < 2e-2, f"{shape} {name}: max difference {err} from per-seq"
             kernels[name] = flashattn.last_kernel(q.device)

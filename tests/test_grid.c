@@ -273,8 +273,8 @@ static void apply_option(test_rng *r, grid_case *c, const char *option)
             set_varlen(r, c);
         c->causal = rng_int(r, 0, 2) == 0;
     } else if (!strcmp(option, "paged")) {
-        static const int64_t pages[] = {1, 3, 16, 64, 128, 256};
-        c->page_size = pick(r, pages, 6);
+        static const int64_t pages[] = {1, 3, 8, 16, 32, 64, 128, 256};
+        c->page_size = pick(r, pages, 8);
         c->seqused = rng_int(r, 0, 1);
         c->causal = rng_int(r, 0, 2) == 0;
         if (!c->causal && rng_int(r, 0, 3) == 0)
@@ -431,6 +431,23 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
             static const int64_t pages[] = {16, 128, 256};
             c.page_size = pick(&r, pages, 3);
         }
+        push_case(list, &c);
+    }
+
+    /* Prefill over a paged cache: 256 query rows (two 128-row tiles, which
+     * the Hopper forward runs as a pair sharing each K/V block, each CTA
+     * loading half) over pages smaller and larger than a key block. GPU
+     * only, over the budget on purpose, not in --quick. */
+    for (int n = 0; n < (quick || !gpu ? 0 : 4); ++n) {
+        c = base_case(&r, "pagedprefill", DTYPES[1 + n % 2]);
+        c.batch = 2;
+        c.heads_q = 4;
+        c.heads_kv = 2;
+        c.seqlen_q = 256;
+        c.seqlen_k = rng_int(&r, 600, 900);
+        c.head_dim = c.head_dim_v = n < 2 ? 128 : 64;
+        c.page_size = n % 2 ? 16 : 128;
+        c.seqused = n / 2 == 0;
         push_case(list, &c);
     }
 

@@ -251,6 +251,18 @@ def _check_total_tokens(cu_seqlens_q, cu_seqlens_k, q, k):
             )
 
 
+def _run_forward(ctx, attn, ws_size, q, k, v, out, lse, varlen):
+    """fa_forward of attn on torch tensors, with a workspace of ws_size
+    bytes from torch's allocator."""
+    ws = _scratch(ws_size, q.device)
+    tq, tk, tv, to = (_view(t, varlen) for t in (q, k, v, out))
+    _ffi.check(
+        _ffi.fa_forward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(),
+                        ws.data_ptr() if ws is not None else None, ws_size),
+        "forward",
+    )
+
+
 def forward_impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                  softmax_scale, causal, window_left, window_right, softcap, alibi_slopes,
                  deterministic):
@@ -273,13 +285,7 @@ def forward_impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     with _ffi.device_guard(q.device):
         ctx = _ffi.context_for(q.device)
         attn, ws_size = _plan(ctx, "forward", _ffi.fa_forward_workspace_size, problem_args)
-        ws = _scratch(ws_size, q.device)
-        tq, tk, tv, to = (_view(t, varlen) for t in (q, k, v, out))
-        _ffi.check(
-            _ffi.fa_forward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(),
-                            ws.data_ptr() if ws is not None else None, ws_size),
-            "forward",
-        )
+        _run_forward(ctx, attn, ws_size, q, k, v, out, lse, varlen)
     return out, lse, rng_state
 
 
@@ -454,13 +460,7 @@ def kv_cache_forward(q, k, v, seqused_k, block_table=None, softmax_scale=None, c
     with _ffi.device_guard(q.device):
         ctx = _ffi.context_for(q.device)
         ws_size = _workspace_bytes(ctx, attn, _ffi.fa_forward_workspace_size, "forward")
-        ws = _scratch(ws_size, q.device)
-        tq, tk, tv, to = (_view(t, False) for t in (q, k, v, out))
-        _ffi.check(
-            _ffi.fa_forward(ctx, ctypes.byref(attn), tq, tk, tv, to, lse.data_ptr(),
-                            ws.data_ptr() if ws is not None else None, ws_size),
-            "forward",
-        )
+        _run_forward(ctx, attn, ws_size, q, k, v, out, lse, False)
     return out, lse
 
 

@@ -185,7 +185,10 @@ static inline int last_wave_parts(int64_t tasks, int64_t split, int64_t ctas, in
  * become zeros. row_at(r) points at element (r, 0) of a valid row r; `any`
  * is some readable address (the source of the zero fills). With
  * `vectorized` (rows 16-byte aligned) the copy is asynchronous (cp.async;
- * the caller commits and waits), otherwise element-wise. */
+ * the caller commits and waits), otherwise element-wise. (load_tile below
+ * is the same loop for strided rows, kept apart: built on this one it
+ * changed the register allocation of 22-28 backward kernels, in both
+ * forms tried, with no change of what they compute.) */
 template <typename T, int ROWS, int COLS, int THREADS, int PITCH, class RowAt>
 __device__ __forceinline__ void load_tile_rows(T *tile, RowAt row_at, const T *any,
                                                int64_t rows_valid, int cols, bool vectorized)

@@ -60,7 +60,9 @@ struct fa_sm90_params {
     const int32_t *cu_seqlens_q, *cu_seqlens_k;                 /* varlen */
     const int32_t *seqused_k;                                   /* NULL, or keys used per sequence */
     const int32_t *kv_block_table; /* NULL, or a paged K/V cache: map_k / map_v span its pages */
-    int kv_block_table_stride, kv_page_size; /* page_size: a multiple of kBlockN (sm90.cu) */
+    int kv_block_table_stride, kv_page_size; /* page_size: a multiple of kBlockN or a divisor of
+                                                its share per CTA, >= 8 rows (sm90.cu) */
+    int kv_box_rows;               /* rows per K/V TMA box: the CTA's share of a block, or a page */
     int tail_rows_readable; /* varlen, seqused_k, pages: the rows past a sequence's last key
                                that its last key block reads are another's (or stale), not
                                TMA's zeros */
@@ -338,14 +340,28 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
      * tensor maps' boxes are that tall); each CTA's full barrier expects the
      * whole block */
     const bool leader = fa_elect_one();
-    auto load_kv = [&](uint32_t tile, const CUtensorMap *map, uint32_t full, int row, int kv_head, int batch) {
-        const int part_row = (int)fa_cluster_rank() * (Cfg::kBlockN / 2);
-        for (int s = 0; s < Cfg::kSlabs; ++s) {
-            if constexpr (Cfg::kClusterSize > 1)
-                fa_tma_load_4d_multicast(tile + s * Cfg::kKVSlabBytes + part_row * 128, map, full, s * 64,
-                                         row + part_row, kv_head, batch, 0x3);
-            else
-                fa_tma_load_4d(tile + s * Cfg::kKVSlabBytes, map, full, s * 64, row, kv_head, batch);
+    /* Key block n of sequence t into tile, in boxes of kv_box_rows: one
+     * per CTA share, or one per page of a paged cache whose pages are
+     * smaller (each box at a multiple of 8 rows, so the 128-byte swizzle
+     * sees the layout of one tall box) */
+    auto load_kv = [&](uint32_t tile, const CUtensorMap *map, uint32_t full, const fa_sm90_tile &t, int n,
+                       int kv_head, int batch) {
+        const int part_row = Cfg::kClusterSize > 1 ? (int)fa_cluster_rank() * (Cfg::kBlockN / 2) : 0;
+        for (int r = part_row; r < part_row + Cfg::kBlockN / Cfg::kClusterSize; r += p.kv_box_rows) {
+            /* a paged cache: the box lies in one page (its row there, the page for batch) */
+            int row = t.k0 + n * Cfg::kBlockN + r, kv_batch = batch;
+            if (p.kv_block_table) {
+                kv_batch = p.kv_block_table[(int64_t)t.b * p.kv_block_table_stride + row / p.kv_page_size];
+                row %= p.kv_page_size;
+            }
+            for (int s = 0; s < Cfg::kSlabs; ++s) {
+                if constexpr (Cfg::kClusterSize > 1)
+                    fa_tma_load_4d_multicast(tile + s * Cfg::kKVSlabBytes + r * 128, map, full, s * 64, row,
+                                             kv_head, kv_batch, 0x3);
+                else
+                    fa_tma_load_4d(tile + s * Cfg::kKVSlabBytes + r * 128, map, full, s * 64, row, kv_head,
+                                   kv_batch);
+            }
         }
     };
     /* kOInV: the O of the last tile loaded is (or will be) staged over the
@@ -377,14 +393,8 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
             fa_mbar_wait(is_v ? sm.v_empty(ring.stage) : sm.k_empty(ring.stage), ring.phase);
             if (leader) {
                 fa_mbar_arrive_expect_tx(full, Cfg::kKVBytes);
-                /* a paged cache: the block lies in one page (its row there, the page for batch) */
-                int row = t.k0 + n * Cfg::kBlockN, kv_batch = batch;
-                if (p.kv_block_table) {
-                    kv_batch = p.kv_block_table[(int64_t)t.b * p.kv_block_table_stride + row / p.kv_page_size];
-                    row %= p.kv_page_size;
-                }
-                load_kv(is_v ? sm.v(ring.stage) : sm.k(ring.stage), is_v ? &p.map_v : &p.map_k, full, row,
-                        kv_head, kv_batch);
+                load_kv(is_v ? sm.v(ring.stage) : sm.k(ring.stage), is_v ? &p.map_v : &p.map_k, full, t, n,
+                        kv_head, batch);
             }
             ring.advance();
         };

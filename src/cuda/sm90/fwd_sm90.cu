@@ -47,7 +47,12 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     prm.kv_page_size = (int)p->kv_page_size;
     prm.tail_rows_readable = p->varlen || p->seqused_k || p->kv_block_table;
     prm.num_m_blocks = (int)((p->seqlen_q + Cfg::kBlockM - 1) / Cfg::kBlockM);
-    const int kv_box_rows = Cfg::kBlockN / Cfg::kClusterSize;
+    /* a CTA's share of a K/V block per TMA box, or a page where pages are
+     * smaller (sm90.cu: a page size that divides it) */
+    int kv_box_rows = Cfg::kBlockN / Cfg::kClusterSize;
+    if (p->kv_block_table && p->kv_page_size < kv_box_rows)
+        kv_box_rows = (int)p->kv_page_size;
+    prm.kv_box_rows = kv_box_rows;
     fa_status st;
     if ((st = fa_sm90_encode_map(&prm.map_q, p, &p->q, 1, Cfg::kBlockM, "q")) != FA_SUCCESS ||
         (st = fa_sm90_encode_map(&prm.map_k, p, &p->k, 0, kv_box_rows, "k")) != FA_SUCCESS ||

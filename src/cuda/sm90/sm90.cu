@@ -63,17 +63,19 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: ALiBi is not implemented");
     if (p->block_mask != NULL)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: block-sparse masks are not implemented");
-    /* A paged cache: each key block must lie in one page (TMA loads it
-     * whole), so pages are a multiple of the widest block of the head dims
-     * that take it (128 keys); hdim 192 / 256 (96 / 80-key blocks) run on
-     * sm80. */
+    /* A paged cache: a TMA box must lie in one page, and boxes smaller than
+     * a block start at multiples of 8 rows (the swizzle's period). At hdim
+     * <= 128 a block is 128 keys, 64 per CTA of a pair: pages of a multiple
+     * of 128 keys, or of 8, 16, 32 or 64; hdim 192 / 256 (96 / 80-key
+     * blocks) run on sm80. */
+    const int64_t page = p->kv_page_size;
     if (p->kv_block_table != NULL &&
-        (p->head_dim > 128 || p->kv_page_size % 128 != 0 || p->kv_page_size > 0x7fffffff ||
+        (p->head_dim > 128 || (page % 128 != 0 && (64 % page != 0 || page % 8 != 0)) || page > 0x7fffffff ||
          p->kv_block_table_stride > 0x7fffffff))
         return fa_fail(FA_ERROR_UNSUPPORTED,
-                       "sm90: a paged K/V cache needs head_dim <= 128 and kv_page_size a multiple of 128 "
-                       "(got %lld, %lld): sm80 runs the others",
-                       (long long)p->head_dim, (long long)p->kv_page_size);
+                       "sm90: a paged K/V cache needs head_dim <= 128 and kv_page_size 8, 16, 32, 64 or a "
+                       "multiple of 128 (got %lld, %lld): sm80 runs the others",
+                       (long long)p->head_dim, (long long)page);
     /* the kernel indexes rows, heads, batches and window edges in int; the
      * mask intervals (fwd_kernel.cuh, bwd_kernel.cuh) need sequences below
      * 2^29 tokens */
