@@ -343,17 +343,32 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
     /* Key block n of sequence t into tile, in boxes of kv_box_rows: one
      * per CTA share, or one per page of a paged cache whose pages are
      * smaller (each box at a multiple of 8 rows, so the 128-byte swizzle
-     * sees the layout of one tall box) */
+     * sees the layout of one tall box). Run by the whole warp: lane i looks
+     * up the page of box i, so that the table reads of a block overlap;
+     * the leader issues the copies. */
+    const int lane = (int)threadIdx.x % 32;
     auto load_kv = [&](uint32_t tile, const CUtensorMap *map, uint32_t full, const fa_sm90_tile &t, int n,
                        int kv_head, int batch) {
-        const int part_row = Cfg::kClusterSize > 1 ? (int)fa_cluster_rank() * (Cfg::kBlockN / 2) : 0;
-        for (int r = part_row; r < part_row + Cfg::kBlockN / Cfg::kClusterSize; r += p.kv_box_rows) {
-            /* a paged cache: the box lies in one page (its row there, the page for batch) */
-            int row = t.k0 + n * Cfg::kBlockN + r, kv_batch = batch;
+        constexpr int kShare = Cfg::kBlockN / Cfg::kClusterSize;
+        const int part_row = Cfg::kClusterSize > 1 ? (int)fa_cluster_rank() * kShare : 0;
+        const int block_row = t.k0 + n * Cfg::kBlockN;
+        int lane_page = 0;
+        if (p.kv_block_table) {
+            const int row = block_row + part_row + lane * p.kv_box_rows;
+            if (lane * p.kv_box_rows < kShare && row < t.sk)
+                lane_page = p.kv_block_table[(int64_t)t.b * p.kv_block_table_stride + row / p.kv_page_size];
+        }
+        for (int i = 0, r = part_row; r < part_row + kShare; ++i, r += p.kv_box_rows) {
+            int row = block_row + r, kv_batch = batch;
             if (p.kv_block_table) {
-                kv_batch = p.kv_block_table[(int64_t)t.b * p.kv_block_table_stride + row / p.kv_page_size];
-                row %= p.kv_page_size;
+                /* the box lies in one page: its row there, the page as the batch coordinate; past
+                 * the used keys (whose table entries may be anything) a row past the page, which
+                 * TMA fills with zeros */
+                kv_batch = __shfl_sync(0xffffffffu, lane_page, i);
+                row = row < t.sk ? row % p.kv_page_size : p.kv_page_size;
             }
+            if (!leader)
+                continue;
             for (int s = 0; s < Cfg::kSlabs; ++s) {
                 if constexpr (Cfg::kClusterSize > 1)
                     fa_tma_load_4d_multicast(tile + s * Cfg::kKVSlabBytes + r * 128, map, full, s * 64, row,
@@ -391,11 +406,10 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
         auto load_block = [&](fa_pipe_state<Cfg::kStages> &ring, bool is_v, int n) {
             const uint32_t full = is_v ? sm.v_full(ring.stage) : sm.k_full(ring.stage);
             fa_mbar_wait(is_v ? sm.v_empty(ring.stage) : sm.k_empty(ring.stage), ring.phase);
-            if (leader) {
+            if (leader)
                 fa_mbar_arrive_expect_tx(full, Cfg::kKVBytes);
-                load_kv(is_v ? sm.v(ring.stage) : sm.k(ring.stage), is_v ? &p.map_v : &p.map_k, full, t, n,
-                        kv_head, batch);
-            }
+            load_kv(is_v ? sm.v(ring.stage) : sm.k(ring.stage), is_v ? &p.map_v : &p.map_k, full, t, n, kv_head,
+                    batch);
             ring.advance();
         };
         for (int n = t.n_end - 1; n > t.n_end - 1 - Cfg::kKLead && n >= t.n_begin; --n)
