@@ -145,6 +145,43 @@ def test_kvcache_unchecked_matches_checked(device, layout):
         assert torch.equal(a, b)
 
 
+def test_kvcache_unchecked_cuda_graph(device):
+    """With the checks off a decoding step captures in a CUDA graph: a
+    replay after new lengths are copied into the captured tensor gives
+    what an eager call with them gives (paged and not)."""
+    if device != "cuda":
+        pytest.skip("CUDA graphs need a GPU")
+    batch, hq, hkv, d, page = 4, 8, 2, 128, 64
+    gen = torch.Generator().manual_seed(38)
+    q, k_cache, v_cache, _, _ = kvcache_inputs(device, gen, batch, 1, batch, 512, hq, hkv, d, 0)
+    table = torch.randperm(batch * 512 // page, generator=gen).view(batch, -1).to(device).to(torch.int32)
+    k_pages = torch.empty(batch * 512 // page, page, hkv, d, dtype=q.dtype, device=device)
+    v_pages = torch.empty_like(k_pages)
+    k_pages[table.long()] = k_cache.view(batch, -1, page, hkv, d)
+    v_pages[table.long()] = v_cache.view(batch, -1, page, hkv, d)
+    for paged in (False, True):
+        caches = dict(k_cache=k_pages, v_cache=v_pages, block_table=table) if paged else \
+            dict(k_cache=k_cache, v_cache=v_cache)
+        lengths = torch.tensor([100, 7, 512, 300], dtype=torch.int32, device=device)
+        step = lambda: flashattn.flash_attn_with_kvcache(q, cache_seqlens=lengths, **caches)  # noqa: E731
+        flashattn.set_kv_cache_checks(False)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                step()  # warm up outside the capture
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = step()
+            lengths.copy_(torch.tensor([5, 260, 64, 511], dtype=torch.int32))
+            graph.replay()
+            torch.cuda.synchronize()
+        finally:
+            flashattn.set_kv_cache_checks(True)
+        assert torch.equal(out, step()), f"paged={paged}"
+
+
 def test_kvcache_int_seqlens_single_call(device):
     gen = torch.Generator().manual_seed(32)
     q = randn(device, gen, 2, 1, 4, 16)

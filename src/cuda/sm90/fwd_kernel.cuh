@@ -340,42 +340,49 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
      * tensor maps' boxes are that tall); each CTA's full barrier expects the
      * whole block */
     const bool leader = fa_elect_one();
-    /* Key block n of sequence t into tile, in boxes of kv_box_rows: one
-     * per CTA share, or one per page of a paged cache whose pages are
-     * smaller (each box at a multiple of 8 rows, so the 128-byte swizzle
-     * sees the layout of one tall box). Run by the whole warp: lane i looks
-     * up the page of box i, so that the table reads of a block overlap;
-     * the leader issues the copies. */
+    /* Key block n: the leader loads the CTA's share in one box per 64
+     * columns (in a cluster, multicast to both CTAs) */
+    auto load_kv = [&](uint32_t tile, const CUtensorMap *map, uint32_t full, int row, int kv_head, int batch) {
+        const int part_row = (int)fa_cluster_rank() * (Cfg::kBlockN / 2);
+        for (int s = 0; s < Cfg::kSlabs; ++s) {
+            if constexpr (Cfg::kClusterSize > 1)
+                fa_tma_load_4d_multicast(tile + s * Cfg::kKVSlabBytes + part_row * 128, map, full, s * 64,
+                                         row + part_row, kv_head, batch, 0x3);
+            else
+                fa_tma_load_4d(tile + s * Cfg::kKVSlabBytes, map, full, s * 64, row, kv_head, batch);
+        }
+    };
+    /* Key block n of a paged cache, run by the whole warp: in boxes of
+     * kv_box_rows, the CTA's share or a page where pages are smaller (each
+     * box at a multiple of 8 rows, so the 128-byte swizzle sees the layout
+     * of one tall box); lane i looks up the page of box i, so that a
+     * block's table reads overlap, and the leader issues the copies. A
+     * separate path: the non-paged blocks' producer, all lanes stepping
+     * through these boxes, cost 1% at 16k (perf.md, twenty-sixth session). */
     const int lane = (int)threadIdx.x % 32;
-    auto load_kv = [&](uint32_t tile, const CUtensorMap *map, uint32_t full, const fa_sm90_tile &t, int n,
-                       int kv_head, int batch) {
+    auto load_kv_paged = [&](uint32_t tile, const CUtensorMap *map, uint32_t full, const fa_sm90_tile &t, int n,
+                             int kv_head) {
         constexpr int kShare = Cfg::kBlockN / Cfg::kClusterSize;
         const int part_row = Cfg::kClusterSize > 1 ? (int)fa_cluster_rank() * kShare : 0;
-        const int block_row = t.k0 + n * Cfg::kBlockN;
+        const int block_row = n * Cfg::kBlockN;
         int lane_page = 0;
-        if (p.kv_block_table) {
-            const int row = block_row + part_row + lane * p.kv_box_rows;
-            if (lane * p.kv_box_rows < kShare && row < t.sk)
-                lane_page = p.kv_block_table[(int64_t)t.b * p.kv_block_table_stride + row / p.kv_page_size];
-        }
+        const int lane_row = block_row + part_row + lane * p.kv_box_rows;
+        if (lane * p.kv_box_rows < kShare && lane_row < t.sk)
+            lane_page = p.kv_block_table[(int64_t)t.b * p.kv_block_table_stride + lane_row / p.kv_page_size];
         for (int i = 0, r = part_row; r < part_row + kShare; ++i, r += p.kv_box_rows) {
-            int row = block_row + r, kv_batch = batch;
-            if (p.kv_block_table) {
-                /* the box lies in one page: its row there, the page as the batch coordinate; past
-                 * the used keys (whose table entries may be anything) a row past the page, which
-                 * TMA fills with zeros */
-                kv_batch = __shfl_sync(0xffffffffu, lane_page, i);
-                row = row < t.sk ? row % p.kv_page_size : p.kv_page_size;
-            }
+            /* the box lies in one page: its row there, the page as the batch coordinate; past the
+             * used keys (whose table entries may be anything) a row past the page, which TMA fills
+             * with zeros */
+            const int page = __shfl_sync(0xffffffffu, lane_page, i);
+            const int row = block_row + r < t.sk ? (block_row + r) % p.kv_page_size : p.kv_page_size;
             if (!leader)
                 continue;
             for (int s = 0; s < Cfg::kSlabs; ++s) {
                 if constexpr (Cfg::kClusterSize > 1)
                     fa_tma_load_4d_multicast(tile + s * Cfg::kKVSlabBytes + r * 128, map, full, s * 64, row,
-                                             kv_head, kv_batch, 0x3);
+                                             kv_head, page, 0x3);
                 else
-                    fa_tma_load_4d(tile + s * Cfg::kKVSlabBytes + r * 128, map, full, s * 64, row, kv_head,
-                                   kv_batch);
+                    fa_tma_load_4d(tile + s * Cfg::kKVSlabBytes + r * 128, map, full, s * 64, row, kv_head, page);
             }
         }
     };
@@ -406,10 +413,16 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
         auto load_block = [&](fa_pipe_state<Cfg::kStages> &ring, bool is_v, int n) {
             const uint32_t full = is_v ? sm.v_full(ring.stage) : sm.k_full(ring.stage);
             fa_mbar_wait(is_v ? sm.v_empty(ring.stage) : sm.k_empty(ring.stage), ring.phase);
-            if (leader)
+            const uint32_t tile = is_v ? sm.v(ring.stage) : sm.k(ring.stage);
+            const CUtensorMap *map = is_v ? &p.map_v : &p.map_k;
+            if (p.kv_block_table) { /* uniform */
+                if (leader)
+                    fa_mbar_arrive_expect_tx(full, Cfg::kKVBytes);
+                load_kv_paged(tile, map, full, t, n, kv_head);
+            } else if (leader) {
                 fa_mbar_arrive_expect_tx(full, Cfg::kKVBytes);
-            load_kv(is_v ? sm.v(ring.stage) : sm.k(ring.stage), is_v ? &p.map_v : &p.map_k, full, t, n, kv_head,
-                    batch);
+                load_kv(tile, map, full, t.k0 + n * Cfg::kBlockN, kv_head, batch);
+            }
             ring.advance();
         };
         for (int n = t.n_end - 1; n > t.n_end - 1 - Cfg::kKLead && n >= t.n_begin; --n)
