@@ -434,6 +434,22 @@ static int64_t pages_for(int64_t keys, int64_t page_size)
     return keys / page_size + (keys % page_size != 0);
 }
 
+/* Entries of a's kv_block_table up to the last one a sequence may use:
+ * (batch - 1)·stride + ceil(seqlen_k / page); -1 where the geometry is
+ * invalid or the table would pass FA_MAX_EXTENT entries (a host copy of it
+ * must stay far from size_t's range). */
+static int64_t table_entries(const fa_attn *a)
+{
+    if (a->kv_page_size < 1 || a->kv_page_size > FA_MAX_EXTENT)
+        return -1;
+    int64_t per_seq = pages_for(a->seqlen_k, a->kv_page_size);
+    if (a->kv_block_table_stride < per_seq ||
+        !index_fits(a->batch - 1, a->kv_block_table_stride, 0, 0, per_seq))
+        return -1;
+    int64_t entries = (a->batch - 1) * a->kv_block_table_stride + per_seq;
+    return entries <= FA_MAX_EXTENT ? entries : -1;
+}
+
 /* The KV-cache options of attn -> p (after the varlen fields): seqused_k
  * within each sequence's keys; a paged cache's geometry, and the table
  * entries of every position a sequence uses within its pages. at: where
@@ -477,15 +493,15 @@ static fa_status resolve_kv_cache(fa_context *ctx, const fa_attn *a,
                        "kv_block_table", (long long)a->kv_num_pages,
                        (long long)FA_MAX_EXTENT);
     int64_t per_seq = pages_for(a->seqlen_k, a->kv_page_size);
-    if (a->kv_block_table_stride < per_seq ||
-        !index_fits(a->batch - 1, a->kv_block_table_stride, 0, 0, per_seq))
+    int64_t entries = table_entries(a);
+    if (entries < 0)
         return INVALID("kv_block_table_stride (%lld) must be >= "
-                       "ceil(seqlen_k / kv_page_size) = %lld (and the table "
-                       "within 64-bit offsets)",
-                       (long long)a->kv_block_table_stride, (long long)per_seq);
+                       "ceil(seqlen_k / kv_page_size) = %lld, and the table "
+                       "((batch - 1) * stride + that) at most %lld entries",
+                       (long long)a->kv_block_table_stride, (long long)per_seq,
+                       (long long)FA_MAX_EXTENT);
     const int32_t *table = NULL;
-    size_t entries = (size_t)((a->batch - 1) * a->kv_block_table_stride + per_seq);
-    if (check && (st = host_ints(ctx, a->kv_block_table, entries, at, &table)))
+    if (check && (st = host_ints(ctx, a->kv_block_table, (size_t)entries, at, &table)))
         return st;
     for (int64_t b = 0; check && b < a->batch; ++b) {
         int64_t used = p->seqused_k_host ? p->seqused_k_host[b] : a->seqlen_k;
@@ -622,15 +638,9 @@ static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
                        "(varlen) or both NULL");
     /* Host copies: cu_seqlens_q, cu_seqlens_k, seqused_k, kv_block_table
      * (its size checked in resolve_kv_cache, reserved here when valid). */
-    size_t batch1 = (size_t)a->batch + 1, table_entries = 0;
-    if (a->kv_block_table && a->kv_page_size >= 1 &&
-        a->kv_page_size <= FA_MAX_EXTENT &&
-        a->kv_block_table_stride >= 0 &&
-        index_fits(a->batch - 1, a->kv_block_table_stride, 0, 0,
-                   pages_for(a->seqlen_k, a->kv_page_size)))
-        table_entries = (size_t)((a->batch - 1) * a->kv_block_table_stride +
-                                 pages_for(a->seqlen_k, a->kv_page_size));
-    if ((st = reserve_host_ints(ctx, 3 * batch1 + table_entries)))
+    size_t batch1 = (size_t)a->batch + 1;
+    int64_t entries = a->kv_block_table ? table_entries(a) : 0;
+    if ((st = reserve_host_ints(ctx, 3 * batch1 + (size_t)(entries > 0 ? entries : 0))))
         return st;
     if (a->cu_seqlens_q) {
         p->varlen = 1;

@@ -348,6 +348,9 @@ static void test_invalid_arguments(fa_context *ctx)
         f->attn.kv_num_pages = 0);
     BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "kv_block_table_stride", fixture_paged(f);
         f->attn.kv_block_table_stride = PAGES_PER_SEQ - 1);
+    /* a table of more entries than any host copy should take (2^61 per row) */
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "kv_block_table_stride", fixture_paged(f);
+        f->attn.kv_block_table_stride = (int64_t)1 << 61);
     BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "kv_block_table|kv_num_pages",
         fixture_paged(f); f->block_table[TABLE_STRIDE + 2] = B * PAGES_PER_SEQ);
     BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "kv_block_table", fixture_paged(f);

@@ -231,11 +231,22 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
         check_table(block_table, batch, q.device)
         page_size = cache_len
         cache_len = block_table.shape[1] * page_size  # positions per sequence
+    # Everything the attention call checks, before the cache is written: the
+    # cache as a (batch, ...) view stands for each sequence's keys.
+    def as_batch(t):
+        return t[:1].expand(batch, *t.shape[1:]) if t.shape[0] else t
+
+    _ops.check_attention_args(q, as_batch(k_cache), as_batch(v_cache), None, None, None, None, 0.0,
+                              window_size, alibi_slopes, softmax_scale, softcap)
     if (not _ffi._kv_cache_checks[0] and q.is_cuda and cache_leftpad is None and rotary_cos is None
             and rotary_sin is None):
-        return _kvcache_unchecked(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, block_table,
-                                  alibi_slopes, softmax_scale=softmax_scale, causal=causal,
-                                  window_size=window_size, softcap=softcap)
+        try:
+            return _kvcache_unchecked(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx,
+                                      block_table, alibi_slopes, softmax_scale=softmax_scale,
+                                      causal=causal, window_size=window_size, softcap=softcap)
+        except NotImplementedError:
+            pass  # no kernel of this GPU takes the options with a KV cache: the checked path
+            # below runs one call per sequence (rewriting the same new keys, if any)
     if isinstance(cache_seqlens, int):
         lengths = [cache_seqlens] * batch
     elif cache_seqlens is None:
@@ -265,13 +276,6 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
     if paged:
         check_pages(block_table, [n + seqlen_new for n in lengths], page_size, cache_batch)
 
-    # Everything the attention call checks, before the cache is written: the
-    # cache as a (batch, ...) view stands for each sequence's keys.
-    def as_batch(t):
-        return t[:1].expand(batch, *t.shape[1:]) if t.shape[0] else t
-
-    _ops.check_attention_args(q, as_batch(k_cache), as_batch(v_cache), None, None, None, None, 0.0,
-                              window_size, alibi_slopes, softmax_scale, softcap)
     if rotary_cos is not None or rotary_sin is not None:
         # local as FlashAttention decides it: a window edge inside the cache
         local = any(0 <= w < cache_len for w in window_size)

@@ -133,6 +133,19 @@ def test_kvcache_unchecked_matches_checked(device, layout):
         k_cache, v_cache = (c.reshape(8, page, hkv, d) for c in (k_cache, v_cache))
         args["block_table"] = table.to(torch.int32)
     results = []
+    bad = k_cache[..., : d // 2]  # head dim 32 against q's 64: refused unchecked too
+    flashattn.set_kv_cache_checks(False)
+    try:
+        with pytest.raises(ValueError, match="head"):
+            flashattn.flash_attn_with_kvcache(q, bad, bad, cache_seqlens=args["cache_seqlens"])
+        if layout == "contiguous":  # ALiBi: no KV-cache kernel on a GPU, so one call per sequence
+            slopes = torch.rand(hq, generator=gen).to(device)
+            out = flashattn.flash_attn_with_kvcache(q, k_cache, v_cache, alibi_slopes=slopes, **args)
+            flashattn.set_kv_cache_checks(True)
+            assert torch.equal(out, flashattn.flash_attn_with_kvcache(q, k_cache, v_cache,
+                                                                     alibi_slopes=slopes, **args))
+    finally:
+        flashattn.set_kv_cache_checks(True)
     for checked in (True, False):
         kc, vc = k_cache.clone(), v_cache.clone()
         flashattn.set_kv_cache_checks(checked)
