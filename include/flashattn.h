@@ -222,8 +222,9 @@ typedef struct fa_attn {
      * attends to its first seqused_k[b] keys only (0 <= seqused_k[b] <= its
      * key length: seqlen_k, or its cu_seqlens_k range for varlen), as
      * FlashAttention's seqused_k. The mask's bottom-right alignment uses
-     * the used length: shift = seqused_k[b] - seqlen_q. Keys past it are
-     * never read.
+     * the used length: shift = seqused_k[b] - seqlen_q. Keys past it take
+     * no part: whatever they hold (NaN included) never reaches the
+     * output.
      *
      * kv_block_table: NULL for k and v as described above; else the K/V
      * cache is paged (vLLM's layout, flash_attn_with_kvcache's block_table):
@@ -233,7 +234,7 @@ typedef struct fa_attn {
      * page kv_block_table[b * kv_block_table_stride + j / kv_page_size] at
      * row j % kv_page_size. int32 on the context's device; entries for the
      * positions a sequence uses must be in [0, kv_num_pages) (pages may be
-     * shared between sequences). Fixed-length q only (no cu_seqlens);
+     * shared between sequences); the others are never read. Fixed-length q only (no cu_seqlens);
      * every sequence has seqlen_k keys, or seqused_k[b]. Any page size
      * >= 1. */
     const int32_t *seqused_k;
