@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One device call: build, GPU test grid, Python tests, sanitizers, quick check, benchmark.
 #
-#   scripts/device_run.sh [all|test|bench|quick]   (default all; quick: the
-#   gpu_bench check and the benchmark, no test grid, no sanitizers; profile:
-#   ncu on one benchmark point, SASS of the hdim-128 forward)
+#   scripts/device_run.sh [all|test|bench|quick|kvcache]   (default all;
+#   quick: the gpu_bench check and the benchmark, no test grid, no
+#   sanitizers; profile: ncu on one benchmark point, SASS of the hdim-128
+#   forward; kvcache: the gpu_bench check, the KV-cache test families and
+#   bench/kvcache_bench.py on KVCACHE_SHAPES)
 #
 # Env: GRID_BACKENDS (default "sm80 sm90 auto": auto runs sm80's key split on
 # the smallest grids; with sm80 the grid runs again as
@@ -103,7 +105,19 @@ if [ "$MODE" = all ] || [ "$MODE" = test ]; then
     fi
 fi
 
-if [ "$MODE" != test ] && [ "$MODE" != profile ]; then
+if [ "$MODE" = kvcache ]; then
+    if [ -n "$GRID" ]; then
+        for backend in sm80 sm90 auto; do for family in seqused paged decode; do
+            timeout 120 "$GRID" --device cuda --backend $backend --filter $family > "$OUT/grid-$backend-$family.log" 2>&1
+            note "test_grid $backend $family rc=$?: $(tail -1 "$OUT/grid-$backend-$family.log" | cut -c1-90)"
+        done; done
+    fi
+    python3 bench/kvcache_bench.py --reps 5 --out "$OUT/kvcache.json" \
+        ${KVCACHE_SHAPES:-8:32:8:128:4096 64:32:8:128:1024 16:32:32:128:4096} 2>&1 | tee "$OUT/kvcache.txt"
+    note "kvcache bench rc=${PIPESTATUS[0]}"
+fi
+
+if [ "$MODE" != test ] && [ "$MODE" != profile ] && [ "$MODE" != kvcache ]; then
     python3 bench/gpu_bench.py bench --out "$OUT/gpu-bench.json" --plot "$OUT/gpu-bench.png" \
         ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^{'
     note "bench rc=${PIPESTATUS[0]}"
