@@ -428,27 +428,33 @@ def attention_forward(*inputs):
 
 
 def kv_cache_forward(q, k, v, seqused_k, block_table=None, softmax_scale=None, causal=False,
-                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None):
+                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None, cu_seqlens_q=None,
+                     cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None):
     """Inference attention over a KV cache in one library call (no
     autograd): (out (b, sq, hq, dv), lse (b, hq, sq)). q (b, sq, hq, d);
     seqused_k (b,) int32: the keys sequence b uses. Contiguous: k/v
     (b, sk, hkv, d/dv). Paged: k/v (num_pages, page_size, hkv, d/dv) and
     block_table (b, max_pages) int32, position j of sequence b in page
-    block_table[b, j // page_size]. The caller has checked the shapes and
-    the table; the library checks the lengths and the used entries again."""
+    block_table[b, j // page_size]. Varlen (cu_seqlens, no table): q, k, v
+    packed (total, h, d), out likewise, lse (hq, total_q). The caller has
+    checked the shapes and the table; the library checks the lengths and
+    the used entries again."""
     q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
     if softmax_scale is None:
         softmax_scale = q.shape[-1] ** -0.5
     if alibi_slopes is not None:
         alibi_slopes = alibi_slopes.contiguous()
     seqused_k = seqused_k.contiguous()
+    varlen = cu_seqlens_q is not None
     out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
-    lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32, device=q.device)
+    lse = torch.empty(_lse_shape(q, k, varlen), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
-    attn = _problem(q, k, v, None, None, None, None, 0.0, float(softmax_scale), bool(causal),
-                    max(int(window_size[0]), -1), max(int(window_size[1]), -1), float(softcap),
-                    alibi_slopes, False, 0)
+    if varlen:
+        _check_total_tokens(cu_seqlens_q, cu_seqlens_k, q, k)
+    attn = _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, 0.0,
+                    float(softmax_scale), bool(causal), max(int(window_size[0]), -1),
+                    max(int(window_size[1]), -1), float(softcap), alibi_slopes, False, 0)
     attn.seqused_k = seqused_k.data_ptr()
     if block_table is not None:
         block_table = block_table.contiguous()
@@ -460,7 +466,7 @@ def kv_cache_forward(q, k, v, seqused_k, block_table=None, softmax_scale=None, c
     with _ffi.device_guard(q.device):
         ctx = _ffi.context_for(q.device)
         ws_size = _workspace_bytes(ctx, attn, _ffi.fa_forward_workspace_size, "forward")
-        _run_forward(ctx, attn, ws_size, q, k, v, out, lse, False)
+        _run_forward(ctx, attn, ws_size, q, k, v, out, lse, varlen)
     return out, lse
 
 

@@ -81,9 +81,26 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     """q (total_q, nheads, headdim), k/v (total_k, nheads_k, headdim[_v]),
     cu_seqlens_q/k int32 (batch + 1) -> out (total_q, nheads, headdim_v)."""
     _check_common(qv, q_descale, k_descale, v_descale, attention_chunk)
-    _unsupported(seqused_q=(seqused_q, None), seqused_k=(seqused_k, None))
+    _unsupported(seqused_q=(seqused_q, None))
     if cu_seqlens_q is None or cu_seqlens_k is None:
         raise ValueError("cu_seqlens_q and cu_seqlens_k are required")
+    if seqused_k is not None:
+        # the C API's seqused_k is forward-only (inference): no autograd graph
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            raise NotImplementedError(
+                "seqused_k has no backward in flashattn: call under torch.no_grad() (inference)")
+        _ops.check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                  0.0, window_size, None, softmax_scale, softcap)
+        _ops.check_tensor("seqused_k", seqused_k, 1, torch.int32, q.device)
+        if seqused_k.shape[0] != cu_seqlens_k.shape[0] - 1:
+            raise ValueError(f"seqused_k must have batch_size = {cu_seqlens_k.shape[0] - 1} entries, "
+                             f"got {seqused_k.shape[0]}")
+        out, lse = _ops.kv_cache_forward(q, k, v, seqused_k, softmax_scale=softmax_scale, causal=causal,
+                                         window_size=window_size, softcap=softcap,
+                                         cu_seqlens_q=cu_seqlens_q.contiguous(),
+                                         cu_seqlens_k=cu_seqlens_k.contiguous(),
+                                         max_seqlen_q=int(max_seqlen_q), max_seqlen_k=int(max_seqlen_k))
+        return (out, lse) if return_attn_probs else out
     out, lse, _ = _ops.attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                  softmax_scale=softmax_scale, causal=causal,
                                  window_size=window_size, softcap=softcap,

@@ -53,17 +53,37 @@ def test_qkvpacked_both_layouts(device):
     assert_close("out", fa3.flash_attn_qkvpacked_func(qkv, num_heads_q=6), ref)
 
 
-@pytest.mark.parametrize("option", ["qv", "q_descale", "attention_chunk", "seqused_k"])
+@pytest.mark.parametrize("option", ["qv", "q_descale", "attention_chunk", "seqused_q"])
 def test_unsupported_options_raise(device, option):
     q, k, v = random_qkv(1, 4, 4, 2, 2, 16, device=device, requires_grad=False)
     value = {"qv": q, "q_descale": torch.ones(1, 2, device=device), "attention_chunk": 64,
-             "seqused_k": torch.tensor([4], dtype=torch.int32, device=device)}[option]
+             "seqused_q": torch.tensor([4], dtype=torch.int32, device=device)}[option]
     with pytest.raises(NotImplementedError, match=option):
-        if option == "seqused_k":
+        if option == "seqused_q":
             cu = torch.tensor([0, 4], dtype=torch.int32, device=device)
-            fa3.flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, 4, 4, seqused_k=value)
+            fa3.flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, 4, 4, seqused_q=value)
         else:
             fa3.flash_attn_func(q, k, v, **{option: value})
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen_seqused_k(device, causal):
+    """seqused_k (inference): sequence b attends to the first seqused_k[b]
+    of its keys, as a varlen call over exactly those keys does; with a
+    gradient required it refuses (no backward)."""
+    gen = torch.Generator().manual_seed(41)
+    q = randn(device, gen, 9, 4, 32)
+    k, v = randn(device, gen, 20, 2, 32), randn(device, gen, 20, 2, 32)
+    cu_q = torch.tensor([0, 3, 4, 9], dtype=torch.int32, device=device)
+    cu_k = torch.tensor([0, 8, 11, 20], dtype=torch.int32, device=device)
+    used = torch.tensor([5, 0, 9], dtype=torch.int32, device=device)
+    out = fa3.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 5, 9, seqused_k=used, causal=causal)
+    keep = torch.cat([torch.arange(0, 5), torch.arange(11, 20)]).to(device)
+    cu_used = torch.tensor([0, 5, 5, 14], dtype=torch.int32, device=device)
+    ref = fa3.flash_attn_varlen_func(q, k[keep], v[keep], cu_q, cu_used, 5, 9, causal=causal)
+    assert_close("out", out, ref.double(), dtype=q.dtype)
+    with pytest.raises(NotImplementedError, match="seqused_k"):
+        fa3.flash_attn_varlen_func(q.requires_grad_(), k, v, cu_q, cu_k, 5, 9, seqused_k=used)
 
 
 def test_scheduling_hints_do_not_change_results(device):
