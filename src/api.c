@@ -460,8 +460,7 @@ static fa_status resolve_kv_cache(fa_context *ctx, const fa_attn *a,
     fa_status st;
     /* trusted (CUDA contexts only): no host copy, no check */
     int check = !ctx->skip_kv_cache_checks || ctx->device == FA_DEVICE_CPU;
-    if (a->seqused_k && !check)
-        p->seqused_k = a->seqused_k;
+    p->seqused_k = a->seqused_k;
     if (a->seqused_k && check) {
         if ((st = host_ints(ctx, a->seqused_k, (size_t)a->batch, at,
                             &p->seqused_k_host)))
@@ -476,7 +475,6 @@ static fa_status resolve_kv_cache(fa_context *ctx, const fa_attn *a,
                                "the sequence's keys", (long long)b,
                                p->seqused_k_host[b], (long long)keys);
         }
-        p->seqused_k = a->seqused_k;
     }
     if (!a->kv_block_table)
         return FA_SUCCESS;
