@@ -100,8 +100,9 @@ typedef enum fa_dtype {
     FA_DTYPE_F32 = 0,
     FA_DTYPE_F16 = 1,
     FA_DTYPE_BF16 = 2,
-    FA_DTYPE_FP8_E4M3 = 3, /* reserved for the Hopper FP8 forward */
-    FA_DTYPE_FP8_E5M2 = 4  /* reserved for the Hopper FP8 forward */
+    FA_DTYPE_FP8_E4M3 = 3, /* q, k, v of an FP8 forward (fa_attn): OCP e4m3,
+                              max 448, NaN 0x7f / 0xff, no infinity */
+    FA_DTYPE_FP8_E5M2 = 4  /* OCP e5m2 (IEEE-like, max 57344) */
 } fa_dtype;
 
 /* Size of one element in bytes (0 for an unknown dtype). */
@@ -242,6 +243,31 @@ typedef struct fa_attn {
     int64_t kv_block_table_stride; /* entries; >= ceil(seqlen_k / page) */
     int64_t kv_page_size;          /* rows per page, >= 1 */
     int64_t kv_num_pages;          /* pages in k and v, >= 1 */
+
+    /* FP8 forward (dtype FA_DTYPE_FP8_E4M3 / _E5M2; forward only, as
+     * FlashAttention-3's): q, k and v hold 8-bit floats; out is bf16 (lse
+     * fp32 as always).
+     *
+     * Block quantization (FlashAttention-3 §3.3): an element's value is its
+     * stored value times the descale of its block:
+     *   q_descale: fp32 (batch, heads_q, ceil(seqlen_q / descale_block_q))
+     *   k_descale, v_descale: fp32 (batch, heads_kv,
+     *                               ceil(seqlen_k / descale_block_k))
+     * contiguous, on the context's device; NULL = 1 everywhere. Block i of
+     * sequence b covers its rows [i·block, (i + 1)·block) (varlen: counted
+     * from the sequence's start; seqlen_x is then the longest). A block
+     * size of 0 is one block per sequence (one scale per batch entry and
+     * head, FlashAttention-3's per-head descales). Descales must be finite
+     * and > 0: checked on the host where the KV-cache checks are on
+     * (fa_context_set_kv_cache_checks), trusted otherwise.
+     * fa_quantize_fp8() makes such tensors, optionally with incoherent
+     * processing. The Hopper kernel takes blocks of 0 or a multiple of 128
+     * rows and head_dim 128 or 256; the CPU backend any. */
+    const float *q_descale;
+    const float *k_descale;
+    const float *v_descale;
+    int64_t descale_block_q;       /* rows per q descale, 0 = the sequence */
+    int64_t descale_block_k;       /* rows per k / v descale, likewise */
 } fa_attn;
 
 /* Defaults: no options, window (-1, -1), softmax_scale 0, dtype f32,
@@ -324,6 +350,51 @@ FA_API fa_status fa_backward(fa_context *ctx, const fa_attn *attn,
                              const float *lse, const fa_tensor *dout,
                              fa_tensor *dq, fa_tensor *dk, fa_tensor *dv,
                              void *workspace, size_t workspace_size);
+
+/* ---------------------------------------------------------------------- */
+/* FP8 quantization                                                        */
+
+/*
+ * Quantizes a (batch, seqlen, heads, dim) tensor to FP8 by blocks of rows,
+ * in the form fa_attn's descales describe: for each (batch entry, head,
+ * block of block_rows rows of the sequence)
+ *     descale = max(amax / fp8_max, FLT_MIN)   (1 where the block is all
+ *               zeros; the floor keeps it a normal float > 0),
+ *     dst     = src / descale, rounded to nearest even (|dst| <= fp8_max);
+ * CPU and GPU give the same bytes. NaN elements stay NaN (and do not count
+ * in amax).
+ * descale: fp32 (batch, heads, ceil(seqlen / block_rows)), or (batch, heads)
+ * for block_rows 0; dst has src's shape in dst_dtype.
+ *
+ * Incoherent processing (FlashAttention-3 §3.3), rotate = 1: each row x of
+ * dim values is first replaced by x·M, M = diag(s)·H / sqrt(dim), with H the
+ * dim × dim Walsh-Hadamard matrix and s_c = ±1 the sign that
+ * fa_rotation_sign(rotate_seed, c) gives. M is orthogonal, so rotating q and
+ * k with the same seed leaves q·kᵀ unchanged while it spreads outliers over
+ * the row (less quantization error); never rotate v. dim must be a power of
+ * two.
+ */
+typedef struct fa_quant {
+    int64_t batch;
+    int64_t seqlen;                /* varlen: the longest sequence */
+    int64_t heads;
+    int64_t dim;                   /* 1..256 */
+    const int32_t *cu_seqlens;     /* NULL, or varlen (batch + 1, on the
+                                      context's device; src / dst packed) */
+    fa_dtype src_dtype;            /* f32, f16 or bf16 (f16 / bf16 on CUDA) */
+    fa_dtype dst_dtype;            /* FA_DTYPE_FP8_E4M3 or _E5M2 */
+    int64_t block_rows;            /* rows per descale, 0 = the sequence */
+    int rotate;                    /* incoherent processing */
+    uint64_t rotate_seed;
+} fa_quant;
+
+/* Defaults: bf16 -> e4m3, block_rows 0, no rotation; shapes 0. */
+FA_API void fa_quant_init(fa_quant *quant);
+FA_API fa_status fa_quantize_fp8(fa_context *ctx, const fa_quant *quant,
+                                 const fa_tensor *src, fa_tensor *dst,
+                                 float *descale);
+/* The sign s_c (+1 or -1) of column c in the rotation of seed. */
+FA_API int fa_rotation_sign(uint64_t seed, int64_t c);
 
 /* ---------------------------------------------------------------------- */
 /* Dropout stream                                                          */

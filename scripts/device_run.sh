@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One device call: build, GPU test grid, Python tests, sanitizers, quick check, benchmark.
 #
-#   scripts/device_run.sh [all|test|bench|quick|kvcache]   (default all;
+#   scripts/device_run.sh [all|test|bench|quick|kvcache|fp8]   (default all;
 #   quick: the gpu_bench check and the benchmark, no test grid, no
 #   sanitizers; profile: ncu on one benchmark point, SASS of the hdim-128
 #   forward; kvcache: the gpu_bench check, the KV-cache test families and
-#   bench/kvcache_bench.py on KVCACHE_SHAPES)
+#   bench/kvcache_bench.py on KVCACHE_SHAPES; fp8: bench/fp8_bench.py's
+#   check, the FP8 test families on sm90 / auto with memcheck and
+#   racecheck, the FP8 quantizer's test, and fp8_bench.py's accuracy and
+#   speed, FP8_BENCH_ARGS its arguments)
 #
 # Env: GRID_BACKENDS (default "sm80 sm90 auto": auto runs sm80's key split on
 # the smallest grids; with sm80 the grid runs again as
@@ -117,7 +120,34 @@ if [ "$MODE" = kvcache ]; then
     note "kvcache bench rc=${PIPESTATUS[0]}"
 fi
 
-if [ "$MODE" != test ] && [ "$MODE" != profile ] && [ "$MODE" != kvcache ]; then
+if [ "$MODE" = fp8 ]; then
+    python3 bench/fp8_bench.py check 2>&1 | tee "$OUT/fp8-check.log"
+    note "fp8 check rc=${PIPESTATUS[0]}: $(tail -1 "$OUT/fp8-check.log")"
+    if [ -n "$GRID" ]; then
+        for backend in sm90 auto; do
+            timeout 200 "$GRID" --device cuda --backend $backend --filter fp8 > "$OUT/grid-$backend-fp8.log" 2>&1
+            rc=$?
+            grep -A3 FAIL "$OUT/grid-$backend-fp8.log" | head -12
+            note "test_grid $backend fp8 rc=$rc: $(tail -1 "$OUT/grid-$backend-fp8.log" | cut -c1-100)"
+        done
+        for tool in memcheck racecheck; do
+            timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 "$GRID" --device cuda --backend sm90 \
+                --quick --filter fp8 > "$OUT/sanitizer-fp8-$tool.log" 2>&1
+            note "compute-sanitizer $tool fp8 rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-fp8-$tool.log" | tail -1)"
+        done
+    fi
+    QUANT=$(ls "$BUILD"/tests/test_quant 2>/dev/null)
+    if [ -n "$QUANT" ]; then
+        timeout 120 "$QUANT" > "$OUT/test-quant.log" 2>&1
+        note "test_quant rc=$?: $(tail -1 "$OUT/test-quant.log")"
+    fi
+    python3 bench/fp8_bench.py accuracy --out "$OUT/fp8-accuracy.json" 2>&1 | tee "$OUT/fp8-accuracy.log"
+    note "fp8 accuracy rc=${PIPESTATUS[0]}"
+    python3 bench/fp8_bench.py bench --out "$OUT/fp8-bench.json" ${FP8_BENCH_ARGS:-} 2>&1 | tee "$OUT/fp8-bench.log"
+    note "fp8 bench rc=${PIPESTATUS[0]}"
+fi
+
+if [ "$MODE" != test ] && [ "$MODE" != profile ] && [ "$MODE" != kvcache ] && [ "$MODE" != fp8 ]; then
     python3 bench/gpu_bench.py bench --out "$OUT/gpu-bench.json" --plot "$OUT/gpu-bench.png" \
         ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^{'
     note "bench rc=${PIPESTATUS[0]}"

@@ -519,6 +519,76 @@ static fa_status resolve_kv_cache(fa_context *ctx, const fa_attn *a,
     return FA_SUCCESS;
 }
 
+/* The descale array `name` (count floats on the context's device): every
+ * value finite and > 0. On a CUDA context it is copied to the host, unless
+ * the KV-cache checks are off (then trusted, so that no call waits). */
+static fa_status check_descales(fa_context *ctx, const char *name,
+                                const float *descale, int64_t count)
+{
+    if (!descale || count == 0 ||
+        (ctx->device == FA_DEVICE_CUDA && ctx->skip_kv_cache_checks))
+        return FA_SUCCESS;
+    const float *host = descale;
+    float *copy = NULL;
+#ifdef FA_HAVE_CUDA
+    if (ctx->device == FA_DEVICE_CUDA) {
+        copy = malloc((size_t)count * sizeof *copy);
+        if (!copy)
+            return fa_fail(FA_ERROR_OUT_OF_MEMORY, "cannot allocate %lld "
+                           "host bytes to check %s", (long long)count * 4, name);
+        fa_status st = fa_cuda_copy_to_host(copy, descale,
+                                            (size_t)count * sizeof *copy,
+                                            ctx->stream);
+        if (st != FA_SUCCESS) {
+            free(copy);
+            return st;
+        }
+        host = copy;
+    }
+#endif
+    fa_status st = FA_SUCCESS;
+    for (int64_t i = 0; i < count && st == FA_SUCCESS; ++i)
+        if (!(is_finite(host[i]) && host[i] > 0.0f))
+            st = INVALID("%s[%lld] (%g) must be finite and > 0", name,
+                         (long long)i, (double)host[i]);
+    free(copy);
+    return st;
+}
+
+/* The FP8 options of attn -> p: descales only with an FP8 dtype, their
+ * blocks resolved (0 = the longest sequence) and their values checked. */
+static fa_status resolve_fp8(fa_context *ctx, const fa_attn *a, fa_problem *p)
+{
+    if (!fa_dtype_is_fp8(a->dtype)) {
+        if (a->q_descale || a->k_descale || a->v_descale)
+            return INVALID("q/k/v_descale are for FP8 dtypes (dtype is %s)",
+                           fa_dtype_name(a->dtype));
+        return FA_SUCCESS;
+    }
+    if (a->descale_block_q < 0 || a->descale_block_k < 0)
+        return INVALID("descale_block_q (%lld) and descale_block_k (%lld) "
+                       "must be >= 0 (0 = one block per sequence)",
+                       (long long)a->descale_block_q,
+                       (long long)a->descale_block_k);
+    p->descale_block_q = a->descale_block_q ? a->descale_block_q
+                                            : (a->seqlen_q > 0 ? a->seqlen_q : 1);
+    p->descale_block_k = a->descale_block_k ? a->descale_block_k
+                                            : (a->seqlen_k > 0 ? a->seqlen_k : 1);
+    p->descale_blocks_q = pages_for(a->seqlen_q, p->descale_block_q);
+    p->descale_blocks_k = pages_for(a->seqlen_k, p->descale_block_k);
+    p->q_descale = a->q_descale;
+    p->k_descale = a->k_descale;
+    p->v_descale = a->v_descale;
+    int64_t nq = a->batch * a->heads_q * p->descale_blocks_q;
+    int64_t nk = a->batch * a->heads_kv * p->descale_blocks_k;
+    fa_status st;
+    if ((st = check_descales(ctx, "q_descale", a->q_descale, nq)) ||
+        (st = check_descales(ctx, "k_descale", a->k_descale, nk)) ||
+        (st = check_descales(ctx, "v_descale", a->v_descale, nk)))
+        return st;
+    return FA_SUCCESS;
+}
+
 /* Shapes and options of attn -> p (no tensors yet). */
 static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
                               fa_problem *p)
@@ -659,7 +729,8 @@ static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
         p->total_q = a->batch * a->seqlen_q;
         p->total_k = a->batch * a->seqlen_k;
     }
-    if ((st = resolve_kv_cache(ctx, a, p, 2 * batch1)))
+    if ((st = resolve_kv_cache(ctx, a, p, 2 * batch1)) ||
+        (st = resolve_fp8(ctx, a, p)))
         return st;
     if (p->kv_block_table) /* k / v hold the pages */
         p->total_k = p->kv_num_pages * p->kv_page_size;
@@ -808,6 +879,9 @@ static fa_status validate_forward(fa_context *ctx, const fa_attn *attn,
  * keys it never read and of shared pages. */
 static fa_status check_backward_options(const fa_attn *attn)
 {
+    if (fa_dtype_is_fp8(attn->dtype))
+        return INVALID("dtype %s is forward-only (as FlashAttention-3's "
+                       "FP8): train in f16 / bf16", fa_dtype_name(attn->dtype));
     if (attn->seqused_k || attn->kv_block_table)
         return INVALID("seqused_k and kv_block_table are forward-only "
                        "(KV-cache inference): the backward takes neither");
@@ -847,8 +921,8 @@ typedef struct byte_span {
 } byte_span;
 
 static byte_span view_span(const fa_problem *p, const char *name,
-                           const fa_tensor *t, int64_t outer, int64_t rows,
-                           int64_t heads, int64_t dim)
+                           fa_dtype dtype, const fa_tensor *t, int64_t outer,
+                           int64_t rows, int64_t heads, int64_t dim)
 {
     byte_span sp = {name, (uintptr_t)t->data, (uintptr_t)t->data};
     int64_t size[3] = {p->varlen ? 1 : outer, rows, heads};
@@ -860,7 +934,7 @@ static byte_span view_span(const fa_problem *p, const char *name,
         if (size[a] > 1)
             last += (size[a] - 1) * stride[a];
     }
-    sp.hi = sp.lo + (uintptr_t)(last + 1) * fa_dtype_size(p->dtype);
+    sp.hi = sp.lo + (uintptr_t)(last + 1) * fa_dtype_size(dtype);
     return sp;
 }
 
@@ -882,12 +956,12 @@ static fa_status check_outputs_disjoint(const fa_problem *p,
                                            sizeof(float)
                             : lse_lo};
     byte_span in[6] = {
-        view_span(p, "q", &p->q, p->batch, q_rows(p), p->heads_q, p->head_dim),
-        view_span(p, "k", &p->k, k_outer(p), k_rows(p), p->heads_kv, p->head_dim),
-        view_span(p, "v", &p->v, k_outer(p), k_rows(p), p->heads_kv, p->head_dim_v)};
+        view_span(p, "q", p->dtype, &p->q, p->batch, q_rows(p), p->heads_q, p->head_dim),
+        view_span(p, "k", p->dtype, &p->k, k_outer(p), k_rows(p), p->heads_kv, p->head_dim),
+        view_span(p, "v", p->dtype, &p->v, k_outer(p), k_rows(p), p->heads_kv, p->head_dim_v)};
     byte_span out[3];
     int n_in = 3, n_out = 0;
-    byte_span o = view_span(p, "out", &p->out, p->batch, q_rows(p), p->heads_q,
+    byte_span o = view_span(p, "out", fa_out_dtype(p->dtype), &p->out, p->batch, q_rows(p), p->heads_q,
                             p->head_dim_v);
     if (dir == FA_FORWARD) {
         out[n_out++] = o;
@@ -895,13 +969,13 @@ static fa_status check_outputs_disjoint(const fa_problem *p,
     } else {
         in[n_in++] = o;
         in[n_in++] = lse;
-        in[n_in++] = view_span(p, "dout", &p->dout, p->batch, q_rows(p), p->heads_q,
+        in[n_in++] = view_span(p, "dout", fa_out_dtype(p->dtype), &p->dout, p->batch, q_rows(p), p->heads_q,
                                p->head_dim_v);
-        out[n_out++] = view_span(p, "dq", &p->dq, p->batch, q_rows(p), p->heads_q,
+        out[n_out++] = view_span(p, "dq", p->dtype, &p->dq, p->batch, q_rows(p), p->heads_q,
                                  p->head_dim);
-        out[n_out++] = view_span(p, "dk", &p->dk, k_outer(p), k_rows(p), p->heads_kv,
+        out[n_out++] = view_span(p, "dk", p->dtype, &p->dk, k_outer(p), k_rows(p), p->heads_kv,
                                  p->head_dim);
-        out[n_out++] = view_span(p, "dv", &p->dv, k_outer(p), k_rows(p), p->heads_kv,
+        out[n_out++] = view_span(p, "dv", p->dtype, &p->dv, k_outer(p), k_rows(p), p->heads_kv,
                                  p->head_dim_v);
     }
     for (int i = 0; i < n_out; ++i)
@@ -938,7 +1012,8 @@ static void fold_query_groups(fa_problem *p)
 {
     int64_t group = p->heads_q / p->heads_kv;
     if (p->seqlen_q != 1 || group == 1 || p->varlen || p->window_left >= 0 ||
-        p->alibi_slopes || p->dropout_p > 0.0f || p->block_mask)
+        p->alibi_slopes || p->dropout_p > 0.0f || p->block_mask ||
+        fa_dtype_is_fp8(p->dtype)) /* q_descale is per head */
         return;
     p->seqlen_q = group;
     p->total_q = p->batch * group;

@@ -2,7 +2,7 @@
  * Backend choice: one function decides which kernel runs a validated
  * problem, so that every "why did X run" question has one answer.
  *
- *   CPU context:  the CPU backend (fp8 is GPU-only).
+ *   CPU context:  the CPU backend.
  *   CUDA context: on sm_90, the Hopper kernels if they support the problem
  *                 (forward and backward; not deterministic, dropout,
  *                 ALiBi, block-sparse: see sm90.cu), else the portable
@@ -23,10 +23,7 @@ static fa_status cpu_supports(const fa_context *ctx, const fa_problem *p)
         return fa_fail(FA_ERROR_UNSUPPORTED,
                        "backend cpu cannot run on a CUDA context (pointers "
                        "are device memory)");
-    if (p->dtype == FA_DTYPE_FP8_E4M3 || p->dtype == FA_DTYPE_FP8_E5M2)
-        return fa_fail(FA_ERROR_UNSUPPORTED,
-                       "dtype %s is not supported by the CPU backend",
-                       fa_dtype_name(p->dtype));
+    (void)p;
     return FA_SUCCESS;
 }
 

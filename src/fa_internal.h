@@ -15,6 +15,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -92,7 +93,83 @@ typedef struct fa_problem {
     const int32_t *seqused_k, *seqused_k_host;
     const int32_t *kv_block_table;
     int64_t kv_block_table_stride, kv_page_size, kv_num_pages;
+
+    /* FP8 forward (dtype e4m3 / e5m2; out is bf16): descales on the
+     * context's device, NULL = 1; blocks of rows as fa_attn says, resolved:
+     * descale_block_x is the block's rows (the longest sequence where the
+     * caller gave 0), descale_blocks_x the blocks per (batch, head). */
+    const float *q_descale, *k_descale, *v_descale;
+    int64_t descale_block_q, descale_block_k;
+    int64_t descale_blocks_q, descale_blocks_k;
 } fa_problem;
+
+/* ---------------------------------------------------------------------- */
+/* FP8                                                                     */
+
+FA_HOSTDEV int fa_dtype_is_fp8(fa_dtype dtype)
+{
+    return dtype == FA_DTYPE_FP8_E4M3 || dtype == FA_DTYPE_FP8_E5M2;
+}
+
+/* The dtype of out: that of q, k, v, except bf16 for an FP8 forward. */
+FA_HOSTDEV fa_dtype fa_out_dtype(fa_dtype dtype)
+{
+    return fa_dtype_is_fp8(dtype) ? FA_DTYPE_BF16 : dtype;
+}
+
+/* Exponent and mantissa bits of the two formats (OCP 8-bit floats). */
+#define FA_FP8_E4M3_MAX 448.0f
+#define FA_FP8_E5M2_MAX 57344.0f
+
+/* The value of an 8-bit float (e4m3: 0x7f / 0xff are NaN, no infinity;
+ * e5m2: IEEE-like with infinities): normal values by moving the fields
+ * into a float's, subnormals as mantissa · 2^(1 - bias - mbits). */
+static inline float fa_fp8_to_f32(uint8_t bits, fa_dtype dtype)
+{
+    const int e5m2 = dtype == FA_DTYPE_FP8_E5M2;
+    const int mbits = e5m2 ? 2 : 3, bias = e5m2 ? 15 : 7, exp_max = e5m2 ? 31 : 15;
+    const uint32_t exp = (bits & 0x7fu) >> mbits, mant = bits & ((1u << mbits) - 1);
+    const uint32_t sign = (uint32_t)(bits & 0x80u) << 24;
+    uint32_t f;
+    if (exp == (uint32_t)exp_max && (e5m2 || mant == 7))
+        f = sign | 0x7f800000u | (mant ? 0x400000u : 0); /* NaN, or e5m2's infinity */
+    else if (exp == 0) {
+        float sub = (float)mant * (e5m2 ? 1.0f / 65536.0f : 1.0f / 512.0f);
+        return (bits & 0x80u) ? -sub : sub;
+    } else
+        f = sign | ((exp - (uint32_t)bias + 127u) << 23) | (mant << (23 - mbits));
+    float value;
+    memcpy(&value, &f, sizeof value);
+    return value;
+}
+
+/* x rounded to the nearest 8-bit float (ties to even), saturated to the
+ * largest finite value (as cvt.satfinite); NaN stays NaN. */
+static inline uint8_t fa_f32_to_fp8(float x, fa_dtype dtype)
+{
+    const int e5m2 = dtype == FA_DTYPE_FP8_E5M2;
+    const int mbits = e5m2 ? 2 : 3, bias = e5m2 ? 15 : 7;
+    const float max = e5m2 ? FA_FP8_E5M2_MAX : FA_FP8_E4M3_MAX;
+    const uint8_t sign = signbit(x) ? 0x80 : 0;
+    if (isnan(x))
+        return (uint8_t)(sign | 0x7f);
+    float a = fabsf(x);
+    if (a >= max) /* the largest finite: 0x7e (e4m3), 0x7b (e5m2) */
+        return (uint8_t)(sign | (e5m2 ? 0x7b : 0x7e));
+    /* the spacing of the values around a: that of the subnormals below
+     * 2^(1 - bias), else 2^(exponent - mbits) */
+    int e;
+    frexpf(a, &e); /* a = f 2^e, f in [0.5, 1) */
+    int quantum_exp = (e - 1 < 1 - bias ? 1 - bias : e - 1) - mbits;
+    float q = ldexpf(nearbyintf(ldexpf(a, -quantum_exp)), quantum_exp);
+    if (q > max)
+        q = max;
+    if (q < ldexpf(1.0f, 1 - bias)) /* subnormal (or 0) */
+        return (uint8_t)(sign | (int)ldexpf(q, bias - 1 + mbits));
+    frexpf(q, &e);
+    int mant = (int)ldexpf(q, mbits - (e - 1)) - (1 << mbits);
+    return (uint8_t)(sign | ((e - 1 + bias) << mbits) | mant);
+}
 
 /* ---------------------------------------------------------------------- */
 /* Helpers shared by every backend (host and device)                       */
@@ -280,6 +357,8 @@ fa_status fa_sm90_forward(fa_problem *p);
 /* dev: the context's device (its SM count orders the grid) */
 fa_status fa_sm90_backward(fa_problem *p, const fa_cuda_device_info *dev);
 size_t fa_sm90_backward_workspace_size(const fa_problem *p);
+/* The FP8 forward's Vᵀ (0 for other dtypes). */
+size_t fa_sm90_fp8_workspace_size(const fa_problem *p);
 #endif
 
 #ifdef __cplusplus

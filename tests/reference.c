@@ -12,10 +12,19 @@ static double fl(const ref_problem *p, double x)
     return p->emulate ? (double)(float)x : x;
 }
 
-/* A value stored in the low dtype (only when emulating). */
-static double rd(const ref_problem *p, double x)
+/* A value stored in a low dtype (only when emulating). */
+static double rd(const ref_problem *p, double x, fa_dtype dtype)
 {
-    return p->emulate ? round_to_dtype(x, p->lowp) : x;
+    return p->emulate ? round_to_dtype(x, dtype) : x;
+}
+
+void ref_set_lowp(ref_problem *p, fa_dtype dtype)
+{
+    p->lowp = p->prob_dtype = p->out_dtype = dtype;
+    if (dtype_is_fp8(dtype)) {
+        p->prob_dtype = FA_DTYPE_FP8_E4M3;
+        p->out_dtype = FA_DTYPE_BF16;
+    }
 }
 
 static double dot(const ref_problem *p, const double *a, const double *b,
@@ -61,6 +70,7 @@ int ref_visible(const ref_problem *p, int64_t b, int64_t h, int64_t i,
 typedef struct row_state {
     double *score, *score_mag, *tanh_capped, *prob, *prob_amp, *dprob_mag;
     unsigned char *visible;
+    double max_score, sum; /* of the visible scores, exp(s - max) */
     double lse, lse_mag;
 } row_state;
 
@@ -93,6 +103,12 @@ static int64_t max_k_len(const ref_problem *p)
         if (p->k_len[b] > m)
             m = p->k_len[b];
     return m;
+}
+
+/* exp(s_j - row max): P before its normalization. */
+static double shifted_exp(const ref_problem *p, const row_state *r, int64_t j)
+{
+    return fl(p, exp(fl(p, r->score[j] - r->max_score)));
 }
 
 /* Scores and undropped softmax of query row i (sequence b, head h).
@@ -138,12 +154,14 @@ static int row_softmax(const ref_problem *p, const double *q, const double *k,
         r->lse = -INFINITY;
         return 0;
     }
+    r->max_score = max_score;
     double sum = 0.0;
     for (int64_t j = 0; j < sk; ++j)
         if (r->visible[j]) {
-            r->prob[j] = fl(p, exp(fl(p, r->score[j] - max_score)));
+            r->prob[j] = shifted_exp(p, r, j);
             sum = fl(p, sum + r->prob[j]);
         }
+    r->sum = sum;
     for (int64_t j = 0; j < sk; ++j)
         r->prob[j] = r->visible[j] ? fl(p, r->prob[j] / sum) : 0.0;
     r->lse = fl(p, max_score + log(sum));
@@ -170,6 +188,8 @@ void ref_forward(const ref_problem *p, const double *q, const double *k,
                  double *lse_mag)
 {
     int64_t dv = p->head_dim_v;
+    /* P as an FP8 kernel rounds it: exp(s - max), normalized after P·V */
+    const int shifted_probs = p->emulate && dtype_is_fp8(p->prob_dtype);
     row_state r;
     row_alloc(&r, max_k_len(p));
     double *acc = xcalloc((size_t)dv, sizeof(double));
@@ -187,7 +207,8 @@ void ref_forward(const ref_problem *p, const double *q, const double *k,
                     for (int64_t j = 0; j < p->k_len[b]; ++j) {
                         if (!r.visible[j])
                             continue;
-                        double pj = fl(p, rd(p, r.prob[j]) *
+                        double prob = shifted_probs ? shifted_exp(p, &r, j) : r.prob[j];
+                        double pj = fl(p, rd(p, prob, p->prob_dtype) *
                                               dropout_factor(p, b, h, i, j));
                         if (pj == 0.0)
                             continue;
@@ -198,9 +219,11 @@ void ref_forward(const ref_problem *p, const double *q, const double *k,
                             for (int64_t x = 0; x < dv; ++x)
                                 o_mag[x] += fabs(pj * vj[x]) * r.prob_amp[j];
                     }
+                    for (int64_t x = 0; shifted_probs && x < dv; ++x)
+                        acc[x] = fl(p, acc[x] / r.sum);
                 }
                 for (int64_t x = 0; x < dv; ++x)
-                    o[x] = rd(p, acc[x]);
+                    o[x] = rd(p, acc[x], p->out_dtype);
                 lse[h * p->total_q + row] = r.lse;
                 if (lse_mag)
                     lse_mag[h * p->total_q + row] = r.lse_mag;
@@ -257,14 +280,14 @@ void ref_backward(const ref_problem *p, const double *q, const double *k,
                     int64_t krow = (p->k_start[b] + j) * p->heads_kv + hk;
                     const double *kj = k + krow * d, *vj = v + krow * dvd;
                     double z = dropout_factor(p, b, h, i, j);
-                    double pz = rd(p, fl(p, r.prob[j] * z));
+                    double pz = rd(p, fl(p, r.prob[j] * z), p->lowp);
                     for (int64_t x = 0; x < dvd; ++x)
                         dv[krow * dvd + x] = fl(p, dv[krow * dvd + x] + fl(p, pz * doi[x]));
                     double dprob = fl(p, dot(p, doi, vj, dvd) * z);
                     double ds = fl(p, r.prob[j] * fl(p, dprob - dsum));
                     if (p->softcap > 0.0)
                         ds = fl(p, ds * fl(p, 1.0 - r.tanh_capped[j] * r.tanh_capped[j]));
-                    ds = rd(p, ds);
+                    ds = rd(p, ds, p->lowp);
                     for (int64_t x = 0; x < d; ++x) {
                         dqi[x] = fl(p, dqi[x] + fl(p, ds * kj[x]));
                         dk[krow * d + x] = fl(p, dk[krow * d + x] + fl(p, ds * qi[x]));
@@ -287,9 +310,9 @@ void ref_backward(const ref_problem *p, const double *q, const double *k,
     row_free(&r);
     /* The scale of s = scale·q·k, applied once per gradient as kernels do. */
     for (int64_t n = 0; n < p->total_q * p->heads_q * d; ++n)
-        dq[n] = rd(p, fl(p, dq[n] * p->softmax_scale));
+        dq[n] = rd(p, fl(p, dq[n] * p->softmax_scale), p->lowp);
     for (int64_t n = 0; n < p->total_k * p->heads_kv * d; ++n)
-        dk[n] = rd(p, fl(p, dk[n] * p->softmax_scale));
+        dk[n] = rd(p, fl(p, dk[n] * p->softmax_scale), p->lowp);
     for (int64_t n = 0; n < p->total_k * p->heads_kv * dvd; ++n)
-        dv[n] = rd(p, dv[n]);
+        dv[n] = rd(p, dv[n], p->lowp);
 }

@@ -8,8 +8,9 @@
  *  - naive low precision (emulate = 1): what a straightforward framework
  *    implementation in the low dtype computes — float32 arithmetic, with P
  *    (and dS in the backward) rounded to the dtype before their matmuls and
- *    the outputs rounded to the dtype. Its error against the exact result
- *    scales the tolerance of the tested path (FlashAttention's test rule).
+ *    the outputs rounded to the dtype (an FP8 forward: ref_set_lowp). Its
+ *    error against the exact result scales the tolerance of the tested path
+ *    (FlashAttention's test rule).
  *
  * Arrays are dense, in token-major "packed" order whatever the library's
  * layout: q (total_q, heads_q, d), k (total_k, heads_kv, d),
@@ -43,8 +44,23 @@ typedef struct ref_problem {
     int64_t block_mask_stride_batch, block_mask_stride_head;
 
     int emulate;                  /* 0: float64; 1: naive low precision */
-    fa_dtype lowp;                /* the dtype emulate rounds to */
+    fa_dtype lowp;                /* the dtype emulate rounds the backward
+                                     to (P, dS, the gradients) ... */
+    fa_dtype prob_dtype;          /* ... P before P·V in the forward ... */
+    fa_dtype out_dtype;           /* ... and out: ref_set_lowp() sets all
+                                     three */
 } ref_problem;
+
+/*
+ * The naive model of a problem in dtype: everything rounded to dtype, but
+ * for an FP8 forward (FP8 q, k, v given dequantized: stored value ×
+ * descale) what an FP8 kernel does: P rounded to e4m3 (whatever the input
+ * format: the tensor cores' operand) and out to bf16. The P an FP8 kernel
+ * rounds is exp(s - row max) in (0, 1], normalized after P·V; so is the
+ * model's (normalized probabilities of a long row would sit in e4m3's
+ * subnormals, a model no kernel follows).
+ */
+void ref_set_lowp(ref_problem *p, fa_dtype dtype);
 
 /* Is key j visible to query i of sequence b, head h (window + block mask)? */
 int ref_visible(const ref_problem *p, int64_t b, int64_t h, int64_t i,

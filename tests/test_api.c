@@ -10,6 +10,11 @@
  *  - Threads: one context per thread, run concurrently, give the serial
  *    results bit for bit, and each thread sees its own error message; the
  *    CPU backend gives the same bits with 1, 2, 3 and 5 threads.
+ *  - FP8: testlib's conversions against the formats' known values; the
+ *    library's decoding of every finite FP8 value (through V); descales of
+ *    powers of two equal to the same values stored pre-multiplied, bit for
+ *    bit; outputs adjacent to 1-byte inputs and a 2-byte out are no
+ *    overlaps.
  */
 #include "testlib.h"
 
@@ -84,7 +89,16 @@ typedef struct fixture {
     int32_t seqused_k[B];
     int32_t block_table[B * (PAGES_PER_SEQ + 1)];
     float k_pages[B * SK * HKV * D], v_pages[B * SK * HKV * DV];
+    /* FP8 descales: room for blocks of one row, one past them */
+    float q_descale[B * HQ * SQ + 1], k_descale[B * HKV * SK + 1], v_descale[B * HKV * SK + 1];
 } fixture;
+
+/* The FP8 fixture (fixture_fp8): descale blocks of 2 query and 4 key rows,
+ * so 3 and 2 blocks per (batch, head); q takes its storage's first bytes,
+ * out (bf16) the first half of its. */
+enum { FP8_BLOCK_Q = 2, FP8_BLOCK_K = 4, FP8_BLOCKS_Q = 3, FP8_BLOCKS_K = 2,
+       FP8_NQ_DESCALES = B * HQ * FP8_BLOCKS_Q, FP8_NK_DESCALES = B * HKV * FP8_BLOCKS_K,
+       FP8_Q_BYTES = B * SQ * HQ * D, OUT_BF16_BYTES = 2 * B * SQ * HQ * DV };
 
 static void poison_floats(float *p, size_t n)
 {
@@ -146,6 +160,29 @@ static void fixture_reset(fixture *f, fa_context *ctx)
     memset(f->block_mask, 1, sizeof f->block_mask);
     f->seqused_k[0] = 4;
     f->seqused_k[1] = SK;
+    for (size_t n = 0; n < sizeof f->q_descale / sizeof(float); ++n)
+        f->q_descale[n] = 0.5f;
+    for (size_t n = 0; n < sizeof f->k_descale / sizeof(float); ++n)
+        f->k_descale[n] = f->v_descale[n] = 2.0f;
+}
+
+/* f as an FP8 forward in dtype: q, k and v hold finite 1-byte values (in
+ * the first bytes of their storage), descales of FP8_BLOCK_Q / _K rows. */
+static void fixture_fp8(fixture *f, fa_dtype dtype)
+{
+    test_rng r;
+    rng_seed(&r, 8);
+    f->attn.dtype = dtype;
+    uint8_t *mem[3] = {(uint8_t *)f->q_mem, (uint8_t *)f->k_mem, (uint8_t *)f->v_mem};
+    const int count[3] = {B * SQ * HQ * D, B * SK * HKV * D, B * SK * HKV * DV};
+    for (int t = 0; t < 3; ++t)
+        for (int e = 0; e < count[t]; ++e)
+            mem[t][e] = double_to_fp8_bits(rng_normal(&r), dtype);
+    f->attn.q_descale = f->q_descale;
+    f->attn.k_descale = f->k_descale;
+    f->attn.v_descale = f->v_descale;
+    f->attn.descale_block_q = FP8_BLOCK_Q;
+    f->attn.descale_block_k = FP8_BLOCK_K;
 }
 
 /* k and v of f as a paged cache with the same keys: page n of sequence b
@@ -254,7 +291,6 @@ static void expect_failure(fixture *f, enum call_kind kind, fa_status expected,
     } while (0)
 
 #define INVALID FA_ERROR_INVALID_ARGUMENT
-#define UNSUPP FA_ERROR_UNSUPPORTED
 
 static void test_invalid_arguments(fa_context *ctx)
 {
@@ -300,10 +336,36 @@ static void test_invalid_arguments(fa_context *ctx)
     BAD(K_ALL, INVALID, "head_dim_v", f->attn.head_dim_v = -1);
 
     /* dtypes */
-    BAD(K_ALL, UNSUPP, "dtype|fp8_e4m3", f->attn.dtype = FA_DTYPE_FP8_E4M3);
-    BAD(K_ALL, UNSUPP, "dtype|fp8_e5m2", f->attn.dtype = FA_DTYPE_FP8_E5M2);
     BAD(K_ALL, INVALID, "dtype", f->attn.dtype = (fa_dtype)17);
     BAD(K_ALL, INVALID, "dtype", f->attn.dtype = (fa_dtype)-1);
+
+    /* FP8: forward only; descales only with an FP8 dtype (the message
+     * names them together, "q/k/v_descale"); descale blocks >= 0; every
+     * descale finite and > 0, named with its index */
+    BAD(K_BWD | (1 << CALL_BACKWARD_SIZE), INVALID, "dtype|fp8_e4m3",
+        fixture_fp8(f, FA_DTYPE_FP8_E4M3));
+    BAD(K_BWD | (1 << CALL_BACKWARD_SIZE), INVALID, "dtype|fp8_e5m2",
+        fixture_fp8(f, FA_DTYPE_FP8_E5M2));
+    BAD(K_ALL, INVALID, "q|k|v_descale|dtype|f32", f->attn.q_descale = f->q_descale);
+    BAD(K_ALL, INVALID, "v_descale|dtype|bf16",
+        f->attn.dtype = FA_DTYPE_BF16; f->attn.v_descale = f->v_descale);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "descale_block_q",
+        fixture_fp8(f, FA_DTYPE_FP8_E4M3); f->attn.descale_block_q = -2);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "descale_block_k",
+        fixture_fp8(f, FA_DTYPE_FP8_E5M2); f->attn.descale_block_k = -1);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "q_descale|3",
+        fixture_fp8(f, FA_DTYPE_FP8_E4M3); f->q_descale[3] = 0.0f);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "q_descale|23",
+        fixture_fp8(f, FA_DTYPE_FP8_E4M3); f->q_descale[FP8_NQ_DESCALES - 1] = INFINITY);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "k_descale|7",
+        fixture_fp8(f, FA_DTYPE_FP8_E5M2); f->k_descale[FP8_NK_DESCALES - 1] = -0.5f);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "v_descale|0",
+        fixture_fp8(f, FA_DTYPE_FP8_E4M3); f->v_descale[0] = NAN);
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "v_descale|5",
+        fixture_fp8(f, FA_DTYPE_FP8_E4M3); f->v_descale[5] = -INFINITY);
+    /* block 0: one descale per (batch, head) */
+    BAD(K_FWD | (1 << CALL_FORWARD_SIZE), INVALID, "q_descale|7", fixture_fp8(f, FA_DTYPE_FP8_E4M3);
+        f->attn.descale_block_q = 0; f->q_descale[B * HQ - 1] = -1.0f);
 
     /* strides: rows/heads that overlap, negative strides */
     BAD(K_CALLS, INVALID, "q|stride_head", f->q.stride_head = D - 1);
@@ -363,6 +425,7 @@ static void test_invalid_arguments(fa_context *ctx)
     CHECK(fa_context_set_kv_cache_checks(ctx, 0) == FA_SUCCESS, "set_kv_cache_checks: %s", fa_last_error());
     BAD(K_FWD, INVALID, "seqused_k", f->attn.seqused_k = f->seqused_k; f->seqused_k[1] = SK + 1);
     BAD(K_FWD, INVALID, "kv_block_table", fixture_paged(f); f->block_table[1] = -3);
+    BAD(K_FWD, INVALID, "k_descale|2", fixture_fp8(f, FA_DTYPE_FP8_E4M3); f->k_descale[2] = NAN);
     fa_context_set_kv_cache_checks(ctx, 1);
 
     /* options */
@@ -401,6 +464,11 @@ static void test_invalid_arguments(fa_context *ctx)
     BAD(K_BWD, INVALID, "dv|out|overlaps", f->dv.data = f->out_mem + 5);
     BAD(K_BWD, INVALID, "dq|dk|same", f->dk.data = f->dq_mem);
     BAD(K_BWD, INVALID, "dk|dv|same", f->dv.data = f->dk_mem);
+    /* FP8: 1-byte inputs, a 2-byte out (test_fp8_extents: adjacent ones pass) */
+    BAD(K_FWD, INVALID, "out|lse|overlaps", fixture_fp8(f, FA_DTYPE_FP8_E4M3);
+        f->lse_arg = f->out_mem + OUT_BF16_BYTES / 4 - 1);
+    BAD(K_FWD, INVALID, "out|q|overlaps", fixture_fp8(f, FA_DTYPE_FP8_E5M2);
+        f->out.data = (char *)f->q_mem + FP8_Q_BYTES - 2);
 
     /* block mask: 5 query rows / blocks of 4 = 2 blocks, 6 keys / 3 = 2 */
 #define WITH_BLOCKS                                                            \
@@ -656,7 +724,9 @@ static void test_metadata(void)
               a.softmax_scale == 0.0f && a.causal == 0 && a.softcap == 0.0f &&
               a.dropout_p == 0.0f && a.alibi_slopes == NULL && a.block_mask == NULL &&
               a.cu_seqlens_q == NULL && a.cu_seqlens_k == NULL && a.head_dim_v == 0 &&
-              a.batch == 0 && a.deterministic == 0,
+              a.batch == 0 && a.deterministic == 0 && a.q_descale == NULL &&
+              a.k_descale == NULL && a.v_descale == NULL && a.descale_block_q == 0 &&
+              a.descale_block_k == 0,
           "fa_attn_init defaults");
 
     float dummy[1];
@@ -1015,6 +1085,221 @@ static void test_kv_cache(fa_context *ctx)
     }
 }
 
+/* ---------------------------------------------------------------------- */
+/* FP8                                                                     */
+
+/* testlib's FP8 conversions (the grid's references use them) against the
+ * formats' known values: extremes, subnormals, infinity and NaN, ties to
+ * the even pattern, saturation; and every pattern round-trips. */
+static void test_fp8_helpers(void)
+{
+    const fa_dtype e4m3 = FA_DTYPE_FP8_E4M3, e5m2 = FA_DTYPE_FP8_E5M2;
+    static const struct {
+        fa_dtype dtype;
+        uint8_t bits;
+        float value;
+    } known[] = {{FA_DTYPE_FP8_E4M3, 0x38, 1.0f},     {FA_DTYPE_FP8_E4M3, 0x7e, 448.0f},
+                 {FA_DTYPE_FP8_E4M3, 0x01, 0x1p-9f},  {FA_DTYPE_FP8_E4M3, 0x08, 0x1p-6f},
+                 {FA_DTYPE_FP8_E4M3, 0x07, 0x1.cp-7f}, {FA_DTYPE_FP8_E4M3, 0xc5, -3.25f},
+                 {FA_DTYPE_FP8_E4M3, 0x78, 256.0f},   {FA_DTYPE_FP8_E5M2, 0x3c, 1.0f},
+                 {FA_DTYPE_FP8_E5M2, 0x7b, 57344.0f}, {FA_DTYPE_FP8_E5M2, 0x01, 0x1p-16f},
+                 {FA_DTYPE_FP8_E5M2, 0x04, 0x1p-14f}, {FA_DTYPE_FP8_E5M2, 0xc1, -2.5f},
+                 {FA_DTYPE_FP8_E5M2, 0x7c, INFINITY}, {FA_DTYPE_FP8_E5M2, 0xfc, -INFINITY}};
+    for (size_t n = 0; n < sizeof known / sizeof known[0]; ++n)
+        CHECK(fp8_bits_to_f32(known[n].bits, known[n].dtype) == known[n].value,
+              "%s 0x%02x decodes to %g, not %g", fa_dtype_name(known[n].dtype), known[n].bits,
+              (double)fp8_bits_to_f32(known[n].bits, known[n].dtype), (double)known[n].value);
+    CHECK(isnan(fp8_bits_to_f32(0x7f, e4m3)) && isnan(fp8_bits_to_f32(0xff, e4m3)) &&
+              !isnan(fp8_bits_to_f32(0x7e, e4m3)) && isnan(fp8_bits_to_f32(0x7d, e5m2)) &&
+              isnan(fp8_bits_to_f32(0xff, e5m2)),
+          "FP8 NaN patterns");
+    int round_trips = 1;
+    for (int t = 0; t < 2; ++t) {
+        fa_dtype dtype = t ? e5m2 : e4m3;
+        for (int bits = 0; bits < 256; ++bits) {
+            float x = fp8_bits_to_f32((uint8_t)bits, dtype);
+            if (isfinite(x))
+                round_trips &= double_to_fp8_bits(x, dtype) == bits;
+        }
+    }
+    CHECK(round_trips, "an FP8 value does not encode to its own pattern");
+    static const struct {
+        fa_dtype dtype;
+        double x;
+        uint8_t bits;
+    } rounded[] = {{FA_DTYPE_FP8_E4M3, 1.0625, 0x38},   /* tie 1 | 1.125: even */
+                   {FA_DTYPE_FP8_E4M3, 1.1875, 0x3a},   /* tie 1.125 | 1.25: even */
+                   {FA_DTYPE_FP8_E4M3, 1.0626, 0x39},
+                   {FA_DTYPE_FP8_E4M3, 0x1p-10, 0x00},  /* tie 0 | 2^-9 */
+                   {FA_DTYPE_FP8_E4M3, 0x1.8p-9, 0x02}, /* tie 2^-9 | 2^-8 */
+                   {FA_DTYPE_FP8_E4M3, -0x1.01p-10, 0x81},
+                   {FA_DTYPE_FP8_E4M3, 464.0, 0x7e},    /* beyond 448: saturated */
+                   {FA_DTYPE_FP8_E4M3, 1e30, 0x7e},
+                   {FA_DTYPE_FP8_E4M3, -INFINITY, 0xfe},
+                   {FA_DTYPE_FP8_E5M2, 1.125, 0x3c},    /* tie 1 | 1.25 */
+                   {FA_DTYPE_FP8_E5M2, 61440.0, 0x7b},  /* beyond 57344 */
+                   {FA_DTYPE_FP8_E5M2, INFINITY, 0x7b},
+                   {FA_DTYPE_FP8_E5M2, -0x1p-17, 0x80}, /* tie -0 | -2^-16 */
+                   {FA_DTYPE_FP8_E5M2, NAN, 0x7f}};
+    for (size_t n = 0; n < sizeof rounded / sizeof rounded[0]; ++n) {
+        uint8_t got = double_to_fp8_bits(rounded[n].x, rounded[n].dtype);
+        CHECK(got == rounded[n].bits, "%s: %a encodes to 0x%02x, not 0x%02x",
+              fa_dtype_name(rounded[n].dtype), rounded[n].x, got, rounded[n].bits);
+    }
+    CHECK(round_to_dtype(300.0, e4m3) == 288.0 && round_to_dtype(300.0, e5m2) == 320.0 &&
+              dtype_unit_roundoff(e4m3) == 0x1p-4 && dtype_unit_roundoff(e5m2) == 0x1p-3,
+          "round_to_dtype / dtype_unit_roundoff for FP8");
+}
+
+/* Which sequence and row within it packed token t is: cu (batch + 1) for
+ * varlen, else fixed sequences of len. */
+static void token_position(const int32_t *cu, int64_t len, int64_t t, int64_t *b, int64_t *i)
+{
+    *b = cu ? 0 : t / len;
+    if (cu)
+        while (t >= cu[*b + 1])
+            ++*b;
+    *i = cu ? t - cu[*b] : t % len;
+}
+
+/* dst := src (1-byte values, contiguous (tokens, heads, dim)) times their
+ * descales, re-encoded: exact where the products are FP8 values. */
+static void premultiply(uint8_t *dst, const uint8_t *src, const float *descale, fa_dtype dtype,
+                        const int32_t *cu, int64_t len, int64_t tokens, int64_t heads,
+                        int64_t dim, int64_t block, int64_t blocks)
+{
+    for (int64_t t = 0; t < tokens; ++t) {
+        int64_t b, i;
+        token_position(cu, len, t, &b, &i);
+        for (int64_t h = 0; h < heads; ++h)
+            for (int64_t x = 0; x < dim; ++x) {
+                int64_t e = (t * heads + h) * dim + x;
+                dst[e] = double_to_fp8_bits(fp8_bits_to_f32(src[e], dtype) *
+                                                descale[(b * heads + h) * blocks + i / block],
+                                            dtype);
+            }
+    }
+}
+
+/* Descales are what they promise, on the CPU bit for bit: values stored
+ * with descales 2^e per block give the results of the same values stored
+ * multiplied out (|stored| in [1/8, 8), e in [-2, 2]: the products are FP8
+ * values) with no descales; varlen blocks restart with each sequence. */
+static void test_fp8_descales(fa_context *ctx)
+{
+    static fixture scaled_storage, plain_storage;
+    fixture *scaled = &scaled_storage, *plain = &plain_storage;
+    for (int n = 0; n < 4; ++n) {
+        const fa_dtype dtype = n % 2 ? FA_DTYPE_FP8_E5M2 : FA_DTYPE_FP8_E4M3;
+        const int varlen = n / 2;
+        test_rng r;
+        rng_seed(&r, 40 + (uint64_t)n);
+        fixture *both[2] = {scaled, plain};
+        for (int s = 0; s < 2; ++s) {
+            fixture_reset(both[s], ctx);
+            fixture_fp8(both[s], dtype);
+            both[s]->attn.causal = varlen;
+            if (varlen)
+                fixture_varlen(both[s]);
+        }
+        const int32_t *cu_q = varlen ? scaled->cu_q : NULL, *cu_k = varlen ? scaled->cu_k : NULL;
+        const int64_t tokens_q = varlen ? cu_q[B] : B * SQ, tokens_k = varlen ? cu_k[B] : B * SK;
+        uint8_t *stored[3] = {(uint8_t *)scaled->q_mem, (uint8_t *)scaled->k_mem,
+                              (uint8_t *)scaled->v_mem};
+        const int64_t count[3] = {tokens_q * HQ * D, tokens_k * HKV * D, tokens_k * HKV * DV};
+        for (int t = 0; t < 3; ++t)
+            for (int64_t e = 0; e < count[t]; ++e)
+                stored[t][e] = double_to_fp8_bits(
+                    (rng_int(&r, 0, 1) ? -1 : 1) * ldexp(1.0 + rng_uniform(&r), (int)rng_int(&r, -3, 2)),
+                    dtype);
+        float *descales[3] = {scaled->q_descale, scaled->k_descale, scaled->v_descale};
+        const int ndescales[3] = {FP8_NQ_DESCALES, FP8_NK_DESCALES, FP8_NK_DESCALES};
+        for (int t = 0; t < 3; ++t)
+            for (int e = 0; e < ndescales[t]; ++e)
+                descales[t][e] = ldexpf(1.0f, (int)rng_int(&r, -2, 2));
+        premultiply((uint8_t *)plain->q_mem, stored[0], scaled->q_descale, dtype, cu_q, SQ, tokens_q,
+                    HQ, D, FP8_BLOCK_Q, FP8_BLOCKS_Q);
+        premultiply((uint8_t *)plain->k_mem, stored[1], scaled->k_descale, dtype, cu_k, SK, tokens_k,
+                    HKV, D, FP8_BLOCK_K, FP8_BLOCKS_K);
+        premultiply((uint8_t *)plain->v_mem, stored[2], scaled->v_descale, dtype, cu_k, SK, tokens_k,
+                    HKV, DV, FP8_BLOCK_K, FP8_BLOCKS_K);
+        plain->attn.q_descale = plain->attn.k_descale = plain->attn.v_descale = NULL;
+        fa_status st = call(scaled, CALL_FORWARD);
+        CHECK(st == FA_SUCCESS, "%s forward with descales: %s", fa_dtype_name(dtype), fa_last_error());
+        st = call(plain, CALL_FORWARD);
+        CHECK(st == FA_SUCCESS, "%s forward without: %s", fa_dtype_name(dtype), fa_last_error());
+        CHECK(!memcmp(scaled->out_mem, plain->out_mem, sizeof plain->out_mem) &&
+                  !memcmp(scaled->lse_mem, plain->lse_mem, sizeof plain->lse_mem),
+              "%s%s: descales of 2^e differ from the values multiplied out", fa_dtype_name(dtype),
+              varlen ? " (varlen, causal)" : "");
+    }
+}
+
+/* The library's FP8 values, through V: with one key P = 1 and out = V ·
+ * v_descale, exactly (a finite FP8 value times 2^-2 is a bf16), so every
+ * finite pattern must come back as the format defines it; out is bf16. */
+static void test_fp8_values(fa_context *ctx)
+{
+    enum { DIM = 16, DIM_V = 256 };
+    for (int t = 0; t < 2; ++t) {
+        const fa_dtype dtype = t ? FA_DTYPE_FP8_E5M2 : FA_DTYPE_FP8_E4M3;
+        uint8_t q[DIM], k[DIM], v[DIM_V];
+        uint16_t out[DIM_V];
+        float lse, v_descale = 0.25f;
+        for (int x = 0; x < DIM; ++x)
+            q[x] = k[x] = double_to_fp8_bits(0.5 * (x % 3) - 0.5, dtype);
+        for (int c = 0; c < DIM_V; ++c)
+            v[c] = isfinite(fp8_bits_to_f32((uint8_t)c, dtype)) ? (uint8_t)c : 0;
+        fa_attn attn;
+        fa_attn_init(&attn);
+        attn.batch = attn.seqlen_q = attn.seqlen_k = attn.heads_q = attn.heads_kv = 1;
+        attn.head_dim = DIM;
+        attn.head_dim_v = DIM_V;
+        attn.dtype = dtype;
+        attn.v_descale = &v_descale;
+        fa_tensor tq = fa_tensor_contiguous(q, 1, 1, DIM), tk = fa_tensor_contiguous(k, 1, 1, DIM);
+        fa_tensor tv = fa_tensor_contiguous(v, 1, 1, DIM_V), to = fa_tensor_contiguous(out, 1, 1, DIM_V);
+        fa_status st = fa_forward(ctx, &attn, &tq, &tk, &tv, &to, &lse, NULL, 0);
+        CHECK(st == FA_SUCCESS, "%s forward with one key: %s", fa_dtype_name(dtype), fa_last_error());
+        int wrong = 0;
+        for (int c = 0; c < DIM_V && st == FA_SUCCESS; ++c) {
+            float want = fp8_bits_to_f32(v[c], dtype) * v_descale; /* (-0 sums to +0) */
+            if (bf16_bits_to_f32(out[c]) != want && wrong++ < 4)
+                printf("FAIL %s value 0x%02x: out %g, the format says %g\n", fa_dtype_name(dtype),
+                       v[c], (double)bf16_bits_to_f32(out[c]), (double)want);
+        }
+        CHECK(!wrong, "%s: %d FP8 values decoded wrong", fa_dtype_name(dtype), wrong);
+    }
+}
+
+/* Validation's extents with FP8: nothing past the (batch, heads, blocks)
+ * descales is read, and outputs right after a 1-byte input or the 2-byte
+ * out are no overlaps. */
+static void test_fp8_extents(fa_context *ctx)
+{
+    static fixture storage;
+    fixture *f = &storage;
+    for (int block0 = 0; block0 < 2; ++block0) {
+        fixture_reset(f, ctx);
+        fixture_fp8(f, FA_DTYPE_FP8_E4M3);
+        if (block0)
+            f->attn.descale_block_q = f->attn.descale_block_k = 0;
+        f->q_descale[block0 ? B * HQ : FP8_NQ_DESCALES] = NAN;
+        f->k_descale[block0 ? B * HKV : FP8_NK_DESCALES] = NAN;
+        f->v_descale[block0 ? B * HKV : FP8_NK_DESCALES] = -1.0f;
+        CHECK(call(f, CALL_FORWARD) == FA_SUCCESS, "FP8 forward read past its descales (blocks %s): %s",
+              block0 ? "0" : "of 2 and 4 rows", fa_last_error());
+    }
+    fixture_reset(f, ctx);
+    fixture_fp8(f, FA_DTYPE_FP8_E4M3);
+    f->lse_arg = f->out_mem + OUT_BF16_BYTES / 4;
+    CHECK(call(f, CALL_FORWARD) == FA_SUCCESS, "lse right after a bf16 out: %s", fa_last_error());
+    fixture_reset(f, ctx);
+    fixture_fp8(f, FA_DTYPE_FP8_E5M2);
+    f->out.data = (char *)f->q_mem + FP8_Q_BYTES;
+    CHECK(call(f, CALL_FORWARD) == FA_SUCCESS, "out right after an FP8 q: %s", fa_last_error());
+}
+
 int main(void)
 {
     fa_context *ctx = NULL;
@@ -1029,6 +1314,10 @@ int main(void)
     test_empty_sequences(ctx);
     test_option_limits(ctx);
     test_kv_cache(ctx);
+    test_fp8_helpers();
+    test_fp8_values(ctx);
+    test_fp8_descales(ctx);
+    test_fp8_extents(ctx);
     test_threads();
     test_thread_count_invariance();
     fa_context_destroy(ctx);

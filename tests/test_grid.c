@@ -7,15 +7,19 @@
  * with NaN before the call; after it, out, lse, dq, dk, dv must match the
  * reference within FlashAttention's tolerance rule
  *     |tested - exact| <= MULT · max|naive_lowp - exact| + 4·u·(max|exact| + 0.3)
- *                         + FLOOR · u32 · magnitude(element)
+ *                         + FLOOR · u_acc · magnitude(element)
  * (naive_lowp: the reference run in float32 with the dtype's roundings;
- * magnitude: the sum of the absolute values of the terms), every
+ * magnitude: the sum of the absolute values of the terms; u_acc: float32's
+ * u, FP8's accumulation for FP8, see FP8_ACCUM_U), every
  * element of an output view must have been written (no NaN left), nothing
  * outside the views may change (poison intact), inputs must be unchanged,
  * and repeated runs must be bit-identical (forward always, backward when
- * deterministic). Dropout-probe cases use V = identity, so that the zeros
- * of out are exactly the dropout mask: it must equal fa_dropout_keep()
- * (and, on CUDA, the CPU backend's).
+ * deterministic). FP8 cases (forward only: the backward must refuse them)
+ * hold block-quantized q, k, v; the references see the dequantized values
+ * (stored × descale), the naive model rounds P to e4m3 and out to bf16
+ * (reference.h), and out, in bf16, is judged with bf16's u. Dropout-probe
+ * cases use V = identity, so that the zeros of out are exactly the dropout
+ * mask: it must equal fa_dropout_keep() (and, on CUDA, the CPU backend's).
  *
  *   test_grid [--device cpu|cuda] [--backend auto|cpu|sm80|sm90]
  *             [--threads N] [--seed S] [--quick] [--filter TEXT]
@@ -48,11 +52,16 @@
 #endif
 
 #define TOL_MULT 3.0 /* tested error <= TOL_MULT x naive low-precision error */
-/* plus ACCUM_FLOOR x u32 x the element's magnitude (reference.h): float32
+/* plus ACCUM_FLOOR x u_acc x the element's magnitude (reference.h):
  * accumulation noise, which the naive computation can dodge by luck (same
- * summation order for D and dP cancels exactly) but no kernel can. */
+ * summation order for D and dP cancels exactly) but no kernel can. u_acc is
+ * float32's u, but for FP8 that of the FP8 tensor cores' accumulation,
+ * which keeps about 14 bits on Hopper (an H100's lse errors reach 2^-13.1
+ * of the magnitude; the DeepSeek-V3 report measured ~14 bits on the H800):
+ * the naive model's float32 scores cannot show it. */
 #define ACCUM_FLOOR 4.0
-static double worst_accum_ratio = 0.0; /* calibration: (err - rule) / (u32 mag) */
+#define FP8_ACCUM_U 0x1p-13
+static double worst_accum_ratio = 0.0; /* calibration: (err - rule) / (u_acc mag) */
 /* Forward and backward calls that ran sm80's last-wave split (kernel name
  * ".split"). */
 static int split_forwards, split_backwards;
@@ -100,6 +109,10 @@ typedef struct grid_case {
     double logit_scale;     /* std of q and k (0: 1); large -> huge scores */
     int seqused;            /* seqused_k drawn per sequence (forward only) */
     int64_t page_size;      /* > 0: k / v in a paged cache (forward only) */
+    /* FP8 dtypes (forward only): rows per descale (0 = the sequence), and
+     * which of q, k, v (bits 0, 1, 2) have descales (the others NULL) */
+    int64_t descale_block_q, descale_block_k;
+    unsigned descaled;
     uint64_t data_seed;
 } grid_case;
 
@@ -109,6 +122,8 @@ static const int64_t SEQLENS[] = {1, 2, 17, 127, 128, 129, 1000};
 static const int64_t HEAD_DIMS[] = {8, 32, 40, 64, 80, 96, 111, 128, 160, 192, 256};
 #define NUM_HEAD_DIMS 11
 static const fa_dtype DTYPES[] = {FA_DTYPE_F32, FA_DTYPE_F16, FA_DTYPE_BF16};
+static const fa_dtype FP8_DTYPES[] = {FA_DTYPE_FP8_E4M3, FA_DTYPE_FP8_E5M2};
+#define DESCALED_ALL 7u
 
 typedef struct case_list {
     grid_case *items;
@@ -286,6 +301,37 @@ static void apply_option(test_rng *r, grid_case *c, const char *option)
         fprintf(stderr, "unknown option %s\n", option);
         exit(2);
     }
+}
+
+/* An FP8 forward. Three cases in four have the Hopper kernel's shapes
+ * (head dim 128 or 256, descale blocks of 0 or a multiple of 128 rows);
+ * the fourth has one of the CPU's others (head dim 40, 64 or 96, or a
+ * block of 17 or 64 rows: a GPU run skips it). Each of q, k, v has
+ * descales three times in four. */
+static grid_case fp8_case(test_rng *r, const char *family, fa_dtype dtype)
+{
+    static const int64_t seqlens[] = {1, 17, 128, 129, 300, 1000};
+    static const int64_t dims[] = {128, 256, 40, 64, 96};  /* the Hopper kernel's first */
+    static const int64_t blocks[] = {0, 128, 256, 17, 64}; /* likewise */
+    grid_case c = base_case(r, family, dtype);
+    c.seqlen_q = pick(r, seqlens, 6);
+    c.seqlen_k = pick(r, seqlens, 6);
+    c.head_dim = c.head_dim_v = pick(r, dims, 2);
+    c.descale_block_q = pick(r, blocks, 3);
+    c.descale_block_k = pick(r, blocks, 3);
+    if (rng_int(r, 0, 3) == 0) {
+        int64_t odd = rng_int(r, 0, 2);
+        if (odd == 0)
+            c.head_dim = c.head_dim_v = dims[rng_int(r, 2, 4)];
+        else if (odd == 1)
+            c.descale_block_q = blocks[rng_int(r, 3, 4)];
+        else
+            c.descale_block_k = blocks[rng_int(r, 3, 4)];
+    }
+    for (unsigned t = 0; t < 3; ++t)
+        if (rng_int(r, 0, 3))
+            c.descaled |= 1u << t;
+    return c;
 }
 
 /* The grid. Cost is bounded per case (fit_budget); --quick shortens the
@@ -470,6 +516,59 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
             c.causal = 1;
         push_case(list, &c);
     }
+
+    /* FP8 forward: each option the FP8 kernel takes (and a paged cache,
+     * which only the CPU does) in both formats. An eighth of the budget:
+     * the shapes are large (head dims 128, 256) and many; but varlen
+     * sequences, whose lengths are drawn below the longest (a quarter of
+     * the work on average), get it all, to span several descale blocks of
+     * 128 rows, which restart with each sequence. */
+    static const char *const fp8_options[] = {
+        "none", "causal", "window", "softcap", "gqa", "mqa", "varlen", "seqused",
+        "bhsd", "pad8", "padodd", "packed", "paged"};
+    for (size_t o = 0; o < sizeof fp8_options / sizeof fp8_options[0]; ++o)
+        for (int t = 0; t < 2; ++t)
+            for (int rep = 0; rep < (quick ? 1 : 2); ++rep) {
+                c = fp8_case(&r, "fp8", FP8_DTYPES[t]);
+                if (strcmp(fp8_options[o], "none"))
+                    apply_option(&r, &c, fp8_options[o]);
+                if (c.varlen) {
+                    static const int64_t long_seqlens[] = {300, 1000};
+                    c.seqlen_q = pick(&r, long_seqlens, 2);
+                    c.seqlen_k = pick(&r, long_seqlens, 2);
+                }
+                fit_budget(&c, c.varlen ? budget : budget / 8);
+                push_case(list, &c);
+            }
+
+    /* FP8 over long sequences: many key blocks per row and many descale
+     * blocks, causal (sq != sk) or not, GQA. GPU only, over the budget on
+     * purpose (the reference takes about as long as longmask's: heads and,
+     * at head dim 256, lengths kept down); the Hopper kernel must run
+     * these (run_case). */
+    static const struct {
+        fa_dtype dtype;
+        int64_t head_dim, heads_q, heads_kv, max_seqlen, block_q, block_k;
+        int causal;
+    } fp8_long[] = {{FA_DTYPE_FP8_E4M3, 128, 2, 2, 2200, 128, 256, 1},
+                    {FA_DTYPE_FP8_E5M2, 256, 1, 1, 1500, 256, 128, 0},
+                    {FA_DTYPE_FP8_E4M3, 256, 2, 1, 1500, 256, 256, 1},
+                    {FA_DTYPE_FP8_E5M2, 128, 1, 1, 2200, 128, 128, 0}};
+    for (int n = 0; n < (!gpu ? 0 : quick ? 2 : 4); ++n) {
+        c = base_case(&r, "fp8long", fp8_long[n].dtype);
+        c.batch = 1;
+        c.heads_q = fp8_long[n].heads_q;
+        c.heads_kv = fp8_long[n].heads_kv;
+        c.seqlen_q = rng_int(&r, 1000, fp8_long[n].max_seqlen - 150);
+        c.seqlen_k = fp8_long[n].causal ? c.seqlen_q + rng_int(&r, 0, 150)
+                                        : rng_int(&r, 1000, fp8_long[n].max_seqlen);
+        c.head_dim = c.head_dim_v = fp8_long[n].head_dim;
+        c.causal = fp8_long[n].causal;
+        c.descale_block_q = fp8_long[n].block_q;
+        c.descale_block_k = fp8_long[n].block_k;
+        c.descaled = DESCALED_ALL;
+        push_case(list, &c);
+    }
 }
 
 static void describe(const grid_case *c, char *buf, size_t size)
@@ -514,6 +613,10 @@ static void describe(const grid_case *c, char *buf, size_t size)
         APPEND(" seqused");
     if (c->page_size)
         APPEND(" paged%lld", (long long)c->page_size);
+    if (dtype_is_fp8(c->dtype))
+        APPEND(" descale%s%s%s(%lld,%lld)", c->descaled & 1 ? "q" : "", c->descaled & 2 ? "k" : "",
+               c->descaled & 4 ? "v" : "", (long long)c->descale_block_q,
+               (long long)c->descale_block_k);
 #undef APPEND
 }
 
@@ -528,13 +631,18 @@ typedef struct run_config {
     const char *isa;       /* FA_CPU_ISA, or NULL */
     fa_context *ctx;
     fa_context *cpu_ctx;   /* CUDA runs: the CPU backend, for the mask */
+    int fp8_on_hopper;     /* an sm_90 GPU and a backend (auto, sm90) whose
+                              FP8 kernel is documented: fp8long must run */
 } run_config;
 
 typedef struct case_report {
     int failures;
     int skipped_forward;   /* a forced backend said unsupported */
-    int f32_on_cuda;       /* no CUDA kernel runs f32 (documented, as in
-                              FlashAttention): unsupported is a skip */
+    int cuda_may_refuse;   /* no CUDA kernel runs f32 (documented, as in
+                              FlashAttention), the Hopper one some FP8
+                              shapes and sm80 none: unsupported is a skip */
+    int must_run;          /* a shape the (forced) backend documents:
+                              unsupported is a failure */
     int skipped_backward;
     char header[256];
     int header_printed;
@@ -585,13 +693,18 @@ typedef struct case_data {
     int64_t *q_start, *q_len, *k_start, *k_len;
     int64_t total_q, total_k;
     int64_t table_stride; /* paged: entries per sequence */
+    /* FP8: rows per descale (resolved: 0 -> the longest sequence) and
+     * descales per (batch, head) */
+    int64_t descale_rows_q, descale_rows_k, descale_blocks_q, descale_blocks_k;
     aux_array cu_q, cu_k, slopes, block_mask, seqused_k, block_table;
+    aux_array q_descale, k_descale, v_descale;
     int on_device;
 } case_data;
 
 #define AUX_ARRAYS(cd) \
-    {&(cd)->cu_q, &(cd)->cu_k, &(cd)->slopes, &(cd)->block_mask, &(cd)->seqused_k, &(cd)->block_table}
-#define NUM_AUX 6
+    {&(cd)->cu_q, &(cd)->cu_k, &(cd)->slopes, &(cd)->block_mask, &(cd)->seqused_k, \
+     &(cd)->block_table, &(cd)->q_descale, &(cd)->k_descale, &(cd)->v_descale}
+#define NUM_AUX 9
 
 static int add_buffer(case_data *cd, fa_dtype dtype, int64_t count, int role)
 {
@@ -692,6 +805,28 @@ static void aux_alloc(aux_array *a, size_t bytes)
     a->bytes = bytes;
     a->host = xcalloc(bytes, 1);
     a->device = NULL;
+}
+
+/* FP8 inputs: with descales, stored values over the format's range (a
+ * normal sample scaled so that ~4.5 sigma meets the largest finite value,
+ * beyond it saturated), as a quantizer leaves them; without, the values
+ * themselves, of moderate size (subnormals included). */
+static void fill_fp8(const test_view *v, test_rng *r, int descaled)
+{
+    fill_normal(v, r, descaled ? fp8_max(v->buf->dtype) / 4.5 : 1.0);
+}
+
+/* Descales of a (batch, heads, blocks) array: the quantizer's amax / max
+ * (~4.5 / max for the values fill_fp8 stores) times 2^uniform(-spread,
+ * spread), so that blocks differ widely (a block read with another's
+ * descale shows). */
+static void fill_descales(aux_array *a, int64_t count, fa_dtype dtype, double spread,
+                          test_rng *r)
+{
+    aux_alloc(a, (size_t)count * sizeof(float));
+    for (int64_t n = 0; n < count; ++n)
+        ((float *)a->host)[n] =
+            (float)(4.5 / fp8_max(dtype) * exp2(spread * (2.0 * rng_uniform(r) - 1.0)));
 }
 
 /* ---------------------------------------------------------------------- */
@@ -955,16 +1090,25 @@ static void setup_case(const grid_case *c, case_data *cd, fa_attn *attn,
     }
     int64_t hq1[1] = {hq};
     test_view *vo[1] = {&cd->out}, *vdo[1] = {&cd->dout};
-    layout_group(cd, ROLE_FORWARD_OUTPUT, c->layout, c->dtype, c->varlen, B, rows_q, 1, hq1, dv, vo);
-    layout_group(cd, ROLE_INPUT, c->layout, c->dtype, c->varlen, B, rows_q, 1, hq1, dv, vdo);
+    const fa_dtype out_dtype = out_dtype_of(c->dtype);
+    layout_group(cd, ROLE_FORWARD_OUTPUT, c->layout, out_dtype, c->varlen, B, rows_q, 1, hq1, dv, vo);
+    layout_group(cd, ROLE_INPUT, c->layout, out_dtype, c->varlen, B, rows_q, 1, hq1, dv, vdo);
     cd->lse_count = hq * (c->varlen ? cd->total_q : B * c->seqlen_q);
     cd->lse_buf = add_buffer(cd, FA_DTYPE_F32, cd->lse_count, ROLE_FORWARD_OUTPUT);
 
-    /* Inputs: fresh normal values, never zeros. */
+    /* Inputs: fresh normal values, never zeros (FP8: forward only, no
+     * dout: it keeps its poison). */
     double logit_scale = c->logit_scale > 0 ? c->logit_scale : 1.0;
-    fill_normal(&cd->q, r, c->dropout_probe ? 0.1 : logit_scale);
-    fill_normal(&cd->k, r, logit_scale);
-    fill_normal(&cd->dout, r, 1.0);
+    const int fp8 = dtype_is_fp8(c->dtype);
+    if (fp8) {
+        fill_fp8(&cd->q, r, c->descaled & 1);
+        fill_fp8(&cd->k, r, c->descaled & 2);
+        fill_fp8(&cd->v, r, c->descaled & 4);
+    } else {
+        fill_normal(&cd->q, r, c->dropout_probe ? 0.1 : logit_scale);
+        fill_normal(&cd->k, r, logit_scale);
+        fill_normal(&cd->dout, r, 1.0);
+    }
     if (c->dropout_probe) {
         for (int64_t t = 0; t < cd->v.batch; ++t)
             for (int64_t s = 0; s < cd->v.seqlen; ++s) {
@@ -977,7 +1121,7 @@ static void setup_case(const grid_case *c, case_data *cd, fa_attn *attn,
                     for (int64_t x = 0; x < dv; ++x)
                         view_set(&cd->v, t, s, h, x, x == key ? 1.0 : 0.0);
             }
-    } else
+    } else if (!fp8)
         fill_normal(&cd->v, r, 1.0);
     if (c->seqused)
         poison_unused_keys(c, cd);
@@ -1038,6 +1182,22 @@ static void setup_case(const grid_case *c, case_data *cd, fa_attn *attn,
         attn->block_mask_stride_batch = sb;
         attn->block_mask_stride_head = sh;
     }
+    if (fp8) {
+        /* q and k descales within 2x of the quantizer's (so that scores stay
+         * moderate), v's within 4x */
+        cd->descale_rows_q = c->descale_block_q ? c->descale_block_q : c->seqlen_q;
+        cd->descale_rows_k = c->descale_block_k ? c->descale_block_k : c->seqlen_k;
+        cd->descale_blocks_q = (c->seqlen_q + cd->descale_rows_q - 1) / cd->descale_rows_q;
+        cd->descale_blocks_k = (c->seqlen_k + cd->descale_rows_k - 1) / cd->descale_rows_k;
+        if (c->descaled & 1)
+            fill_descales(&cd->q_descale, B * hq * cd->descale_blocks_q, c->dtype, 1.0, r);
+        if (c->descaled & 2)
+            fill_descales(&cd->k_descale, B * hkv * cd->descale_blocks_k, c->dtype, 1.0, r);
+        if (c->descaled & 4)
+            fill_descales(&cd->v_descale, B * hkv * cd->descale_blocks_k, c->dtype, 2.0, r);
+        attn->descale_block_q = c->descale_block_q;
+        attn->descale_block_k = c->descale_block_k;
+    }
     upload_all(cd);
     if (c->seqused)
         attn->seqused_k = aux_ptr(cd, &cd->seqused_k);
@@ -1055,6 +1215,9 @@ static void setup_case(const grid_case *c, case_data *cd, fa_attn *attn,
         attn->alibi_slopes = aux_ptr(cd, &cd->slopes);
     if (c->blocks != BLOCKS_OFF)
         attn->block_mask = aux_ptr(cd, &cd->block_mask);
+    attn->q_descale = aux_ptr(cd, &cd->q_descale); /* NULL where not descaled */
+    attn->k_descale = aux_ptr(cd, &cd->k_descale);
+    attn->v_descale = aux_ptr(cd, &cd->v_descale);
 }
 
 static void make_ref_problem(const grid_case *c, const case_data *cd,
@@ -1090,7 +1253,27 @@ static void make_ref_problem(const grid_case *c, const case_data *cd,
         p->block_mask_stride_batch = attn->block_mask_stride_batch;
         p->block_mask_stride_head = attn->block_mask_stride_head;
     }
-    p->lowp = c->dtype;
+    ref_set_lowp(p, c->dtype);
+}
+
+/* dense (token-major, as gather() returns it) := stored × descale, for the
+ * rows of each sequence: row i of sequence b, head h uses descale
+ * [(b·heads + h)·blocks + i / rows]. A NULL descale is 1. */
+static void dequantize(double *dense, const aux_array *descale, int64_t batch, int64_t heads,
+                       int64_t dim, const int64_t *start, const int64_t *len, int64_t rows,
+                       int64_t blocks)
+{
+    if (!descale->host)
+        return;
+    const float *d = descale->host;
+    for (int64_t b = 0; b < batch; ++b)
+        for (int64_t i = 0; i < len[b]; ++i)
+            for (int64_t h = 0; h < heads; ++h) {
+                double scale = d[(b * heads + h) * blocks + i / rows];
+                double *row = dense + ((start[b] + i) * heads + h) * dim;
+                for (int64_t x = 0; x < dim; ++x)
+                    row[x] *= scale;
+            }
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1138,18 +1321,25 @@ static void decode_index(const index_decoder *dec, int64_t n, char *buf, size_t 
 static int64_t compare(case_report *rep, const char *name, int64_t n,
                        const double *tested, const double *exact,
                        const double *naive, const double *mag, double u,
-                       const index_decoder *dec)
+                       double u_acc, const index_decoder *dec)
 {
-    const double u32 = dtype_unit_roundoff(FA_DTYPE_F32);
     double err_naive = 0.0, max_ref = 0.0, err_tested = 0.0;
+    int64_t naive_not_finite = 0;
     for (int64_t e = 0; e < n; ++e) {
         if (!isfinite(exact[e]))
             continue;
         if (fabs(exact[e]) > max_ref)
             max_ref = fabs(exact[e]);
-        if (isfinite(naive[e]) && fabs(naive[e] - exact[e]) > err_naive)
+        if (!isfinite(naive[e]))
+            naive_not_finite++;
+        else if (fabs(naive[e] - exact[e]) > err_naive)
             err_naive = fabs(naive[e] - exact[e]);
     }
+    /* the naive model must be finite where the exact result is, or its
+     * error would not scale the tolerance */
+    if (naive_not_finite)
+        report_failure(rep, "%s: the naive model is not finite at %lld elements where the exact "
+                       "result is", name, (long long)naive_not_finite);
     double tol = TOL_MULT * err_naive + 4.0 * u * (max_ref + 0.3);
     int64_t bad = 0;
     for (int64_t e = 0; e < n; ++e) {
@@ -1158,12 +1348,12 @@ static int64_t compare(case_report *rep, const char *name, int64_t n,
             ok = tested[e] == exact[e];
         else {
             double err = fabs(tested[e] - exact[e]);
-            double floor = ACCUM_FLOOR * u32 * mag[e];
+            double floor = ACCUM_FLOOR * u_acc * mag[e];
             ok = err <= tol + floor; /* NaN fails */
             if (err > err_tested || isnan(err))
                 err_tested = err;
-            if (err > tol && mag[e] > 0 && (err - tol) / (u32 * mag[e]) > worst_accum_ratio)
-                worst_accum_ratio = (err - tol) / (u32 * mag[e]);
+            if (err > tol && mag[e] > 0 && (err - tol) / (u_acc * mag[e]) > worst_accum_ratio)
+                worst_accum_ratio = (err - tol) / (u_acc * mag[e]);
         }
         if (ok)
             continue;
@@ -1172,7 +1362,7 @@ static int64_t compare(case_report *rep, const char *name, int64_t n,
             decode_index(dec, e, where, sizeof where);
             report_failure(rep, "%s%s: got %.7g, exact %.7g, naive %.7g (tol %.3g + "
                            "floor %.3g)", name, where, tested[e], exact[e], naive[e], tol,
-                           ACCUM_FLOOR * u32 * mag[e]);
+                           ACCUM_FLOOR * u_acc * mag[e]);
         } else
             rep->failures++;
         bad++;
@@ -1398,7 +1588,8 @@ static int accept_status(case_report *rep, const run_config *cfg, fa_status st,
 {
     if (st == FA_SUCCESS)
         return 1;
-    if (st == FA_ERROR_UNSUPPORTED && (cfg->backend != FA_BACKEND_AUTO || rep->f32_on_cuda)) {
+    if (st == FA_ERROR_UNSUPPORTED && !rep->must_run &&
+        (cfg->backend != FA_BACKEND_AUTO || rep->cuda_may_refuse)) {
         if (!*skipped)
             printf("SKIP %s: %s unsupported by %s backend %s: %s\n", rep->header, what,
                    cfg->backend == FA_BACKEND_AUTO ? "the" : "forced",
@@ -1425,6 +1616,12 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
            *dout = gather(&cd.dout);
     int64_t nq = cd.total_q * c->heads_q, nk = cd.total_k * c->heads_kv;
     int64_t d = c->head_dim, dv = c->head_dim_v;
+    dequantize(q, &cd.q_descale, c->batch, c->heads_q, d, cd.q_start, cd.q_len,
+               cd.descale_rows_q, cd.descale_blocks_q);
+    dequantize(k, &cd.k_descale, c->batch, c->heads_kv, d, cd.k_start, cd.k_len,
+               cd.descale_rows_k, cd.descale_blocks_k);
+    dequantize(v, &cd.v_descale, c->batch, c->heads_kv, dv, cd.k_start, cd.k_len,
+               cd.descale_rows_k, cd.descale_blocks_k);
 
     /* References: exact and naive low precision. */
     double t0 = now_seconds();
@@ -1447,7 +1644,8 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
         grads_naive[g] = xcalloc((size_t)grad_count[g], sizeof(double));
         grads_mag[g] = xcalloc((size_t)grad_count[g], sizeof(double));
     }
-    const int forward_only = c->seqused || c->page_size; /* the KV-cache options */
+    const int fp8 = dtype_is_fp8(c->dtype);
+    const int forward_only = c->seqused || c->page_size || fp8; /* KV cache, FP8 */
     if (!forward_only) {
         ref_backward(&exact, q, k, v, out_exact, dout, grads_exact[0], grads_exact[1],
                      grads_exact[2], grads_mag);
@@ -1462,6 +1660,7 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
     index_decoder dec_k = {&cd, SIDE_K, c->batch, c->heads_kv, d};
     index_decoder dec_v = {&cd, SIDE_K, c->batch, c->heads_kv, dv};
     double u = dtype_unit_roundoff(c->dtype), u32 = dtype_unit_roundoff(FA_DTYPE_F32);
+    double u_out = dtype_unit_roundoff(out_dtype_of(c->dtype)), u_acc = fp8 ? FP8_ACCUM_U : u32;
 
     /* Forward. */
     snapshot inputs;
@@ -1475,8 +1674,8 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
     check_coverage(rep, &cd, ROLE_FORWARD_OUTPUT);
     snapshot_compare(rep, &inputs, &cd, "fa_forward changed an input");
     double *out = gather(&cd.out), *lse = gather_lse(c, &cd);
-    compare(rep, "out", nq * dv, out, out_exact, out_naive, out_mag, u, &dec_out);
-    compare(rep, "lse", nq, lse, lse_exact, lse_naive, lse_mag, u32, &dec_lse);
+    compare(rep, "out", nq * dv, out, out_exact, out_naive, out_mag, u_out, u_acc, &dec_out);
+    compare(rep, "lse", nq, lse, lse_exact, lse_naive, lse_mag, u32, u_acc, &dec_lse);
     if (c->dropout_probe) {
         unsigned char *mask = check_probe(rep, c, &cd, &exact, out, fa_backend_name(cfg->backend));
         if (cfg->cpu_ctx) { /* the CUDA mask must be the CPU backend's */
@@ -1518,7 +1717,7 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
     if (accept_status(rep, cfg, st, "fa_forward (repeat)", &rep->skipped_forward))
         snapshot_compare(rep, &first, &cd, "a repeated fa_forward gave different bits");
 
-    if (forward_only && cd.on_device) { /* trusted KV-cache arrays: the same bits */
+    if (forward_only && cd.on_device) { /* trusted KV-cache arrays, descales: the same bits */
         fa_context_set_kv_cache_checks(cfg->ctx, 0);
         poison_role(&cd, ROLE_FORWARD_OUTPUT);
         upload_all(&cd);
@@ -1528,11 +1727,21 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
         if (accept_status(rep, cfg, st, "fa_forward (KV-cache checks off)", &rep->skipped_forward))
             snapshot_compare(rep, &first, &cd, "fa_forward without the KV-cache checks gave different bits");
     }
-    if (forward_only) { /* the backward must refuse the KV-cache options */
+    if (forward_only) { /* the backward must refuse FP8 and the KV-cache options */
+        snapshot untouched;
+        snapshot_take(&untouched, &cd, ROLE_BACKWARD_OUTPUT);
         st = call_library(cfg->ctx, c, &cd, &attn, 1, tm);
-        if (st != FA_ERROR_INVALID_ARGUMENT)
-            report_failure(rep, "fa_backward with seqused_k / kv_block_table returned %s, "
-                           "not invalid argument", fa_status_string(st));
+        const char *msg = fa_last_error();
+        const int named = (fp8 && strstr(msg, fa_dtype_name(c->dtype))) ||
+                          (c->seqused && strstr(msg, "seqused_k")) ||
+                          (c->page_size && strstr(msg, "kv_block_table"));
+        if (st != FA_ERROR_INVALID_ARGUMENT || !named)
+            report_failure(rep, "fa_backward of a forward-only problem returned %s \"%s\", not "
+                           "invalid argument naming the dtype or KV-cache option",
+                           fa_status_string(st), msg);
+        download_all(&cd);
+        snapshot_compare(rep, &untouched, &cd, "a refused fa_backward wrote to its outputs");
+        snapshot_free(&untouched, &cd);
         snapshot_free(&first, &cd);
         free(out);
         free(lse);
@@ -1551,9 +1760,9 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
         snapshot_compare(rep, &first, &cd, "fa_backward changed out or lse");
         double *dq = gather(&cd.dq), *dk = gather(&cd.dk),
                *dvv = gather(&cd.dv);
-        compare(rep, "dq", nq * d, dq, grads_exact[0], grads_naive[0], grads_mag[0], u, &dec_q);
-        compare(rep, "dk", nk * d, dk, grads_exact[1], grads_naive[1], grads_mag[1], u, &dec_k);
-        compare(rep, "dv", nk * dv, dvv, grads_exact[2], grads_naive[2], grads_mag[2], u, &dec_v);
+        compare(rep, "dq", nq * d, dq, grads_exact[0], grads_naive[0], grads_mag[0], u, u32, &dec_q);
+        compare(rep, "dk", nk * d, dk, grads_exact[1], grads_naive[1], grads_mag[1], u, u32, &dec_k);
+        compare(rep, "dv", nk * dv, dvv, grads_exact[2], grads_naive[2], grads_mag[2], u, u32, &dec_v);
         if (!c->deterministic) {
             /* Again: dk and dv have one writer per element (bit-identical);
              * dq may be summed by atomics in arrival order, so it only has
@@ -1569,15 +1778,15 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
             if (accept_status(rep, cfg, st, "fa_backward (repeat)", &rep->skipped_backward)) {
                 double *dq2 = gather(&cd.dq), *dk2 = gather(&cd.dk), *dv2 = gather(&cd.dv);
                 if (dkv_summed) {
-                    compare(rep, "dk (repeat)", nk * d, dk2, grads_exact[1], grads_naive[1], grads_mag[1], u,
+                    compare(rep, "dk (repeat)", nk * d, dk2, grads_exact[1], grads_naive[1], grads_mag[1], u, u32,
                             &dec_k);
-                    compare(rep, "dv (repeat)", nk * dv, dv2, grads_exact[2], grads_naive[2], grads_mag[2], u,
+                    compare(rep, "dv (repeat)", nk * dv, dv2, grads_exact[2], grads_naive[2], grads_mag[2], u, u32,
                             &dec_v);
                 } else if (memcmp(dk, dk2, (size_t)(nk * d) * sizeof *dk) != 0 ||
                            memcmp(dvv, dv2, (size_t)(nk * dv) * sizeof *dvv) != 0) {
                     report_failure(rep, "a repeated fa_backward gave different dk or dv");
                 }
-                compare(rep, "dq (repeat)", nq * d, dq2, grads_exact[0], grads_naive[0], grads_mag[0], u,
+                compare(rep, "dq (repeat)", nq * d, dq2, grads_exact[0], grads_naive[0], grads_mag[0], u, u32,
                         &dec_q);
                 free(dq2);
                 free(dk2);
@@ -1671,6 +1880,19 @@ static int cuda_available(void)
 #endif
 }
 
+/* Is device 0 an sm_90 GPU (where the Hopper kernels run)? */
+static int cuda_device_is_sm90(void)
+{
+#ifdef FA_HAVE_CUDA
+    int major = 0, minor = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0));
+    return major == 9 && minor == 0;
+#else
+    return 0;
+#endif
+}
+
 int main(int argc, char **argv)
 {
     run_config cfg;
@@ -1738,6 +1960,9 @@ int main(int argc, char **argv)
         free(cases.items);
         return SKIP_EXIT;
     }
+    cfg.fp8_on_hopper = cfg.device == FA_DEVICE_CUDA &&
+                        (cfg.backend == FA_BACKEND_AUTO || cfg.backend == FA_BACKEND_CUDA_SM90) &&
+                        fa_backend_compiled(FA_BACKEND_CUDA_SM90) && cuda_device_is_sm90();
     fa_status st = fa_context_create(&cfg.ctx, cfg.device, 0);
     if (st != FA_SUCCESS) {
         printf("FAIL: fa_context_create: %s: %s\n", fa_status_string(st), fa_last_error());
@@ -1774,7 +1999,9 @@ int main(int argc, char **argv)
         char text[200];
         describe(c, text, sizeof text);
         snprintf(rep.header, sizeof rep.header, "#%d %s", n, text);
-        rep.f32_on_cuda = cfg.device == FA_DEVICE_CUDA && c->dtype == FA_DTYPE_F32;
+        rep.cuda_may_refuse = cfg.device == FA_DEVICE_CUDA &&
+                              (c->dtype == FA_DTYPE_F32 || dtype_is_fp8(c->dtype));
+        rep.must_run = cfg.fp8_on_hopper && !strcmp(c->family, "fp8long");
         if (only_case >= 0 && n != only_case)
             continue;
         if (filter && !strstr(rep.header, filter))
@@ -1804,9 +2031,10 @@ int main(int argc, char **argv)
         fflush(stdout);
     }
     printf("test_grid: %d passed, %d passed the forward (backward unsupported by the forced "
-           "backend), %d failed, %d skipped (unsupported: forced backend, or f32 on CUDA); "
+           "backend), %d failed, %d skipped (unsupported: forced backend, or f32 / fp8 on CUDA); "
            "kernel %s; %.1f s (reference %.1f s, library %.1f s); largest error beyond "
-           "the FA rule: %.2f u32 x magnitude (floor %.0f); last-wave split: %d forward(s), %d backward(s)\n",
+           "the FA rule: %.2f u_acc x magnitude (floor %.0f; u_acc: u32, FP8 2^-13); last-wave "
+           "split: %d forward(s), %d backward(s)\n",
            passed, passed_forward_only, failed, skipped, first_kernel ? first_kernel : "-",
            now_seconds() - t_start, total_ref, total_lib, worst_accum_ratio, ACCUM_FLOOR, split_forwards, split_backwards);
     fa_context_destroy(cfg.ctx);

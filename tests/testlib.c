@@ -93,11 +93,88 @@ float bf16_bits_to_f32(uint16_t h)
     return f;
 }
 
+int dtype_is_fp8(fa_dtype dtype)
+{
+    return dtype == FA_DTYPE_FP8_E4M3 || dtype == FA_DTYPE_FP8_E5M2;
+}
+
+double fp8_max(fa_dtype dtype)
+{
+    return dtype == FA_DTYPE_FP8_E5M2 ? 57344.0 : 448.0;
+}
+
+/* 2^k for a normal double's exponent range, from its bits (ldexp is slow
+ * enough to dominate the encoder below). */
+static double pow2(int k)
+{
+    uint64_t bits = (uint64_t)(k + 1023) << 52;
+    double x;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+/* The OCP definition: sign, exponent (4 bits, bias 7 / 5 bits, bias 15),
+ * mantissa (3 / 2 bits); exponent 0 is subnormal, 2^(1 - bias) · 0.m, the
+ * others 2^(exponent - bias) · 1.m; e4m3 spends only S.1111.111 on NaN,
+ * e5m2 its whole top exponent on infinity (mantissa 0) and NaN. */
+static double fp8_finite_magnitude(int bits7, int e5m2)
+{
+    const int mant_bits = e5m2 ? 2 : 3, bias = e5m2 ? 15 : 7;
+    const int exponent = bits7 >> mant_bits, mantissa = bits7 & ((1 << mant_bits) - 1);
+    if (exponent == 0)
+        return mantissa * pow2(1 - bias - mant_bits);
+    return (mantissa + (1 << mant_bits)) * pow2(exponent - bias - mant_bits);
+}
+
+float fp8_bits_to_f32(uint8_t bits, fa_dtype dtype)
+{
+    const int e5m2 = dtype == FA_DTYPE_FP8_E5M2, bits7 = bits & 0x7f;
+    double mag;
+    if (e5m2 && bits7 >= 0x7c)
+        mag = bits7 == 0x7c ? INFINITY : NAN;
+    else if (!e5m2 && bits7 == 0x7f)
+        mag = NAN;
+    else
+        mag = fp8_finite_magnitude(bits7, e5m2);
+    return (float)((bits & 0x80) ? -mag : mag);
+}
+
+/* By search: positive bit patterns 0 .. the largest finite one decode to
+ * increasing values, so the two neighbours of |x| are found by binary
+ * search and the nearer (ties: the even pattern) taken. */
+uint8_t double_to_fp8_bits(double x, fa_dtype dtype)
+{
+    const uint8_t sign = signbit(x) ? 0x80 : 0;
+    if (isnan(x))
+        return sign | 0x7f;
+    const int e5m2 = dtype == FA_DTYPE_FP8_E5M2;
+    const int largest = e5m2 ? 0x7b : 0x7e;
+    double a = fabs(x);
+    if (a >= fp8_finite_magnitude(largest, e5m2))
+        return sign | (uint8_t)largest;
+    int lo = 0; /* the last pattern whose value is <= a (< largest) */
+    for (int step = 64; step > 0; step /= 2)
+        if (lo + step < largest && fp8_finite_magnitude(lo + step, e5m2) <= a)
+            lo += step;
+    const int hi = lo + 1;
+    double below = a - fp8_finite_magnitude(lo, e5m2); /* exact */
+    double above = fp8_finite_magnitude(hi, e5m2) - a;
+    int bits = below < above ? lo : below > above ? hi : lo % 2 == 0 ? lo : hi;
+    return sign | (uint8_t)bits;
+}
+
+fa_dtype out_dtype_of(fa_dtype dtype)
+{
+    return dtype_is_fp8(dtype) ? FA_DTYPE_BF16 : dtype;
+}
+
 double round_to_dtype(double x, fa_dtype dtype)
 {
     switch (dtype) {
     case FA_DTYPE_F16: return f16_bits_to_f32(f32_to_f16_bits((float)x));
     case FA_DTYPE_BF16: return bf16_bits_to_f32(f32_to_bf16_bits((float)x));
+    case FA_DTYPE_FP8_E4M3:
+    case FA_DTYPE_FP8_E5M2: return fp8_bits_to_f32(double_to_fp8_bits(x, dtype), dtype);
     default: return (float)x;
     }
 }
@@ -107,6 +184,8 @@ double dtype_unit_roundoff(fa_dtype dtype)
     switch (dtype) {
     case FA_DTYPE_F16: return ldexp(1.0, -11);
     case FA_DTYPE_BF16: return ldexp(1.0, -8);
+    case FA_DTYPE_FP8_E4M3: return ldexp(1.0, -4);
+    case FA_DTYPE_FP8_E5M2: return ldexp(1.0, -3);
     default: return ldexp(1.0, -24);
     }
 }
@@ -116,6 +195,8 @@ double load_elem(const void *base, fa_dtype dtype, int64_t idx)
     switch (dtype) {
     case FA_DTYPE_F16: return f16_bits_to_f32(((const uint16_t *)base)[idx]);
     case FA_DTYPE_BF16: return bf16_bits_to_f32(((const uint16_t *)base)[idx]);
+    case FA_DTYPE_FP8_E4M3:
+    case FA_DTYPE_FP8_E5M2: return fp8_bits_to_f32(((const uint8_t *)base)[idx], dtype);
     default: return ((const float *)base)[idx];
     }
 }
@@ -129,6 +210,10 @@ void store_elem(void *base, fa_dtype dtype, int64_t idx, double value)
     case FA_DTYPE_BF16:
         ((uint16_t *)base)[idx] = f32_to_bf16_bits((float)value);
         break;
+    case FA_DTYPE_FP8_E4M3:
+    case FA_DTYPE_FP8_E5M2:
+        ((uint8_t *)base)[idx] = double_to_fp8_bits(value, dtype);
+        break;
     default: ((float *)base)[idx] = (float)value; break;
     }
 }
@@ -137,12 +222,15 @@ void store_elem(void *base, fa_dtype dtype, int64_t idx, double value)
 static const uint32_t POISON_F32 = 0x7fc5a5a5u;
 static const uint16_t POISON_F16 = 0x7e5au;
 static const uint16_t POISON_BF16 = 0x7fe5u;
+static const uint8_t POISON_FP8 = 0x7fu; /* NaN in e4m3 and e5m2 */
 
 void store_poison(void *base, fa_dtype dtype, int64_t idx)
 {
     switch (dtype) {
     case FA_DTYPE_F16: ((uint16_t *)base)[idx] = POISON_F16; break;
     case FA_DTYPE_BF16: ((uint16_t *)base)[idx] = POISON_BF16; break;
+    case FA_DTYPE_FP8_E4M3:
+    case FA_DTYPE_FP8_E5M2: ((uint8_t *)base)[idx] = POISON_FP8; break;
     default: memcpy((uint32_t *)base + idx, &POISON_F32, 4); break;
     }
 }
@@ -152,6 +240,8 @@ int is_poison(const void *base, fa_dtype dtype, int64_t idx)
     switch (dtype) {
     case FA_DTYPE_F16: return ((const uint16_t *)base)[idx] == POISON_F16;
     case FA_DTYPE_BF16: return ((const uint16_t *)base)[idx] == POISON_BF16;
+    case FA_DTYPE_FP8_E4M3:
+    case FA_DTYPE_FP8_E5M2: return ((const uint8_t *)base)[idx] == POISON_FP8;
     default: {
         uint32_t bits;
         memcpy(&bits, (const uint32_t *)base + idx, 4);

@@ -1,6 +1,8 @@
 /*
- * Helpers shared by the test programs: dtype rounding (f16/bf16 emulated on
- * the host so that every reference sees exactly the stored inputs), a seeded
+ * Helpers shared by the test programs: dtype rounding (f16/bf16 and the FP8
+ * formats emulated on the host, written from the format definitions and
+ * independent of the library's conversions, so that every reference sees
+ * exactly the stored inputs and the tests cross-check the library), a seeded
  * random generator, strided views over poisoned host buffers, and error
  * reporting. Only the public API (flashattn.h) is used.
  */
@@ -33,15 +35,30 @@ float f16_bits_to_f32(uint16_t h);
 uint16_t f32_to_bf16_bits(float x); /* round to nearest even */
 float bf16_bits_to_f32(uint16_t h);
 
-/* x rounded to the nearest value representable in dtype (f32, f16, bf16). */
+/* OCP 8-bit floats: e4m3 (bias 7, no infinity, NaN 0x7f / 0xff, max 448)
+ * and e5m2 (bias 15, IEEE-like, max 57344). */
+int dtype_is_fp8(fa_dtype dtype);
+double fp8_max(fa_dtype dtype);
+float fp8_bits_to_f32(uint8_t bits, fa_dtype dtype);
+/* Nearest, ties to the even bit pattern; beyond the largest finite value
+ * (infinity included) saturated to it; NaN -> 0x7f (with x's sign). From
+ * a double, so that no intermediate float rounding can move a tie. */
+uint8_t double_to_fp8_bits(double x, fa_dtype dtype);
+
+/* The dtype of out (and dout) of a problem in dtype: bf16 for FP8. */
+fa_dtype out_dtype_of(fa_dtype dtype);
+
+/* x rounded to the nearest value representable in dtype. */
 double round_to_dtype(double x, fa_dtype dtype);
-/* Unit roundoff: 2^-24 (f32), 2^-11 (f16), 2^-8 (bf16). */
+/* Unit roundoff: 2^-24 (f32), 2^-11 (f16), 2^-8 (bf16), 2^-4 (e4m3),
+ * 2^-3 (e5m2). */
 double dtype_unit_roundoff(fa_dtype dtype);
 
 /* Element idx of an array of dtype, as a double / stored with rounding. */
 double load_elem(const void *base, fa_dtype dtype, int64_t idx);
 void store_elem(void *base, fa_dtype dtype, int64_t idx, double value);
-/* The NaN bit pattern used to poison outputs before a call. */
+/* The NaN bit pattern used to poison outputs before a call (0x7f for the
+ * FP8 formats: NaN in both). */
 void store_poison(void *base, fa_dtype dtype, int64_t idx);
 int is_poison(const void *base, fa_dtype dtype, int64_t idx);
 

@@ -69,7 +69,7 @@ FA_ERROR_OUT_OF_MEMORY = 3
 FA_ERROR_DEVICE = 4
 FA_ERROR_INTERNAL = 5
 
-FA_DTYPE_F32, FA_DTYPE_F16, FA_DTYPE_BF16 = 0, 1, 2
+FA_DTYPE_F32, FA_DTYPE_F16, FA_DTYPE_BF16, FA_DTYPE_FP8_E4M3, FA_DTYPE_FP8_E5M2 = 0, 1, 2, 3, 4
 FA_DEVICE_CPU, FA_DEVICE_CUDA = 0, 1
 BACKENDS = {"auto": 0, "cpu": 1, "cuda_sm80": 2, "cuda_sm90": 3}
 
@@ -118,6 +118,26 @@ class FaAttn(ctypes.Structure):
         ("kv_block_table_stride", ctypes.c_int64),
         ("kv_page_size", ctypes.c_int64),
         ("kv_num_pages", ctypes.c_int64),
+        ("q_descale", ctypes.c_void_p),
+        ("k_descale", ctypes.c_void_p),
+        ("v_descale", ctypes.c_void_p),
+        ("descale_block_q", ctypes.c_int64),
+        ("descale_block_k", ctypes.c_int64),
+    ]
+
+
+class FaQuant(ctypes.Structure):
+    _fields_ = [
+        ("batch", ctypes.c_int64),
+        ("seqlen", ctypes.c_int64),
+        ("heads", ctypes.c_int64),
+        ("dim", ctypes.c_int64),
+        ("cu_seqlens", ctypes.c_void_p),
+        ("src_dtype", ctypes.c_int),
+        ("dst_dtype", ctypes.c_int),
+        ("block_rows", ctypes.c_int64),
+        ("rotate", ctypes.c_int),
+        ("rotate_seed", ctypes.c_uint64),
     ]
 
 
@@ -167,6 +187,8 @@ fa_backward = _declare(
     _ctx_p, _p(FaAttn), _T, _T, _T, _T, ctypes.c_void_p, _T, _T, _T, _T,
     ctypes.c_void_p, ctypes.c_size_t,
 )
+fa_quant_init = _declare("fa_quant_init", None, _p(FaQuant))
+fa_quantize_fp8 = _declare("fa_quantize_fp8", ctypes.c_int, _ctx_p, _p(FaQuant), _T, _T, ctypes.c_void_p)
 fa_dropout_keep = _declare(
     "fa_dropout_keep", ctypes.c_int,
     ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
@@ -192,6 +214,7 @@ def _check_struct_layout():
         and a.batch == 0 and a.softmax_scale == 0.0 and a.dropout_p == 0.0
         and a.cu_seqlens_q is None and a.block_mask is None and a.deterministic == 0
         and a.seqused_k is None and a.kv_block_table is None and a.kv_num_pages == 0
+        and a.q_descale is None and a.v_descale is None and a.descale_block_k == 0
         and all(b == 0x5A for b in g.pad)
     )
     if not ok:
@@ -253,10 +276,11 @@ _kv_cache_checks = [True]
 
 
 def set_kv_cache_checks(enabled):
-    """Whether the library checks seqused_k and block tables on the host
-    before a CUDA forward (the default; it waits for the stream). False
-    trusts them (no wait, no copy: a decoding step can be captured in a CUDA
-    graph); a length or page out of range is then undefined behavior, as in
+    """Whether the library checks seqused_k, block tables and FP8 descales
+    on the host before a CUDA forward (the default; it waits for the
+    stream). False trusts them (no wait, no copy: a decoding step can be
+    captured in a CUDA graph); a length or page out of range, or a descale
+    that is not finite and > 0, is then undefined behavior, as in
     FlashAttention. For every later call on every thread."""
     _kv_cache_checks[0] = bool(enabled)
 

@@ -21,6 +21,12 @@ _DTYPES = {
     torch.bfloat16: _ffi.FA_DTYPE_BF16,
 }
 MAX_HEAD_DIM = 256
+# FP8 q / k / v (forward only; out bf16), where this torch has the dtypes
+FP8_DTYPES = {
+    getattr(torch, name): code
+    for name, code in (("float8_e4m3fn", _ffi.FA_DTYPE_FP8_E4M3), ("float8_e5m2", _ffi.FA_DTYPE_FP8_E5M2))
+    if hasattr(torch, name)
+}
 
 # ---------------------------------------------------------------------------
 # Validation (runs before the op, so that errors name the user's argument)
@@ -168,7 +174,7 @@ def _problem(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dr
         a.batch, a.seqlen_q, a.seqlen_k = q.shape[0], q.shape[1], k.shape[1]
     a.heads_q, a.heads_kv = q.shape[-2], k.shape[-2]
     a.head_dim, a.head_dim_v = q.shape[-1], v.shape[-1]
-    a.dtype = _DTYPES[q.dtype]
+    a.dtype = _DTYPES[q.dtype] if q.dtype in _DTYPES else FP8_DTYPES[q.dtype]
     a.softmax_scale = softmax_scale
     a.causal = int(causal)
     a.window_left, a.window_right = window_left, window_right
@@ -490,3 +496,53 @@ def attention(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
         float(dropout_p), float(softmax_scale), bool(causal), max(int(window_size[0]), -1),
         max(int(window_size[1]), -1), float(softcap), alibi_slopes, bool(deterministic),
     )
+
+
+def _descale_arg(name, t, shape, device):
+    """A descale tensor as the C API reads it: fp32, contiguous, `shape`."""
+    if t is None:
+        return None
+    check_tensor(name, t, len(shape), torch.float32, device)
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    return t.contiguous()
+
+
+def fp8_forward(q, k, v, q_descale=None, k_descale=None, v_descale=None, softmax_scale=None,
+                causal=False, window_size=(-1, -1), softcap=0.0, descale_block_q=0,
+                descale_block_k=0):
+    """The FP8 forward (no autograd: FP8 is forward-only). q (b, sq, hq, d),
+    k / v (b, sk, hkv, d) of one float8 dtype; descales fp32 (b, hq,
+    ceil(sq / descale_block_q)) for q and (b, hkv, ceil(sk / descale_block_k))
+    for k / v (block 0: one per sequence, last dim 1), None = 1. Returns out
+    (b, sq, hq, d) bf16 and lse (b, hq, sq) fp32."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dtype not in FP8_DTYPES:
+            raise TypeError(f"{name} must be a float8 tensor (e4m3fn or e5m2), got "
+                            f"{_describe(t) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be (batch, seqlen, heads, headdim), got {tuple(t.shape)}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k and v must share one float8 dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if (q.requires_grad or k.requires_grad or v.requires_grad) and torch.is_grad_enabled():
+        raise NotImplementedError("flashattn: FP8 attention is forward-only (no gradient)")
+    b, sq, hq, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    blocks = lambda rows, block: 1 if block == 0 else -(-rows // block)
+    qd = _descale_arg("q_descale", q_descale, (b, hq, blocks(sq, descale_block_q)), q.device)
+    kd = _descale_arg("k_descale", k_descale, (b, hkv, blocks(sk, descale_block_k)), q.device)
+    vd = _descale_arg("v_descale", v_descale, (b, hkv, blocks(sk, descale_block_k)), q.device)
+    q, k, v = (last_dim_contiguous(t) for t in (q, k, v))
+    out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=torch.bfloat16, device=q.device)
+    lse = torch.empty((b, hq, sq), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+    a = _problem(q, k, v, None, None, sq, sk, 0.0, softmax_scale or 0.0, causal, window_size[0],
+                 window_size[1], softcap, None, False, 0)
+    a.q_descale, a.k_descale, a.v_descale = (t.data_ptr() if t is not None else None for t in (qd, kd, vd))
+    a.descale_block_q, a.descale_block_k = descale_block_q, descale_block_k
+    with _ffi.device_guard(q.device):
+        ctx = _ffi.context_for(q.device)
+        ws_size = _workspace_bytes(ctx, a, _ffi.fa_forward_workspace_size, "forward")
+        _run_forward(ctx, a, ws_size, q, k, v, out, lse, False)
+    return out, lse

@@ -7,8 +7,8 @@ with return_attn_probs=True (softmax_lse (batch, nheads, seqlen_q), or
 (nheads, total_q) for varlen).
 
 Options that change results but have no backend support yet raise
-NotImplementedError naming the option: qv, q/k/v_descale (FP8),
-attention_chunk != 0, seqused_q/seqused_k, rotary_seqlens. Options that only tune FA3's CUDA scheduling (num_splits,
+NotImplementedError naming the option: qv, q/k/v_descale with 16-bit
+inputs (float8 q, k, v take them: the FP8 forward), attention_chunk != 0, seqused_q/seqused_k, rotary_seqlens. Options that only tune FA3's CUDA scheduling (num_splits,
 pack_gqa, sm_margin, scheduler_metadata) cannot change results and are
 accepted without effect.
 """
@@ -32,12 +32,39 @@ def _check_common(qv, q_descale, k_descale, v_descale, attention_chunk):
                  v_descale=(v_descale, None), attention_chunk=(attention_chunk, 0))
 
 
+def _fp8_forward(q, k, v, softmax_scale, causal, q_descale, k_descale, v_descale, window_size,
+                 softcap):
+    """FA3's FP8 forward: float8 q, k, v; descales (batch, nheads_k) fp32 or
+    None; out bf16. FA3 scales q per K/V head, so q_descale is shared by the
+    heads of a group."""
+    b, hq, hkv = q.shape[0], q.shape[2], k.shape[2]
+
+    def per_head(name, t, heads):
+        if t is None:
+            return None
+        _ops.check_tensor(name, t, 2, torch.float32, q.device)
+        if tuple(t.shape) != (b, hkv):
+            raise ValueError(f"{name} must have shape (batch, nheads_k) = {(b, hkv)}, got {tuple(t.shape)}")
+        return t.repeat_interleave(heads // hkv, dim=1).unsqueeze(-1)
+    return _ops.fp8_forward(q, k, v, per_head("q_descale", q_descale, hq),
+                            per_head("k_descale", k_descale, hkv), per_head("v_descale", v_descale, hkv),
+                            softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                            softcap=softcap)
+
+
 def flash_attn_func(q, k, v, softmax_scale=None, causal=False, qv=None, q_descale=None,
                     k_descale=None, v_descale=None, window_size=(-1, -1), attention_chunk=0,
                     softcap=0.0, num_splits=1, pack_gqa=None, deterministic=False, sm_margin=0,
                     return_attn_probs=False):
     """q (batch, seqlen_q, nheads, headdim), k/v (batch, seqlen_k, nheads_k,
-    headdim[_v]) -> out (batch, seqlen_q, nheads, headdim_v)."""
+    headdim[_v]) -> out (batch, seqlen_q, nheads, headdim_v). float8 q, k,
+    v (with optional descales, (batch, nheads_k) fp32) run the FP8 forward:
+    out is bf16, no gradient."""
+    if isinstance(q, torch.Tensor) and q.dtype in _ops.FP8_DTYPES:
+        _unsupported(qv=(qv, None), attention_chunk=(attention_chunk, 0))
+        out, lse = _fp8_forward(q, k, v, softmax_scale, causal, q_descale, k_descale, v_descale,
+                                window_size, softcap)
+        return (out, lse) if return_attn_probs else out
     _check_common(qv, q_descale, k_descale, v_descale, attention_chunk)
     out, lse, _ = _ops.attention(q, k, v, softmax_scale=softmax_scale, causal=causal,
                                  window_size=window_size, softcap=softcap,

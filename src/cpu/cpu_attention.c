@@ -463,11 +463,26 @@ static void apply_dropout(const fa_cpu_kernels *kern, const head_ctx *hc,
 /* ---------------------------------------------------------------------- */
 /* Tile loads and stores                                                   */
 
+/* The dtype of tensor t of p: out (and dout) are bf16 in an FP8 forward. */
+static fa_dtype tensor_dtype(const fa_problem *p, const fa_tensor *t)
+{
+    return t == &p->out || t == &p->dout ? fa_out_dtype(p->dtype) : p->dtype;
+}
+
 static const void *row_at(const fa_problem *p, const fa_tensor *t, int64_t b,
                           int64_t row, int64_t head)
 {
     return (const char *)t->data +
-           fa_row_offset(t, p->varlen, b, row, head) * (int64_t)fa_dtype_size(p->dtype);
+           fa_row_offset(t, p->varlen, b, row, head) *
+               (int64_t)fa_dtype_size(tensor_dtype(p, t));
+}
+
+/* The FP8 descale of row `row` (within its sequence) of (b, head), from an
+ * array of (batch, heads, blocks) with `block` rows per block; 1 without. */
+static float row_descale(const float *descale, int64_t heads, int64_t blocks,
+                         int64_t block, int64_t b, int64_t head, int64_t row)
+{
+    return descale ? descale[(b * heads + head) * blocks + row / block] : 1.0f;
 }
 
 /* dst (rows × cols_pad, row stride cols_pad) = scale · t[b, row0.., head, :cols]. */
@@ -494,9 +509,12 @@ static void load_kv_rows(const fa_cpu_kernels *kern, const head_ctx *hc,
         int64_t at = fa_kv_row_offset(t, p->varlen, p->kv_block_table,
                                       p->kv_block_table_stride, p->kv_page_size,
                                       hc->b, hc->seq.k0, j0 + r, head);
+        const float *descale = t == &p->k ? p->k_descale : p->v_descale;
         kern->load_row(dst + r * cols_pad,
                        (const char *)t->data + at * (int64_t)fa_dtype_size(p->dtype),
-                       p->dtype, cols, cols_pad, 1.0f);
+                       p->dtype, cols, cols_pad,
+                       row_descale(descale, p->heads_kv, p->descale_blocks_k,
+                                   p->descale_block_k, hc->b, head, j0 + r));
     }
 }
 
@@ -527,7 +545,7 @@ static void store_rows(const fa_cpu_kernels *kern, const fa_problem *p,
 {
     for (int64_t r = 0; r < rows; ++r)
         kern->store_row((void *)row_at(p, t, b, row0 + r, head), src + r * ld,
-                        p->dtype, cols, scale);
+                        tensor_dtype(p, t), cols, scale);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -552,6 +570,12 @@ static void forward_tile(const fa_problem *p, const fa_cpu_kernels *kern,
     load_rows_transposed(kern, p, sc->q_t, TILE_Q, sc->row, &p->q, b,
                          hc.seq.q0 + i0, m, cols, h, d,
                          p->softmax_scale * FA_LOG2E);
+    for (int64_t qi = 0; p->q_descale && qi < m; ++qi) { /* column qi of Qᵀ */
+        float descale = row_descale(p->q_descale, p->heads_q, p->descale_blocks_q,
+                                    p->descale_block_q, b, h, i0 + qi);
+        for (int64_t c = 0; c < d; ++c)
+            sc->q_t[c * TILE_Q + qi] *= descale;
+    }
     for (int64_t qi = 0; qi < cols; ++qi) {
         row_max[qi] = -INFINITY;
         row_sum[qi] = 0.0f;
@@ -610,6 +634,7 @@ static void forward_tile(const fa_problem *p, const fa_cpu_kernels *kern,
                 l > 0 ? row_max[qi] * FA_LN2 + logf(l) : -INFINITY;
     }
 }
+
 
 fa_status fa_cpu_forward(fa_problem *p)
 {

@@ -165,6 +165,10 @@ static void load_row(float *dst, const void *src, fa_dtype dtype, int64_t n,
             v_store(dst + i, v_mul(v_load_f16(s + i), vs));
         for (; i < n; ++i)
             dst[i] = fa_f16_to_f32(s[i]) * scale;
+    } else if (fa_dtype_is_fp8(dtype)) {
+        const uint8_t *s = (const uint8_t *)src;
+        for (; i < n; ++i)
+            dst[i] = fa_fp8_to_f32(s[i], dtype) * scale;
     } else {
         const uint16_t *s = (const uint16_t *)src;
         for (; i + VW <= n; i += VW)

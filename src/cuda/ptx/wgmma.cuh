@@ -102,6 +102,8 @@ template <int Count> __device__ __forceinline__ void fa_wgmma_fence_regs(uint32_
  *     restricted to 16 columns, two 16-bit values per register (lower column
  *     in the low half).
  * Bf16 picks bf16 or fp16 inputs; accumulation is always f32.
+ * fa_wgmma<N>::ss_fp8 / rs_fp8: the same for 8-bit inputs, K = 32 per
+ * instruction (32 bytes of a row, as k16 for 16-bit types).
  *
  * Inline PTX needs every accumulator register named, so each N is one
  * instantiation of FA_WGMMA_DEFINE below; the operand lists are built from
@@ -161,8 +163,49 @@ template <int N> struct fa_wgmma;
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate),         \
                    "n"(TransB))
 
+// FP8 (k32): both operands K-major (no transpose exists for 8-bit types).
+#define FA_WGMMA_SS8_ASM(N, CHUNKS, TA, TB, R0, R1, R2)                                          \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #R2 ", 0;\n"                               \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32." TA "." TB " {"                \
+                 FA_ACC_STR_##CHUNKS "}, %" #R0 ", %" #R1 ", p, 1, 1;\n}\n"                      \
+                 : FA_ACC_OPS_##CHUNKS(d)                                                        \
+                 : "l"(a), "l"(b), "r"(accumulate))
+#define FA_WGMMA_RS8_ASM(N, CHUNKS, TA, TB, R0, R1, R2, R3, R4, R5)                              \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #R5 ", 0;\n"                               \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32." TA "." TB " {"                \
+                 FA_ACC_STR_##CHUNKS "}, {%" #R0 ", %" #R1 ", %" #R2 ", %" #R3 "}, %" #R4        \
+                 ", p, 1, 1;\n}\n"                                                               \
+                 : FA_ACC_OPS_##CHUNKS(d)                                                        \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate))
+
 #define FA_WGMMA_DEFINE(N, CHUNKS, R0, R1, R2, R3, R4, R5, R6)                                   \
     template <> struct fa_wgmma<N> {                                                             \
+        /* FP8, A and B from shared memory: e4m3 or e5m2 each (E5m2A / B) */                     \
+        template <bool E5m2A, bool E5m2B>                                                        \
+        static __device__ __forceinline__ void ss_fp8(float (&d)[N / 2], uint64_t a, uint64_t b,\
+                                                      uint32_t accumulate)                       \
+        {                                                                                        \
+            if constexpr (E5m2A && E5m2B)                                                        \
+                FA_WGMMA_SS8_ASM(N, CHUNKS, "e5m2", "e5m2", R0, R1, R2);                         \
+            else if constexpr (E5m2A)                                                            \
+                FA_WGMMA_SS8_ASM(N, CHUNKS, "e5m2", "e4m3", R0, R1, R2);                         \
+            else if constexpr (E5m2B)                                                            \
+                FA_WGMMA_SS8_ASM(N, CHUNKS, "e4m3", "e5m2", R0, R1, R2);                         \
+            else                                                                                 \
+                FA_WGMMA_SS8_ASM(N, CHUNKS, "e4m3", "e4m3", R0, R1, R2);                         \
+        }                                                                                        \
+        /* FP8, A (e4m3) from registers: a[4] = the 64x32 fragment, four                         \
+         * 8-bit values per register (rows r / r + 8, k 4t..4t+3 and                             \
+         * 16+4t..16+4t+3, lowest k in the low byte) */                                          \
+        template <bool E5m2B>                                                                    \
+        static __device__ __forceinline__ void rs_fp8(float (&d)[N / 2], const uint32_t (&a)[4],\
+                                                      uint64_t b, uint32_t accumulate)           \
+        {                                                                                        \
+            if constexpr (E5m2B)                                                                 \
+                FA_WGMMA_RS8_ASM(N, CHUNKS, "e4m3", "e5m2", R0, R1, R2, R3, R4, R5);             \
+            else                                                                                 \
+                FA_WGMMA_RS8_ASM(N, CHUNKS, "e4m3", "e4m3", R0, R1, R2, R3, R4, R5);             \
+        }                                                                                        \
         template <bool Bf16, int TransB, int TransA = 0>                                         \
         static __device__ __forceinline__ void ss(float (&d)[N / 2], uint64_t a, uint64_t b,    \
                                                   uint32_t accumulate)                           \

@@ -84,6 +84,12 @@ struct fa_sm90_params {
                                     fa_sm90_tile_of */
     int num_units, section_units; /* of kClusterSize tiles each: in all, and
                                      per heads_per_section heads */
+    /* FP8: V is read transposed from the workspace, [batch][kv head][dim]
+     * [vt_keys] with keys permuted to P's register order and zeros past
+     * each sequence's keys (fwd_sm90.cu); map_v spans it. Descales as in
+     * fa_problem, NULL = 1; blocks a multiple of 128 rows (BlockM, BlockN). */
+    const float *q_descale, *k_descale, *v_descale;
+    int descale_block_q, descale_block_k, descale_blocks_q, descale_blocks_k;
 };
 
 /* Compile-time shape of one kernel instance. */
@@ -91,8 +97,14 @@ template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_, int Cons
           int ClusterSize_ = 1>
 struct fa_sm90_config {
     typedef Elem_ Elem;
-    static constexpr bool kBf16 = !fa_is_half<Elem>::value; /* else fp16 */
-    static constexpr int kHeadDim = HeadDimPadded_; /* multiple of 64 */
+    /* FP8 (e4m3 / e5m2 q, k, v; out bf16): K = 32 per wgmma, V transposed
+     * (both operands K-major), P in e4m3 */
+    static constexpr bool kFp8 = fa_is_fp8<Elem>::value;
+    static constexpr bool kE5m2 = fa_is_fp8<Elem>::e5m2;
+    typedef typename fa_out_elem<Elem>::type OutElem;
+    static constexpr bool kBf16 = !fa_is_half<Elem>::value; /* of 16-bit types; else fp16 */
+    static constexpr int kElemBytes = kFp8 ? 1 : 2;
+    static constexpr int kHeadDim = HeadDimPadded_; /* 64 columns (16-bit) or 128 (8-bit) per slab */
     /* consumer warpgroups of 64 query rows each: two, or three where the
      * GEMMs of one key block are short (hdim 64) */
     static constexpr int kConsumerWarpgroups = ConsumerWarpgroups_;
@@ -104,7 +116,15 @@ struct fa_sm90_config {
     static constexpr int kClusterSize = ClusterSize_;
     static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
     static constexpr int kConsumerWarps = 4 * kConsumerWarpgroups;
-    static constexpr int kSlabs = kHeadDim / 64;
+    static constexpr int kSlabCols = 128 / kElemBytes; /* columns of a 128-byte slab */
+    static constexpr int kSlabs = kHeadDim / kSlabCols;
+    /* P as the PV's A operand: one register array of 4 per K step (16
+     * keys of 16-bit, 32 keys of 8-bit values), covering kStepElems
+     * accumulator elements of each thread */
+    static constexpr int kPSteps = kBlockN * kElemBytes / 32;
+    static constexpr int kStepElems = 16 / kElemBytes;
+    /* FP8: exponentials offset by 2^8 (fa_softmax_max) */
+    static constexpr int kPOffset = kFp8 ? 8 : 0;
     static constexpr int kQSlabBytes = kBlockM * 128;
     static constexpr int kKVSlabBytes = kBlockN * 128;
     static constexpr int kQBytes = kSlabs * kQSlabBytes;
@@ -123,10 +143,14 @@ struct fa_sm90_config {
      * after the stores have read it (the o_empty barrier). Where shared
      * memory allows, Q also has a second buffer so that the producer loads
      * the next tile's Q and first K/V while the consumers finish this one. */
-    static constexpr bool kOwnOBuffer = kSmemMinBytes + kQBytes <= kSmemLimit;
-    static constexpr bool kOInV = !kOwnOBuffer && kStages * kKVBytes >= kQBytes;
+    /* O's tile: BlockM rows of 16-bit values (bf16 for FP8: twice Q's
+     * bytes), in slabs of 64 columns */
+    static constexpr int kOTileBytes = kBlockM * kHeadDim * 2;
+    static constexpr int kOSlabs = kHeadDim / 64;
+    static constexpr bool kOwnOBuffer = kSmemMinBytes + kOTileBytes <= kSmemLimit;
+    static constexpr bool kOInV = !kOwnOBuffer && kStages * kKVBytes >= kOTileBytes;
     static constexpr bool kTmaStore = kOwnOBuffer || kOInV;
-    static constexpr int kOBytes = kOwnOBuffer ? kQBytes : 0;
+    static constexpr int kOBytes = kOwnOBuffer ? kOTileBytes : 0;
     static constexpr int kQBuffers = kSmemMinBytes + kOBytes + kQBytes <= kSmemLimit ? 2 : 1;
     static constexpr int kQAllBytes = kQBuffers * kQBytes;
     static constexpr int kSmemBytes = kSmemMinBytes + kOBytes + (kQBuffers - 1) * kQBytes;
@@ -138,7 +162,7 @@ struct fa_sm90_config {
      * else one (FA3's form: P packed after the PV that read it is done),
      * which lets larger key blocks fit without spills */
     static constexpr int kPBuffers =
-        kBlockN / 2 + 2 * (kBlockN / 4) + kHeadDim / 2 <= kConsumerRegs - 32 ? 2 : 1;
+        kBlockN / 2 + 2 * (kPSteps * 4) + kHeadDim / 2 <= kConsumerRegs - 32 ? 2 : 1;
     /* How many of a thread's kBlockN / 2 exponentials per key block run
      * under the PV (fa_sm90_consume_tile); the rest follow the wait for it,
      * among the O rescale's multiplies, which ptxas spreads between them
@@ -149,8 +173,9 @@ struct fa_sm90_config {
      * of hdim 96 / 128 (~1% fewer); all with the packing at hdim 192 / 256
      * (FA3's order measured 0.5-6% more cycles there). With one P buffer
      * none, since P can only be packed after the PV that reads it. */
-    static constexpr int kExpsUnderPV =
-        kPBuffers == 1 || kHeadDim == 64 ? 0 : kHeadDim == 128 ? kBlockN / 4 / 8 * 8 : kBlockN / 2;
+    static constexpr int kExpsUnderPV = kPBuffers == 1 || kHeadDim == 64 ? 0
+                                        : kHeadDim == 128 ? kBlockN / 4 / kStepElems * kStepElems
+                                                          : kBlockN / 2;
     /* How many key blocks the producer's K loads run ahead of its V loads
      * (fa_sm90_produce). A K stage is freed after the QKᵀ, half a step
      * before the V stage of the same block, so with one block of lead K no
@@ -160,7 +185,11 @@ struct fa_sm90_config {
      * freed only after the last warpgroup's QKᵀ there, and V then waits
      * behind K (perf-sm90.md, v26). */
     static constexpr int kKLead = kHeadDim >= 128 ? 1 : 0;
-    static_assert(kHeadDim % 64 == 0 && kBlockN % 16 == 0, "tile shape");
+    static_assert(kHeadDim % kSlabCols == 0 && kBlockN % 16 == 0, "tile shape");
+    /* FP8: a V tile is kHeadDim rows of the block's 128 keys (one 128-byte
+     * row each); one CTA per cluster (the halves of multicast loads would
+     * be halves of the head dim) */
+    static_assert(!kFp8 || (kBlockN == 128 && kClusterSize == 1 && kConsumerWarpgroups == 2), "FP8 tile shape");
     static_assert(kClusterSize == 1 || kClusterSize == 2, "clusters of one or two CTAs (the producer loads halves)");
     static_assert(kSmemBytes <= kSmemLimit, "shared memory of one CTA");
 };
@@ -178,7 +207,7 @@ template <class Cfg> struct fa_sm90_smem {
     __device__ uint32_t o(int wg) const
     {
         return (Cfg::kOInV ? v(0) : base + Cfg::kQAllBytes + 2 * Cfg::kStages * Cfg::kKVBytes) +
-               wg * (Cfg::kQBytes / Cfg::kConsumerWarpgroups);
+               wg * (Cfg::kOTileBytes / Cfg::kConsumerWarpgroups);
     }
     __device__ uint32_t bar(int i) const
     {
@@ -346,10 +375,10 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
         const int part_row = (int)fa_cluster_rank() * (Cfg::kBlockN / 2);
         for (int s = 0; s < Cfg::kSlabs; ++s) {
             if constexpr (Cfg::kClusterSize > 1)
-                fa_tma_load_4d_multicast(tile + s * Cfg::kKVSlabBytes + part_row * 128, map, full, s * 64,
-                                         row + part_row, kv_head, batch, 0x3);
+                fa_tma_load_4d_multicast(tile + s * Cfg::kKVSlabBytes + part_row * 128, map, full,
+                                         s * Cfg::kSlabCols, row + part_row, kv_head, batch, 0x3);
             else
-                fa_tma_load_4d(tile + s * Cfg::kKVSlabBytes, map, full, s * 64, row, kv_head, batch);
+                fa_tma_load_4d(tile + s * Cfg::kKVSlabBytes, map, full, s * Cfg::kSlabCols, row, kv_head, batch);
         }
     };
     /* Key block n of a paged cache, run by the whole warp: in boxes of
@@ -379,10 +408,11 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
                 continue;
             for (int s = 0; s < Cfg::kSlabs; ++s) {
                 if constexpr (Cfg::kClusterSize > 1)
-                    fa_tma_load_4d_multicast(tile + s * Cfg::kKVSlabBytes + r * 128, map, full, s * 64, row,
+                    fa_tma_load_4d_multicast(tile + s * Cfg::kKVSlabBytes + r * 128, map, full, s * Cfg::kSlabCols, row,
                                              kv_head, page, 0x3);
                 else
-                    fa_tma_load_4d(tile + s * Cfg::kKVSlabBytes + r * 128, map, full, s * 64, row, kv_head, page);
+                    fa_tma_load_4d(tile + s * Cfg::kKVSlabBytes + r * 128, map, full, s * Cfg::kSlabCols, row, kv_head,
+                                   page);
             }
         }
     };
@@ -402,8 +432,8 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
         if (leader) {
             fa_mbar_arrive_expect_tx(sm.q_full(q.stage), Cfg::kQBytes);
             for (int s = 0; s < Cfg::kSlabs; ++s)
-                fa_tma_load_4d(sm.q(q.stage) + s * Cfg::kQSlabBytes, &p.map_q, sm.q_full(q.stage), s * 64,
-                               t.q0 + t.m0, t.h, batch);
+                fa_tma_load_4d(sm.q(q.stage) + s * Cfg::kQSlabBytes, &p.map_q, sm.q_full(q.stage),
+                               s * Cfg::kSlabCols, t.q0 + t.m0, t.h, batch);
         }
         q.advance();
 
@@ -415,7 +445,12 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
             fa_mbar_wait(is_v ? sm.v_empty(ring.stage) : sm.k_empty(ring.stage), ring.phase);
             const uint32_t tile = is_v ? sm.v(ring.stage) : sm.k(ring.stage);
             const CUtensorMap *map = is_v ? &p.map_v : &p.map_k;
-            if (p.kv_block_table) { /* uniform */
+            if (Cfg::kFp8 && is_v) { /* Vᵀ of block n: head-dim rows of its 128 keys, one box */
+                if (leader) {
+                    fa_mbar_arrive_expect_tx(full, Cfg::kKVBytes);
+                    fa_tma_load_4d(tile, map, full, n * Cfg::kBlockN, 0, kv_head, t.b);
+                }
+            } else if (p.kv_block_table) { /* uniform */
                 if (leader)
                     fa_mbar_arrive_expect_tx(full, Cfg::kKVBytes);
                 load_kv_paged(tile, map, full, t, n, kv_head);
@@ -525,9 +560,9 @@ __device__ __forceinline__ float fa_row_reduce(const float (&s)[BlockN / 2], int
 }
 
 /* Online softmax over one score tile, in two parts. First the running row
- * max m: returns max_scaled = m·c (the exponentials' offset) and the
- * factor `correction` by which O and the row sums must be rescaled. */
-template <int BlockN>
+ * max m: returns max_scaled = m·c - POffset (the exponentials' offset) and
+ * the factor `correction` by which O and the row sums must be rescaled. */
+template <int BlockN, int POffset>
 __device__ __forceinline__ void fa_softmax_max(const float (&s)[BlockN / 2], float (&row_max)[2],
                                                float (&correction)[2], float (&max_scaled)[2], float scale_log2)
 {
@@ -541,6 +576,11 @@ __device__ __forceinline__ void fa_softmax_max(const float (&s)[BlockN / 2], flo
         max_scaled[r] = (m == -INFINITY ? 0.0f : m) * scale_log2;
         correction[r] = exp2f(row_max[r] * scale_log2 - max_scaled[r]);
         row_max[r] = m;
+        /* FP8: probabilities in [0, 2^POffset], which the e4m3 P resolves
+         * better than [0, 1] (FA3's offset); the row sums carry the same
+         * factor, so only the LSE takes it out */
+        if constexpr (POffset != 0)
+            max_scaled[r] -= (float)POffset;
     }
 }
 
@@ -637,9 +677,10 @@ template <class Cfg> struct fa_sm90_descs {
 template <class Cfg>
 __device__ __forceinline__ fa_sm90_descs<Cfg> fa_sm90_descs_of(const fa_sm90_smem<Cfg> &sm, int wg)
 {
-    /* Q rows of this warpgroup start 64 rows into each slab */
+    /* Q rows of this warpgroup start 64 rows into each slab; V is the
+     * MN-major B operand, or K-major as Vᵀ (FP8) */
     return {fa_wgmma_desc(sm.q(0) + 64 * wg * 128, 16, 1024), fa_wgmma_desc(sm.k(0), 16, 1024),
-            fa_wgmma_desc(sm.v(0), Cfg::kKVSlabBytes, 1024)};
+            Cfg::kFp8 ? fa_wgmma_desc(sm.v(0), 16, 1024) : fa_wgmma_desc(sm.v(0), Cfg::kKVSlabBytes, 1024)};
 }
 
 /* Issues S = Q Kᵀ for this warpgroup's 64 rows (one commit group); q, k:
@@ -647,28 +688,121 @@ __device__ __forceinline__ fa_sm90_descs<Cfg> fa_sm90_descs_of(const fa_sm90_sme
 template <class Cfg>
 __device__ __forceinline__ void fa_issue_qk(float (&s)[Cfg::kBlockN / 2], uint64_t q, uint64_t k)
 {
-    /* each k step is a constant byte offset from both */
+    /* each k step (16 columns of 16-bit values, 32 of 8-bit: 32 bytes of a
+     * 128-byte row) is a constant byte offset from both */
 #pragma unroll
-    for (int kk = 0; kk < Cfg::kHeadDim / 16; ++kk) {
-        uint32_t slab = kk / 4, in_slab = (kk % 4) * 32; /* 16 columns = 32 bytes of a 128-byte row */
-        fa_wgmma<Cfg::kBlockN>::template ss<Cfg::kBf16, 0>(
-            s, fa_wgmma_desc_advance(q, slab * Cfg::kQSlabBytes + in_slab),
-            fa_wgmma_desc_advance(k, slab * Cfg::kKVSlabBytes + in_slab), kk > 0);
+    for (int kk = 0; kk < Cfg::kHeadDim * Cfg::kElemBytes / 32; ++kk) {
+        uint32_t slab = kk / 4, in_slab = (kk % 4) * 32;
+        const uint64_t qa = fa_wgmma_desc_advance(q, slab * Cfg::kQSlabBytes + in_slab);
+        const uint64_t kb = fa_wgmma_desc_advance(k, slab * Cfg::kKVSlabBytes + in_slab);
+        if constexpr (Cfg::kFp8)
+            fa_wgmma<Cfg::kBlockN>::template ss_fp8<Cfg::kE5m2, Cfg::kE5m2>(s, qa, kb, kk > 0);
+        else
+            fa_wgmma<Cfg::kBlockN>::template ss<Cfg::kBf16, 0>(s, qa, kb, kk > 0);
     }
     fa_wgmma_commit();
 }
 
-/* Issues O += P V (one commit group); V is [key][dim], dim contiguous, i.e.
- * the MN-major B operand, 16 keys (16 rows of 128 bytes) per wgmma; v: the
- * descriptor of the V tile. */
+/* Issues O += P V (one commit group); v: the descriptor of the V tile.
+ * 16-bit: V is [key][dim], dim contiguous, i.e. the MN-major B operand, 16
+ * keys (16 rows of 128 bytes) per wgmma. FP8: Vᵀ, [dim][key], the K-major B
+ * operand, 32 keys (32 bytes of each row) per wgmma. */
 template <class Cfg>
-__device__ __forceinline__ void fa_issue_pv(float (&o)[Cfg::kHeadDim / 2], const uint32_t (&pa)[Cfg::kBlockN / 16][4],
+__device__ __forceinline__ void fa_issue_pv(float (&o)[Cfg::kHeadDim / 2], const uint32_t (&pa)[Cfg::kPSteps][4],
                                             uint64_t v)
 {
 #pragma unroll
-    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk)
-        fa_wgmma<Cfg::kHeadDim>::template rs<Cfg::kBf16, 1>(o, pa[kk], fa_wgmma_desc_advance(v, kk * 16 * 128), 1);
+    for (int kk = 0; kk < Cfg::kPSteps; ++kk) {
+        if constexpr (Cfg::kFp8)
+            fa_wgmma<Cfg::kHeadDim>::template rs_fp8<Cfg::kE5m2>(o, pa[kk], fa_wgmma_desc_advance(v, kk * 32), 1);
+        else
+            fa_wgmma<Cfg::kHeadDim>::template rs<Cfg::kBf16, 1>(o, pa[kk], fa_wgmma_desc_advance(v, kk * 16 * 128),
+                                                               1);
+    }
     fa_wgmma_commit();
+}
+
+/* What turns a key block's S into scores: softcap's input scale, and the
+ * factor to log2 units of the (softcapped) score. An FP8 block's S is of
+ * the stored values: the descales of the tile's queries and the block's
+ * keys (qk_descale) fold into these. */
+struct fa_score_scale {
+    float softcap_in, log2;
+};
+/* The scale to log2 units: 16-bit reads the kernel parameter at each use
+ * (held in a register across the PV wait instead, it moved the hdim-128
+ * kernels' schedule). */
+template <class Cfg> __device__ __forceinline__ float fa_log2_scale(const fa_sm90_params &p, const fa_score_scale &sc)
+{
+    return Cfg::kFp8 ? sc.log2 : p.score_scale_log2;
+}
+template <class Cfg>
+__device__ __forceinline__ fa_score_scale fa_score_scale_of(const fa_sm90_params &p, float qk_descale)
+{
+    if constexpr (Cfg::kFp8)
+        return {p.softcap_input_scale * qk_descale,
+                p.softcap > 0.0f ? p.score_scale_log2 : p.score_scale_log2 * qk_descale};
+    else
+        return {p.softcap_input_scale, p.score_scale_log2};
+}
+
+/* FP8: where a tile's descales stand. The row max is kept in the log2
+ * units of the last key block's scores (log2: that block's score scale),
+ * and O in the V descale of the last block (v_scale). */
+struct fa_sm90_fp8_state {
+    float q_descale, log2, v_scale;
+};
+
+/* The FP8 descale of row `row` of (b, head) (1 without descales): blocks
+ * of `block` rows, a multiple of the tiles' 128 (sm90.cu). */
+__device__ __forceinline__ float fa_fp8_descale(const float *descale, int heads, int blocks, int block, int b,
+                                                int head, int row)
+{
+    return descale == nullptr ? 1.0f : descale[((int64_t)b * heads + head) * blocks + row / block];
+}
+
+/* FP8: the K and V descales of key block n (1, 1 for 16-bit). Loaded
+ * where they are used, after the wait for the block's QKᵀ: issued before
+ * the GEMMs instead, the hdim-128 forward ran 3-4% slower (perf.md,
+ * twenty-seventh session). */
+struct fa_kv_descales {
+    float k, v;
+};
+template <class Cfg>
+__device__ __forceinline__ fa_kv_descales fa_kv_descales_of(const fa_sm90_params &p, const fa_sm90_tile &t, int n)
+{
+    if constexpr (Cfg::kFp8) {
+        const int heads_kv = p.heads_q / p.heads_per_kv, kv_head = t.h / p.heads_per_kv, key = n * Cfg::kBlockN;
+        return {fa_fp8_descale(p.k_descale, heads_kv, p.descale_blocks_k, p.descale_block_k, t.b, kv_head, key),
+                fa_fp8_descale(p.v_descale, heads_kv, p.descale_blocks_k, p.descale_block_k, t.b, kv_head, key)};
+    } else {
+        return {1.0f, 1.0f};
+    }
+}
+
+/* Key block n's score scale. FP8: the block's K descale folds into it, the
+ * row max moves to its units and O to its V descale (O's factor: o_ratio);
+ * 16-bit: the kernel's constants. */
+template <class Cfg>
+__device__ __forceinline__ fa_score_scale fa_block_scale(const fa_sm90_params &p, const fa_kv_descales &kv,
+                                                         fa_sm90_fp8_state &fp8, float (&row_max)[2],
+                                                         float &o_ratio)
+{
+    if constexpr (Cfg::kFp8) {
+        const float ks = kv.k, vs = kv.v;
+        const fa_score_scale sc = fa_score_scale_of<Cfg>(p, fp8.q_descale * ks);
+        const float to_block = fp8.log2 / sc.log2;
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+            row_max[r] *= to_block;
+        o_ratio = fp8.v_scale / vs;
+        fp8.log2 = sc.log2;
+        fp8.v_scale = vs;
+        return sc;
+    } else {
+        o_ratio = 1.0f;
+        return fa_score_scale_of<Cfg>(p, 1.0f);
+    }
 }
 
 /* Score tile of key block n -> softcapped, masked scores (in s), the
@@ -676,47 +810,62 @@ __device__ __forceinline__ void fa_issue_pv(float (&o)[Cfg::kHeadDim / 2], const
  * what O and the row sums held before (fa_softmax_max). */
 template <class Cfg>
 __device__ __forceinline__ void fa_scores_to_max(const fa_sm90_params &p, const fa_sm90_tile &t, int n, int row0,
-                                                 float (&s)[Cfg::kBlockN / 2], float (&row_max)[2],
-                                                 float (&correction)[2], float (&max_scaled)[2])
+                                                 const fa_score_scale &sc, float (&s)[Cfg::kBlockN / 2],
+                                                 float (&row_max)[2], float (&correction)[2],
+                                                 float (&max_scaled)[2])
 {
     constexpr int BlockN = Cfg::kBlockN;
     const int col0 = n * BlockN, shift = t.sk - t.sq;
     if (p.softcap > 0.0f) {
 #pragma unroll
         for (int i = 0; i < BlockN / 2; ++i)
-            s[i] = p.softcap * fa_softcap_tanh(s[i], p.softcap_input_scale);
+            s[i] = p.softcap * fa_softcap_tanh(s[i], sc.softcap_in);
     }
     /* only blocks that cross the sequence end or a window edge need the
      * per-element test (a uniform branch) */
     if (n < t.n_full_begin || n >= t.n_full_end)
         fa_mask_scores<BlockN>(s, row0, col0, t.sk, shift, p.window_left, p.window_right);
-    fa_softmax_max<BlockN>(s, row_max, correction, max_scaled, p.score_scale_log2);
+    fa_softmax_max<BlockN, Cfg::kPOffset>(s, row_max, correction, max_scaled, sc.log2);
 }
 
 /* Score tile of key block n -> probabilities (in s); the row sums take the
  * correction and this tile's terms. */
 template <class Cfg>
 __device__ __forceinline__ void fa_scores_to_probs(const fa_sm90_params &p, const fa_sm90_tile &t, int n, int row0,
-                                                   float (&s)[Cfg::kBlockN / 2], float (&row_max)[2],
-                                                   float (&row_sum)[2], float (&correction)[2])
+                                                   const fa_score_scale &sc, float (&s)[Cfg::kBlockN / 2],
+                                                   float (&row_max)[2], float (&row_sum)[2],
+                                                   float (&correction)[2])
 {
     float max_scaled[2], sum[2];
-    fa_scores_to_max<Cfg>(p, t, n, row0, s, row_max, correction, max_scaled);
-    fa_softmax_exp<Cfg::kBlockN>(s, max_scaled, p.score_scale_log2, sum);
+    fa_scores_to_max<Cfg>(p, t, n, row0, sc, s, row_max, correction, max_scaled);
+    fa_softmax_exp<Cfg::kBlockN>(s, max_scaled, sc.log2, sum);
     fa_add_row_sums(row_sum, correction, sum);
 }
 
-/* P (elements [8 Begin, 8 End) of s) as the wgmma A operand: k-block kk
- * is accumulator columns 16kk..16kk+15. */
-template <class Cfg, int Begin = 0, int End = Cfg::kBlockN / 16>
+/* P (the k steps [Begin, End): elements [kStepElems Begin, kStepElems End)
+ * of s) as the wgmma A operand. 16-bit: step kk is accumulator columns
+ * 16kk..16kk+15, whose layout is the operand's. FP8: step kk is columns
+ * 32kk..32kk+31, and a register holds one row's 4 values at operand k
+ * 4t..4t+3 (and 16 + that); packed from the thread's own columns {2t, 2t+1,
+ * 8+2t, 9+2t} (and 16 + those), the operand's key order is that
+ * permutation within every 16 keys, which the Vᵀ rows follow (fwd_sm90.cu),
+ * so P never moves between threads. */
+template <class Cfg, int Begin = 0, int End = Cfg::kPSteps>
 __device__ __forceinline__ void fa_probs_to_operand(const float (&s)[Cfg::kBlockN / 2],
-                                                    uint32_t (&pa)[Cfg::kBlockN / 16][4])
+                                                    uint32_t (&pa)[Cfg::kPSteps][4])
 {
 #pragma unroll
     for (int kk = Begin; kk < End; ++kk)
 #pragma unroll
-        for (int r = 0; r < 4; ++r)
-            pa[kk][r] = fa_pack2<typename Cfg::Elem>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+        for (int r = 0; r < 4; ++r) {
+            if constexpr (Cfg::kFp8) {
+                /* r: row (r & 1) of the two, keys 16 (r >> 1) + the quad's */
+                const float *e = &s[16 * kk + 8 * (r >> 1) + 2 * (r & 1)];
+                pa[kk][r] = fa_pack4_e4m3(e[0], e[1], e[4], e[5]);
+            } else {
+                pa[kk][r] = fa_pack2<typename Cfg::Elem>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+            }
+        }
 }
 
 static constexpr uint32_t kEpilogueBarrier = 5; /* 5..7: one per consumer warpgroup */
@@ -773,7 +922,7 @@ __device__ __forceinline__ void fa_store_tile_tma(const fa_sm90_params &p, const
     fa_named_barrier_sync(kEpilogueBarrier + wg, 128);
     if (leader) {
         const int batch = p.varlen ? 0 : t.b;
-        for (int s = 0; s < Cfg::kSlabs; ++s)
+        for (int s = 0; s < Cfg::kOSlabs; ++s)
             fa_tma_store_4d(&p.map_o, buf + s * kOSlabBytes, s * 64, t.q0 + t.m0 + 64 * wg, t.h, batch);
         fa_bulk_commit();
     }
@@ -790,7 +939,8 @@ template <class Cfg> struct fa_sm90_rows {
 template <class Cfg>
 __device__ __forceinline__ void fa_finish_rows(const fa_sm90_params &p, const fa_sm90_tile &t, int row0,
                                                const float (&o)[Cfg::kHeadDim / 2], const float (&row_max)[2],
-                                               const float (&row_sum)[2], fa_sm90_rows<Cfg> &rows)
+                                               const float (&row_sum)[2], const fa_sm90_fp8_state &fp8,
+                                               fa_sm90_rows<Cfg> &rows)
 {
     const int lane = threadIdx.x % 32;
     float inv[2];
@@ -802,13 +952,20 @@ __device__ __forceinline__ void fa_finish_rows(const fa_sm90_params &p, const fa
         if (row < t.sq && p.lse != nullptr && (lane & 3) == 0) {
             int64_t idx = p.varlen ? (int64_t)t.h * p.total_q + t.q0 + row
                                    : ((int64_t)t.b * p.heads_q + t.h) * p.seqlen_q + row;
-            p.lse[idx] = sum == 0.0f ? -INFINITY : row_max[r] * p.score_scale + logf(sum);
+            /* FP8: the row max is in the last block's log2 units, and the
+             * sum carries 2^POffset */
+            p.lse[idx] = sum == 0.0f ? -INFINITY
+                         : Cfg::kFp8 ? row_max[r] * fp8.log2 * 0.6931471805599453f + logf(sum) -
+                                           Cfg::kPOffset * 0.6931471805599453f
+                                     : row_max[r] * p.score_scale + logf(sum);
         }
+        if constexpr (Cfg::kFp8)
+            inv[r] *= fp8.v_scale; /* O holds P·V of stored V at the last block's descale */
     }
     rows.t = t;
 #pragma unroll
     for (int i = 0; i < Cfg::kHeadDim / 2; i += 2)
-        rows.packed[i / 2] = fa_pack2<typename Cfg::Elem>(o[i] * inv[(i >> 1) & 1], o[i + 1] * inv[(i >> 1) & 1]);
+        rows.packed[i / 2] = fa_pack2<typename Cfg::OutElem>(o[i] * inv[(i >> 1) & 1], o[i + 1] * inv[(i >> 1) & 1]);
 }
 
 /* Stores a finished tile's O: through shared memory and TMA stores where
@@ -819,7 +976,7 @@ template <class Cfg>
 __device__ __forceinline__ void fa_write_rows(const fa_sm90_params &p, const fa_sm90_smem<Cfg> &sm, int wg,
                                               const fa_sm90_rows<Cfg> &rows, bool &o_in_v)
 {
-    typedef typename Cfg::Elem Elem;
+    typedef typename Cfg::OutElem Elem;
     constexpr int D = Cfg::kHeadDim;
     const fa_sm90_tile &t = rows.t;
     const int lane = threadIdx.x % 32;
@@ -851,7 +1008,7 @@ __device__ __forceinline__ void fa_write_rows(const fa_sm90_params &p, const fa_
 /* O += P V for the key block whose V sits in stage v, as its own turn;
  * releases V when done. */
 template <class Cfg>
-__device__ __forceinline__ void fa_pv_step(float (&o)[Cfg::kHeadDim / 2], uint32_t (&pa)[Cfg::kBlockN / 16][4],
+__device__ __forceinline__ void fa_pv_step(float (&o)[Cfg::kHeadDim / 2], uint32_t (&pa)[Cfg::kPSteps][4],
                                            const fa_sm90_smem<Cfg> &sm, const fa_sm90_descs<Cfg> &d,
                                            const fa_pipe_state<Cfg::kStages> &v, fa_pingpong turn)
 {
@@ -864,7 +1021,7 @@ __device__ __forceinline__ void fa_pv_step(float (&o)[Cfg::kHeadDim / 2], uint32
     fa_wgmma_wait<0>();
     fa_wgmma_fence_regs(o);
 #pragma unroll
-    for (int kk = 0; kk < Cfg::kBlockN / 16; ++kk)
+    for (int kk = 0; kk < Cfg::kPSteps; ++kk)
         fa_wgmma_fence_regs(pa[kk]);
     fa_release_kv<Cfg::kClusterSize>(sm.v_empty(v.stage));
 }
@@ -929,6 +1086,9 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             o[i] = 0.0f;
     };
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}, correction[2];
+    fa_sm90_fp8_state fp8 = {1.0f, p.score_scale_log2, 1.0f};
+    if constexpr (Cfg::kFp8)
+        fp8.q_descale = fa_fp8_descale(p.q_descale, p.heads_q, p.descale_blocks_q, p.descale_block_q, t.b, t.h, t.m0);
 
     /* Deferred, O is zeroed under the first QKᵀ too, so that its registers
      * and the last tile's packed output are not live together; and the last
@@ -944,10 +1104,11 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         fa_mbar_wait(sm.q_full(q.stage), q.phase);
         const uint64_t q_desc = d.q_at(q.stage);
         float s[BlockN / 2];
-        uint32_t pa[BlockN / 16][4];
+        uint32_t pa[Cfg::kPSteps][4];
         /* the first (last-in-sequence) key block may hold a varlen
          * neighbour's rows, or cache rows past the used ones */
-        const bool foreign_rows = p.tail_rows_readable && t.n_end * BlockN > t.sk;
+        const bool foreign_rows = !Cfg::kFp8 && p.tail_rows_readable && t.n_end * BlockN > t.sk; /* FP8: Vᵀ has
+                                                                                                   zeros there */
         /* With one Q buffer (hdim 192 / 256) Q is released as soon as the
          * tile's last QKᵀ is done, so that the producer loads the next
          * tile's Q, and the first K queued behind it, under the last PV and
@@ -966,7 +1127,10 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
                 zero_o();
         });
         free_q_after_qk(n);
-        fa_scores_to_probs<Cfg>(p, t, n, row0, s, row_max, row_sum, correction);
+        float o_ratio; /* O starts at zero: no use for it */
+        const fa_score_scale first_scale =
+            fa_block_scale<Cfg>(p, fa_kv_descales_of<Cfg>(p, t, n), fp8, row_max, o_ratio);
+        fa_scores_to_probs<Cfg>(p, t, n, row0, first_scale, s, row_max, row_sum, correction);
         fa_probs_to_operand<Cfg>(s, pa);
         if (foreign_rows) {
             fa_mbar_wait(sm.v_full(kv.stage), kv.phase);
@@ -985,10 +1149,11 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
          * softmax no longer overlapped the PV). The other exponentials and
          * their packing follow the wait, with the O rescale; a NaN-safe
          * dependency on O keeps them there (fa_wgmma_order_after). */
-        uint32_t pb[Cfg::kPBuffers == 2 ? BlockN / 16 : 1][4];
-        auto overlapped_step = [&](int n, uint32_t(&p_in)[BlockN / 16][4], uint32_t(&p_out)[BlockN / 16][4]) {
+        uint32_t pb[Cfg::kPBuffers == 2 ? Cfg::kPSteps : 1][4];
+        auto overlapped_step = [&](int n, uint32_t(&p_in)[Cfg::kPSteps][4], uint32_t(&p_out)[Cfg::kPSteps][4]) {
             constexpr int kEarly = Cfg::kExpsUnderPV, kAll = BlockN / 2;
-            static_assert(kEarly % 8 == 0 && (kEarly == 0 || Cfg::kPBuffers == 2), "P fragments under the PV");
+            static_assert(kEarly % Cfg::kStepElems == 0 && (kEarly == 0 || Cfg::kPBuffers == 2),
+                          "P fragments under the PV");
             fa_mbar_wait(sm.k_full(kv.stage), kv.phase);
             fa_mbar_wait(sm.v_full(v_prev.stage), v_prev.phase);
             turn.wait_turn();
@@ -1001,13 +1166,14 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             fa_wgmma_fence_regs(s);
             fa_release_kv<Cfg::kClusterSize>(sm.k_empty(kv.stage));
             free_q_after_qk(n);
-            float max_scaled[2], sum[2];
-            fa_scores_to_max<Cfg>(p, t, n, row0, s, row_max, correction, max_scaled);
+            float max_scaled[2], sum[2], o_ratio;
+            const fa_score_scale sc = fa_block_scale<Cfg>(p, fa_kv_descales_of<Cfg>(p, t, n), fp8, row_max, o_ratio);
+            fa_scores_to_max<Cfg>(p, t, n, row0, sc, s, row_max, correction, max_scaled);
             if constexpr (kEarly > 0) {
-                fa_softmax_exp<BlockN, 0, kEarly>(s, max_scaled, p.score_scale_log2, sum);
+                fa_softmax_exp<BlockN, 0, kEarly>(s, max_scaled, fa_log2_scale<Cfg>(p, sc), sum);
                 if constexpr (kEarly == kAll)
                     fa_add_row_sums(row_sum, correction, sum);
-                fa_probs_to_operand<Cfg, 0, kEarly / 8>(s, p_out);
+                fa_probs_to_operand<Cfg, 0, kEarly / Cfg::kStepElems>(s, p_out);
                 fa_wgmma_wait_after(sm.scratch(), kEarly == kAll ? row_sum[0] + row_sum[1] : sum[0] + sum[1]);
             } else {
                 fa_wgmma_wait_after(sm.scratch(), max_scaled[0] + max_scaled[1]);
@@ -1015,21 +1181,26 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             fa_wgmma_wait<0>();
             fa_wgmma_fence_regs(o);
 #pragma unroll
-            for (int kk = 0; kk < BlockN / 16; ++kk)
+            for (int kk = 0; kk < Cfg::kPSteps; ++kk)
                 fa_wgmma_fence_regs(p_in[kk]);
             fa_release_kv<Cfg::kClusterSize>(sm.v_empty(v_prev.stage));
-            fa_rescale(o, correction);
+            if constexpr (Cfg::kFp8) {
+                const float o_correction[2] = {correction[0] * o_ratio, correction[1] * o_ratio};
+                fa_rescale(o, o_correction);
+            } else {
+                fa_rescale(o, correction);
+            }
             if constexpr (kEarly < kAll) {
                 float late_sum[2];
 #pragma unroll
                 for (int r = 0; r < 2; ++r)
                     max_scaled[r] = fa_wgmma_order_after(max_scaled[r], o[0]);
-                fa_softmax_exp<BlockN, kEarly, kAll>(s, max_scaled, p.score_scale_log2, late_sum);
+                fa_softmax_exp<BlockN, kEarly, kAll>(s, max_scaled, fa_log2_scale<Cfg>(p, sc), late_sum);
 #pragma unroll
                 for (int r = 0; r < 2; ++r)
                     sum[r] = kEarly > 0 ? sum[r] + late_sum[r] : late_sum[r];
                 fa_add_row_sums(row_sum, correction, sum);
-                fa_probs_to_operand<Cfg, kEarly / 8>(s, p_out);
+                fa_probs_to_operand<Cfg, kEarly / Cfg::kStepElems>(s, p_out);
             }
             v_prev = kv;
             kv.advance();
@@ -1058,7 +1229,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             fa_release(sm.q_empty(q.stage)); /* the producer may load a later tile's Q */
         q.advance();
     }
-    fa_finish_rows<Cfg>(p, t, row0, o, row_max, row_sum, last);
+    fa_finish_rows<Cfg>(p, t, row0, o, row_max, row_sum, fp8, last);
     pending = true;
     if (!kDeferred)
         write_last();

@@ -17,6 +17,105 @@
 #include "tensor_maps.h"
 
 /* ------------------------------------------------------------------------ */
+/* FP8: Vᵀ                                                                   */
+
+/* The FP8 PV needs V as a K-major operand (8-bit wgmma has no transpose),
+ * i.e. [dim][key]: a pass before the kernel writes it to the workspace,
+ * [batch][kv head][dim][vt_keys], vt_keys the longest sequence in whole
+ * 128-key blocks (one TMA box per block, fa_sm90_encode_vt_map). Keys go in
+ * P's register order (fa_probs_to_operand): position c = 4t + e of each 16
+ * keys holds key 2t + e (e < 2) or 8 + 2t + e - 2. Keys past a sequence's
+ * used keys are zero, so that the kernel never reads a neighbour's (varlen)
+ * or stale (seqused_k) V. */
+static int64_t vt_keys(const fa_problem *p) { return (p->seqlen_k + 127) / 128 * 128; }
+
+extern "C" size_t fa_sm90_fp8_workspace_size(const fa_problem *p)
+{
+    if (!fa_dtype_is_fp8(p->dtype))
+        return 0;
+    return (size_t)(p->batch * p->heads_kv * p->head_dim * vt_keys(p));
+}
+
+struct fa_vt_params {
+    const uint8_t *v;
+    int64_t stride_batch, stride_seq, stride_head; /* bytes (fp8) */
+    const int32_t *cu_seqlens_k, *seqused_k;        /* varlen / KV cache, or NULL */
+    int seqlen_k, dim, heads_kv, keys;              /* keys: per Vᵀ row */
+    uint8_t *vt;
+};
+
+/* One CTA per 64 keys of one (batch, kv head): the keys' V rows into shared
+ * memory (16 bytes per thread, zeros past the used keys), then each thread
+ * writes 16 permuted keys of one Vᵀ row. v (b, s, hk, d) -> vt [b][hk][d][keys] */
+__global__ void __launch_bounds__(256) fa_sm90_fp8_transpose_v(const __grid_constant__ fa_vt_params p)
+{
+    constexpr int kKeys = 64;
+    __shared__ __align__(16) uint8_t tile[kKeys][256 + 16]; /* + 16: fewer bank conflicts in the column reads */
+    const int b = blockIdx.z, head = blockIdx.y, key0 = blockIdx.x * kKeys;
+    int64_t first = 0;
+    int used = p.seqlen_k;
+    if (p.cu_seqlens_k != nullptr) {
+        first = p.cu_seqlens_k[b];
+        used = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
+    }
+    if (p.seqused_k != nullptr)
+        used = p.seqused_k[b];
+    const int chunks = p.dim / 16; /* 16-byte chunks per row */
+    for (int i = threadIdx.x; i < kKeys * chunks; i += blockDim.x) {
+        const int r = i / chunks, c = i % chunks, key = key0 + r;
+        uint4 value = make_uint4(0, 0, 0, 0);
+        if (key < used) {
+            const int64_t row = p.cu_seqlens_k != nullptr ? first + key : key;
+            const int64_t at = (p.cu_seqlens_k != nullptr ? 0 : b * p.stride_batch) + row * p.stride_seq +
+                               head * p.stride_head + 16 * c;
+            value = *reinterpret_cast<const uint4 *>(p.v + at);
+        }
+        *reinterpret_cast<uint4 *>(&tile[r][16 * c]) = value;
+    }
+    __syncthreads();
+    uint8_t *out = p.vt + (((int64_t)b * p.heads_kv + head) * p.dim) * p.keys + key0;
+    for (int i = threadIdx.x; i < p.dim * (kKeys / 16); i += blockDim.x) {
+        const int x = i / (kKeys / 16), group = i % (kKeys / 16);
+        uint32_t word[4];
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            uint32_t packed = 0;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) { /* position 4w + e holds key 2w + e or 8 + 2w + e - 2 */
+                const int key = 16 * group + (e < 2 ? 2 * w + e : 8 + 2 * w + e - 2);
+                packed |= (uint32_t)tile[key][x] << (8 * e);
+            }
+            word[w] = packed;
+        }
+        *reinterpret_cast<uint4 *>(out + (int64_t)x * p.keys + 16 * group) =
+            make_uint4(word[0], word[1], word[2], word[3]);
+    }
+}
+
+/* Vᵀ of p's V into vt (fa_sm90_fp8_workspace_size bytes), on p's stream. */
+static fa_status transpose_v(const fa_problem *p, uint8_t *vt)
+{
+    fa_vt_params prm;
+    prm.v = static_cast<const uint8_t *>(p->v.data);
+    prm.stride_batch = p->v.stride_batch;
+    prm.stride_seq = p->v.stride_seq;
+    prm.stride_head = p->v.stride_head;
+    prm.cu_seqlens_k = p->varlen ? p->cu_seqlens_k : nullptr;
+    prm.seqused_k = p->seqused_k;
+    prm.seqlen_k = (int)p->seqlen_k;
+    prm.dim = (int)p->head_dim;
+    prm.heads_kv = (int)p->heads_kv;
+    prm.keys = (int)vt_keys(p);
+    prm.vt = vt;
+    dim3 grid((unsigned)(prm.keys / 64), (unsigned)p->heads_kv, (unsigned)p->batch);
+    fa_sm90_fp8_transpose_v<<<grid, 256, 0, (cudaStream_t)p->stream>>>(prm);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm90: launch of the FP8 V transpose failed: %s", cudaGetErrorString(err));
+    return FA_SUCCESS;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Launch                                                                   */
 
 /* Whether a window (causal included) hides any key: validation made every
@@ -56,9 +155,17 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     fa_status st;
     if ((st = fa_sm90_encode_map(&prm.map_q, p, &p->q, 1, Cfg::kBlockM, "q")) != FA_SUCCESS ||
         (st = fa_sm90_encode_map(&prm.map_k, p, &p->k, 0, kv_box_rows, "k")) != FA_SUCCESS ||
-        (st = fa_sm90_encode_map(&prm.map_v, p, &p->v, 0, kv_box_rows, "v")) != FA_SUCCESS ||
+        (Cfg::kFp8 ? (st = fa_sm90_encode_vt_map(&prm.map_v, p, p->workspace, vt_keys(p))) != FA_SUCCESS
+                   : (st = fa_sm90_encode_map(&prm.map_v, p, &p->v, 0, kv_box_rows, "v")) != FA_SUCCESS) ||
         (Cfg::kTmaStore && (st = fa_sm90_encode_map(&prm.map_o, p, &p->out, 1, 64, "out")) != FA_SUCCESS))
         return st;
+    prm.q_descale = p->q_descale;
+    prm.k_descale = p->k_descale;
+    prm.v_descale = p->v_descale;
+    prm.descale_block_q = (int)(p->descale_block_q < 0x40000000 ? p->descale_block_q : 0x40000000);
+    prm.descale_block_k = (int)(p->descale_block_k < 0x40000000 ? p->descale_block_k : 0x40000000);
+    prm.descale_blocks_q = (int)p->descale_blocks_q;
+    prm.descale_blocks_k = (int)p->descale_blocks_k;
     prm.out = p->out.data;
     prm.out_stride_batch = p->out.stride_batch;
     prm.out_stride_seq = p->out.stride_seq;
@@ -86,7 +193,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
      * of 1.45 rounds 11% (hdim 256 causal 512); at 16 m blocks (2k) one
      * round read -4 to +4%, so longer sequences keep 32 MB. */
     int64_t head_batches = p->heads_q * p->batch;
-    int64_t kv_bytes = 4 * p->seqlen_k * p->head_dim / (p->heads_q / p->heads_kv); /* K + V, 2 bytes each */
+    int64_t kv_bytes = 2 * (int64_t)fa_dtype_size(p->dtype) * p->seqlen_k * p->head_dim / (p->heads_q / p->heads_kv);
     int64_t per_section = prm.heaviest_first ? ((int64_t)32 << 20) / (kv_bytes > 0 ? kv_bytes : 1) : head_batches;
     if (prm.heaviest_first && prm.num_m_blocks >= 1 && prm.num_m_blocks <= 8) {
         int64_t one_round = sms / prm.num_m_blocks;
@@ -100,6 +207,8 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
         p->kernel_name = kernel_name;
         return FA_SUCCESS;
     }
+    if (Cfg::kFp8 && (st = transpose_v(p, static_cast<uint8_t *>(p->workspace))) != FA_SUCCESS)
+        return st;
 
     /* Persistent: one CTA per SM (a tile needs all of an SM's smem), so the
      * producer loads the next tile while the consumers finish this one.
@@ -202,11 +311,25 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
 #undef FA_LAUNCH
 }
 
+/* FP8: 128 x 128 tiles, two consumer warpgroups, one CTA per cluster
+ * (fa_sm90_config's FP8 rules); sm90.cu lets hdim 128 and 256 through. */
+template <typename Elem> static fa_status launch_fp8(fa_problem *p)
+{
+    const bool e5m2 = fa_is_fp8<Elem>::e5m2;
+    if (p->head_dim == 128)
+        return launch<fa_sm90_config<Elem, 128, 128, 2>>(p, e5m2 ? "sm90.fwd.hdim128.e5m2" : "sm90.fwd.hdim128.e4m3");
+    return launch<fa_sm90_config<Elem, 256, 128, 2>>(p, e5m2 ? "sm90.fwd.hdim256.e5m2" : "sm90.fwd.hdim256.e4m3");
+}
+
 extern "C" fa_status fa_sm90_forward(fa_problem *p)
 {
     if (p->dtype == FA_DTYPE_BF16)
         return launch_for_head_dim<__nv_bfloat16>(p);
     if (p->dtype == FA_DTYPE_F16)
         return launch_for_head_dim<__half>(p);
+    if (p->dtype == FA_DTYPE_FP8_E4M3)
+        return launch_fp8<__nv_fp8_e4m3>(p);
+    if (p->dtype == FA_DTYPE_FP8_E5M2)
+        return launch_fp8<__nv_fp8_e5m2>(p);
     return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: dtype %s", fa_dtype_name(p->dtype));
 }

@@ -51,8 +51,22 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
 {
     if (dev->sm != 90)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: needs an sm_90 GPU (this one is sm_%d)", dev->sm);
-    if (p->dtype != FA_DTYPE_BF16 && p->dtype != FA_DTYPE_F16)
-        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: dtype %s (bf16 and fp16 only)", fa_dtype_name(p->dtype));
+    if (p->dtype != FA_DTYPE_BF16 && p->dtype != FA_DTYPE_F16 && !fa_dtype_is_fp8(p->dtype))
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: dtype %s (bf16, fp16 and fp8 only)", fa_dtype_name(p->dtype));
+    /* FP8 (forward only, validation saw to that): 128 x 128 tiles whose
+     * query and key blocks each lie in one descale block */
+    if (fa_dtype_is_fp8(p->dtype)) {
+        if (p->head_dim != 128 && p->head_dim != 256)
+            return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: FP8 needs head_dim 128 or 256 (got %lld)",
+                           (long long)p->head_dim);
+        if ((p->descale_blocks_q > 1 && p->descale_block_q % 128 != 0) ||
+            (p->descale_blocks_k > 1 && p->descale_block_k % 128 != 0))
+            return fa_fail(FA_ERROR_UNSUPPORTED,
+                           "sm90: FP8 descale blocks must be 0 or a multiple of 128 rows (got %lld, %lld)",
+                           (long long)p->descale_block_q, (long long)p->descale_block_k);
+        if (p->kv_block_table != NULL)
+            return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: FP8 with a paged K/V cache is not implemented");
+    }
     if (p->head_dim != p->head_dim_v || !is_supported_head_dim(p->head_dim))
         return fa_fail(FA_ERROR_UNSUPPORTED,
                        "sm90: head_dim %lld / head_dim_v %lld (needs equal, one of 64, 96, 128, 192, 256)",
@@ -110,7 +124,7 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
  * leaves out where the workspace is smaller.) */
 extern "C" size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir, const fa_cuda_device_info *dev)
 {
-    size_t bytes = dir == FA_BACKWARD ? fa_sm90_backward_workspace_size(p) : 0;
+    size_t bytes = dir == FA_BACKWARD ? fa_sm90_backward_workspace_size(p) : fa_sm90_fp8_workspace_size(p);
 #ifdef FA_HAVE_SM80
     size_t fallback = dir == FA_BACKWARD ? fa_sm80_workspace_size(p, dir, dev) : 0;
     bytes = fallback > bytes ? fallback : bytes;

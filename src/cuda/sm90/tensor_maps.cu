@@ -15,9 +15,15 @@ static int64_t outer_of(const fa_problem *p, int is_q)
  * heads, batches), innermost first; packed (varlen) tensors are one batch of
  * total rows. Byte strides of the three outer dims; a dim of size 1 may have
  * any stride (a broadcast one is 0), so it gets a valid placeholder. */
+/* The dtype of tensor t of p (out is bf16 in an FP8 forward). */
+static fa_dtype dtype_of(const fa_problem *p, const fa_tensor *t)
+{
+    return t == &p->out ? fa_out_dtype(p->dtype) : p->dtype;
+}
+
 static void tma_strides(const fa_problem *p, const fa_tensor *t, int is_q, int64_t heads, int64_t bytes[3])
 {
-    int64_t elem = (int64_t)fa_dtype_size(p->dtype);
+    int64_t elem = (int64_t)fa_dtype_size(dtype_of(p, t));
     int64_t sizes[3] = {fa_sm90_rows_of(p, is_q), heads, outer_of(p, is_q)};
     int64_t strides[3] = {t->stride_seq, t->stride_head, p->varlen ? 0 : t->stride_batch};
     for (int i = 0; i < 3; ++i)
@@ -69,8 +75,18 @@ static PFN_cuTensorMapEncodeTiled_v12000 encode_tiled_fn(void)
     return fn;
 }
 
-/* The tensor map of q (is_q) or k / v: boxes of 64 columns x box_rows rows
- * of one head, 128-byte swizzled, zero-filled outside the tensor. */
+/* The CUtensorMap data type of dtype: TMA has no 8-bit float type, and
+ * moves bytes as they are. */
+static CUtensorMapDataType map_type(fa_dtype dtype)
+{
+    return dtype == FA_DTYPE_BF16   ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+           : dtype == FA_DTYPE_F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                   : CU_TENSOR_MAP_DATA_TYPE_UINT8;
+}
+
+/* The tensor map of q (is_q) or k / v: boxes of 128 bytes of columns x
+ * box_rows rows of one head, 128-byte swizzled, zero-filled outside the
+ * tensor. */
 fa_status fa_sm90_encode_map(CUtensorMap *map, const fa_problem *p, const fa_tensor *t, int is_q, int box_rows,
                             const char *name)
 {
@@ -82,10 +98,10 @@ fa_status fa_sm90_encode_map(CUtensorMap *map, const fa_problem *p, const fa_ten
     cuuint64_t dims[4] = {(cuuint64_t)p->head_dim, (cuuint64_t)rows, (cuuint64_t)heads,
                           (cuuint64_t)outer_of(p, is_q)};
     cuuint64_t strides[3] = {(cuuint64_t)bytes[0], (cuuint64_t)bytes[1], (cuuint64_t)bytes[2]};
-    cuuint32_t box[4] = {64, (cuuint32_t)box_rows, 1, 1};
+    const fa_dtype dtype = dtype_of(p, t);
+    cuuint32_t box[4] = {(cuuint32_t)(128 / fa_dtype_size(dtype)), (cuuint32_t)box_rows, 1, 1};
     cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-    CUresult r = encode(map, p->dtype == FA_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                        4, t->data, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+    CUresult r = encode(map, map_type(dtype), 4, t->data, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS)
@@ -93,3 +109,23 @@ fa_status fa_sm90_encode_map(CUtensorMap *map, const fa_problem *p, const fa_ten
     return FA_SUCCESS;
 }
 
+
+/* The map of the FP8 forward's Vᵀ (fwd_sm90.cu): bytes [batch][heads_kv]
+ * [dim][keys], one box = the dim rows of 128 keys, 128-byte swizzled. */
+fa_status fa_sm90_encode_vt_map(CUtensorMap *map, const fa_problem *p, void *vt, int64_t keys)
+{
+    PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled_fn();
+    if (encode == NULL)
+        return fa_fail(FA_ERROR_DEVICE, "sm90: the driver has no cuTensorMapEncodeTiled");
+    cuuint64_t dims[4] = {(cuuint64_t)keys, (cuuint64_t)p->head_dim, (cuuint64_t)p->heads_kv, (cuuint64_t)p->batch};
+    cuuint64_t strides[3] = {(cuuint64_t)keys, (cuuint64_t)(keys * p->head_dim),
+                             (cuuint64_t)(keys * p->head_dim * p->heads_kv)};
+    cuuint32_t box[4] = {128, (cuuint32_t)p->head_dim, 1, 1};
+    cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+    CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 4, vt, dims, strides, box, elem_strides,
+                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return fa_fail(FA_ERROR_DEVICE, "sm90: cuTensorMapEncodeTiled rejected vt (CUresult %d)", (int)r);
+    return FA_SUCCESS;
+}

@@ -19,9 +19,15 @@ int64_t fa_sm90_rows_of(const fa_problem *p, int is_q);
  * map: base 16-byte aligned, strides positive multiples of 16 bytes. */
 fa_status fa_sm90_check_tma_tensor(const fa_problem *p, const fa_tensor *t, const char *name, int is_q);
 
-/* The tensor map of t: boxes of 64 columns x box_rows rows of one head,
- * 128-byte swizzled, zero-filled outside the tensor. */
+/* The tensor map of t: boxes of 128 bytes of columns (64 16-bit, 128
+ * 8-bit) x box_rows rows of one head, 128-byte swizzled, zero-filled
+ * outside the tensor. */
 fa_status fa_sm90_encode_map(CUtensorMap *map, const fa_problem *p, const fa_tensor *t, int is_q, int box_rows,
                              const char *name);
+
+/* The FP8 forward's Vᵀ in the workspace: (keys, head_dim, heads_kv, batch)
+ * bytes, innermost first, keys a multiple of 128; boxes of 128 keys x
+ * head_dim rows. */
+fa_status fa_sm90_encode_vt_map(CUtensorMap *map, const fa_problem *p, void *vt, int64_t keys);
 
 #endif

@@ -1,0 +1,117 @@
+"""The FP8 forward through FlashAttention-3's interface (float8 q, k, v with
+(batch, nheads_k) descales; out bf16) and _ops.fp8_forward (per-block
+descales), on every device: against float64 attention of the dequantized
+values, within 1.5x the error of the same attention with only P rounded to
+e4m3 (what an FP8 kernel feeds its P·V) plus the bf16 output's rounding.
+Needs a torch with float8 dtypes (2.1+): skipped otherwise."""
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed: flashattn's tests need it")
+if not hasattr(torch, "float8_e4m3fn"):
+    pytest.skip(f"torch {torch.__version__} has no float8 dtypes: the FP8 tests need torch >= 2.1",
+                allow_module_level=True)
+
+import flashattn  # noqa: E402
+from flashattn import _ops  # noqa: E402
+from flashattn import flash_attn_interface as fa3  # noqa: E402
+
+
+def quantize(x, block, dtype=torch.float8_e4m3fn):
+    """(x8, descale (b, h, blocks)): one scale per `block` rows (0: per head)."""
+    b, s, h, d = x.shape
+    rows = block or s
+    blocks = -(-s // rows)
+    padded = torch.zeros(b, blocks * rows, h, d, device=x.device)
+    padded[:, :s] = x
+    amax = padded.view(b, blocks, rows, h, d).abs().amax(dim=(2, 4))
+    descale = torch.where(amax > 0, amax / torch.finfo(dtype).max, torch.ones_like(amax))
+    x8 = (padded.view(b, blocks, rows, h, d) / descale.view(b, blocks, 1, h, 1)).view(b, -1, h, d)[:, :s]
+    return x8.to(dtype), descale.permute(0, 2, 1).contiguous()
+
+
+def dequantize(x8, descale, block):
+    s = x8.shape[1]
+    scale = descale.repeat_interleave(block or s, dim=2)[:, :, :s].permute(0, 2, 1).unsqueeze(-1)
+    return x8.double() * scale.double()
+
+
+def reference(q, k, v, causal, p_fp8):
+    group = q.shape[2] // k.shape[2]
+    qh, kh, vh = (t.transpose(1, 2).double() for t in (q, k, v))
+    kh, vh = kh.repeat_interleave(group, 1), vh.repeat_interleave(group, 1)
+    s = qh @ kh.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if causal:
+        sq, sk = s.shape[-2:]
+        s = s.masked_fill(~torch.ones(sq, sk, dtype=torch.bool, device=s.device).tril(sk - sq), -math.inf)
+    lse = torch.logsumexp(s, -1)
+    p = torch.exp(s - s.amax(-1, keepdim=True)).nan_to_num(0.0) * 256
+    pv = p.to(torch.float8_e4m3fn).double() if p_fp8 else p
+    return ((pv @ vh) / p.sum(-1, keepdim=True)).nan_to_num(0.0).transpose(1, 2), lse
+
+
+def check(out, lse, q, k, v, causal):
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    exact, exact_lse = reference(q, k, v, causal, p_fp8=False)
+    naive, _ = reference(q, k, v, causal, p_fp8=True)
+    rms = lambda x: x.double().pow(2).mean().sqrt().item()
+    err, naive_err = rms(out.double() - exact), rms(naive - exact)
+    assert err <= 1.5 * naive_err + 2.0 ** -8 * rms(exact), (err, naive_err)
+    assert (lse.double() - exact_lse).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2"])
+@pytest.mark.parametrize("shape", [(2, 150, 150, 4, 2, 128, True), (1, 65, 300, 2, 2, 256, False),
+                                   (3, 1, 200, 8, 1, 128, False)], ids=["causal_gqa", "d256", "decode_mqa"])
+def test_fa3_interface(device, dtype, shape):
+    b, sq, sk, hq, hkv, d, causal = shape
+    dt = getattr(torch, dtype)
+    torch.manual_seed(0)
+    (q8, qd), (k8, kd), (v8, vd) = (quantize(torch.randn(b, n, h, d, device=device), 0, dt)
+                                    for n, h in ((sq, hq), (sk, hkv), (sk, hkv)))
+    # FA3's descales are (batch, nheads_k); q's is shared by a group's heads
+    qd = qd[:, ::hq // hkv].contiguous()
+    out, lse = fa3.flash_attn_func(q8, k8, v8, causal=causal, q_descale=qd[..., 0], k_descale=kd[..., 0],
+                                   v_descale=vd[..., 0], return_attn_probs=True)
+    q = dequantize(q8, qd.repeat_interleave(hq // hkv, dim=1), 0)
+    check(out, lse, q, dequantize(k8, kd, 0), dequantize(v8, vd, 0), causal)
+
+
+@pytest.mark.parametrize("block", [128, 256])
+def test_block_descales(device, block):
+    torch.manual_seed(1)
+    b, sq, sk, h, d = 2, 300, 520, 2, 128
+    (q8, qd), (k8, kd), (v8, vd) = (quantize(torch.randn(b, n, h, d, device=device) * (1 + torch.arange(
+        n, device=device).view(1, n, 1, 1) / 64), block) for n in (sq, sk, sk))
+    out, lse = _ops.fp8_forward(q8, k8, v8, qd, kd, vd, causal=True, descale_block_q=block,
+                                descale_block_k=block)
+    check(out, lse, dequantize(q8, qd, block), dequantize(k8, kd, block), dequantize(v8, vd, block), True)
+
+
+def test_checks_off_same_bits(device):
+    torch.manual_seed(2)
+    (q8, qd), (k8, kd), (v8, vd) = (quantize(torch.randn(2, 130, 2, 128, device=device), 128) for _ in range(3))
+    args = dict(descale_block_q=128, descale_block_k=128)
+    out, lse = _ops.fp8_forward(q8, k8, v8, qd, kd, vd, **args)
+    flashattn.set_kv_cache_checks(False)
+    try:
+        out2, lse2 = _ops.fp8_forward(q8, k8, v8, qd, kd, vd, **args)
+    finally:
+        flashattn.set_kv_cache_checks(True)
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+
+
+def test_errors(device):
+    q8 = torch.randn(1, 8, 2, 128, device=device).to(torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match="share one float8 dtype"):
+        _ops.fp8_forward(q8, q8.to(torch.float8_e5m2), q8)
+    with pytest.raises(ValueError, match="q_descale must have shape"):
+        _ops.fp8_forward(q8, q8, q8, q_descale=torch.ones(1, 2, device=device))
+    with pytest.raises(ValueError, match="finite and > 0"):
+        _ops.fp8_forward(q8, q8, q8, k_descale=torch.zeros(1, 2, 1, device=device))
+    with pytest.raises(NotImplementedError, match="qv"):
+        fa3.flash_attn_func(q8, q8, q8, qv=q8)
+    with pytest.raises(TypeError, match="float8"):
+        _ops.fp8_forward(q8.float(), q8, q8)
