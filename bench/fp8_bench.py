@@ -6,6 +6,7 @@ library's bf16 forward and PyTorch SDPA (cuDNN) in the same process.
     FLASHATTN_LIB=... PYTHONPATH=python python3 bench/fp8_bench.py bench \\
         [--dims 128 256] [--seqlens 512 ... 16384] [--out fp8.json]
     ... fp8_bench.py accuracy [--out acc.json]
+    ... fp8_bench.py profile --dims 256 --seqlens 16384 [--causal]
 
 check: for each case, q / k / v drawn N(0, 1), quantized per block of
 128 rows (or per head) in torch;
@@ -181,6 +182,24 @@ def bench(args):
     return 0
 
 
+def profile(args):
+    """A few FP8 forwards of one cell (--dims / --seqlens, first values;
+    --causal), or bf16 ones (--bf16), for a profiler."""
+    _ffi.set_kv_cache_checks(False)
+    d, s = args.dims[0], args.seqlens[0]
+    b, h = 16384 // s, 2048 // d
+    q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
+    ones = torch.ones(b, h, 1, device="cuda")
+    for _ in range(3):
+        if args.bf16:
+            _ops.attention(q, k, v, causal=args.causal)
+        else:
+            _ops.fp8_forward(q8, k8, v8, ones, ones, ones, causal=args.causal)
+    torch.cuda.synchronize()
+    return 0
+
+
 def accuracy(args):
     torch.manual_seed(args.seed)
     b, s, h, d = 4, 4096, 16, 128
@@ -211,17 +230,19 @@ def accuracy(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["check", "bench", "accuracy"])
+    ap.add_argument("mode", choices=["check", "bench", "accuracy", "profile"])
     ap.add_argument("--dims", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--seqlens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
     ap.add_argument("--reps", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--causal", action="store_true", help="profile: the causal cell")
+    ap.add_argument("--bf16", action="store_true", help="profile: the bf16 forward instead")
     ap.add_argument("--out")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("fp8_bench: no GPU, skipped")
         return 77
-    return {"check": check, "bench": bench, "accuracy": accuracy}[args.mode](args)
+    return {"check": check, "bench": bench, "accuracy": accuracy, "profile": profile}[args.mode](args)
 
 
 if __name__ == "__main__":

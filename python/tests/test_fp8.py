@@ -2,7 +2,8 @@
 (batch, nheads_k) descales; out bf16) and _ops.fp8_forward (per-block
 descales), on every device: against float64 attention of the dequantized
 values, within 1.5x the error of the same attention with only P rounded to
-e4m3 (what an FP8 kernel feeds its P·V) plus the bf16 output's rounding.
+e4m3 (what an FP8 kernel feeds its P·V) plus the bf16 output's rounding;
+the LSE within 1e-3 plus 2^-12 of the scores' magnitude.
 Needs a torch with float8 dtypes (2.1+): skipped otherwise."""
 
 import math
@@ -47,6 +48,8 @@ def reference(q, k, v, causal, p_fp8):
         sq, sk = s.shape[-2:]
         s = s.masked_fill(~torch.ones(sq, sk, dtype=torch.bool, device=s.device).tril(sk - sq), -math.inf)
     lse = torch.logsumexp(s, -1)
+    if p_fp8 is None:  # the largest score magnitude of each row: sum |q_i k_i| · scale
+        return (qh.abs() @ kh.abs().transpose(-1, -2)).amax(-1) / math.sqrt(q.shape[-1])
     p = torch.exp(s - s.amax(-1, keepdim=True)).nan_to_num(0.0) * 256
     pv = p.to(torch.float8_e4m3fn).double() if p_fp8 else p
     return ((pv @ vh) / p.sum(-1, keepdim=True)).nan_to_num(0.0).transpose(1, 2), lse
@@ -59,7 +62,12 @@ def check(out, lse, q, k, v, causal):
     rms = lambda x: x.double().pow(2).mean().sqrt().item()
     err, naive_err = rms(out.double() - exact), rms(naive - exact)
     assert err <= 1.5 * naive_err + 2.0 ** -8 * rms(exact), (err, naive_err)
-    assert (lse.double() - exact_lse).abs().max().item() < 1e-3
+    # FP8 tensor cores accumulate QKᵀ to ~14 bits (an H100's scores are off
+    # by up to ~2^-13 of their magnitude): so is the LSE
+    magnitude = reference(q, k, v, causal, p_fp8=None)
+    finite = torch.isfinite(exact_lse)
+    assert torch.equal(lse[~finite].double(), exact_lse[~finite])
+    assert ((lse.double() - exact_lse)[finite].abs() <= 1e-3 + 2.0 ** -12 * magnitude[finite]).all()
 
 
 @pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2"])
@@ -107,7 +115,7 @@ def test_errors(device):
     q8 = torch.randn(1, 8, 2, 128, device=device).to(torch.float8_e4m3fn)
     with pytest.raises(TypeError, match="share one float8 dtype"):
         _ops.fp8_forward(q8, q8.to(torch.float8_e5m2), q8)
-    with pytest.raises(ValueError, match="q_descale must have shape"):
+    with pytest.raises(ValueError, match="q_descale must have 3 dimensions"):
         _ops.fp8_forward(q8, q8, q8, q_descale=torch.ones(1, 2, device=device))
     with pytest.raises(ValueError, match="finite and > 0"):
         _ops.fp8_forward(q8, q8, q8, k_descale=torch.zeros(1, 2, 1, device=device))
