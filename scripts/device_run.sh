@@ -7,8 +7,8 @@
 #   forward; kvcache: the gpu_bench check, the KV-cache test families and
 #   bench/kvcache_bench.py on KVCACHE_SHAPES; fp8: bench/fp8_bench.py's
 #   check, the FP8 test families on sm90 / auto with memcheck and
-#   racecheck, the FP8 quantizer's test, and fp8_bench.py's accuracy and
-#   speed, FP8_BENCH_ARGS its arguments)
+#   racecheck, the Python FP8 tests, the FP8 quantizer's test, and
+#   fp8_bench.py's accuracy and speed, FP8_BENCH_ARGS its arguments)
 #
 # Env: GRID_BACKENDS (default "sm80 sm90 auto": auto runs sm80's key split on
 # the smallest grids; with sm80 the grid runs again as
@@ -136,6 +136,9 @@ if [ "$MODE" = fp8 ]; then
             note "compute-sanitizer $tool fp8 rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-fp8-$tool.log" | tail -1)"
         done
     fi
+    PYTHONPATH=$PWD/python:$PWD/python/tests PYTHONDONTWRITEBYTECODE=1 timeout 200 python3 -m pytest \
+        -p no:cacheprovider -q python/tests/test_fp8.py python/tests/test_fa3_interface.py > "$OUT/pytest-fp8.log" 2>&1
+    note "python FP8 / FA3-interface tests rc=$?: $(tail -1 "$OUT/pytest-fp8.log")"
     QUANT=$(ls "$BUILD"/tests/test_quant 2>/dev/null)
     if [ -n "$QUANT" ]; then
         timeout 120 "$QUANT" > "$OUT/test-quant.log" 2>&1

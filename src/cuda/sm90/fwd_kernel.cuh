@@ -172,8 +172,11 @@ struct fa_sm90_config {
      * tiles); half, in whole P fragments, on the 128 x 128 tile
      * of hdim 96 / 128 (~1% fewer); all with the packing at hdim 192 / 256
      * (FA3's order measured 0.5-6% more cycles there). With one P buffer
-     * none, since P can only be packed after the PV that reads it. */
-    static constexpr int kExpsUnderPV = kPBuffers == 1 || kHeadDim == 64 ? 0
+     * none, since P can only be packed after the PV that reads it. None for
+     * FP8 either, whose GEMMs are half as long as 16-bit ones (hdim 128:
+     * +1% over half, 748 -> 764 TFLOP/s at 16k; perf.md, twenty-seventh
+     * session). */
+    static constexpr int kExpsUnderPV = kPBuffers == 1 || kHeadDim == 64 || kFp8 ? 0
                                         : kHeadDim == 128 ? kBlockN / 4 / kStepElems * kStepElems
                                                           : kBlockN / 2;
     /* How many key blocks the producer's K loads run ahead of its V loads
