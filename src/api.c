@@ -281,10 +281,9 @@ const char *fa_context_last_kernel(const fa_context *ctx)
 /* The element offset range a view touches must have no two elements at one
  * address (outputs would race, inputs would be ambiguous): sort the
  * non-trivial dimensions by stride and require each stride to clear the
- * span of the smaller ones. */
-static fa_status check_view(const char *name, const fa_tensor *t,
-                            int64_t outer, int64_t rows, int64_t heads,
-                            int64_t dim, int varlen)
+ * span of the smaller ones (fa_internal.h). */
+fa_status fa_check_view(const char *name, const fa_tensor *t, int64_t outer,
+                        int64_t rows, int64_t heads, int64_t dim, int varlen)
 {
     if (!t)
         return INVALID("%s is NULL", name);
@@ -409,8 +408,8 @@ static fa_status host_ints(fa_context *ctx, const int32_t *src, size_t count,
 
 /* Checks the host view of cu_seqlens: cu[0] == 0, non-decreasing, each
  * length <= max_seqlen. */
-static fa_status check_cu_seqlens(const char *name, const int32_t *host,
-                                  int64_t batch, int64_t max_seqlen)
+fa_status fa_check_cu_seqlens(const char *name, const int32_t *host,
+                              int64_t batch, int64_t max_seqlen)
 {
     if (host[0] != 0)
         return INVALID("%s[0] (%d) must be 0", name, host[0]);
@@ -716,11 +715,11 @@ static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
         p->cu_seqlens_k = a->cu_seqlens_k;
         if ((st = host_ints(ctx, a->cu_seqlens_q, batch1, 0,
                             &p->cu_seqlens_q_host)) ||
-            (st = check_cu_seqlens("cu_seqlens_q", p->cu_seqlens_q_host,
+            (st = fa_check_cu_seqlens("cu_seqlens_q", p->cu_seqlens_q_host,
                                    a->batch, a->seqlen_q)) ||
             (st = host_ints(ctx, a->cu_seqlens_k, batch1, batch1,
                             &p->cu_seqlens_k_host)) ||
-            (st = check_cu_seqlens("cu_seqlens_k", p->cu_seqlens_k_host,
+            (st = fa_check_cu_seqlens("cu_seqlens_k", p->cu_seqlens_k_host,
                                    a->batch, a->seqlen_k)))
             return st;
         p->total_q = p->cu_seqlens_q_host[a->batch];
@@ -763,13 +762,13 @@ static int64_t k_outer(const fa_problem *p)
 static fa_status check_q_like(const fa_problem *p, const char *name,
                               const fa_tensor *t, int64_t dim)
 {
-    return check_view(name, t, p->batch, q_rows(p), p->heads_q, dim,
+    return fa_check_view(name, t, p->batch, q_rows(p), p->heads_q, dim,
                       p->varlen);
 }
 static fa_status check_k_like(const fa_problem *p, const char *name,
                               const fa_tensor *t, int64_t dim)
 {
-    return check_view(name, t, k_outer(p), k_rows(p), p->heads_kv, dim,
+    return fa_check_view(name, t, k_outer(p), k_rows(p), p->heads_kv, dim,
                       p->varlen);
 }
 

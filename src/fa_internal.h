@@ -104,6 +104,21 @@ typedef struct fa_problem {
 } fa_problem;
 
 /* ---------------------------------------------------------------------- */
+/* Validation shared by the entry points (src/api.c)                       */
+
+/* A view of (outer, rows, heads, dim) elements (outer ignored for a packed
+ * varlen tensor): data non-NULL where it touches any element, strides
+ * non-negative, no two elements at one address (each stride clears the
+ * span of the dimensions inside it; the innermost is contiguous), every
+ * offset within int64. `name` goes into the message. */
+fa_status fa_check_view(const char *name, const fa_tensor *t, int64_t outer,
+                        int64_t rows, int64_t heads, int64_t dim, int varlen);
+/* Host cu_seqlens of batch + 1 entries: [0] = 0, non-decreasing, each
+ * length <= max_seqlen. */
+fa_status fa_check_cu_seqlens(const char *name, const int32_t *host,
+                              int64_t batch, int64_t max_seqlen);
+
+/* ---------------------------------------------------------------------- */
 /* FP8                                                                     */
 
 FA_HOSTDEV int fa_dtype_is_fp8(fa_dtype dtype)

@@ -76,57 +76,28 @@ static fa_status check_quant(const fa_quant *q)
 }
 
 /* A view of (outer, rows, heads, dim) elements of elem_size bytes (outer
- * is 1 for a packed varlen tensor): data non-NULL and aligned to its
- * element, strides non-negative, no two elements at one address (each
- * stride clears the span of the dimensions inside it, the innermost being
- * contiguous), every offset in int64. As the attention API checks views. */
+ * is 1 for a packed varlen tensor): the attention API's rules
+ * (fa_check_view), data aligned to its element, and byte offsets in int64. */
 static fa_status check_view(const char *name, const fa_tensor *t,
                             int64_t outer, int64_t rows, int64_t heads,
                             int64_t dim, size_t elem_size)
 {
-    if (!t)
-        return INVALID("%s is NULL", name);
-    if (outer == 0 || rows == 0)
-        return FA_SUCCESS; /* touches no element, whatever its fields */
-    if (!t->data)
-        return INVALID("%s->data is NULL", name);
+    fa_status st = fa_check_view(name, t, outer, rows, heads, dim, 0);
+    if (st != FA_SUCCESS || outer == 0 || rows == 0)
+        return st;
     if ((uintptr_t)t->data % elem_size != 0)
         return INVALID("%s->data (%p) is not aligned to its %zu-byte "
                        "elements", name, t->data, elem_size);
+    /* the last element's offset fits int64 (fa_check_view); its byte
+     * offset too */
+    int64_t last = dim - 1;
     const int64_t size[3] = {outer, rows, heads};
     const int64_t stride[3] = {t->stride_batch, t->stride_seq, t->stride_head};
-    static const char *const dim_name[3] = {"stride_batch", "stride_seq",
-                                            "stride_head"};
-    int order[3] = {0, 1, 2};
     for (int a = 0; a < 3; ++a)
-        if (size[a] > 1 && stride[a] < 0)
-            return INVALID("%s->%s (%lld) is negative", name, dim_name[a],
-                           (long long)stride[a]);
-    for (int a = 1; a < 3; ++a) /* insertion sort by stride */
-        for (int b = a; b > 0 && stride[order[b]] < stride[order[b - 1]]; --b) {
-            int tmp = order[b];
-            order[b] = order[b - 1];
-            order[b - 1] = tmp;
-        }
-    int64_t span = dim;
-    for (int n = 0; n < 3; ++n) {
-        int a = order[n];
-        if (size[a] <= 1)
-            continue;
-        if (stride[a] < span)
-            return INVALID("%s->%s (%lld) overlaps the dimensions inside it "
-                           "(needs >= %lld; the last dimension is "
-                           "contiguous)", name, dim_name[a],
-                           (long long)stride[a], (long long)span);
-        int64_t extent;
-        if (__builtin_mul_overflow(stride[a], size[a] - 1, &extent) ||
-            __builtin_add_overflow(extent, span, &span))
-            return INVALID("%s: strides overflow 64-bit offsets", name);
-    }
-    /* byte offsets too: the last element's, times the element size */
-    int64_t bytes;
-    if (__builtin_mul_overflow(span, (int64_t)elem_size, &bytes))
-        return INVALID("%s: strides overflow 64-bit offsets", name);
+        if (size[a] > 1)
+            last += (size[a] - 1) * stride[a];
+    if (last > INT64_MAX / (int64_t)elem_size - 1)
+        return INVALID("%s: strides overflow 64-bit byte offsets", name);
     return FA_SUCCESS;
 }
 
@@ -156,26 +127,6 @@ static int spans_overlap(byte_span a, byte_span b)
     return a.lo < a.hi && b.lo < b.hi && a.lo < b.hi && b.lo < a.hi;
 }
 
-/* Host view of cu_seqlens (batch + 1 entries): cu[0] = 0, non-decreasing,
- * each length <= seqlen. */
-static fa_status check_cu_seqlens(const int32_t *cu, int64_t batch,
-                                  int64_t seqlen)
-{
-    if (cu[0] != 0)
-        return INVALID("quant->cu_seqlens[0] (%d) must be 0", cu[0]);
-    for (int64_t b = 0; b < batch; ++b) {
-        int64_t len = (int64_t)cu[b + 1] - cu[b];
-        if (len < 0)
-            return INVALID("quant->cu_seqlens is not non-decreasing: "
-                           "cu_seqlens[%lld] = %d > cu_seqlens[%lld] = %d",
-                           (long long)b, cu[b], (long long)(b + 1), cu[b + 1]);
-        if (len > seqlen)
-            return INVALID("quant->cu_seqlens: sequence %lld has length %lld "
-                           "> quant->seqlen (%lld)", (long long)b,
-                           (long long)len, (long long)seqlen);
-    }
-    return FA_SUCCESS;
-}
 
 /* The packed rows of a varlen call: cu_seqlens[batch], read (and checked)
  * through a host copy on a CUDA context, which waits for the stream. */
@@ -200,7 +151,7 @@ static fa_status varlen_rows(const fa_context *ctx, const fa_quant *q,
 #else
     (void)ctx;
 #endif
-    fa_status st = check_cu_seqlens(cu, q->batch, q->seqlen);
+    fa_status st = fa_check_cu_seqlens("quant->cu_seqlens", cu, q->batch, q->seqlen);
     *total = cu[q->batch];
     free(copy);
     return st;
