@@ -255,14 +255,19 @@ typedef struct fa_attn {
      *                               ceil(seqlen_k / descale_block_k))
      * contiguous, on the context's device; NULL = 1 everywhere. Block i of
      * sequence b covers its rows [i·block, (i + 1)·block) (varlen: counted
-     * from the sequence's start; seqlen_x is then the longest). A block
-     * size of 0 is one block per sequence (one scale per batch entry and
-     * head, FlashAttention-3's per-head descales). Descales must be finite
-     * and > 0: checked on the host where the KV-cache checks are on
-     * (fa_context_set_kv_cache_checks), trusted otherwise.
+     * from the sequence's start, and the arrays' last dim comes from
+     * seqlen_x as passed here, the longest: quantize with the same seqlen).
+     * A block size of 0 is one block per sequence (one scale per batch
+     * entry and head, FlashAttention-3's per-head descales). Descales must
+     * be finite and > 0: checked on the host where the KV-cache checks are
+     * on (fa_context_set_kv_cache_checks), trusted otherwise; the Hopper
+     * kernel also needs each q_descale·k_descale and the ratios of one
+     * head's block descales within float's normal range.
      * fa_quantize_fp8() makes such tensors, optionally with incoherent
-     * processing. The Hopper kernel takes blocks of 0 or a multiple of 128
-     * rows and head_dim 128 or 256; the CPU backend any. */
+     * processing. The Hopper kernel takes head_dim = head_dim_v = 128 or
+     * 256, descale blocks of 0 or a multiple of 128 rows, and neither a
+     * paged cache, dropout, ALiBi nor a block mask; the CPU backend any.
+     * No GPU kernel of an older architecture runs FP8. */
     const float *q_descale;
     const float *k_descale;
     const float *v_descale;
@@ -361,8 +366,8 @@ FA_API fa_status fa_backward(fa_context *ctx, const fa_attn *attn,
  *     descale = max(amax / fp8_max, FLT_MIN)   (1 where the block is all
  *               zeros; the floor keeps it a normal float > 0),
  *     dst     = src / descale, rounded to nearest even (|dst| <= fp8_max);
- * CPU and GPU give the same bytes. NaN elements stay NaN (and do not count
- * in amax).
+ * CPU and GPU give the same bytes. NaN elements become NaN (0x7f) and
+ * infinities saturate; neither counts in amax, so the descales stay finite.
  * descale: fp32 (batch, heads, ceil(seqlen / block_rows)), or (batch, heads)
  * for block_rows 0; dst has src's shape in dst_dtype.
  *

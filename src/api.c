@@ -578,8 +578,14 @@ static fa_status resolve_fp8(fa_context *ctx, const fa_attn *a, fa_problem *p)
     p->q_descale = a->q_descale;
     p->k_descale = a->k_descale;
     p->v_descale = a->v_descale;
-    int64_t nq = a->batch * a->heads_q * p->descale_blocks_q;
-    int64_t nk = a->batch * a->heads_kv * p->descale_blocks_k;
+    /* floats per descale array: bounded like the tensors' elements */
+    int64_t nq, nk;
+    if (!elements_fit(a->batch, a->heads_q, p->descale_blocks_q) ||
+        !elements_fit(a->batch, a->heads_kv, p->descale_blocks_k))
+        return INVALID("the descale arrays of this problem would hold more "
+                       "than 2^%d floats", FA_MAX_ELEMENTS_LOG2);
+    nq = a->batch * a->heads_q * p->descale_blocks_q;
+    nk = a->batch * a->heads_kv * p->descale_blocks_k;
     fa_status st;
     if ((st = check_descales(ctx, "q_descale", a->q_descale, nq)) ||
         (st = check_descales(ctx, "k_descale", a->k_descale, nk)) ||
@@ -728,8 +734,7 @@ static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
         p->total_q = a->batch * a->seqlen_q;
         p->total_k = a->batch * a->seqlen_k;
     }
-    if ((st = resolve_kv_cache(ctx, a, p, 2 * batch1)) ||
-        (st = resolve_fp8(ctx, a, p)))
+    if ((st = resolve_kv_cache(ctx, a, p, 2 * batch1)))
         return st;
     if (p->kv_block_table) /* k / v hold the pages */
         p->total_k = p->kv_num_pages * p->kv_page_size;
@@ -738,7 +743,8 @@ static fa_status resolve_attn(fa_context *ctx, const fa_attn *a,
         !elements_fit(p->total_k, p->heads_kv, dim))
         return INVALID("the tensors of this problem hold more than 2^%d "
                        "elements", FA_MAX_ELEMENTS_LOG2);
-    return FA_SUCCESS;
+    /* after the size check: the descales' counts are bounded by it */
+    return resolve_fp8(ctx, a, p);
 }
 
 /* Rows of a q-like / k-like tensor: per sequence for fixed-length, total

@@ -159,7 +159,8 @@ static inline float fa_fp8_to_f32(uint8_t bits, fa_dtype dtype)
 }
 
 /* x rounded to the nearest 8-bit float (ties to even), saturated to the
- * largest finite value (as cvt.satfinite); NaN stays NaN. */
+ * largest finite value (as cvt.satfinite); NaN becomes 0x7f, whatever its
+ * sign (as the GPU's conversion gives it). */
 static inline uint8_t fa_f32_to_fp8(float x, fa_dtype dtype)
 {
     const int e5m2 = dtype == FA_DTYPE_FP8_E5M2;
@@ -167,7 +168,7 @@ static inline uint8_t fa_f32_to_fp8(float x, fa_dtype dtype)
     const float max = e5m2 ? FA_FP8_E5M2_MAX : FA_FP8_E4M3_MAX;
     const uint8_t sign = signbit(x) ? 0x80 : 0;
     if (isnan(x))
-        return (uint8_t)(sign | 0x7f);
+        return 0x7f;
     float a = fabsf(x);
     if (a >= max) /* the largest finite: 0x7e (e4m3), 0x7b (e5m2) */
         return (uint8_t)(sign | (e5m2 ? 0x7b : 0x7e));

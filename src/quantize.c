@@ -298,7 +298,8 @@ static void quantize_block(const fa_quant_job *j, const int8_t *sign,
     for (int64_t r = lo; r < hi; ++r) {
         row_values(j, fa_row_offset(&j->src, j->varlen, b, first + r, h), sign, y);
         for (int64_t c = 0; c < j->dim; ++c)
-            amax = fmaxf(amax, fabsf(y[c]));
+            if (isfinite(y[c])) /* NaN and inf do not count (quantize.h) */
+                amax = fmaxf(amax, fabsf(y[c]));
     }
     float descale = amax == 0.0f ? 1.0f : amax / j->fp8_max;
     if (descale < FLT_MIN)

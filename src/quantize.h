@@ -9,7 +9,7 @@
  *   rotate: the in-place Walsh-Hadamard butterflies, stages h = 1, 2, ...,
  *         dim/2, (a, b) -> (a + b, a - b), then y_c = x_c * inv_sqrt_dim;
  *         else y_c = x_c;
- *   amax = max |y| over the block (NaN ignored, as fmaxf);
+ *   amax = max |y| over the block's finite values (NaN and inf ignored);
  *   descale = 1 if amax == 0, else max(amax / fp8_max, FLT_MIN);
  *   dst = fp8(y / descale), round to nearest even, saturated.
  * Every step is one IEEE operation in the same order on both sides (the

@@ -532,6 +532,10 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
                 c = fp8_case(&r, "fp8", FP8_DTYPES[t]);
                 if (strcmp(fp8_options[o], "none"))
                     apply_option(&r, &c, fp8_options[o]);
+                if (o <= 1 && rep == 0) { /* no keys at all (the Hopper forward's own path) */
+                    c.seqlen_k = 0;
+                    c.head_dim = c.head_dim_v = 128;
+                }
                 if (c.varlen) {
                     static const int64_t long_seqlens[] = {300, 1000};
                     c.seqlen_q = pick(&r, long_seqlens, 2);
@@ -1185,8 +1189,9 @@ static void setup_case(const grid_case *c, case_data *cd, fa_attn *attn,
     if (fp8) {
         /* q and k descales within 2x of the quantizer's (so that scores stay
          * moderate), v's within 4x */
-        cd->descale_rows_q = c->descale_block_q ? c->descale_block_q : c->seqlen_q;
-        cd->descale_rows_k = c->descale_block_k ? c->descale_block_k : c->seqlen_k;
+        /* as the API resolves a block of 0: the sequence, at least 1 row */
+        cd->descale_rows_q = c->descale_block_q ? c->descale_block_q : c->seqlen_q > 0 ? c->seqlen_q : 1;
+        cd->descale_rows_k = c->descale_block_k ? c->descale_block_k : c->seqlen_k > 0 ? c->seqlen_k : 1;
         cd->descale_blocks_q = (c->seqlen_q + cd->descale_rows_q - 1) / cd->descale_rows_q;
         cd->descale_blocks_k = (c->seqlen_k + cd->descale_rows_k - 1) / cd->descale_rows_k;
         if (c->descaled & 1)

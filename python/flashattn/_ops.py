@@ -78,12 +78,17 @@ def last_dim_contiguous(t):
 
 
 def check_attention_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                         dropout_p, window_size, alibi_slopes, softmax_scale=None, softcap=0.0):
+                         dropout_p, window_size, alibi_slopes, softmax_scale=None, softcap=0.0,
+                         fp8=False):
     """Validate the arguments of an attention call; names the argument at
-    fault. q/k/v are (b, s, h, d) or, with cu_seqlens, (total, h, d)."""
+    fault. q/k/v are (b, s, h, d) or, with cu_seqlens, (total, h, d); of a
+    16-bit or f32 dtype, or with fp8 of a float8 one."""
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     dims = 3 if varlen else 4
-    check_tensor("q", q, dims)
+    if fp8 and not (isinstance(q, torch.Tensor) and q.dtype in FP8_DTYPES):
+        raise TypeError(f"q must be a float8 tensor (e4m3fn or e5m2), got "
+                        f"{_describe(q) if isinstance(q, torch.Tensor) else type(q).__name__}")
+    check_tensor("q", q, dims, q.dtype if fp8 else None)
     check_tensor("k", k, dims, q.dtype, q.device)
     check_tensor("v", v, dims, q.dtype, q.device)
     if q.device.type not in ("cpu", "cuda"):
@@ -516,14 +521,8 @@ def fp8_forward(q, k, v, q_descale=None, k_descale=None, v_descale=None, softmax
     ceil(sq / descale_block_q)) for q and (b, hkv, ceil(sk / descale_block_k))
     for k / v (block 0: one per sequence, last dim 1), None = 1. Returns out
     (b, sq, hq, d) bf16 and lse (b, hq, sq) fp32."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dtype not in FP8_DTYPES:
-            raise TypeError(f"{name} must be a float8 tensor (e4m3fn or e5m2), got "
-                            f"{_describe(t) if isinstance(t, torch.Tensor) else type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be (batch, seqlen, heads, headdim), got {tuple(t.shape)}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"q, k and v must share one float8 dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    check_attention_args(q, k, v, None, None, None, None, 0.0, window_size, None, softmax_scale,
+                         softcap, fp8=True)
     if (q.requires_grad or k.requires_grad or v.requires_grad) and torch.is_grad_enabled():
         raise NotImplementedError("flashattn: FP8 attention is forward-only (no gradient)")
     b, sq, hq, d = q.shape
@@ -537,8 +536,13 @@ def fp8_forward(q, k, v, q_descale=None, k_descale=None, v_descale=None, softmax
     lse = torch.empty((b, hq, sq), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
-    a = _problem(q, k, v, None, None, sq, sk, 0.0, softmax_scale or 0.0, causal, window_size[0],
-                 window_size[1], softcap, None, False, 0)
+    if sk == 0:  # no keys at all: every row fully masked
+        return out.zero_(), lse.fill_(float("-inf"))
+    if softmax_scale is None:
+        softmax_scale = d ** -0.5
+    a = _problem(q, k, v, None, None, sq, sk, 0.0, float(softmax_scale), causal,
+                 max(int(window_size[0]), -1), max(int(window_size[1]), -1), float(softcap), None,
+                 False, 0)
     a.q_descale, a.k_descale, a.v_descale = (t.data_ptr() if t is not None else None for t in (qd, kd, vd))
     a.descale_block_q, a.descale_block_k = descale_block_q, descale_block_k
     with _ffi.device_guard(q.device):

@@ -113,7 +113,7 @@ def test_checks_off_same_bits(device):
 
 def test_errors(device):
     q8 = torch.randn(1, 8, 2, 128, device=device).to(torch.float8_e4m3fn)
-    with pytest.raises(TypeError, match="share one float8 dtype"):
+    with pytest.raises(TypeError, match="k must be float8_e4m3fn"):
         _ops.fp8_forward(q8, q8.to(torch.float8_e5m2), q8)
     with pytest.raises(ValueError, match="q_descale must have 3 dimensions"):
         _ops.fp8_forward(q8, q8, q8, q_descale=torch.ones(1, 2, device=device))
@@ -123,3 +123,15 @@ def test_errors(device):
         fa3.flash_attn_func(q8, q8, q8, qv=q8)
     with pytest.raises(TypeError, match="float8"):
         _ops.fp8_forward(q8.float(), q8, q8)
+    with pytest.raises(ValueError, match="same batch size"):
+        _ops.fp8_forward(q8, torch.randn(2, 8, 2, 128, device=device).to(torch.float8_e4m3fn), q8)
+    with pytest.raises(ValueError, match="k and v must agree"):
+        _ops.fp8_forward(q8, q8, q8[:, :4])
+    with pytest.raises(ValueError, match="softmax_scale"):
+        _ops.fp8_forward(q8, q8, q8, softmax_scale=0.0)
+
+
+def test_no_keys(device):
+    q8 = torch.randn(2, 5, 2, 128, device=device).to(torch.float8_e4m3fn)
+    out, lse = _ops.fp8_forward(q8, q8[:, :0], q8[:, :0])
+    assert out.dtype == torch.bfloat16 and (out == 0).all() and (lse == float("-inf")).all()

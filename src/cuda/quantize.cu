@@ -216,7 +216,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
             for (int k = 0; k < kPerLane; ++k) {
                 const uint32_t a = __float_as_uint(y[k]) & 0x7fffffffu;
-                if (a <= 0x7f800000u && a > m)
+                if (a < 0x7f800000u && a > m) /* finite values only (quantize.h) */
                     m = a;
             }
         }

@@ -84,13 +84,24 @@ struct fa_sm90_params {
                                     fa_sm90_tile_of */
     int num_units, section_units; /* of kClusterSize tiles each: in all, and
                                      per heads_per_section heads */
-    /* FP8: V is read transposed from the workspace, [batch][kv head][dim]
-     * [vt_keys] with keys permuted to P's register order and zeros past
+    /* FP8: V is read transposed from the workspace, [kv head][dim]
+     * [keys] with keys permuted to P's register order and zeros past
      * each sequence's keys (fwd_sm90.cu); map_v spans it. Descales as in
      * fa_problem, NULL = 1; blocks a multiple of 128 rows (BlockM, BlockN). */
     const float *q_descale, *k_descale, *v_descale;
     int descale_block_q, descale_block_k, descale_blocks_q, descale_blocks_k;
+    int vt_seq_keys; /* FP8, fixed length: Vᵀ keys per sequence (fa_sm90_vt_start) */
 };
+
+/* FP8: where sequence b's keys start in a Vᵀ row (fwd_sm90.cu): b times
+ * the longest sequence in whole 128-key blocks, or for varlen its first
+ * packed key rounded up to 128, plus 128 per earlier sequence (each ends
+ * at most 127 keys past its packed end). */
+__host__ __device__ __forceinline__ int fa_sm90_vt_start(bool varlen, const int32_t *cu_seqlens_k, int seq_keys,
+                                                         int b)
+{
+    return varlen ? 128 * ((cu_seqlens_k[b] + 127) / 128 + b) : b * seq_keys;
+}
 
 /* Compile-time shape of one kernel instance. */
 template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_, int ConsumerWarpgroups_ = 2,
@@ -450,8 +461,9 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
             const CUtensorMap *map = is_v ? &p.map_v : &p.map_k;
             if (Cfg::kFp8 && is_v) { /* Vᵀ of block n: head-dim rows of its 128 keys, one box */
                 if (leader) {
+                    const int key = fa_sm90_vt_start(p.varlen, p.cu_seqlens_k, p.vt_seq_keys, t.b);
                     fa_mbar_arrive_expect_tx(full, Cfg::kKVBytes);
-                    fa_tma_load_4d(tile, map, full, n * Cfg::kBlockN, 0, kv_head, t.b);
+                    fa_tma_load_4d(tile, map, full, key + n * Cfg::kBlockN, 0, kv_head, 0);
                 }
             } else if (p.kv_block_table) { /* uniform */
                 if (leader)

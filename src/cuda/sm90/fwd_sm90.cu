@@ -21,32 +21,41 @@
 
 /* The FP8 PV needs V as a K-major operand (8-bit wgmma has no transpose),
  * i.e. [dim][key]: a pass before the kernel writes it to the workspace,
- * [batch][kv head][dim][vt_keys], vt_keys the longest sequence in whole
- * 128-key blocks (one TMA box per block, fa_sm90_encode_vt_map). Keys go in
+ * [kv head][dim][vt_keys], each sequence's keys from a multiple of 128 on
+ * (fa_sm90_vt_start: one TMA box per key block, fa_sm90_encode_vt_map), so
+ * that varlen sequences take their own length, not the longest. Keys go in
  * P's register order (fa_probs_to_operand): position c = 4t + e of each 16
  * keys holds key 2t + e (e < 2) or 8 + 2t + e - 2. Keys past a sequence's
- * used keys are zero, so that the kernel never reads a neighbour's (varlen)
- * or stale (seqused_k) V. */
-static int64_t vt_keys(const fa_problem *p) { return (p->seqlen_k + 127) / 128 * 128; }
+ * used keys are zero up to its last key block, so that the kernel never
+ * reads a neighbour's (varlen) or stale (seqused_k) V; blocks past that
+ * are neither written nor read. */
+static int64_t vt_seq_keys(const fa_problem *p) { return (p->seqlen_k + 127) / 128 * 128; }
+static int64_t vt_keys(const fa_problem *p)
+{
+    return p->varlen ? 128 * ((p->total_k + 127) / 128 + p->batch) : p->batch * vt_seq_keys(p);
+}
 
 extern "C" size_t fa_sm90_fp8_workspace_size(const fa_problem *p)
 {
     if (!fa_dtype_is_fp8(p->dtype))
         return 0;
-    return (size_t)(p->batch * p->heads_kv * p->head_dim * vt_keys(p));
+    return (size_t)(p->heads_kv * p->head_dim * vt_keys(p));
 }
 
 struct fa_vt_params {
     const uint8_t *v;
     int64_t stride_batch, stride_seq, stride_head; /* bytes (fp8) */
     const int32_t *cu_seqlens_k, *seqused_k;        /* varlen / KV cache, or NULL */
-    int seqlen_k, dim, heads_kv, keys;              /* keys: per Vᵀ row */
+    int seqlen_k, dim, heads_kv;
+    int keys, seq_keys; /* per Vᵀ row; per sequence (fixed length) */
     uint8_t *vt;
 };
 
 /* One CTA per 64 keys of one (batch, kv head): the keys' V rows into shared
  * memory (16 bytes per thread, zeros past the used keys), then each thread
- * writes 16 permuted keys of one Vᵀ row. v (b, s, hk, d) -> vt [b][hk][d][keys] */
+ * writes 16 permuted keys of one Vᵀ row; key blocks past the sequence's
+ * last one are left unwritten (never read). v (b, s, hk, d) -> vt
+ * [b][hk][d][keys] */
 __global__ void __launch_bounds__(256) fa_sm90_fp8_transpose_v(const __grid_constant__ fa_vt_params p)
 {
     constexpr int kKeys = 64;
@@ -60,6 +69,10 @@ __global__ void __launch_bounds__(256) fa_sm90_fp8_transpose_v(const __grid_cons
     }
     if (p.seqused_k != nullptr)
         used = p.seqused_k[b];
+    /* the kernel reads the key blocks of 128 that hold used keys, no more:
+     * a shorter sequence (varlen, seqused_k) costs only its own keys */
+    if (key0 >= (used + 127) / 128 * 128)
+        return;
     const int chunks = p.dim / 16; /* 16-byte chunks per row */
     for (int i = threadIdx.x; i < kKeys * chunks; i += blockDim.x) {
         const int r = i / chunks, c = i % chunks, key = key0 + r;
@@ -73,7 +86,8 @@ __global__ void __launch_bounds__(256) fa_sm90_fp8_transpose_v(const __grid_cons
         *reinterpret_cast<uint4 *>(&tile[r][16 * c]) = value;
     }
     __syncthreads();
-    uint8_t *out = p.vt + (((int64_t)b * p.heads_kv + head) * p.dim) * p.keys + key0;
+    const int first_vt = fa_sm90_vt_start(p.cu_seqlens_k != nullptr, p.cu_seqlens_k, p.seq_keys, b);
+    uint8_t *out = p.vt + (int64_t)head * p.dim * p.keys + first_vt + key0;
     for (int i = threadIdx.x; i < p.dim * (kKeys / 16); i += blockDim.x) {
         const int x = i / (kKeys / 16), group = i % (kKeys / 16);
         uint32_t word[4];
@@ -106,12 +120,48 @@ static fa_status transpose_v(const fa_problem *p, uint8_t *vt)
     prm.dim = (int)p->head_dim;
     prm.heads_kv = (int)p->heads_kv;
     prm.keys = (int)vt_keys(p);
+    prm.seq_keys = (int)vt_seq_keys(p);
     prm.vt = vt;
-    dim3 grid((unsigned)(prm.keys / 64), (unsigned)p->heads_kv, (unsigned)p->batch);
+    dim3 grid((unsigned)(prm.seq_keys / 64), (unsigned)p->heads_kv, (unsigned)p->batch);
     fa_sm90_fp8_transpose_v<<<grid, 256, 0, (cudaStream_t)p->stream>>>(prm);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm90: launch of the FP8 V transpose failed: %s", cudaGetErrorString(err));
+    return FA_SUCCESS;
+}
+
+/* An FP8 forward without keys (seqlen_k or total_k 0; no tensor map can
+ * describe them): every row is fully masked, out 0 and lse -inf. One CTA per
+ * (query row, head). out (b, sq, hq, d) bf16, lse (b, hq, sq) or (hq,
+ * total_q). */
+__global__ void __launch_bounds__(128) fa_sm90_fp8_no_keys(fa_tensor out, float *lse, int varlen,
+                                                            int64_t seqlen_q, int64_t total_q, int64_t heads,
+                                                            int dim)
+{
+    const int64_t row = blockIdx.x, h = blockIdx.y; /* row: packed, or b · seqlen_q + i */
+    const int64_t b = varlen ? 0 : row / seqlen_q, i = varlen ? row : row % seqlen_q;
+    __nv_bfloat16 *o = static_cast<__nv_bfloat16 *>(out.data) + b * out.stride_batch + i * out.stride_seq +
+                       h * out.stride_head;
+    for (int x = threadIdx.x; x < dim; x += blockDim.x)
+        o[x] = __float2bfloat16(0.0f);
+    if (lse != nullptr && threadIdx.x == 0)
+        lse[varlen ? h * total_q + row : (b * heads + h) * seqlen_q + i] = -INFINITY;
+}
+
+static fa_status fp8_no_keys(fa_problem *p)
+{
+    const int64_t rows = p->varlen ? p->total_q : p->batch * p->seqlen_q;
+    p->kernel_name = "sm90.fwd.fp8.nokeys";
+    if (rows == 0)
+        return FA_SUCCESS;
+    if (rows > 0x7fffffff || p->heads_q > 65535)
+        return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: %lld rows x %lld heads without keys", (long long)rows,
+                       (long long)p->heads_q);
+    fa_sm90_fp8_no_keys<<<dim3((unsigned)rows, (unsigned)p->heads_q), 128, 0, (cudaStream_t)p->stream>>>(
+        p->out, p->lse, p->varlen, p->seqlen_q, p->total_q, p->heads_q, (int)p->head_dim_v);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm90: launch of the FP8 no-key kernel failed: %s", cudaGetErrorString(err));
     return FA_SUCCESS;
 }
 
@@ -166,6 +216,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     prm.descale_block_k = (int)(p->descale_block_k < 0x40000000 ? p->descale_block_k : 0x40000000);
     prm.descale_blocks_q = (int)p->descale_blocks_q;
     prm.descale_blocks_k = (int)p->descale_blocks_k;
+    prm.vt_seq_keys = (int)vt_seq_keys(p);
     prm.out = p->out.data;
     prm.out_stride_batch = p->out.stride_batch;
     prm.out_stride_seq = p->out.stride_seq;
@@ -323,6 +374,8 @@ template <typename Elem> static fa_status launch_fp8(fa_problem *p)
 
 extern "C" fa_status fa_sm90_forward(fa_problem *p)
 {
+    if (fa_dtype_is_fp8(p->dtype) && fa_sm90_rows_of(p, 0) == 0)
+        return fp8_no_keys(p);
     if (p->dtype == FA_DTYPE_BF16)
         return launch_for_head_dim<__nv_bfloat16>(p);
     if (p->dtype == FA_DTYPE_F16)

@@ -59,13 +59,17 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
         if (p->head_dim != 128 && p->head_dim != 256)
             return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: FP8 needs head_dim 128 or 256 (got %lld)",
                            (long long)p->head_dim);
-        if ((p->descale_blocks_q > 1 && p->descale_block_q % 128 != 0) ||
-            (p->descale_blocks_k > 1 && p->descale_block_k % 128 != 0))
+        if ((p->q_descale != NULL && p->descale_blocks_q > 1 && p->descale_block_q % 128 != 0) ||
+            ((p->k_descale != NULL || p->v_descale != NULL) && p->descale_blocks_k > 1 &&
+             p->descale_block_k % 128 != 0))
             return fa_fail(FA_ERROR_UNSUPPORTED,
                            "sm90: FP8 descale blocks must be 0 or a multiple of 128 rows (got %lld, %lld)",
                            (long long)p->descale_block_q, (long long)p->descale_block_k);
         if (p->kv_block_table != NULL)
             return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: FP8 with a paged K/V cache is not implemented");
+        /* Vᵀ's keys (fwd_sm90.cu) are TMA coordinates: int */
+        if (fa_sm90_fp8_workspace_size(p) / (size_t)(p->heads_kv * p->head_dim) > 0x7fffffff)
+            return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: FP8 with more than 2^31 keys per head in all");
     }
     if (p->head_dim != p->head_dim_v || !is_supported_head_dim(p->head_dim))
         return fa_fail(FA_ERROR_UNSUPPORTED,
@@ -102,9 +106,13 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
     if ((p->seqlen_q + 127) / 128 * p->heads_q * p->batch > int_max)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: more than 2^31 query tiles");
     /* A tensor map needs every dimension >= 1: with no keys at all (every
-     * row fully masked) the portable path writes the zeros and -inf. */
-    if (fa_sm90_rows_of(p, 0) == 0)
+     * row fully masked) the portable path writes the zeros and -inf; FP8,
+     * which it does not take, a small kernel of fwd_sm90.cu. */
+    if (fa_sm90_rows_of(p, 0) == 0) {
+        if (fa_dtype_is_fp8(p->dtype) && dir == FA_FORWARD)
+            return FA_SUCCESS;
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: no keys (seqlen_k or total_k is 0)");
+    }
     fa_status st;
     if ((st = check_tensor(p, &p->q, "q", 1)) != FA_SUCCESS || (st = check_tensor(p, &p->k, "k", 0)) != FA_SUCCESS ||
         (st = check_tensor(p, &p->v, "v", 0)) != FA_SUCCESS ||

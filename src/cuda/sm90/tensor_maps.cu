@@ -110,14 +110,15 @@ fa_status fa_sm90_encode_map(CUtensorMap *map, const fa_problem *p, const fa_ten
 }
 
 
-/* The map of the FP8 forward's Vᵀ (fwd_sm90.cu): bytes [batch][heads_kv]
- * [dim][keys], one box = the dim rows of 128 keys, 128-byte swizzled. */
+/* The map of the FP8 forward's Vᵀ (fwd_sm90.cu): bytes [heads_kv][dim]
+ * [keys] (and an outer dim of 1), one box = the dim rows of 128 keys,
+ * 128-byte swizzled. */
 fa_status fa_sm90_encode_vt_map(CUtensorMap *map, const fa_problem *p, void *vt, int64_t keys)
 {
     PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled_fn();
     if (encode == NULL)
         return fa_fail(FA_ERROR_DEVICE, "sm90: the driver has no cuTensorMapEncodeTiled");
-    cuuint64_t dims[4] = {(cuuint64_t)keys, (cuuint64_t)p->head_dim, (cuuint64_t)p->heads_kv, (cuuint64_t)p->batch};
+    cuuint64_t dims[4] = {(cuuint64_t)keys, (cuuint64_t)p->head_dim, (cuuint64_t)p->heads_kv, 1};
     cuuint64_t strides[3] = {(cuuint64_t)keys, (cuuint64_t)(keys * p->head_dim),
                              (cuuint64_t)(keys * p->head_dim * p->heads_kv)};
     cuuint32_t box[4] = {128, (cuuint32_t)p->head_dim, 1, 1};

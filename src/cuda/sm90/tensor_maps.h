@@ -25,7 +25,7 @@ fa_status fa_sm90_check_tma_tensor(const fa_problem *p, const fa_tensor *t, cons
 fa_status fa_sm90_encode_map(CUtensorMap *map, const fa_problem *p, const fa_tensor *t, int is_q, int box_rows,
                              const char *name);
 
-/* The FP8 forward's Vᵀ in the workspace: (keys, head_dim, heads_kv, batch)
+/* The FP8 forward's Vᵀ in the workspace: (keys, head_dim, heads_kv, 1)
  * bytes, innermost first, keys a multiple of 128; boxes of 128 keys x
  * head_dim rows. */
 fa_status fa_sm90_encode_vt_map(CUtensorMap *map, const fa_problem *p, void *vt, int64_t keys);
