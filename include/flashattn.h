@@ -305,11 +305,12 @@ FA_API fa_status fa_context_set_num_threads(fa_context *ctx, int threads);
 /* Force a backend, or FA_BACKEND_AUTO (the default). A forced backend that
  * cannot run the call returns FA_ERROR_UNSUPPORTED. */
 FA_API fa_status fa_context_set_backend(fa_context *ctx, fa_backend backend);
-/* Whether the forward checks seqused_k and kv_block_table (fa_attn) on a
- * CUDA context: 1 (the default) copies them to the host and checks every
- * length and used page before the call, which waits for the stream; 0
- * trusts them, so that a decoding step neither waits nor copies (and can
- * be captured in a CUDA graph): a length or page out of range is then
+/* Whether the forward checks seqused_k, kv_block_table and the FP8
+ * descales (fa_attn) on a CUDA context: 1 (the default) copies them to the
+ * host and checks every length, used page and descale before the call,
+ * which waits for the stream; 0 trusts them, so that a decoding step
+ * neither waits nor copies (and can be captured in a CUDA graph): a length
+ * or page out of range, or a descale that is not finite and > 0, is then
  * undefined behavior, as in FlashAttention. cu_seqlens are always read.
  * CPU contexts always check (no copy, no wait). */
 FA_API fa_status fa_context_set_kv_cache_checks(fa_context *ctx, int check);
