@@ -517,8 +517,7 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
         push_case(list, &c);
     }
 
-    /* FP8 forward: each option the FP8 kernel takes (and a paged cache,
-     * which only the CPU does) in both formats. An eighth of the budget:
+    /* FP8 forward: each option the FP8 kernel takes in both formats. An eighth of the budget:
      * the shapes are large (head dims 128, 256) and many; but varlen
      * sequences, whose lengths are drawn below the longest (a quarter of
      * the work on average), get it all, to span several descale blocks of
@@ -546,19 +545,24 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
             }
 
     /* FP8 over long sequences: many key blocks per row and many descale
-     * blocks, causal (sq != sk) or not, GQA. GPU only, over the budget on
-     * purpose (the reference takes about as long as longmask's: heads and,
-     * at head dim 256, lengths kept down); the Hopper kernel must run
-     * these (run_case). */
+     * blocks, causal (sq != sk) or not, GQA, paged caches (with used keys
+     * per sequence) of pages smaller and larger than a key block. GPU only,
+     * over the budget on purpose (the reference takes about as long as
+     * longmask's: heads and, at head dim 256, lengths kept down); the
+     * Hopper kernel must run these (run_case). */
     static const struct {
         fa_dtype dtype;
         int64_t head_dim, heads_q, heads_kv, max_seqlen, block_q, block_k;
         int causal;
-    } fp8_long[] = {{FA_DTYPE_FP8_E4M3, 128, 2, 2, 2200, 128, 256, 1},
-                    {FA_DTYPE_FP8_E5M2, 256, 1, 1, 1500, 256, 128, 0},
-                    {FA_DTYPE_FP8_E4M3, 256, 2, 1, 1500, 256, 256, 1},
-                    {FA_DTYPE_FP8_E5M2, 128, 1, 1, 2200, 128, 128, 0}};
-    for (int n = 0; n < (!gpu ? 0 : quick ? 2 : 4); ++n) {
+        int64_t page_size;
+    } fp8_long[] = {{FA_DTYPE_FP8_E4M3, 128, 2, 2, 2200, 128, 256, 1, 0},
+                    {FA_DTYPE_FP8_E5M2, 256, 1, 1, 1500, 256, 128, 0, 0},
+                    {FA_DTYPE_FP8_E4M3, 128, 2, 1, 2200, 0, 128, 1, 16},
+                    {FA_DTYPE_FP8_E4M3, 256, 2, 1, 1500, 256, 256, 1, 0},
+                    {FA_DTYPE_FP8_E5M2, 128, 1, 1, 2200, 128, 128, 0, 0},
+                    {FA_DTYPE_FP8_E5M2, 256, 2, 2, 1500, 128, 0, 0, 256}};
+    const int fp8_long_count = (int)(sizeof fp8_long / sizeof fp8_long[0]);
+    for (int n = 0; n < (!gpu ? 0 : quick ? 3 : fp8_long_count); ++n) {
         c = base_case(&r, "fp8long", fp8_long[n].dtype);
         c.batch = 1;
         c.heads_q = fp8_long[n].heads_q;
@@ -571,6 +575,10 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
         c.descale_block_q = fp8_long[n].block_q;
         c.descale_block_k = fp8_long[n].block_k;
         c.descaled = DESCALED_ALL;
+        if ((c.page_size = fp8_long[n].page_size) > 0) {
+            c.batch = 2; /* two sequences' pages shuffled together (setup_pages) */
+            c.seqused = 1;
+        }
         push_case(list, &c);
     }
 }

@@ -44,18 +44,21 @@ extern "C" size_t fa_sm90_fp8_workspace_size(const fa_problem *p)
 
 struct fa_vt_params {
     const uint8_t *v;
-    int64_t stride_batch, stride_seq, stride_head; /* bytes (fp8) */
+    int64_t stride_batch, stride_seq, stride_head; /* bytes (fp8); paged: stride_batch per page */
     const int32_t *cu_seqlens_k, *seqused_k;        /* varlen / KV cache, or NULL */
+    const int32_t *block_table;                     /* a paged cache, or NULL */
+    int64_t block_table_stride, page_size;
     int seqlen_k, dim, heads_kv;
     int keys, seq_keys; /* per Vᵀ row; per sequence (fixed length) */
     uint8_t *vt;
 };
 
 /* One CTA per 64 keys of one (batch, kv head): the keys' V rows into shared
- * memory (16 bytes per thread, zeros past the used keys), then each thread
- * writes 16 permuted keys of one Vᵀ row; key blocks past the sequence's
- * last one are left unwritten (never read). v (b, s, hk, d) -> vt
- * [b][hk][d][keys] */
+ * memory (16 bytes per thread, zeros past the used keys; a paged cache's
+ * rows from the sequence's pages), then each thread writes 16 permuted
+ * keys of one Vᵀ row; key blocks past the sequence's last one are left
+ * unwritten (never read). v (b, s, hk, d) or (pages, page_size, hk, d) ->
+ * vt [b][hk][d][keys] */
 __global__ void __launch_bounds__(256) fa_sm90_fp8_transpose_v(const __grid_constant__ fa_vt_params p)
 {
     constexpr int kKeys = 64;
@@ -78,9 +81,12 @@ __global__ void __launch_bounds__(256) fa_sm90_fp8_transpose_v(const __grid_cons
         const int r = i / chunks, c = i % chunks, key = key0 + r;
         uint4 value = make_uint4(0, 0, 0, 0);
         if (key < used) {
-            const int64_t row = p.cu_seqlens_k != nullptr ? first + key : key;
-            const int64_t at = (p.cu_seqlens_k != nullptr ? 0 : b * p.stride_batch) + row * p.stride_seq +
-                               head * p.stride_head + 16 * c;
+            int64_t outer = p.cu_seqlens_k != nullptr ? 0 : b, row = p.cu_seqlens_k != nullptr ? first + key : key;
+            if (p.block_table != nullptr) {
+                outer = p.block_table[b * p.block_table_stride + key / p.page_size];
+                row = key % p.page_size;
+            }
+            const int64_t at = outer * p.stride_batch + row * p.stride_seq + head * p.stride_head + 16 * c;
             value = *reinterpret_cast<const uint4 *>(p.v + at);
         }
         *reinterpret_cast<uint4 *>(&tile[r][16 * c]) = value;
@@ -116,6 +122,9 @@ static fa_status transpose_v(const fa_problem *p, uint8_t *vt)
     prm.stride_head = p->v.stride_head;
     prm.cu_seqlens_k = p->varlen ? p->cu_seqlens_k : nullptr;
     prm.seqused_k = p->seqused_k;
+    prm.block_table = p->kv_block_table;
+    prm.block_table_stride = p->kv_block_table_stride;
+    prm.page_size = p->kv_page_size;
     prm.seqlen_k = (int)p->seqlen_k;
     prm.dim = (int)p->head_dim;
     prm.heads_kv = (int)p->heads_kv;

@@ -65,8 +65,6 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
             return fa_fail(FA_ERROR_UNSUPPORTED,
                            "sm90: FP8 descale blocks must be 0 or a multiple of 128 rows (got %lld, %lld)",
                            (long long)p->descale_block_q, (long long)p->descale_block_k);
-        if (p->kv_block_table != NULL)
-            return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: FP8 with a paged K/V cache is not implemented");
         /* Vᵀ's keys (fwd_sm90.cu) are TMA coordinates: int */
         if (fa_sm90_fp8_workspace_size(p) / (size_t)(p->heads_kv * p->head_dim) > 0x7fffffff)
             return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: FP8 with more than 2^31 keys per head in all");
@@ -83,16 +81,16 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: block-sparse masks are not implemented");
     /* A paged cache: a TMA box must lie in one page, and boxes smaller than
      * a block start at multiples of 8 rows (the swizzle's period). At hdim
-     * <= 128 a block is 128 keys, 64 per CTA of a pair: pages of a multiple
-     * of 128 keys, or of 8, 16, 32 or 64; hdim 192 / 256 (96 / 80-key
-     * blocks) run on sm80. */
+     * <= 128 (and FP8, whose V the Vᵀ pass gathers) a block is 128 keys,
+     * 64 per CTA of a pair: pages of a multiple of 128 keys, or of 8, 16,
+     * 32 or 64; 16-bit hdim 192 / 256 (96 / 80-key blocks) run on sm80. */
     const int64_t page = p->kv_page_size;
     if (p->kv_block_table != NULL &&
-        (p->head_dim > 128 || (page % 128 != 0 && (64 % page != 0 || page % 8 != 0)) || page > 0x7fffffff ||
-         p->kv_block_table_stride > 0x7fffffff))
+        ((p->head_dim > 128 && !fa_dtype_is_fp8(p->dtype)) || (page % 128 != 0 && (64 % page != 0 || page % 8 != 0)) ||
+         page > 0x7fffffff || p->kv_block_table_stride > 0x7fffffff))
         return fa_fail(FA_ERROR_UNSUPPORTED,
-                       "sm90: a paged K/V cache needs head_dim <= 128 and kv_page_size 8, 16, 32, 64 or a "
-                       "multiple of 128 (got %lld, %lld): sm80 runs the others",
+                       "sm90: a paged K/V cache needs head_dim <= 128 (any for FP8) and kv_page_size 8, 16, 32, 64 "
+                       "or a multiple of 128 (got %lld, %lld): sm80 runs the others (16-bit)",
                        (long long)p->head_dim, (long long)page);
     /* the kernel indexes rows, heads, batches and window edges in int; the
      * mask intervals (fwd_kernel.cuh, bwd_kernel.cuh) need sequences below
