@@ -17,7 +17,8 @@ error exceeds 1.5x the error of float64 attention with only P rounded to
 e4m3 (plus 1e-3), or the LSE is off by more than 1e-3.
 bench: TFLOP/s (FLOPs 4·b·s²·h·d, half if causal) of the FP8 forward
 (e4m3, per-head descales trusted, i.e. without the host check's wait;
-the Vᵀ pass included), the bf16 forward and
+the Vᵀ pass included where the dispatcher runs it; FA_SM90_FP8_VT forces
+one form), the bf16 forward and
 SDPA's CUDNN_ATTENTION, timed as gpu_bench.py times contenders.
 accuracy: FA3 §4.3's experiment (N(0, 1) plus 0.1% N(0, 100) outliers,
 b 4, s 4096, h 16, d 128): RMSE against float64 attention of the
@@ -166,15 +167,17 @@ def bench(args):
                     "sdpa-cudnn": sdpa_forward("sdpa-cudnn", qt, kt, vt, causal),
                 }
                 times, errs = time_contenders(fns, calls=5, reps=args.reps)
+                fns["fp8"]()
+                kernel = _ffi.fa_context_last_kernel(_ffi.context_for(q.device)).decode()
                 flops = 4 * b * s * s * h * d / (2 if causal else 1)
-                row = {"hdim": d, "causal": causal, "seqlen": s}
+                row = {"hdim": d, "causal": causal, "seqlen": s, "fp8_kernel": kernel}
                 row.update({name: flops / t / 1e9 for name, t in times.items()})
                 row["errors"] = errs
                 rows.append(row)
                 print(f"d{d} causal={int(causal)} s{s}: " +
                       "  ".join(f"{n} {row[n]:.0f}" for n in fns if n in row) +
                       (f"  fp8/cudnn {row['fp8'] / row['sdpa-cudnn']:.2f}x fp8/bf16 {row['fp8'] / row['bf16']:.2f}x"
-                       if all(n in row for n in fns) else f"  errors {errs}"), flush=True)
+                       if all(n in row for n in fns) else f"  errors {errs}") + f"  ({kernel})", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,

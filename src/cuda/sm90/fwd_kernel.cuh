@@ -44,7 +44,7 @@
 #include "../ptx/bulk_copy.cuh"
 #include "../ptx/cluster.cuh"
 #include "../ptx/mbarrier.cuh"
-#include "../ptx/smem_clear.cuh"
+#include "../ptx/smem.cuh"
 #include "../ptx/tma.cuh"
 #include "../ptx/warpgroup.cuh"
 #include "../ptx/wgmma.cuh"
@@ -84,13 +84,15 @@ struct fa_sm90_params {
                                     fa_sm90_tile_of */
     int num_units, section_units; /* of kClusterSize tiles each: in all, and
                                      per heads_per_section heads */
-    /* FP8: V is read transposed from the workspace, [kv head][dim]
-     * [keys] with keys permuted to P's register order and zeros past
-     * each sequence's keys (fwd_sm90.cu); map_v spans it. Descales as in
-     * fa_problem, NULL = 1; blocks a multiple of 128 rows (BlockM, BlockN). */
+    /* FP8 at hdim 256: V is read transposed from the workspace, [kv head]
+     * [dim][keys] with keys permuted to P's register order and zeros past
+     * each sequence's keys (fwd_sm90.cu); map_v spans it (hdim 128
+     * transposes V in the kernel: fa_sm90_config::kVtInKernel). Descales
+     * as in fa_problem, NULL = 1; blocks a multiple of 128 rows (BlockM,
+     * BlockN). */
     const float *q_descale, *k_descale, *v_descale;
     int descale_block_q, descale_block_k, descale_blocks_q, descale_blocks_k;
-    int vt_seq_keys; /* FP8, fixed length: Vᵀ keys per sequence (fa_sm90_vt_start) */
+    int vt_seq_keys; /* FP8 Vᵀ, fixed length: keys per sequence (fa_sm90_vt_start) */
 };
 
 /* FP8: where sequence b's keys start in a Vᵀ row (fwd_sm90.cu): b times
@@ -105,7 +107,7 @@ __host__ __device__ __forceinline__ int fa_sm90_vt_start(bool varlen, const int3
 
 /* Compile-time shape of one kernel instance. */
 template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_, int ConsumerWarpgroups_ = 2,
-          int ClusterSize_ = 1>
+          int ClusterSize_ = 1, bool VtInKernel_ = false>
 struct fa_sm90_config {
     typedef Elem_ Elem;
     /* FP8 (e4m3 / e5m2 q, k, v; out bf16): K = 32 per wgmma, V transposed
@@ -140,13 +142,28 @@ struct fa_sm90_config {
     static constexpr int kKVSlabBytes = kBlockN * 128;
     static constexpr int kQBytes = kSlabs * kQSlabBytes;
     static constexpr int kKVBytes = kSlabs * kKVSlabBytes;
-    /* barriers: q_full[2], q_empty[2], k_full[S], v_full[S], k_empty[S], v_empty[S], o_empty */
-    static constexpr int kBarrierBytes = 8 * (5 + 4 * kStages);
+    /* FP8, V transposed in the kernel (FA3's form; else read from the Vᵀ
+     * pass's workspace, fwd_sm90.cu chooses): V arrives by TMA as it is
+     * stored ([key][dim], like K) in raw buffers of its own, and the
+     * producer warpgroup's other warps transpose each block into the V
+     * ring as the K-major operand (fa_sm90_transpose_v). As many raw
+     * buffers as V stages: buffer i goes with stage i, so producer and
+     * transposing warps walk both with one position. hdim 128 only: at
+     * hdim 256 the consumers need all of their 240 registers, which leaves
+     * the transposing warps too few to keep up (perf.md, twenty-eighth
+     * session). */
+    static constexpr bool kVtInKernel = VtInKernel_;
+    static constexpr int kTransposeWarps = kVtInKernel ? 3 : 0;
+    static constexpr int kRawVBuffers = kVtInKernel ? kStages : 0;
+    /* barriers: q_full[2], q_empty[2], k_full[S], v_full[S], k_empty[S],
+     * v_empty[S], o_empty, raw_v_full[R], raw_v_empty[R] */
+    static constexpr int kBarrierBytes = 8 * (5 + 4 * kStages + 2 * kRawVBuffers);
     /* one word per consumer thread for fa_wgmma_wait_after */
     static constexpr int kScratchBytes = 4 * 128 * kConsumerWarpgroups;
     static constexpr int kSmemLimit = 232448;
     /* + 1024 so the kernel can align the base to the swizzle atom */
-    static constexpr int kSmemMinBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + kBarrierBytes + kScratchBytes;
+    static constexpr int kSmemMinBytes =
+        1024 + kQBytes + (2 * kStages + kRawVBuffers) * kKVBytes + kBarrierBytes + kScratchBytes;
     /* The epilogue stages O (BlockM rows, like Q) in shared memory for TMA
      * stores: in a buffer of its own where one fits (hdim <= 128), else over
      * the V ring (FA3's layout; hdim 192/256), which the consumers write
@@ -165,9 +182,14 @@ struct fa_sm90_config {
     static constexpr int kQBuffers = kSmemMinBytes + kOBytes + kQBytes <= kSmemLimit ? 2 : 1;
     static constexpr int kQAllBytes = kQBuffers * kQBytes;
     static constexpr int kSmemBytes = kSmemMinBytes + kOBytes + (kQBuffers - 1) * kQBytes;
-    /* registers after setmaxnreg: (24 + W * consumer) * 128 <= 64K */
-    static constexpr int kProducerRegs = 24;
-    static constexpr int kConsumerRegs = kConsumerWarpgroups == 2 ? 240 : 160;
+    /* registers after setmaxnreg: (producer + W * consumer) * 128 <= 168
+     * x 384 = 64512, the pool the CTA holds from its launch (not the SM's
+     * 65536: more, and the consumers' setmaxnreg.inc waits forever). With
+     * V transposed in the kernel, 40 for the transposing warps, so that
+     * four units of it are in flight (fa_transpose_v_block); the hdim-128
+     * consumers fit in 232 */
+    static constexpr int kProducerRegs = kVtInKernel ? 40 : 24;
+    static constexpr int kConsumerRegs = kConsumerWarpgroups == 3 ? 160 : kVtInKernel ? 232 : 240;
     /* P buffers of the intra-warpgroup overlap (fa_sm90_consume_tile): two
      * where S, both P and O leave 32 registers per thread for the rest,
      * else one (FA3's form: P packed after the PV that read it is done),
@@ -206,6 +228,8 @@ struct fa_sm90_config {
     static_assert(!kFp8 || (kBlockN == 128 && kClusterSize == 1 && kConsumerWarpgroups == 2), "FP8 tile shape");
     static_assert(kClusterSize == 1 || kClusterSize == 2, "clusters of one or two CTAs (the producer loads halves)");
     static_assert(kSmemBytes <= kSmemLimit, "shared memory of one CTA");
+    static_assert(!kVtInKernel || (kFp8 && kHeadDim == 128 && !kOInV),
+                  "V transposed in the kernel: FP8 at hdim 128, whose O has a buffer of its own");
 };
 
 /* Shared-memory addresses of the tile buffers and barriers. */
@@ -217,18 +241,19 @@ template <class Cfg> struct fa_sm90_smem {
     {
         return base + Cfg::kQAllBytes + (Cfg::kStages + stage) * Cfg::kKVBytes;
     }
+    /* kVtInKernel: V block as loaded, before the transpose into the V ring */
+    __device__ uint32_t raw_v(int buf) const
+    {
+        return base + Cfg::kQAllBytes + (2 * Cfg::kStages + buf) * Cfg::kKVBytes;
+    }
     /* consumer warpgroup wg's 64 output rows, slabs of 64 x 64 (kTmaStore) */
     __device__ uint32_t o(int wg) const
     {
-        return (Cfg::kOInV ? v(0) : base + Cfg::kQAllBytes + 2 * Cfg::kStages * Cfg::kKVBytes) +
-               wg * (Cfg::kOTileBytes / Cfg::kConsumerWarpgroups);
+        return (Cfg::kOInV ? v(0) : raw_v(Cfg::kRawVBuffers)) + wg * (Cfg::kOTileBytes / Cfg::kConsumerWarpgroups);
     }
-    __device__ uint32_t bar(int i) const
-    {
-        return base + Cfg::kQAllBytes + 2 * Cfg::kStages * Cfg::kKVBytes + Cfg::kOBytes + 8 * i;
-    }
+    __device__ uint32_t bar(int i) const { return raw_v(Cfg::kRawVBuffers) + Cfg::kOBytes + 8 * i; }
     /* this consumer thread's scratch word */
-    __device__ uint32_t scratch() const { return bar(5 + 4 * Cfg::kStages) + 4 * (threadIdx.x - 128); }
+    __device__ uint32_t scratch() const { return bar(Cfg::kBarrierBytes / 8) + 4 * (threadIdx.x - 128); }
     __device__ uint32_t q_full(int buf) const { return bar(buf); }
     __device__ uint32_t q_empty(int buf) const { return bar(2 + buf); }
     __device__ uint32_t k_full(int s) const { return bar(4 + s); }
@@ -237,6 +262,8 @@ template <class Cfg> struct fa_sm90_smem {
     __device__ uint32_t v_empty(int s) const { return bar(4 + 3 * Cfg::kStages + s); }
     /* kOInV: O of the last tile staged in the V ring has been read by its TMA stores */
     __device__ uint32_t o_empty() const { return bar(4 + 4 * Cfg::kStages); }
+    __device__ uint32_t raw_v_full(int buf) const { return bar(5 + 4 * Cfg::kStages + buf); }
+    __device__ uint32_t raw_v_empty(int buf) const { return bar(5 + 4 * Cfg::kStages + Cfg::kRawVBuffers + buf); }
 };
 
 /* The tile a CTA works on, and its key-block range. Shared by producer and
@@ -453,13 +480,18 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
 
         /* K runs kKLead key blocks ahead of V (step n's QKᵀ and the PV of
          * block n + 1 use K(n) and V(n + 1)); K(n) and V(n) still share a
-         * stage index */
+         * stage index. FP8 at hdim 128: V goes to the raw buffers, which
+         * the transposing warps free (fa_sm90_transpose_v). */
         auto load_block = [&](fa_pipe_state<Cfg::kStages> &ring, bool is_v, int n) {
-            const uint32_t full = is_v ? sm.v_full(ring.stage) : sm.k_full(ring.stage);
-            fa_mbar_wait(is_v ? sm.v_empty(ring.stage) : sm.k_empty(ring.stage), ring.phase);
-            const uint32_t tile = is_v ? sm.v(ring.stage) : sm.k(ring.stage);
+            const bool raw = Cfg::kVtInKernel && is_v;
+            const uint32_t full = raw ? sm.raw_v_full(ring.stage) : is_v ? sm.v_full(ring.stage) : sm.k_full(ring.stage);
+            fa_mbar_wait(raw    ? sm.raw_v_empty(ring.stage)
+                         : is_v ? sm.v_empty(ring.stage)
+                                : sm.k_empty(ring.stage),
+                         ring.phase);
+            const uint32_t tile = raw ? sm.raw_v(ring.stage) : is_v ? sm.v(ring.stage) : sm.k(ring.stage);
             const CUtensorMap *map = is_v ? &p.map_v : &p.map_k;
-            if (Cfg::kFp8 && is_v) { /* Vᵀ of block n: head-dim rows of its 128 keys, one box */
+            if (Cfg::kFp8 && !Cfg::kVtInKernel && is_v) { /* Vᵀ of block n: head-dim rows of its 128 keys, one box */
                 if (leader) {
                     const int key = fa_sm90_vt_start(p.varlen, p.cu_seqlens_k, p.vt_seq_keys, t.b);
                     fa_mbar_arrive_expect_tx(full, Cfg::kKVBytes);
@@ -488,6 +520,109 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
             load_block(v, true, n);
         }
         o_in_v = Cfg::kOInV && fa_sm90_o_staged<Cfg>(p, t);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* FP8: the transpose of V. The PV's B operand must be K-major for 8-bit    */
+/* wgmma (no transpose bit), i.e. Vᵀ, [dim][key]: the producer warpgroup's  */
+/* warps 1..3 make it in shared memory from each raw V block.               */
+
+/* The 4 x 4 bytes of a[0..3] transposed: byte i of a[j] moves to byte j of
+ * a[i] (8 byte permutes). */
+__device__ __forceinline__ void fa_transpose_4x4_bytes(uint32_t (&a)[4])
+{
+    const uint32_t lo01 = __byte_perm(a[0], a[1], 0x5140), hi01 = __byte_perm(a[0], a[1], 0x7362);
+    const uint32_t lo23 = __byte_perm(a[2], a[3], 0x5140), hi23 = __byte_perm(a[2], a[3], 0x7362);
+    a[0] = __byte_perm(lo01, lo23, 0x5410);
+    a[1] = __byte_perm(lo01, lo23, 0x7632);
+    a[2] = __byte_perm(hi01, hi23, 0x5410);
+    a[3] = __byte_perm(hi01, hi23, 0x7632);
+}
+
+/* One key block of V, raw ([key][dim]: 128 rows of 128 bytes, chunk c of
+ * row r at c ^ (r % 8), as TMA writes it) -> vt ([dim][key]: one 128-byte
+ * row per dim, swizzled the same way, as wgmma reads it), keys in P's
+ * register order (fa_probs_to_operand): word t of each 16 keys holds keys
+ * 2t, 2t + 1, 8 + 2t, 9 + 2t. Keys from `valid` on are written as zeros
+ * (another sequence's or stale rows: P is 0 there, but 0 * NaN is not).
+ * A unit is 4 keys x 4 dims (4 loads, 8 byte permutes, 4 stores). In
+ * step s a lane takes word t = l % 4 of key groups g and g + 4, g = (s %
+ * 4) ^ (l / 8), at dim words w and w + 8, w = 16 (s / 4) + l / 4: the
+ * loads and stores of a warp fall on 32 distinct banks, and the 16 loads
+ * of the four units are in flight together (shared memory answers these
+ * warps slowly under the consumers' wgmma: with one unit at a time the
+ * transpose held the forward to ~500 TFLOP/s; perf.md, twenty-eighth
+ * session). vt: 128 x 128 bytes. */
+template <class Cfg>
+__device__ __forceinline__ void fa_transpose_v_block(uint32_t raw, uint32_t vt, int warp, int lane, int valid)
+{
+    static_assert(Cfg::kHeadDim == 128 && Cfg::kBlockN == 128, "one 128 x 128-byte block");
+    constexpr int kSteps = 8; /* 2 pairs of dim-word octets x 4 pairs of key groups */
+    constexpr int kSecondKeys = 64, kSecondDims = 32;
+    const int t = lane & 3;
+#pragma unroll 1
+    for (int step = warp; step < kSteps; step += Cfg::kTransposeWarps) {
+        const int group = (step % 4) ^ (lane >> 3), key = 16 * group + 2 * t;
+        const int w = 16 * (step / 4) + (lane >> 2); /* and w + 8 */
+        uint32_t a[4][4]; /* unit u: keys + 64 (u & 1), dim words + 8 (u >> 1) */
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const int wu = w + 8 * (u >> 1);
+            /* keys key and key + 8 share the swizzle, as do key + 1 and key + 9 */
+            const uint32_t row = raw + (key + kSecondKeys * (u & 1)) * 128 + (wu % 4) * 4;
+            const uint32_t even = row + (((wu / 4) ^ (2 * t)) * 16), odd = row + 128 + (((wu / 4) ^ (2 * t + 1)) * 16);
+            a[u][0] = fa_smem_ld32(even);
+            a[u][1] = fa_smem_ld32(odd);
+            a[u][2] = fa_smem_ld32(even + 8 * 128);
+            a[u][3] = fa_smem_ld32(odd + 8 * 128);
+        }
+        if (valid < Cfg::kBlockN) {
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                    a[u][i] = key + kSecondKeys * (u & 1) + (i & 1) + 8 * (i >> 1) < valid ? a[u][i] : 0u;
+        }
+        /* dims 4 wu + j: key group g's chunk in row dim is g ^ (dim % 8),
+         * dim % 8 = 4 (w % 2) + j; group + 4's is that ^ 4 */
+        const int chunk = group ^ ((w % 2) * 4), second = (w % 2) ? -64 : 64;
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            fa_transpose_4x4_bytes(a[u]);
+            const uint32_t dst = vt + (4 * w + kSecondDims * (u >> 1)) * 128 + 4 * t + ((u & 1) ? second : 0);
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                fa_smem_st32(dst + j * 128 + ((chunk ^ j) * 16), a[u][j]);
+        }
+    }
+}
+
+/* The transposing warps (1..3 of the producer warpgroup) walk the same
+ * tiles and key blocks as the producer: each raw V block, once loaded and
+ * once its V stage is free, into the V ring; then the raw buffer goes back
+ * to the producer and the stage to the consumers (each warp arrives on
+ * both). */
+template <class Cfg>
+__device__ __forceinline__ void fa_sm90_transpose_v(const fa_sm90_params &p, const fa_sm90_smem<Cfg> &sm)
+{
+    const int warp = (int)threadIdx.x / 32 - 1, lane = (int)threadIdx.x % 32;
+    /* raw buffer i and V stage i go together: the V stage's empty barrier
+     * is a phase behind the raw buffer's full one (every stage starts free) */
+    fa_pipe_state<Cfg::kStages> ring = {0, 0};
+    for (fa_tile_iter<Cfg::kClusterSize> it = fa_tile_iter<Cfg::kClusterSize>::first(p); it.valid(p); it.next(p)) {
+        const fa_sm90_tile t = fa_sm90_tile_of<Cfg>(p, it.index);
+        for (int n = t.n_end - 1; n >= t.n_begin; --n, ring.advance()) {
+            fa_mbar_wait(sm.raw_v_full(ring.stage), ring.phase);
+            fa_mbar_wait(sm.v_empty(ring.stage), ring.phase ^ 1);
+            fa_transpose_v_block<Cfg>(sm.raw_v(ring.stage), sm.v(ring.stage), warp, lane, t.sk - n * Cfg::kBlockN);
+            fa_fence_proxy_async_shared(); /* the stores, for wgmma; the loads, before TMA refills */
+            __syncwarp();
+            if (lane == 0) {
+                fa_mbar_arrive(sm.raw_v_empty(ring.stage));
+                fa_mbar_arrive(sm.v_full(ring.stage));
+            }
+        }
     }
 }
 
@@ -863,8 +998,9 @@ __device__ __forceinline__ void fa_scores_to_probs(const fa_sm90_params &p, cons
  * 32kk..32kk+31, and a register holds one row's 4 values at operand k
  * 4t..4t+3 (and 16 + that); packed from the thread's own columns {2t, 2t+1,
  * 8+2t, 9+2t} (and 16 + those), the operand's key order is that
- * permutation within every 16 keys, which the Vᵀ rows follow (fwd_sm90.cu),
- * so P never moves between threads. */
+ * permutation within every 16 keys, which the Vᵀ rows follow (the pass
+ * of fwd_sm90.cu, fa_transpose_v_block), so P never moves between
+ * threads. */
 template <class Cfg, int Begin = 0, int End = Cfg::kPSteps>
 __device__ __forceinline__ void fa_probs_to_operand(const float (&s)[Cfg::kBlockN / 2],
                                                     uint32_t (&pa)[Cfg::kPSteps][4])
@@ -1122,8 +1258,8 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         uint32_t pa[Cfg::kPSteps][4];
         /* the first (last-in-sequence) key block may hold a varlen
          * neighbour's rows, or cache rows past the used ones */
-        const bool foreign_rows = !Cfg::kFp8 && p.tail_rows_readable && t.n_end * BlockN > t.sk; /* FP8: Vᵀ has
-                                                                                                   zeros there */
+        const bool foreign_rows = /* FP8: Vᵀ holds zeros there (pass or transpose) */
+            !Cfg::kFp8 && p.tail_rows_readable && t.n_end * BlockN > t.sk;
         /* With one Q buffer (hdim 192 / 256) Q is released as soon as the
          * tile's last QKᵀ is done, so that the producer loads the next
          * tile's Q, and the first K queued behind it, under the last PV and
@@ -1266,13 +1402,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
         }
         for (int s = 0; s < Cfg::kStages; ++s) {
             fa_mbar_init(sm.k_full(s), 1);
-            fa_mbar_init(sm.v_full(s), 1);
+            fa_mbar_init(sm.v_full(s), Cfg::kVtInKernel ? Cfg::kTransposeWarps : 1); /* TMA, or the transposing warps */
             /* every consumer warp of every CTA in the cluster */
             fa_mbar_init(sm.k_empty(s), Cfg::kConsumerWarps * Cfg::kClusterSize);
             fa_mbar_init(sm.v_empty(s), Cfg::kConsumerWarps * Cfg::kClusterSize);
         }
         /* one leader per consumer warpgroup of every CTA in the cluster */
         fa_mbar_init(sm.o_empty(), Cfg::kConsumerWarpgroups * Cfg::kClusterSize);
+        for (int b = 0; b < Cfg::kRawVBuffers; ++b) {
+            fa_mbar_init(sm.raw_v_full(b), 1);
+            fa_mbar_init(sm.raw_v_empty(b), Cfg::kTransposeWarps);
+        }
         fa_mbar_init_fence();
     }
     /* a cluster: the other CTAs' loads and arrivals reach these barriers */
@@ -1284,8 +1424,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) fa_sm90_fwd_kernel(const __g
     int wg = fa_warpgroup_index();
     if (wg == 0) {
         fa_setmaxnreg_dec<Cfg::kProducerRegs>();
-        if (__shfl_sync(0xffffffffu, threadIdx.x / 32, 0) == 0) /* warp 0, as a uniform branch */
+        const int warp = __shfl_sync(0xffffffffu, threadIdx.x / 32, 0); /* uniform branches */
+        if (warp == 0)
             fa_sm90_produce<Cfg>(p, sm);
+        else if constexpr (Cfg::kVtInKernel)
+            fa_sm90_transpose_v<Cfg>(p, sm);
     } else {
         fa_setmaxnreg_inc<Cfg::kConsumerRegs>();
         fa_pingpong turn = {wg - 1, Cfg::kConsumerWarpgroups};

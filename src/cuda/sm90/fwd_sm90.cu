@@ -20,7 +20,9 @@
 /* FP8: Vᵀ                                                                   */
 
 /* The FP8 PV needs V as a K-major operand (8-bit wgmma has no transpose),
- * i.e. [dim][key]: a pass before the kernel writes it to the workspace,
+ * i.e. [dim][key]. Either the kernel transposes each V block itself
+ * (fa_sm90_transpose_v; hdim 128, see vt_in_kernel) or a pass before the
+ * kernel writes it to the workspace,
  * [kv head][dim][vt_keys], each sequence's keys from a multiple of 128 on
  * (fa_sm90_vt_start: one TMA box per key block, fa_sm90_encode_vt_map), so
  * that varlen sequences take their own length, not the longest. Keys go in
@@ -35,9 +37,31 @@ static int64_t vt_keys(const fa_problem *p)
     return p->varlen ? 128 * ((p->total_k + 127) / 128 + p->batch) : p->batch * vt_seq_keys(p);
 }
 
+/* Whether the FP8 forward of p transposes V in the kernel (hdim 128 only:
+ * fa_sm90_config::kVtInKernel). The transpose in the kernel costs it ~5%
+ * (hdim 128 16k, FA3 grid: 700 against 745 TFLOP/s), the pass a copy of
+ * V (32 µs for 16k tokens of 2048 columns: 20% of the forward at seqlen
+ * 512). The kernel's work per key of V goes with its query rows per kv
+ * head (halved by a causal mask): below 3072 of them the kernel
+ * transposes (FA3 grid, call 5 of perf.md's twenty-eighth session:
+ * +20% / +31% at 512, +1-6% at 2k; at 4k -3% / 0%, at 16k -6%), and
+ * decoding (one row over a long cache) never pays for a copy of the whole
+ * cache. FA_SM90_FP8_VT=kernel / pass forces one (tests, benchmarks). */
+static bool vt_in_kernel(const fa_problem *p)
+{
+    if (p->head_dim != 128)
+        return false;
+    const char *force = getenv("FA_SM90_FP8_VT");
+    if (force != NULL && (!strcmp(force, "kernel") || !strcmp(force, "pass")))
+        return !strcmp(force, "kernel");
+    const double rows = (p->varlen ? (double)p->total_q / (double)p->batch : (double)p->seqlen_q) *
+                        (double)(p->heads_q / p->heads_kv) * (p->window_right == 0 ? 0.5 : 1.0);
+    return rows < 3072.0;
+}
+
 extern "C" size_t fa_sm90_fp8_workspace_size(const fa_problem *p)
 {
-    if (!fa_dtype_is_fp8(p->dtype))
+    if (!fa_dtype_is_fp8(p->dtype) || vt_in_kernel(p))
         return 0;
     return (size_t)(p->heads_kv * p->head_dim * vt_keys(p));
 }
@@ -214,7 +238,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     fa_status st;
     if ((st = fa_sm90_encode_map(&prm.map_q, p, &p->q, 1, Cfg::kBlockM, "q")) != FA_SUCCESS ||
         (st = fa_sm90_encode_map(&prm.map_k, p, &p->k, 0, kv_box_rows, "k")) != FA_SUCCESS ||
-        (Cfg::kFp8 ? (st = fa_sm90_encode_vt_map(&prm.map_v, p, p->workspace, vt_keys(p))) != FA_SUCCESS
+        (Cfg::kFp8 && !Cfg::kVtInKernel ? (st = fa_sm90_encode_vt_map(&prm.map_v, p, p->workspace, vt_keys(p))) != FA_SUCCESS
                    : (st = fa_sm90_encode_map(&prm.map_v, p, &p->v, 0, kv_box_rows, "v")) != FA_SUCCESS) ||
         (Cfg::kTmaStore && (st = fa_sm90_encode_map(&prm.map_o, p, &p->out, 1, 64, "out")) != FA_SUCCESS))
         return st;
@@ -267,7 +291,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
         p->kernel_name = kernel_name;
         return FA_SUCCESS;
     }
-    if (Cfg::kFp8 && (st = transpose_v(p, static_cast<uint8_t *>(p->workspace))) != FA_SUCCESS)
+    if (Cfg::kFp8 && !Cfg::kVtInKernel && (st = transpose_v(p, static_cast<uint8_t *>(p->workspace))) != FA_SUCCESS)
         return st;
 
     /* Persistent: one CTA per SM (a tile needs all of an SM's smem), so the
@@ -376,6 +400,9 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
 template <typename Elem> static fa_status launch_fp8(fa_problem *p)
 {
     const bool e5m2 = fa_is_fp8<Elem>::e5m2;
+    if (p->head_dim == 128 && vt_in_kernel(p)) /* ".vt": V transposed in the kernel */
+        return launch<fa_sm90_config<Elem, 128, 128, 2, 2, 1, true>>(
+            p, e5m2 ? "sm90.fwd.hdim128.vt.e5m2" : "sm90.fwd.hdim128.vt.e4m3");
     if (p->head_dim == 128)
         return launch<fa_sm90_config<Elem, 128, 128, 2>>(p, e5m2 ? "sm90.fwd.hdim128.e5m2" : "sm90.fwd.hdim128.e4m3");
     return launch<fa_sm90_config<Elem, 256, 128, 2>>(p, e5m2 ? "sm90.fwd.hdim256.e5m2" : "sm90.fwd.hdim256.e4m3");
