@@ -20,6 +20,10 @@ bench: TFLOP/s (FLOPs 4·b·s²·h·d, half if causal) of the FP8 forward
 the Vᵀ pass included where the dispatcher runs it; FA_SM90_FP8_VT forces
 one form), the bf16 forward and
 SDPA's CUDNN_ATTENTION, timed as gpu_bench.py times contenders.
+decode: one query row (or --rows) over long caches (b, heads_q,
+heads_kv, keys: DECODE_SHAPES), hdim 128: microseconds of the FP8
+forward with V transposed in the kernel and by the pass
+(FA_SM90_FP8_VT, set per call), and of the bf16 forward, in one process.
 accuracy: FA3 §4.3's experiment (N(0, 1) plus 0.1% N(0, 100) outliers,
 b 4, s 4096, h 16, d 128): RMSE against float64 attention of the
 unquantized values for per-head and 128-row block scales, with and
@@ -185,6 +189,43 @@ def bench(args):
     return 0
 
 
+# (batch, heads_q, heads_kv, keys) of the decode mode: GQA 4 and none
+DECODE_SHAPES = [(8, 32, 8, 8192), (8, 32, 8, 32768), (8, 16, 16, 8192), (1, 32, 8, 131072)]
+
+
+def decode(args):
+    _ffi.set_kv_cache_checks(False)
+    d, rows_q, out = 128, args.rows, []
+
+    def fp8_with(vt, q8, k8, v8, qd, kd, vd):
+        def call():
+            os.environ["FA_SM90_FP8_VT"] = vt  # read by the library at each call
+            return _ops.fp8_forward(q8, k8, v8, qd, kd, vd)
+        return call
+    for b, hq, hk, sk in DECODE_SHAPES:
+        q = torch.randn(b, rows_q, hq, d, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(b, sk, hk, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
+        qd, kd, vd = torch.ones(b, hq, 1, device="cuda"), torch.ones(b, hk, 1, device="cuda"), torch.ones(b, hk, 1, device="cuda")
+        fns = {"fp8-kernel": fp8_with("kernel", q8, k8, v8, qd, kd, vd),
+               "fp8-pass": fp8_with("pass", q8, k8, v8, qd, kd, vd),
+               "bf16": lambda: _ops.attention(q, k, v)}
+        times, errs = time_contenders(fns, calls=5, reps=args.reps)
+        os.environ.pop("FA_SM90_FP8_VT", None)
+        row = {"batch": b, "heads_q": hq, "heads_kv": hk, "keys": sk, "rows_q": rows_q}
+        row.update({name: t * 1e3 for name, t in times.items()})  # us
+        row["errors"] = errs
+        out.append(row)
+        print(f"b{b} h{hq}/{hk} sq{rows_q} sk{sk}: " + "  ".join(f"{n} {row[n]:.1f} us" for n in fns if n in row) +
+              (f"  kernel/pass {row['fp8-kernel'] / row['fp8-pass']:.2f}x" if "fp8-pass" in row and "fp8-kernel" in row
+               else f"  errors {errs}"), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "unit": "us",
+                       "rows": out}, f, indent=1)
+    return 0
+
+
 def profile(args):
     """A few FP8 forwards of one cell (--dims / --seqlens, first values;
     --causal), or bf16 ones (--bf16), for a profiler."""
@@ -233,11 +274,12 @@ def accuracy(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["check", "bench", "accuracy", "profile"])
+    ap.add_argument("mode", choices=["check", "bench", "decode", "accuracy", "profile"])
     ap.add_argument("--dims", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--seqlens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
     ap.add_argument("--reps", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rows", type=int, default=1, help="decode: query rows per sequence")
     ap.add_argument("--causal", action="store_true", help="profile: the causal cell")
     ap.add_argument("--bf16", action="store_true", help="profile: the bf16 forward instead")
     ap.add_argument("--out")
@@ -245,7 +287,7 @@ def main():
     if not torch.cuda.is_available():
         print("fp8_bench: no GPU, skipped")
         return 77
-    return {"check": check, "bench": bench, "accuracy": accuracy, "profile": profile}[args.mode](args)
+    return {"check": check, "bench": bench, "decode": decode, "accuracy": accuracy, "profile": profile}[args.mode](args)
 
 
 if __name__ == "__main__":
