@@ -515,18 +515,41 @@ def _descale_arg(name, t, shape, device):
 
 def fp8_forward(q, k, v, q_descale=None, k_descale=None, v_descale=None, softmax_scale=None,
                 causal=False, window_size=(-1, -1), softcap=0.0, descale_block_q=0,
-                descale_block_k=0):
+                descale_block_k=0, seqused_k=None, block_table=None):
     """The FP8 forward (no autograd: FP8 is forward-only). q (b, sq, hq, d),
     k / v (b, sk, hkv, d) of one float8 dtype; descales fp32 (b, hq,
     ceil(sq / descale_block_q)) for q and (b, hkv, ceil(sk / descale_block_k))
     for k / v (block 0: one per sequence, last dim 1), None = 1. Returns out
-    (b, sq, hq, d) bf16 and lse (b, hq, sq) fp32."""
-    check_attention_args(q, k, v, None, None, None, None, 0.0, window_size, None, softmax_scale,
+    (b, sq, hq, d) bf16 and lse (b, hq, sq) fp32. A KV cache: seqused_k
+    (b,) int32, the keys sequence b uses; block_table (b, max_pages) int32
+    with k / v (num_pages, page_size, hkv, d), position j of sequence b in
+    page block_table[b, j // page_size] (sk = max_pages * page_size). The
+    library checks the lengths and the used table entries."""
+    b = q.shape[0]
+    k_seqs, v_seqs = k, v  # what stands for each sequence's keys in the checks
+    if block_table is not None:
+        check_tensor("block_table", block_table, 2, torch.int32, q.device)
+        if block_table.shape[0] != b:
+            raise ValueError(f"block_table must have batch_size = {b} rows, got {block_table.shape[0]}")
+        for name, t in (("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 4:
+                raise ValueError(f"{name} must be a (num_pages, page_size, nheads_k, headdim) tensor with "
+                                 "block_table")
+        k_seqs, v_seqs = (t[:1].expand(b, *t.shape[1:]) if t.shape[0] else t for t in (k, v))
+    check_attention_args(q, k_seqs, v_seqs, None, None, None, None, 0.0, window_size, None, softmax_scale,
                          softcap, fp8=True)
+    if seqused_k is not None:
+        check_tensor("seqused_k", seqused_k, 1, torch.int32, q.device)
+        if seqused_k.shape[0] != b:
+            raise ValueError(f"seqused_k must have shape (batch_size,) = ({b},), got {tuple(seqused_k.shape)}")
+        seqused_k = seqused_k.contiguous()
     if (q.requires_grad or k.requires_grad or v.requires_grad) and torch.is_grad_enabled():
         raise NotImplementedError("flashattn: FP8 attention is forward-only (no gradient)")
-    b, sq, hq, d = q.shape
+    _, sq, hq, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
+    if block_table is not None:
+        block_table = block_table.contiguous()
+        sk = block_table.shape[1] * k.shape[1]
     blocks = lambda rows, block: 1 if block == 0 else -(-rows // block)
     qd = _descale_arg("q_descale", q_descale, (b, hq, blocks(sq, descale_block_q)), q.device)
     kd = _descale_arg("k_descale", k_descale, (b, hkv, blocks(sk, descale_block_k)), q.device)
@@ -545,6 +568,13 @@ def fp8_forward(q, k, v, q_descale=None, k_descale=None, v_descale=None, softmax
                  False, 0)
     a.q_descale, a.k_descale, a.v_descale = (t.data_ptr() if t is not None else None for t in (qd, kd, vd))
     a.descale_block_q, a.descale_block_k = descale_block_q, descale_block_k
+    if seqused_k is not None:
+        a.seqused_k = seqused_k.data_ptr()
+    if block_table is not None:
+        a.kv_block_table = block_table.data_ptr()
+        a.kv_block_table_stride = block_table.shape[1]
+        a.kv_page_size, a.kv_num_pages = k.shape[1], k.shape[0]
+        a.seqlen_k = sk
     with _ffi.device_guard(q.device):
         ctx = _ffi.context_for(q.device)
         ws_size = _workspace_bytes(ctx, a, _ffi.fa_forward_workspace_size, "forward")

@@ -33,10 +33,10 @@ def _check_common(qv, q_descale, k_descale, v_descale, attention_chunk):
 
 
 def _fp8_forward(q, k, v, softmax_scale, causal, q_descale, k_descale, v_descale, window_size,
-                 softcap):
+                 softcap, **kv_cache):
     """FA3's FP8 forward: float8 q, k, v; descales (batch, nheads_k) fp32 or
     None; out bf16. FA3 scales q per K/V head, so q_descale is shared by the
-    heads of a group."""
+    heads of a group. kv_cache: seqused_k, block_table (_ops.fp8_forward)."""
     b, hq, hkv = q.shape[0], q.shape[2], k.shape[2]
 
     def per_head(name, t, heads):
@@ -49,7 +49,7 @@ def _fp8_forward(q, k, v, softmax_scale, causal, q_descale, k_descale, v_descale
     return _ops.fp8_forward(q, k, v, per_head("q_descale", q_descale, hq),
                             per_head("k_descale", k_descale, hkv), per_head("v_descale", v_descale, hkv),
                             softmax_scale=softmax_scale, causal=causal, window_size=window_size,
-                            softcap=softcap)
+                            softcap=softcap, **kv_cache)
 
 
 def flash_attn_func(q, k, v, softmax_scale=None, causal=False, qv=None, q_descale=None,
@@ -181,7 +181,21 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, qv=None, rotary
     """Decoding attention over a KV cache (no backward); k/v, when given,
     are written into the cache in place at cache_seqlens first. Returns out
     (batch, seqlen_q, nheads, headdim_v), or (out, softmax_lse (batch,
-    nheads, seqlen_q)) with return_softmax_lse."""
+    nheads, seqlen_q)) with return_softmax_lse. float8 q, k_cache, v_cache
+    (with optional descales, (batch, nheads_k) fp32) run the FP8 forward
+    over cache_seqlens and page_table (out bf16); appending k / v, rotary,
+    cache_batch_idx and cache_leftpad are not supported with them yet."""
+    if q.dtype in _ops.FP8_DTYPES:
+        _unsupported(qv=(qv, None), k=(k, None), v=(v, None), rotary_cos=(rotary_cos, None),
+                     rotary_sin=(rotary_sin, None), cache_batch_idx=(cache_batch_idx, None),
+                     cache_leftpad=(cache_leftpad, None), attention_chunk=(attention_chunk, 0),
+                     cu_seqlens_q=(cu_seqlens_q, None), cu_seqlens_k_new=(cu_seqlens_k_new, None),
+                     max_seqlen_q=(max_seqlen_q, None), rotary_seqlens=(rotary_seqlens, None))
+        if isinstance(cache_seqlens, int):
+            cache_seqlens = torch.full((q.shape[0],), cache_seqlens, dtype=torch.int32, device=q.device)
+        out, lse = _fp8_forward(q, k_cache, v_cache, softmax_scale, causal, q_descale, k_descale, v_descale,
+                                window_size, softcap, seqused_k=cache_seqlens, block_table=page_table)
+        return (out, lse) if return_softmax_lse else out
     _check_common(qv, q_descale, k_descale, v_descale, attention_chunk)
     _unsupported(cu_seqlens_q=(cu_seqlens_q, None),
                  cu_seqlens_k_new=(cu_seqlens_k_new, None), max_seqlen_q=(max_seqlen_q, None),

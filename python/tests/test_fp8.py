@@ -1,6 +1,6 @@
 """The FP8 forward through FlashAttention-3's interface (float8 q, k, v with
-(batch, nheads_k) descales; out bf16) and _ops.fp8_forward (per-block
-descales), on every device: against float64 attention of the dequantized
+(batch, nheads_k) descales; out bf16; flash_attn_with_kvcache over float8
+caches) and _ops.fp8_forward (per-block descales), on every device: against float64 attention of the dequantized
 values, within 1.5x the error of the same attention with only P rounded to
 e4m3 (what an FP8 kernel feeds its P·V) plus the bf16 output's rounding;
 the LSE within 1e-3 plus 2^-12 of the scores' magnitude.
@@ -144,3 +144,40 @@ def test_no_keys(device):
     q8 = torch.randn(2, 5, 2, 128, device=device).to(torch.float8_e4m3fn)
     out, lse = _ops.fp8_forward(q8, q8[:, :0], q8[:, :0])
     assert out.dtype == torch.bfloat16 and (out == 0).all() and (lse == float("-inf")).all()
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_kv_cache(device, paged):
+    """FA3's flash_attn_with_kvcache with float8 caches: each sequence's
+    first cache_seqlens keys, contiguous or through a page table (pages
+    shuffled among spare ones, which hold NaN)."""
+    torch.manual_seed(3)
+    b, sq, hq, hkv, d, sk, page = 2, 3, 4, 2, 128, 300, 16
+    lengths = [137, 300]
+    q8, qd = quantize(torch.randn(b, sq, hq, d, device=device), 0)
+    (k8, kd), (v8, vd) = (quantize(torch.randn(b, sk, hkv, d, device=device), 0) for _ in range(2))
+    qd = qd[:, ::hq // hkv].contiguous()  # FA3's descales are (batch, nheads_k)
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    k_cache, v_cache, table = k8, v8, None
+    if paged:  # assembled as bytes: float8 tensors take few indexing ops
+        per_seq = -(-sk // page)
+        order = torch.randperm(b * per_seq + 3, device=device)
+        table = order[:b * per_seq].view(b, per_seq).to(torch.int32)
+
+        def pages(x8):
+            nan = torch.tensor(float("nan")).to(x8.dtype).view(torch.uint8).item()
+            cache = torch.full((b * per_seq + 3, page, hkv, d), nan, dtype=torch.uint8, device=device)
+            padded = torch.full((b, per_seq * page, hkv, d), nan, dtype=torch.uint8, device=device)
+            padded[:, :sk] = x8.view(torch.uint8)
+            cache[table.flatten().long()] = padded.view(b * per_seq, page, hkv, d)
+            return cache.view(x8.dtype)
+        k_cache, v_cache = pages(k8), pages(v8)
+    out, lse = fa3.flash_attn_with_kvcache(q8, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
+                                           causal=True, q_descale=qd[..., 0], k_descale=kd[..., 0],
+                                           v_descale=vd[..., 0], return_softmax_lse=True)
+    q, k, v = dequantize(q8, qd.repeat_interleave(hq // hkv, dim=1), 0), dequantize(k8, kd, 0), dequantize(v8, vd, 0)
+    for i, n in enumerate(lengths):
+        check(out[i:i + 1], lse[i:i + 1], q[i:i + 1], k[i:i + 1, :n], v[i:i + 1, :n], True)
+    with pytest.raises(NotImplementedError, match="k="):
+        fa3.flash_attn_with_kvcache(q8, k_cache, v_cache, k=q8[:, :1, :hkv], v=q8[:, :1, :hkv],
+                                    cache_seqlens=seqlens, page_table=table)
