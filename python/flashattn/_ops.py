@@ -535,6 +535,9 @@ def fp8_forward(q, k, v, q_descale=None, k_descale=None, v_descale=None, softmax
             if not isinstance(t, torch.Tensor) or t.dim() != 4:
                 raise ValueError(f"{name} must be a (num_pages, page_size, nheads_k, headdim) tensor with "
                                  "block_table")
+        if k.shape[:-1] != v.shape[:-1]:  # the checks below see one page of each
+            raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must agree in every dimension but "
+                             "the last")
         k_seqs, v_seqs = (t[:1].expand(b, *t.shape[1:]) if t.shape[0] else t for t in (k, v))
     check_attention_args(q, k_seqs, v_seqs, None, None, None, None, 0.0, window_size, None, softmax_scale,
                          softcap, fp8=True)

@@ -178,6 +178,9 @@ def test_kv_cache(device, paged):
     q, k, v = dequantize(q8, qd.repeat_interleave(hq // hkv, dim=1), 0), dequantize(k8, kd, 0), dequantize(v8, vd, 0)
     for i, n in enumerate(lengths):
         check(out[i:i + 1], lse[i:i + 1], q[i:i + 1], k[i:i + 1, :n], v[i:i + 1, :n], True)
+    if paged:  # the checks see one page of each: the page counts must agree
+        with pytest.raises(ValueError, match="must agree in every dimension"):
+            _ops.fp8_forward(q8, k_cache, v_cache[:-1], seqused_k=seqlens, block_table=table)
     with pytest.raises(NotImplementedError, match="k="):
         fa3.flash_attn_with_kvcache(q8, k_cache, v_cache, k=q8[:, :1, :hkv], v=q8[:, :1, :hkv],
                                     cache_seqlens=seqlens, page_table=table)

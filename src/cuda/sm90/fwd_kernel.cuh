@@ -84,11 +84,11 @@ struct fa_sm90_params {
                                     fa_sm90_tile_of */
     int num_units, section_units; /* of kClusterSize tiles each: in all, and
                                      per heads_per_section heads */
-    /* FP8 at hdim 256: V is read transposed from the workspace, [kv head]
-     * [dim][keys] with keys permuted to P's register order and zeros past
-     * each sequence's keys (fwd_sm90.cu); map_v spans it (hdim 128
-     * transposes V in the kernel: fa_sm90_config::kVtInKernel). Descales
-     * as in fa_problem, NULL = 1; blocks a multiple of 128 rows (BlockM,
+    /* FP8 without kVtInKernel (hdim 256; hdim 128 where vt_in_kernel of
+     * fwd_sm90.cu says so): V is read transposed from the workspace, [kv
+     * head][dim][keys] with keys permuted to P's register order and zeros
+     * past each sequence's keys; map_v spans it. Descales as in
+     * fa_problem, NULL = 1; blocks a multiple of 128 rows (BlockM,
      * BlockN). */
     const float *q_descale, *k_descale, *v_descale;
     int descale_block_q, descale_block_k, descale_blocks_q, descale_blocks_k;

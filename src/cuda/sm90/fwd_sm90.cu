@@ -236,6 +236,12 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
         kv_box_rows = (int)p->kv_page_size;
     prm.kv_box_rows = kv_box_rows;
     fa_status st;
+    /* the workspace was sized by the same rule (vt_in_kernel); should it
+     * have answered otherwise then (FA_SM90_FP8_VT changed in between),
+     * refuse rather than write past it */
+    if (Cfg::kFp8 && !Cfg::kVtInKernel && (p->workspace == NULL || p->workspace_size < fa_sm90_fp8_workspace_size(p)))
+        return fa_fail(FA_ERROR_INTERNAL, "sm90: the FP8 Vᵀ pass needs %zu bytes of workspace, has %zu",
+                       fa_sm90_fp8_workspace_size(p), p->workspace == NULL ? (size_t)0 : p->workspace_size);
     if ((st = fa_sm90_encode_map(&prm.map_q, p, &p->q, 1, Cfg::kBlockM, "q")) != FA_SUCCESS ||
         (st = fa_sm90_encode_map(&prm.map_k, p, &p->k, 0, kv_box_rows, "k")) != FA_SUCCESS ||
         (Cfg::kFp8 && !Cfg::kVtInKernel ? (st = fa_sm90_encode_vt_map(&prm.map_v, p, p->workspace, vt_keys(p))) != FA_SUCCESS

@@ -81,9 +81,10 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: block-sparse masks are not implemented");
     /* A paged cache: a TMA box must lie in one page, and boxes smaller than
      * a block start at multiples of 8 rows (the swizzle's period). At hdim
-     * <= 128 (and FP8, whose V the Vᵀ pass gathers) a block is 128 keys,
-     * 64 per CTA of a pair: pages of a multiple of 128 keys, or of 8, 16,
-     * 32 or 64; 16-bit hdim 192 / 256 (96 / 80-key blocks) run on sm80. */
+     * <= 128 a block is 128 keys, 64 per CTA of a pair, and FP8 has
+     * 128-key blocks at hdim 256 too (one CTA; its Vᵀ pass reads V through
+     * the table): pages of a multiple of 128 keys, or of 8, 16, 32 or 64;
+     * 16-bit hdim 192 / 256 (96 / 80-key blocks) run on sm80. */
     const int64_t page = p->kv_page_size;
     if (p->kv_block_table != NULL &&
         ((p->head_dim > 128 && !fa_dtype_is_fp8(p->dtype)) || (page % 128 != 0 && (64 % page != 0 || page % 8 != 0)) ||
