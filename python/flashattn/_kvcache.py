@@ -39,6 +39,66 @@ def _check_index(name, t, batch, device):
     return t.tolist()
 
 
+def append_in_place(k_cache, v_cache, k, v, lengths, rows, block_table):
+    """cache[rows[b], lengths[b] + t] = k[b, t], and v likewise (paged: the
+    block and row that hold position lengths[b] + t); float8 caches through
+    byte views, since index_put has no float8 kernels on every device.
+    lengths, rows: lists, checked by the caller."""
+    seqlen_new, device = k.shape[1], k.device
+    pos_idx = torch.tensor(lengths, device=device).view(-1, 1) + torch.arange(seqlen_new, device=device).view(1, -1)
+    if block_table is not None:
+        row_idx = block_table.long().gather(1, pos_idx // k_cache.shape[1])
+        pos_idx = pos_idx % k_cache.shape[1]
+    else:
+        row_idx = torch.tensor(rows, device=device).view(-1, 1)
+
+    def as_stored(t):
+        return t.view(torch.uint8) if t.dtype in _ops.FP8_DTYPES else t
+    as_stored(k_cache)[row_idx, pos_idx] = as_stored(k)
+    as_stored(v_cache)[row_idx, pos_idx] = as_stored(v)
+
+
+def fp8_append(q, k_cache, v_cache, k, v, cache_seqlens, block_table):
+    """flash_attn_with_kvcache's append for float8 caches: k / v (b,
+    seqlen_new, hkv, d) of the caches' dtype written at cache_seqlens;
+    returns the lengths after it, (b,) int32. Checks (host reads) that the
+    new keys fit the cache and, paged, that the table names existing
+    pages for them."""
+    if (k is None) != (v is None):
+        raise ValueError("k and v must be given together (or neither)")
+    batch = q.shape[0]
+    for name, t, cache in (("k", k, k_cache), ("v", v, v_cache)):
+        _ops.check_tensor(name, t, 4, k_cache.dtype, q.device)
+        want = (batch, t.shape[1]) + tuple(cache.shape[2:])
+        if tuple(t.shape) != want:
+            raise ValueError(f"{name} must be {want} (batch, seqlen_new, nheads_k, headdim), got {tuple(t.shape)}")
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(f"k and v must have the same seqlen_new, got {k.shape[1]} and {v.shape[1]}")
+    if cache_seqlens is None:
+        raise ValueError("cache_seqlens is required to append k and v to the cache")
+    seqlen_new, paged = k.shape[1], block_table is not None
+    if isinstance(cache_seqlens, int):
+        lengths = [cache_seqlens] * batch
+    else:
+        lengths = _check_index("cache_seqlens", cache_seqlens, batch, q.device)
+    if paged:
+        check_table(block_table, batch, q.device)
+        capacity = block_table.shape[1] * k_cache.shape[1]
+    else:
+        if batch > k_cache.shape[0]:
+            raise ValueError(f"k_cache has {k_cache.shape[0]} sequences but q has batch {batch}")
+        capacity = k_cache.shape[1]
+    for b, n in enumerate(lengths):
+        if not 0 <= n or n + seqlen_new > capacity:
+            raise ValueError(f"cache_seqlens[{b}] = {n} plus seqlen_new = {seqlen_new} does not fit the "
+                             f"cache's {capacity} positions")
+    ends = [n + seqlen_new for n in lengths]
+    if paged:
+        check_pages(block_table, ends, k_cache.shape[1], k_cache.shape[0])
+    append_in_place(k_cache, v_cache, k, v, lengths, list(range(batch)), block_table)
+    return torch.tensor(ends, dtype=torch.int32, device=q.device)
+
+
 def _rotate(x, cos, sin, positions, interleaved):
     """x (b, s, h, d) with its first rotary_dim = 2 * cos.shape[1] channels
     rotated by the angles of rows positions (b, s) of cos/sin (seqlen_ro,
@@ -290,17 +350,7 @@ def kvcache_attention(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None,
         q = _rotate(q, rotary_cos, rotary_sin, starts_of + q_offsets, rotary_interleaved)
 
     if k is not None:
-        # Append in place: cache[rows[b], lengths[b] + t] = k[b, t]
-        # (paged: the block and row that hold position lengths[b] + t).
-        pos_idx = (torch.tensor(lengths, device=q.device).view(-1, 1)
-                   + torch.arange(seqlen_new, device=q.device).view(1, -1))
-        if paged:
-            row_idx = block_table.long().gather(1, pos_idx // page_size)
-            pos_idx = pos_idx % page_size
-        else:
-            row_idx = torch.tensor(rows, device=q.device).view(-1, 1)
-        k_cache[row_idx, pos_idx] = k
-        v_cache[row_idx, pos_idx] = v
+        append_in_place(k_cache, v_cache, k, v, lengths, rows, block_table)
 
     ends = [n + seqlen_new for n in lengths]
 

@@ -183,15 +183,18 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, qv=None, rotary
     (batch, seqlen_q, nheads, headdim_v), or (out, softmax_lse (batch,
     nheads, seqlen_q)) with return_softmax_lse. float8 q, k_cache, v_cache
     (with optional descales, (batch, nheads_k) fp32) run the FP8 forward
-    over cache_seqlens and page_table (out bf16); appending k / v, rotary,
-    cache_batch_idx and cache_leftpad are not supported with them yet."""
+    over cache_seqlens and page_table (out bf16), appending float8 k / v;
+    rotary, cache_batch_idx and cache_leftpad are not supported with them
+    yet."""
     if q.dtype in _ops.FP8_DTYPES:
-        _unsupported(qv=(qv, None), k=(k, None), v=(v, None), rotary_cos=(rotary_cos, None),
+        _unsupported(qv=(qv, None), rotary_cos=(rotary_cos, None),
                      rotary_sin=(rotary_sin, None), cache_batch_idx=(cache_batch_idx, None),
                      cache_leftpad=(cache_leftpad, None), attention_chunk=(attention_chunk, 0),
                      cu_seqlens_q=(cu_seqlens_q, None), cu_seqlens_k_new=(cu_seqlens_k_new, None),
                      max_seqlen_q=(max_seqlen_q, None), rotary_seqlens=(rotary_seqlens, None))
-        if isinstance(cache_seqlens, int):
+        if k is not None or v is not None:
+            cache_seqlens = _kvcache.fp8_append(q, k_cache, v_cache, k, v, cache_seqlens, page_table)
+        elif isinstance(cache_seqlens, int):
             cache_seqlens = torch.full((q.shape[0],), cache_seqlens, dtype=torch.int32, device=q.device)
         out, lse = _fp8_forward(q, k_cache, v_cache, softmax_scale, causal, q_descale, k_descale, v_descale,
                                 window_size, softcap, seqused_k=cache_seqlens, block_table=page_table)

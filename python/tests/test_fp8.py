@@ -146,41 +146,61 @@ def test_no_keys(device):
     assert out.dtype == torch.bfloat16 and (out == 0).all() and (lse == float("-inf")).all()
 
 
+@pytest.mark.parametrize("append", [False, True], ids=["cached", "append"])
 @pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
-def test_kv_cache(device, paged):
+def test_kv_cache(device, paged, append):
     """FA3's flash_attn_with_kvcache with float8 caches: each sequence's
     first cache_seqlens keys, contiguous or through a page table (pages
-    shuffled among spare ones, which hold NaN)."""
+    shuffled among spare ones, which hold NaN); with `append`, the last two
+    of them come as k / v and are written into the cache (NaN there
+    before)."""
     torch.manual_seed(3)
-    b, sq, hq, hkv, d, sk, page = 2, 3, 4, 2, 128, 300, 16
+    b, sq, hq, hkv, d, sk, page, new = 2, 3, 4, 2, 128, 300, 16, 2
     lengths = [137, 300]
     q8, qd = quantize(torch.randn(b, sq, hq, d, device=device), 0)
     (k8, kd), (v8, vd) = (quantize(torch.randn(b, sk, hkv, d, device=device), 0) for _ in range(2))
     qd = qd[:, ::hq // hkv].contiguous()  # FA3's descales are (batch, nheads_k)
-    seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
-    k_cache, v_cache, table = k8, v8, None
-    if paged:  # assembled as bytes: float8 tensors take few indexing ops
+    nan = torch.tensor(float("nan")).to(k8.dtype).view(torch.uint8).item()
+
+    def stored(x8):  # as bytes (float8 tensors take few indexing ops), the new keys NaN
+        x = x8.view(torch.uint8).clone()
+        if append:
+            for i, n in enumerate(lengths):
+                x[i, n - new:n] = nan
+        return x
+    k_cache, v_cache, table = stored(k8).view(k8.dtype), stored(v8).view(v8.dtype), None
+    if paged:
         per_seq = -(-sk // page)
         order = torch.randperm(b * per_seq + 3, device=device)
         table = order[:b * per_seq].view(b, per_seq).to(torch.int32)
 
-        def pages(x8):
-            nan = torch.tensor(float("nan")).to(x8.dtype).view(torch.uint8).item()
+        def pages(x):
             cache = torch.full((b * per_seq + 3, page, hkv, d), nan, dtype=torch.uint8, device=device)
             padded = torch.full((b, per_seq * page, hkv, d), nan, dtype=torch.uint8, device=device)
-            padded[:, :sk] = x8.view(torch.uint8)
+            padded[:, :sk] = x
             cache[table.flatten().long()] = padded.view(b * per_seq, page, hkv, d)
-            return cache.view(x8.dtype)
-        k_cache, v_cache = pages(k8), pages(v8)
+            return cache.view(k8.dtype)
+        k_cache, v_cache = pages(stored(k8)), pages(stored(v8))
+    used = [n - new for n in lengths] if append else lengths
+    seqlens = torch.tensor(used, dtype=torch.int32, device=device)
+    k_new = torch.stack([k8.view(torch.uint8)[i, n - new:n] for i, n in enumerate(lengths)]).view(k8.dtype)
+    v_new = torch.stack([v8.view(torch.uint8)[i, n - new:n] for i, n in enumerate(lengths)]).view(v8.dtype)
+    kv_new = dict(k=k_new, v=v_new) if append else {}
     out, lse = fa3.flash_attn_with_kvcache(q8, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
                                            causal=True, q_descale=qd[..., 0], k_descale=kd[..., 0],
-                                           v_descale=vd[..., 0], return_softmax_lse=True)
+                                           v_descale=vd[..., 0], return_softmax_lse=True, **kv_new)
     q, k, v = dequantize(q8, qd.repeat_interleave(hq // hkv, dim=1), 0), dequantize(k8, kd, 0), dequantize(v8, vd, 0)
     for i, n in enumerate(lengths):
         check(out[i:i + 1], lse[i:i + 1], q[i:i + 1], k[i:i + 1, :n], v[i:i + 1, :n], True)
     if paged:  # the checks see one page of each: the page counts must agree
         with pytest.raises(ValueError, match="must agree in every dimension"):
             _ops.fp8_forward(q8, k_cache, v_cache[:-1], seqused_k=seqlens, block_table=table)
-    with pytest.raises(NotImplementedError, match="k="):
-        fa3.flash_attn_with_kvcache(q8, k_cache, v_cache, k=q8[:, :1, :hkv], v=q8[:, :1, :hkv],
-                                    cache_seqlens=seqlens, page_table=table)
+    with pytest.raises(ValueError, match="cache_seqlens is required"):
+        fa3.flash_attn_with_kvcache(q8, k_cache, v_cache, k=k_new, v=v_new, page_table=table)
+    capacity = table.shape[1] * page if paged else sk
+    with pytest.raises(ValueError, match="does not fit"):  # one position left in the last sequence
+        fa3.flash_attn_with_kvcache(q8, k_cache, v_cache, k=k_new, v=v_new, page_table=table,
+                                    cache_seqlens=torch.tensor([0, capacity - 1], dtype=torch.int32, device=device))
+    with pytest.raises(NotImplementedError, match="cache_leftpad"):
+        fa3.flash_attn_with_kvcache(q8, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
+                                    cache_leftpad=seqlens)
