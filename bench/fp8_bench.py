@@ -22,8 +22,9 @@ one form), the bf16 forward and
 SDPA's CUDNN_ATTENTION, timed as gpu_bench.py times contenders.
 decode: one query row (or --rows) over long caches (b, heads_q,
 heads_kv, keys: DECODE_SHAPES), hdim 128: microseconds of the FP8
-forward with V transposed in the kernel and by the pass
-(FA_SM90_FP8_VT, set per call), and of the bf16 forward, in one process.
+forward as the dispatcher runs it, the same without the key split
+(FA_SM90_FWD_SPLIT=1, set per call), and the bf16 forward, in one
+process.
 accuracy: FA3 §4.3's experiment (N(0, 1) plus 0.1% N(0, 100) outliers,
 b 4, s 4096, h 16, d 128): RMSE against float64 attention of the
 unquantized values for per-head and 128-row block scales, with and
@@ -125,6 +126,8 @@ def check(args):
         (2, 129, 1000, 2, 1, 256, False, 128), (1, 1000, 1000, 2, 2, 256, True, 256),
         (3, 17, 333, 4, 4, 128, False, 0), (1, 2048, 2048, 2, 1, 128, True, 128),
         (2, 1, 777, 8, 2, 128, False, 128), (1, 640, 640, 2, 2, 256, False, 0),
+        # decoding shapes, which the key split runs
+        (1, 1, 16384, 32, 8, 128, False, 128), (2, 4, 5000, 4, 4, 256, True, 0),
     ]
     failed = 0
     for b, sq, sk, hq, hkv, d, causal, block in cases:
@@ -191,17 +194,22 @@ def bench(args):
     return 0
 
 
-# (batch, heads_q, heads_kv, keys) of the decode mode: GQA 4 and none
-DECODE_SHAPES = [(8, 32, 8, 8192), (8, 32, 8, 32768), (8, 16, 16, 8192), (1, 32, 8, 131072)]
+# (batch, heads_q, heads_kv, keys) of the decode mode: GQA 4 and none; the
+# last three have fewer tiles than SMs (the key split runs them)
+DECODE_SHAPES = [(8, 32, 8, 8192), (8, 32, 8, 32768), (8, 16, 16, 8192), (1, 32, 8, 131072), (2, 32, 8, 32768),
+                 (4, 16, 16, 16384)]
 
 
 def decode(args):
     _ffi.set_kv_cache_checks(False)
     d, rows_q, out = 128, args.rows, []
 
-    def fp8_with(vt, q8, k8, v8, qd, kd, vd):
+    def fp8_with(split, q8, k8, v8, qd, kd, vd):
         def call():
-            os.environ["FA_SM90_FP8_VT"] = vt  # read by the library at each call
+            if split is None:  # read by the library at each call
+                os.environ.pop("FA_SM90_FWD_SPLIT", None)
+            else:
+                os.environ["FA_SM90_FWD_SPLIT"] = split
             return _ops.fp8_forward(q8, k8, v8, qd, kd, vd)
         return call
     for b, hq, hk, sk in DECODE_SHAPES:
@@ -209,18 +217,22 @@ def decode(args):
         k, v = (torch.randn(b, sk, hk, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
         qd, kd, vd = torch.ones(b, hq, 1, device="cuda"), torch.ones(b, hk, 1, device="cuda"), torch.ones(b, hk, 1, device="cuda")
-        fns = {"fp8-kernel": fp8_with("kernel", q8, k8, v8, qd, kd, vd),
-               "fp8-pass": fp8_with("pass", q8, k8, v8, qd, kd, vd),
+        fns = {"fp8": fp8_with(None, q8, k8, v8, qd, kd, vd),
+               "fp8-nosplit": fp8_with("1", q8, k8, v8, qd, kd, vd),
                "bf16": lambda: _ops.attention(q, k, v)}
         times, errs = time_contenders(fns, calls=5, reps=args.reps)
-        os.environ.pop("FA_SM90_FP8_VT", None)
-        row = {"batch": b, "heads_q": hq, "heads_kv": hk, "keys": sk, "rows_q": rows_q}
+        kernel = "-"
+        if "fp8" in times:  # it ran: ask which kernel
+            fns["fp8"]()
+            kernel = _ffi.fa_context_last_kernel(_ffi.context_for(q.device)).decode()
+        os.environ.pop("FA_SM90_FWD_SPLIT", None)
+        row = {"batch": b, "heads_q": hq, "heads_kv": hk, "keys": sk, "rows_q": rows_q, "fp8_kernel": kernel}
         row.update({name: t * 1e3 for name, t in times.items()})  # us
         row["errors"] = errs
         out.append(row)
         print(f"b{b} h{hq}/{hk} sq{rows_q} sk{sk}: " + "  ".join(f"{n} {row[n]:.1f} us" for n in fns if n in row) +
-              (f"  kernel/pass {row['fp8-kernel'] / row['fp8-pass']:.2f}x" if "fp8-pass" in row and "fp8-kernel" in row
-               else f"  errors {errs}"), flush=True)
+              (f"  fp8/bf16 {row['fp8'] / row['bf16']:.2f}x split/nosplit {row['fp8'] / row['fp8-nosplit']:.2f}x"
+               if all(n in row for n in fns) else f"  errors {errs}") + f"  ({kernel})", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "unit": "us",

@@ -125,14 +125,19 @@ if [ "$MODE" = fp8 ]; then
     note "fp8 check rc=${PIPESTATUS[0]}: $(tail -1 "$OUT/fp8-check.log")"
     if [ -n "$GRID" ]; then
         # hdim 128 transposes V in the kernel below ~3k query rows per key
-        # (every grid case) and in a pass above: the sm90 runs force each
-        for run in "sm90 kernel" "sm90 pass" "auto default"; do
+        # (every grid case) and in a pass above: the first two runs force
+        # each, without the key split (whose hdim-128 instance transposes in
+        # the kernel), which grids of fewer tiles than SMs (most cases) run
+        # on auto; the last forces 5 parts
+        for run in "sm90 kernel 1" "sm90 pass 1" "auto default default" "sm90 default 5"; do
             set -- $run
-            FA_SM90_FP8_VT=$2 timeout 200 "$GRID" --device cuda --backend $1 --filter fp8 \
-                > "$OUT/grid-$1-$2-fp8.log" 2>&1
+            log="$OUT/grid-$1-$2-split$3-fp8.log"
+            split=""; [ "$3" != default ] && split="FA_SM90_FWD_SPLIT=$3"
+            env $split FA_SM90_FP8_VT=$2 timeout 200 "$GRID" --device cuda --backend $1 --filter fp8 \
+                > "$log" 2>&1
             rc=$?
-            grep -A3 FAIL "$OUT/grid-$1-$2-fp8.log" | head -12
-            note "test_grid $1 fp8 (V transposed: $2) rc=$rc: $(tail -1 "$OUT/grid-$1-$2-fp8.log" | cut -c1-100)"
+            grep -A3 FAIL "$log" | head -12
+            note "test_grid $1 fp8 (V transposed: $2, split: $3) rc=$rc: $(tail -1 "$log" | cut -c1-100)"
         done
         for tool in memcheck racecheck; do
             for vt in kernel pass; do

@@ -137,7 +137,7 @@ fa_status fa_dispatch_run(const fa_context *ctx, fa_backend backend, fa_problem 
 #endif
 #ifdef FA_HAVE_SM90
     case FA_BACKEND_CUDA_SM90:
-        return dir == FA_FORWARD ? fa_sm90_forward(p) : fa_sm90_backward(p, &ctx->cuda);
+        return dir == FA_FORWARD ? fa_sm90_forward(p, &ctx->cuda) : fa_sm90_backward(p, &ctx->cuda);
 #endif
     default:
         break;

@@ -369,12 +369,15 @@ fa_status fa_sm80_backward(fa_problem *p, const fa_cuda_device_info *dev);
 fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir,
                            const fa_cuda_device_info *dev);
 size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir, const fa_cuda_device_info *dev);
-fa_status fa_sm90_forward(fa_problem *p);
-/* dev: the context's device (its SM count orders the grid) */
+/* dev: the context's device (its SM count orders the grid, and plans the
+ * FP8 forward's key split) */
+fa_status fa_sm90_forward(fa_problem *p, const fa_cuda_device_info *dev);
 fa_status fa_sm90_backward(fa_problem *p, const fa_cuda_device_info *dev);
 size_t fa_sm90_backward_workspace_size(const fa_problem *p);
-/* The FP8 forward's Vᵀ (0 for other dtypes). */
-size_t fa_sm90_fp8_workspace_size(const fa_problem *p);
+/* The FP8 forward's workspace (0 for other dtypes): the Vᵀ pass's copy
+ * (fa_sm90_fp8_vt_bytes) and the key split's partial results. */
+size_t fa_sm90_fp8_vt_bytes(const fa_problem *p);
+size_t fa_sm90_fp8_workspace_size(const fa_problem *p, const fa_cuda_device_info *dev);
 #endif
 
 #ifdef __cplusplus

@@ -9,6 +9,7 @@
 #define FA_SM80_COMMON_CUH
 
 #include "fa_internal.h"
+#include "../key_split.cuh"
 #include "../ptx/mma_sm80.cuh"
 
 #include <cuda_runtime.h>
@@ -144,38 +145,7 @@ static inline cudaError_t resident_per_sm(const void *kernel, int threads, size_
     return err;
 }
 
-/* The last-wave split's model (backward v18, forward v13). `tasks` equal
- * tasks of `items` work units (query or key blocks) run on `ctas` resident
- * CTAs; the last `split` of them (tasks mod ctas: the last wave, which runs
- * while the other SMs idle) may instead run as k parts each over a share of
- * the items. A whole task costs items + 1 (its loads and epilogue), a part
- * items / k + extra (the same and its share of combining the parts), and
- * the parts run in ceil(split · k / ctas) rounds. Returns the k in
- * [2, max_parts] with the shortest rounds if they shorten the whole by 1%,
- * else 1. `force` (an environment value, or NULL) sets k instead (tests:
- * small problems then split too). */
-static inline int last_wave_parts(int64_t tasks, int64_t split, int64_t ctas, int items, double extra,
-                                  int max_parts, const char *force)
-{
-    if (split <= 0 || ctas <= 0 || max_parts < 2)
-        return 1;
-    if (force != nullptr) {
-        const long k = strtol(force, nullptr, 10);
-        return k < 1 ? 1 : k > max_parts ? max_parts : (int)k;
-    }
-    const double whole = items + 1.0, waves = (double)(tasks / ctas) * whole;
-    double best = whole;
-    int parts = 1;
-    for (int k = 2; k <= max_parts; ++k) {
-        const double rounds = (double)((split * k + ctas - 1) / ctas);
-        const double last = rounds * ((double)items / k + extra);
-        if (last < best) {
-            best = last;
-            parts = k;
-        }
-    }
-    return waves + best > 0.99 * (waves + whole) ? 1 : parts;
-}
+/* last_wave_parts, the split's model: ../key_split.cuh */
 
 /* ---------------------------------------------------------------------- */
 /* Tile loads                                                              */

@@ -149,24 +149,11 @@ struct ForwardArgs {
      * batch entry) runs as split_parts parts over its key blocks in
      * forward_kernel<..., true>, which writes each part's O / l and LSE
      * (part_o, part_lse; slot = the part's block index, tile-major), and
-     * forward_combine_kernel merges them. */
+     * fa_split_combine_kernel (../key_split.cuh) merges them. */
     int split_parts;
     float *part_o;   /* [slot][kBlockM][D] */
     float *part_lse; /* [slot][kBlockM], natural log */
 };
-
-/* Batch entry, head and first query row of the key split's tile `tile`
- * (tiles numbered as the grid (query blocks, heads, batch) orders them),
- * for its parts and its combine alike. */
-template <int BM>
-__device__ __forceinline__ void split_tile_origin(const fa_problem &p, int64_t tile, int64_t *b, int64_t *h,
-                                                  int64_t *m0)
-{
-    const int64_t blocks_m = (p.seqlen_q + BM - 1) / BM;
-    *m0 = tile % blocks_m * BM;
-    *h = tile / blocks_m % p.heads_q;
-    *b = tile / blocks_m / p.heads_q;
-}
 
 // q (B, Sq, Hq, d), k (B, Sk, Hkv, d), v (B, Sk, Hkv, dv) -> out (B, Sq, Hq, dv),
 // lse (B, Hq, Sq); packed (total, H, dim) with cu_seqlens for varlen.
@@ -571,86 +558,16 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     }
 }
 
-/* Rows per 128-thread block of forward_combine_kernel: a power of two. */
-__host__ __device__ constexpr int combine_rows(int d)
-{
-    return 128 / (d / 4) >= 8 ? 8 : 128 / (d / 4) >= 4 ? 4 : 128 / (d / 4) >= 2 ? 2 : 1;
-}
-
-/* Blocks of forward_combine_kernel per tile: its rows that exist. */
-__host__ __device__ inline int combine_blocks_per_tile(int64_t seqlen_q, int block_m, int rows)
-{
-    return (int)(((seqlen_q < block_m ? seqlen_q : block_m) + rows - 1) / rows);
-}
-
-/* Merges the parts of each tile (forward_kernel<..., true>) into out
- * and lse, per row: lse = log Σ_j exp(lse_j), out = Σ_j exp(lse_j - lse)·O_j
- * (O_j = the part's O / l), the parts in order, so the result does not
- * depend on their timing. One thread per row and 4 columns: the k float4
- * loads of a thread are independent, and each row's threads read its k
- * LSEs from L1 and compute the weights themselves (no smem, no barrier;
- * one 128-thread block per row tile was 10x slower than the bandwidth:
- * perf-gpu.md, forward v13).
- * part_o [slot][BM][D], part_lse [slot][BM] (split_parts slots per tile) ->
- * out (B, Sq, Hq, dv), lse (B, Hq, Sq).
- * Grid: tiles x combine_blocks_per_tile; 128 threads. */
-template <typename T, int D, int BM>
-__global__ void __launch_bounds__(128) forward_combine_kernel(const ForwardArgs args)
-{
-    constexpr int kChunks = D / 4, kRows = combine_rows(D); /* float4 chunks per row, rows per block */
-    static_assert(BM % kRows == 0, "rows per block");
-    if (threadIdx.x >= kRows * kChunks)
-        return;
-    const fa_problem &p = args.p;
-    const int parts = args.split_parts;
-    const int per_tile = combine_blocks_per_tile(p.seqlen_q, BM, kRows);
-    const int64_t tile = blockIdx.x / per_tile;
-    const int row = (int)(blockIdx.x % per_tile) * kRows + (int)threadIdx.x / kChunks;
-    const int col = (int)(threadIdx.x % kChunks) * 4;
-    int64_t b, h, m0;
-    split_tile_origin<BM>(p, tile, &b, &h, &m0);
-    if (m0 + row >= p.seqlen_q)
-        return;
-    const int64_t slot_row = tile * parts * BM + row; /* part j's row: slot_row + j·BM */
-    const float *lse = args.part_lse + slot_row;
-    float top = -INFINITY;
-    for (int j = 0; j < parts; ++j)
-        top = fmaxf(top, lse[j * BM]);
-    float sum = 0.f;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    const float4 *o = reinterpret_cast<const float4 *>(args.part_o + slot_row * D + col);
-#pragma unroll 4
-    for (int j = 0; j < parts; ++j) {
-        const float w = top == -INFINITY ? 0.f : expf(lse[j * BM] - top);
-        const float4 oj = o[(int64_t)j * BM * D / 4];
-        sum += w;
-        acc.x += w * oj.x, acc.y += w * oj.y, acc.z += w * oj.z, acc.w += w * oj.w;
-    }
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    const int dv = (int)p.head_dim_v;
-    T *out = (T *)p.out.data + fa_row_offset(&p.out, 0, b, m0 + row, h) + col;
-    const float vals[4] = {acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv};
-    if (args.out_vectorized && col + 4 <= dv) { /* 16-byte aligned rows */
-        uint2 packed = make_uint2(pack_pair<T>(vals[0], vals[1]), pack_pair<T>(vals[2], vals[3]));
-        *reinterpret_cast<uint2 *>(out) = packed;
-    } else {
-        for (int c = 0; c < 4 && col + c < dv; ++c)
-            out[c] = T(vals[c]);
-    }
-    if (p.lse && col == 0)
-        p.lse[fa_lse_index(0, b, h, m0 + row, p.heads_q, p.seqlen_q, p.total_q)] =
-            sum > 0.f ? top + logf(sum) : -INFINITY;
-}
-
 /* The key split of the lean forward (forward v13; flash-decoding's form).
  * A grid of fewer tiles than the GPU holds at once (few query rows over
  * long keys: KV-cache decoding, chunked prefill) leaves most SMs idle, and
  * each of its CTAs walks every key. Without a window, block mask or varlen
  * every tile has the same key blocks; the tiles then run as parts over a
  * share of them each, every part writing its O / l and LSE in fp32, and
- * forward_combine_kernel merges them. The model is last_wave_parts with
- * the whole grid as its last wave, in key blocks: a part's extra cost is
- * its Q load, its fp32 store and its share of the combine. (The same split
+ * fa_split_combine_kernel (../key_split.cuh) merges them. The model is
+ * last_wave_parts with the whole grid as its last wave, in key blocks: a
+ * part's extra cost is its Q load, its fp32 store and its share of the
+ * combine. (The same split
  * of a grid's last wave only, with the whole tiles' kernel a programmatic
  * dependent of the parts', gained 1.3-2.2% of the cycles at non-causal
  * 8k-16k but nothing free-running at the power cap; perf-gpu.md, forward
@@ -739,7 +656,7 @@ static fa_status run_forward_split(ForwardArgs &args, const ForwardSplit &split)
     if (st != FA_SUCCESS)
         return st;
     const int per_tile = combine_blocks_per_tile(args.p.seqlen_q, BM, combine_rows(D));
-    forward_combine_kernel<T, D, BM><<<(unsigned)(split.tiles * per_tile), 128, 0, stream>>>(args);
+    fa_split_combine_kernel<T, D, BM, ForwardArgs><<<(unsigned)(split.tiles * per_tile), 128, 0, stream>>>(args);
     return check_launch("sm80 forward combine launch");
 }
 

@@ -93,6 +93,12 @@ struct fa_sm90_params {
     const float *q_descale, *k_descale, *v_descale;
     int descale_block_q, descale_block_k, descale_blocks_q, descale_blocks_k;
     int vt_seq_keys; /* FP8 Vᵀ, fixed length: keys per sequence (fa_sm90_vt_start) */
+    /* FP8 key split (kKeySplit instances; ../key_split.cuh, fwd_sm90.cu
+     * plans it): each tile runs as split_parts parts over a share of its
+     * key blocks (tile index = tile · split_parts + part, no heaviest-first
+     * order), writing O / l and the LSE in fp32 to part_o / part_lse */
+    int split_parts;
+    float *part_o, *part_lse;
 };
 
 /* FP8: where sequence b's keys start in a Vᵀ row (fwd_sm90.cu): b times
@@ -107,7 +113,7 @@ __host__ __device__ __forceinline__ int fa_sm90_vt_start(bool varlen, const int3
 
 /* Compile-time shape of one kernel instance. */
 template <typename Elem_, int HeadDimPadded_, int BlockN_, int Stages_, int ConsumerWarpgroups_ = 2,
-          int ClusterSize_ = 1, bool VtInKernel_ = false>
+          int ClusterSize_ = 1, bool VtInKernel_ = false, bool KeySplit_ = false>
 struct fa_sm90_config {
     typedef Elem_ Elem;
     /* FP8 (e4m3 / e5m2 q, k, v; out bf16): K = 32 per wgmma, V transposed
@@ -153,6 +159,10 @@ struct fa_sm90_config {
      * the transposing warps too few to keep up (perf.md, twenty-eighth
      * session). */
     static constexpr bool kVtInKernel = VtInKernel_;
+    /* FP8, the key split's parts (fwd_sm90.cu): their own instances, so
+     * that the others carry none of its code (as a runtime flag it cost
+     * the hdim-128 forward 4% at 16k: perf.md, twenty-ninth session) */
+    static constexpr bool kKeySplit = KeySplit_;
     static constexpr int kTransposeWarps = kVtInKernel ? 3 : 0;
     static constexpr int kRawVBuffers = kVtInKernel ? kStages : 0;
     /* barriers: q_full[2], q_empty[2], k_full[S], v_full[S], k_empty[S],
@@ -226,6 +236,7 @@ struct fa_sm90_config {
      * row each); one CTA per cluster (the halves of multicast loads would
      * be halves of the head dim) */
     static_assert(!kFp8 || (kBlockN == 128 && kClusterSize == 1 && kConsumerWarpgroups == 2), "FP8 tile shape");
+    static_assert(!kKeySplit || kFp8, "the key split's parts: FP8 only (16-bit decoding runs sm80's)");
     static_assert(kClusterSize == 1 || kClusterSize == 2, "clusters of one or two CTAs (the producer loads halves)");
     static_assert(kSmemBytes <= kSmemLimit, "shared memory of one CTA");
     static_assert(!kVtInKernel || (kFp8 && kHeadDim == 128 && !kOInV),
@@ -276,6 +287,7 @@ struct fa_sm90_tile {
     /* the blocks of [n_full_begin, n_full_end) show every key to every row
      * of the tile (no sequence end, no window edge): no per-element mask */
     int n_full_begin, n_full_end;
+    int slot; /* kKeySplit: the part (its tile index), where its O / l and LSE go */
 };
 
 /* Tile `index` of the persistent loop. Without a window the m blocks of one
@@ -290,6 +302,12 @@ template <class Cfg>
 __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p, int index)
 {
     fa_sm90_tile t;
+    int part = 0;
+    if constexpr (Cfg::kKeySplit) { /* (set unused elsewhere, the slot moved 16-bit hdim 192 / 256's code) */
+        t.slot = index;
+        part = index % p.split_parts;
+        index /= p.split_parts;
+    }
     int m_block, head_batch;
     if (p.heaviest_first) {
         int section = index / (p.heads_per_section * p.num_m_blocks);
@@ -327,6 +345,12 @@ __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p,
     t.n_end = col_end <= col_begin ? t.n_begin : (col_end + Cfg::kBlockN - 1) / Cfg::kBlockN;
     if (t.m0 >= t.sq) /* varlen: this sequence is shorter than the longest */
         t.n_end = t.n_begin;
+    if constexpr (Cfg::kKeySplit)
+        if (t.n_end > t.n_begin) { /* this part's share (maybe none) */
+            const int first = t.n_begin, blocks = t.n_end - t.n_begin;
+            t.n_begin = first + blocks * part / p.split_parts;
+            t.n_end = first + blocks * (part + 1) / p.split_parts;
+        }
     /* block n is full when (n + 1) BlockN <= sk, its last key is within the
      * right window of the tile's first row, and its first key within the
      * left window of the tile's last row (row m0 + BlockM - 1, as the mask
@@ -385,9 +409,12 @@ __device__ __forceinline__ bool fa_sm90_has_keys(const fa_sm90_tile &t) { return
  * sequence's end (the box would overwrite the next sequence's rows; fixed
  * length, TMA skips rows past the tensor), nor for tiles without keys (so
  * that with O over the V ring, producer and consumers count the same
- * stores: those of tiles the producer loads). */
+ * stores: those of tiles the producer loads), nor for parts of the key
+ * split. */
 template <class Cfg> __device__ __forceinline__ bool fa_sm90_o_staged(const fa_sm90_params &p, const fa_sm90_tile &t)
 {
+    if constexpr (Cfg::kKeySplit)
+        return false;
     return Cfg::kTmaStore && fa_sm90_has_keys(t) && (!p.varlen || t.m0 + Cfg::kBlockM <= t.sq);
 }
 
@@ -1086,7 +1113,9 @@ template <class Cfg> struct fa_sm90_rows {
     uint32_t packed[Cfg::kHeadDim / 4];
 };
 
-/* The LSE of this thread's two rows, and O / rowsum into rows.packed. */
+/* The LSE of this thread's two rows, and O / rowsum into rows.packed; a
+ * part of the key split writes both in fp32 to its slot of the workspace
+ * instead (rows of the sequence only; the combine reads no others). */
 template <class Cfg>
 __device__ __forceinline__ void fa_finish_rows(const fa_sm90_params &p, const fa_sm90_tile &t, int row0,
                                                const float (&o)[Cfg::kHeadDim / 2], const float (&row_max)[2],
@@ -1100,18 +1129,37 @@ __device__ __forceinline__ void fa_finish_rows(const fa_sm90_params &p, const fa
         float sum = fa_quad_sum(row_sum[r]);
         inv[r] = (sum == 0.0f || sum != sum) ? 0.0f : 1.0f / sum;
         int row = row0 + 8 * r;
-        if (row < t.sq && p.lse != nullptr && (lane & 3) == 0) {
+        /* FP8: the row max is in the last block's log2 units, and the sum
+         * carries 2^POffset */
+        auto lse = [&]() {
+            return sum == 0.0f ? -INFINITY
+                   : Cfg::kFp8 ? row_max[r] * fp8.log2 * 0.6931471805599453f + logf(sum) -
+                                     Cfg::kPOffset * 0.6931471805599453f
+                               : row_max[r] * p.score_scale + logf(sum);
+        };
+        if constexpr (Cfg::kKeySplit) {
+            if (row < t.sq && (lane & 3) == 0)
+                p.part_lse[(int64_t)t.slot * Cfg::kBlockM + row - t.m0] = lse();
+        } else if (row < t.sq && p.lse != nullptr && (lane & 3) == 0) {
             int64_t idx = p.varlen ? (int64_t)t.h * p.total_q + t.q0 + row
                                    : ((int64_t)t.b * p.heads_q + t.h) * p.seqlen_q + row;
-            /* FP8: the row max is in the last block's log2 units, and the
-             * sum carries 2^POffset */
-            p.lse[idx] = sum == 0.0f ? -INFINITY
-                         : Cfg::kFp8 ? row_max[r] * fp8.log2 * 0.6931471805599453f + logf(sum) -
-                                           Cfg::kPOffset * 0.6931471805599453f
-                                     : row_max[r] * p.score_scale + logf(sum);
+            p.lse[idx] = lse();
         }
         if constexpr (Cfg::kFp8)
             inv[r] *= fp8.v_scale; /* O holds P·V of stored V at the last block's descale */
+    }
+    if constexpr (Cfg::kKeySplit) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = row0 + 8 * r;
+            if (row >= t.sq)
+                continue;
+            float *part = p.part_o + ((int64_t)t.slot * Cfg::kBlockM + row - t.m0) * Cfg::kHeadDim;
+#pragma unroll
+            for (int i = 2 * r; i < Cfg::kHeadDim / 2; i += 4)
+                *reinterpret_cast<float2 *>(part + 8 * (i >> 2) + 2 * (lane & 3)) =
+                    make_float2(o[i] * inv[r], o[i + 1] * inv[r]);
+        }
     }
     rows.t = t;
 #pragma unroll
@@ -1131,6 +1179,8 @@ __device__ __forceinline__ void fa_write_rows(const fa_sm90_params &p, const fa_
     constexpr int D = Cfg::kHeadDim;
     const fa_sm90_tile &t = rows.t;
     const int lane = threadIdx.x % 32;
+    if constexpr (Cfg::kKeySplit) /* fa_finish_rows wrote the part's O */
+        return;
     if (fa_sm90_o_staged<Cfg>(p, t)) {
         if constexpr (Cfg::kTmaStore) {
             fa_store_tile_tma<Cfg>(p, t, sm, wg, rows.packed);

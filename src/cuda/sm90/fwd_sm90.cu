@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../key_split.cuh"
 #include "fwd_kernel.cuh"
 #include "problem_params.h"
 #include "tensor_maps.h"
@@ -59,11 +60,106 @@ static bool vt_in_kernel(const fa_problem *p)
     return rows < 3072.0;
 }
 
-extern "C" size_t fa_sm90_fp8_workspace_size(const fa_problem *p)
+extern "C" size_t fa_sm90_fp8_vt_bytes(const fa_problem *p)
 {
     if (!fa_dtype_is_fp8(p->dtype) || vt_in_kernel(p))
         return 0;
     return (size_t)(p->heads_kv * p->head_dim * vt_keys(p));
+}
+
+/* ------------------------------------------------------------------------ */
+/* FP8: the key split (../key_split.cuh)                                    */
+
+/* An FP8 grid of fewer 128-row tiles than SMs (decoding: a few query rows
+ * per head over a long cache) leaves SMs idle while each CTA walks every
+ * key, at the cost of 128 rows' GEMMs per key block however few rows
+ * there are: one row over 128k keys took 1569 µs against the bf16 split's
+ * 197 (perf.md, twenty-eighth session). Each tile then runs as parts over
+ * a share of its key blocks (fa_sm90_tile_of), as many as last_wave_parts
+ * finds worth it with the whole grid as its last wave (a part's extra
+ * cost, in key blocks: its Q load and pipeline fill, its fp32 store and
+ * its share of the combine), and fa_split_combine_kernel merges them.
+ * Fixed lengths only (the combine finds a tile's rows from seqlen_q);
+ * windows and KV caches split each tile's own key range.
+ * FA_SM90_FWD_SPLIT=k forces k parts where the split can run (tests). */
+constexpr double kSplitPartExtra = 3.0;
+constexpr int kSplitMaxParts = 32;
+constexpr size_t kSplitMaxBytes = (size_t)128 << 20;
+constexpr int kFp8BlockM = 128, kFp8BlockN = 128; /* fa_sm90_config's FP8 tile */
+
+struct fa_sm90_key_split {
+    int64_t tiles; /* the grid's tiles */
+    int parts;     /* per tile (1: no split) */
+    size_t bytes;  /* part_o, then part_lse */
+};
+
+static fa_sm90_key_split plan_key_split(const fa_problem *p, int sms)
+{
+    const int64_t tiles = (p->seqlen_q + kFp8BlockM - 1) / kFp8BlockM * p->heads_q * p->batch;
+    fa_sm90_key_split plan = {tiles, 1, 0};
+    if (!fa_dtype_is_fp8(p->dtype) || p->varlen || p->seqlen_k <= 0 || tiles <= 0 || tiles >= sms)
+        return plan;
+    const int key_blocks = (int)((p->seqlen_k + kFp8BlockN - 1) / kFp8BlockN);
+    const size_t part_bytes = (size_t)kFp8BlockM * (p->head_dim + 1) * 4;
+    int64_t max_parts = (int64_t)(kSplitMaxBytes / part_bytes) / tiles;
+    max_parts = max_parts < key_blocks ? max_parts : key_blocks;
+    max_parts = max_parts < kSplitMaxParts ? max_parts : kSplitMaxParts;
+    plan.parts = last_wave_parts(tiles, tiles, sms, key_blocks, kSplitPartExtra, (int)max_parts,
+                                 getenv("FA_SM90_FWD_SPLIT"));
+    plan.bytes = plan.parts > 1 ? (size_t)(tiles * plan.parts) * part_bytes : 0;
+    return plan;
+}
+
+/* Where the split's partial results start: after the Vᵀ pass's copy where
+ * the split reads one (hdim 256; at hdim 128 its instance transposes V in
+ * the kernel: launch_fp8), 256-byte aligned. */
+static size_t split_offset(const fa_problem *p)
+{
+    return p->head_dim == 128 ? 0 : (fa_sm90_fp8_vt_bytes(p) + 255) / 256 * 256;
+}
+
+extern "C" size_t fa_sm90_fp8_workspace_size(const fa_problem *p, const fa_cuda_device_info *dev)
+{
+    if (!fa_dtype_is_fp8(p->dtype))
+        return 0;
+    const fa_sm90_key_split split = plan_key_split(p, dev->num_sms);
+    return split.parts > 1 ? split_offset(p) + split.bytes : fa_sm90_fp8_vt_bytes(p);
+}
+
+/* The split that runs: the plan, where the workspace was sized for it (a
+ * size query under another FA_SM90_FWD_SPLIT runs whole tiles). */
+static fa_sm90_key_split key_split_of(const fa_problem *p, const fa_cuda_device_info *dev)
+{
+    fa_sm90_key_split split = plan_key_split(p, dev->num_sms);
+    if (split.parts > 1 && (p->workspace == NULL || p->workspace_size < split_offset(p) + split.bytes))
+        split.parts = 1;
+    return split;
+}
+
+/* The combine's arguments (fa_split_combine_kernel reads these names). */
+struct fa_sm90_combine_args {
+    fa_problem p;
+    int split_parts;
+    float *part_o, *part_lse;
+    bool out_vectorized;
+};
+
+template <int D> static fa_status combine_parts(const fa_problem *p, const fa_sm90_key_split &split, float *part_o)
+{
+    fa_sm90_combine_args args;
+    args.p = *p;
+    args.split_parts = split.parts;
+    args.part_o = part_o;
+    args.part_lse = part_o + split.tiles * split.parts * kFp8BlockM * D;
+    args.out_vectorized = true; /* TMA's rules (sm90.cu): 16-byte aligned rows */
+    const int per_tile = combine_blocks_per_tile(p->seqlen_q, kFp8BlockM, combine_rows(D));
+    fa_split_combine_kernel<__nv_bfloat16, D, kFp8BlockM, fa_sm90_combine_args>
+        <<<(unsigned)(split.tiles * per_tile), 128, 0, (cudaStream_t)p->stream>>>(args);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess)
+        return fa_fail(FA_ERROR_DEVICE, "sm90: launch of the FP8 key split's combine failed: %s",
+                       cudaGetErrorString(err));
+    return FA_SUCCESS;
 }
 
 struct fa_vt_params {
@@ -218,7 +314,7 @@ static bool cluster_fits(const fa_problem *p, int64_t block_m)
     return !p->varlen && !has_window(p) && ((p->seqlen_q + block_m - 1) / block_m) % 2 == 0;
 }
 
-template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_name)
+template <class Cfg> static fa_status launch(fa_problem *p, const fa_cuda_device_info *dev, const char *kernel_name)
 {
     fa_sm90_params prm;
     memset(&prm, 0, sizeof prm);
@@ -239,9 +335,18 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     /* the workspace was sized by the same rule (vt_in_kernel); should it
      * have answered otherwise then (FA_SM90_FP8_VT changed in between),
      * refuse rather than write past it */
-    if (Cfg::kFp8 && !Cfg::kVtInKernel && (p->workspace == NULL || p->workspace_size < fa_sm90_fp8_workspace_size(p)))
+    if (Cfg::kFp8 && !Cfg::kVtInKernel && (p->workspace == NULL || p->workspace_size < fa_sm90_fp8_vt_bytes(p)))
         return fa_fail(FA_ERROR_INTERNAL, "sm90: the FP8 Vᵀ pass needs %zu bytes of workspace, has %zu",
-                       fa_sm90_fp8_workspace_size(p), p->workspace == NULL ? (size_t)0 : p->workspace_size);
+                       fa_sm90_fp8_vt_bytes(p), p->workspace == NULL ? (size_t)0 : p->workspace_size);
+    fa_sm90_key_split split = key_split_of(p, dev);
+    if (!Cfg::kKeySplit)
+        split.parts = 1;
+    else if (split.parts < 2) /* launch_fp8 asked key_split_of the same */
+        return fa_fail(FA_ERROR_INTERNAL, "sm90: a key-split instance launched without a split");
+    float *part_o = split.parts > 1 ? (float *)((uint8_t *)p->workspace + split_offset(p)) : NULL;
+    prm.split_parts = split.parts;
+    prm.part_o = part_o;
+    prm.part_lse = part_o != NULL ? part_o + split.tiles * split.parts * Cfg::kBlockM * Cfg::kHeadDim : NULL;
     if ((st = fa_sm90_encode_map(&prm.map_q, p, &p->q, 1, Cfg::kBlockM, "q")) != FA_SUCCESS ||
         (st = fa_sm90_encode_map(&prm.map_k, p, &p->k, 0, kv_box_rows, "k")) != FA_SUCCESS ||
         (Cfg::kFp8 && !Cfg::kVtInKernel ? (st = fa_sm90_encode_vt_map(&prm.map_v, p, p->workspace, vt_keys(p))) != FA_SUCCESS
@@ -261,15 +366,16 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
     prm.out_stride_seq = p->out.stride_seq;
     prm.out_stride_head = p->out.stride_head;
     prm.score_scale = p->softcap > 0.0f ? 1.0f : p->softmax_scale;
-    int64_t tiles = (int64_t)prm.num_m_blocks * p->heads_q * p->batch;
+    /* split tiles: one after another per tile (the combine's order), no
+     * heaviest-first (the grid is one round) */
+    int64_t tiles = (int64_t)prm.num_m_blocks * p->heads_q * p->batch * split.parts;
     if (tiles > 0x7fffffff)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: %lld tiles exceed the scheduler's int range", (long long)tiles);
     prm.num_tiles = (int)tiles;
-    prm.heaviest_first = p->window_right >= 0 || p->window_left >= 0;
-    int device = 0, sms = 0;
+    prm.heaviest_first = split.parts == 1 && (p->window_right >= 0 || p->window_left >= 0);
+    const int sms = dev->num_sms;
+    int device = 0;
     cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess)
-        err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm90: device query: %s", cudaGetErrorString(err));
     /* heaviest-first sections (fa_sm90_tile_of): as many (batch, head) pairs
@@ -282,7 +388,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
      * -> 315 TFLOP/s, 1k +2-3%; sections of 1.03 rounds lost 13-17% at 1k,
      * of 1.45 rounds 11% (hdim 256 causal 512); at 16 m blocks (2k) one
      * round read -4 to +4%, so longer sequences keep 32 MB. */
-    int64_t head_batches = p->heads_q * p->batch;
+    int64_t head_batches = p->heads_q * p->batch * split.parts;
     int64_t kv_bytes = 2 * (int64_t)fa_dtype_size(p->dtype) * p->seqlen_k * p->head_dim / (p->heads_q / p->heads_kv);
     int64_t per_section = prm.heaviest_first ? ((int64_t)32 << 20) / (kv_bytes > 0 ? kv_bytes : 1) : head_batches;
     if (prm.heaviest_first && prm.num_m_blocks >= 1 && prm.num_m_blocks <= 8) {
@@ -344,6 +450,9 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
         err = cudaGetLastError();
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm90: launch of %s failed: %s", kernel_name, cudaGetErrorString(err));
+    if constexpr (Cfg::kKeySplit)
+        if ((st = combine_parts<Cfg::kHeadDim>(p, split, part_o)) != FA_SUCCESS)
+            return st;
     p->kernel_name = kernel_name;
     return FA_SUCCESS;
 }
@@ -354,11 +463,11 @@ template <class Cfg> static fa_status launch(fa_problem *p, const char *kernel_n
  * runs the intra-warpgroup overlap; at hdim 256 (key block 80) it fits in
  * registers since P is double-buffered and measured 632 -> 722 TFLOP/s at
  * 16k against the kernel without it (docs/perf-sm90.md, v8). */
-template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
+template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p, const fa_cuda_device_info *dev)
 {
     const bool bf16 = !fa_is_half<Elem>::value;
     /* the kernel's name in debug/bench output */
-#define FA_LAUNCH(label, ...) launch<__VA_ARGS__>(p, bf16 ? "sm90.fwd." label ".bf16" : "sm90.fwd." label ".fp16")
+#define FA_LAUNCH(label, ...) launch<__VA_ARGS__>(p, dev, bf16 ? "sm90.fwd." label ".bf16" : "sm90.fwd." label ".fp16")
     /* hdim >= 128: clusters of two where they fit (".x2") */
 #define FA_LAUNCH_PAIRS(label, hdim, block_n)                                                                \
     (cluster_fits(p, 128) ? FA_LAUNCH(label ".x2", fa_sm90_config<Elem, hdim, block_n, 2, 2, 2>)             \
@@ -402,29 +511,38 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p)
 }
 
 /* FP8: 128 x 128 tiles, two consumer warpgroups, one CTA per cluster
- * (fa_sm90_config's FP8 rules); sm90.cu lets hdim 128 and 256 through. */
-template <typename Elem> static fa_status launch_fp8(fa_problem *p)
+ * (fa_sm90_config's FP8 rules); sm90.cu lets hdim 128 and 256 through.
+ * Names: ".vt" V transposed in the kernel, ".split" the key split, whose
+ * instance at hdim 128 always transposes V in the kernel (one instance
+ * fewer; its grids are small, and decoding's one query row per key of V
+ * is where the in-kernel form gains most). */
+template <typename Elem> static fa_status launch_fp8(fa_problem *p, const fa_cuda_device_info *dev)
 {
-    const bool e5m2 = fa_is_fp8<Elem>::e5m2;
-    if (p->head_dim == 128 && vt_in_kernel(p)) /* ".vt": V transposed in the kernel */
-        return launch<fa_sm90_config<Elem, 128, 128, 2, 2, 1, true>>(
-            p, e5m2 ? "sm90.fwd.hdim128.vt.e5m2" : "sm90.fwd.hdim128.vt.e4m3");
+    const bool e5m2 = fa_is_fp8<Elem>::e5m2, split = key_split_of(p, dev).parts > 1;
+#define FA_FP8_NAME(label) (e5m2 ? "sm90.fwd." label ".e5m2" : "sm90.fwd." label ".e4m3")
+    if (p->head_dim == 128 && split)
+        return launch<fa_sm90_config<Elem, 128, 128, 2, 2, 1, true, true>>(p, dev, FA_FP8_NAME("hdim128.vt.split"));
+    if (p->head_dim == 128 && vt_in_kernel(p))
+        return launch<fa_sm90_config<Elem, 128, 128, 2, 2, 1, true>>(p, dev, FA_FP8_NAME("hdim128.vt"));
     if (p->head_dim == 128)
-        return launch<fa_sm90_config<Elem, 128, 128, 2>>(p, e5m2 ? "sm90.fwd.hdim128.e5m2" : "sm90.fwd.hdim128.e4m3");
-    return launch<fa_sm90_config<Elem, 256, 128, 2>>(p, e5m2 ? "sm90.fwd.hdim256.e5m2" : "sm90.fwd.hdim256.e4m3");
+        return launch<fa_sm90_config<Elem, 128, 128, 2>>(p, dev, FA_FP8_NAME("hdim128"));
+    if (split)
+        return launch<fa_sm90_config<Elem, 256, 128, 2, 2, 1, false, true>>(p, dev, FA_FP8_NAME("hdim256.split"));
+    return launch<fa_sm90_config<Elem, 256, 128, 2>>(p, dev, FA_FP8_NAME("hdim256"));
+#undef FA_FP8_NAME
 }
 
-extern "C" fa_status fa_sm90_forward(fa_problem *p)
+extern "C" fa_status fa_sm90_forward(fa_problem *p, const fa_cuda_device_info *dev)
 {
     if (fa_dtype_is_fp8(p->dtype) && fa_sm90_rows_of(p, 0) == 0)
         return fp8_no_keys(p);
     if (p->dtype == FA_DTYPE_BF16)
-        return launch_for_head_dim<__nv_bfloat16>(p);
+        return launch_for_head_dim<__nv_bfloat16>(p, dev);
     if (p->dtype == FA_DTYPE_F16)
-        return launch_for_head_dim<__half>(p);
+        return launch_for_head_dim<__half>(p, dev);
     if (p->dtype == FA_DTYPE_FP8_E4M3)
-        return launch_fp8<__nv_fp8_e4m3>(p);
+        return launch_fp8<__nv_fp8_e4m3>(p, dev);
     if (p->dtype == FA_DTYPE_FP8_E5M2)
-        return launch_fp8<__nv_fp8_e5m2>(p);
+        return launch_fp8<__nv_fp8_e5m2>(p, dev);
     return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: dtype %s", fa_dtype_name(p->dtype));
 }

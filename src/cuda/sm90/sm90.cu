@@ -66,7 +66,7 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
                            "sm90: FP8 descale blocks must be 0 or a multiple of 128 rows (got %lld, %lld)",
                            (long long)p->descale_block_q, (long long)p->descale_block_k);
         /* Vᵀ's keys (fwd_sm90.cu) are TMA coordinates: int */
-        if (fa_sm90_fp8_workspace_size(p) / (size_t)(p->heads_kv * p->head_dim) > 0x7fffffff)
+        if (fa_sm90_fp8_vt_bytes(p) / (size_t)(p->heads_kv * p->head_dim) > 0x7fffffff)
             return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: FP8 with more than 2^31 keys per head in all");
     }
     if (p->head_dim != p->head_dim_v || !is_supported_head_dim(p->head_dim))
@@ -131,7 +131,7 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
  * leaves out where the workspace is smaller.) */
 extern "C" size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir, const fa_cuda_device_info *dev)
 {
-    size_t bytes = dir == FA_BACKWARD ? fa_sm90_backward_workspace_size(p) : fa_sm90_fp8_workspace_size(p);
+    size_t bytes = dir == FA_BACKWARD ? fa_sm90_backward_workspace_size(p) : fa_sm90_fp8_workspace_size(p, dev);
 #ifdef FA_HAVE_SM80
     size_t fallback = dir == FA_BACKWARD ? fa_sm80_workspace_size(p, dir, dev) : 0;
     bytes = fallback > bytes ? fallback : bytes;
