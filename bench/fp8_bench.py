@@ -22,9 +22,10 @@ one form), the bf16 forward and
 SDPA's CUDNN_ATTENTION, timed as gpu_bench.py times contenders.
 decode: one query row (or --rows) over long caches (b, heads_q,
 heads_kv, keys: DECODE_SHAPES), hdim 128: microseconds of the FP8
-forward as the dispatcher runs it, the same without the key split
-(FA_SM90_FWD_SPLIT=1, set per call), and the bf16 forward, in one
-process.
+forward as the dispatcher runs it, the same without packing the query
+heads of a KV head into one tile (FA_SM90_PACK_GQA=0) and without the
+key split (FA_SM90_FWD_SPLIT=1; both set per call), and the bf16
+forward, in one process.
 accuracy: FA3 §4.3's experiment (N(0, 1) plus 0.1% N(0, 100) outliers,
 b 4, s 4096, h 16, d 128): RMSE against float64 attention of the
 unquantized values for per-head and 128-row block scales, with and
@@ -204,12 +205,13 @@ def decode(args):
     _ffi.set_kv_cache_checks(False)
     d, rows_q, out = 128, args.rows, []
 
-    def fp8_with(split, q8, k8, v8, qd, kd, vd):
+    def fp8_with(env, q8, k8, v8, qd, kd, vd):
         def call():
-            if split is None:  # read by the library at each call
-                os.environ.pop("FA_SM90_FWD_SPLIT", None)
-            else:
-                os.environ["FA_SM90_FWD_SPLIT"] = split
+            for name in ("FA_SM90_FWD_SPLIT", "FA_SM90_PACK_GQA"):  # read by the library at each call
+                if name in env:
+                    os.environ[name] = env[name]
+                else:
+                    os.environ.pop(name, None)
             return _ops.fp8_forward(q8, k8, v8, qd, kd, vd)
         return call
     for b, hq, hk, sk in DECODE_SHAPES:
@@ -217,21 +219,21 @@ def decode(args):
         k, v = (torch.randn(b, sk, hk, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
         q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
         qd, kd, vd = torch.ones(b, hq, 1, device="cuda"), torch.ones(b, hk, 1, device="cuda"), torch.ones(b, hk, 1, device="cuda")
-        fns = {"fp8": fp8_with(None, q8, k8, v8, qd, kd, vd),
-               "fp8-nosplit": fp8_with("1", q8, k8, v8, qd, kd, vd),
+        fns = {"fp8": fp8_with({}, q8, k8, v8, qd, kd, vd),
+               "fp8-nopack": fp8_with({"FA_SM90_PACK_GQA": "0"}, q8, k8, v8, qd, kd, vd),
+               "fp8-nosplit": fp8_with({"FA_SM90_FWD_SPLIT": "1"}, q8, k8, v8, qd, kd, vd),
                "bf16": lambda: _ops.attention(q, k, v)}
         times, errs = time_contenders(fns, calls=5, reps=args.reps)
         kernel = "-"
         if "fp8" in times:  # it ran: ask which kernel
             fns["fp8"]()
             kernel = _ffi.fa_context_last_kernel(_ffi.context_for(q.device)).decode()
-        os.environ.pop("FA_SM90_FWD_SPLIT", None)
         row = {"batch": b, "heads_q": hq, "heads_kv": hk, "keys": sk, "rows_q": rows_q, "fp8_kernel": kernel}
         row.update({name: t * 1e3 for name, t in times.items()})  # us
         row["errors"] = errs
         out.append(row)
         print(f"b{b} h{hq}/{hk} sq{rows_q} sk{sk}: " + "  ".join(f"{n} {row[n]:.1f} us" for n in fns if n in row) +
-              (f"  fp8/bf16 {row['fp8'] / row['bf16']:.2f}x split/nosplit {row['fp8'] / row['fp8-nosplit']:.2f}x"
+              (f"  fp8/bf16 {row['fp8'] / row['bf16']:.2f}x fp8/nosplit {row['fp8'] / row['fp8-nosplit']:.2f}x"
                if all(n in row for n in fns) else f"  errors {errs}") + f"  ({kernel})", flush=True)
     if args.out:
         with open(args.out, "w") as f:

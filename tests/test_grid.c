@@ -581,6 +581,39 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
         }
         push_case(list, &c);
     }
+
+    /* FP8 decoding: a few query rows per head over a few thousand keys,
+     * which the Hopper forward runs as its key split, with the query heads
+     * of a KV head packed into one tile (a power of two of them, up to 64,
+     * no window) or not (3 per KV head; causal over 5 rows); a paged cache
+     * with used keys per sequence; descales on every tensor, so that the
+     * packed rows' own Q descales count. Cheap (few rows): CPU runs too;
+     * the Hopper kernel must run these. */
+    static const struct {
+        fa_dtype dtype;
+        int64_t head_dim, batch, heads_q, heads_kv, seqlen_q;
+        int causal;
+        int64_t page_size;
+    } fp8_decode[] = {{FA_DTYPE_FP8_E4M3, 128, 2, 8, 2, 1, 0, 0},  {FA_DTYPE_FP8_E5M2, 128, 1, 16, 2, 3, 0, 0},
+                      {FA_DTYPE_FP8_E4M3, 256, 2, 4, 1, 2, 0, 0},  {FA_DTYPE_FP8_E4M3, 128, 3, 6, 2, 1, 0, 0},
+                      {FA_DTYPE_FP8_E5M2, 128, 2, 8, 4, 5, 1, 0},  {FA_DTYPE_FP8_E4M3, 128, 2, 8, 2, 1, 0, 16},
+                      {FA_DTYPE_FP8_E4M3, 128, 1, 128, 2, 1, 0, 0}};
+    for (size_t n = 0; n < sizeof fp8_decode / sizeof fp8_decode[0]; ++n) {
+        c = base_case(&r, "fp8decode", fp8_decode[n].dtype);
+        c.batch = fp8_decode[n].batch;
+        c.heads_q = fp8_decode[n].heads_q;
+        c.heads_kv = fp8_decode[n].heads_kv;
+        c.seqlen_q = fp8_decode[n].seqlen_q;
+        c.seqlen_k = rng_int(&r, 1500, 5000);
+        c.head_dim = c.head_dim_v = fp8_decode[n].head_dim;
+        c.causal = fp8_decode[n].causal;
+        c.descale_block_q = 0;
+        c.descale_block_k = rng_int(&r, 0, 1) ? 0 : 256;
+        c.descaled = DESCALED_ALL;
+        if ((c.page_size = fp8_decode[n].page_size) > 0)
+            c.seqused = 1;
+        push_case(list, &c);
+    }
 }
 
 static void describe(const grid_case *c, char *buf, size_t size)
@@ -644,7 +677,8 @@ typedef struct run_config {
     fa_context *ctx;
     fa_context *cpu_ctx;   /* CUDA runs: the CPU backend, for the mask */
     int fp8_on_hopper;     /* an sm_90 GPU and a backend (auto, sm90) whose
-                              FP8 kernel is documented: fp8long must run */
+                              FP8 kernel is documented: fp8long and
+                              fp8decode must run */
 } run_config;
 
 typedef struct case_report {
@@ -2014,7 +2048,7 @@ int main(int argc, char **argv)
         snprintf(rep.header, sizeof rep.header, "#%d %s", n, text);
         rep.cuda_may_refuse = cfg.device == FA_DEVICE_CUDA &&
                               (c->dtype == FA_DTYPE_F32 || dtype_is_fp8(c->dtype));
-        rep.must_run = cfg.fp8_on_hopper && !strcmp(c->family, "fp8long");
+        rep.must_run = cfg.fp8_on_hopper && (!strcmp(c->family, "fp8long") || !strcmp(c->family, "fp8decode"));
         if (only_case >= 0 && n != only_case)
             continue;
         if (filter && !strstr(rep.header, filter))

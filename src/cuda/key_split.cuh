@@ -9,6 +9,9 @@
  * Tiles are numbered as (query block, head, batch), the query block
  * fastest; part j of tile t is slot t · parts + j. Workspace:
  * part_o [slot][BlockM][D] then part_lse [slot][BlockM] (natural log).
+ * With GQA packed (pack query heads per KV head, the Hopper FP8 split), a
+ * tile's rows are of the pack heads of one group: packed row r is query
+ * r / pack of head group · pack + r % pack.
  */
 #ifndef FA_CUDA_KEY_SPLIT_CUH
 #define FA_CUDA_KEY_SPLIT_CUH
@@ -64,6 +67,21 @@ __device__ __forceinline__ void split_tile_origin(const fa_problem &p, int64_t t
     *b = tile / blocks_m / p.heads_q;
 }
 
+/* Batch entry, head and query of row `row` of tile `tile` (fixed lengths;
+ * pack query heads per tile row group, 1 for none); false where the row
+ * lies past the sequence. */
+template <int BM>
+__device__ __forceinline__ bool split_row_origin(const fa_problem &p, int pack, int64_t tile, int row, int64_t *b,
+                                                 int64_t *h, int64_t *i)
+{
+    const int64_t rows = p.seqlen_q * pack, blocks_m = (rows + BM - 1) / BM, groups = p.heads_q / pack;
+    const int64_t r = tile % blocks_m * BM + row;
+    *b = tile / blocks_m / groups;
+    *h = tile / blocks_m % groups * pack + r % pack;
+    *i = r / pack;
+    return r < rows;
+}
+
 /* Rows per 128-thread block of fa_split_combine_kernel: a power of two. */
 __host__ __device__ constexpr int combine_rows(int d)
 {
@@ -85,9 +103,9 @@ __host__ __device__ inline int combine_blocks_per_tile(int64_t seqlen_q, int blo
  * block per row tile was 10x slower than the bandwidth: perf-gpu.md,
  * forward v13). A part without keys has lse -inf and weight 0; a row
  * whose parts all have none gets 0 and -inf.
- * Args: p (fa_problem), split_parts, part_o, part_lse, out_vectorized
- * (16-byte aligned out rows). part_o [slot][BM][D], part_lse [slot][BM]
- * -> out (B, Sq, Hq, dv) of T, lse (B, Hq, Sq).
+ * Args: p (fa_problem), split_parts, pack_gqa, part_o, part_lse,
+ * out_vectorized (16-byte aligned out rows). part_o [slot][BM][D],
+ * part_lse [slot][BM] -> out (B, Sq, Hq, dv) of T, lse (B, Hq, Sq).
  * Grid: tiles x combine_blocks_per_tile; 128 threads. */
 template <typename T, int D, int BM, class Args>
 __global__ void __launch_bounds__(128) fa_split_combine_kernel(const Args args)
@@ -97,14 +115,13 @@ __global__ void __launch_bounds__(128) fa_split_combine_kernel(const Args args)
     if (threadIdx.x >= kRows * kChunks)
         return;
     const fa_problem &p = args.p;
-    const int parts = args.split_parts;
-    const int per_tile = combine_blocks_per_tile(p.seqlen_q, BM, kRows);
+    const int parts = args.split_parts, pack = args.pack_gqa;
+    const int per_tile = combine_blocks_per_tile(p.seqlen_q * pack, BM, kRows);
     const int64_t tile = blockIdx.x / per_tile;
     const int row = (int)(blockIdx.x % per_tile) * kRows + (int)threadIdx.x / kChunks;
     const int col = (int)(threadIdx.x % kChunks) * 4;
-    int64_t b, h, m0;
-    split_tile_origin<BM>(p, tile, &b, &h, &m0);
-    if (m0 + row >= p.seqlen_q)
+    int64_t b, h, i;
+    if (!split_row_origin<BM>(p, pack, tile, row, &b, &h, &i))
         return;
     const int64_t slot_row = tile * parts * BM + row; /* part j's row: slot_row + j·BM */
     const float *lse = args.part_lse + slot_row;
@@ -123,7 +140,7 @@ __global__ void __launch_bounds__(128) fa_split_combine_kernel(const Args args)
     }
     const float inv = sum > 0.f ? 1.f / sum : 0.f;
     const int dv = (int)p.head_dim_v;
-    T *out = (T *)p.out.data + fa_row_offset(&p.out, 0, b, m0 + row, h) + col;
+    T *out = (T *)p.out.data + fa_row_offset(&p.out, 0, b, i, h) + col;
     union {
         T elem[4];
         uint2 bits;
@@ -137,7 +154,7 @@ __global__ void __launch_bounds__(128) fa_split_combine_kernel(const Args args)
             out[c] = vals.elem[c];
     }
     if (p.lse && col == 0)
-        p.lse[fa_lse_index(0, b, h, m0 + row, p.heads_q, p.seqlen_q, p.total_q)] =
+        p.lse[fa_lse_index(0, b, h, i, p.heads_q, p.seqlen_q, p.total_q)] =
             sum > 0.f ? top + logf(sum) : -INFINITY;
 }
 

@@ -153,6 +153,7 @@ struct ForwardArgs {
     int split_parts;
     float *part_o;   /* [slot][kBlockM][D] */
     float *part_lse; /* [slot][kBlockM], natural log */
+    int pack_gqa;    /* 1: the combine's tiles are of one head (../key_split.cuh) */
 };
 
 // q (B, Sq, Hq, d), k (B, Sk, Hkv, d), v (B, Sk, Hkv, dv) -> out (B, Sq, Hq, dv),
@@ -644,6 +645,7 @@ static fa_status run_forward_split(ForwardArgs &args, const ForwardSplit &split)
     cudaStream_t stream = (cudaStream_t)args.p.stream;
     args.heaviest_first = false;
     args.split_parts = split.parts;
+    args.pack_gqa = 1;
     args.part_o = (float *)args.p.workspace;
     args.part_lse = args.part_o + split.tiles * split.parts * BM * D;
     cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, false, RT, kKvCache>,

@@ -99,6 +99,11 @@ struct fa_sm90_params {
      * order), writing O / l and the LSE in fp32 to part_o / part_lse */
     int split_parts;
     float *part_o, *part_lse;
+    /* kKeySplit, GQA packed (decoding): the pack_gqa query heads of a KV
+     * head share a tile, packed row r being query r / pack_gqa of head
+     * h + r % pack_gqa (t.h, the group's first); map_q reads them in that
+     * order (fwd_sm90.cu). 1: one head per tile */
+    int pack_gqa;
 };
 
 /* FP8: where sequence b's keys start in a Vᵀ row (fwd_sm90.cu): b times
@@ -321,6 +326,11 @@ __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p,
         head_batch = index / p.num_m_blocks;
     }
     int b = head_batch / p.heads_q, h = head_batch % p.heads_q;
+    if constexpr (Cfg::kKeySplit) { /* tiles of (packed rows, head group, batch) */
+        const int groups = p.heads_q / p.pack_gqa;
+        b = head_batch / groups;
+        h = head_batch % groups * p.pack_gqa;
+    }
     t.b = b;
     t.h = h;
     t.m0 = m_block * Cfg::kBlockM;
@@ -331,7 +341,7 @@ __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p,
         t.sk = p.cu_seqlens_k[b + 1] - t.k0;
     } else {
         t.q0 = t.k0 = 0;
-        t.sq = p.seqlen_q;
+        t.sq = Cfg::kKeySplit ? p.seqlen_q * p.pack_gqa : p.seqlen_q; /* packed rows (no window: no shift used) */
         t.sk = p.seqlen_k;
     }
     if (p.seqused_k)
@@ -500,8 +510,12 @@ template <class Cfg> __device__ __forceinline__ void fa_sm90_produce(const fa_sm
         if (leader) {
             fa_mbar_arrive_expect_tx(sm.q_full(q.stage), Cfg::kQBytes);
             for (int s = 0; s < Cfg::kSlabs; ++s)
-                fa_tma_load_4d(sm.q(q.stage) + s * Cfg::kQSlabBytes, &p.map_q, sm.q_full(q.stage),
-                               s * Cfg::kSlabCols, t.q0 + t.m0, t.h, batch);
+                if (Cfg::kKeySplit && p.pack_gqa > 1) /* map_q: (dim, head, seq, batch), boxes of pack_gqa heads */
+                    fa_tma_load_4d(sm.q(q.stage) + s * Cfg::kQSlabBytes, &p.map_q, sm.q_full(q.stage),
+                                   s * Cfg::kSlabCols, t.h, t.m0 / p.pack_gqa, batch);
+                else
+                    fa_tma_load_4d(sm.q(q.stage) + s * Cfg::kQSlabBytes, &p.map_q, sm.q_full(q.stage),
+                                   s * Cfg::kSlabCols, t.q0 + t.m0, t.h, batch);
         }
         q.advance();
 
@@ -1290,6 +1304,19 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
     fa_sm90_fp8_state fp8 = {1.0f, p.score_scale_log2, 1.0f};
     if constexpr (Cfg::kFp8)
         fp8.q_descale = fa_fp8_descale(p.q_descale, p.heads_q, p.descale_blocks_q, p.descale_block_q, t.b, t.h, t.m0);
+    /* GQA packed: this thread's two rows are of different heads and
+     * queries, whose Q descales scale S row by row (fa_scale_rows) */
+    float q_row_descale[2] = {1.0f, 1.0f};
+    const bool descale_rows = Cfg::kKeySplit && p.pack_gqa > 1 && p.q_descale != nullptr;
+    if (descale_rows) {
+        fp8.q_descale = 1.0f;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = min(row0 + 8 * r, t.sq - 1);
+            q_row_descale[r] = fa_fp8_descale(p.q_descale, p.heads_q, p.descale_blocks_q, p.descale_block_q, t.b,
+                                              t.h + row % p.pack_gqa, row / p.pack_gqa);
+        }
+    }
 
     /* Deferred, O is zeroed under the first QKᵀ too, so that its registers
      * and the last tile's packed output are not live together; and the last
@@ -1305,6 +1332,12 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
         fa_mbar_wait(sm.q_full(q.stage), q.phase);
         const uint64_t q_desc = d.q_at(q.stage);
         float s[BlockN / 2];
+        auto scale_rows = [&]() {
+            if (descale_rows)
+#pragma unroll
+                for (int i = 0; i < BlockN / 2; ++i)
+                    s[i] *= q_row_descale[(i >> 1) & 1];
+        };
         uint32_t pa[Cfg::kPSteps][4];
         /* the first (last-in-sequence) key block may hold a varlen
          * neighbour's rows, or cache rows past the used ones */
@@ -1328,6 +1361,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
                 zero_o();
         });
         free_q_after_qk(n);
+        scale_rows();
         float o_ratio; /* O starts at zero: no use for it */
         const fa_score_scale first_scale =
             fa_block_scale<Cfg>(p, fa_kv_descales_of<Cfg>(p, t, n), fp8, row_max, o_ratio);
@@ -1367,6 +1401,7 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
             fa_wgmma_fence_regs(s);
             fa_release_kv<Cfg::kClusterSize>(sm.k_empty(kv.stage));
             free_q_after_qk(n);
+            scale_rows();
             float max_scaled[2], sum[2], o_ratio;
             const fa_score_scale sc = fa_block_scale<Cfg>(p, fa_kv_descales_of<Cfg>(p, t, n), fp8, row_max, o_ratio);
             fa_scores_to_max<Cfg>(p, t, n, row0, sc, s, row_max, correction, max_scaled);

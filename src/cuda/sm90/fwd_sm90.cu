@@ -81,7 +81,13 @@ extern "C" size_t fa_sm90_fp8_vt_bytes(const fa_problem *p)
  * its share of the combine), and fa_split_combine_kernel merges them.
  * Fixed lengths only (the combine finds a tile's rows from seqlen_q);
  * windows and KV caches split each tile's own key range.
- * FA_SM90_FWD_SPLIT=k forces k parts where the split can run (tests). */
+ * With GQA and no window the split packs the query heads of a KV head into
+ * one tile (FA3's PackGQA; fa_sm90_params::pack_gqa): one query row per
+ * head and 4 heads per KV head fill 4 of a tile's 128 rows, not 1, so
+ * there are a quarter of the tiles, each split into more parts, and each
+ * K / V block is read once per group. FA_SM90_FWD_SPLIT=k forces k parts
+ * where the split can run, FA_SM90_PACK_GQA=0 turns packing off (tests,
+ * benchmarks). */
 constexpr double kSplitPartExtra = 3.0;
 constexpr int kSplitMaxParts = 32;
 constexpr size_t kSplitMaxBytes = (size_t)128 << 20;
@@ -90,13 +96,30 @@ constexpr int kFp8BlockM = 128, kFp8BlockN = 128; /* fa_sm90_config's FP8 tile *
 struct fa_sm90_key_split {
     int64_t tiles; /* the grid's tiles */
     int parts;     /* per tile (1: no split) */
+    int pack;      /* query heads per tile (fa_sm90_params::pack_gqa) */
+    int64_t m_blocks; /* tiles per (head group, batch entry) */
     size_t bytes;  /* part_o, then part_lse */
 };
 
+/* Query heads per tile of the split: the heads per KV head where they are
+ * a power of two up to 64 (a TMA box of 128 / pack rows of pack heads)
+ * and no window moves a row's keys with its query. */
+static int pack_of(const fa_problem *p)
+{
+    const int64_t ratio = p->heads_q / p->heads_kv;
+    const char *env = getenv("FA_SM90_PACK_GQA");
+    if ((env != NULL && strcmp(env, "0") == 0) || ratio < 2 || ratio > 64 || (ratio & (ratio - 1)) != 0 ||
+        p->window_left >= 0 || p->window_right >= 0)
+        return 1;
+    return (int)ratio;
+}
+
 static fa_sm90_key_split plan_key_split(const fa_problem *p, int sms)
 {
-    const int64_t tiles = (p->seqlen_q + kFp8BlockM - 1) / kFp8BlockM * p->heads_q * p->batch;
-    fa_sm90_key_split plan = {tiles, 1, 0};
+    const int pack = pack_of(p);
+    const int64_t m_blocks = (p->seqlen_q * pack + kFp8BlockM - 1) / kFp8BlockM;
+    const int64_t tiles = m_blocks * (p->heads_q / pack) * p->batch;
+    fa_sm90_key_split plan = {tiles, 1, pack, m_blocks, 0};
     if (!fa_dtype_is_fp8(p->dtype) || p->varlen || p->seqlen_k <= 0 || tiles <= 0 || tiles >= sms)
         return plan;
     const int key_blocks = (int)((p->seqlen_k + kFp8BlockN - 1) / kFp8BlockN);
@@ -139,7 +162,7 @@ static fa_sm90_key_split key_split_of(const fa_problem *p, const fa_cuda_device_
 /* The combine's arguments (fa_split_combine_kernel reads these names). */
 struct fa_sm90_combine_args {
     fa_problem p;
-    int split_parts;
+    int split_parts, pack_gqa;
     float *part_o, *part_lse;
     bool out_vectorized;
 };
@@ -149,10 +172,11 @@ template <int D> static fa_status combine_parts(const fa_problem *p, const fa_sm
     fa_sm90_combine_args args;
     args.p = *p;
     args.split_parts = split.parts;
+    args.pack_gqa = split.pack;
     args.part_o = part_o;
     args.part_lse = part_o + split.tiles * split.parts * kFp8BlockM * D;
     args.out_vectorized = true; /* TMA's rules (sm90.cu): 16-byte aligned rows */
-    const int per_tile = combine_blocks_per_tile(p->seqlen_q, kFp8BlockM, combine_rows(D));
+    const int per_tile = combine_blocks_per_tile(p->seqlen_q * split.pack, kFp8BlockM, combine_rows(D));
     fa_split_combine_kernel<__nv_bfloat16, D, kFp8BlockM, fa_sm90_combine_args>
         <<<(unsigned)(split.tiles * per_tile), 128, 0, (cudaStream_t)p->stream>>>(args);
     cudaError_t err = cudaGetLastError();
@@ -340,14 +364,18 @@ template <class Cfg> static fa_status launch(fa_problem *p, const fa_cuda_device
                        fa_sm90_fp8_vt_bytes(p), p->workspace == NULL ? (size_t)0 : p->workspace_size);
     fa_sm90_key_split split = key_split_of(p, dev);
     if (!Cfg::kKeySplit)
-        split.parts = 1;
+        split.parts = split.pack = 1;
     else if (split.parts < 2) /* launch_fp8 asked key_split_of the same */
         return fa_fail(FA_ERROR_INTERNAL, "sm90: a key-split instance launched without a split");
+    prm.pack_gqa = split.pack;
+    if (split.pack > 1)
+        prm.num_m_blocks = (int)split.m_blocks;
     float *part_o = split.parts > 1 ? (float *)((uint8_t *)p->workspace + split_offset(p)) : NULL;
     prm.split_parts = split.parts;
     prm.part_o = part_o;
     prm.part_lse = part_o != NULL ? part_o + split.tiles * split.parts * Cfg::kBlockM * Cfg::kHeadDim : NULL;
-    if ((st = fa_sm90_encode_map(&prm.map_q, p, &p->q, 1, Cfg::kBlockM, "q")) != FA_SUCCESS ||
+    if ((split.pack > 1 ? (st = fa_sm90_encode_packed_q_map(&prm.map_q, p, split.pack))
+                        : (st = fa_sm90_encode_map(&prm.map_q, p, &p->q, 1, Cfg::kBlockM, "q"))) != FA_SUCCESS ||
         (st = fa_sm90_encode_map(&prm.map_k, p, &p->k, 0, kv_box_rows, "k")) != FA_SUCCESS ||
         (Cfg::kFp8 && !Cfg::kVtInKernel ? (st = fa_sm90_encode_vt_map(&prm.map_v, p, p->workspace, vt_keys(p))) != FA_SUCCESS
                    : (st = fa_sm90_encode_map(&prm.map_v, p, &p->v, 0, kv_box_rows, "v")) != FA_SUCCESS) ||
@@ -368,7 +396,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const fa_cuda_device
     prm.score_scale = p->softcap > 0.0f ? 1.0f : p->softmax_scale;
     /* split tiles: one after another per tile (the combine's order), no
      * heaviest-first (the grid is one round) */
-    int64_t tiles = (int64_t)prm.num_m_blocks * p->heads_q * p->batch * split.parts;
+    int64_t tiles = (int64_t)prm.num_m_blocks * (p->heads_q / split.pack) * p->batch * split.parts;
     if (tiles > 0x7fffffff)
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: %lld tiles exceed the scheduler's int range", (long long)tiles);
     prm.num_tiles = (int)tiles;
@@ -388,7 +416,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const fa_cuda_device
      * -> 315 TFLOP/s, 1k +2-3%; sections of 1.03 rounds lost 13-17% at 1k,
      * of 1.45 rounds 11% (hdim 256 causal 512); at 16 m blocks (2k) one
      * round read -4 to +4%, so longer sequences keep 32 MB. */
-    int64_t head_batches = p->heads_q * p->batch * split.parts;
+    int64_t head_batches = p->heads_q / split.pack * p->batch * split.parts;
     int64_t kv_bytes = 2 * (int64_t)fa_dtype_size(p->dtype) * p->seqlen_k * p->head_dim / (p->heads_q / p->heads_kv);
     int64_t per_section = prm.heaviest_first ? ((int64_t)32 << 20) / (kv_bytes > 0 ? kv_bytes : 1) : head_batches;
     if (prm.heaviest_first && prm.num_m_blocks >= 1 && prm.num_m_blocks <= 8) {
