@@ -212,7 +212,7 @@ def decode(args):
                     os.environ[name] = env[name]
                 else:
                     os.environ.pop(name, None)
-            return _ops.fp8_forward(q8, k8, v8, qd, kd, vd)
+            return _ops.fp8_forward(q8, k8, v8, qd, kd, vd, causal=args.causal)
         return call
     for b, hq, hk, sk in DECODE_SHAPES:
         q = torch.randn(b, rows_q, hq, d, device="cuda", dtype=torch.bfloat16)
@@ -222,17 +222,18 @@ def decode(args):
         fns = {"fp8": fp8_with({}, q8, k8, v8, qd, kd, vd),
                "fp8-nopack": fp8_with({"FA_SM90_PACK_GQA": "0"}, q8, k8, v8, qd, kd, vd),
                "fp8-nosplit": fp8_with({"FA_SM90_FWD_SPLIT": "1"}, q8, k8, v8, qd, kd, vd),
-               "bf16": lambda: _ops.attention(q, k, v)}
+               "bf16": lambda: _ops.attention(q, k, v, causal=args.causal)}
         times, errs = time_contenders(fns, calls=5, reps=args.reps)
         kernel = "-"
         if "fp8" in times:  # it ran: ask which kernel
             fns["fp8"]()
             kernel = _ffi.fa_context_last_kernel(_ffi.context_for(q.device)).decode()
-        row = {"batch": b, "heads_q": hq, "heads_kv": hk, "keys": sk, "rows_q": rows_q, "fp8_kernel": kernel}
+        row = {"batch": b, "heads_q": hq, "heads_kv": hk, "keys": sk, "rows_q": rows_q, "causal": args.causal,
+               "fp8_kernel": kernel}
         row.update({name: t * 1e3 for name, t in times.items()})  # us
         row["errors"] = errs
         out.append(row)
-        print(f"b{b} h{hq}/{hk} sq{rows_q} sk{sk}: " + "  ".join(f"{n} {row[n]:.1f} us" for n in fns if n in row) +
+        print(f"b{b} h{hq}/{hk} sq{rows_q} sk{sk}{' causal' if args.causal else ''}: " + "  ".join(f"{n} {row[n]:.1f} us" for n in fns if n in row) +
               (f"  fp8/bf16 {row['fp8'] / row['bf16']:.2f}x fp8/nosplit {row['fp8'] / row['fp8-nosplit']:.2f}x"
                if all(n in row for n in fns) else f"  errors {errs}") + f"  ({kernel})", flush=True)
     if args.out:
@@ -296,7 +297,7 @@ def main():
     ap.add_argument("--reps", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows", type=int, default=1, help="decode: query rows per sequence")
-    ap.add_argument("--causal", action="store_true", help="profile: the causal cell")
+    ap.add_argument("--causal", action="store_true", help="profile: the causal cell; decode: causal over the rows")
     ap.add_argument("--bf16", action="store_true", help="profile: the bf16 forward instead")
     ap.add_argument("--out")
     args = ap.parse_args()

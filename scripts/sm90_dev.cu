@@ -102,7 +102,7 @@ __global__ void reference_kernel(fa_problem p, float *ref, float *lowp, float *l
     extern __shared__ float scores[];
     __shared__ float scratch[32];
     int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, p.seqlen_q, p.seqlen_k, b);
+    fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k, nullptr, p.seqlen_q, p.seqlen_k, b);
     if (i >= seq.sq)
         return;
     int hk = h / (p.heads_q / p.heads_kv);
@@ -303,7 +303,7 @@ static fa_status run_sm90(fa_problem *p)
     fa_status st = fa_sm90_supports(p, FA_FORWARD, &g_dev);
     if (st != FA_SUCCESS)
         return st;
-    return fa_sm90_forward(p);
+    return fa_sm90_forward(p, &g_dev);
 }
 
 /* ---- correctness ----------------------------------------------------------- */

@@ -584,20 +584,23 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
 
     /* FP8 decoding: a few query rows per head over a few thousand keys,
      * which the Hopper forward runs as its key split, with the query heads
-     * of a KV head packed into one tile (a power of two of them, up to 64,
-     * no window) or not (3 per KV head; causal over 5 rows); a paged cache
-     * with used keys per sequence; descales on every tensor, so that the
-     * packed rows' own Q descales count. Cheap (few rows): CPU runs too;
-     * the Hopper kernel must run these. */
+     * of a KV head packed into one tile (a power of two of them, up to 64)
+     * or not (3 per KV head); causal and sliding windows over packed rows
+     * (masked by their query), packed tiles of more than one m block; a
+     * paged cache with used keys per sequence (three: some parts of some
+     * tiles empty); descales on every tensor, so that the packed rows' own
+     * Q descales count, per block of 128 queries over 200. Cheap (few
+     * rows): CPU runs too; the Hopper kernel must run these. */
     static const struct {
         fa_dtype dtype;
         int64_t head_dim, batch, heads_q, heads_kv, seqlen_q;
         int causal;
-        int64_t page_size;
-    } fp8_decode[] = {{FA_DTYPE_FP8_E4M3, 128, 2, 8, 2, 1, 0, 0},  {FA_DTYPE_FP8_E5M2, 128, 1, 16, 2, 3, 0, 0},
-                      {FA_DTYPE_FP8_E4M3, 256, 2, 4, 1, 2, 0, 0},  {FA_DTYPE_FP8_E4M3, 128, 3, 6, 2, 1, 0, 0},
-                      {FA_DTYPE_FP8_E5M2, 128, 2, 8, 4, 5, 1, 0},  {FA_DTYPE_FP8_E4M3, 128, 2, 8, 2, 1, 0, 16},
-                      {FA_DTYPE_FP8_E4M3, 128, 1, 128, 2, 1, 0, 0}};
+        int64_t window_left, page_size;
+    } fp8_decode[] = {{FA_DTYPE_FP8_E4M3, 128, 2, 8, 2, 1, 0, -1, 0},    {FA_DTYPE_FP8_E5M2, 128, 1, 16, 2, 3, 0, -1, 0},
+                      {FA_DTYPE_FP8_E4M3, 256, 2, 4, 1, 2, 0, -1, 0},    {FA_DTYPE_FP8_E4M3, 128, 3, 6, 2, 1, 0, -1, 0},
+                      {FA_DTYPE_FP8_E5M2, 128, 2, 8, 4, 5, 1, -1, 0},    {FA_DTYPE_FP8_E4M3, 128, 3, 8, 2, 1, 0, -1, 16},
+                      {FA_DTYPE_FP8_E4M3, 128, 1, 128, 2, 1, 0, -1, 0},  {FA_DTYPE_FP8_E4M3, 128, 2, 16, 4, 40, 1, 700, 0},
+                      {FA_DTYPE_FP8_E5M2, 256, 1, 8, 1, 33, 1, -1, 0},   {FA_DTYPE_FP8_E4M3, 128, 1, 4, 2, 200, 0, -1, 0}};
     for (size_t n = 0; n < sizeof fp8_decode / sizeof fp8_decode[0]; ++n) {
         c = base_case(&r, "fp8decode", fp8_decode[n].dtype);
         c.batch = fp8_decode[n].batch;
@@ -607,7 +610,11 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
         c.seqlen_k = rng_int(&r, 1500, 5000);
         c.head_dim = c.head_dim_v = fp8_decode[n].head_dim;
         c.causal = fp8_decode[n].causal;
-        c.descale_block_q = 0;
+        if (fp8_decode[n].window_left >= 0) { /* sliding, causal */
+            c.window_left = fp8_decode[n].window_left;
+            c.window_right = 0;
+        }
+        c.descale_block_q = c.seqlen_q > 128 ? 128 : 0; /* packed rows of several Q descale blocks */
         c.descale_block_k = rng_int(&r, 0, 1) ? 0 : 256;
         c.descaled = DESCALED_ALL;
         if ((c.page_size = fp8_decode[n].page_size) > 0)

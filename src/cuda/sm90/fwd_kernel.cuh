@@ -341,7 +341,7 @@ __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p,
         t.sk = p.cu_seqlens_k[b + 1] - t.k0;
     } else {
         t.q0 = t.k0 = 0;
-        t.sq = Cfg::kKeySplit ? p.seqlen_q * p.pack_gqa : p.seqlen_q; /* packed rows (no window: no shift used) */
+        t.sq = Cfg::kKeySplit ? p.seqlen_q * p.pack_gqa : p.seqlen_q; /* kKeySplit: packed rows */
         t.sk = p.seqlen_k;
     }
     if (p.seqused_k)
@@ -351,6 +351,16 @@ __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p,
     int m_last = min(t.m0 + Cfg::kBlockM, t.sq) - 1;
     int col_end = p.window_right < 0 ? t.sk : min(t.sk, m_last + shift + p.window_right + 1);
     int col_begin = p.window_left < 0 ? 0 : max(0, t.m0 + shift - p.window_left);
+    /* packed GQA: a row's window is its query's, row / pack_gqa. (Written
+     * apart, as the general form changed the other kernels' code.) */
+    int q_first = 0, q_end = 0; /* the queries of the first row and of the last as if the tile were full */
+    if constexpr (Cfg::kKeySplit) {
+        shift = t.sk - p.seqlen_q;
+        q_first = t.m0 / p.pack_gqa;
+        q_end = (t.m0 + Cfg::kBlockM - 1) / p.pack_gqa;
+        col_end = p.window_right < 0 ? t.sk : min(t.sk, m_last / p.pack_gqa + shift + p.window_right + 1);
+        col_begin = p.window_left < 0 ? 0 : max(0, q_first + shift - p.window_left);
+    }
     t.n_begin = col_begin / Cfg::kBlockN;
     t.n_end = col_end <= col_begin ? t.n_begin : (col_end + Cfg::kBlockN - 1) / Cfg::kBlockN;
     if (t.m0 >= t.sq) /* varlen: this sequence is shorter than the longest */
@@ -368,7 +378,13 @@ __device__ __forceinline__ fa_sm90_tile fa_sm90_tile_of(const fa_sm90_params &p,
     t.n_full_end = t.sk / Cfg::kBlockN;
     if (p.window_right >= 0)
         t.n_full_end = min(t.n_full_end, max(t.m0 + shift + p.window_right + 1, 0) / Cfg::kBlockN);
-    const int first_key = t.m0 + Cfg::kBlockM - 1 + shift - p.window_left;
+    int first_key = t.m0 + Cfg::kBlockM - 1 + shift - p.window_left;
+    if constexpr (Cfg::kKeySplit) {
+        t.n_full_end = t.sk / Cfg::kBlockN;
+        if (p.window_right >= 0)
+            t.n_full_end = min(t.n_full_end, max(q_first + shift + p.window_right + 1, 0) / Cfg::kBlockN);
+        first_key = q_end + shift - p.window_left;
+    }
     t.n_full_begin = p.window_left >= 0 && first_key > 0 ? (first_key + Cfg::kBlockN - 1) / Cfg::kBlockN : 0;
     return t;
 }
@@ -697,17 +713,18 @@ __device__ __forceinline__ void fa_visible_keys(int row, int sk, int shift, int 
 }
 
 /* Score tile S (64 x BlockN, this warpgroup's rows) -> masked scores:
- * -inf where key col is past the sequence or outside the window of row. */
+ * -inf where key col is past the sequence or outside the window of the
+ * row's query: row / pack (packed GQA: pack heads per query; else 1). */
 template <int BlockN>
-__device__ __forceinline__ void fa_mask_scores(float (&s)[BlockN / 2], int row0, int col0, int sk, int shift,
-                                               int window_left, int window_right)
+__device__ __forceinline__ void fa_mask_scores(float (&s)[BlockN / 2], int row0, int pack, int col0, int sk,
+                                               int shift, int window_left, int window_right)
 {
     /* element i is key col_base + 8 (i >> 2) + (i & 1) of row row0 + 8 half */
     const int col_base = col0 + 2 * (threadIdx.x % 4);
     int lo[2], hi[2];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-        fa_visible_keys(row0 + 8 * half, sk, shift, window_left, window_right, lo[half], hi[half]);
+        fa_visible_keys((row0 + 8 * half) / pack, sk, shift, window_left, window_right, lo[half], hi[half]);
         lo[half] -= col_base;
         hi[half] -= col_base;
     }
@@ -1006,7 +1023,7 @@ __device__ __forceinline__ void fa_scores_to_max(const fa_sm90_params &p, const 
                                                  float (&max_scaled)[2])
 {
     constexpr int BlockN = Cfg::kBlockN;
-    const int col0 = n * BlockN, shift = t.sk - t.sq;
+    const int col0 = n * BlockN, shift = Cfg::kKeySplit ? t.sk - p.seqlen_q : t.sk - t.sq; /* (kKeySplit: packed rows) */
     if (p.softcap > 0.0f) {
 #pragma unroll
         for (int i = 0; i < BlockN / 2; ++i)
@@ -1015,7 +1032,8 @@ __device__ __forceinline__ void fa_scores_to_max(const fa_sm90_params &p, const 
     /* only blocks that cross the sequence end or a window edge need the
      * per-element test (a uniform branch) */
     if (n < t.n_full_begin || n >= t.n_full_end)
-        fa_mask_scores<BlockN>(s, row0, col0, t.sk, shift, p.window_left, p.window_right);
+        fa_mask_scores<BlockN>(s, row0, Cfg::kKeySplit ? p.pack_gqa : 1, col0, t.sk, shift, p.window_left,
+                               p.window_right);
     fa_softmax_max<BlockN, Cfg::kPOffset>(s, row_max, correction, max_scaled, sc.log2);
 }
 
@@ -1302,14 +1320,16 @@ __device__ __forceinline__ void fa_sm90_consume_tile(const fa_sm90_params &p, co
     };
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}, correction[2];
     fa_sm90_fp8_state fp8 = {1.0f, p.score_scale_log2, 1.0f};
-    if constexpr (Cfg::kFp8)
-        fp8.q_descale = fa_fp8_descale(p.q_descale, p.heads_q, p.descale_blocks_q, p.descale_block_q, t.b, t.h, t.m0);
     /* GQA packed: this thread's two rows are of different heads and
-     * queries, whose Q descales scale S row by row (fa_scale_rows) */
+     * queries, whose Q descales scale S row by row (scale_rows); the
+     * tile's stays 1 */
     float q_row_descale[2] = {1.0f, 1.0f};
     const bool descale_rows = Cfg::kKeySplit && p.pack_gqa > 1 && p.q_descale != nullptr;
+    if constexpr (Cfg::kFp8)
+        if (!descale_rows)
+            fp8.q_descale =
+                fa_fp8_descale(p.q_descale, p.heads_q, p.descale_blocks_q, p.descale_block_q, t.b, t.h, t.m0);
     if (descale_rows) {
-        fp8.q_descale = 1.0f;
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int row = min(row0 + 8 * r, t.sq - 1);

@@ -81,8 +81,8 @@ extern "C" size_t fa_sm90_fp8_vt_bytes(const fa_problem *p)
  * its share of the combine), and fa_split_combine_kernel merges them.
  * Fixed lengths only (the combine finds a tile's rows from seqlen_q);
  * windows and KV caches split each tile's own key range.
- * With GQA and no window the split packs the query heads of a KV head into
- * one tile (FA3's PackGQA; fa_sm90_params::pack_gqa): one query row per
+ * With GQA the split packs the query heads of a KV head into one tile
+ * (FA3's PackGQA; fa_sm90_params::pack_gqa): one query row per
  * head and 4 heads per KV head fill 4 of a tile's 128 rows, not 1, so
  * there are a quarter of the tiles, each split into more parts, and each
  * K / V block is read once per group. FA_SM90_FWD_SPLIT=k forces k parts
@@ -102,14 +102,14 @@ struct fa_sm90_key_split {
 };
 
 /* Query heads per tile of the split: the heads per KV head where they are
- * a power of two up to 64 (a TMA box of 128 / pack rows of pack heads)
- * and no window moves a row's keys with its query. */
+ * a power of two up to 64 (a TMA box of 128 / pack rows of pack heads).
+ * A window (causal included) masks a packed row by its query, row /
+ * pack (fa_sm90_tile_of, fa_scores_to_max). */
 static int pack_of(const fa_problem *p)
 {
     const int64_t ratio = p->heads_q / p->heads_kv;
     const char *env = getenv("FA_SM90_PACK_GQA");
-    if ((env != NULL && strcmp(env, "0") == 0) || ratio < 2 || ratio > 64 || (ratio & (ratio - 1)) != 0 ||
-        p->window_left >= 0 || p->window_right >= 0)
+    if ((env != NULL && strcmp(env, "0") == 0) || ratio < 2 || ratio > 64 || (ratio & (ratio - 1)) != 0)
         return 1;
     return (int)ratio;
 }
@@ -415,14 +415,21 @@ template <class Cfg> static fa_status launch(fa_problem *p, const fa_cuda_device
      * Measured against 32 MB (perf-sm90.md, v17): hdim 128 causal 512 270
      * -> 315 TFLOP/s, 1k +2-3%; sections of 1.03 rounds lost 13-17% at 1k,
      * of 1.45 rounds 11% (hdim 256 causal 512); at 16 m blocks (2k) one
-     * round read -4 to +4%, so longer sequences keep 32 MB. */
+     * round read -4 to +4%, so longer sequences keep 32 MB. But never less
+     * than one round: a section of fewer tiles than CTAs leaves the rest
+     * idle (the snake gives a section's tiles to its first CTAs), which
+     * few query rows over long keys hit (4 causal rows, b 1, 32 heads, 128k
+     * keys: sections of 3 tiles, 6 CTAs working; perf.md, twenty-ninth
+     * session). The FA3 grid's causal cells all have a round or more. */
     int64_t head_batches = p->heads_q / split.pack * p->batch * split.parts;
     int64_t kv_bytes = 2 * (int64_t)fa_dtype_size(p->dtype) * p->seqlen_k * p->head_dim / (p->heads_q / p->heads_kv);
     int64_t per_section = prm.heaviest_first ? ((int64_t)32 << 20) / (kv_bytes > 0 ? kv_bytes : 1) : head_batches;
-    if (prm.heaviest_first && prm.num_m_blocks >= 1 && prm.num_m_blocks <= 8) {
-        int64_t one_round = sms / prm.num_m_blocks;
-        if (one_round >= 1 && one_round < per_section)
+    if (prm.heaviest_first && prm.num_m_blocks >= 1) {
+        const int64_t one_round = sms / prm.num_m_blocks, round_up = (sms + prm.num_m_blocks - 1) / prm.num_m_blocks;
+        if (prm.num_m_blocks <= 8 && one_round >= 1)
             per_section = one_round;
+        else if (per_section < round_up)
+            per_section = round_up;
     }
     prm.heads_per_section = (int)(per_section < 1 ? 1 : per_section > head_batches ? head_batches : per_section);
     prm.num_units = prm.num_tiles / Cfg::kClusterSize;
