@@ -55,21 +55,10 @@ static inline int last_wave_parts(int64_t tasks, int64_t split, int64_t ctas, in
     return waves + best > 0.99 * (waves + whole) ? 1 : parts;
 }
 
-/* Batch entry, head and first query row of tile `tile` of a problem with
- * fixed lengths, for its parts and its combine alike. */
-template <int BM>
-__device__ __forceinline__ void split_tile_origin(const fa_problem &p, int64_t tile, int64_t *b, int64_t *h,
-                                                  int64_t *m0)
-{
-    const int64_t blocks_m = (p.seqlen_q + BM - 1) / BM;
-    *m0 = tile % blocks_m * BM;
-    *h = tile / blocks_m % p.heads_q;
-    *b = tile / blocks_m / p.heads_q;
-}
-
 /* Batch entry, head and query of row `row` of tile `tile` (fixed lengths;
- * pack query heads per tile row group, 1 for none); false where the row
- * lies past the sequence. */
+ * pack query heads per tile row group, 1 for none), for the parts (row 0:
+ * the tile's origin) and the combine alike; false where the row lies past
+ * the sequence. */
 template <int BM>
 __device__ __forceinline__ bool split_row_origin(const fa_problem &p, int pack, int64_t tile, int row, int64_t *b,
                                                  int64_t *h, int64_t *i)

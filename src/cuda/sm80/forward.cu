@@ -199,7 +199,7 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     int part = 0;
     if constexpr (kSplitPart) {
         part = (int)(blockIdx.x % args.split_parts);
-        split_tile_origin<BM>(p, blockIdx.x / args.split_parts, &b, &h, &m0);
+        split_row_origin<BM>(p, 1, blockIdx.x / args.split_parts, 0, &b, &h, &m0);
     }
     const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k,
                                  kKvCache ? p.seqused_k : nullptr, p.seqlen_q, p.seqlen_k, b);
