@@ -6,9 +6,11 @@
  *   CUDA context: on sm_90, the Hopper kernels if they support the problem
  *                 (forward and backward; not deterministic, dropout,
  *                 ALiBi, block-sparse: see sm90.cu), else the portable
- *                 sm80 kernels; but a forward whose grid is much smaller
- *                 than the GPU (decoding: few query rows over long keys)
- *                 runs sm80's key split, which is faster there.
+ *                 sm80 kernels; a forward whose grid is smaller than
+ *                 the GPU (decoding: few query rows over long keys) runs
+ *                 as a key split, sm90's where it has one, else sm80's
+ *                 where that grid is much smaller than the GPU (its
+ *                 split beats sm90's unsplit forward there).
  * A forced backend that cannot run the problem is FA_ERROR_UNSUPPORTED, with
  * the backend's own reason.
  */
@@ -60,6 +62,21 @@ static fa_status backend_supports(const fa_context *ctx, fa_backend backend,
                    (int)backend);
 }
 
+#ifdef FA_HAVE_SM80
+/* Whether the Hopper forward runs p, as a key split. */
+static int sm90_splits(const fa_context *ctx, const fa_problem *p)
+{
+#  ifdef FA_HAVE_SM90
+    if (ctx->cuda.sm == 90 && fa_sm90_forward_splits(p, &ctx->cuda) &&
+        backend_supports(ctx, FA_BACKEND_CUDA_SM90, p, FA_FORWARD) == FA_SUCCESS)
+        return 1;
+    fa_clear_error();
+#  endif
+    (void)ctx, (void)p;
+    return 0;
+}
+#endif
+
 fa_status fa_dispatch_select(const fa_context *ctx, const fa_problem *p,
                              fa_direction dir, fa_backend *chosen)
 {
@@ -76,7 +93,7 @@ fa_status fa_dispatch_select(const fa_context *ctx, const fa_problem *p,
         return st;
     }
 #ifdef FA_HAVE_SM80
-    if (dir == FA_FORWARD && fa_sm80_forward_prefers_split(p, &ctx->cuda) &&
+    if (dir == FA_FORWARD && fa_sm80_forward_prefers_split(p, &ctx->cuda) && !sm90_splits(ctx, p) &&
         backend_supports(ctx, FA_BACKEND_CUDA_SM80, p, dir) == FA_SUCCESS) {
         fa_clear_error();
         *chosen = FA_BACKEND_CUDA_SM80;

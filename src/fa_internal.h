@@ -361,7 +361,8 @@ size_t fa_sm80_workspace_size(const fa_problem *p, fa_direction dir, const fa_cu
  * backward's last-wave split) */
 fa_status fa_sm80_forward(fa_problem *p, const fa_cuda_device_info *dev);
 /* Nonzero where the sm80 forward's key split runs p on a grid much smaller
- * than the GPU (decoding): the dispatcher then prefers it to sm90's. */
+ * than the GPU (decoding): the dispatcher then prefers it to sm90's
+ * unsplit forward (not to sm90's split: fa_sm90_forward_splits). */
 int fa_sm80_forward_prefers_split(const fa_problem *p, const fa_cuda_device_info *dev);
 fa_status fa_sm80_backward(fa_problem *p, const fa_cuda_device_info *dev);
 
@@ -370,14 +371,16 @@ fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir,
                            const fa_cuda_device_info *dev);
 size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir, const fa_cuda_device_info *dev);
 /* dev: the context's device (its SM count orders the grid, and plans the
- * FP8 forward's key split) */
+ * forward's key split) */
 fa_status fa_sm90_forward(fa_problem *p, const fa_cuda_device_info *dev);
 fa_status fa_sm90_backward(fa_problem *p, const fa_cuda_device_info *dev);
 size_t fa_sm90_backward_workspace_size(const fa_problem *p);
-/* The FP8 forward's workspace (0 for other dtypes): the Vᵀ pass's copy
- * (fa_sm90_fp8_vt_bytes) and the key split's partial results. */
+/* The forward's workspace: the FP8 Vᵀ pass's copy (fa_sm90_fp8_vt_bytes,
+ * 0 for other dtypes) and the key split's partial results. */
 size_t fa_sm90_fp8_vt_bytes(const fa_problem *p);
-size_t fa_sm90_fp8_workspace_size(const fa_problem *p, const fa_cuda_device_info *dev);
+size_t fa_sm90_forward_workspace_size(const fa_problem *p, const fa_cuda_device_info *dev);
+/* Nonzero where the sm90 forward runs p as a key split (decoding). */
+int fa_sm90_forward_splits(const fa_problem *p, const fa_cuda_device_info *dev);
 #endif
 
 #ifdef __cplusplus

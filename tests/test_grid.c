@@ -621,6 +621,44 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
             c.seqused = 1;
         push_case(list, &c);
     }
+
+    /* 16-bit decoding: as fp8decode, which the Hopper forward runs as its
+     * key split too (hdim 64 / 128 / 256, the last on 80-key blocks):
+     * packed ratios 2-64 and one that is not a power of two (3), no GQA
+     * over two m blocks, causal and sliding windows over packed rows,
+     * packed tiles of two and three m blocks, softcap, paged caches with
+     * used keys. Cheap: CPU runs too; on Hopper the sm90 split must run
+     * these (hopper_split). */
+    static const struct {
+        fa_dtype dtype;
+        int64_t head_dim, batch, heads_q, heads_kv, seqlen_q;
+        int causal;
+        int64_t window_left, page_size;
+        float softcap;
+    } decode16[] = {{FA_DTYPE_BF16, 128, 2, 8, 2, 1, 0, -1, 0, 0.f},    {FA_DTYPE_F16, 64, 1, 16, 2, 3, 0, -1, 0, 0.f},
+                    {FA_DTYPE_BF16, 256, 2, 4, 1, 2, 0, -1, 0, 0.f},    {FA_DTYPE_F16, 128, 3, 6, 2, 1, 0, -1, 0, 0.f},
+                    {FA_DTYPE_BF16, 64, 2, 8, 4, 5, 1, -1, 0, 0.f},     {FA_DTYPE_BF16, 128, 3, 8, 2, 1, 0, -1, 16, 0.f},
+                    {FA_DTYPE_F16, 128, 1, 128, 2, 1, 0, -1, 0, 0.f},   {FA_DTYPE_BF16, 128, 2, 16, 4, 40, 1, 700, 0, 0.f},
+                    {FA_DTYPE_F16, 256, 1, 8, 1, 33, 1, -1, 0, 0.f},    {FA_DTYPE_BF16, 64, 1, 4, 4, 160, 0, -1, 0, 0.f},
+                    {FA_DTYPE_BF16, 128, 2, 8, 2, 2, 0, -1, 0, 30.f},   {FA_DTYPE_F16, 64, 2, 8, 8, 4, 1, -1, 64, 0.f}};
+    for (size_t n = 0; n < sizeof decode16 / sizeof decode16[0]; ++n) {
+        c = base_case(&r, "decode16", decode16[n].dtype);
+        c.batch = decode16[n].batch;
+        c.heads_q = decode16[n].heads_q;
+        c.heads_kv = decode16[n].heads_kv;
+        c.seqlen_q = decode16[n].seqlen_q;
+        c.seqlen_k = rng_int(&r, 1500, c.seqlen_q > 8 ? 2200 : 5000); /* (the reference's backward) */
+        c.head_dim = c.head_dim_v = decode16[n].head_dim;
+        c.causal = decode16[n].causal;
+        if (decode16[n].window_left >= 0) { /* sliding, causal */
+            c.window_left = decode16[n].window_left;
+            c.window_right = 0;
+        }
+        c.softcap = decode16[n].softcap;
+        if ((c.page_size = decode16[n].page_size) > 0)
+            c.seqused = 1;
+        push_case(list, &c);
+    }
 }
 
 static void describe(const grid_case *c, char *buf, size_t size)
@@ -686,6 +724,9 @@ typedef struct run_config {
     int fp8_on_hopper;     /* an sm_90 GPU and a backend (auto, sm90) whose
                               FP8 kernel is documented: fp8long and
                               fp8decode must run */
+    int hopper_split;      /* the same, FA_SM90_FWD_SPLIT not below 2 and
+                              GQA packed: the decoding families must run
+                              sm90's key split */
 } run_config;
 
 typedef struct case_report {
@@ -696,6 +737,8 @@ typedef struct case_report {
                               shapes and sm80 none: unsupported is a skip */
     int must_run;          /* a shape the (forced) backend documents:
                               unsupported is a failure */
+    int must_split;        /* the forward must run a kernel "sm90.*.split.*" */
+    char forward_kernel[64]; /* what the forward ran (verbose output) */
     int skipped_backward;
     char header[256];
     int header_printed;
@@ -1724,7 +1767,11 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
     if (!accept_status(rep, cfg, st, "fa_forward", &rep->skipped_forward))
         goto done;
     check_kernel_isa(rep, cfg, fa_context_last_kernel(cfg->ctx));
+    snprintf(rep->forward_kernel, sizeof rep->forward_kernel, "%s", fa_context_last_kernel(cfg->ctx));
     split_forwards += strstr(fa_context_last_kernel(cfg->ctx), ".split") != NULL;
+    if (rep->must_split && (strncmp(fa_context_last_kernel(cfg->ctx), "sm90.", 5) != 0 ||
+                            !strstr(fa_context_last_kernel(cfg->ctx), ".split.")))
+        report_failure(rep, "expected the Hopper key split, ran kernel \"%s\"", fa_context_last_kernel(cfg->ctx));
     check_coverage(rep, &cd, ROLE_FORWARD_OUTPUT);
     snapshot_compare(rep, &inputs, &cd, "fa_forward changed an input");
     double *out = gather(&cd.out), *lse = gather_lse(c, &cd);
@@ -2017,6 +2064,10 @@ int main(int argc, char **argv)
     cfg.fp8_on_hopper = cfg.device == FA_DEVICE_CUDA &&
                         (cfg.backend == FA_BACKEND_AUTO || cfg.backend == FA_BACKEND_CUDA_SM90) &&
                         fa_backend_compiled(FA_BACKEND_CUDA_SM90) && cuda_device_is_sm90();
+    /* (the families' GQA shapes split when packed: not all do unpacked) */
+    const char *forced_parts = getenv("FA_SM90_FWD_SPLIT"), *pack = getenv("FA_SM90_PACK_GQA");
+    cfg.hopper_split = cfg.fp8_on_hopper && (forced_parts == NULL || atoi(forced_parts) >= 2) &&
+                       (pack == NULL || strcmp(pack, "0") != 0);
     fa_status st = fa_context_create(&cfg.ctx, cfg.device, 0);
     if (st != FA_SUCCESS) {
         printf("FAIL: fa_context_create: %s: %s\n", fa_status_string(st), fa_last_error());
@@ -2055,7 +2106,9 @@ int main(int argc, char **argv)
         snprintf(rep.header, sizeof rep.header, "#%d %s", n, text);
         rep.cuda_may_refuse = cfg.device == FA_DEVICE_CUDA &&
                               (c->dtype == FA_DTYPE_F32 || dtype_is_fp8(c->dtype));
-        rep.must_run = cfg.fp8_on_hopper && (!strcmp(c->family, "fp8long") || !strcmp(c->family, "fp8decode"));
+        rep.must_run = cfg.fp8_on_hopper && (!strcmp(c->family, "fp8long") || !strcmp(c->family, "fp8decode") ||
+                                             !strcmp(c->family, "decode16"));
+        rep.must_split = cfg.hopper_split && (!strcmp(c->family, "fp8decode") || !strcmp(c->family, "decode16"));
         if (only_case >= 0 && n != only_case)
             continue;
         if (filter && !strstr(rep.header, filter))
@@ -2079,8 +2132,11 @@ int main(int argc, char **argv)
         else {
             passed++;
             if (cfg.verbose)
-                printf("ok   %s  [%s] ref %.2fs lib %.3fs\n", rep.header,
-                       fa_context_last_kernel(cfg.ctx), tm.reference, tm.library);
+                printf("ok   %s  [%s%s%s] ref %.2fs lib %.3fs\n", rep.header, rep.forward_kernel,
+                       strcmp(rep.forward_kernel, fa_context_last_kernel(cfg.ctx)) ? ", " : "",
+                       strcmp(rep.forward_kernel, fa_context_last_kernel(cfg.ctx)) ? fa_context_last_kernel(cfg.ctx)
+                                                                                    : "",
+                       tm.reference, tm.library);
         }
         fflush(stdout);
     }

@@ -562,13 +562,13 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
 /* The key split of the lean forward (forward v13; flash-decoding's form).
  * A grid of fewer tiles than the GPU holds at once (few query rows over
  * long keys: KV-cache decoding, chunked prefill) leaves most SMs idle, and
- * each of its CTAs walks every key. Without a window, block mask or varlen
- * every tile has the same key blocks; the tiles then run as parts over a
- * share of them each, every part writing its O / l and LSE in fp32, and
- * fa_split_combine_kernel (../key_split.cuh) merges them. The model is
- * last_wave_parts with the whole grid as its last wave, in key blocks: a
- * part's extra cost is its Q load, its fp32 store and its share of the
- * combine. (The same split
+ * each of its CTAs walks every key. Without a block mask or varlen the
+ * tiles run as parts over a share of their key blocks each (a window's
+ * tile its own range of them), every part writing its O / l and LSE in
+ * fp32, and fa_split_combine_kernel (../key_split.cuh) merges them. The
+ * model is last_wave_parts with the whole grid as its last wave, in key
+ * blocks (those of the widest tile): a part's extra cost is its Q load,
+ * its fp32 store and its share of the combine. (The same split
  * of a grid's last wave only, with the whole tiles' kernel a programmatic
  * dependent of the parts', gained 1.3-2.2% of the cycles at non-causal
  * 8k-16k but nothing free-running at the power cap; perf-gpu.md, forward
@@ -592,8 +592,18 @@ static bool forward_split_possible(const fa_problem *p, int block_m, const fa_cu
 {
     const int64_t tiles = (p->seqlen_q + block_m - 1) / block_m * p->heads_q * p->batch;
     return p->dropout_p == 0.f && p->softcap == 0.f && p->alibi_slopes == nullptr && !p->block_mask &&
-           !p->varlen && p->window_left < 0 && p->window_right < 0 && p->seqlen_k > 0 && tiles > 0 &&
-           tiles < 4 * dev->num_sms;
+           !p->varlen && p->seqlen_k > 0 && tiles > 0 && tiles < 4 * dev->num_sms;
+}
+
+/* Key blocks of p's widest tile of block_m rows: every key, or with a
+ * window on both sides the rows' window and the tile's height, plus one
+ * block for the alignment. */
+static int widest_tile_key_blocks(const fa_problem *p, int block_m, int block_n)
+{
+    int64_t keys = p->seqlen_k;
+    if (p->window_left >= 0 && p->window_right >= 0 && block_m + p->window_left + p->window_right < keys)
+        keys = block_m + p->window_left + p->window_right + block_n;
+    return (int)((keys + block_n - 1) / block_n);
 }
 
 template <typename T, int D, int RT>
@@ -614,7 +624,7 @@ static fa_status plan_forward_split(const fa_problem *p, const fa_cuda_device_in
     const int64_t ctas = (int64_t)per_sm * dev->num_sms;
     if (tiles >= ctas)
         return FA_SUCCESS;
-    const int key_blocks = (int)((p->seqlen_k + BN - 1) / BN);
+    const int key_blocks = widest_tile_key_blocks(p, BM, BN);
     const size_t part_bytes = (size_t)BM * (D + 1) * 4;
     int64_t max_parts = (int64_t)(kForwardSplitMaxBytes / part_bytes) / tiles;
     max_parts = max_parts < key_blocks ? max_parts : key_blocks;

@@ -93,7 +93,7 @@ struct fa_sm90_params {
     const float *q_descale, *k_descale, *v_descale;
     int descale_block_q, descale_block_k, descale_blocks_q, descale_blocks_k;
     int vt_seq_keys; /* FP8 Vᵀ, fixed length: keys per sequence (fa_sm90_vt_start) */
-    /* FP8 key split (kKeySplit instances; ../key_split.cuh, fwd_sm90.cu
+    /* Key split (kKeySplit instances; ../key_split.cuh, fwd_sm90.cu
      * plans it): each tile runs as split_parts parts over a share of its
      * key blocks (tile index = tile · split_parts + part, no heaviest-first
      * order), writing O / l and the LSE in fp32 to part_o / part_lse */
@@ -164,9 +164,9 @@ struct fa_sm90_config {
      * the transposing warps too few to keep up (perf.md, twenty-eighth
      * session). */
     static constexpr bool kVtInKernel = VtInKernel_;
-    /* FP8, the key split's parts (fwd_sm90.cu): their own instances, so
-     * that the others carry none of its code (as a runtime flag it cost
-     * the hdim-128 forward 4% at 16k: perf.md, twenty-ninth session) */
+    /* The key split's parts (fwd_sm90.cu): their own instances, so that
+     * the others carry none of its code (as a runtime flag it cost the FP8
+     * hdim-128 forward 4% at 16k: perf.md, twenty-ninth session) */
     static constexpr bool kKeySplit = KeySplit_;
     static constexpr int kTransposeWarps = kVtInKernel ? 3 : 0;
     static constexpr int kRawVBuffers = kVtInKernel ? kStages : 0;
@@ -241,7 +241,7 @@ struct fa_sm90_config {
      * row each); one CTA per cluster (the halves of multicast loads would
      * be halves of the head dim) */
     static_assert(!kFp8 || (kBlockN == 128 && kClusterSize == 1 && kConsumerWarpgroups == 2), "FP8 tile shape");
-    static_assert(!kKeySplit || kFp8, "the key split's parts: FP8 only (16-bit decoding runs sm80's)");
+    static_assert(!kKeySplit || (kConsumerWarpgroups == 2 && kClusterSize == 1), "the key split's tile");
     static_assert(kClusterSize == 1 || kClusterSize == 2, "clusters of one or two CTAs (the producer loads halves)");
     static_assert(kSmemBytes <= kSmemLimit, "shared memory of one CTA");
     static_assert(!kVtInKernel || (kFp8 && kHeadDim == 128 && !kOInV),

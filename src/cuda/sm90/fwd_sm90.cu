@@ -68,19 +68,23 @@ extern "C" size_t fa_sm90_fp8_vt_bytes(const fa_problem *p)
 }
 
 /* ------------------------------------------------------------------------ */
-/* FP8: the key split (../key_split.cuh)                                    */
+/* The key split (../key_split.cuh)                                         */
 
-/* An FP8 grid of fewer 128-row tiles than SMs (decoding: a few query rows
- * per head over a long cache) leaves SMs idle while each CTA walks every
- * key, at the cost of 128 rows' GEMMs per key block however few rows
- * there are: one row over 128k keys took 1569 µs against the bf16 split's
- * 197 (perf.md, twenty-eighth session). Each tile then runs as parts over
- * a share of its key blocks (fa_sm90_tile_of), as many as last_wave_parts
- * finds worth it with the whole grid as its last wave (a part's extra
- * cost, in key blocks: its Q load and pipeline fill, its fp32 store and
- * its share of the combine), and fa_split_combine_kernel merges them.
- * Fixed lengths only (the combine finds a tile's rows from seqlen_q);
- * windows and KV caches split each tile's own key range.
+/* A grid of fewer 128-row tiles than SMs (decoding: a few query rows per
+ * head over a long cache) leaves SMs idle while each CTA walks every key,
+ * at the cost of 128 rows' GEMMs per key block however few rows there
+ * are: FP8, one row over 128k keys took 1569 µs against the bf16 split's
+ * 197 (perf.md, twenty-eighth session); bf16, four causal rows over 128k
+ * keys 1320 µs (twenty-ninth). Each tile then runs as parts over a share
+ * of its key blocks (fa_sm90_tile_of), as many as last_wave_parts finds
+ * worth it with the whole grid as its last wave (a part's extra cost, in
+ * key blocks: its Q load and pipeline fill, its fp32 store and its share
+ * of the combine), and fa_split_combine_kernel merges them. Fixed lengths
+ * only (the combine finds a tile's rows from seqlen_q); windows and KV
+ * caches split each tile's own key range. The parts are instances of
+ * their own (fa_sm90_config::kKeySplit) at FP8 hdim 128 / 256 and 16-bit
+ * hdim 64 / 128 / 256; hdim 96 / 192 do not split here (sm80's split takes
+ * 16-bit decoding there: fa_sm90_forward_splits).
  * With GQA the split packs the query heads of a KV head into one tile
  * (FA3's PackGQA; fa_sm90_params::pack_gqa): one query row per
  * head and 4 heads per KV head fill 4 of a tile's 128 rows, not 1, so
@@ -91,7 +95,18 @@ extern "C" size_t fa_sm90_fp8_vt_bytes(const fa_problem *p)
 constexpr double kSplitPartExtra = 3.0;
 constexpr int kSplitMaxParts = 32;
 constexpr size_t kSplitMaxBytes = (size_t)128 << 20;
-constexpr int kFp8BlockM = 128, kFp8BlockN = 128; /* fa_sm90_config's FP8 tile */
+constexpr int kSplitBlockM = 128; /* every split instance: two consumer warpgroups */
+
+/* The key block of p's split instance (launch_fp8, launch_for_head_dim),
+ * 0 where none exists. */
+static int split_block_n(const fa_problem *p)
+{
+    if (fa_dtype_is_fp8(p->dtype))
+        return 128;
+    if (p->head_dim == 64 || p->head_dim == 128)
+        return 128;
+    return p->head_dim == 256 ? 80 : 0;
+}
 
 struct fa_sm90_key_split {
     int64_t tiles; /* the grid's tiles */
@@ -116,14 +131,14 @@ static int pack_of(const fa_problem *p)
 
 static fa_sm90_key_split plan_key_split(const fa_problem *p, int sms)
 {
-    const int pack = pack_of(p);
-    const int64_t m_blocks = (p->seqlen_q * pack + kFp8BlockM - 1) / kFp8BlockM;
+    const int pack = pack_of(p), block_n = split_block_n(p);
+    const int64_t m_blocks = (p->seqlen_q * pack + kSplitBlockM - 1) / kSplitBlockM;
     const int64_t tiles = m_blocks * (p->heads_q / pack) * p->batch;
     fa_sm90_key_split plan = {tiles, 1, pack, m_blocks, 0};
-    if (!fa_dtype_is_fp8(p->dtype) || p->varlen || p->seqlen_k <= 0 || tiles <= 0 || tiles >= sms)
+    if (block_n == 0 || p->varlen || p->seqlen_k <= 0 || tiles <= 0 || tiles >= sms)
         return plan;
-    const int key_blocks = (int)((p->seqlen_k + kFp8BlockN - 1) / kFp8BlockN);
-    const size_t part_bytes = (size_t)kFp8BlockM * (p->head_dim + 1) * 4;
+    const int key_blocks = (int)((p->seqlen_k + block_n - 1) / block_n);
+    const size_t part_bytes = (size_t)kSplitBlockM * (p->head_dim + 1) * 4;
     int64_t max_parts = (int64_t)(kSplitMaxBytes / part_bytes) / tiles;
     max_parts = max_parts < key_blocks ? max_parts : key_blocks;
     max_parts = max_parts < kSplitMaxParts ? max_parts : kSplitMaxParts;
@@ -133,18 +148,16 @@ static fa_sm90_key_split plan_key_split(const fa_problem *p, int sms)
     return plan;
 }
 
-/* Where the split's partial results start: after the Vᵀ pass's copy where
- * the split reads one (hdim 256; at hdim 128 its instance transposes V in
- * the kernel: launch_fp8), 256-byte aligned. */
+/* Where the split's partial results start: after the FP8 Vᵀ pass's copy
+ * where the split reads one (hdim 256; at hdim 128 its instance transposes
+ * V in the kernel: launch_fp8), 256-byte aligned. */
 static size_t split_offset(const fa_problem *p)
 {
     return p->head_dim == 128 ? 0 : (fa_sm90_fp8_vt_bytes(p) + 255) / 256 * 256;
 }
 
-extern "C" size_t fa_sm90_fp8_workspace_size(const fa_problem *p, const fa_cuda_device_info *dev)
+extern "C" size_t fa_sm90_forward_workspace_size(const fa_problem *p, const fa_cuda_device_info *dev)
 {
-    if (!fa_dtype_is_fp8(p->dtype))
-        return 0;
     const fa_sm90_key_split split = plan_key_split(p, dev->num_sms);
     return split.parts > 1 ? split_offset(p) + split.bytes : fa_sm90_fp8_vt_bytes(p);
 }
@@ -159,6 +172,11 @@ static fa_sm90_key_split key_split_of(const fa_problem *p, const fa_cuda_device_
     return split;
 }
 
+extern "C" int fa_sm90_forward_splits(const fa_problem *p, const fa_cuda_device_info *dev)
+{
+    return plan_key_split(p, dev->num_sms).parts > 1;
+}
+
 /* The combine's arguments (fa_split_combine_kernel reads these names). */
 struct fa_sm90_combine_args {
     fa_problem p;
@@ -167,21 +185,23 @@ struct fa_sm90_combine_args {
     bool out_vectorized;
 };
 
-template <int D> static fa_status combine_parts(const fa_problem *p, const fa_sm90_key_split &split, float *part_o)
+template <class Cfg> static fa_status combine_parts(const fa_problem *p, const fa_sm90_key_split &split, float *part_o)
 {
+    constexpr int D = Cfg::kHeadDim, BM = Cfg::kBlockM;
+    static_assert(BM == kSplitBlockM, "the split's tile");
     fa_sm90_combine_args args;
     args.p = *p;
     args.split_parts = split.parts;
     args.pack_gqa = split.pack;
     args.part_o = part_o;
-    args.part_lse = part_o + split.tiles * split.parts * kFp8BlockM * D;
+    args.part_lse = part_o + split.tiles * split.parts * BM * D;
     args.out_vectorized = true; /* TMA's rules (sm90.cu): 16-byte aligned rows */
-    const int per_tile = combine_blocks_per_tile(p->seqlen_q * split.pack, kFp8BlockM, combine_rows(D));
-    fa_split_combine_kernel<__nv_bfloat16, D, kFp8BlockM, fa_sm90_combine_args>
+    const int per_tile = combine_blocks_per_tile(p->seqlen_q * split.pack, BM, combine_rows(D));
+    fa_split_combine_kernel<typename Cfg::OutElem, D, BM, fa_sm90_combine_args>
         <<<(unsigned)(split.tiles * per_tile), 128, 0, (cudaStream_t)p->stream>>>(args);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess)
-        return fa_fail(FA_ERROR_DEVICE, "sm90: launch of the FP8 key split's combine failed: %s",
+        return fa_fail(FA_ERROR_DEVICE, "sm90: launch of the key split's combine failed: %s",
                        cudaGetErrorString(err));
     return FA_SUCCESS;
 }
@@ -256,7 +276,7 @@ __global__ void __launch_bounds__(256) fa_sm90_fp8_transpose_v(const __grid_cons
     }
 }
 
-/* Vᵀ of p's V into vt (fa_sm90_fp8_workspace_size bytes), on p's stream. */
+/* Vᵀ of p's V into vt (fa_sm90_fp8_vt_bytes), on p's stream. */
 static fa_status transpose_v(const fa_problem *p, uint8_t *vt)
 {
     fa_vt_params prm;
@@ -365,7 +385,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const fa_cuda_device
     fa_sm90_key_split split = key_split_of(p, dev);
     if (!Cfg::kKeySplit)
         split.parts = split.pack = 1;
-    else if (split.parts < 2) /* launch_fp8 asked key_split_of the same */
+    else if (split.parts < 2) /* launch_fp8 / launch_for_head_dim asked key_split_of the same */
         return fa_fail(FA_ERROR_INTERNAL, "sm90: a key-split instance launched without a split");
     prm.pack_gqa = split.pack;
     if (split.pack > 1)
@@ -486,7 +506,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const fa_cuda_device
     if (err != cudaSuccess)
         return fa_fail(FA_ERROR_DEVICE, "sm90: launch of %s failed: %s", kernel_name, cudaGetErrorString(err));
     if constexpr (Cfg::kKeySplit)
-        if ((st = combine_parts<Cfg::kHeadDim>(p, split, part_o)) != FA_SUCCESS)
+        if ((st = combine_parts<Cfg>(p, split, part_o)) != FA_SUCCESS)
             return st;
     p->kernel_name = kernel_name;
     return FA_SUCCESS;
@@ -500,15 +520,21 @@ template <class Cfg> static fa_status launch(fa_problem *p, const fa_cuda_device
  * 16k against the kernel without it (docs/perf-sm90.md, v8). */
 template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p, const fa_cuda_device_info *dev)
 {
-    const bool bf16 = !fa_is_half<Elem>::value;
+    const bool bf16 = !fa_is_half<Elem>::value, split = key_split_of(p, dev).parts > 1;
     /* the kernel's name in debug/bench output */
 #define FA_LAUNCH(label, ...) launch<__VA_ARGS__>(p, dev, bf16 ? "sm90.fwd." label ".bf16" : "sm90.fwd." label ".fp16")
     /* hdim >= 128: clusters of two where they fit (".x2") */
 #define FA_LAUNCH_PAIRS(label, hdim, block_n)                                                                \
     (cluster_fits(p, 128) ? FA_LAUNCH(label ".x2", fa_sm90_config<Elem, hdim, block_n, 2, 2, 2>)             \
                           : FA_LAUNCH(label, fa_sm90_config<Elem, hdim, block_n, 2>))
+    /* the key split's parts (split_block_n): 128-row tiles of two consumer
+     * warpgroups, each head dim's key block (hdim 256: 80) */
+#define FA_LAUNCH_SPLIT(label, hdim, block_n)                                                                \
+    if (split)                                                                                               \
+        return FA_LAUNCH(label ".split", fa_sm90_config<Elem, hdim, block_n, 2, 2, 1, false, true>);
     switch (p->head_dim) {
     case 64:
+        FA_LAUNCH_SPLIT("hdim64", 64, 128)
         /* three consumer warpgroups (192 query rows, 160 registers each),
          * since one warpgroup's GEMMs of a key block are too short to hide
          * another's softmax: key block 128 with one P buffer
@@ -524,6 +550,7 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p, con
     case 96:
         return FA_LAUNCH_PAIRS("hdim96", 128, 128);
     case 128:
+        FA_LAUNCH_SPLIT("hdim128", 128, 128)
         return FA_LAUNCH_PAIRS("hdim128", 128, 128);
     case 192:
         return FA_LAUNCH_PAIRS("hdim192", 192, 96);
@@ -535,12 +562,14 @@ template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p, con
          * 2.5-5% more at non-causal 1k-2k and causal 2k (perf-sm90.md,
          * v27, v28). One instance: without clusters, which a window rules
          * out anyway. */
+        FA_LAUNCH_SPLIT("hdim256", 256, 80)
         if (p->seqlen_k <= 512 || (has_window(p) && p->seqlen_k <= 1024))
             return FA_LAUNCH("hdim256.n64", fa_sm90_config<Elem, 256, 64, 2>);
         return FA_LAUNCH_PAIRS("hdim256", 256, 80);
     default:
         return fa_fail(FA_ERROR_UNSUPPORTED, "sm90: head_dim %lld", (long long)p->head_dim);
     }
+#undef FA_LAUNCH_SPLIT
 #undef FA_LAUNCH_PAIRS
 #undef FA_LAUNCH
 }

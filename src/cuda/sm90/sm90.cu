@@ -131,7 +131,7 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
  * leaves out where the workspace is smaller.) */
 extern "C" size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir, const fa_cuda_device_info *dev)
 {
-    size_t bytes = dir == FA_BACKWARD ? fa_sm90_backward_workspace_size(p) : fa_sm90_fp8_workspace_size(p, dev);
+    size_t bytes = dir == FA_BACKWARD ? fa_sm90_backward_workspace_size(p) : fa_sm90_forward_workspace_size(p, dev);
 #ifdef FA_HAVE_SM80
     size_t fallback = dir == FA_BACKWARD ? fa_sm80_workspace_size(p, dir, dev) : 0;
     bytes = fallback > bytes ? fallback : bytes;

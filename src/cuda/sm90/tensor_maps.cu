@@ -131,7 +131,7 @@ fa_status fa_sm90_encode_vt_map(CUtensorMap *map, const fa_problem *p, void *vt,
     return FA_SUCCESS;
 }
 
-/* The map of q with GQA packed (the FP8 key split, fwd_sm90.cu): q seen as
+/* The map of q with GQA packed (the key split, fwd_sm90.cu): q seen as
  * (dim, heads, rows, batches), boxes of 128 bytes of columns x `pack`
  * heads x 128 / pack rows, which land in shared memory as 128 rows of
  * packed order (row r: query r / pack, head r % pack of the box's). */
