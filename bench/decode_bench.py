@@ -78,11 +78,16 @@ def main():
     ap.add_argument("shapes", nargs="+")
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--parts", default="",
+                    help="comma-separated part counts: also time auto with FA_SM90_FWD_SPLIT / FA_SM80_FWD_SPLIT "
+                         "forced to each (how the split's model chose)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    parts = [p for p in a.parts.split(",") if p]
     hopper = torch.cuda.get_device_capability() == (9, 0)
     rows = []
-    names = ["auto"] + (["sm90 whole"] if hopper else []) + ["sm80"] + ([] if a.causal else ["sdpa-flash", "sdpa-cudnn"])
+    names = (["auto"] + [f"auto k={k}" for k in parts] + (["sm90 whole"] if hopper else []) + ["sm80"] +
+             ([] if a.causal else ["sdpa-flash", "sdpa-cudnn"]))
     print(f"{'b:hq:hk:d:sq:sk':26} " + " ".join(f"{n:>22}" for n in names) + ("  (causal)" if a.causal else ""))
     for shape in a.shapes:
         dims = [int(x) for x in shape.split(":")]
@@ -93,10 +98,12 @@ def main():
                "sm90 whole": ours(q, k, v, a.causal, "cuda_sm90", {"FA_SM90_FWD_SPLIT": "1"}),
                "sm80": ours(q, k, v, a.causal, "cuda_sm80"),
                "sdpa-flash": sdpa("sdpa-flash", q, k, v), "sdpa-cudnn": sdpa("sdpa-cudnn", q, k, v)}
+        for count in parts:
+            fns[f"auto k={count}"] = ours(q, k, v, a.causal, "auto", {n: count for n in SPLIT_ENV})
         fns = {n: fns[n] for n in names}
         ref = reference(q, k, v, a.causal)
         kernels = {}
-        for name in ("auto", "sm90 whole", "sm80"):
+        for name in ["auto", "sm90 whole", "sm80"] + [f"auto k={k}" for k in parts]:
             if name in fns:
                 err = (fns[name]().float() - ref).abs().max().item()
                 assert err < 2e-2, f"{shape} {name}: max difference {err} from the reference"

@@ -10,6 +10,7 @@ problems, packed or not (packed inputs arrive here as strided views).
 import ctypes
 import math
 import operator
+import os
 
 import torch
 
@@ -210,6 +211,10 @@ def _scratch(nbytes, device):
 # H100; the C library only reads the descriptor).
 _plans = {}
 _MAX_PLANS = 64
+# The library's tuning variables that change its workspace (read at each
+# call; tests and benchmarks set them between calls): part of the key.
+_WORKSPACE_ENV = ("FA_SM90_FWD_SPLIT", "FA_SM80_FWD_SPLIT", "FA_SM80_BWD_SPLIT", "FA_SM90_PACK_GQA", "FA_SM80_PACK_GQA",
+                  "FA_SM90_FP8_VT", "FA_SM80_SMEM_LIMIT")
 
 
 def _plan(ctx, what, size_fn, problem_args, dropout_offset=0):
@@ -222,7 +227,8 @@ def _plan(ctx, what, size_fn, problem_args, dropout_offset=0):
         # the CPU workspace grows with the thread count
         threads = _ffi.cpu_threads() if q.device.type == "cpu" else 0
         key = (what, q.shape, k.shape, v.shape[-1], q.dtype, q.device, softmax_scale, causal,
-               window_left, window_right, softcap, deterministic, _ffi.forced_backend(), threads)
+               window_left, window_right, softcap, deterministic, _ffi.forced_backend(), threads,
+               tuple(os.environ.get(name) for name in _WORKSPACE_ENV))
         plan = _plans.get(key)
         if plan is not None:
             return plan

@@ -66,13 +66,16 @@ template <int BM, int BN> __device__ __forceinline__ bool tile_is_full(const Til
 
 /* Sets the invisible elements of a partial tile's scores to -inf. Element
  * (mt, nt, e) is tile row row0 + 16mt + 8(e/2), tile column col0 + 8nt + e%2
- * (row0 = warp row + g, col0 = 2t: the mma C layout). The block-sparse test
- * is a separate loop behind one uniform branch, so that dense problems pay
- * only the window and tail arithmetic. */
+ * (row0 = warp row + g, col0 = 2t: the mma C layout). With GQA packed (the
+ * key split's parts; pack query heads per tile, its first row being head
+ * rem of its group) tile row il is query (rem + il) / pack of the tile's
+ * first, whose window tmask holds; pack 1 and rem 0 otherwise. The
+ * block-sparse test is a separate loop behind one uniform branch, so that
+ * dense problems pay only the window and tail arithmetic. */
 template <int MT, int BN>
 __device__ __forceinline__ void mask_partial_tile(float (&s)[MT][BN / 8][4], const TileMask &tmask,
                                                   const Mask &mask, int64_t m0, int64_t n0,
-                                                  int row0, int col0)
+                                                  int row0, int col0, int pack = 1, int rem = 0)
 {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -80,9 +83,9 @@ __device__ __forceinline__ void mask_partial_tile(float (&s)[MT][BN / 8][4], con
         for (int r = 0; r < 2; ++r) {
             /* This row's visible columns are [lo, hi) relative to col0, so
              * each element is two compares with an immediate (as FA2). */
-            const int il = row0 + 16 * mt + 8 * r;
-            const int lo = il + tmask.lo - col0;
-            const int hi = il < tmask.rows ? min(il + tmask.hi + 1, tmask.cols) - col0 : lo;
+            const int il = row0 + 16 * mt + 8 * r, iq = (rem + il) / pack;
+            const int lo = iq + tmask.lo - col0;
+            const int hi = il < tmask.rows ? min(iq + tmask.hi + 1, tmask.cols) - col0 : lo;
 #pragma unroll
             for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
@@ -153,7 +156,7 @@ struct ForwardArgs {
     int split_parts;
     float *part_o;   /* [slot][kBlockM][D] */
     float *part_lse; /* [slot][kBlockM], natural log */
-    int pack_gqa;    /* 1: the combine's tiles are of one head (../key_split.cuh) */
+    int pack_gqa;    /* query heads per tile of the split (../key_split.cuh), 1: one head */
 };
 
 // q (B, Sq, Hq, d), k (B, Sk, Hkv, d), v (B, Sk, Hkv, dv) -> out (B, Sq, Hq, dv),
@@ -196,15 +199,26 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     const bool heaviest_first = !kAllOptions && args.heaviest_first;
     int64_t b = blockIdx.z, h = heaviest_first ? blockIdx.x : blockIdx.y;
     int64_t m0 = (int64_t)(heaviest_first ? gridDim.y - 1 - blockIdx.y : blockIdx.x) * BM;
-    int part = 0;
+    /* A part: its tile's batch entry, first head and query (m0); with GQA
+     * packed (pack > 1; parts of one row tile per warp only, which the
+     * packing's registers do not make spill) the tile's packed rows start
+     * at head rem of the group's pack heads, packed row r0 = pack · m0 +
+     * rem (../key_split.cuh) */
+    constexpr bool kPackable = kSplitRowTiles == 1;
+    int part = 0, pack = 1, rem = 0;
     if constexpr (kSplitPart) {
         part = (int)(blockIdx.x % args.split_parts);
-        split_row_origin<BM>(p, 1, blockIdx.x / args.split_parts, 0, &b, &h, &m0);
+        if constexpr (kPackable)
+            pack = args.pack_gqa;
+        split_row_origin<BM>(p, pack, blockIdx.x / args.split_parts, 0, &b, &h, &m0);
+        rem = (int)(h % pack);
+        h -= rem;
     }
     const fa_seq seq = fa_seq_of(p.varlen, p.cu_seqlens_q, p.cu_seqlens_k,
                                  kKvCache ? p.seqused_k : nullptr, p.seqlen_q, p.seqlen_k, b);
     if (m0 >= seq.sq)
         return;
+    const int64_t r0 = pack * m0 + rem, rows = seq.sq * pack; /* packed rows (pack 1: m0, sq) */
     const int64_t hk = h / (p.heads_q / p.heads_kv);
     const ScoreTransform score = make_score_transform(p, seq, b, h);
     /* Without softcap and ALiBi a score is one multiply from q·k. */
@@ -225,7 +239,7 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
      * two registers each, next to accumulators that fill the rest. */
     int64_t lo, hi, unused;
     fa_window_range(m0, seq.sq, seq.sk, p.window_left, p.window_right, &lo, &unused);
-    fa_window_range(min(m0 + BM, seq.sq) - 1, seq.sq, seq.sk, p.window_left,
+    fa_window_range((min(r0 + BM, rows) - 1) / pack, seq.sq, seq.sk, p.window_left,
                     p.window_right, &unused, &hi);
     const int nb_lo = hi > lo ? (int)(lo / BN) : 0, nb_hi = hi > lo ? (int)((hi + BN - 1) / BN) : 0;
     /* a part: its share of the tile's key blocks (at least one each) */
@@ -242,7 +256,9 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
     /* The tile mask of key block nb: the lean variant shifts the one of
      * block 0; the other rebuilds it (and the Mask) from the parameters
      * where it is needed rather than keeping either in registers. */
-    const TileMask tmask0 = tile_mask(tile_mask_of(), m0, 0);
+    TileMask tmask0 = tile_mask(tile_mask_of(), m0, 0);
+    if (kSplitPart)
+        tmask0.rows = (int)min(rows - r0, (int64_t)BM); /* packed rows */
     auto tile_mask_at = [&](int nb) {
         return kAllOptions ? tile_mask(tile_mask_of(), m0, (int64_t)nb * BN)
                            : shift_tile_mask(tmask0, nb * BN);
@@ -292,8 +308,14 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
 
     TileKind kind = TILE_SKIP;
     int nb = next_block(n_begin, &kind);
-    load_tile_whole_fast<T, BM, D, kThreads, P>(sQ, q, p.q.stride_seq, tmask0.rows, d,
-                                                args.vectorized);
+    if (kPackable && pack > 1) { /* packed row r: query (rem + r) / pack of head (rem + r) % pack */
+        auto row_at = [&](int r) { /* q: query m0 of the group's first head */
+            return q + (int64_t)((rem + r) / pack) * p.q.stride_seq + (int64_t)((rem + r) % pack) * p.q.stride_head;
+        };
+        load_tile_rows<T, BM, D, kThreads, P>(sQ, row_at, q, tmask0.rows, d, args.vectorized);
+    } else {
+        load_tile_whole_fast<T, BM, D, kThreads, P>(sQ, q, p.q.stride_seq, tmask0.rows, d, args.vectorized);
+    }
     if (nb < n_end)
         load_kv_block(sK, k + (int64_t)nb * BN * p.k.stride_seq, p.k.stride_seq, tile_mask_at(nb).cols, d,
                       p.k, nb);
@@ -369,7 +391,7 @@ __global__ void __launch_bounds__(ForwardTiles<D, kAllOptions>::kWarps * 32, 2)
                     }
         }
         if (kind == TILE_PARTIAL)
-            mask_partial_tile<MT, BN>(s, tmask, tile_mask_of(), m0, n0, warp_row + g, 2 * t);
+            mask_partial_tile<MT, BN>(s, tmask, tile_mask_of(), m0, n0, warp_row + g, 2 * t, pack, rem);
         float tile_max[MT][2];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
@@ -582,15 +604,29 @@ struct ForwardSplit {
     int64_t tiles; /* the grid's tiles */
     int parts;     /* parts per tile (1: no split) */
     int row_tiles; /* per warp (kSplitRowTiles) */
+    int pack;      /* query heads per tile (ForwardArgs::pack_gqa) */
     size_t bytes;  /* workspace: part_o, then part_lse */
 };
+
+/* The split packs the query heads of a KV head into one tile (FA3's
+ * PackGQA, as the Hopper split; ../key_split.cuh): a few query rows of 4
+ * heads per KV head fill 4 times the rows of a tile, and each K / V block
+ * is read once per group instead of once per head (bf16, 4 query rows, 32
+ * / 8 heads, 128k keys on an H100: 520 us unpacked, as FlashAttention-2's;
+ * perf.md, thirtieth session). Any ratio: rows are gathered, not boxed.
+ * (One query row never gets here grouped: fold_query_groups of api.c makes
+ * the group's heads its rows.) FA_SM80_PACK_GQA=0 turns it off. */
+static int forward_split_pack(const fa_problem *p)
+{
+    const char *env = getenv("FA_SM80_PACK_GQA");
+    return env != nullptr && strcmp(env, "0") == 0 ? 1 : (int)(p->heads_q / p->heads_kv);
+}
 
 /* Lean (no dropout, softcap, ALiBi, block mask), dense, fixed lengths, and
  * a grid that may be smaller than one wave (the exact test needs the
  * occupancy: plan_forward_split). */
-static bool forward_split_possible(const fa_problem *p, int block_m, const fa_cuda_device_info *dev)
+static bool forward_split_possible(const fa_problem *p, int64_t tiles, const fa_cuda_device_info *dev)
 {
-    const int64_t tiles = (p->seqlen_q + block_m - 1) / block_m * p->heads_q * p->batch;
     return p->dropout_p == 0.f && p->softcap == 0.f && p->alibi_slopes == nullptr && !p->block_mask &&
            !p->varlen && p->seqlen_k > 0 && tiles > 0 && tiles < 4 * dev->num_sms;
 }
@@ -611,9 +647,10 @@ static fa_status plan_forward_split(const fa_problem *p, const fa_cuda_device_in
 {
     using Tiles = ForwardTiles<D, false, RT>;
     constexpr int BM = Tiles::kBlockM, BN = Tiles::kBlockN;
-    const int64_t tiles = (p->seqlen_q + BM - 1) / BM * p->heads_q * p->batch;
-    *plan = ForwardSplit{tiles, 1, RT, 0};
-    if (!forward_split_possible(p, BM, dev))
+    const int pack = RT == 1 ? forward_split_pack(p) : 1; /* (forward_kernel's kPackable) */
+    const int64_t tiles = (p->seqlen_q * pack + BM - 1) / BM * (p->heads_q / pack) * p->batch;
+    *plan = ForwardSplit{tiles, 1, RT, pack, 0};
+    if (!forward_split_possible(p, tiles, dev))
         return FA_SUCCESS;
     static int per_sm_of_device[kCachedDevices];
     int per_sm = 0;
@@ -632,7 +669,7 @@ static fa_status plan_forward_split(const fa_problem *p, const fa_cuda_device_in
     const int parts = last_wave_parts(tiles, tiles, ctas, key_blocks, kForwardSplitPartExtra, (int)max_parts,
                                       getenv("FA_SM80_FWD_SPLIT"));
     if (parts > 1)
-        *plan = ForwardSplit{tiles, parts, RT, (size_t)(tiles * parts) * part_bytes};
+        *plan = ForwardSplit{tiles, parts, RT, pack, (size_t)(tiles * parts) * part_bytes};
     return FA_SUCCESS;
 }
 
@@ -655,7 +692,7 @@ static fa_status run_forward_split(ForwardArgs &args, const ForwardSplit &split)
     cudaStream_t stream = (cudaStream_t)args.p.stream;
     args.heaviest_first = false;
     args.split_parts = split.parts;
-    args.pack_gqa = 1;
+    args.pack_gqa = split.pack;
     args.part_o = (float *)args.p.workspace;
     args.part_lse = args.part_o + split.tiles * split.parts * BM * D;
     cudaError_t err = cudaFuncSetAttribute(forward_kernel<T, D, false, RT, kKvCache>,
@@ -667,7 +704,7 @@ static fa_status run_forward_split(ForwardArgs &args, const ForwardSplit &split)
     fa_status st = check_launch("sm80 forward kernel launch (key split)");
     if (st != FA_SUCCESS)
         return st;
-    const int per_tile = combine_blocks_per_tile(args.p.seqlen_q, BM, combine_rows(D));
+    const int per_tile = combine_blocks_per_tile(args.p.seqlen_q * split.pack, BM, combine_rows(D));
     fa_split_combine_kernel<T, D, BM, ForwardArgs><<<(unsigned)(split.tiles * per_tile), 128, 0, stream>>>(args);
     return check_launch("sm80 forward combine launch");
 }
@@ -761,7 +798,7 @@ static fa_status plan_for_head_dim(const fa_problem *p, const fa_cuda_device_inf
 /* plan_forward_split for p's dtype and head dim. */
 static fa_status plan_for(const fa_problem *p, const fa_cuda_device_info *dev, ForwardSplit *plan)
 {
-    *plan = ForwardSplit{0, 1, 1, 0};
+    *plan = ForwardSplit{0, 1, 1, 1, 0};
     if (p->dtype != FA_DTYPE_F16 && p->dtype != FA_DTYPE_BF16)
         return FA_SUCCESS;
     const int dp = padded_head_dim(p->head_dim, p->head_dim_v);
