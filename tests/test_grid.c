@@ -337,6 +337,37 @@ static grid_case fp8_case(test_rng *r, const char *family, fa_dtype dtype)
 /* The grid. Cost is bounded per case (fit_budget); --quick shortens the
  * longest sequences and the budget for sanitizer builds; gpu: the run is on
  * a CUDA device (adds the persistent and longmask families). */
+/* A decoding case (fp8decode, decode16): a few query rows per head over
+ * 1500 to max_keys keys; a window is sliding and causal; a paged cache
+ * has used keys per sequence. */
+typedef struct decode_spec {
+    fa_dtype dtype;
+    int64_t head_dim, batch, heads_q, heads_kv, seqlen_q;
+    int causal;
+    int64_t window_left, page_size;
+    float softcap;
+} decode_spec;
+
+static grid_case decode_case(test_rng *r, const char *family, const decode_spec *d, int64_t max_keys)
+{
+    grid_case c = base_case(r, family, d->dtype);
+    c.batch = d->batch;
+    c.heads_q = d->heads_q;
+    c.heads_kv = d->heads_kv;
+    c.seqlen_q = d->seqlen_q;
+    c.seqlen_k = rng_int(r, 1500, max_keys);
+    c.head_dim = c.head_dim_v = d->head_dim;
+    c.causal = d->causal;
+    if (d->window_left >= 0) {
+        c.window_left = d->window_left;
+        c.window_right = 0;
+    }
+    c.softcap = d->softcap;
+    if ((c.page_size = d->page_size) > 0)
+        c.seqused = 1;
+    return c;
+}
+
 static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
 {
     test_rng r;
@@ -591,34 +622,17 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
      * tiles empty); descales on every tensor, so that the packed rows' own
      * Q descales count, per block of 128 queries over 200. Cheap (few
      * rows): CPU runs too; the Hopper kernel must run these. */
-    static const struct {
-        fa_dtype dtype;
-        int64_t head_dim, batch, heads_q, heads_kv, seqlen_q;
-        int causal;
-        int64_t window_left, page_size;
-    } fp8_decode[] = {{FA_DTYPE_FP8_E4M3, 128, 2, 8, 2, 1, 0, -1, 0},    {FA_DTYPE_FP8_E5M2, 128, 1, 16, 2, 3, 0, -1, 0},
-                      {FA_DTYPE_FP8_E4M3, 256, 2, 4, 1, 2, 0, -1, 0},    {FA_DTYPE_FP8_E4M3, 128, 3, 6, 2, 1, 0, -1, 0},
-                      {FA_DTYPE_FP8_E5M2, 128, 2, 8, 4, 5, 1, -1, 0},    {FA_DTYPE_FP8_E4M3, 128, 3, 8, 2, 1, 0, -1, 16},
-                      {FA_DTYPE_FP8_E4M3, 128, 1, 128, 2, 1, 0, -1, 0},  {FA_DTYPE_FP8_E4M3, 128, 2, 16, 4, 40, 1, 700, 0},
-                      {FA_DTYPE_FP8_E5M2, 256, 1, 8, 1, 33, 1, -1, 0},   {FA_DTYPE_FP8_E4M3, 128, 1, 4, 2, 200, 0, -1, 0}};
+    static const decode_spec fp8_decode[] = {
+        {FA_DTYPE_FP8_E4M3, 128, 2, 8, 2, 1, 0, -1, 0, 0.f},   {FA_DTYPE_FP8_E5M2, 128, 1, 16, 2, 3, 0, -1, 0, 0.f},
+        {FA_DTYPE_FP8_E4M3, 256, 2, 4, 1, 2, 0, -1, 0, 0.f},   {FA_DTYPE_FP8_E4M3, 128, 3, 6, 2, 1, 0, -1, 0, 0.f},
+        {FA_DTYPE_FP8_E5M2, 128, 2, 8, 4, 5, 1, -1, 0, 0.f},   {FA_DTYPE_FP8_E4M3, 128, 3, 8, 2, 1, 0, -1, 16, 0.f},
+        {FA_DTYPE_FP8_E4M3, 128, 1, 128, 2, 1, 0, -1, 0, 0.f}, {FA_DTYPE_FP8_E4M3, 128, 2, 16, 4, 40, 1, 700, 0, 0.f},
+        {FA_DTYPE_FP8_E5M2, 256, 1, 8, 1, 33, 1, -1, 0, 0.f},  {FA_DTYPE_FP8_E4M3, 128, 1, 4, 2, 200, 0, -1, 0, 0.f}};
     for (size_t n = 0; n < sizeof fp8_decode / sizeof fp8_decode[0]; ++n) {
-        c = base_case(&r, "fp8decode", fp8_decode[n].dtype);
-        c.batch = fp8_decode[n].batch;
-        c.heads_q = fp8_decode[n].heads_q;
-        c.heads_kv = fp8_decode[n].heads_kv;
-        c.seqlen_q = fp8_decode[n].seqlen_q;
-        c.seqlen_k = rng_int(&r, 1500, 5000);
-        c.head_dim = c.head_dim_v = fp8_decode[n].head_dim;
-        c.causal = fp8_decode[n].causal;
-        if (fp8_decode[n].window_left >= 0) { /* sliding, causal */
-            c.window_left = fp8_decode[n].window_left;
-            c.window_right = 0;
-        }
+        c = decode_case(&r, "fp8decode", &fp8_decode[n], 5000);
         c.descale_block_q = c.seqlen_q > 128 ? 128 : 0; /* packed rows of several Q descale blocks */
         c.descale_block_k = rng_int(&r, 0, 1) ? 0 : 256;
         c.descaled = DESCALED_ALL;
-        if ((c.page_size = fp8_decode[n].page_size) > 0)
-            c.seqused = 1;
         push_case(list, &c);
     }
 
@@ -628,35 +642,17 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
      * over two m blocks, causal and sliding windows over packed rows,
      * packed tiles of two and three m blocks, softcap, paged caches with
      * used keys. Cheap: CPU runs too; on Hopper the sm90 split must run
-     * these (hopper_split). */
-    static const struct {
-        fa_dtype dtype;
-        int64_t head_dim, batch, heads_q, heads_kv, seqlen_q;
-        int causal;
-        int64_t window_left, page_size;
-        float softcap;
-    } decode16[] = {{FA_DTYPE_BF16, 128, 2, 8, 2, 1, 0, -1, 0, 0.f},    {FA_DTYPE_F16, 64, 1, 16, 2, 3, 0, -1, 0, 0.f},
-                    {FA_DTYPE_BF16, 256, 2, 4, 1, 2, 0, -1, 0, 0.f},    {FA_DTYPE_F16, 128, 3, 6, 2, 1, 0, -1, 0, 0.f},
-                    {FA_DTYPE_BF16, 64, 2, 8, 4, 5, 1, -1, 0, 0.f},     {FA_DTYPE_BF16, 128, 3, 8, 2, 1, 0, -1, 16, 0.f},
-                    {FA_DTYPE_F16, 128, 1, 128, 2, 1, 0, -1, 0, 0.f},   {FA_DTYPE_BF16, 128, 2, 16, 4, 40, 1, 700, 0, 0.f},
-                    {FA_DTYPE_F16, 256, 1, 8, 1, 33, 1, -1, 0, 0.f},    {FA_DTYPE_BF16, 64, 1, 4, 4, 160, 0, -1, 0, 0.f},
-                    {FA_DTYPE_BF16, 128, 2, 8, 2, 2, 0, -1, 0, 30.f},   {FA_DTYPE_F16, 64, 2, 8, 8, 4, 1, -1, 64, 0.f}};
+     * these (hopper_split). The reference's backward runs too: fewer keys
+     * where there are more rows. */
+    static const decode_spec decode16[] = {
+        {FA_DTYPE_BF16, 128, 2, 8, 2, 1, 0, -1, 0, 0.f},  {FA_DTYPE_F16, 64, 1, 16, 2, 3, 0, -1, 0, 0.f},
+        {FA_DTYPE_BF16, 256, 2, 4, 1, 2, 0, -1, 0, 0.f},  {FA_DTYPE_F16, 128, 3, 6, 2, 1, 0, -1, 0, 0.f},
+        {FA_DTYPE_BF16, 64, 2, 8, 4, 5, 1, -1, 0, 0.f},   {FA_DTYPE_BF16, 128, 3, 8, 2, 1, 0, -1, 16, 0.f},
+        {FA_DTYPE_F16, 128, 1, 128, 2, 1, 0, -1, 0, 0.f}, {FA_DTYPE_BF16, 128, 2, 16, 4, 40, 1, 700, 0, 0.f},
+        {FA_DTYPE_F16, 256, 1, 8, 1, 33, 1, -1, 0, 0.f},  {FA_DTYPE_BF16, 64, 1, 4, 4, 160, 0, -1, 0, 0.f},
+        {FA_DTYPE_BF16, 128, 2, 8, 2, 2, 0, -1, 0, 30.f}, {FA_DTYPE_F16, 64, 2, 8, 8, 4, 1, -1, 64, 0.f}};
     for (size_t n = 0; n < sizeof decode16 / sizeof decode16[0]; ++n) {
-        c = base_case(&r, "decode16", decode16[n].dtype);
-        c.batch = decode16[n].batch;
-        c.heads_q = decode16[n].heads_q;
-        c.heads_kv = decode16[n].heads_kv;
-        c.seqlen_q = decode16[n].seqlen_q;
-        c.seqlen_k = rng_int(&r, 1500, c.seqlen_q > 8 ? 2200 : 5000); /* (the reference's backward) */
-        c.head_dim = c.head_dim_v = decode16[n].head_dim;
-        c.causal = decode16[n].causal;
-        if (decode16[n].window_left >= 0) { /* sliding, causal */
-            c.window_left = decode16[n].window_left;
-            c.window_right = 0;
-        }
-        c.softcap = decode16[n].softcap;
-        if ((c.page_size = decode16[n].page_size) > 0)
-            c.seqused = 1;
+        c = decode_case(&r, "decode16", &decode16[n], decode16[n].seqlen_q > 8 ? 2200 : 5000);
         push_case(list, &c);
     }
 }
