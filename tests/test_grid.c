@@ -108,6 +108,9 @@ typedef struct grid_case {
     int dropout_probe;      /* V = identity: out shows the dropout mask */
     double logit_scale;     /* std of q and k (0: 1); large -> huge scores */
     int seqused;            /* seqused_k drawn per sequence (forward only) */
+    int inference;          /* decoding shapes: no backward (its shapes are the
+                               other families'; the reference's backward took
+                               half of the quick grid's time here) */
     int64_t page_size;      /* > 0: k / v in a paged cache (forward only) */
     /* FP8 dtypes (forward only): rows per descale (0 = the sequence), and
      * which of q, k, v (bits 0, 1, 2) have descales (the others NULL) */
@@ -338,8 +341,8 @@ static grid_case fp8_case(test_rng *r, const char *family, fa_dtype dtype)
  * longest sequences and the budget for sanitizer builds; gpu: the run is on
  * a CUDA device (adds the persistent and longmask families). */
 /* A decoding case (fp8decode, decode16): a few query rows per head over
- * 1500 to max_keys keys; a window is sliding and causal; a paged cache
- * has used keys per sequence. */
+ * min_keys to max_keys keys; a window is sliding and causal; a paged cache
+ * has used keys per sequence; no backward (inference). */
 typedef struct decode_spec {
     fa_dtype dtype;
     int64_t head_dim, batch, heads_q, heads_kv, seqlen_q;
@@ -348,14 +351,15 @@ typedef struct decode_spec {
     float softcap;
 } decode_spec;
 
-static grid_case decode_case(test_rng *r, const char *family, const decode_spec *d, int64_t max_keys)
+static grid_case decode_case(test_rng *r, const char *family, const decode_spec *d, int64_t min_keys,
+                             int64_t max_keys)
 {
     grid_case c = base_case(r, family, d->dtype);
     c.batch = d->batch;
     c.heads_q = d->heads_q;
     c.heads_kv = d->heads_kv;
     c.seqlen_q = d->seqlen_q;
-    c.seqlen_k = rng_int(r, 1500, max_keys);
+    c.seqlen_k = rng_int(r, min_keys, max_keys);
     c.head_dim = c.head_dim_v = d->head_dim;
     c.causal = d->causal;
     if (d->window_left >= 0) {
@@ -365,6 +369,7 @@ static grid_case decode_case(test_rng *r, const char *family, const decode_spec 
     c.softcap = d->softcap;
     if ((c.page_size = d->page_size) > 0)
         c.seqused = 1;
+    c.inference = 1;
     return c;
 }
 
@@ -629,30 +634,35 @@ static void build_grid(case_list *list, uint64_t seed, int quick, int gpu)
         {FA_DTYPE_FP8_E4M3, 128, 1, 128, 2, 1, 0, -1, 0, 0.f}, {FA_DTYPE_FP8_E4M3, 128, 2, 16, 4, 40, 1, 700, 0, 0.f},
         {FA_DTYPE_FP8_E5M2, 256, 1, 8, 1, 33, 1, -1, 0, 0.f},  {FA_DTYPE_FP8_E4M3, 128, 1, 4, 2, 200, 0, -1, 0, 0.f}};
     for (size_t n = 0; n < sizeof fp8_decode / sizeof fp8_decode[0]; ++n) {
-        c = decode_case(&r, "fp8decode", &fp8_decode[n], 5000);
+        c = decode_case(&r, "fp8decode", &fp8_decode[n], 1500, 5000);
         c.descale_block_q = c.seqlen_q > 128 ? 128 : 0; /* packed rows of several Q descale blocks */
         c.descale_block_k = rng_int(&r, 0, 1) ? 0 : 256;
         c.descaled = DESCALED_ALL;
         push_case(list, &c);
     }
 
-    /* 16-bit decoding: as fp8decode, which the Hopper forward runs as its
-     * key split too (hdim 64 / 128 / 256, the last on 80-key blocks):
-     * packed ratios 2-64 and one that is not a power of two (3), no GQA
-     * over two m blocks, causal and sliding windows over packed rows,
-     * packed tiles of two and three m blocks, softcap, paged caches with
-     * used keys. Cheap: CPU runs too; on Hopper the sm90 split must run
-     * these (hopper_split). The reference's backward runs too: fewer keys
-     * where there are more rows. */
+    /* 16-bit decoding, which the Hopper forward runs as its key split too
+     * (hdim 64 / 128 / 256, the last on 80-key blocks) and sm80's split
+     * elsewhere: one row of grouped heads (the API makes them rows of one
+     * head: nothing to pack); packed ratios 2-64 (sm90: powers of two),
+     * ratios 3 and 6 (packed on sm80 only, whose 64-row tiles then start
+     * mid-query), no GQA over two m blocks, causal and sliding windows over
+     * packed rows, packed tiles of several m blocks, softcap (sm80's split
+     * refuses it), paged caches with used keys, packed and not. Cheap: CPU
+     * runs too; on Hopper the sm90 split must run these (hopper_split), but
+     * ratios 3 and 6 unpacked. Forward only (decode_case); fewer keys
+     * where there are more rows, and in --quick too few to split. */
     static const decode_spec decode16[] = {
-        {FA_DTYPE_BF16, 128, 2, 8, 2, 1, 0, -1, 0, 0.f},  {FA_DTYPE_F16, 64, 1, 16, 2, 3, 0, -1, 0, 0.f},
-        {FA_DTYPE_BF16, 256, 2, 4, 1, 2, 0, -1, 0, 0.f},  {FA_DTYPE_F16, 128, 3, 6, 2, 1, 0, -1, 0, 0.f},
-        {FA_DTYPE_BF16, 64, 2, 8, 4, 5, 1, -1, 0, 0.f},   {FA_DTYPE_BF16, 128, 3, 8, 2, 1, 0, -1, 16, 0.f},
-        {FA_DTYPE_F16, 128, 1, 128, 2, 1, 0, -1, 0, 0.f}, {FA_DTYPE_BF16, 128, 2, 16, 4, 40, 1, 700, 0, 0.f},
-        {FA_DTYPE_F16, 256, 1, 8, 1, 33, 1, -1, 0, 0.f},  {FA_DTYPE_BF16, 64, 1, 4, 4, 160, 0, -1, 0, 0.f},
-        {FA_DTYPE_BF16, 128, 2, 8, 2, 2, 0, -1, 0, 30.f}, {FA_DTYPE_F16, 64, 2, 8, 8, 4, 1, -1, 64, 0.f}};
+        {FA_DTYPE_BF16, 128, 2, 8, 2, 1, 0, -1, 0, 0.f},    {FA_DTYPE_F16, 64, 1, 16, 2, 3, 0, -1, 0, 0.f},
+        {FA_DTYPE_BF16, 256, 2, 4, 1, 2, 0, -1, 0, 0.f},    {FA_DTYPE_F16, 128, 3, 6, 2, 7, 0, -1, 0, 0.f},
+        {FA_DTYPE_BF16, 64, 2, 8, 4, 5, 1, -1, 0, 0.f},     {FA_DTYPE_BF16, 128, 3, 8, 2, 3, 0, -1, 16, 0.f},
+        {FA_DTYPE_F16, 128, 1, 128, 2, 2, 0, -1, 0, 0.f},   {FA_DTYPE_BF16, 128, 2, 16, 4, 40, 1, 700, 0, 0.f},
+        {FA_DTYPE_F16, 256, 1, 8, 1, 33, 1, -1, 0, 0.f},    {FA_DTYPE_BF16, 64, 1, 4, 4, 160, 0, -1, 0, 0.f},
+        {FA_DTYPE_BF16, 128, 2, 8, 2, 2, 0, -1, 0, 30.f},   {FA_DTYPE_F16, 64, 2, 8, 8, 4, 1, -1, 64, 0.f},
+        {FA_DTYPE_BF16, 128, 1, 12, 4, 30, 1, -1, 0, 0.f},  {FA_DTYPE_F16, 64, 2, 12, 2, 11, 1, 300, 0, 0.f}};
     for (size_t n = 0; n < sizeof decode16 / sizeof decode16[0]; ++n) {
-        c = decode_case(&r, "decode16", &decode16[n], decode16[n].seqlen_q > 8 ? 2200 : 5000);
+        c = decode_case(&r, "decode16", &decode16[n], quick ? 300 : 1500,
+                        quick ? 700 : decode16[n].seqlen_q > 8 ? 2200 : 5000);
         push_case(list, &c);
     }
 }
@@ -1739,7 +1749,7 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
     }
     const int fp8 = dtype_is_fp8(c->dtype);
     const int forward_only = c->seqused || c->page_size || fp8; /* KV cache, FP8 */
-    if (!forward_only) {
+    if (!forward_only && !c->inference) {
         ref_backward(&exact, q, k, v, out_exact, dout, grads_exact[0], grads_exact[1],
                      grads_exact[2], grads_mag);
         ref_backward(&naive, q, k, v, out_naive, dout, grads_naive[0], grads_naive[1],
@@ -1839,6 +1849,13 @@ static void run_case(const grid_case *c, const run_config *cfg, case_report *rep
         download_all(&cd);
         snapshot_compare(rep, &untouched, &cd, "a refused fa_backward wrote to its outputs");
         snapshot_free(&untouched, &cd);
+        snapshot_free(&first, &cd);
+        free(out);
+        free(lse);
+        goto done;
+    }
+
+    if (c->inference) {
         snapshot_free(&first, &cd);
         free(out);
         free(lse);
@@ -1990,6 +2007,15 @@ static int cuda_device_is_sm90(void)
 #endif
 }
 
+static int cuda_device_sms(void)
+{
+    int sms = 0;
+#ifdef FA_HAVE_CUDA
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+#endif
+    return sms;
+}
+
 int main(int argc, char **argv)
 {
     run_config cfg;
@@ -2060,10 +2086,12 @@ int main(int argc, char **argv)
     cfg.fp8_on_hopper = cfg.device == FA_DEVICE_CUDA &&
                         (cfg.backend == FA_BACKEND_AUTO || cfg.backend == FA_BACKEND_CUDA_SM90) &&
                         fa_backend_compiled(FA_BACKEND_CUDA_SM90) && cuda_device_is_sm90();
-    /* (the families' GQA shapes split when packed: not all do unpacked) */
+    /* (the families' GQA shapes split when packed: not all do unpacked; and
+     * on a GPU of at least 64 SMs, where their grids, at most 24 tiles,
+     * are small enough: not on a small MIG slice) */
     const char *forced_parts = getenv("FA_SM90_FWD_SPLIT"), *pack = getenv("FA_SM90_PACK_GQA");
     cfg.hopper_split = cfg.fp8_on_hopper && (forced_parts == NULL || atoi(forced_parts) >= 2) &&
-                       (pack == NULL || strcmp(pack, "0") != 0);
+                       (pack == NULL || strcmp(pack, "0") != 0) && cuda_device_sms() >= 64;
     fa_status st = fa_context_create(&cfg.ctx, cfg.device, 0);
     if (st != FA_SUCCESS) {
         printf("FAIL: fa_context_create: %s: %s\n", fa_status_string(st), fa_last_error());
@@ -2104,7 +2132,8 @@ int main(int argc, char **argv)
                               (c->dtype == FA_DTYPE_F32 || dtype_is_fp8(c->dtype));
         rep.must_run = cfg.fp8_on_hopper && (!strcmp(c->family, "fp8long") || !strcmp(c->family, "fp8decode") ||
                                              !strcmp(c->family, "decode16"));
-        rep.must_split = cfg.hopper_split && (!strcmp(c->family, "fp8decode") || !strcmp(c->family, "decode16"));
+        rep.must_split = cfg.hopper_split && (!strcmp(c->family, "fp8decode") ||
+                                              (!strcmp(c->family, "decode16") && !quick));
         if (only_case >= 0 && n != only_case)
             continue;
         if (filter && !strstr(rep.header, filter))

@@ -89,3 +89,19 @@ def test_cuda_decoding_runs_the_key_split(head_dim, seqlen_q, monkeypatch):
     finally:
         flashattn.set_backend("auto")
     assert_close("out (whole tiles)", out, whole.double())
+
+
+def test_cuda_decoding_workspace_covers_the_fallback():
+    """A decoding call whose q the Hopper kernels cannot read (rows 260 bytes
+    apart: not a TMA layout) runs sm80's split, which needs a larger
+    workspace than the Hopper split the size query plans for (it sees no
+    tensors): the query must cover both, so the call runs and is right."""
+    if not (torch.cuda.is_available() and flashattn.backend_compiled("cuda_sm80")):
+        pytest.skip("needs a GPU and a library built with the sm80 backend")
+    q, k, v = random_qkv(1, 100, 16384, 8, 2, 128, device="cuda", requires_grad=False, seed=5)
+    padded = torch.zeros(1, 100, 8, 130, dtype=q.dtype, device="cuda")
+    padded[..., :128] = q
+    q_view = padded[..., :128]
+    flashattn.set_backend("auto")
+    out = flashattn.flash_attn_func(q_view, k, v)
+    assert_close("out", out, attention_ref(q, k, v)[0])

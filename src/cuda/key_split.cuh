@@ -55,6 +55,18 @@ static inline int last_wave_parts(int64_t tasks, int64_t split, int64_t ctas, in
     return waves + best > 0.99 * (waves + whole) ? 1 : parts;
 }
 
+/* Key blocks of block_n keys that p's widest tile of `queries` queries
+ * walks: every key, or with a window on both sides the queries' windows,
+ * plus one block for the alignment (the split's model counts these: a
+ * sliding window's tiles see far fewer than seqlen_k). */
+static inline int widest_tile_key_blocks(const fa_problem *p, int64_t queries, int block_n)
+{
+    int64_t keys = p->seqlen_k;
+    if (p->window_left >= 0 && p->window_right >= 0 && queries + p->window_left + p->window_right < keys)
+        keys = queries + p->window_left + p->window_right + block_n;
+    return (int)((keys + block_n - 1) / block_n);
+}
+
 /* Batch entry, head and query of row `row` of tile `tile` (fixed lengths;
  * pack query heads per tile row group, 1 for none), for the parts (row 0:
  * the tile's origin) and the combine alike; false where the row lies past

@@ -614,8 +614,9 @@ struct ForwardSplit {
  * is read once per group instead of once per head (bf16, 4 query rows, 32
  * / 8 heads, 128k keys on an H100: 520 us unpacked, as FlashAttention-2's;
  * perf.md, thirtieth session). Any ratio: rows are gathered, not boxed.
- * (One query row never gets here grouped: fold_query_groups of api.c makes
- * the group's heads its rows.) FA_SM80_PACK_GQA=0 turns it off. */
+ * (One query row without a left window bound never gets here grouped:
+ * fold_query_groups of api.c makes the group's heads its rows.)
+ * FA_SM80_PACK_GQA=0 turns it off. */
 static int forward_split_pack(const fa_problem *p)
 {
     const char *env = getenv("FA_SM80_PACK_GQA");
@@ -629,17 +630,6 @@ static bool forward_split_possible(const fa_problem *p, int64_t tiles, const fa_
 {
     return p->dropout_p == 0.f && p->softcap == 0.f && p->alibi_slopes == nullptr && !p->block_mask &&
            !p->varlen && p->seqlen_k > 0 && tiles > 0 && tiles < 4 * dev->num_sms;
-}
-
-/* Key blocks of p's widest tile of block_m rows: every key, or with a
- * window on both sides the rows' window and the tile's height, plus one
- * block for the alignment. */
-static int widest_tile_key_blocks(const fa_problem *p, int block_m, int block_n)
-{
-    int64_t keys = p->seqlen_k;
-    if (p->window_left >= 0 && p->window_right >= 0 && block_m + p->window_left + p->window_right < keys)
-        keys = block_m + p->window_left + p->window_right + block_n;
-    return (int)((keys + block_n - 1) / block_n);
 }
 
 template <typename T, int D, int RT>
@@ -661,7 +651,7 @@ static fa_status plan_forward_split(const fa_problem *p, const fa_cuda_device_in
     const int64_t ctas = (int64_t)per_sm * dev->num_sms;
     if (tiles >= ctas)
         return FA_SUCCESS;
-    const int key_blocks = widest_tile_key_blocks(p, BM, BN);
+    const int key_blocks = widest_tile_key_blocks(p, (BM + pack - 1) / pack + 1, BN); /* queries per tile */
     const size_t part_bytes = (size_t)BM * (D + 1) * 4;
     int64_t max_parts = (int64_t)(kForwardSplitMaxBytes / part_bytes) / tiles;
     max_parts = max_parts < key_blocks ? max_parts : key_blocks;

@@ -137,7 +137,7 @@ static fa_sm90_key_split plan_key_split(const fa_problem *p, int sms)
     fa_sm90_key_split plan = {tiles, 1, pack, m_blocks, 0};
     if (block_n == 0 || p->varlen || p->seqlen_k <= 0 || tiles <= 0 || tiles >= sms)
         return plan;
-    const int key_blocks = (int)((p->seqlen_k + block_n - 1) / block_n);
+    const int key_blocks = widest_tile_key_blocks(p, (kSplitBlockM + pack - 1) / pack + 1, block_n);
     const size_t part_bytes = (size_t)kSplitBlockM * (p->head_dim + 1) * 4;
     int64_t max_parts = (int64_t)(kSplitMaxBytes / part_bytes) / tiles;
     max_parts = max_parts < key_blocks ? max_parts : key_blocks;

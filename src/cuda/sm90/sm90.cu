@@ -126,14 +126,15 @@ extern "C" fa_status fa_sm90_supports(const fa_problem *p, fa_direction dir, con
 }
 
 /* A size query cannot see whether the tensors suit TMA (check_tensor), so
- * the answer also covers the sm80 backward fallback the call may take. (The
- * sm80 forward needs its workspace only for the last-wave split, which it
- * leaves out where the workspace is smaller.) */
+ * the answer also covers the sm80 fallback the call may take: its backward,
+ * and its forward's key split (the dispatcher runs sm80's where a grid this
+ * small cannot run sm90's; fa_forward refuses a workspace smaller than the
+ * backend it runs needs). */
 extern "C" size_t fa_sm90_workspace_size(const fa_problem *p, fa_direction dir, const fa_cuda_device_info *dev)
 {
     size_t bytes = dir == FA_BACKWARD ? fa_sm90_backward_workspace_size(p) : fa_sm90_forward_workspace_size(p, dev);
 #ifdef FA_HAVE_SM80
-    size_t fallback = dir == FA_BACKWARD ? fa_sm80_workspace_size(p, dir, dev) : 0;
+    size_t fallback = fa_sm80_workspace_size(p, dir, dev);
     bytes = fallback > bytes ? fallback : bytes;
 #endif
     return bytes;
