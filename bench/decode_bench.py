@@ -34,7 +34,8 @@ SPLIT_ENV = ("FA_SM90_FWD_SPLIT", "FA_SM80_FWD_SPLIT")
 
 def ours(q, k, v, causal, backend, env=None):
     """Our forward on `backend` with the split variables of `env` set for the
-    call (the library reads them at each call)."""
+    call and the others unset (the library reads them at each call; one
+    exported before the run does not reach any contender)."""
     def fwd():
         flashattn.set_backend(backend)
         for name in SPLIT_ENV:
