@@ -29,7 +29,8 @@ import flashattn  # noqa: E402
 from flashattn import flash_attn_func  # noqa: E402
 from gpu_bench import time_contenders  # noqa: E402
 
-SPLIT_ENV = ("FA_SM90_FWD_SPLIT", "FA_SM80_FWD_SPLIT")
+SPLIT_ENV = ("FA_SM90_FWD_SPLIT", "FA_SM80_FWD_SPLIT", "FA_SM90_SPLIT_BLOCK_M", "FA_SM90_PACK_GQA",
+             "FA_SM80_PACK_GQA")
 
 
 def ours(q, k, v, causal, backend, env=None):
@@ -82,15 +83,22 @@ def main():
     ap.add_argument("--parts", default="",
                     help="comma-separated part counts: also time auto with FA_SM90_FWD_SPLIT / FA_SM80_FWD_SPLIT "
                          "forced to each (how the split's model chose)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="also time auto with this split variable set (e.g. FA_SM90_SPLIT_BLOCK_M=128)")
+    ap.add_argument("--allocs", type=int, default=1,
+                    help="time each shape on this many fresh allocations, the earlier ones kept alive (the "
+                         "short shapes' times follow where the tensors land)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     parts = [p for p in a.parts.split(",") if p]
+    variants = {f"auto {e}": dict([e.split("=", 1)]) for e in a.env}
     hopper = torch.cuda.get_device_capability() == (9, 0)
     rows = []
-    names = (["auto"] + [f"auto k={k}" for k in parts] + (["sm90 whole"] if hopper else []) + ["sm80"] +
-             ([] if a.causal else ["sdpa-flash", "sdpa-cudnn"]))
+    names = (["auto"] + [f"auto k={k}" for k in parts] + list(variants) + (["sm90 whole"] if hopper else []) +
+             ["sm80"] + ([] if a.causal else ["sdpa-flash", "sdpa-cudnn"]))
     print(f"{'b:hq:hk:d:sq:sk':26} " + " ".join(f"{n:>22}" for n in names) + ("  (causal)" if a.causal else ""))
-    for shape in a.shapes:
+    keep = []
+    for shape in [s for s in a.shapes for _ in range(a.allocs)]:
         dims = [int(x) for x in shape.split(":")]
         b, hq, hk, d, sq, sk = dims if len(dims) == 6 else dims[:2] + dims[1:]
         q = torch.randn(b, sq, hq, d, device="cuda", dtype=torch.bfloat16)
@@ -99,12 +107,15 @@ def main():
                "sm90 whole": ours(q, k, v, a.causal, "cuda_sm90", {"FA_SM90_FWD_SPLIT": "1"}),
                "sm80": ours(q, k, v, a.causal, "cuda_sm80"),
                "sdpa-flash": sdpa("sdpa-flash", q, k, v), "sdpa-cudnn": sdpa("sdpa-cudnn", q, k, v)}
+        keep += [q, k, v]
         for count in parts:
-            fns[f"auto k={count}"] = ours(q, k, v, a.causal, "auto", {n: count for n in SPLIT_ENV})
+            fns[f"auto k={count}"] = ours(q, k, v, a.causal, "auto", {n: count for n in SPLIT_ENV[:2]})
+        for name, env in variants.items():
+            fns[name] = ours(q, k, v, a.causal, "auto", env)
         fns = {n: fns[n] for n in names}
         ref = reference(q, k, v, a.causal)
         kernels = {}
-        for name in ["auto", "sm90 whole", "sm80"] + [f"auto k={k}" for k in parts]:
+        for name in ["auto", "sm90 whole", "sm80"] + [f"auto k={k}" for k in parts] + list(variants):
             if name in fns:
                 err = (fns[name]().float() - ref).abs().max().item()
                 assert err < 2e-2, f"{shape} {name}: max difference {err} from the reference"

@@ -130,7 +130,8 @@ struct fa_sm90_config {
     static constexpr int kElemBytes = kFp8 ? 1 : 2;
     static constexpr int kHeadDim = HeadDimPadded_; /* 64 columns (16-bit) or 128 (8-bit) per slab */
     /* consumer warpgroups of 64 query rows each: two, or three where the
-     * GEMMs of one key block are short (hdim 64) */
+     * GEMMs of one key block are short (hdim 64), or one for the key
+     * split's decoding tiles (a few real rows: half the GEMMs of two) */
     static constexpr int kConsumerWarpgroups = ConsumerWarpgroups_;
     static constexpr int kBlockM = 64 * kConsumerWarpgroups;
     static constexpr int kBlockN = BlockN_;
@@ -204,7 +205,13 @@ struct fa_sm90_config {
      * four units of it are in flight (fa_transpose_v_block); the hdim-128
      * consumers fit in 232 */
     static constexpr int kProducerRegs = kVtInKernel ? 40 : 24;
-    static constexpr int kConsumerRegs = kConsumerWarpgroups == 3 ? 160 : kVtInKernel ? 232 : 240;
+    /* (one consumer warpgroup: 256 threads may enter with up to 256
+     * registers each, and setmaxnreg.inc may not go below the entry count:
+     * FA3's 256) */
+    static constexpr int kConsumerRegs = kConsumerWarpgroups == 3   ? 160
+                                         : kConsumerWarpgroups == 1 ? 256
+                                         : kVtInKernel              ? 232
+                                                                    : 240;
     /* P buffers of the intra-warpgroup overlap (fa_sm90_consume_tile): two
      * where S, both P and O leave 32 registers per thread for the rest,
      * else one (FA3's form: P packed after the PV that read it is done),
@@ -241,7 +248,8 @@ struct fa_sm90_config {
      * row each); one CTA per cluster (the halves of multicast loads would
      * be halves of the head dim) */
     static_assert(!kFp8 || (kBlockN == 128 && kClusterSize == 1 && kConsumerWarpgroups == 2), "FP8 tile shape");
-    static_assert(!kKeySplit || (kConsumerWarpgroups == 2 && kClusterSize == 1), "the key split's tile");
+    static_assert(!kKeySplit || (kConsumerWarpgroups <= 2 && kClusterSize == 1), "the key split's tile");
+    static_assert(kConsumerWarpgroups > 1 || kKeySplit, "one consumer warpgroup: the key split's decoding tile");
     static_assert(kClusterSize == 1 || kClusterSize == 2, "clusters of one or two CTAs (the producer loads halves)");
     static_assert(kSmemBytes <= kSmemLimit, "shared memory of one CTA");
     static_assert(!kVtInKernel || (kFp8 && kHeadDim == 128 && !kOInV),
@@ -825,9 +833,17 @@ __device__ __forceinline__ void fa_add_row_sums(float (&row_sum)[2], const float
  * kSchedBarrier + w: w's 128 threads wait, w - 1's 128 arrive). */
 struct fa_pingpong {
     static constexpr uint32_t kSchedBarrier = 1; /* ids 1..3; 0 is __syncthreads */
-    int wg, count;
-    __device__ void wait_turn() const { fa_named_barrier_sync(kSchedBarrier + wg, 256); }
-    __device__ void pass_turn() const { fa_named_barrier_arrive(kSchedBarrier + (wg + 1) % count, 256); }
+    int wg, count; /* count 1: no one to take turns with */
+    __device__ void wait_turn() const
+    {
+        if (count > 1)
+            fa_named_barrier_sync(kSchedBarrier + wg, 256);
+    }
+    __device__ void pass_turn() const
+    {
+        if (count > 1)
+            fa_named_barrier_arrive(kSchedBarrier + (wg + 1) % count, 256);
+    }
 };
 
 /* Releases a buffer: each consumer warp arrives once it is done reading. */

@@ -95,7 +95,6 @@ extern "C" size_t fa_sm90_fp8_vt_bytes(const fa_problem *p)
 constexpr double kSplitPartExtra = 3.0;
 constexpr int kSplitMaxParts = 32;
 constexpr size_t kSplitMaxBytes = (size_t)128 << 20;
-constexpr int kSplitBlockM = 128; /* every split instance: two consumer warpgroups */
 
 /* The key block of p's split instance (launch_fp8, launch_for_head_dim),
  * 0 where none exists. */
@@ -112,12 +111,25 @@ struct fa_sm90_key_split {
     int64_t tiles; /* the grid's tiles */
     int parts;     /* per tile (1: no split) */
     int pack;      /* query heads per tile (fa_sm90_params::pack_gqa) */
+    int block_m;   /* query rows per tile: the instance's fa_sm90_config::kBlockM */
     int64_t m_blocks; /* tiles per (head group, batch entry) */
     size_t bytes;  /* part_o, then part_lse */
 };
 
+/* Query rows per tile of the split: 128 (two consumer warpgroups), or for
+ * 16-bit problems of at most 64 packed rows a decoding tile of 64 (one
+ * warpgroup: half the GEMMs of padded rows per key block).
+ * FA_SM90_SPLIT_BLOCK_M=128 keeps the two-warpgroup tile (A/B). */
+static int split_block_m(const fa_problem *p, int pack)
+{
+    const char *env = getenv("FA_SM90_SPLIT_BLOCK_M");
+    if (fa_dtype_is_fp8(p->dtype) || p->seqlen_q * pack > 64 || (env != NULL && strcmp(env, "128") == 0))
+        return 128;
+    return 64;
+}
+
 /* Query heads per tile of the split: the heads per KV head where they are
- * a power of two up to 64 (a TMA box of 128 / pack rows of pack heads).
+ * a power of two up to 64 (a TMA box of block_m / pack rows of pack heads).
  * A window (causal included) masks a packed row by its query, row /
  * pack (fa_sm90_tile_of, fa_scores_to_max). */
 static int pack_of(const fa_problem *p)
@@ -131,14 +143,14 @@ static int pack_of(const fa_problem *p)
 
 static fa_sm90_key_split plan_key_split(const fa_problem *p, int sms)
 {
-    const int pack = pack_of(p), block_n = split_block_n(p);
-    const int64_t m_blocks = (p->seqlen_q * pack + kSplitBlockM - 1) / kSplitBlockM;
+    const int pack = pack_of(p), block_n = split_block_n(p), block_m = split_block_m(p, pack);
+    const int64_t m_blocks = (p->seqlen_q * pack + block_m - 1) / block_m;
     const int64_t tiles = m_blocks * (p->heads_q / pack) * p->batch;
-    fa_sm90_key_split plan = {tiles, 1, pack, m_blocks, 0};
+    fa_sm90_key_split plan = {tiles, 1, pack, block_m, m_blocks, 0};
     if (block_n == 0 || p->varlen || p->seqlen_k <= 0 || tiles <= 0 || tiles >= sms)
         return plan;
-    const int key_blocks = widest_tile_key_blocks(p, (kSplitBlockM + pack - 1) / pack + 1, block_n);
-    const size_t part_bytes = (size_t)kSplitBlockM * (p->head_dim + 1) * 4;
+    const int key_blocks = widest_tile_key_blocks(p, (block_m + pack - 1) / pack + 1, block_n);
+    const size_t part_bytes = (size_t)block_m * (p->head_dim + 1) * 4;
     int64_t max_parts = (int64_t)(kSplitMaxBytes / part_bytes) / tiles;
     max_parts = max_parts < key_blocks ? max_parts : key_blocks;
     max_parts = max_parts < kSplitMaxParts ? max_parts : kSplitMaxParts;
@@ -187,8 +199,7 @@ struct fa_sm90_combine_args {
 
 template <class Cfg> static fa_status combine_parts(const fa_problem *p, const fa_sm90_key_split &split, float *part_o)
 {
-    constexpr int D = Cfg::kHeadDim, BM = Cfg::kBlockM;
-    static_assert(BM == kSplitBlockM, "the split's tile");
+    constexpr int D = Cfg::kHeadDim, BM = Cfg::kBlockM; /* = split.block_m (launch) */
     fa_sm90_combine_args args;
     args.p = *p;
     args.split_parts = split.parts;
@@ -385,8 +396,8 @@ template <class Cfg> static fa_status launch(fa_problem *p, const fa_cuda_device
     fa_sm90_key_split split = key_split_of(p, dev);
     if (!Cfg::kKeySplit)
         split.parts = split.pack = 1;
-    else if (split.parts < 2) /* launch_fp8 / launch_for_head_dim asked key_split_of the same */
-        return fa_fail(FA_ERROR_INTERNAL, "sm90: a key-split instance launched without a split");
+    else if (split.parts < 2 || split.block_m != Cfg::kBlockM) /* launch_fp8 / launch_for_head_dim asked the same */
+        return fa_fail(FA_ERROR_INTERNAL, "sm90: a key-split instance launched without its split");
     prm.pack_gqa = split.pack;
     if (split.pack > 1)
         prm.num_m_blocks = (int)split.m_blocks;
@@ -394,7 +405,7 @@ template <class Cfg> static fa_status launch(fa_problem *p, const fa_cuda_device
     prm.split_parts = split.parts;
     prm.part_o = part_o;
     prm.part_lse = part_o != NULL ? part_o + split.tiles * split.parts * Cfg::kBlockM * Cfg::kHeadDim : NULL;
-    if ((split.pack > 1 ? (st = fa_sm90_encode_packed_q_map(&prm.map_q, p, split.pack))
+    if ((split.pack > 1 ? (st = fa_sm90_encode_packed_q_map(&prm.map_q, p, split.pack, Cfg::kBlockM))
                         : (st = fa_sm90_encode_map(&prm.map_q, p, &p->q, 1, Cfg::kBlockM, "q"))) != FA_SUCCESS ||
         (st = fa_sm90_encode_map(&prm.map_k, p, &p->k, 0, kv_box_rows, "k")) != FA_SUCCESS ||
         (Cfg::kFp8 && !Cfg::kVtInKernel ? (st = fa_sm90_encode_vt_map(&prm.map_v, p, p->workspace, vt_keys(p))) != FA_SUCCESS
@@ -520,16 +531,20 @@ template <class Cfg> static fa_status launch(fa_problem *p, const fa_cuda_device
  * 16k against the kernel without it (docs/perf-sm90.md, v8). */
 template <typename Elem> static fa_status launch_for_head_dim(fa_problem *p, const fa_cuda_device_info *dev)
 {
-    const bool bf16 = !fa_is_half<Elem>::value, split = key_split_of(p, dev).parts > 1;
+    const fa_sm90_key_split plan = key_split_of(p, dev);
+    const bool bf16 = !fa_is_half<Elem>::value, split = plan.parts > 1;
     /* the kernel's name in debug/bench output */
 #define FA_LAUNCH(label, ...) launch<__VA_ARGS__>(p, dev, bf16 ? "sm90.fwd." label ".bf16" : "sm90.fwd." label ".fp16")
     /* hdim >= 128: clusters of two where they fit (".x2") */
 #define FA_LAUNCH_PAIRS(label, hdim, block_n)                                                                \
     (cluster_fits(p, 128) ? FA_LAUNCH(label ".x2", fa_sm90_config<Elem, hdim, block_n, 2, 2, 2>)             \
                           : FA_LAUNCH(label, fa_sm90_config<Elem, hdim, block_n, 2>))
-    /* the key split's parts (split_block_n): 128-row tiles of two consumer
-     * warpgroups, each head dim's key block (hdim 256: 80) */
+    /* the key split's parts (split_block_n, split_block_m): tiles of 128
+     * rows (two consumer warpgroups) or 64 (one: ".m64"), each head dim's
+     * key block (hdim 256: 80) */
 #define FA_LAUNCH_SPLIT(label, hdim, block_n)                                                                \
+    if (split && plan.block_m == 64)                                                                         \
+        return FA_LAUNCH(label ".split.m64", fa_sm90_config<Elem, hdim, block_n, 2, 1, 1, false, true>);     \
     if (split)                                                                                               \
         return FA_LAUNCH(label ".split", fa_sm90_config<Elem, hdim, block_n, 2, 2, 1, false, true>);
     switch (p->head_dim) {

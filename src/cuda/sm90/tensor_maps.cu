@@ -133,9 +133,10 @@ fa_status fa_sm90_encode_vt_map(CUtensorMap *map, const fa_problem *p, void *vt,
 
 /* The map of q with GQA packed (the key split, fwd_sm90.cu): q seen as
  * (dim, heads, rows, batches), boxes of 128 bytes of columns x `pack`
- * heads x 128 / pack rows, which land in shared memory as 128 rows of
- * packed order (row r: query r / pack, head r % pack of the box's). */
-fa_status fa_sm90_encode_packed_q_map(CUtensorMap *map, const fa_problem *p, int pack)
+ * heads x block_m / pack rows, which land in shared memory as block_m
+ * rows of packed order (row r: query r / pack, head r % pack of the
+ * box's). */
+fa_status fa_sm90_encode_packed_q_map(CUtensorMap *map, const fa_problem *p, int pack, int block_m)
 {
     PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled_fn();
     if (encode == NULL)
@@ -146,7 +147,7 @@ fa_status fa_sm90_encode_packed_q_map(CUtensorMap *map, const fa_problem *p, int
                           (cuuint64_t)outer_of(p, 1)};
     cuuint64_t strides[3] = {(cuuint64_t)bytes[1], (cuuint64_t)bytes[0], (cuuint64_t)bytes[2]};
     const fa_dtype dtype = dtype_of(p, &p->q);
-    cuuint32_t box[4] = {(cuuint32_t)(128 / fa_dtype_size(dtype)), (cuuint32_t)pack, (cuuint32_t)(128 / pack), 1};
+    cuuint32_t box[4] = {(cuuint32_t)(128 / fa_dtype_size(dtype)), (cuuint32_t)pack, (cuuint32_t)(block_m / pack), 1};
     cuuint32_t elem_strides[4] = {1, 1, 1, 1};
     CUresult r = encode(map, map_type(dtype), 4, p->q.data, dims, strides, box, elem_strides,
                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,

@@ -30,8 +30,9 @@ fa_status fa_sm90_encode_map(CUtensorMap *map, const fa_problem *p, const fa_ten
  * head_dim rows. */
 fa_status fa_sm90_encode_vt_map(CUtensorMap *map, const fa_problem *p, void *vt, int64_t keys);
 
-/* q with `pack` heads (a power of two, at most 64) per box: (dim, heads,
- * rows, batches), boxes of 128 bytes x pack heads x 128 / pack rows. */
-fa_status fa_sm90_encode_packed_q_map(CUtensorMap *map, const fa_problem *p, int pack);
+/* q with `pack` heads (a power of two dividing block_m) per box: (dim,
+ * heads, rows, batches), boxes of 128 bytes x pack heads x block_m / pack
+ * rows (block_m: the tile's query rows, 64 or 128). */
+fa_status fa_sm90_encode_packed_q_map(CUtensorMap *map, const fa_problem *p, int pack, int block_m);
 
 #endif
