@@ -29,8 +29,8 @@ import flashattn  # noqa: E402
 from flashattn import flash_attn_func  # noqa: E402
 from gpu_bench import time_contenders  # noqa: E402
 
-SPLIT_ENV = ("FA_SM90_FWD_SPLIT", "FA_SM80_FWD_SPLIT", "FA_SM90_SPLIT_BLOCK_M", "FA_SM90_PACK_GQA",
-             "FA_SM80_PACK_GQA")
+PARTS_ENV = ("FA_SM90_FWD_SPLIT", "FA_SM80_FWD_SPLIT")  # --parts sets both
+SPLIT_ENV = PARTS_ENV + ("FA_SM90_SPLIT_BLOCK_M", "FA_SM90_PACK_GQA", "FA_SM80_PACK_GQA")
 
 
 def ours(q, k, v, causal, backend, env=None):
@@ -109,7 +109,7 @@ def main():
                "sdpa-flash": sdpa("sdpa-flash", q, k, v), "sdpa-cudnn": sdpa("sdpa-cudnn", q, k, v)}
         keep += [q, k, v]
         for count in parts:
-            fns[f"auto k={count}"] = ours(q, k, v, a.causal, "auto", {n: count for n in SPLIT_ENV[:2]})
+            fns[f"auto k={count}"] = ours(q, k, v, a.causal, "auto", {n: count for n in PARTS_ENV})
         for name, env in variants.items():
             fns[name] = ours(q, k, v, a.causal, "auto", env)
         fns = {n: fns[n] for n in names}

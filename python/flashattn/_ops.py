@@ -213,9 +213,8 @@ _plans = {}
 _MAX_PLANS = 64
 # The library's tuning variables that change its workspace (read at each
 # call; tests and benchmarks set them between calls): part of the key.
-_WORKSPACE_ENV = ("FA_SM90_FWD_SPLIT", "FA_SM80_FWD_SPLIT", "FA_SM80_BWD_SPLIT", "FA_SM90_PACK_GQA", "FA_SM80_PACK_GQA",
-                  "FA_SM90_SPLIT_BLOCK_M",
-                  "FA_SM90_FP8_VT", "FA_SM80_SMEM_LIMIT")
+_WORKSPACE_ENV = ("FA_SM90_FWD_SPLIT", "FA_SM80_FWD_SPLIT", "FA_SM80_BWD_SPLIT", "FA_SM90_PACK_GQA",
+                  "FA_SM80_PACK_GQA", "FA_SM90_SPLIT_BLOCK_M", "FA_SM90_FP8_VT", "FA_SM80_SMEM_LIMIT")
 
 
 def _plan(ctx, what, size_fn, problem_args, dropout_offset=0):
